@@ -1,0 +1,9 @@
+//! The mesh model shared by every meshctl component.
+//!
+//! What a user writes (compose services and Istio resources) is parsed, validated and analysed
+//! here; what a proxy receives (the compiled per-proxy config) is defined here too, so the
+//! control plane and the data plane can never disagree on a format. All YAML parsing in the
+//! workspace lives in this crate.
+#![forbid(unsafe_code)]
+
+pub mod diag;
