@@ -6,4 +6,9 @@
 //! workspace lives in this crate.
 #![forbid(unsafe_code)]
 
+pub mod ca_api;
 pub mod diag;
+pub mod dns;
+pub mod yaml;
+pub mod suggest;
+pub mod proxy;
