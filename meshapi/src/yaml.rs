@@ -1,0 +1,408 @@
+//! YAML with positions: one parse of a file into documents of marked nodes, which convert to
+//! `serde_yaml::Value` for typed deserialization and keep every node's line and column so any
+//! field path (`spec.http[0].retries`) can be placed in the file afterwards.
+//!
+//! Hostile input is bounded here, before anything else sees it: file size, nesting depth, the
+//! size of one scalar and the number of nodes after alias expansion (alias bombs) all have
+//! limits, checked while parsing so memory stays bounded.
+
+use std::collections::HashMap;
+
+use serde_yaml::{Mapping, Number, Value};
+use thiserror::Error;
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Limits applied while parsing; the defaults are far above any real mesh file.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest input accepted, in bytes. Default 8 MiB.
+    pub max_bytes: usize,
+    /// Deepest nesting of sequences and mappings. Default 64.
+    pub max_depth: usize,
+    /// Most nodes in one document once aliases are expanded. Default 1,000,000.
+    pub max_nodes: usize,
+    /// Longest single scalar, in bytes. Default 1 MiB.
+    pub max_scalar: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bytes: 8 << 20, max_depth: 64, max_nodes: 1_000_000, max_scalar: 1 << 20 }
+    }
+}
+
+/// A 1-based position in the source text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    fn from_marker(m: &Marker) -> Pos {
+        // yaml-rust2 counts lines from 1 and columns from 0.
+        Pos { line: m.line().max(1), column: m.col() + 1 }
+    }
+}
+
+/// A YAML node with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    /// A scalar and whether it was plain (unquoted, so subject to type resolution).
+    Scalar { text: String, plain: bool },
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+/// One YAML document of a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Position of the document's first node.
+    pub pos: Pos,
+    pub root: Node,
+}
+
+/// Why a YAML text could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum YamlError {
+    #[error("YAML syntax error: {message}")]
+    Syntax { pos: Pos, message: String },
+    #[error("refused: {message}")]
+    Limit { pos: Pos, message: String },
+}
+
+impl YamlError {
+    pub fn pos(&self) -> Pos {
+        match self {
+            YamlError::Syntax { pos, .. } | YamlError::Limit { pos, .. } => *pos,
+        }
+    }
+}
+
+enum Frame {
+    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
+    Map { pos: Pos, anchor: usize, items: Vec<(Node, Node)>, key: Option<Node> },
+}
+
+/// Parses every document of `text`. Empty documents (only comments) are skipped.
+pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
+    if text.len() > limits.max_bytes {
+        return Err(YamlError::Limit {
+            pos: Pos { line: 1, column: 1 },
+            message: format!("file is {} bytes, more than the {} allowed", text.len(), limits.max_bytes),
+        });
+    }
+    let mut parser = Parser::new_from_str(text);
+    let mut docs = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut nodes = 0usize;
+    loop {
+        let (event, marker) = parser.next_token().map_err(|e| YamlError::Syntax {
+            pos: Pos::from_marker(e.marker()),
+            message: e.info().to_string(),
+        })?;
+        let pos = Pos::from_marker(&marker);
+        let done: Option<Node> = match event {
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                anchors.clear();
+                nodes = 0;
+                None
+            }
+            Event::StreamStart | Event::DocumentEnd | Event::Nothing => None,
+            Event::Scalar(text, style, anchor, _tag) => {
+                if text.len() > limits.max_scalar {
+                    return Err(YamlError::Limit {
+                        pos,
+                        message: format!("a scalar of {} bytes exceeds the {} allowed", text.len(), limits.max_scalar),
+                    });
+                }
+                nodes += 1;
+                let node = Node { pos, kind: NodeKind::Scalar { text, plain: style == TScalarStyle::Plain } };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                Some(node)
+            }
+            Event::Alias(id) => {
+                let Some(target) = anchors.get(&id) else {
+                    return Err(YamlError::Syntax { pos, message: "alias to an unknown anchor".into() });
+                };
+                nodes += count(target);
+                if nodes > limits.max_nodes {
+                    return Err(too_many(pos, limits));
+                }
+                let mut node = target.clone();
+                node.pos = pos;
+                Some(node)
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if stack.len() >= limits.max_depth {
+                    return Err(YamlError::Limit {
+                        pos,
+                        message: format!("nesting deeper than {} levels", limits.max_depth),
+                    });
+                }
+                nodes += 1;
+                stack.push(if matches!(event, Event::SequenceStart(..)) {
+                    Frame::Seq { pos, anchor, items: Vec::new() }
+                } else {
+                    Frame::Map { pos, anchor, items: Vec::new(), key: None }
+                });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match stack.pop() {
+                    Some(Frame::Seq { pos, anchor, items }) => (Node { pos, kind: NodeKind::Seq(items) }, anchor),
+                    Some(Frame::Map { pos, anchor, items, .. }) => (Node { pos, kind: NodeKind::Map(items) }, anchor),
+                    None => return Err(YamlError::Syntax { pos, message: "unbalanced collection end".into() }),
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                Some(node)
+            }
+        };
+        if nodes > limits.max_nodes {
+            return Err(too_many(pos, limits));
+        }
+        let Some(node) = done else { continue };
+        match stack.last_mut() {
+            None => docs.push(Document { pos: node.pos, root: node }),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { items, key, .. }) => match key.take() {
+                None => *key = Some(node),
+                Some(k) => items.push((k, node)),
+            },
+        }
+    }
+    docs.retain(|d| !matches!(&d.root.kind, NodeKind::Scalar { text, plain: true } if text.is_empty() || text == "~" || text == "null"));
+    Ok(docs)
+}
+
+fn too_many(pos: Pos, limits: Limits) -> YamlError {
+    YamlError::Limit {
+        pos,
+        message: format!("more than {} nodes after expanding aliases (an alias bomb?)", limits.max_nodes),
+    }
+}
+
+fn count(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Scalar { .. } => 1,
+        NodeKind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
+        NodeKind::Map(items) => 1 + items.iter().map(|(k, v)| count(k) + count(v)).sum::<usize>(),
+    }
+}
+
+impl Node {
+    /// Converts to a `serde_yaml::Value` (YAML 1.2 core schema for plain scalars), applying
+    /// merge keys (`<<: *defaults`) as compose files use them.
+    pub fn to_value(&self) -> Value {
+        match &self.kind {
+            NodeKind::Scalar { text, plain: true } => resolve_plain(text),
+            NodeKind::Scalar { text, plain: false } => Value::String(text.clone()),
+            NodeKind::Seq(items) => Value::Sequence(items.iter().map(Node::to_value).collect()),
+            NodeKind::Map(items) => {
+                let mut map = Mapping::new();
+                let mut merges = Vec::new();
+                for (k, v) in items {
+                    if matches!(&k.kind, NodeKind::Scalar { text, plain: true } if text == "<<") {
+                        merges.push(v);
+                        continue;
+                    }
+                    map.insert(k.to_value(), v.to_value());
+                }
+                for merge in merges {
+                    let sources: Vec<&Node> = match &merge.kind {
+                        NodeKind::Seq(items) => items.iter().collect(),
+                        _ => vec![merge],
+                    };
+                    for source in sources {
+                        if let Value::Mapping(m) = source.to_value() {
+                            for (k, v) in m {
+                                map.entry(k).or_insert(v);
+                            }
+                        }
+                    }
+                }
+                Value::Mapping(map)
+            }
+        }
+    }
+
+    /// The scalar's text, when this is a scalar.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The value under `key` in a mapping, with the key node.
+    pub fn get(&self, key: &str) -> Option<(&Node, &Node)> {
+        match &self.kind {
+            NodeKind::Map(items) => items.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, v)| (k, v)),
+            _ => None,
+        }
+    }
+
+    /// Finds the position of a field path such as `spec.http[0].retries.timeout` (the form
+    /// serde_path_to_error and [`crate::diag::FieldError`] use). A mapping entry is placed at
+    /// its key; a missing tail is placed at the deepest node found, so a position is always
+    /// given.
+    pub fn locate(&self, path: &str) -> Pos {
+        let mut node = self;
+        let mut at = self.pos;
+        let mut rest = path;
+        while !rest.is_empty() {
+            rest = rest.strip_prefix('.').unwrap_or(rest);
+            if let Some(after) = rest.strip_prefix('[') {
+                let Some(end) = after.find(']') else { break };
+                let Ok(index) = after[..end].parse::<usize>() else { break };
+                let NodeKind::Seq(items) = &node.kind else { break };
+                let Some(item) = items.get(index) else { break };
+                node = item;
+                at = item.pos;
+                rest = &after[end + 1..];
+                continue;
+            }
+            let NodeKind::Map(items) = &node.kind else { break };
+            // Keys may hold dots (`app.kubernetes.io/name`): take the longest key that matches.
+            let found = items
+                .iter()
+                .filter_map(|(k, v)| {
+                    let key = k.as_str()?;
+                    let tail = rest.strip_prefix(key)?;
+                    (tail.is_empty() || tail.starts_with('.') || tail.starts_with('[')).then_some((k, v, key.len()))
+                })
+                .max_by_key(|(_, _, len)| *len);
+            let Some((k, v, len)) = found else { break };
+            at = k.pos;
+            node = v;
+            rest = &rest[len..];
+        }
+        at
+    }
+}
+
+/// YAML 1.2 core schema resolution for plain scalars, as serde_yaml does it.
+fn resolve_plain(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Number(f64::INFINITY.into()),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Number(f64::NEG_INFINITY.into()),
+        ".nan" | ".NaN" | ".NAN" => return Value::Number(f64::NAN.into()),
+        _ => {}
+    }
+    if let Some(n) = parse_int(text) {
+        return Value::Number(n);
+    }
+    let looks_numeric = text
+        .trim_start_matches(['-', '+'])
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || c == '.');
+    if looks_numeric && text.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')) {
+        if let Ok(f) = text.parse::<f64>() {
+            return Value::Number(f.into());
+        }
+    }
+    Value::String(text.to_string())
+}
+
+fn parse_int(text: &str) -> Option<Number> {
+    let (neg, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (radix, digits) = if let Some(h) = digits.strip_prefix("0x") {
+        (16, h)
+    } else if let Some(o) = digits.strip_prefix("0o") {
+        (8, o)
+    } else {
+        (10, digits)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    if neg {
+        i64::from_str_radix(&format!("-{digits}"), radix).ok().map(Number::from)
+    } else {
+        u64::from_str_radix(digits, radix).ok().map(Number::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_and_global_across_documents() {
+        let text = "a: 1\n---\nkind: X\nspec:\n  http:\n  - retries:\n      attempts: 3\n";
+        let docs = parse(text, Limits::default()).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].root.locate("a"), Pos { line: 1, column: 1 });
+        assert_eq!(docs[1].root.locate("spec.http[0].retries.attempts"), Pos { line: 7, column: 7 });
+        // A missing tail is placed at the deepest node found.
+        assert_eq!(docs[1].root.locate("spec.http[0].retries.nope"), Pos { line: 6, column: 5 });
+    }
+
+    #[test]
+    fn plain_scalars_resolve_like_yaml_1_2() {
+        let docs = parse("a: 1\nb: '1'\nc: 1.5\nd: true\ne: ~\nf: 0x10\ng: 1.2.3\nh: 10s\n", Limits::default()).unwrap();
+        let v = docs[0].root.to_value();
+        assert_eq!(v["a"], Value::Number(1u64.into()));
+        assert_eq!(v["b"], Value::String("1".into()));
+        assert_eq!(v["c"], Value::Number(1.5f64.into()));
+        assert_eq!(v["d"], Value::Bool(true));
+        assert_eq!(v["e"], Value::Null);
+        assert_eq!(v["f"], Value::Number(16u64.into()));
+        assert_eq!(v["g"], Value::String("1.2.3".into()));
+        assert_eq!(v["h"], Value::String("10s".into()));
+    }
+
+    #[test]
+    fn merge_keys_apply() {
+        let docs = parse("x: &d {a: 1, b: 2}\ny:\n  <<: *d\n  b: 3\n", Limits::default()).unwrap();
+        let v = docs[0].root.to_value();
+        assert_eq!(v["y"]["a"], Value::Number(1u64.into()));
+        assert_eq!(v["y"]["b"], Value::Number(3u64.into()));
+    }
+
+    #[test]
+    fn hostile_inputs_are_refused_quickly() {
+        let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x,x]\n");
+        for i in 1..12 {
+            bomb.push_str(&format!("{}: &{} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n", (b'a' + i) as char, (b'a' + i) as char, p = (b'a' + i - 1) as char));
+        }
+        let err = parse(&bomb, Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("alias bomb"), "{err}");
+
+        let deep = "[".repeat(10_000);
+        let err = parse(&deep, Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("nesting") || err.to_string().contains("recursion"), "{err}");
+
+        let huge = format!("a: {}\n", "x".repeat(2 << 20));
+        let err = parse(&huge, Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("scalar"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let err = parse("a: 1\nb: [1, 2\nc: 3\n", Limits::default()).unwrap_err();
+        assert!(matches!(err, YamlError::Syntax { .. }));
+        assert!(err.pos().line >= 2, "{err:?}");
+    }
+}
