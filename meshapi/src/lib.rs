@@ -9,6 +9,7 @@
 pub mod ca_api;
 pub mod diag;
 pub mod dns;
+pub mod dns;
 pub mod yaml;
 pub mod suggest;
 pub mod proxy;
