@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca_api;
+pub mod compose;
 pub mod diag;
 pub mod dns;
 pub mod dns;
