@@ -1,1 +1,5 @@
 //! meshctl library.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod ca;
