@@ -725,6 +725,7 @@ fn fnv1a(namespace: &str, name: &str) -> u32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
