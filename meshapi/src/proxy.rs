@@ -478,6 +478,12 @@ impl ProxyConfig {
                     format!("{} listed twice", o.vip),
                 ));
             }
+            if o.target_port.is_none() && o.vip.port() == 0 {
+                errs.push(
+                    FieldError::new(format!("{path}.targetPort"), "required when the VIP port is 0")
+                        .with_hint("name the application port on the endpoints"),
+                );
+            }
             if o.target_port == Some(0) {
                 errs.push(FieldError::new(
                     format!("{path}.targetPort"),

@@ -1,1 +1,26 @@
-//! meshproxy library.
+//! meshproxy: the mesh's sidecar / node proxy.
+//!
+//! Module map (one concern each): [`app`] wires everything and is what tests and `main` call;
+//! [`tls`] is identity and mTLS; [`inbound`] and [`outbound`] are the two listener paths;
+//! [`state`] holds the per-config snapshot with the route-decision and authorize extension
+//! points; [`pool`] connects to peer proxies; [`http`] is shared HTTP plumbing; [`rescue`]
+//! maps every proxy error to a response; [`drain`] is graceful shutdown; [`admin`] and
+//! [`metrics`] are the admin, health and Prometheus endpoints; [`watch`] reloads the config
+//! file.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod ca_client;
+pub mod drain;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod rescue;
+pub mod state;
+pub mod tls;
+pub mod watch;
+
+pub use app::{Bound, ProxyHandle, build, build_with};

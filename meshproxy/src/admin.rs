@@ -1,0 +1,115 @@
+//! Admin (15000: `/config_dump`, `/ready`, `/logging?level=`), health (15021:
+//! `/healthz/ready`) and metrics (15090: `/stats/prometheus`) endpoints.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::app::Shared;
+use crate::http::{Body, full};
+
+/// Which admin listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminPort {
+    Admin,
+    Health,
+    Stats,
+}
+
+/// Serves one admin-side connection (HTTP/1.1).
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, port: AdminPort) {
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(&shared, port, &req)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "admin connection ended");
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r
+}
+
+/// Why the proxy is not ready, or `None` when it is.
+pub fn not_ready_reason(shared: &Shared) -> Option<&'static str> {
+    if shared.drain.is_draining() {
+        Some("draining")
+    } else if !shared.identity.is_ready() {
+        Some("no workload certificate loaded")
+    } else {
+        None
+    }
+}
+
+fn ready(shared: &Shared) -> Response<Body> {
+    match not_ready_reason(shared) {
+        None => text(StatusCode::OK, "ready\n"),
+        Some(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match (port, path) {
+        (AdminPort::Health, "/healthz/ready") | (AdminPort::Admin, "/ready") => ready(shared),
+        (AdminPort::Stats, "/stats/prometheus") => {
+            let mut r = text(StatusCode::OK, shared.metrics.render());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (AdminPort::Admin, "/config_dump") => {
+            let cfg = shared.snapshot.load().cfg.redacted();
+            let dump = serde_json::json!({
+                "config": cfg,
+                "certificate": shared.identity.current().map(|c| c.id.to_string()),
+                "activeConnections": shared.drain.active(),
+            });
+            let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        (AdminPort::Admin, "/logging") => {
+            let level = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("level="))
+                .unwrap_or("");
+            match (&shared.log_control, level) {
+                (_, "") => text(StatusCode::BAD_REQUEST, "usage: /logging?level=<filter>\n"),
+                (None, _) => text(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "log level is not adjustable here\n",
+                ),
+                (Some(ctl), level) => match ctl(level) {
+                    Ok(()) => text(StatusCode::OK, format!("log level set to {level}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("bad level: {e}\n")),
+                },
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}

@@ -1,0 +1,412 @@
+//! Wiring: [`build`] validates a config, loads credentials, binds every listener and returns a
+//! [`Bound`] with the real addresses and a [`ProxyHandle`] to apply new configs and shut down.
+//! Tests run the whole proxy in-process through this module.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use meshapi::diag::FieldError;
+use meshapi::proxy::{Limits, ProxyConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::admin::AdminPort;
+use crate::drain::Drain;
+use crate::http::Body;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::state::Snapshot;
+use crate::tls::{Credentials, Identity, TlsError};
+
+/// Sets the log filter (`/logging?level=`); installed by `main`.
+pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Why a proxy could not start or a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("invalid config: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    #[error("credentials: {0}")]
+    Credentials(#[from] TlsError),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Load(#[from] meshapi::proxy::ConfigError),
+}
+
+/// Everything the data path shares; one per proxy.
+pub struct Shared {
+    /// The config being served; read once per connection or request.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub identity: Arc<Identity>,
+    pub server_tls: Arc<rustls::ServerConfig>,
+    pub metrics: Metrics,
+    pub drain: Drain,
+    pub pool: Pool,
+    /// Pooled HTTP/1.1 client to local applications.
+    pub app_h1: Client<HttpConnector, Body>,
+    /// Pooled h2c client to local applications (http2/grpc ports).
+    pub app_h2: Client<HttpConnector, Body>,
+    pub log_control: Option<LogControl>,
+}
+
+impl Shared {
+    /// Limits of the current config.
+    pub fn limits(&self) -> Limits {
+        self.snapshot.load().cfg.limits.clone()
+    }
+}
+
+/// Options that do not belong in the config document.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub log_control: Option<LogControl>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role {
+    Inbound,
+    Capture,
+    Vip(SocketAddr),
+    Admin(AdminPort),
+}
+
+struct VipListener {
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// A handle on a running proxy: apply configs, read state, shut down. Cheap to clone.
+#[derive(Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    vips: Arc<Mutex<HashMap<SocketAddr, VipListener>>>,
+    last_roots: Arc<Mutex<Vec<u8>>>,
+}
+
+/// A started proxy with its real bound addresses.
+pub struct Bound {
+    pub inbound: SocketAddr,
+    pub outbound_capture: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub health: SocketAddr,
+    pub stats: SocketAddr,
+    pub handle: ProxyHandle,
+}
+
+impl Bound {
+    /// The address actually bound for a configured outbound VIP (differs when port 0).
+    pub fn outbound(&self, vip: SocketAddr) -> Option<SocketAddr> {
+        self.handle.outbound_addr(vip)
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then drains with the configured deadline.
+    pub async fn wait_termination(self) -> std::io::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            r = tokio::signal::ctrl_c() => { r?; tracing::info!("interrupt: draining") }
+        }
+        self.handle.shutdown().await;
+        Ok(())
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    let err = |source| AppError::Bind { addr, source };
+    let std = std::net::TcpListener::bind(addr).map_err(err)?;
+    std.set_nonblocking(true).map_err(err)?;
+    TcpListener::from_std(std).map_err(err)
+}
+
+fn load_credentials(cfg: &ProxyConfig) -> Result<Option<(Credentials, Vec<u8>)>, TlsError> {
+    let id = &cfg.identity;
+    let (Some(cert), Some(key), Some(roots)) = (&id.cert_file, &id.key_file, &id.roots_file) else {
+        return Ok(None);
+    };
+    let creds = Credentials::from_files(cert, key, roots, &id.spiffe_id)?;
+    let roots_pem = std::fs::read(roots).unwrap_or_default();
+    Ok(Some((creds, roots_pem)))
+}
+
+/// Starts a proxy from a config.
+pub async fn build(cfg: ProxyConfig) -> Result<Bound, AppError> {
+    build_with(cfg, Options::default()).await
+}
+
+/// Starts a proxy from a config with extra options.
+pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppError> {
+    let errs = cfg.validate();
+    if !errs.is_empty() {
+        return Err(AppError::Invalid(errs));
+    }
+    let identity = Arc::new(Identity::default());
+    let mut last_roots = Vec::new();
+    match load_credentials(&cfg) {
+        Ok(Some((creds, roots))) => {
+            identity.set(creds);
+            last_roots = roots;
+        }
+        Ok(None) => tracing::info!("no credential files configured; waiting for the CA client"),
+        Err(e) => tracing::warn!(error = %e, "credentials not loaded; not ready until they are"),
+    }
+    let mut app_h1 = Client::builder(TokioExecutor::new());
+    app_h1
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60));
+    let mut app_h2 = Client::builder(TokioExecutor::new());
+    app_h2
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(true);
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(cfg.limits.connect_timeout.0));
+    let shared = Arc::new(Shared {
+        server_tls: crate::tls::server_config(identity.clone())?,
+        identity,
+        metrics: Metrics::default(),
+        drain: Drain::default(),
+        pool: Pool::default(),
+        app_h1: app_h1.build(connector.clone()),
+        app_h2: app_h2.build(connector),
+        log_control: opts.log_control,
+        snapshot: ArcSwap::from_pointee(Snapshot::new(Arc::new(cfg.clone()))),
+    });
+    shared
+        .metrics
+        .config_revision
+        .store(cfg.revision, std::sync::atomic::Ordering::Relaxed);
+
+    let inbound = bind(cfg.listeners.inbound)?;
+    let capture = cfg.listeners.outbound_capture.map(bind).transpose()?;
+    let admin = bind(cfg.admin.admin)?;
+    let health = bind(cfg.admin.health)?;
+    let stats = bind(cfg.admin.stats)?;
+    let local = |l: &TcpListener, a: SocketAddr| {
+        l.local_addr()
+            .map_err(|source| AppError::Bind { addr: a, source })
+    };
+    let handle = ProxyHandle {
+        shared: shared.clone(),
+        vips: Arc::default(),
+        last_roots: Arc::new(Mutex::new(last_roots)),
+    };
+    let bound = Bound {
+        inbound: local(&inbound, cfg.listeners.inbound)?,
+        outbound_capture: match &capture {
+            Some(l) => Some(local(l, l.local_addr().unwrap_or(cfg.listeners.inbound))?),
+            None => None,
+        },
+        admin: local(&admin, cfg.admin.admin)?,
+        health: local(&health, cfg.admin.health)?,
+        stats: local(&stats, cfg.admin.stats)?,
+        handle: handle.clone(),
+    };
+    let never = watch::channel(false).1;
+    spawn_listener(shared.clone(), inbound, Role::Inbound, never.clone());
+    if let Some(c) = capture {
+        spawn_listener(shared.clone(), c, Role::Capture, never.clone());
+    }
+    spawn_listener(
+        shared.clone(),
+        admin,
+        Role::Admin(AdminPort::Admin),
+        never.clone(),
+    );
+    spawn_listener(
+        shared.clone(),
+        health,
+        Role::Admin(AdminPort::Health),
+        never.clone(),
+    );
+    spawn_listener(shared.clone(), stats, Role::Admin(AdminPort::Stats), never);
+    handle.sync_vips(&cfg)?;
+    tracing::info!(
+        inbound = %bound.inbound, admin = %bound.admin, revision = cfg.revision,
+        identity = %cfg.identity.spiffe_id, "meshproxy started"
+    );
+    Ok(bound)
+}
+
+fn spawn_listener(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    role: Role,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shared.drain.draining(), if !matches!(role, Role::Admin(_)) => break,
+                _ = shared.drain.forced() => break,
+                _ = stop.wait_for(|s| *s) => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle_conn(shared.clone(), stream, remote, role));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?role, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::debug!(?role, "listener closed");
+    });
+}
+
+async fn handle_conn(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, role: Role) {
+    match role {
+        Role::Inbound => crate::inbound::serve(shared, stream, remote).await,
+        Role::Capture => crate::outbound::serve(shared, stream, remote, None).await,
+        Role::Vip(vip) => crate::outbound::serve(shared, stream, remote, Some(vip)).await,
+        Role::Admin(port) => crate::admin::serve(shared, stream, port).await,
+    }
+}
+
+impl ProxyHandle {
+    /// Validates and applies a new config atomically: new connections and requests see it,
+    /// requests in flight finish on the old one, unchanged listeners keep their connections.
+    /// An invalid config (or unreadable credentials, or an unbindable VIP) is refused and the
+    /// old config keeps serving.
+    pub fn apply(&self, cfg: ProxyConfig) -> Result<(), AppError> {
+        let result = self.try_apply(cfg);
+        let m = &self.shared.metrics;
+        match &result {
+            Ok(()) => m
+                .reloads_ok
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => {
+                tracing::error!(error = %e, "config refused; keeping the previous one");
+                m.reloads_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+        };
+        result
+    }
+
+    fn try_apply(&self, cfg: ProxyConfig) -> Result<(), AppError> {
+        let errs = cfg.validate();
+        if !errs.is_empty() {
+            return Err(AppError::Invalid(errs));
+        }
+        let creds = load_credentials(&cfg)?;
+        let old = self.shared.snapshot.load_full();
+        if old.cfg.listeners.inbound != cfg.listeners.inbound || old.cfg.admin != cfg.admin {
+            tracing::warn!("listener address changes take effect at the next restart");
+        }
+        self.sync_vips(&cfg)?;
+        if let Some((creds, roots)) = creds {
+            self.shared.identity.set(creds);
+            if let Ok(mut last) = self.last_roots.lock() {
+                if *last != roots {
+                    *last = roots;
+                    self.shared.pool.clear();
+                }
+            }
+        }
+        let revision = cfg.revision;
+        self.shared
+            .snapshot
+            .store(Arc::new(Snapshot::new(Arc::new(cfg))));
+        self.shared
+            .metrics
+            .config_revision
+            .store(revision, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(revision, "config applied");
+        Ok(())
+    }
+
+    /// Binds listeners for new VIPs first (failing without side effects), then stops removed.
+    fn sync_vips(&self, cfg: &ProxyConfig) -> Result<(), AppError> {
+        let want: Vec<SocketAddr> = if cfg.listeners.bind_vips {
+            cfg.outbound.iter().map(|o| o.vip).collect()
+        } else {
+            Vec::new()
+        };
+        let Ok(mut vips) = self.vips.lock() else {
+            return Ok(());
+        };
+        let mut fresh = Vec::new();
+        for vip in want.iter().filter(|v| !vips.contains_key(v)) {
+            let l = bind(*vip)?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| AppError::Bind { addr: *vip, source })?;
+            fresh.push((*vip, l, bound));
+        }
+        for (vip, l, bound) in fresh {
+            let (stop, rx) = watch::channel(false);
+            spawn_listener(self.shared.clone(), l, Role::Vip(vip), rx);
+            vips.insert(vip, VipListener { bound, stop });
+        }
+        vips.retain(|vip, l| {
+            let keep = want.contains(vip);
+            if !keep {
+                l.stop.send_replace(true);
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Reads, validates and applies a config file.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), AppError> {
+        match ProxyConfig::load_file(path) {
+            Ok(cfg) => self.apply(cfg),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "config refused; keeping the previous one");
+                self.shared
+                    .metrics
+                    .reloads_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The bound address of a configured outbound VIP.
+    pub fn outbound_addr(&self, vip: SocketAddr) -> Option<SocketAddr> {
+        self.vips.lock().ok()?.get(&vip).map(|l| l.bound)
+    }
+
+    /// The config being served.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.shared.snapshot.load().cfg.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn identity(&self) -> Arc<Identity> {
+        self.shared.identity.clone()
+    }
+
+    /// Connections currently open through the proxy.
+    pub fn active_connections(&self) -> usize {
+        self.shared.drain.active()
+    }
+
+    /// Stops accepting, drains in-flight work up to the config's deadline, then closes the
+    /// rest. Returns how many connections were forced closed.
+    pub async fn shutdown(&self) -> usize {
+        let deadline = self.shared.snapshot.load().cfg.drain_deadline.0;
+        self.shared.drain.drain(deadline).await
+    }
+}

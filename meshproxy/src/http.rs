@@ -1,0 +1,213 @@
+//! HTTP plumbing shared by inbound and outbound: the body type, framing checks against
+//! request smuggling, hop-by-hop and internal header stripping, the server builder with its
+//! limits and timer, and splicing of upgraded connections.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use meshapi::proxy::Limits;
+
+use crate::rescue::ProxyError;
+
+/// Body of every request and response the proxy sends.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// `x-forwarded-client-cert`.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// Prefix of the mesh's internal headers; never accepted from a client.
+pub const INTERNAL_PREFIX: &str = "x-mesh-";
+
+/// A body from bytes.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|n| match n {}).boxed()
+}
+
+/// Whether a request asks for an HTTP/1.1 protocol upgrade (WebSocket and friends).
+pub fn is_upgrade(req: &http::Request<hyper::body::Incoming>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_tokens(req.headers())
+            .iter()
+            .any(|t| t == "upgrade")
+}
+
+fn connection_tokens(h: &HeaderMap) -> Vec<String> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Refuses framing an intermediary could read differently from the next hop: both
+/// Transfer-Encoding and Content-Length, or more than one Content-Length field.
+/// (hyper already refuses differing lengths, obs-fold and bad chunk sizes.)
+pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(ProxyError::BadRequest("more than one Content-Length"));
+    }
+    Ok(())
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`. `te` survives only as
+/// `te: trailers` (gRPC needs it). With `keep_upgrade` the `Upgrade` header stays and
+/// `Connection: upgrade` is set again, for a request or 101 being passed through.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    for t in connection_tokens(h) {
+        if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                h.remove(name);
+            }
+        }
+    }
+    let upgrade = h.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        if let Some(u) = upgrade {
+            h.insert(header::UPGRADE, u);
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+/// Removes identity and internal headers a client may not set itself.
+pub fn strip_internal(h: &mut HeaderMap) {
+    h.remove(XFCC);
+    let internal: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    for k in internal {
+        h.remove(k);
+    }
+}
+
+/// An HTTP/1.1 + HTTP/2 server builder with the configured limits. The timer is what makes
+/// the header-read timeout work at all.
+pub fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(64))
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    b
+}
+
+/// Copies bytes both ways between the two sides of an upgraded connection.
+pub async fn splice_upgrade(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (Ok(down), Ok(up)) = (down.await, up.await) else {
+        tracing::debug!("upgrade did not complete");
+        return;
+    };
+    let (mut a, mut b) = (TokioIo::new(down), TokioIo::new(up));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+        tracing::debug!(error = %e, "upgraded stream ended");
+    }
+}
+
+/// A short reason for an I/O error, as Envoy prints it (`connection refused`).
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::TimedOut => "connection timeout".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The innermost I/O error of an error chain, if any.
+pub fn find_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert!(h.contains_key("x-keep"));
+        let mut h = HeaderMap::new();
+        h.insert(XFCC, HeaderValue::from_static("By=evil"));
+        h.insert("x-mesh-response-flags", HeaderValue::from_static("UF"));
+        strip_internal(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn framing_checks() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(check_framing(&h).is_ok());
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(check_framing(&h).is_err());
+    }
+}

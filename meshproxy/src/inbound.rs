@@ -1,0 +1,340 @@
+//! The inbound listener (15006): PeerAuthentication (STRICT / PERMISSIVE / DISABLE) on the
+//! first bytes, mTLS termination, the authorize step with the verified peer identity, then
+//! forwarding to the application on 127.0.0.1:<port> as HTTP/1.1, HTTP/2 or TCP.
+//!
+//! Each connection walks the same small steps: [`sniff`] (only when some port accepts
+//! plaintext), TLS accept, [`pick_port`], mode check, then [`serve_http`] or [`serve_tcp`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use meshapi::proxy::{PeerAuthMode, Protocol};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::Shared;
+use crate::http::{
+    Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop, strip_internal,
+};
+use crate::metrics::Direction;
+use crate::rescue::ProxyError;
+use crate::state::{PeerInfo, RequestFacts};
+use crate::tls;
+
+/// What the first bytes of a connection said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// A TLS handshake record (0x16).
+    Tls,
+    /// Anything else, or silence until the timeout (server-first protocols).
+    Plaintext,
+    /// The peer closed before sending anything.
+    Closed,
+}
+
+/// Tells TLS from plaintext from the first byte, waiting at most `timeout`.
+pub async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Sniffed::Closed,
+        Ok(Ok(_)) => classify(b[0]),
+        Err(_) => Sniffed::Plaintext,
+    }
+}
+
+/// The sniffer's decision for a first byte.
+pub fn classify(first: u8) -> Sniffed {
+    if first == 0x16 {
+        Sniffed::Tls
+    } else {
+        Sniffed::Plaintext
+    }
+}
+
+/// Per-connection facts every request on it shares.
+struct ConnCtx {
+    shared: Arc<Shared>,
+    peer: PeerInfo,
+    /// Pre-computed `x-forwarded-client-cert` for an mTLS peer.
+    xfcc: Option<HeaderValue>,
+}
+
+/// The original destination port when the kernel redirected this connection.
+fn original_port(stream: &TcpStream) -> Option<u16> {
+    let dst = socket2::SockRef::from(stream)
+        .original_dst_v4()
+        .ok()?
+        .as_socket()?;
+    let local = stream.local_addr().ok()?;
+    (dst != local).then_some(dst.port())
+}
+
+/// Serves one accepted inbound connection.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+    let _guard = shared.drain.guard();
+    shared.metrics.connection(Direction::Inbound);
+    let snap = shared.snapshot.load_full();
+    let sniffed = if snap.any_plaintext() {
+        sniff(&stream, snap.cfg.limits.sniff_timeout.0).await
+    } else {
+        Sniffed::Tls
+    };
+    let orig_port = original_port(&stream);
+    match sniffed {
+        Sniffed::Closed => {}
+        Sniffed::Plaintext => {
+            let Some(port) = orig_port.or(snap.default_inbound_port()) else {
+                return;
+            };
+            let Some(p) = snap.inbound_port(port) else {
+                tracing::debug!(%remote, port, "plaintext for an unknown port");
+                return;
+            };
+            if p.mode == PeerAuthMode::Strict {
+                shared
+                    .metrics
+                    .mode_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(%remote, port, "plaintext refused: port is STRICT");
+                return;
+            }
+            let ctx = ConnCtx {
+                shared: shared.clone(),
+                peer: PeerInfo {
+                    identity: None,
+                    remote,
+                    port,
+                },
+                xfcc: None,
+            };
+            dispatch(Arc::new(ctx), stream, p.protocol, false).await;
+        }
+        Sniffed::Tls => serve_tls(shared, stream, remote, orig_port).await,
+    }
+}
+
+async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    orig_port: Option<u16>,
+) {
+    let snap = shared.snapshot.load_full();
+    let acceptor = TlsAcceptor::from(shared.server_tls.clone());
+    let tls = match tokio::time::timeout(snap.cfg.limits.connect_timeout.0, acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            shared.metrics.tls_failure(Direction::Inbound);
+            tracing::info!(%remote, error = %e, "inbound TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.tls_failure(Direction::Inbound);
+            tracing::info!(%remote, "inbound TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let port = conn
+        .server_name()
+        .and_then(tls::port_from_sni)
+        .or(orig_port)
+        .or(snap.default_inbound_port());
+    let Some(p) = port.and_then(|port| snap.inbound_port(port)) else {
+        tracing::info!(%remote, ?port, "mTLS for an unknown port");
+        return;
+    };
+    if p.mode == PeerAuthMode::Disable {
+        shared
+            .metrics
+            .mode_rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%remote, port = p.port, "TLS refused: port is DISABLE");
+        return;
+    }
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    let identity = cert.as_ref().and_then(|c| tls::check_svid(c).ok());
+    let xfcc = match (&cert, &identity, shared.identity.current()) {
+        (Some(c), Some(id), Some(own)) => {
+            HeaderValue::from_str(&tls::xfcc_value(&own.id, c, id)).ok()
+        }
+        _ => None,
+    };
+    let alpn_tcp = conn.alpn_protocol() == Some(tls::ALPN_TCP);
+    tracing::debug!(%remote, port = p.port, peer = ?identity.as_ref().map(|i| i.to_string()), "mTLS accepted");
+    let protocol = if alpn_tcp { Protocol::Tcp } else { p.protocol };
+    let ctx = ConnCtx {
+        shared: shared.clone(),
+        peer: PeerInfo {
+            identity,
+            remote,
+            port: p.port,
+        },
+        xfcc,
+    };
+    dispatch(Arc::new(ctx), tls, protocol, true).await;
+}
+
+async fn dispatch<S>(ctx: Arc<ConnCtx>, io: S, protocol: Protocol, _mtls: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if protocol.is_http() {
+        serve_http(ctx, io).await;
+    } else {
+        serve_tcp(ctx, io).await;
+    }
+}
+
+async fn serve_tcp<S>(ctx: Arc<ConnCtx>, mut io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let snap = ctx.shared.snapshot.load_full();
+    if let Err(e) = snap.authorize(&ctx.peer, None) {
+        tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
+        return;
+    }
+    let app = SocketAddr::from(([127, 0, 0, 1], ctx.peer.port));
+    let connect = tokio::time::timeout(snap.cfg.limits.connect_timeout.0, TcpStream::connect(app));
+    let mut upstream = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%app, error = %io_reason(&e), "application connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%app, "application connect timed out");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
+            tracing::debug!(result = ?r, "inbound TCP stream ended");
+        }
+        _ = ctx.shared.drain.forced() => {}
+    }
+}
+
+async fn serve_http<S>(ctx: Arc<ConnCtx>, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = crate::http::server_builder(&ctx.shared.limits());
+    let shared = ctx.shared.clone();
+    let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { let _ = r; return; }
+        _ = shared.drain.draining() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shared.drain.forced() => {}
+    }
+}
+
+async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    ctx.shared.metrics.request(Direction::Inbound);
+    match forward(&ctx, req).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            ctx.shared.metrics.local_response(Direction::Inbound);
+            Ok(e.into_response())
+        }
+    }
+}
+
+/// One inbound request: framing check, authorize, sanitize, set xfcc, forward to the app.
+async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    check_framing(req.headers())?;
+    let snap = ctx.shared.snapshot.load_full();
+    let path = req.uri().path().to_string();
+    snap.authorize(
+        &ctx.peer,
+        Some(RequestFacts {
+            path: &path,
+            headers: req.headers(),
+        }),
+    )?;
+    let upgrade = crate::http::is_upgrade(&req);
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_internal(&mut parts.headers);
+    if let (true, Some(v)) = (snap.cfg.xfcc, &ctx.xfcc) {
+        parts.headers.insert(XFCC, v.clone());
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, a);
+        }
+    }
+    let port = ctx.peer.port;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("http://127.0.0.1:{port}{pq}")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+    let h2 = snap
+        .inbound_port(port)
+        .is_some_and(|p| matches!(p.protocol, Protocol::Http2 | Protocol::Grpc));
+    parts.version = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    if h2 {
+        parts.headers.remove(header::HOST);
+    }
+    let mut req = Request::from_parts(parts, body.boxed());
+    let down = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client = if h2 {
+        &ctx.shared.app_h2
+    } else {
+        &ctx.shared.app_h1
+    };
+    let service = format!("inbound|{port}");
+    let mut resp = client.request(req).await.map_err(|e| {
+        if e.is_connect() {
+            let reason = find_io(&e).map(io_reason).unwrap_or_else(|| e.to_string());
+            ProxyError::UpstreamConnect {
+                service: service.clone(),
+                reason,
+            }
+        } else {
+            ProxyError::UpstreamReset {
+                service: service.clone(),
+                reason: e.to_string(),
+            }
+        }
+    })?;
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if let (Some(down), true) = (down, switching) {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(splice_upgrade(down, up));
+    }
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    Ok(resp.map(|b| b.boxed()))
+}

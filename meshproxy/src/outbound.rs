@@ -1,0 +1,212 @@
+//! Outbound: connections from local applications to mesh services, through an explicit
+//! VIP:port listener (host mode) or the capture listener (15001, original destination from
+//! SO_ORIGINAL_DST). Each request takes the route decision, then rides a pooled HTTP/2 mTLS
+//! connection to the chosen endpoint's proxy; TCP and upgrades get their own mTLS stream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, Uri, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use meshapi::proxy::Protocol;
+use tokio::net::TcpStream;
+
+use crate::app::Shared;
+use crate::http::{Body, check_framing, splice_upgrade, strip_hop_by_hop, strip_internal};
+use crate::metrics::Direction;
+use crate::pool::connect_mtls;
+use crate::rescue::ProxyError;
+use crate::state::RequestFacts;
+use crate::tls;
+
+/// The original destination of a redirected connection.
+fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    socket2::SockRef::from(stream)
+        .original_dst_v4()
+        .ok()?
+        .as_socket()
+}
+
+/// Serves one outbound connection; `vip` is the configured VIP of an explicit listener, or
+/// `None` for the capture listener.
+pub async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    vip: Option<SocketAddr>,
+) {
+    let _guard = shared.drain.guard();
+    shared.metrics.connection(Direction::Outbound);
+    let Some(dst) = vip.or_else(|| original_dst(&stream)) else {
+        tracing::info!(%remote, "captured connection without an original destination");
+        return;
+    };
+    let snap = shared.snapshot.load_full();
+    let Some(out) = snap.outbound_for_original_dst(dst) else {
+        tracing::info!(%remote, %dst, "no outbound service for destination");
+        return;
+    };
+    if out.protocol == Protocol::Tcp {
+        let target = match snap.route(out, None) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!(%dst, error = %e, "TCP connection dropped");
+                return;
+            }
+        };
+        drop(snap);
+        serve_tcp(shared, stream, target).await;
+    } else {
+        drop(snap);
+        serve_http(shared, stream, dst).await;
+    }
+}
+
+async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::state::Target) {
+    let mut up = match connect_mtls(&shared, &target, tls::ALPN_TCP).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "TCP upstream failed");
+            return;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
+            tracing::debug!(result = ?r, service = %target.service, "outbound TCP stream ended");
+        }
+        _ = shared.drain.forced() => {}
+    }
+}
+
+async fn serve_http(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr) {
+    let builder = crate::http::server_builder(&shared.limits());
+    let s = shared.clone();
+    let svc = service_fn(move |req| handle(s.clone(), dst, req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { let _ = r; return; }
+        _ = shared.drain.draining() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shared.drain.forced() => {}
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    dst: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    shared.metrics.request(Direction::Outbound);
+    match forward(&shared, dst, req).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            shared.metrics.local_response(Direction::Outbound);
+            Ok(e.into_response())
+        }
+    }
+}
+
+/// One outbound request: framing check, sanitize, route decision, send to the endpoint.
+async fn forward(
+    shared: &Arc<Shared>,
+    dst: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    check_framing(req.headers())?;
+    let snap = shared.snapshot.load_full();
+    let out = snap
+        .outbound_for_original_dst(dst)
+        .ok_or_else(|| ProxyError::NoRoute {
+            target: dst.to_string(),
+        })?;
+    let upgrade = crate::http::is_upgrade(&req);
+    let target = snap.route(
+        out,
+        Some(RequestFacts {
+            path: req.uri().path(),
+            headers: req.headers(),
+        }),
+    )?;
+    let service = target.service.clone();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_internal(&mut parts.headers);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| service.clone());
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut req = Request::from_parts(parts, body.boxed());
+    let mut resp = if upgrade {
+        let down = hyper::upgrade::on(&mut req);
+        *req.uri_mut() = pq
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(h) = HeaderValue::from_str(&authority) {
+                req.headers_mut().insert(header::HOST, h);
+            }
+        }
+        let stream = connect_mtls(shared, &target, tls::ALPN_HTTP1).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect {
+                service: service.clone(),
+                reason: e.to_string(),
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let mut resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::UpstreamReset {
+                service: service.clone(),
+                reason: e.to_string(),
+            })?;
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice_upgrade(down, up));
+        }
+        resp
+    } else {
+        *req.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(authority.as_str())
+            .path_and_query(pq.as_str())
+            .build()
+            .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
+        *req.version_mut() = http::Version::HTTP_2;
+        req.headers_mut().remove(header::HOST);
+        let mut sender = shared.pool.h2(shared, &target).await?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::UpstreamReset {
+                service: service.clone(),
+                reason: e.to_string(),
+            })?
+    };
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    Ok(resp.map(|b| b.boxed()))
+}

@@ -1,0 +1,90 @@
+//! Every locally generated response, in one place: proxy errors map to a status code, an
+//! Envoy-style response flag (`x-mesh-response-flags`) and a one-line body naming what happened
+//! and to which service. Never a bare 503.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::http::Body;
+
+/// Header carrying the Envoy response flag of a locally generated response.
+pub const FLAGS_HEADER: &str = "x-mesh-response-flags";
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// UF: could not connect (TCP or TLS) to the chosen endpoint or the application.
+    #[error("upstream connect error to {service}: {reason}")]
+    UpstreamConnect { service: String, reason: String },
+    /// UH: the service has no endpoint to send to.
+    #[error("no healthy upstream for {service}")]
+    NoHealthyUpstream { service: String },
+    /// NR: nothing is configured for this destination or request.
+    #[error("no route to {target}")]
+    NoRoute { target: String },
+    /// UT: the upstream did not answer in time.
+    #[error("upstream request timeout to {service}")]
+    Timeout { service: String },
+    /// UR: the upstream reset or broke the stream.
+    #[error("upstream reset from {service}: {reason}")]
+    UpstreamReset { service: String, reason: String },
+    /// DPE: the downstream sent a malformed or ambiguous request.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// RBAC: the authorize step refused the request.
+    #[error("RBAC: access denied to {target}")]
+    Denied { target: String },
+}
+
+impl ProxyError {
+    /// Status code and Envoy response flag for this error.
+    pub fn status_and_flag(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::UpstreamConnect { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
+            ProxyError::NoHealthyUpstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UH"),
+            ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "NR"),
+            ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UT"),
+            ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, "UR"),
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "DPE"),
+            ProxyError::Denied { .. } => (StatusCode::FORBIDDEN, "RBAC"),
+        }
+    }
+
+    /// The response sent to the client.
+    pub fn into_response(self) -> Response<Body> {
+        let (status, flag) = self.status_and_flag();
+        tracing::debug!(%status, flag, error = %self, "local response");
+        let body = format!("{self}\n");
+        let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(FLAGS_HEADER, HeaderValue::from_static(flag));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_error_has_flag_and_one_line_body() {
+        let resp = ProxyError::UpstreamConnect {
+            service: "backend".into(),
+            reason: "connection refused".into(),
+        }
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[FLAGS_HEADER], "UF");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"upstream connect error to backend: connection refused\n"
+        );
+    }
+}

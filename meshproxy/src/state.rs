@@ -1,0 +1,176 @@
+//! The runtime view of one config: an immutable [`Snapshot`] built from a validated
+//! `ProxyConfig`, read once per connection or request, plus the two per-request extension
+//! points: [`Snapshot::route`] (the route decision; traffic management extends it) and
+//! [`Snapshot::authorize`] (authorization policy extends it).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use meshapi::proxy::{Endpoint, InboundPort, OutboundService, ProxyConfig, SpiffeId};
+
+use crate::rescue::ProxyError;
+
+/// One config, indexed for the data path. Never mutated after build (except round-robin
+/// cursors); a new config gives a new snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub cfg: Arc<ProxyConfig>,
+    outbound_by_vip: HashMap<SocketAddr, usize>,
+    outbound_by_port: HashMap<u16, Vec<usize>>,
+    inbound_by_port: HashMap<u16, InboundPort>,
+    rr: HashMap<String, AtomicUsize>,
+}
+
+/// Where a request or connection goes: one endpoint and the application port on it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub service: String,
+    pub endpoint: Endpoint,
+    pub target_port: u16,
+}
+
+/// The HTTP facts a route decision may look at (none for TCP).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// What the authorize step knows about the downstream peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Verified SPIFFE ID, when the peer came over mTLS.
+    pub identity: Option<SpiffeId>,
+    /// The peer's socket address.
+    pub remote: SocketAddr,
+    /// The application port requested.
+    pub port: u16,
+}
+
+impl Snapshot {
+    pub fn new(cfg: Arc<ProxyConfig>) -> Snapshot {
+        let mut outbound_by_vip = HashMap::new();
+        let mut outbound_by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (i, o) in cfg.outbound.iter().enumerate() {
+            outbound_by_vip.insert(o.vip, i);
+            outbound_by_port.entry(o.vip.port()).or_default().push(i);
+        }
+        let inbound_by_port = cfg.inbound.iter().map(|p| (p.port, p.clone())).collect();
+        let rr = cfg
+            .services
+            .keys()
+            .map(|k| (k.clone(), AtomicUsize::new(0)))
+            .collect();
+        Snapshot {
+            cfg,
+            outbound_by_vip,
+            outbound_by_port,
+            inbound_by_port,
+            rr,
+        }
+    }
+
+    /// The outbound service bound to exactly this VIP:port.
+    pub fn outbound_for(&self, vip: SocketAddr) -> Option<&OutboundService> {
+        self.outbound_by_vip
+            .get(&vip)
+            .map(|i| &self.cfg.outbound[*i])
+    }
+
+    /// The outbound service for a captured original destination: exact VIP:port, else the
+    /// only service on that port whose VIP is unspecified (0.0.0.0).
+    pub fn outbound_for_original_dst(&self, dst: SocketAddr) -> Option<&OutboundService> {
+        self.outbound_for(dst).or_else(|| {
+            self.outbound_by_port
+                .get(&dst.port())?
+                .iter()
+                .map(|i| &self.cfg.outbound[*i])
+                .find(|o| o.vip.ip().is_unspecified())
+        })
+    }
+
+    /// The inbound port config for an application port.
+    pub fn inbound_port(&self, port: u16) -> Option<&InboundPort> {
+        self.inbound_by_port.get(&port)
+    }
+
+    /// Whether any inbound port accepts plaintext (then the listener sniffs first bytes).
+    pub fn any_plaintext(&self) -> bool {
+        self.cfg
+            .inbound
+            .iter()
+            .any(|p| p.mode != meshapi::proxy::PeerAuthMode::Strict)
+    }
+
+    /// The port plaintext goes to when nothing else names one: the first inbound port.
+    pub fn default_inbound_port(&self) -> Option<u16> {
+        self.cfg.inbound.first().map(|p| p.port)
+    }
+
+    /// The route decision: picks the endpoint for a request (or a TCP connection when `req`
+    /// is `None`). Today: the first route whose path prefix matches selects endpoints by
+    /// label (no routes: all endpoints), then round robin. Traffic management replaces the
+    /// body of this function, not its callers.
+    pub fn route(
+        &self,
+        out: &OutboundService,
+        req: Option<RequestFacts<'_>>,
+    ) -> Result<Target, ProxyError> {
+        let svc = self
+            .cfg
+            .services
+            .get(&out.service)
+            .ok_or_else(|| ProxyError::NoRoute {
+                target: out.service.clone(),
+            })?;
+        let selected: Vec<&Endpoint> = if svc.routes.is_empty() {
+            svc.endpoints.iter().collect()
+        } else {
+            let path = req.map(|r| r.path).unwrap_or("/");
+            let route = svc
+                .routes
+                .iter()
+                .find(|r| r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)))
+                .ok_or_else(|| ProxyError::NoRoute {
+                    target: format!("{}{path}", out.service),
+                })?;
+            svc.endpoints
+                .iter()
+                .filter(|e| {
+                    route
+                        .endpoint_labels
+                        .iter()
+                        .all(|(k, v)| e.labels.get(k) == Some(v))
+                })
+                .collect()
+        };
+        if selected.is_empty() {
+            return Err(ProxyError::NoHealthyUpstream {
+                service: out.service.clone(),
+            });
+        }
+        let n = self
+            .rr
+            .get(&out.service)
+            .map(|c| c.fetch_add(1, Ordering::Relaxed))
+            .unwrap_or(0);
+        Ok(Target {
+            service: out.service.clone(),
+            endpoint: selected[n % selected.len()].clone(),
+            target_port: out.target_port(),
+        })
+    }
+
+    /// The authorize step for inbound requests and connections. Today it allows everything
+    /// that passed PeerAuthentication; authorization policy fills it in.
+    pub fn authorize(
+        &self,
+        peer: &PeerInfo,
+        req: Option<RequestFacts<'_>>,
+    ) -> Result<(), ProxyError> {
+        let _ = (peer, req);
+        Ok(())
+    }
+}

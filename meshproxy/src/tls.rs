@@ -1,0 +1,492 @@
+//! Mesh identity and mutual TLS 1.3 (rustls, ring provider).
+//!
+//! [`Identity`] holds the current [`Credentials`] (own certificate chain and key, trust roots)
+//! behind an `ArcSwap`, so rotation is one atomic store: new handshakes pick up the new
+//! certificate and roots, established connections are untouched. The verifiers validate the
+//! chain with webpki against the *current* roots, then apply the SPIFFE X509-SVID rules
+//! ([`check_svid`]) that webpki cannot: exactly one URI SAN, a strict
+//! `spiffe://<td>/ns/<ns>/sa/<sa>` ID, leaf not a CA, keyUsage with digitalSignature and
+//! without keyCertSign. Session resumption is disabled on both sides, so no session outlives a
+//! change of roots.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use meshapi::proxy::SpiffeId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// ALPN for HTTP/2 between proxies (pooled, multiplexed).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for a dedicated HTTP/1.1 stream between proxies (upgrades, WebSocket).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN for an opaque TCP stream between proxies.
+pub const ALPN_TCP: &[u8] = b"meshproxy/tcp";
+
+/// Why credentials could not be loaded or a certificate is not a valid SVID.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM {what} found")]
+    Pem { path: String, what: &'static str },
+    #[error("private key unusable: {0}")]
+    Key(rustls::Error),
+    #[error("trust root unusable: {0}")]
+    Root(webpki::Error),
+    #[error("own certificate is not a valid SVID: {0}")]
+    OwnCert(SvidError),
+    #[error("own certificate is for {got}, config says {expected}")]
+    OwnIdentity { expected: SpiffeId, got: SpiffeId },
+}
+
+/// A certificate that breaks the SPIFFE X509-SVID rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SvidError {
+    #[error("certificate does not parse: {0}")]
+    Parse(String),
+    #[error("leaf has {0} URI SANs; an SVID has exactly one")]
+    UriSanCount(usize),
+    #[error("URI SAN is not a mesh SPIFFE ID: {0}")]
+    BadId(String),
+    #[error("leaf is a CA certificate")]
+    LeafIsCa,
+    #[error("leaf has no keyUsage extension")]
+    NoKeyUsage,
+    #[error("leaf keyUsage lacks digitalSignature")]
+    NoDigitalSignature,
+    #[error("leaf keyUsage has keyCertSign or cRLSign")]
+    CertSign,
+    #[error("peer trust domain {got} is not {expected}")]
+    TrustDomain { expected: String, got: String },
+    #[error("peer is {got}, expected {expected}")]
+    UnexpectedPeer { expected: SpiffeId, got: SpiffeId },
+}
+
+/// Checks the SVID rules on a leaf certificate and returns its SPIFFE ID.
+pub fn check_svid(der: &[u8]) -> Result<SpiffeId, SvidError> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| SvidError::Parse(e.to_string()))?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| SvidError::Parse(e.to_string()))?;
+    let uris: Vec<&str> = sans
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|g| {
+                    if let GeneralName::URI(u) = g {
+                        Some(*u)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if uris.len() != 1 {
+        return Err(SvidError::UriSanCount(uris.len()));
+    }
+    let id: SpiffeId = uris[0]
+        .parse()
+        .map_err(|e: meshapi::proxy::SpiffeIdError| {
+            SvidError::BadId(format!("{}: {e}", uris[0]))
+        })?;
+    let bc = cert
+        .basic_constraints()
+        .map_err(|e| SvidError::Parse(e.to_string()))?;
+    if bc.is_some_and(|b| b.value.ca) {
+        return Err(SvidError::LeafIsCa);
+    }
+    let ku = cert
+        .key_usage()
+        .map_err(|e| SvidError::Parse(e.to_string()))?;
+    let ku = ku.ok_or(SvidError::NoKeyUsage)?.value;
+    if !ku.digital_signature() {
+        return Err(SvidError::NoDigitalSignature);
+    }
+    if ku.key_cert_sign() || ku.crl_sign() {
+        return Err(SvidError::CertSign);
+    }
+    Ok(id)
+}
+
+/// One consistent set of credentials: own chain + key, and the roots to verify peers with.
+#[derive(Debug)]
+pub struct Credentials {
+    /// The SPIFFE ID in our own certificate.
+    pub id: SpiffeId,
+    key: Arc<CertifiedKey>,
+    roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
+}
+
+impl Credentials {
+    /// Builds credentials from PEM text, checking our own certificate is a valid SVID for
+    /// `expected`.
+    pub fn from_pem(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        roots_pem: &[u8],
+        expected: &SpiffeId,
+    ) -> Result<Credentials, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .filter_map(Result::ok)
+            .collect();
+        let leaf = chain.first().ok_or(TlsError::Pem {
+            path: "certificate".into(),
+            what: "CERTIFICATE",
+        })?;
+        let id = check_svid(leaf).map_err(TlsError::OwnCert)?;
+        if &id != expected {
+            return Err(TlsError::OwnIdentity {
+                expected: expected.clone(),
+                got: id,
+            });
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::Pem {
+            path: "key".into(),
+            what: "PRIVATE KEY",
+        })?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(TlsError::Key)?;
+        let mut roots = Vec::new();
+        for der in CertificateDer::pem_slice_iter(roots_pem).filter_map(Result::ok) {
+            roots.push(
+                webpki::anchor_from_trusted_cert(&der)
+                    .map_err(TlsError::Root)?
+                    .to_owned(),
+            );
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Pem {
+                path: "roots".into(),
+                what: "CERTIFICATE",
+            });
+        }
+        Ok(Credentials {
+            id,
+            key: Arc::new(CertifiedKey::new(chain, signer)),
+            roots,
+        })
+    }
+
+    /// Reads the three PEM files.
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        roots: &Path,
+        expected: &SpiffeId,
+    ) -> Result<Credentials, TlsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        Credentials::from_pem(&read(cert)?, &read(key)?, &read(roots)?, expected)
+    }
+}
+
+/// The live credentials of this proxy, swapped atomically on rotation.
+#[derive(Debug, Default)]
+pub struct Identity {
+    current: ArcSwapOption<Credentials>,
+}
+
+impl Identity {
+    /// Replaces the credentials; new handshakes use them, open connections keep going.
+    pub fn set(&self, creds: Credentials) {
+        tracing::info!(identity = %creds.id, "credentials installed");
+        self.current.store(Some(Arc::new(creds)));
+    }
+
+    /// The current credentials, if any were loaded.
+    pub fn current(&self) -> Option<Arc<Credentials>> {
+        self.current.load_full()
+    }
+
+    /// True once credentials are loaded.
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn algs() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+fn other(e: SvidError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+fn webpki_err(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as W;
+    let ce = match e {
+        W::CertExpired { .. } => CertificateError::Expired,
+        W::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        W::UnknownIssuer => CertificateError::UnknownIssuer,
+        W::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        W::CaUsedAsEndEntity => return other(SvidError::LeafIsCa),
+        other => CertificateError::Other(OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(ce)
+}
+
+/// Chain to the current roots, then the SVID rules and the trust domain.
+fn verify_peer(
+    identity: &Identity,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: KeyUsage,
+) -> Result<SpiffeId, rustls::Error> {
+    let creds = identity
+        .current()
+        .ok_or(rustls::Error::General("no credentials loaded".into()))?;
+    let ee = EndEntityCert::try_from(end_entity).map_err(webpki_err)?;
+    ee.verify_for_usage(
+        algs().all,
+        &creds.roots,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(webpki_err)?;
+    let id = check_svid(end_entity).map_err(other)?;
+    if id.trust_domain() != creds.id.trust_domain() {
+        return Err(other(SvidError::TrustDomain {
+            expected: creds.id.trust_domain().to_string(),
+            got: id.trust_domain().to_string(),
+        }));
+    }
+    Ok(id)
+}
+
+/// Server side: requires a client certificate and verifies it as a mesh SVID.
+#[derive(Debug)]
+struct PeerClientVerifier {
+    identity: Arc<Identity>,
+}
+
+impl ClientCertVerifier for PeerClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_peer(
+            &self.identity,
+            end_entity,
+            intermediates,
+            now,
+            KeyUsage::client_auth(),
+        )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algs().supported_schemes()
+    }
+}
+
+/// Client side: verifies the server as a mesh SVID with exactly the expected SPIFFE ID.
+#[derive(Debug)]
+struct PeerServerVerifier {
+    identity: Arc<Identity>,
+    expected: SpiffeId,
+}
+
+impl ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = verify_peer(
+            &self.identity,
+            end_entity,
+            intermediates,
+            now,
+            KeyUsage::server_auth(),
+        )?;
+        if id != self.expected {
+            return Err(other(SvidError::UnexpectedPeer {
+                expected: self.expected.clone(),
+                got: id,
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algs().supported_schemes()
+    }
+}
+
+/// Presents whatever certificate is current at handshake time (both sides).
+#[derive(Debug)]
+struct CurrentCert {
+    identity: Arc<Identity>,
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.identity.current().map(|c| c.key.clone())
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.identity.current().map(|c| c.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.identity.is_ready()
+    }
+}
+
+/// The inbound server config: TLS 1.3 only, client certificate mandatory, no resumption.
+pub fn server_config(identity: Arc<Identity>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(PeerClientVerifier {
+            identity: identity.clone(),
+        }))
+        .with_cert_resolver(Arc::new(CurrentCert { identity }));
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()];
+    cfg.session_storage = Arc::new(NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// A client config that presents our certificate and accepts only `expected`, offering `alpn`.
+pub fn client_config(
+    identity: Arc<Identity>,
+    expected: SpiffeId,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier {
+            identity: identity.clone(),
+            expected,
+        }))
+        .with_client_cert_resolver(Arc::new(CurrentCert { identity }));
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.resumption = Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+/// The SNI a client sends to say which application port it wants: `p<port>.inbound.mesh`.
+pub fn sni_for_port(port: u16) -> ServerName<'static> {
+    ServerName::try_from(format!("p{port}.inbound.mesh"))
+        .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+}
+
+/// The application port named by an SNI from [`sni_for_port`].
+pub fn port_from_sni(sni: &str) -> Option<u16> {
+    sni.strip_prefix('p')?
+        .strip_suffix(".inbound.mesh")?
+        .parse()
+        .ok()
+}
+
+/// Envoy-style `x-forwarded-client-cert` value for a verified peer.
+pub fn xfcc_value(own: &SpiffeId, peer_cert: &[u8], peer: &SpiffeId) -> String {
+    let hash = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .map(|s| s.common.hash_provider.hash(peer_cert))
+        .map(|h| {
+            h.as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    format!("By={own};Hash={hash};Subject=\"\";URI={peer}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_round_trip() {
+        let ServerName::DnsName(n) = sni_for_port(8080) else {
+            panic!()
+        };
+        assert_eq!(port_from_sni(n.as_ref()), Some(8080));
+        assert_eq!(port_from_sni("example.com"), None);
+    }
+}
