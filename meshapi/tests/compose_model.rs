@@ -382,3 +382,71 @@ services:
         ]
     );
 }
+
+#[test]
+fn seed_example_file_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed/compose.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let file = parse(&text);
+    assert!(file.validate().is_empty(), "{:?}", file.validate());
+    let fe = &file.services["frontend"];
+    assert_eq!(fe.service_account("frontend"), "frontend-sa");
+    assert_eq!(fe.labels("frontend")["version"], "v1");
+    for name in ["backend-v1", "backend-v2"] {
+        let s = &file.services[name];
+        assert_eq!(s.mesh_service(name), "backend");
+        assert_eq!(s.ports_with_protocol()[0].protocol, Some(Protocol::Http));
+    }
+}
+
+#[test]
+fn nested_errors_keep_their_path() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "services: {a: {image: x, x-mesh: {ports: [{port: 80, protocol: http}, {port: 81, protocol: quic}]}}}",
+            "services.a.x-mesh.ports[1].protocol",
+            "unknown variant `quic`",
+        ),
+        (
+            "services: {a: {image: x, x-mesh: {ports: {80: quic}}}}",
+            "services.a.x-mesh.ports.80",
+            "unknown variant `quic`",
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {test: [curl, x]}}}",
+            "services.a.healthcheck.test",
+            "must start with NONE, CMD or CMD-SHELL",
+        ),
+        (
+            "services: {a: {image: x, command: {run: x}}}",
+            "services.a.command",
+            "a string or a list of strings",
+        ),
+        (
+            "services: {a: {image: x, volumes: [{type: bind, source: ., target: /a, readonly: true}]}}",
+            "services.a.volumes[0].readonly",
+            "unknown field `readonly`",
+        ),
+    ];
+    for (yaml, path, message) in cases {
+        let (p, m) = parse_err(yaml);
+        assert_eq!(p, *path, "{yaml}: {m}");
+        assert!(m.contains(message), "{yaml}: {m}");
+    }
+}
+
+#[test]
+fn extensions_print_with_the_model() {
+    let file =
+        parse("x-top: {a: 1}\nservices:\n  web: {image: x, x-note: hi, command: [sleep, 5]}\n");
+    assert_eq!(
+        file.services["web"].command,
+        Some(Command::Exec(vec!["sleep".into(), "5".into()]))
+    );
+    let printed = serde_yaml::to_string(&file).unwrap();
+    assert!(
+        printed.contains("x-top:") && printed.contains("x-note: hi"),
+        "{printed}"
+    );
+    assert_eq!(parse(&printed), file);
+}

@@ -35,7 +35,7 @@ pub struct ComposeFile {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, Option<VolumeDef>>,
     /// Top-level `x-*` keys, kept as written (after interpolation).
-    #[serde(skip)]
+    #[serde(flatten, skip_deserializing)]
     pub extensions: BTreeMap<String, Value>,
 }
 
@@ -286,7 +286,7 @@ pub struct Service {
     #[serde(rename = "x-mesh", default, skip_serializing_if = "Option::is_none")]
     pub x_mesh: Option<XMesh>,
     /// Other `x-*` keys, kept as written.
-    #[serde(skip)]
+    #[serde(flatten, skip_deserializing)]
     pub extensions: BTreeMap<String, Value>,
 }
 
@@ -539,25 +539,41 @@ impl Protocol {
 }
 
 fn mesh_ports<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<MeshPort>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        List(Vec<MeshPort>),
-        Map(BTreeMap<u16, Protocol>),
+    use serde::de::{MapAccess, SeqAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<MeshPort>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of {port, protocol, name} or a map port: protocol")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(p) = seq.next_element::<MeshPort>()? {
+                out.push(p);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(port) = map.next_key::<PortKey>()? {
+                let protocol = map.next_value::<Protocol>()?;
+                out.push(MeshPort {
+                    port: port.0,
+                    protocol,
+                    name: None,
+                });
+            }
+            Ok(out)
+        }
     }
-    match Raw::deserialize(d) {
-        Ok(Raw::List(list)) => Ok(list),
-        Ok(Raw::Map(map)) => Ok(map
-            .into_iter()
-            .map(|(port, protocol)| MeshPort {
-                port,
-                protocol,
-                name: None,
-            })
-            .collect()),
-        Err(_) => Err(serde::de::Error::custom(
-            "x-mesh ports must be a list of {port, protocol, name} or a map port: protocol \
-             (protocol one of http, http2, grpc, tcp, tls, https)",
-        )),
+    d.deserialize_any(V)
+}
+
+/// A port number as a map key (YAML reads `8080:` as a number, `"8080":` as a string).
+struct PortKey(u16);
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::syntax::port(d).map(PortKey)
     }
 }

@@ -279,7 +279,7 @@ impl ShortForm for EnvFileRef {
 }
 
 /// `command` or `entrypoint`: a string run by a shell, or an exec-form argument list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Command {
     /// `command: npm start`: compose splits it shell-style into arguments (no shell is run).
@@ -295,23 +295,55 @@ pub struct HealthTest(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for HealthTest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Shell(String),
-            List(Vec<String>),
+        let list = match string_or_list(d)? {
+            Command::Shell(s) => return Ok(HealthTest(vec!["CMD-SHELL".to_string(), s])),
+            Command::Exec(list) => list,
+        };
+        match list.first().map(String::as_str) {
+            Some("NONE" | "CMD" | "CMD-SHELL") => Ok(HealthTest(list)),
+            _ => Err(de::Error::custom(
+                "a healthcheck test list must start with NONE, CMD or CMD-SHELL",
+            )),
         }
-        let raw = Raw::deserialize(d)
-            .map_err(|_| de::Error::custom("healthcheck test must be a string or a list"))?;
-        match raw {
-            Raw::Shell(s) => Ok(HealthTest(vec!["CMD-SHELL".to_string(), s])),
-            Raw::List(list) => match list.first().map(String::as_str) {
-                Some("NONE" | "CMD" | "CMD-SHELL") => Ok(HealthTest(list)),
-                _ => Err(de::Error::custom(
-                    "healthcheck test list must start with NONE, CMD or CMD-SHELL",
-                )),
-            },
+    }
+}
+
+/// A string (shell form) or a list of strings (exec form).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Command, D::Error> {
+    struct V;
+    impl<'de> de::Visitor<'de> for V {
+        type Value = Command;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or a list of strings")
         }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Command, E> {
+            Ok(Command::Shell(v.to_string()))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element::<ArgText>()? {
+                out.push(item.0);
+            }
+            Ok(Command::Exec(out))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// One argument; numbers and booleans are taken as text (`["sleep", 5]`).
+struct ArgText(String);
+
+impl<'de> Deserialize<'de> for ArgText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        opt_text(d)?
+            .map(ArgText)
+            .ok_or_else(|| de::Error::custom("an argument cannot be null"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_list(d)
     }
 }
 
