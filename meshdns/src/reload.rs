@@ -46,6 +46,16 @@ pub struct RecordsHandle {
     zone: Arc<ArcSwap<Zone>>,
     current: Arc<ArcSwap<Records>>,
     serial: Arc<AtomicU32>,
+    status: Arc<ArcSwap<ReloadStatus>>,
+}
+
+/// Outcome of the latest records-file reload, for `meshctl status` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Reloads attempted since start (good, unchanged or refused).
+    pub attempts: u64,
+    /// Why the latest reload was refused; `None` once a good file has been read.
+    pub last_error: Option<String>,
 }
 
 impl RecordsHandle {
@@ -59,6 +69,7 @@ impl RecordsHandle {
             zone: Arc::new(ArcSwap::from_pointee(zone)),
             current: Arc::new(ArcSwap::from_pointee(initial)),
             serial: Arc::new(AtomicU32::new(serial)),
+            status: Arc::default(),
         })
     }
 
@@ -70,6 +81,11 @@ impl RecordsHandle {
     /// The records now served.
     pub fn current(&self) -> Arc<Records> {
         self.current.load_full()
+    }
+
+    /// The outcome of the latest file reload.
+    pub fn status(&self) -> ReloadStatus {
+        (*self.status.load_full()).clone()
     }
 
     /// Validates, compiles and swaps in `records`. Returns false if they equal the current
@@ -101,6 +117,12 @@ impl RecordsHandle {
                 let services = r.services.len();
                 self.publish(r).map(|changed| (changed, services))
             });
+        let attempts = self.status.load().attempts + 1;
+        let last_error = result.as_ref().err().map(ToString::to_string);
+        self.status.store(Arc::new(ReloadStatus {
+            attempts,
+            last_error,
+        }));
         match result {
             Ok((true, services)) => info!(file = %path.display(), services, "records reloaded"),
             Ok((false, _)) => debug!(file = %path.display(), "records file unchanged"),
