@@ -21,7 +21,7 @@ mod read;
 mod syntax;
 mod validate;
 
-pub use env_file::{EnvFileError, parse_env_file, resolve_env_entries};
+pub use env_file::{EnvFileError, parse_env_file, parse_env_file_with, resolve_env_entries};
 pub use interpolate::{EnvLookup, Interpolation, Layered, ProcessEnv, interpolate, substitute};
 pub use merge::merge;
 pub use model::{

@@ -66,3 +66,32 @@ fn errors_with_lines() {
         assert!(err.message.contains(message), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn expansion_like_compose() {
+    let text = "A=one\nB=${A}-two\nC='${A}'\nD=\"${SHELL_ONLY:-d}\"\nE=$A$A\nF=${A:?}\nG\n";
+    let env: BTreeMap<String, String> = [("A".to_string(), "shell".to_string())].into();
+    let got = meshapi::compose::parse_env_file_with(text, &env).unwrap();
+    let got: Vec<(&str, Option<&str>)> = got
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("A", Some("one")),
+            ("B", Some("shell-two")),
+            ("C", Some("${A}")),
+            ("D", Some("d")),
+            ("E", Some("shellshell")),
+            ("F", Some("shell")),
+            ("G", None),
+        ]
+    );
+    let none: BTreeMap<String, String> = BTreeMap::new();
+    let got = meshapi::compose::parse_env_file_with("X=1\nY=${X}\n", &none).unwrap();
+    assert_eq!(got[1].1.as_deref(), Some("1"));
+    let err = meshapi::compose::parse_env_file_with("X=1\nY=${Z:?need Z}\n", &none).unwrap_err();
+    assert_eq!(err.line, 2);
+    assert!(err.message.contains("need Z"), "{err}");
+}

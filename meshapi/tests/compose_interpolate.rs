@@ -38,8 +38,10 @@ fn forms() {
         ("${EMPTY?boom}", ""),
         ("$$A", "$A"),
         ("$${A}", "${A}"),
-        ("cost: 5$", "cost: 5$"),
-        ("a $ b", "a $ b"),
+        ("$A-bar", "alpha-bar"),
+        ("${UNSET-myerror?msg}", "myerror?msg"),
+        ("${UNSET:-/non:-alphanumeric}", "/non:-alphanumeric"),
+        ("${UNSET-${A} ${A}}", "alpha alpha"),
         ("${UNSET:-${B}}", "beta"),
         ("${UNSET:-${ALSO_UNSET:-deep}}", "deep"),
         ("${UNSET:-a}b}", "ab}"),
@@ -66,7 +68,15 @@ fn errors() {
             "${EMPTY:?need it}",
             "required variable EMPTY is missing a value: need it",
         ),
-        ("${UNSET?gone}", "required variable UNSET is not set: gone"),
+        (
+            "${UNSET?gone}",
+            "required variable UNSET is missing a value: gone",
+        ),
+        ("${UNSET?}", "required variable UNSET is missing a value"),
+        (
+            "${UNSET?bar-baz}",
+            "required variable UNSET is missing a value: bar-baz",
+        ),
         ("${UNSET:?}", "required variable UNSET is missing a value"),
         (
             "${UNSET:?no ${B}}",
@@ -78,7 +88,9 @@ fn errors() {
         let got = substitute(input, &env, &mut Vec::new());
         assert_eq!(got, Err(want.to_string()), "input {input:?}");
     }
-    for bad in ["${", "${A", "${}", "${ A}", "${A!x}", "${1A}"] {
+    for bad in [
+        "${", "$}", "${A", "${}", "${ }", "${ A}", "${A }", "${A!x}", "${1A}", "5$", "a $ b",
+    ] {
         let got = substitute(bad, &env, &mut Vec::new());
         assert!(
             got.is_err_and(|e| e.contains("invalid interpolation format")),

@@ -4,10 +4,12 @@
 //! skipped, an `export ` prefix is allowed, unquoted values are trimmed and end at ` #` (an
 //! inline comment), single-quoted values are literal, double-quoted values understand `\n`,
 //! `\r`, `\t`, `\\`, `\"` and `\$`, and both kinds of quotes may span lines. `KEY` alone (no
-//! `=`) means "take KEY from the environment" and is returned as `(KEY, None)`. Variable
-//! expansion inside `.env` values (`B=${A}`) is not done.
+//! `=`) means "take KEY from the environment" and is returned as `(KEY, None)`.
+//! [`parse_env_file_with`] also expands `${VAR}` inside values, as compose does for `.env`.
 
-use crate::compose::EnvLookup;
+use std::collections::BTreeMap;
+
+use crate::compose::{EnvLookup, Layered, substitute};
 
 /// A line of an env file that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,8 +21,72 @@ pub struct EnvFileError {
     pub message: String,
 }
 
-/// Parses an env file into `(key, value)` pairs in file order; `None` is a bare `KEY`.
+/// Parses an env file into `(key, value)` pairs in file order; `None` is a bare `KEY`. Values
+/// are returned as written (no `${VAR}` expansion); see [`parse_env_file_with`].
 pub fn parse_env_file(text: &str) -> Result<Vec<(String, Option<String>)>, EnvFileError> {
+    Ok(entries(text)?
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect())
+}
+
+/// Like [`parse_env_file`], and expands `$VAR`/`${VAR:-default}` in unquoted and double-quoted
+/// values as compose does: from `env` first (the process environment), then from the entries
+/// above in the same file. Single-quoted values stay literal.
+pub fn parse_env_file_with(
+    text: &str,
+    env: &dyn EnvLookup,
+) -> Result<Vec<(String, Option<String>)>, EnvFileError> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for entry in entries(text)? {
+        let value = match entry.value {
+            Some(v) if !entry.literal && v.contains('$') => {
+                let lookup = Layered {
+                    over: EnvRef(env),
+                    under: &seen,
+                };
+                Some(
+                    substitute(&v, &lookup, &mut Vec::new()).map_err(|message| EnvFileError {
+                        line: entry.line,
+                        message,
+                    })?,
+                )
+            }
+            other => other,
+        };
+        if let Some(v) = &value {
+            seen.insert(entry.key.clone(), v.clone());
+        }
+        out.push((entry.key, value));
+    }
+    Ok(out)
+}
+
+struct EnvRef<'a>(&'a dyn EnvLookup);
+
+impl EnvLookup for EnvRef<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name)
+    }
+}
+
+impl EnvLookup for &BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+/// One parsed line.
+struct Entry {
+    key: String,
+    value: Option<String>,
+    /// Single-quoted: never expanded.
+    literal: bool,
+    line: usize,
+}
+
+fn entries(text: &str) -> Result<Vec<Entry>, EnvFileError> {
     let mut parser = Parser {
         chars: text.chars().collect(),
         pos: 0,
@@ -89,7 +155,7 @@ impl Parser {
     }
 
     /// The next entry, skipping blank and comment lines; `None` at end of input.
-    fn entry(&mut self) -> Result<Option<(String, Option<String>)>, EnvFileError> {
+    fn entry(&mut self) -> Result<Option<Entry>, EnvFileError> {
         loop {
             while matches!(self.peek(), Some(' ' | '\t' | '\r' | '\n')) {
                 self.bump();
@@ -114,7 +180,12 @@ impl Parser {
         match self.peek() {
             None | Some('\n' | '\r' | '#') => {
                 self.skip_to_eol();
-                return Ok(Some((key, None)));
+                return Ok(Some(Entry {
+                    key,
+                    value: None,
+                    literal: false,
+                    line,
+                }));
             }
             Some('=') => {
                 self.bump();
@@ -127,6 +198,7 @@ impl Parser {
             }
         }
         self.skip_inline_space();
+        let literal = self.peek() == Some('\'');
         let value = match self.peek() {
             Some(q @ ('"' | '\'')) => {
                 self.bump();
@@ -145,7 +217,12 @@ impl Parser {
             }
             _ => self.unquoted(),
         };
-        Ok(Some((key, Some(value))))
+        Ok(Some(Entry {
+            key,
+            value: Some(value),
+            literal,
+            line,
+        }))
     }
 
     fn key(&mut self) -> String {

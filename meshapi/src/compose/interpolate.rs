@@ -2,9 +2,8 @@
 //! scalar values of a parsed YAML document, and the environments it reads from.
 //!
 //! Behaviour follows compose-go's `template` package: keys are never interpolated, `$$` is a
-//! literal `$`, defaults and alternatives are themselves interpolated (`${A:-${B}}`), a `$`
-//! followed by something that is not a name, `{` or `$` stays literal, and a malformed `${...}`
-//! is an error. An unset variable with no default becomes the empty string plus a warning.
+//! literal `$`, defaults and alternatives are themselves interpolated (`${A:-${B}}`), and a `$`
+//! that starts no valid `$VAR` or `${...}` is an error (escape it as `$$`), as in compose. An unset variable with no default becomes the empty string plus a warning.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -134,8 +133,9 @@ pub fn substitute(
         } else {
             let len = name_len(after);
             if len == 0 {
-                out.push('$');
-                rest = after;
+                return Err(format!(
+                    "invalid interpolation format for {input:?}: a '$' must start $VAR or ${{VAR}}, or be escaped as '$$'"
+                ));
             } else {
                 let name = &after[..len];
                 out.push_str(&lookup_or_warn(name, env, warnings));
@@ -229,15 +229,10 @@ fn braced(
         '?' if set => Ok(value.unwrap_or_default()),
         '?' => {
             let reason = substitute(word, env, warnings)?;
-            let missing = if colon {
-                "is missing a value"
-            } else {
-                "is not set"
-            };
             Err(if reason.is_empty() {
-                format!("required variable {name} {missing}")
+                format!("required variable {name} is missing a value")
             } else {
-                format!("required variable {name} {missing}: {reason}")
+                format!("required variable {name} is missing a value: {reason}")
             })
         }
         _ => Err(invalid()),
