@@ -68,137 +68,23 @@ pub struct ApiErrorBody {
     pub error: String,
 }
 
-/// Why a SPIFFE ID or token does not parse.
+/// The mesh's SPIFFE ID type (one definition for the whole workspace).
+pub use crate::proxy::{SpiffeId, SpiffeIdError};
+
+/// The control plane's own identity in `trust_domain`:
+/// `spiffe://<td>/ns/mesh-system/sa/meshctl`.
+pub fn control_plane_id(trust_domain: &str) -> Result<SpiffeId, SpiffeIdError> {
+    SpiffeId::new(
+        trust_domain,
+        CONTROL_PLANE_NAMESPACE,
+        CONTROL_PLANE_SERVICE_ACCOUNT,
+    )
+}
+
+/// The string does not have the bootstrap token shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IdentityError {
-    /// The string is not `spiffe://<td>/ns/<ns>/sa/<sa>`.
-    #[error("invalid SPIFFE ID {id:?}: {reason}")]
-    InvalidSpiffeId {
-        /// The offending input.
-        id: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The token does not have the bootstrap token shape.
-    #[error("malformed bootstrap token")]
-    MalformedToken,
-}
-
-/// A workload identity `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SpiffeId {
-    trust_domain: String,
-    namespace: String,
-    service_account: String,
-}
-
-impl SpiffeId {
-    /// Builds an identity from its parts, validating each.
-    pub fn new(
-        trust_domain: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<Self, IdentityError> {
-        format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}").parse()
-    }
-
-    /// The trust domain (`cluster.local` by default in the mesh).
-    pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
-    }
-
-    /// The namespace.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    /// The service account.
-    pub fn service_account(&self) -> &str {
-        &self.service_account
-    }
-
-    /// The control plane's own identity in `trust_domain`.
-    pub fn control_plane(trust_domain: &str) -> Result<Self, IdentityError> {
-        Self::new(
-            trust_domain,
-            CONTROL_PLANE_NAMESPACE,
-            CONTROL_PLANE_SERVICE_ACCOUNT,
-        )
-    }
-}
-
-fn valid_trust_domain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-}
-
-fn valid_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-}
-
-impl FromStr for SpiffeId {
-    type Err = IdentityError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason| IdentityError::InvalidSpiffeId {
-            id: s.to_owned(),
-            reason,
-        };
-        let rest = s
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| bad("must start with spiffe://"))?;
-        let (td, path) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("missing /ns/<ns>/sa/<sa> path"))?;
-        if !valid_trust_domain(td) {
-            return Err(bad(
-                "trust domain must be lowercase letters, digits, '-', '.', '_'",
-            ));
-        }
-        let parts: Vec<&str> = path.split('/').collect();
-        match parts.as_slice() {
-            ["ns", ns, "sa", sa] if valid_segment(ns) && valid_segment(sa) => Ok(Self {
-                trust_domain: td.to_owned(),
-                namespace: (*ns).to_owned(),
-                service_account: (*sa).to_owned(),
-            }),
-            ["ns", _, "sa", _] => Err(bad(
-                "namespace and service account must be letters, digits, '-', '.', '_'",
-            )),
-            _ => Err(bad("path must be /ns/<namespace>/sa/<service-account>")),
-        }
-    }
-}
-
-impl fmt::Display for SpiffeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
-    }
-}
-
-impl Serialize for SpiffeId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for SpiffeId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+#[error("malformed bootstrap token")]
+pub struct MalformedToken;
 
 /// Prefix of every bootstrap token, so a leaked one is recognisable in logs and secret scanners.
 pub const TOKEN_PREFIX: &str = "mbt1_";
@@ -236,50 +122,33 @@ impl fmt::Debug for BootstrapToken {
 }
 
 impl FromStr for BootstrapToken {
-    type Err = IdentityError;
+    type Err = MalformedToken;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s
-            .strip_prefix(TOKEN_PREFIX)
-            .ok_or(IdentityError::MalformedToken)?;
+        let hex = s.strip_prefix(TOKEN_PREFIX).ok_or(MalformedToken)?;
         if hex.len() != 2 * TOKEN_RANDOM_BYTES
             || !hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            return Err(IdentityError::MalformedToken);
+            return Err(MalformedToken);
         }
         Ok(Self(s.to_owned()))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn spiffe_ids_parse_and_print() {
-        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/backend"
-            .parse()
-            .unwrap();
-        assert_eq!(id.trust_domain(), "cluster.local");
-        assert_eq!(id.namespace(), "default");
-        assert_eq!(id.service_account(), "backend");
+    fn control_plane_identity() {
+        let id = control_plane_id("cluster.local").unwrap();
         assert_eq!(
             id.to_string(),
-            "spiffe://cluster.local/ns/default/sa/backend"
+            "spiffe://cluster.local/ns/mesh-system/sa/meshctl"
         );
-        for bad in [
-            "https://cluster.local/ns/default/sa/backend",
-            "spiffe://cluster.local/ns/default",
-            "spiffe://cluster.local/ns/default/sa/backend/extra",
-            "spiffe://Cluster.local/ns/default/sa/backend",
-            "spiffe://cluster.local/ns/../sa/backend",
-            "spiffe://cluster.local/ns//sa/backend",
-            "spiffe:///ns/default/sa/backend",
-        ] {
-            assert!(bad.parse::<SpiffeId>().is_err(), "{bad} should be refused");
-        }
     }
 
     #[test]

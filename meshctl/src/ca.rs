@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use meshapi::ca_api::{BootstrapToken, CsrRequest, CsrResponse, IdentityError, SpiffeId};
+use meshapi::ca_api::{BootstrapToken, CsrRequest, CsrResponse, SpiffeId, SpiffeIdError};
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256, SanType,
@@ -70,7 +70,7 @@ impl Default for CaConfig {
 impl CaConfig {
     /// Checks the settings before anything is created on disk.
     pub fn validate(&self) -> Result<(), CaError> {
-        SpiffeId::control_plane(&self.trust_domain).map_err(CaError::InvalidIdentity)?;
+        meshapi::ca_api::control_plane_id(&self.trust_domain).map_err(CaError::InvalidIdentity)?;
         if self.cert_lifetime < Duration::from_secs(1) {
             return Err(CaError::Config("cert_lifetime must be at least 1s".into()));
         }
@@ -134,7 +134,7 @@ pub enum CaError {
     Config(String),
     /// The requested identity is not a SPIFFE ID.
     #[error(transparent)]
-    InvalidIdentity(IdentityError),
+    InvalidIdentity(SpiffeIdError),
     /// The identity belongs to another trust domain.
     #[error("identity {requested} is outside trust domain {ours}")]
     ForeignTrustDomain {
@@ -404,8 +404,8 @@ impl Ca {
         names: &[String],
         lifetime: Duration,
     ) -> Result<ServingCert, CaError> {
-        let id =
-            SpiffeId::control_plane(&self.config.trust_domain).map_err(CaError::InvalidIdentity)?;
+        let id = meshapi::ca_api::control_plane_id(&self.config.trust_domain)
+            .map_err(CaError::InvalidIdentity)?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();

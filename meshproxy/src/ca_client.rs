@@ -270,7 +270,9 @@ impl CaClient {
             source,
         };
         let connector = TlsConnector::from(Arc::new(self.tls_config(client_cert)?));
-        let tcp = TcpStream::connect(&self.endpoint).await.map_err(connect_err)?;
+        let tcp = TcpStream::connect(&self.endpoint)
+            .await
+            .map_err(connect_err)?;
         let tls = connector
             .connect(server_name(&self.endpoint)?, tcp)
             .await
@@ -340,10 +342,11 @@ pub fn verify_issued(
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Err(reject("no certificate in the answer".into()));
     };
-    let (_, x509) = X509Certificate::from_der(leaf)
-        .map_err(|e| reject(format!("leaf does not parse: {e}")))?;
+    let (_, x509) =
+        X509Certificate::from_der(leaf).map_err(|e| reject(format!("leaf does not parse: {e}")))?;
     let not_after = x509.validity().not_after.timestamp();
-    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0));
+    let not_after =
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0));
     if not_after <= now {
         return Err(reject("certificate is already expired".into()));
     }
@@ -370,8 +373,14 @@ pub fn verify_issued(
     }
     let ee = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| reject(format!("leaf unusable: {e:?}")))?;
-    let time = UnixTime::since_unix_epoch(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
-    for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
+    let time = UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             anchors,
@@ -419,12 +428,16 @@ impl ServerCertVerifier for ControlPlaneVerifier {
         let (_, x509) = X509Certificate::from_der(end_entity)
             .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
         let expected = self.expected.to_string();
-        let names_us = x509.subject_alternative_name().ok().flatten().is_some_and(|san| {
-            san.value
-                .general_names
-                .iter()
-                .any(|n| matches!(n, GeneralName::URI(u) if *u == expected))
-        });
+        let names_us = x509
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .any(|n| matches!(n, GeneralName::URI(u) if *u == expected))
+            });
         if !names_us {
             return Err(rustls::Error::General(format!(
                 "server certificate does not name {expected}"

@@ -1,0 +1,290 @@
+//! CSR signing and bootstrap tokens, through `Ca::handle_csr` (the API adds only transport).
+#![allow(clippy::unwrap_used)]
+
+mod ca_support;
+
+use std::time::{Duration, SystemTime};
+
+use ca_support::*;
+use meshctl::ca::{CaConfig, CaError};
+use rcgen::SanType;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+fn config_with_lifetime(lifetime: Duration) -> CaConfig {
+    CaConfig {
+        cert_lifetime: lifetime,
+        ..CaConfig::default()
+    }
+}
+
+#[test]
+fn issued_certificate_has_the_workload_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lifetime = Duration::from_secs(3600);
+    let ca = open_ca(tmp.path(), config_with_lifetime(lifetime));
+    let who = id("backend");
+    let token = ca.issue_token(&who).unwrap();
+    let (key, csr) = csr_for(&who);
+    let before = SystemTime::now();
+    let answer = ca
+        .handle_csr(&request(Some(token.as_str()), &who, &csr), None)
+        .unwrap();
+
+    let chain = certs(&answer.cert_chain_pem);
+    assert_eq!(chain.len(), 1, "own root: the chain is just the leaf");
+    chain_verifies(&answer.cert_chain_pem, &answer.root_pem).unwrap();
+    let (_, cert) = X509Certificate::from_der(&chain[0]).unwrap();
+
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    assert!(san.critical, "empty subject requires a critical SAN");
+    assert_eq!(
+        san.value.general_names,
+        vec![GeneralName::URI(
+            "spiffe://cluster.local/ns/default/sa/backend"
+        )]
+    );
+    assert!(cert.subject().iter().next().is_none(), "empty subject");
+    let bc = cert.basic_constraints().unwrap().unwrap();
+    assert!(!bc.value.ca);
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && ku.key_encipherment());
+    assert!(!ku.key_cert_sign() && !ku.crl_sign());
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth && !eku.any);
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
+
+    let not_after = cert.validity().not_after.timestamp();
+    let not_before = cert.validity().not_before.timestamp();
+    let now = before
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (not_after - (now + 3600)).abs() <= 2,
+        "lifetime as configured"
+    );
+    assert_eq!(answer.not_after, not_after);
+    assert!(
+        not_before <= now - 59 && not_before >= now - 62,
+        "backdated by the clock skew"
+    );
+    assert!(cert.raw_serial().len() >= 16, "random 128-bit serial");
+    assert!(cert.extensions().iter().any(|e| matches!(
+        e.parsed_extension(),
+        ParsedExtension::AuthorityKeyIdentifier(_)
+    )));
+
+    let issued = ca.issued();
+    assert_eq!(
+        issued[&who].not_after,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(not_after as u64)
+    );
+}
+
+#[test]
+fn csrs_with_wrong_names_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Refused CSRs count against the rate limit too; this test is not about it.
+    let rate_limit = meshctl::ca::RateLimitConfig {
+        burst: 100,
+        ..Default::default()
+    };
+    let ca = open_ca(
+        tmp.path(),
+        CaConfig {
+            rate_limit,
+            ..CaConfig::default()
+        },
+    );
+    let who = id("backend");
+    let me = who.to_string();
+    let cases: Vec<(&str, Vec<SanType>)> = vec![
+        (
+            "extra URI SAN",
+            vec![uri(&me), uri("spiffe://cluster.local/ns/default/sa/admin")],
+        ),
+        (
+            "extra DNS SAN",
+            vec![uri(&me), SanType::DnsName("backend".try_into().unwrap())],
+        ),
+        (
+            "DNS SAN only",
+            vec![SanType::DnsName("backend".try_into().unwrap())],
+        ),
+        (
+            "IP SAN",
+            vec![SanType::IpAddress("10.0.0.1".parse().unwrap())],
+        ),
+        ("non-SPIFFE URI", vec![uri("https://backend.example/")]),
+        ("no SAN", vec![]),
+    ];
+    for (what, sans) in cases {
+        let token = ca.issue_token(&who).unwrap();
+        let (_, csr) = csr_with(sans);
+        let err = ca
+            .handle_csr(&request(Some(token.as_str()), &who, &csr), None)
+            .unwrap_err();
+        assert!(matches!(err, CaError::BadCsr(_)), "{what}: {err:?}");
+        // A refused CSR does not burn the token.
+        let (_, good) = csr_for(&who);
+        ca.handle_csr(&request(Some(token.as_str()), &who, &good), None)
+            .unwrap();
+    }
+
+    let token = ca.issue_token(&who).unwrap();
+    let (_, other) = csr_for(&id("admin"));
+    let err = ca
+        .handle_csr(&request(Some(token.as_str()), &who, &other), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, CaError::CsrIdentityMismatch { .. }),
+        "{err:?}"
+    );
+
+    let mut tampered = csr_for(&who).1.into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let err = ca
+        .handle_csr(
+            &request(
+                Some(token.as_str()),
+                &who,
+                &String::from_utf8(tampered).unwrap(),
+            ),
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CaError::BadCsr(_)), "tampered CSR: {err:?}");
+    let err = ca
+        .handle_csr(&request(Some(token.as_str()), &who, "not a csr"), None)
+        .unwrap_err();
+    assert!(matches!(err, CaError::BadCsr(_)), "{err:?}");
+}
+
+#[test]
+fn tokens_are_single_use_expiring_and_bound_to_one_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = open_ca(tmp.path(), CaConfig::default());
+    let (a, b) = (id("frontend"), id("backend"));
+    let (_, csr_a) = csr_for(&a);
+    let (_, csr_b) = csr_for(&b);
+
+    let token = ca.issue_token(&a).unwrap();
+    let err = ca
+        .handle_csr(&request(Some(token.as_str()), &b, &csr_b), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, CaError::TokenIdentityMismatch { .. }),
+        "A's token for B: {err:?}"
+    );
+    ca.handle_csr(&request(Some(token.as_str()), &a, &csr_a), None)
+        .unwrap();
+    let err = ca
+        .handle_csr(&request(Some(token.as_str()), &a, &csr_a), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, CaError::TokenReused { .. }),
+        "replay: {err:?}"
+    );
+
+    let expired = ca.issue_token_with_ttl(&a, Duration::ZERO).unwrap();
+    let err = ca
+        .handle_csr(&request(Some(expired.as_str()), &a, &csr_a), None)
+        .unwrap_err();
+    assert!(matches!(err, CaError::TokenExpired { .. }), "{err:?}");
+
+    let unknown = "mbt1_".to_string() + &"0".repeat(64);
+    let err = ca
+        .handle_csr(&request(Some(&unknown), &a, &csr_a), None)
+        .unwrap_err();
+    assert!(matches!(err, CaError::TokenUnknown), "{err:?}");
+    let err = ca
+        .handle_csr(&request(Some("hunter2"), &a, &csr_a), None)
+        .unwrap_err();
+    assert!(matches!(err, CaError::TokenMalformed), "{err:?}");
+    let err = ca.handle_csr(&request(None, &a, &csr_a), None).unwrap_err();
+    assert!(matches!(err, CaError::Unauthenticated), "{err:?}");
+
+    // A peer certificate proves its own identity only.
+    ca.handle_csr(&request(None, &a, &csr_a), Some(&a)).unwrap();
+    let err = ca
+        .handle_csr(&request(None, &b, &csr_b), Some(&a))
+        .unwrap_err();
+    assert!(
+        matches!(err, CaError::PeerIdentityMismatch { .. }),
+        "{err:?}"
+    );
+
+    let foreign = meshapi::ca_api::SpiffeId::new("evil.org", "default", "frontend").unwrap();
+    let (_, csr_f) = csr_for(&foreign);
+    let err = ca
+        .handle_csr(&request(None, &foreign, &csr_f), Some(&foreign))
+        .unwrap_err();
+    assert!(matches!(err, CaError::ForeignTrustDomain { .. }), "{err:?}");
+}
+
+#[test]
+fn outstanding_tokens_survive_a_restart_and_are_stored_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let who = id("backend");
+    let (token, used) = {
+        let ca = open_ca(tmp.path(), CaConfig::default());
+        let used = ca.issue_token(&who).unwrap();
+        let (_, csr) = csr_for(&who);
+        ca.handle_csr(&request(Some(used.as_str()), &who, &csr), None)
+            .unwrap();
+        (ca.issue_token(&who).unwrap(), used)
+    };
+    let file = tmp.path().join(".mesh/tokens.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains(token.as_str()) && !text.contains(used.as_str()),
+        "tokens are hashed"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let ca = open_ca(tmp.path(), CaConfig::default());
+    let (_, csr) = csr_for(&who);
+    let err = ca
+        .handle_csr(&request(Some(used.as_str()), &who, &csr), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, CaError::TokenReused { .. }),
+        "a used token stays used: {err:?}"
+    );
+    ca.handle_csr(&request(Some(token.as_str()), &who, &csr), None)
+        .unwrap();
+}
+
+#[test]
+fn invalid_config_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for config in [
+        CaConfig {
+            cert_lifetime: Duration::from_millis(10),
+            ..CaConfig::default()
+        },
+        CaConfig {
+            trust_domain: "Bad Domain".into(),
+            ..CaConfig::default()
+        },
+        CaConfig {
+            token_ttl: Duration::ZERO,
+            ..CaConfig::default()
+        },
+    ] {
+        assert!(meshctl::ca::Ca::open(tmp.path(), config).is_err());
+    }
+    assert!(
+        !tmp.path().join(".mesh").exists(),
+        "nothing created for an invalid config"
+    );
+}
