@@ -348,7 +348,7 @@ impl FromStr for Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -480,8 +480,11 @@ impl ProxyConfig {
             }
             if o.target_port.is_none() && o.vip.port() == 0 {
                 errs.push(
-                    FieldError::new(format!("{path}.targetPort"), "required when the VIP port is 0")
-                        .with_hint("name the application port on the endpoints"),
+                    FieldError::new(
+                        format!("{path}.targetPort"),
+                        "required when the VIP port is 0",
+                    )
+                    .with_hint("name the application port on the endpoints"),
                 );
             }
             if o.target_port == Some(0) {
@@ -493,13 +496,13 @@ impl ProxyConfig {
         }
         for (name, svc) in &self.services {
             for (j, r) in svc.routes.iter().enumerate() {
-                if let Some(p) = &r.path_prefix {
-                    if !p.starts_with('/') {
-                        errs.push(FieldError::new(
-                            format!("services.{name}.routes[{j}].pathPrefix"),
-                            "a path prefix starts with `/`",
-                        ));
-                    }
+                if let Some(p) = &r.path_prefix
+                    && !p.starts_with('/')
+                {
+                    errs.push(FieldError::new(
+                        format!("services.{name}.routes[{j}].pathPrefix"),
+                        "a path prefix starts with `/`",
+                    ));
                 }
             }
         }
@@ -550,6 +553,7 @@ impl ProxyConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

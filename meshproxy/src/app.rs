@@ -252,7 +252,7 @@ fn spawn_listener(
                 biased;
                 _ = shared.drain.draining(), if !matches!(role, Role::Admin(_)) => break,
                 _ = shared.drain.forced() => break,
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stopped(&mut stop) => break,
                 r = listener.accept() => r,
             };
             match accepted {
@@ -268,6 +268,13 @@ fn spawn_listener(
         }
         tracing::debug!(?role, "listener closed");
     });
+}
+
+/// Resolves when a listener's stop flag is set; never if its sender is gone.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn handle_conn(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, role: Role) {
@@ -313,11 +320,11 @@ impl ProxyHandle {
         self.sync_vips(&cfg)?;
         if let Some((creds, roots)) = creds {
             self.shared.identity.set(creds);
-            if let Ok(mut last) = self.last_roots.lock() {
-                if *last != roots {
-                    *last = roots;
-                    self.shared.pool.clear();
-                }
+            if let Ok(mut last) = self.last_roots.lock()
+                && *last != roots
+            {
+                *last = roots;
+                self.shared.pool.clear();
             }
         }
         let revision = cfg.revision;

@@ -104,10 +104,11 @@ impl Drain {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn drain_waits_for_guards_then_forces() {
         let d = Drain::default();
         let g = d.guard();
@@ -116,7 +117,7 @@ mod tests {
             d2.forced().await;
             drop(g);
         });
-        assert_eq!(d.drain(Duration::from_secs(1)).await, 1);
+        assert_eq!(d.drain(Duration::from_millis(50)).await, 1);
         t.await.unwrap();
         assert_eq!(d.active(), 0);
         let d = Drain::default();

@@ -77,10 +77,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `Connection: upgrade` is set again, for a request or 101 being passed through.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     for t in connection_tokens(h) {
-        if let Ok(name) = HeaderName::from_bytes(t.as_bytes()) {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                h.remove(name);
-            }
+        if let Ok(name) = HeaderName::from_bytes(t.as_bytes())
+            && !(keep_upgrade && name == header::UPGRADE)
+        {
+            h.remove(name);
         }
     }
     let upgrade = h.get(header::UPGRADE).cloned();
@@ -97,11 +97,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if keep_upgrade {
-        if let Some(u) = upgrade {
-            h.insert(header::UPGRADE, u);
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+    if keep_upgrade && let Some(u) = upgrade {
+        h.insert(header::UPGRADE, u);
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -170,6 +168,7 @@ pub fn find_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

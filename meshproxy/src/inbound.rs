@@ -279,14 +279,13 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     if let (true, Some(v)) = (snap.cfg.xfcc, &ctx.xfcc) {
         parts.headers.insert(XFCC, v.clone());
     }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, a);
-        }
+    {
+        parts.headers.insert(header::HOST, a);
     }
     let port = ctx.peer.port;
     let pq = parts

@@ -161,10 +161,10 @@ async fn forward(
         *req.uri_mut() = pq
             .parse()
             .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(h) = HeaderValue::from_str(&authority) {
-                req.headers_mut().insert(header::HOST, h);
-            }
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(h) = HeaderValue::from_str(&authority)
+        {
+            req.headers_mut().insert(header::HOST, h);
         }
         let stream = connect_mtls(shared, &target, tls::ALPN_HTTP1).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

@@ -54,7 +54,10 @@ pub enum TlsError {
     #[error("own certificate is not a valid SVID: {0}")]
     OwnCert(SvidError),
     #[error("own certificate is for {got}, config says {expected}")]
-    OwnIdentity { expected: SpiffeId, got: SpiffeId },
+    OwnIdentity {
+        expected: Box<SpiffeId>,
+        got: Box<SpiffeId>,
+    },
 }
 
 /// A certificate that breaks the SPIFFE X509-SVID rules.
@@ -77,7 +80,10 @@ pub enum SvidError {
     #[error("peer trust domain {got} is not {expected}")]
     TrustDomain { expected: String, got: String },
     #[error("peer is {got}, expected {expected}")]
-    UnexpectedPeer { expected: SpiffeId, got: SpiffeId },
+    UnexpectedPeer {
+        expected: Box<SpiffeId>,
+        got: Box<SpiffeId>,
+    },
 }
 
 /// Checks the SVID rules on a leaf certificate and returns its SPIFFE ID.
@@ -156,8 +162,8 @@ impl Credentials {
         let id = check_svid(leaf).map_err(TlsError::OwnCert)?;
         if &id != expected {
             return Err(TlsError::OwnIdentity {
-                expected: expected.clone(),
-                got: id,
+                expected: Box::new(expected.clone()),
+                got: Box::new(id),
             });
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::Pem {
@@ -363,8 +369,8 @@ impl ServerCertVerifier for PeerServerVerifier {
         )?;
         if id != self.expected {
             return Err(other(SvidError::UnexpectedPeer {
-                expected: self.expected.clone(),
-                got: id,
+                expected: Box::new(self.expected.clone()),
+                got: Box::new(id),
             }));
         }
         Ok(ServerCertVerified::assertion())
@@ -478,6 +484,7 @@ pub fn xfcc_value(own: &SpiffeId, peer_cert: &[u8], peer: &SpiffeId) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

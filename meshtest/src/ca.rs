@@ -16,7 +16,7 @@ pub struct TestCa {
 }
 
 /// How to shape a leaf certificate. `Default` is a good workload certificate with no URI.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LeafOptions {
     /// URI SANs (a good SVID has exactly one).
     pub uris: Vec<String>,
@@ -26,17 +26,6 @@ pub struct LeafOptions {
     pub is_ca: bool,
     /// Leave digitalSignature out of keyUsage.
     pub no_digital_signature: bool,
-}
-
-impl Default for LeafOptions {
-    fn default() -> Self {
-        LeafOptions {
-            uris: Vec::new(),
-            expired: false,
-            is_ca: false,
-            no_digital_signature: false,
-        }
-    }
 }
 
 /// A certificate chain and its private key, PEM-encoded.

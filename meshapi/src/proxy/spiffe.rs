@@ -125,6 +125,7 @@ impl<'de> Deserialize<'de> for SpiffeId {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

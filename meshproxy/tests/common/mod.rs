@@ -1,0 +1,139 @@
+//! Helpers for running meshproxy pairs in-process with the meshtest CA.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use meshapi::proxy::ProxyConfig;
+use meshproxy::Bound;
+use meshtest::TestCa;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const TD: &str = "cluster.local";
+
+pub fn spiffe(sa: &str) -> String {
+    format!("spiffe://{TD}/ns/default/sa/{sa}")
+}
+
+/// A CA and a temp dir holding every proxy's files.
+pub struct Mesh {
+    pub ca: TestCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    pub fn new() -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("mesh-root");
+        ca.write_roots(dir.path(), "roots.pem");
+        Mesh { ca, dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a certificate for service account `sa` and returns the identity YAML block.
+    pub fn identity_yaml(&self, sa: &str) -> String {
+        let (cert, key) = self.ca.issue(&spiffe(sa)).write(self.path(), sa);
+        format!(
+            "identity:\n  spiffeId: {}\n  certFile: {}\n  keyFile: {}\n  rootsFile: {}\n",
+            spiffe(sa),
+            cert.display(),
+            key.display(),
+            self.path().join("roots.pem").display()
+        )
+    }
+}
+
+/// The parts of a config every test proxy shares: loopback port-0 listeners.
+pub fn base_yaml(identity: &str, revision: u64) -> String {
+    format!(
+        "apiVersion: meshproxy/v1\nrevision: {revision}\n{identity}listeners:\n  inbound: 127.0.0.1:0\n\
+         admin:\n  admin: 127.0.0.1:0\n  health: 127.0.0.1:0\n  stats: 127.0.0.1:0\n\
+         drainDeadline: 2s\n"
+    )
+}
+
+pub fn parse(yaml: &str) -> ProxyConfig {
+    ProxyConfig::from_str_checked(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+/// A server-side proxy for `sa` serving one app port with a mode.
+pub async fn backend_proxy(mesh: &Mesh, sa: &str, port: u16, protocol: &str, mode: &str) -> Bound {
+    let yaml = format!(
+        "{}inbound:\n  - {{ port: {port}, protocol: {protocol}, mode: {mode} }}\n",
+        base_yaml(&mesh.identity_yaml(sa), 1)
+    );
+    meshproxy::build(parse(&yaml)).await.unwrap()
+}
+
+/// YAML for a client-side proxy with one outbound service `backend` at `vip`.
+pub fn client_yaml(
+    mesh_identity: &str,
+    revision: u64,
+    vip: &str,
+    protocol: &str,
+    target_port: u16,
+    endpoints: &[(SocketAddr, &str)],
+) -> String {
+    let mut y = base_yaml(mesh_identity, revision);
+    y.push_str(&format!(
+        "outbound:\n  - {{ service: backend, vip: \"{vip}\", protocol: {protocol}, targetPort: {target_port} }}\n\
+         services:\n  backend:\n    endpoints:\n"
+    ));
+    for (addr, sa) in endpoints {
+        y.push_str(&format!(
+            "      - {{ address: \"{addr}\", identity: \"{}\" }}\n",
+            spiffe(sa)
+        ));
+    }
+    y
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+pub fn http1_client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new())
+}
+
+pub fn h2c_client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(hyper_util::client::legacy::connect::HttpConnector::new())
+}
+
+/// GET through a client, returning status, headers and body text.
+pub async fn get(client: &Client, url: &str) -> (http::StatusCode, http::HeaderMap, String) {
+    let resp = client.get(url.parse().unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns everything read until the peer
+/// closes or 3 s pass.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
