@@ -24,6 +24,7 @@ mod validate;
 pub use env_file::{EnvFileError, parse_env_file, parse_env_file_with, resolve_env_entries};
 pub use interpolate::{EnvLookup, Interpolation, Layered, ProcessEnv, interpolate, substitute};
 pub use merge::merge;
+pub use mesh::{PortProtocol, Workload};
 pub use model::{
     ComposeFile, DependsCondition, DependsOn, Deploy, Healthcheck, Limits, MeshPort, NetworkDef,
     Protocol, Resources, Service, ServiceNetwork, VolumeDef, XMesh,

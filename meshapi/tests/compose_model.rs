@@ -136,12 +136,26 @@ fn refused_keys_by_path() {
             "configs",
             "not supported by meshctl yet",
         ),
+        (
+            "services: {web: {image: x, extends: {service: a}}}",
+            "services.web.extends",
+            "not supported by meshctl yet",
+        ),
+        (
+            "services: {web: {image: x, dns_search: [a]}}",
+            "services.web.dns_search",
+            "owns DNS",
+        ),
     ];
     for (yaml, path, message) in cases {
         let (p, m) = parse_err(yaml);
         assert_eq!(p, *path, "{yaml}");
         assert!(m.contains(message) && m.contains(path), "{yaml}: {m}");
     }
+    let value: serde_yaml::Value = serde_yaml::from_str("include: [a.yaml]\nservices: {}").unwrap();
+    let e = from_value(value).unwrap_err();
+    assert_eq!(e.message, "not supported by meshctl yet: include");
+    assert_eq!(e.hint.as_deref(), Some("pass the files with -f instead"));
 }
 
 #[test]
@@ -171,7 +185,7 @@ fn unknown_keys_keep_serde_wording() {
         (
             "services: {web: {image: x, deploy: {replicas: -1}}}",
             "services.web.deploy.replicas",
-            "invalid number",
+            "expected a whole number >= 0",
         ),
         (
             "services: {web: {image: x, restart: sometimes}}",
@@ -449,4 +463,22 @@ fn extensions_print_with_the_model() {
         "{printed}"
     );
     assert_eq!(parse(&printed), file);
+}
+
+#[test]
+fn workloads_and_profiles() {
+    let file = parse(&format!(
+        "{SEED}  debug:\n    image: busybox\n    profiles: [debug]\n"
+    ));
+    let backend = file.instances_of("default", "backend");
+    let names: Vec<&str> = backend.iter().map(|w| w.name).collect();
+    assert_eq!(names, ["backend-v1", "backend-v2"]);
+    assert_eq!(backend[1].replicas, 2);
+    assert_eq!(backend[1].labels["version"], "v2");
+    assert_eq!(backend[0].service_account, "backend");
+    assert!(file.instances_of("other", "backend").is_empty());
+    assert_eq!(file.workloads().len(), 4);
+    assert!(!file.enabled_services(&[]).contains(&"debug"));
+    assert!(file.enabled_services(&["debug"]).contains(&"debug"));
+    assert_eq!(file.enabled_services(&["*"]).len(), 4);
 }

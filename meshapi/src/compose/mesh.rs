@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{Protocol, Service};
+use super::model::{ComposeFile, Protocol, Service};
 
 /// Namespace when `x-mesh.namespace` is absent (Istio's `default`).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -138,4 +138,70 @@ pub fn protocol_from_port_name(name: &str) -> Option<Protocol> {
     }
     let prefix = lower.split('-').next().unwrap_or_default();
     Protocol::from_istio_name(prefix)
+}
+
+/// One compose service as the mesh sees it, every default applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload<'a> {
+    /// Compose service name (`backend-v1`).
+    pub name: &'a str,
+    /// The typed service.
+    pub service: &'a Service,
+    /// Mesh service name (`backend`).
+    pub mesh_service: &'a str,
+    /// Namespace (`default`).
+    pub namespace: &'a str,
+    /// Service account of its SPIFFE identity.
+    pub service_account: &'a str,
+    /// Labels Istio selectors and subsets match (see [`Service::labels`]).
+    pub labels: BTreeMap<String, String>,
+    /// Number of containers.
+    pub replicas: u32,
+    /// Container ports with protocols.
+    pub ports: Vec<PortProtocol>,
+}
+
+impl ComposeFile {
+    /// Every service as a [`Workload`], in compose-name order.
+    pub fn workloads(&self) -> Vec<Workload<'_>> {
+        self.services
+            .iter()
+            .map(|(name, service)| Workload {
+                name,
+                service,
+                mesh_service: service.mesh_service(name),
+                namespace: service.namespace(),
+                service_account: service.service_account(name),
+                labels: service.labels(name),
+                replicas: service.replicas(),
+                ports: service.ports_with_protocol(),
+            })
+            .collect()
+    }
+
+    /// The workloads behind one mesh service (`backend` in `default`: `backend-v1`,
+    /// `backend-v2`).
+    pub fn instances_of(&self, namespace: &str, mesh_service: &str) -> Vec<Workload<'_>> {
+        self.workloads()
+            .into_iter()
+            .filter(|w| w.namespace == namespace && w.mesh_service == mesh_service)
+            .collect()
+    }
+
+    /// Compose names of the services enabled by the active profiles (`--profile`,
+    /// `COMPOSE_PROFILES`): a service without `profiles` is always enabled, one with
+    /// `profiles` only when one of them is active or `*` is.
+    pub fn enabled_services(&self, active_profiles: &[&str]) -> Vec<&str> {
+        let all = active_profiles.contains(&"*");
+        self.services
+            .iter()
+            .filter(|(_, s)| {
+                all || s.profiles.is_empty()
+                    || s.profiles
+                        .iter()
+                        .any(|p| active_profiles.contains(&p.as_str()))
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
 }

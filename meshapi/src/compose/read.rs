@@ -9,15 +9,15 @@ use serde_yaml::{Mapping, Value};
 use super::model::ComposeFile;
 use crate::diag::{FieldError, join_path};
 
-/// Top-level keys of the compose specification that meshctl does not serve.
+/// Top-level keys of the compose specification that meshctl does not serve yet, with a hint.
 const REFUSED_TOP: &[(&str, &str)] = &[
-    ("secrets", "not supported by meshctl yet"),
-    ("configs", "not supported by meshctl yet"),
     (
-        "include",
-        "not supported by meshctl yet; pass the files with -f instead",
+        "secrets",
+        "pass secrets as environment variables or bind-mounted files for now",
     ),
-    ("models", "not supported by meshctl yet"),
+    ("configs", "bind-mount the files with `volumes` for now"),
+    ("include", "pass the files with -f instead"),
+    ("models", "remove it; meshctl runs containers only"),
 ];
 
 /// Service keys with a reason of their own.
@@ -37,10 +37,6 @@ const REFUSED_SERVICE_REASONED: &[(&str, &str)] = &[
     (
         "network_mode",
         "the sidecar owns the service's network namespace; the app container joins it",
-    ),
-    (
-        "extends",
-        "not supported by meshctl yet; merge files with -f instead",
     ),
 ];
 
@@ -67,6 +63,7 @@ const REFUSED_SERVICE: &[&str] = &[
     "devices",
     "domainname",
     "driver_opts",
+    "extends",
     "external_links",
     "gpus",
     "group_add",
@@ -170,8 +167,19 @@ fn take_extensions(map: &mut Mapping, keep_x_mesh: bool) -> BTreeMap<String, Val
         .collect()
 }
 
-fn not_supported(path: &str, reason: &str) -> FieldError {
+/// A key meshctl refuses for a reason of its own (the mesh owns what the key would set).
+fn refused(path: &str, reason: &str) -> FieldError {
     FieldError::new(path, format!("not supported by meshctl: {path}: {reason}"))
+}
+
+/// A compose key meshctl does not serve yet.
+fn not_yet(path: &str, hint: &str) -> FieldError {
+    let e = FieldError::new(path, format!("not supported by meshctl yet: {path}"));
+    if hint.is_empty() {
+        e
+    } else {
+        e.with_hint(hint)
+    }
 }
 
 /// The first refused key, by path.
@@ -181,7 +189,7 @@ fn refuse(value: &Value) -> Result<(), FieldError> {
     };
     for (key, reason) in REFUSED_TOP {
         if root.contains_key(*key) {
-            return Err(not_supported(key, reason));
+            return Err(not_yet(key, reason));
         }
     }
     let Some(Value::Mapping(services)) = root.get("services") else {
@@ -195,10 +203,10 @@ fn refuse(value: &Value) -> Result<(), FieldError> {
         for key in service.keys().filter_map(Value::as_str) {
             let path = join_path(&base, key);
             if let Some((_, reason)) = REFUSED_SERVICE_REASONED.iter().find(|(k, _)| *k == key) {
-                return Err(not_supported(&path, reason));
+                return Err(refused(&path, reason));
             }
             if REFUSED_SERVICE.contains(&key) {
-                return Err(not_supported(&path, "not served yet"));
+                return Err(not_yet(&path, ""));
             }
         }
         let Some(Value::Mapping(deploy)) = service.get("deploy") else {
@@ -208,7 +216,7 @@ fn refuse(value: &Value) -> Result<(), FieldError> {
         for key in deploy.keys().filter_map(Value::as_str) {
             if REFUSED_DEPLOY.contains(&key) {
                 let path = join_path(&deploy_path, key);
-                return Err(not_supported(
+                return Err(not_yet(
                     &path,
                     "only deploy.replicas and deploy.resources.limits are served",
                 ));
@@ -220,7 +228,7 @@ fn refuse(value: &Value) -> Result<(), FieldError> {
         for key in resources.keys().filter_map(Value::as_str) {
             if key == "reservations" {
                 let path = join_path(&deploy_path, "resources.reservations");
-                return Err(not_supported(
+                return Err(not_yet(
                     &path,
                     "only resources.limits.memory and resources.limits.cpus are served",
                 ));
@@ -230,7 +238,7 @@ fn refuse(value: &Value) -> Result<(), FieldError> {
             for key in limits.keys().filter_map(Value::as_str) {
                 if key == "pids" || key == "devices" {
                     let path = join_path(&deploy_path, &format!("resources.limits.{key}"));
-                    return Err(not_supported(
+                    return Err(not_yet(
                         &path,
                         "only resources.limits.memory and resources.limits.cpus are served",
                     ));

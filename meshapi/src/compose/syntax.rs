@@ -56,7 +56,13 @@ fn parse_int<T: std::str::FromStr, E: de::Error>(text: &str, what: &str) -> Resu
 
 /// An optional non-negative integer, also from a string (`"3"` after interpolation).
 pub(crate) fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    opt_text(d)?.map(|t| parse_int(&t, "number")).transpose()
+    opt_text(d)?
+        .map(|t| {
+            t.trim().parse().map_err(|_| {
+                de::Error::custom(format!("invalid value {t:?}: expected a whole number >= 0"))
+            })
+        })
+        .transpose()
 }
 
 /// A port number 0..=65535, also from a string.
