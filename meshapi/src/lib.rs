@@ -9,7 +9,7 @@
 pub mod ca_api;
 pub mod compose;
 pub mod diag;
-pub mod dns;
+pub mod istio;
 pub mod dns;
 pub mod yaml;
 pub mod suggest;
