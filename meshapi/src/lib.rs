@@ -14,3 +14,6 @@ pub mod dns;
 pub mod yaml;
 pub mod suggest;
 pub mod proxy;
+pub mod check;
+pub mod load;
+pub mod model;

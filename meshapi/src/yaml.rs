@@ -33,7 +33,7 @@ impl Default for Limits {
 }
 
 /// A 1-based position in the source text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Pos {
     pub line: usize,
     pub column: usize,
@@ -162,7 +162,12 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match stack.pop() {
                     Some(Frame::Seq { pos, anchor, items }) => (Node { pos, kind: NodeKind::Seq(items) }, anchor),
-                    Some(Frame::Map { pos, anchor, items, .. }) => (Node { pos, kind: NodeKind::Map(items) }, anchor),
+                    // A block mapping's start mark sits at its first `:`; place it at its
+                    // first key instead, where a person sees it begin.
+                    Some(Frame::Map { pos, anchor, items, .. }) => {
+                        let pos = items.first().map_or(pos, |(k, _)| if k.pos.line == pos.line { k.pos.min(pos) } else { pos });
+                        (Node { pos, kind: NodeKind::Map(items) }, anchor)
+                    }
                     None => return Err(YamlError::Syntax { pos, message: "unbalanced collection end".into() }),
                 };
                 if anchor > 0 {

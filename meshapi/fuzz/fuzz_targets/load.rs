@@ -1,0 +1,12 @@
+//! Fuzz the whole loader on one file: YAML parsing with limits, document classification,
+//! compose interpolation and typed deserialization, validation, then the mesh analysis. Any
+//! input must give diagnostics, never a panic, and finish quickly with bounded memory.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = meshapi::load::check_text("fuzz.yaml", text);
+    }
+});

@@ -1,0 +1,185 @@
+//! The mesh as the rest of the system sees it: workloads (one per compose service) grouped into
+//! mesh services with their FQDNs, namespaces, service accounts and labels, plus the normalized
+//! view `meshctl config` prints.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::compose::ComposeFile;
+use crate::load::Mesh;
+
+/// The DNS suffix of mesh names, as in Kubernetes (`backend.default.svc.cluster.local`).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The namespace of resources and workloads that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The root namespace: policies there apply mesh-wide (Istio's `istio-system` convention).
+pub const ROOT_NAMESPACE: &str = "istio-system";
+/// The trust domain of SPIFFE identities unless configured otherwise.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// One compose service: what runs, and who it is in the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// The compose service name (`backend-v1`).
+    pub compose_name: String,
+    /// The mesh service it serves (`backend`).
+    pub service: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// The labels Istio selectors match (`app`, `version`, ...).
+    pub labels: BTreeMap<String, String>,
+    pub replicas: u32,
+    /// Declared container ports.
+    pub ports: Vec<u16>,
+}
+
+impl Workload {
+    /// `cluster.local/ns/<ns>/sa/<sa>`: the principal AuthorizationPolicy matches.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!("{trust_domain}/ns/{}/sa/{}", self.namespace, self.service_account)
+    }
+
+    /// True when every `selector` label is on this workload (an empty selector selects all).
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// A mesh service: a name with one VIP, served by one or more workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeshService {
+    pub name: String,
+    pub namespace: String,
+    /// `<name>.<namespace>.svc.cluster.local`.
+    pub fqdn: String,
+    pub ports: BTreeSet<u16>,
+    /// Compose service names of its workloads.
+    pub workloads: Vec<String>,
+}
+
+/// Every workload and service of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Inventory {
+    pub workloads: Vec<Workload>,
+    pub services: Vec<MeshService>,
+}
+
+impl Inventory {
+    pub fn from_compose(compose: Option<&ComposeFile>) -> Inventory {
+        let mut inv = Inventory::default();
+        let Some(compose) = compose else { return inv };
+        for (name, svc) in &compose.services {
+            let workload = Workload {
+                compose_name: name.clone(),
+                service: svc.mesh_service(name).to_string(),
+                namespace: svc.namespace().to_string(),
+                service_account: svc.service_account(name).to_string(),
+                labels: svc.labels(name),
+                replicas: svc.replicas(),
+                ports: svc.ports_with_protocol().iter().map(|p| p.port).collect(),
+            };
+            match inv
+                .services
+                .iter_mut()
+                .find(|s| s.name == workload.service && s.namespace == workload.namespace)
+            {
+                Some(s) => {
+                    s.ports.extend(workload.ports.iter().copied());
+                    s.workloads.push(name.clone());
+                }
+                None => inv.services.push(MeshService {
+                    name: workload.service.clone(),
+                    namespace: workload.namespace.clone(),
+                    fqdn: fqdn(&workload.service, &workload.namespace),
+                    ports: workload.ports.iter().copied().collect(),
+                    workloads: vec![name.clone()],
+                }),
+            }
+            inv.workloads.push(workload);
+        }
+        inv
+    }
+
+    /// Resolves a host as Istio does for a resource in `namespace`: a short name is in the
+    /// resource's namespace, `svc.ns` and `svc.ns.svc` and the full FQDN are accepted.
+    pub fn service(&self, host: &str, namespace: &str) -> Option<&MeshService> {
+        let want = normalize_host(host, namespace);
+        self.services.iter().find(|s| s.fqdn == want)
+    }
+
+    /// The workloads of a service.
+    pub fn workloads_of<'a>(&'a self, service: &'a MeshService) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads
+            .iter()
+            .filter(move |w| w.service == service.name && w.namespace == service.namespace)
+    }
+}
+
+/// `<svc>.<ns>.svc.cluster.local`.
+pub fn fqdn(service: &str, namespace: &str) -> String {
+    format!("{service}.{namespace}.svc.{CLUSTER_DOMAIN}")
+}
+
+/// Expands a host the way Istio reads short names: `backend` in namespace `default` is
+/// `backend.default.svc.cluster.local`; `backend.prod` is `backend.prod.svc.cluster.local`.
+/// Names that already end in the cluster domain, and wildcard or external names, are kept.
+pub fn normalize_host(host: &str, namespace: &str) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.ends_with(CLUSTER_DOMAIN) || host.starts_with('*') {
+        return host;
+    }
+    match host.split('.').count() {
+        1 => fqdn(&host, namespace),
+        2 => format!("{host}.svc.{CLUSTER_DOMAIN}"),
+        3 if host.ends_with(".svc") => format!("{host}.{CLUSTER_DOMAIN}"),
+        _ => host,
+    }
+}
+
+/// What `meshctl config` prints: the merged compose model, the mesh inventory derived from it
+/// and every resource, normalized.
+#[derive(Debug, Clone, Serialize)]
+pub struct Normalized<'a> {
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose: Option<&'a ComposeFile>,
+    pub mesh: Inventory,
+    pub resources: Vec<&'a crate::istio::IstioResource>,
+}
+
+/// The normalized model of a loaded mesh.
+pub fn normalized(mesh: &Mesh) -> Normalized<'_> {
+    Normalized {
+        name: &mesh.project,
+        compose: mesh.compose.as_ref(),
+        mesh: Inventory::from_compose(mesh.compose.as_ref()),
+        resources: mesh.resources.iter().map(|r| &r.resource).collect(),
+    }
+}
+
+/// YAML text of any serializable model (YAML output lives in this crate with the parsing).
+pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_normalize_as_istio_reads_them() {
+        let cases = [
+            ("backend", "default", "backend.default.svc.cluster.local"),
+            ("backend.prod", "default", "backend.prod.svc.cluster.local"),
+            ("backend.prod.svc", "default", "backend.prod.svc.cluster.local"),
+            ("backend.prod.svc.cluster.local", "default", "backend.prod.svc.cluster.local"),
+            ("Backend.", "ns1", "backend.ns1.svc.cluster.local"),
+            ("www.example.com", "default", "www.example.com"),
+            ("*.example.com", "default", "*.example.com"),
+        ];
+        for (host, ns, want) in cases {
+            assert_eq!(normalize_host(host, ns), want, "{host} in {ns}");
+        }
+    }
+}
