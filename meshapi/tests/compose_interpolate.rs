@@ -155,3 +155,17 @@ fn process_env_wins_over_dotenv() {
     assert_eq!(env.get("ONLY_DOTENV").as_deref(), Some("d"));
     assert_eq!(env.get("NEITHER"), None);
 }
+
+#[test]
+fn hostile_nesting_is_refused() {
+    let deep = format!("{}x{}", "${U:-".repeat(100_000), "}".repeat(100_000));
+    let got = substitute(&deep, &env(), &mut Vec::new());
+    assert!(got.is_err_and(|e| e.contains("nested more than")));
+    let ok = format!("{}x{}", "${U:-".repeat(10), "}".repeat(10));
+    assert_eq!(substitute(&ok, &env(), &mut Vec::new()).as_deref(), Ok("x"));
+    let wide = "${A}".repeat(100_000);
+    assert_eq!(
+        substitute(&wide, &env(), &mut Vec::new()).map(|s| s.len()),
+        Ok(500_000)
+    );
+}

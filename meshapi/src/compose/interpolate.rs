@@ -116,6 +116,18 @@ pub fn substitute(
     env: &dyn EnvLookup,
     warnings: &mut Vec<String>,
 ) -> Result<String, String> {
+    substitute_at(input, env, warnings, 0)
+}
+
+/// How deep `${A:-${B:-...}}` may nest; deeper input is refused instead of exhausting the stack.
+pub const MAX_NESTING: usize = 16;
+
+fn substitute_at(
+    input: &str,
+    env: &dyn EnvLookup,
+    warnings: &mut Vec<String>,
+    depth: usize,
+) -> Result<String, String> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -128,7 +140,7 @@ pub fn substitute(
             let end = matching_brace(tail).ok_or_else(|| {
                 format!("invalid interpolation format for {input:?}: unterminated \"${{\"")
             })?;
-            out.push_str(&braced(&tail[..end], input, env, warnings)?);
+            out.push_str(&braced(&tail[..end], input, env, warnings, depth)?);
             rest = &tail[end + 1..];
         } else {
             let len = name_len(after);
@@ -197,7 +209,15 @@ fn braced(
     input: &str,
     env: &dyn EnvLookup,
     warnings: &mut Vec<String>,
+    depth: usize,
 ) -> Result<String, String> {
+    if depth >= MAX_NESTING {
+        return Err(format!(
+            "interpolation nested more than {MAX_NESTING} levels deep"
+        ));
+    }
+    let nested =
+        |word: &str, warnings: &mut Vec<String>| substitute_at(word, env, warnings, depth + 1);
     let len = name_len(body);
     let invalid = || format!("invalid interpolation format for {input:?}: \"${{{body}}}\"");
     if len == 0 {
@@ -223,12 +243,12 @@ fn braced(
     };
     match kind {
         '-' if set => Ok(value.unwrap_or_default()),
-        '-' => substitute(word, env, warnings),
-        '+' if set => substitute(word, env, warnings),
+        '-' => nested(word, warnings),
+        '+' if set => nested(word, warnings),
         '+' => Ok(String::new()),
         '?' if set => Ok(value.unwrap_or_default()),
         '?' => {
-            let reason = substitute(word, env, warnings)?;
+            let reason = nested(word, warnings)?;
             Err(if reason.is_empty() {
                 format!("required variable {name} is missing a value")
             } else {
