@@ -46,9 +46,11 @@ fn connection_tokens(h: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Refuses framing an intermediary could read differently from the next hop: both
-/// Transfer-Encoding and Content-Length, or more than one Content-Length field.
-/// (hyper already refuses differing lengths, obs-fold and bad chunk sizes.)
+/// Defense in depth against ambiguous framing: refuses a request whose parsed headers still
+/// hold both Transfer-Encoding and Content-Length, or more than one Content-Length. (hyper's
+/// HTTP/1 parser already refuses differing lengths, obs-fold, non-chunked TE and bad chunk
+/// sizes, and for CL+TE drops the Content-Length and closes the connection after the
+/// response, per RFC 9112 section 6.3.)
 pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(ProxyError::BadRequest(

@@ -16,11 +16,11 @@ pub use echo::{EchoServer, TcpEcho};
 ///
 /// ```ignore
 /// assert_eventually!(server.requests() == 1, "request never arrived");
-/// assert_eventually!(server.requests() == 1, std::time::Duration::from_secs(1), "slow");
+/// assert_eventually!(n() == 1, timeout = std::time::Duration::from_secs(1), "n is {}", n());
 /// ```
 #[macro_export]
 macro_rules! assert_eventually {
-    ($cond:expr, $timeout:expr, $($msg:tt)+) => {{
+    ($cond:expr, timeout = $timeout:expr, $($msg:tt)+) => {{
         let deadline = ::std::time::Instant::now() + $timeout;
         loop {
             if $cond {
@@ -33,6 +33,6 @@ macro_rules! assert_eventually {
         }
     }};
     ($cond:expr, $($msg:tt)+) => {
-        $crate::assert_eventually!($cond, ::std::time::Duration::from_secs(5), $($msg)+)
+        $crate::assert_eventually!($cond, timeout = ::std::time::Duration::from_secs(5), $($msg)+)
     };
 }
