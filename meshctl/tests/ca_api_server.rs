@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use ca_support::*;
 use meshapi::ca_api::{ApiErrorBody, CsrResponse};
+use meshctl::api::ApiConfig;
 use meshctl::ca::{CaConfig, RateLimitConfig};
 use meshproxy::ca_client::{CaClient, CaClientError, RenewPolicy, renew_loop};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
@@ -248,5 +249,35 @@ async fn csr_endpoint_is_rate_limited_per_identity() {
     .await
     .unwrap();
     assert_eq!(status, 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn serving_certificate_names_the_control_plane_and_is_rotated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Arc::new(open_ca(tmp.path(), CaConfig::default()));
+    let config = ApiConfig {
+        serving_cert_lifetime: Duration::from_secs(2),
+        ..ApiConfig::default()
+    };
+    let server = start_api_with(ca.clone(), config).await;
+    let first = server_chain(server.local_addr(), ca.root_pem()).await;
+    assert_eq!(
+        meshctl::api::spiffe_id_of(&first[0]).unwrap().to_string(),
+        "spiffe://cluster.local/ns/mesh-system/sa/meshctl"
+    );
+    // Re-issued once half of its lifetime has passed (poll with a deadline).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = server_chain(server.local_addr(), ca.root_pem()).await;
+        if now[0] != first[0] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serving certificate never rotated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.shutdown().await;
 }

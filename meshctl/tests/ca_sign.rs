@@ -288,3 +288,29 @@ fn invalid_config_is_refused() {
         "nothing created for an invalid config"
     );
 }
+
+#[test]
+fn a_corrupt_or_exposed_token_file_is_refused_by_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = open_ca(tmp.path(), CaConfig::default());
+    ca.issue_token(&id("backend")).unwrap();
+    drop(ca);
+    let file = tmp.path().join(".mesh/tokens.json");
+    let good = std::fs::read(&file).unwrap();
+
+    std::fs::write(&file, &good[..good.len() / 2]).unwrap();
+    let err = meshctl::ca::Ca::open(tmp.path(), CaConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, CaError::Corrupt { .. }) && err.to_string().contains("tokens.json"),
+        "{err}"
+    );
+
+    std::fs::write(&file, &good).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = meshctl::ca::Ca::open(tmp.path(), CaConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, CaError::Permissions { .. }) && err.to_string().contains("tokens.json"),
+        "{err}"
+    );
+}

@@ -53,13 +53,39 @@ pub fn request(token: Option<&str>, identity: &SpiffeId, csr_pem: &str) -> CsrRe
 
 /// Starts the API on 127.0.0.1:0 with the CA routes.
 pub async fn start_api(ca: Arc<Ca>) -> ApiServer {
+    start_api_with(ca, ApiConfig::default()).await
+}
+
+/// Starts the API on 127.0.0.1:0 with the CA routes and otherwise `config`.
+pub async fn start_api_with(ca: Arc<Ca>, config: ApiConfig) -> ApiServer {
     let config = ApiConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..ApiConfig::default()
+        ..config
     };
     ApiServer::bind(config, ca.clone(), meshctl::api::ca_router(ca))
         .await
         .unwrap()
+}
+
+/// The certificate chain the API server presents, verified against `root_pem` as `localhost`.
+pub async fn server_chain(addr: SocketAddr, root_pem: &str) -> Vec<CertificateDer<'static>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap().to_vec()
 }
 
 /// POSTs `body` to /v1/csr over TLS verified by `root_pem` with server name `localhost`,
