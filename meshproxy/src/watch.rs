@@ -33,11 +33,35 @@ fn watched_dirs(config: &Path, handle: &ProxyHandle) -> BTreeSet<PathBuf> {
     .collect()
 }
 
+/// File names whose changes trigger a reload (other files in the same directories, such as
+/// logs, are ignored).
+fn watched_names(config: &Path, handle: &ProxyHandle) -> BTreeSet<std::ffi::OsString> {
+    let cfg = handle.config();
+    let id = &cfg.identity;
+    [
+        Some(config),
+        id.cert_file.as_deref(),
+        id.key_file.as_deref(),
+        id.roots_file.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+    .collect()
+}
+
 /// Starts watching; the returned watcher must be kept alive.
 pub fn spawn(config: PathBuf, handle: ProxyHandle) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let names = watched_names(&config, &handle);
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| !e.kind.is_access()) {
+        let Ok(ev) = ev else { return };
+        let relevant = !ev.kind.is_access()
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| names.contains(n)));
+        if relevant {
             let _ = tx.send(());
         }
     })?;
