@@ -84,6 +84,8 @@ fn walk(value: &mut Value, env: &dyn EnvLookup, path: &str, out: &mut Interpolat
                     Ok(new) => *s = new,
                     Err(message) => out.errors.push(FieldError::new(path, message)),
                 }
+                warnings.sort();
+                warnings.dedup();
                 out.warnings
                     .extend(warnings.into_iter().map(|m| FieldError::new(path, m)));
             }
