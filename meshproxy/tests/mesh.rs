@@ -487,3 +487,90 @@ async fn send(
         .unwrap();
     sender.send_request(req).await.unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_keeps_connections_and_new_roots_apply_to_new_handshakes() {
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("echo").await;
+    let b_yaml = format!(
+        "{}inbound:\n  - {{ port: {}, protocol: http, mode: STRICT }}\n",
+        base_yaml(&mesh.identity_yaml("backend"), 1),
+        echo.port()
+    );
+    let b = meshproxy::build(parse(&b_yaml)).await.unwrap();
+    let a_yaml = client_yaml(
+        &mesh.identity_yaml("frontend"),
+        1,
+        VIP,
+        "http",
+        echo.port(),
+        &[(b.inbound, "backend")],
+    );
+    let a = meshproxy::build(parse(&a_yaml)).await.unwrap();
+    let url = format!("http://{}/", a.outbound(vip()).unwrap());
+    let client = http1_client();
+    assert_eq!(get(&client, &url).await.0, 200);
+
+    // Rotation: same CA, new key and certificate for backend, applied live.
+    mesh.ca
+        .issue(&spiffe("backend"))
+        .write(mesh.path(), "backend");
+    b.handle
+        .apply(parse(&b_yaml.replace("revision: 1", "revision: 2")))
+        .unwrap();
+    assert_eq!(get(&client, &url).await.0, 200);
+    // A fresh client proxy handshakes against the rotated certificate.
+    let a2 = meshproxy::build(parse(&a_yaml)).await.unwrap();
+    let url2 = format!("http://{}/", a2.outbound(vip()).unwrap());
+    assert_eq!(get(&client, &url2).await.0, 200);
+    assert_eq!(
+        b.handle
+            .metrics()
+            .tls_failures(meshproxy::metrics::Direction::Inbound),
+        0
+    );
+
+    // New trust roots on backend (a new CA): the pooled connection that already exists keeps
+    // serving, but no new handshake from the old CA's workloads succeeds.
+    let new_ca = meshtest::TestCa::new("new-root");
+    new_ca.write_roots(mesh.path(), "roots.pem");
+    new_ca
+        .issue(&spiffe("backend"))
+        .write(mesh.path(), "backend");
+    b.handle
+        .apply(parse(&b_yaml.replace("revision: 1", "revision: 3")))
+        .unwrap();
+    assert_eq!(
+        get(&client, &url).await.0,
+        200,
+        "open connection dropped by rotation"
+    );
+    // A workload that still trusts only the old root cannot reach the re-rooted backend.
+    let old_roots_client = {
+        let p = write_file(mesh.path(), "old-roots.pem", &mesh.ca.roots_pem());
+        let (cert, key) = mesh
+            .ca
+            .issue(&spiffe("frontend"))
+            .write(mesh.path(), "frontend-old");
+        let y = format!(
+            "apiVersion: meshproxy/v1\nidentity:\n  spiffeId: {}\n  certFile: {}\n  keyFile: {}\n  rootsFile: {}\n",
+            spiffe("frontend"),
+            cert.display(),
+            key.display(),
+            p.display()
+        );
+        let y = a_yaml.replace(&a_yaml[..a_yaml.find("listeners:").unwrap()], &y);
+        meshproxy::build(parse(&y)).await.unwrap()
+    };
+    let url4 = format!("http://{}/", old_roots_client.outbound(vip()).unwrap());
+    let (status, headers, _) = get(&client, &url4).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-mesh-response-flags"], "UF");
+    assert_eventually!(
+        b.handle
+            .metrics()
+            .tls_failures(meshproxy::metrics::Direction::Inbound)
+            >= 1,
+        "handshake with the old CA was not refused by backend"
+    );
+}
