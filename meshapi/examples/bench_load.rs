@@ -89,8 +89,14 @@ fn main() {
     }
     let (b, o) = (median(baseline), median(ours));
     println!("mesh: {SERVICES} services, {resources} resources, {findings} findings");
-    println!("plain YAML parse (baseline): {:>8.1} ms", b.as_secs_f64() * 1e3);
-    println!("load + check (meshctl):      {:>8.1} ms", o.as_secs_f64() * 1e3);
+    println!(
+        "plain YAML parse (baseline): {:>8.1} ms",
+        b.as_secs_f64() * 1e3
+    );
+    println!(
+        "load + check (meshctl):      {:>8.1} ms",
+        o.as_secs_f64() * 1e3
+    );
     println!("peak RSS: {:.1} MiB", peak_rss_mib());
     println!(
         "summary: load_check_ms={:.1} baseline_yaml_ms={:.1} ratio_vs_plain_yaml={:.2} peak_rss_mib={:.1}",

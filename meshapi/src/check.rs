@@ -52,7 +52,15 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn push(&mut self, r: &Resource, code: &'static str, severity: Severity, path: &str, message: String, hint: &str) {
+    fn push(
+        &mut self,
+        r: &Resource,
+        code: &'static str,
+        severity: Severity,
+        path: &str,
+        message: String,
+        hint: &str,
+    ) {
         self.out.push(Diagnostic {
             code,
             severity,
@@ -72,7 +80,11 @@ impl Ctx<'_> {
 /// Analyses a loaded mesh. Resources that failed to load are not in `mesh` and so are not
 /// analysed; their errors come from loading.
 pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
-    let mut cx = Ctx { mesh, inv: Inventory::from_compose(mesh.compose.as_ref()), out: Vec::new() };
+    let mut cx = Ctx {
+        mesh,
+        inv: Inventory::from_compose(mesh.compose.as_ref()),
+        out: Vec::new(),
+    };
     let has_services = !cx.inv.services.is_empty();
     for r in mesh.resources.iter() {
         match &r.resource {
@@ -98,7 +110,9 @@ fn virtual_service(cx: &mut Ctx<'_>, r: &Resource, vs: &VirtualService, has_serv
                     codes::UNKNOWN_VIRTUAL_SERVICE_HOST,
                     Severity::Warning,
                     &format!("spec.hosts[{i}]"),
-                    format!("host `{host}` is no mesh service, so these routes apply to no traffic"),
+                    format!(
+                        "host `{host}` is no mesh service, so these routes apply to no traffic"
+                    ),
                     &known_services_hint(&cx.inv),
                 );
             }
@@ -108,17 +122,31 @@ fn virtual_service(cx: &mut Ctx<'_>, r: &Resource, vs: &VirtualService, has_serv
         let at = format!("spec.http[{i}]");
         for (j, d) in route.route.iter().enumerate() {
             if let Some(dest) = &d.destination {
-                destination(cx, r, dest, &format!("{at}.route[{j}].destination"), has_services);
+                destination(
+                    cx,
+                    r,
+                    dest,
+                    &format!("{at}.route[{j}].destination"),
+                    has_services,
+                );
             }
         }
         if let Some(m) = &route.mirror {
             destination(cx, r, m, &format!("{at}.mirror"), has_services);
         }
         for (j, m) in route.mirrors.iter().enumerate() {
-            destination(cx, r, &m.destination, &format!("{at}.mirrors[{j}].destination"), has_services);
+            destination(
+                cx,
+                r,
+                &m.destination,
+                &format!("{at}.mirrors[{j}].destination"),
+                has_services,
+            );
         }
-        if let (Some(timeout), Some(policy)) = (&route.timeout, route.retry_policy()) {
-            if let Some(per_try) = policy.per_try_timeout {
+        if let (Some(timeout), Some(policy)) = (&route.timeout, route.retry_policy())
+            && let Some(per_try) = policy.per_try_timeout
+        {
+            {
                 let tries = policy.attempts + 1;
                 let total = per_try.get() * tries;
                 if total > timeout.get() {
@@ -137,7 +165,11 @@ fn virtual_service(cx: &mut Ctx<'_>, r: &Resource, vs: &VirtualService, has_serv
             }
         }
         if let Some(fault) = &route.fault {
-            if fault.delay.as_ref().is_some_and(|d| d.percentage.is_none() && d.percent.is_none()) {
+            if fault
+                .delay
+                .as_ref()
+                .is_some_and(|d| d.percentage.is_none() && d.percent.is_none())
+            {
                 cx.push(
                     r,
                     codes::FAULT_WITHOUT_PERCENTAGE,
@@ -163,7 +195,13 @@ fn virtual_service(cx: &mut Ctx<'_>, r: &Resource, vs: &VirtualService, has_serv
     for (i, route) in vs.spec.tcp.iter().enumerate() {
         for (j, d) in route.route.iter().enumerate() {
             if let Some(dest) = &d.destination {
-                destination(cx, r, dest, &format!("spec.tcp[{i}].route[{j}].destination"), has_services);
+                destination(
+                    cx,
+                    r,
+                    dest,
+                    &format!("spec.tcp[{i}].route[{j}].destination"),
+                    has_services,
+                );
             }
         }
     }
@@ -176,7 +214,12 @@ fn is_mesh_name(host: &str) -> bool {
 }
 
 fn known_services_hint(inv: &Inventory) -> String {
-    let names: Vec<&str> = inv.services.iter().map(|s| s.name.as_str()).take(10).collect();
+    let names: Vec<&str> = inv
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .take(10)
+        .collect();
     if names.is_empty() {
         "no mesh services are defined (no compose file loaded?)".into()
     } else {
@@ -191,26 +234,47 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
     let ns = r.id.namespace.clone();
     let Some(service) = cx.inv.service(&dest.host, &ns).cloned() else {
         let (severity, message) = if is_mesh_name(&dest.host) {
-            (Severity::Error, format!("destination host `{}` is no mesh service", dest.host))
+            (
+                Severity::Error,
+                format!("destination host `{}` is no mesh service", dest.host),
+            )
         } else {
             (
                 Severity::Warning,
-                format!("destination host `{}` is outside the mesh; meshctl has no ServiceEntry, so it cannot be routed", dest.host),
+                format!(
+                    "destination host `{}` is outside the mesh; meshctl has no ServiceEntry, so it cannot be routed",
+                    dest.host
+                ),
             )
         };
         let hint = known_services_hint(&cx.inv);
-        cx.push(r, codes::UNKNOWN_HOST, severity, &format!("{at}.host"), message, &hint);
+        cx.push(
+            r,
+            codes::UNKNOWN_HOST,
+            severity,
+            &format!("{at}.host"),
+            message,
+            &hint,
+        );
         return;
     };
     let Some(subset) = &dest.subset else { return };
     let defined = subsets_for(cx, &service);
-    match defined.get(subset.as_str()) {
-        None => {
+    // A subset that selects nothing is reported once, at the DestinationRule.
+    if !defined.contains_key(subset.as_str()) {
+        {
             let known: Vec<&str> = defined.keys().copied().collect();
             let hint = if known.is_empty() {
-                format!("define it in a DestinationRule with `host: {}` and `subsets: [{{name: {subset}, labels: {{...}}}}]`", service.name)
+                format!(
+                    "define it in a DestinationRule with `host: {}` and `subsets: [{{name: {subset}, labels: {{...}}}}]`",
+                    service.name
+                )
             } else {
-                format!("subsets defined for `{}`: {}", service.name, known.join(", "))
+                format!(
+                    "subsets defined for `{}`: {}",
+                    service.name,
+                    known.join(", ")
+                )
             };
             cx.push(
                 r,
@@ -221,20 +285,21 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
                 &hint,
             );
         }
-        // A subset that selects nothing is reported once, at the DestinationRule.
-        Some(_) => {}
     }
 }
 
 /// Subset name -> labels, from every DestinationRule whose host is `service`.
-fn subsets_for<'a>(cx: &'a Ctx<'_>, service: &MeshService) -> BTreeMap<&'a str, BTreeMap<String, String>> {
+fn subsets_for<'a>(
+    cx: &'a Ctx<'_>,
+    service: &MeshService,
+) -> BTreeMap<&'a str, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for r in cx.resources() {
-        if let IstioResource::DestinationRule(dr) = &r.resource {
-            if normalize_host(&dr.spec.host, &r.id.namespace) == service.fqdn {
-                for s in &dr.spec.subsets {
-                    out.insert(s.name.as_str(), s.labels.clone().into_inner());
-                }
+        if let IstioResource::DestinationRule(dr) = &r.resource
+            && normalize_host(&dr.spec.host, &r.id.namespace) == service.fqdn
+        {
+            for s in &dr.spec.subsets {
+                out.insert(s.name.as_str(), s.labels.clone().into_inner());
             }
         }
     }
@@ -243,7 +308,13 @@ fn subsets_for<'a>(cx: &'a Ctx<'_>, service: &MeshService) -> BTreeMap<&'a str, 
 
 /// A match block that matches every request.
 fn is_catch_all(matches: &[HttpMatchRequest]) -> bool {
-    matches.is_empty() || matches.iter().any(|m| *m == HttpMatchRequest { name: m.name.clone(), ..Default::default() })
+    matches.is_empty()
+        || matches.iter().any(|m| {
+            *m == HttpMatchRequest {
+                name: m.name.clone(),
+                ..Default::default()
+            }
+        })
 }
 
 fn shadowed(cx: &mut Ctx<'_>, r: &Resource, vs: &VirtualService, i: usize) {
@@ -260,9 +331,17 @@ fn shadowed(cx: &mut Ctx<'_>, r: &Resource, vs: &VirtualService, i: usize) {
         return;
     }
     for (k, m) in route.r#match.iter().enumerate() {
-        let unnamed = HttpMatchRequest { name: None, ..m.clone() };
+        let unnamed = HttpMatchRequest {
+            name: None,
+            ..m.clone()
+        };
         let earlier = (0..i).find(|&j| {
-            vs.spec.http[j].r#match.iter().any(|e| HttpMatchRequest { name: None, ..e.clone() } == unnamed)
+            vs.spec.http[j].r#match.iter().any(|e| {
+                HttpMatchRequest {
+                    name: None,
+                    ..e.clone()
+                } == unnamed
+            })
         });
         if let Some(j) = earlier {
             cx.push(
@@ -278,7 +357,9 @@ fn shadowed(cx: &mut Ctx<'_>, r: &Resource, vs: &VirtualService, i: usize) {
 }
 
 fn destination_rule(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
-    let IstioResource::DestinationRule(dr) = &r.resource else { return };
+    let IstioResource::DestinationRule(dr) = &r.resource else {
+        return;
+    };
     if !has_services {
         return;
     }
@@ -305,13 +386,21 @@ fn destination_rule(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
                 codes::EMPTY_SUBSET,
                 Severity::Warning,
                 &format!("spec.subsets[{i}].labels"),
-                format!("subset `{}` selects no instance of `{}`", s.name, service.name),
+                format!(
+                    "subset `{}` selects no instance of `{}`",
+                    s.name, service.name
+                ),
                 "fix the labels here or the `labels:` of the compose services",
             );
         }
     }
     if let Some(sel) = &dr.spec.workload_selector {
-        selector(cx, r, &sel.match_labels.clone().into_inner(), "spec.workloadSelector.matchLabels");
+        selector(
+            cx,
+            r,
+            &sel.match_labels.clone().into_inner(),
+            "spec.workloadSelector.matchLabels",
+        );
     }
 }
 
@@ -322,7 +411,11 @@ fn selector(cx: &mut Ctx<'_>, r: &Resource, labels: &BTreeMap<String, String>, a
         return;
     }
     let ns = r.id.namespace.as_str();
-    let any = cx.inv.workloads.iter().any(|w| w.namespace == ns && w.matches(labels));
+    let any = cx
+        .inv
+        .workloads
+        .iter()
+        .any(|w| w.namespace == ns && w.matches(labels));
     if !any {
         cx.push(
             r,
@@ -336,20 +429,42 @@ fn selector(cx: &mut Ctx<'_>, r: &Resource, labels: &BTreeMap<String, String>, a
 }
 
 fn authorization_policy(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
-    let IstioResource::AuthorizationPolicy(ap) = &r.resource else { return };
+    let IstioResource::AuthorizationPolicy(ap) = &r.resource else {
+        return;
+    };
     if !has_services {
         return;
     }
     if let Some(sel) = &ap.spec.selector {
-        selector(cx, r, &sel.match_labels.clone().into_inner(), "spec.selector.matchLabels");
+        selector(
+            cx,
+            r,
+            &sel.match_labels.clone().into_inner(),
+            "spec.selector.matchLabels",
+        );
     }
-    let accounts: BTreeSet<String> = cx.inv.workloads.iter().map(|w| w.principal(DEFAULT_TRUST_DOMAIN)).collect();
-    let namespaces: BTreeSet<String> = cx.inv.workloads.iter().map(|w| w.namespace.clone()).collect();
+    let accounts: BTreeSet<String> = cx
+        .inv
+        .workloads
+        .iter()
+        .map(|w| w.principal(DEFAULT_TRUST_DOMAIN))
+        .collect();
+    let namespaces: BTreeSet<String> = cx
+        .inv
+        .workloads
+        .iter()
+        .map(|w| w.namespace.clone())
+        .collect();
     for (i, rule) in ap.spec.rules.iter().enumerate() {
         for (j, from) in rule.from.iter().enumerate() {
             let Some(source) = &from.source else { continue };
             let at = format!("spec.rules[{i}].from[{j}].source");
-            for (k, p) in source.principals.iter().chain(source.not_principals.iter()).enumerate() {
+            for (k, p) in source
+                .principals
+                .iter()
+                .chain(source.not_principals.iter())
+                .enumerate()
+            {
                 let text = p.as_str();
                 if text.contains('*') {
                     continue;
@@ -367,7 +482,10 @@ fn authorization_policy(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
                         Severity::Warning,
                         &field,
                         format!("principal `{text}` is the identity of no workload in this mesh"),
-                        &format!("known identities: {} (set `x-mesh.serviceAccount` on the caller)", known.join(", ")),
+                        &format!(
+                            "known identities: {} (set `x-mesh.serviceAccount` on the caller)",
+                            known.join(", ")
+                        ),
                     );
                 }
             }
@@ -389,11 +507,18 @@ fn authorization_policy(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
 }
 
 fn peer_authentication(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
-    let IstioResource::PeerAuthentication(pa) = &r.resource else { return };
+    let IstioResource::PeerAuthentication(pa) = &r.resource else {
+        return;
+    };
     if !has_services {
         return;
     }
-    let labels = pa.spec.selector.as_ref().map(|s| s.match_labels.clone().into_inner()).unwrap_or_default();
+    let labels = pa
+        .spec
+        .selector
+        .as_ref()
+        .map(|s| s.match_labels.clone().into_inner())
+        .unwrap_or_default();
     selector(cx, r, &labels, "spec.selector.matchLabels");
     if pa.spec.mtls.as_ref().and_then(|m| m.effective()) != Some(MtlsMode::Strict) {
         return;
@@ -413,10 +538,14 @@ fn peer_authentication(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
     for other in cx.resources() {
         if let IstioResource::DestinationRule(dr) = &other.resource {
             let host = normalize_host(&dr.spec.host, &other.id.namespace);
-            if covered.contains(&host) {
-                if let Some(mode) = plaintext_tls_mode(&dr.spec) {
-                    found.push((dr.spec.host.clone(), other.origin.locate("spec.trafficPolicy.tls.mode"), mode));
-                }
+            if covered.contains(&host)
+                && let Some(mode) = plaintext_tls_mode(&dr.spec)
+            {
+                found.push((
+                    dr.spec.host.clone(),
+                    other.origin.locate("spec.trafficPolicy.tls.mode"),
+                    mode,
+                ));
             }
         }
     }
@@ -450,11 +579,17 @@ fn conflicts(cx: &mut Ctx<'_>) {
         match &r.resource {
             IstioResource::VirtualService(vs) => {
                 for (i, h) in vs.spec.hosts.iter().enumerate() {
-                    vs_hosts.entry(normalize_host(h, &r.id.namespace)).or_default().push((r, i));
+                    vs_hosts
+                        .entry(normalize_host(h, &r.id.namespace))
+                        .or_default()
+                        .push((r, i));
                 }
             }
             IstioResource::DestinationRule(dr) if dr.spec.workload_selector.is_none() => {
-                dr_hosts.entry(normalize_host(&dr.spec.host, &r.id.namespace)).or_default().push(r);
+                dr_hosts
+                    .entry(normalize_host(&dr.spec.host, &r.id.namespace))
+                    .or_default()
+                    .push(r);
             }
             _ => {}
         }
@@ -467,7 +602,11 @@ fn conflicts(cx: &mut Ctx<'_>) {
                 *r,
                 codes::CONFLICTING_VIRTUAL_SERVICES,
                 format!("spec.hosts[{i}]"),
-                format!("host `{host}` already has VirtualService {} at {}; only one applies", first.id.name, first.origin.locate("metadata.name")),
+                format!(
+                    "host `{host}` already has VirtualService {} at {}; only one applies",
+                    first.id.name,
+                    first.origin.locate("metadata.name")
+                ),
                 "merge the routes into one VirtualService per host",
             ));
         }
@@ -479,12 +618,19 @@ fn conflicts(cx: &mut Ctx<'_>) {
                 *r,
                 codes::CONFLICTING_DESTINATION_RULES,
                 "spec.host".to_string(),
-                format!("host `{host}` already has DestinationRule {} at {}; only one applies", first.id.name, first.origin.locate("metadata.name")),
+                format!(
+                    "host `{host}` already has DestinationRule {} at {}; only one applies",
+                    first.id.name,
+                    first.origin.locate("metadata.name")
+                ),
                 "merge the subsets and traffic policies into one DestinationRule per host",
             ));
         }
     }
-    let found: Vec<_> = found.into_iter().map(|(r, c, p, m, h)| (r.clone(), c, p, m, h)).collect();
+    let found: Vec<_> = found
+        .into_iter()
+        .map(|(r, c, p, m, h)| (r.clone(), c, p, m, h))
+        .collect();
     for (r, code, path, message, hint) in found {
         cx.push(&r, code, Severity::Warning, &path, message, hint);
     }

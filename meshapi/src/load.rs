@@ -20,7 +20,12 @@ use crate::suggest;
 use crate::yaml::{self, Limits, Node, Pos};
 
 /// Compose's own default file names, in its lookup order.
-pub const COMPOSE_FILE_NAMES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"];
+pub const COMPOSE_FILE_NAMES: &[&str] = &[
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
 /// The single policy file looked up beside the compose file.
 pub const MESH_FILE_NAME: &str = "mesh.yaml";
 /// The policy directory looked up beside the compose file (every YAML file under it).
@@ -87,7 +92,11 @@ impl Origin {
     /// The file position of a field path inside this document.
     pub fn locate(&self, path: &str) -> Location {
         let Pos { line, column } = self.root.locate(path);
-        Location { file: self.file.clone(), line, column }
+        Location {
+            file: self.file.clone(),
+            line,
+            column,
+        }
     }
 }
 
@@ -138,7 +147,12 @@ impl Mesh {
         self.compose_origins
             .iter()
             .rev()
-            .find(|o| o.root.get("services").and_then(|(_, s)| s.get(service)).is_some())
+            .find(|o| {
+                o.root
+                    .get("services")
+                    .and_then(|(_, s)| s.get(service))
+                    .is_some()
+            })
             .map(|o| o.locate(&path))
     }
 }
@@ -152,7 +166,9 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 }
 
@@ -165,23 +181,34 @@ pub fn load(opts: &LoadOptions) -> Loaded {
         .clone()
         .unwrap_or_else(|| opts.working_dir.clone());
     let dotenv = read_dotenv(&project_dir, &mut out.diagnostics);
-    let env = compose::Layered { over: EnvRef(opts.env.as_ref()), under: dotenv };
+    let env = compose::Layered {
+        over: EnvRef(opts.env.as_ref()),
+        under: dotenv,
+    };
 
     let mut composes = Vec::new();
     let mut seen: HashMap<ResourceId, Location> = HashMap::new();
     for file in &inputs.files {
         let max = Limits::default().max_bytes;
-        if let Ok(meta) = std::fs::metadata(file) {
-            if meta.len() > max as u64 {
-                let message = format!("refused: file is {} bytes, more than the {max} allowed", meta.len());
-                out.diagnostics.push(file_diag(codes::REFUSED_INPUT, file, message));
-                continue;
-            }
+        if let Ok(meta) = std::fs::metadata(file)
+            && meta.len() > max as u64
+        {
+            let message = format!(
+                "refused: file is {} bytes, more than the {max} allowed",
+                meta.len()
+            );
+            out.diagnostics
+                .push(file_diag(codes::REFUSED_INPUT, file, message));
+            continue;
         }
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                out.diagnostics.push(file_diag(codes::UNREADABLE, file, format!("cannot read: {e}")));
+                out.diagnostics.push(file_diag(
+                    codes::UNREADABLE,
+                    file,
+                    format!("cannot read: {e}"),
+                ));
                 continue;
             }
         };
@@ -191,23 +218,36 @@ pub fn load(opts: &LoadOptions) -> Loaded {
 
     let merged = composes.into_iter().reduce(compose::merge);
     let name_field = merged.as_ref().and_then(|c| c.name.clone());
-    match compose::project_name(opts.project_name.as_deref(), name_field.as_deref(), &project_dir, &env) {
+    match compose::project_name(
+        opts.project_name.as_deref(),
+        name_field.as_deref(),
+        &project_dir,
+        &env,
+    ) {
         Ok(name) => out.mesh.project = name,
         Err(e) => out.diagnostics.push(file_diag(
             codes::INVALID_VALUE,
-            inputs.files.first().map(PathBuf::as_path).unwrap_or(&project_dir),
+            inputs
+                .files
+                .first()
+                .map(PathBuf::as_path)
+                .unwrap_or(&project_dir),
             e.to_string(),
         )),
     }
     if let Some(compose) = &merged {
         let findings = compose.validate().into_iter().map(|e| (e, Severity::Error));
-        let findings = findings.chain(compose.warnings().into_iter().map(|e| (e, Severity::Warning)));
+        let findings = findings.chain(
+            compose
+                .warnings()
+                .into_iter()
+                .map(|e| (e, Severity::Warning)),
+        );
         for (e, severity) in findings {
-            let location = out
-                .mesh
-                .compose_origins
-                .last()
-                .map(|o| locate_compose(&out.mesh.compose_origins, &e.path).unwrap_or_else(|| o.locate(&e.path)));
+            let location = out.mesh.compose_origins.last().map(|o| {
+                locate_compose(&out.mesh.compose_origins, &e.path)
+                    .unwrap_or_else(|| o.locate(&e.path))
+            });
             if let Some(location) = location {
                 let mut d = field_diag(&e, location, service_of(&e.path));
                 d.severity = severity;
@@ -219,7 +259,11 @@ pub fn load(opts: &LoadOptions) -> Loaded {
     out.mesh.project_dir = project_dir;
     out.mesh.dirs = inputs.dirs;
     out.diagnostics.sort_by(|a, b| {
-        (&a.location.file, a.location.line, a.location.column).cmp(&(&b.location.file, b.location.line, b.location.column))
+        (&a.location.file, a.location.line, a.location.column).cmp(&(
+            &b.location.file,
+            b.location.line,
+            b.location.column,
+        ))
     });
     out
 }
@@ -244,7 +288,11 @@ fn load_text(
             out.diagnostics.push(Diagnostic {
                 code,
                 severity: Severity::Error,
-                location: Location { file: file.to_path_buf(), line, column },
+                location: Location {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                },
                 resource: None,
                 path: String::new(),
                 message: e.to_string(),
@@ -254,7 +302,10 @@ fn load_text(
         }
     };
     for doc in docs {
-        let origin = Origin { file: file.to_path_buf(), root: Arc::new(doc.root) };
+        let origin = Origin {
+            file: file.to_path_buf(),
+            root: Arc::new(doc.root),
+        };
         load_document(origin, env, composes, seen, out);
     }
 }
@@ -271,7 +322,11 @@ pub fn check_text(file_name: &str, text: &str) -> Vec<Diagnostic> {
     out.mesh.compose = composes.into_iter().reduce(compose::merge);
     if let Some(c) = &out.mesh.compose {
         for e in c.validate() {
-            let location = Location { file: file.clone(), line: 1, column: 1 };
+            let location = Location {
+                file: file.clone(),
+                line: 1,
+                column: 1,
+            };
             out.diagnostics.push(field_diag(&e, location, None));
         }
     }
@@ -289,7 +344,11 @@ fn service_of(path: &str) -> Option<String> {
 
 /// Places a compose path in the last compose document that has it.
 fn locate_compose(origins: &[Origin], path: &str) -> Option<Location> {
-    origins.iter().rev().find(|o| o.root.locate(path) != o.root.pos).map(|o| o.locate(path))
+    origins
+        .iter()
+        .rev()
+        .find(|o| o.root.locate(path) != o.root.pos)
+        .map(|o| o.locate(path))
 }
 
 struct EnvRef<'a>(&'a dyn EnvLookup);
@@ -309,14 +368,29 @@ fn load_document(
 ) {
     let mut value = origin.root.to_value();
     let Value::Mapping(map) = &value else {
-        out.diagnostics.push(doc_diag(&origin, codes::UNKNOWN_DOCUMENT, "a document must be a mapping: a compose file or an Istio resource".into()));
+        out.diagnostics.push(doc_diag(
+            &origin,
+            codes::UNKNOWN_DOCUMENT,
+            "a document must be a mapping: a compose file or an Istio resource".into(),
+        ));
         return;
     };
-    let api_version = map.get("apiVersion").and_then(Value::as_str).map(str::to_string);
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let kind = map.get("kind").and_then(Value::as_str).map(str::to_string);
     match (api_version, kind) {
-        (Some(api_version), Some(kind)) => load_resource(origin, &api_version, &kind, value, seen, out),
-        (None, None) if map.contains_key("services") || map.keys().any(|k| k.as_str().is_some_and(|k| k.starts_with("x-") || k == "name")) => {
+        (Some(api_version), Some(kind)) => {
+            load_resource(origin, &api_version, &kind, value, seen, out)
+        }
+        (None, None)
+            if map.contains_key("services")
+                || map.keys().any(|k| {
+                    k.as_str()
+                        .is_some_and(|k| k.starts_with("x-") || k == "name")
+                }) =>
+        {
             let found = compose::interpolate(&mut value, env);
             for e in &found.errors {
                 let mut d = field_diag(e, origin.locate(&e.path), None);
@@ -349,7 +423,8 @@ fn load_document(
                 (None, Some(k)) => format!("the document has `kind: {k}` but no `apiVersion`"),
                 _ => "this document is neither a compose file (no `services:`) nor a Kubernetes-style resource (no `apiVersion`/`kind`)".to_string(),
             };
-            out.diagnostics.push(doc_diag(&origin, codes::UNKNOWN_DOCUMENT, message));
+            out.diagnostics
+                .push(doc_diag(&origin, codes::UNKNOWN_DOCUMENT, message));
         }
     }
 }
@@ -363,13 +438,20 @@ fn load_resource(
     out: &mut Loaded,
 ) {
     let meta = value.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let namespace = meta
         .and_then(|m| m.get("namespace"))
         .and_then(Value::as_str)
         .unwrap_or(crate::model::DEFAULT_NAMESPACE)
         .to_string();
-    let label = format!("{kind}/{}", if name.is_empty() { "<unnamed>" } else { &name });
+    let label = format!(
+        "{kind}/{}",
+        if name.is_empty() { "<unnamed>" } else { &name }
+    );
     let static_kind = match crate::istio::kind_of(api_version, kind) {
         KindLookup::Served(k) => k.name(),
         other => {
@@ -386,7 +468,11 @@ fn load_resource(
         }
     };
     if name.is_empty() {
-        let mut d = doc_diag(&origin, codes::INVALID_VALUE, "`metadata.name` is required".into());
+        let mut d = doc_diag(
+            &origin,
+            codes::INVALID_VALUE,
+            "`metadata.name` is required".into(),
+        );
         d.resource = Some(label.clone());
         d.path = "metadata.name".into();
         d.location = origin.locate("metadata");
@@ -403,12 +489,17 @@ fn load_resource(
     let errors = resource.validate();
     let failed = !errors.is_empty();
     for e in errors {
-        out.diagnostics.push(field_diag(&e, origin.locate(&e.path), Some(label.clone())));
+        out.diagnostics
+            .push(field_diag(&e, origin.locate(&e.path), Some(label.clone())));
     }
     if failed {
         return;
     }
-    let id = ResourceId { kind: static_kind, namespace, name };
+    let id = ResourceId {
+        kind: static_kind,
+        namespace,
+        name,
+    };
     let here = origin.locate("metadata.name");
     if let Some(first) = seen.get(&id) {
         out.diagnostics.push(Diagnostic {
@@ -423,7 +514,11 @@ fn load_resource(
         return;
     }
     seen.insert(id.clone(), here);
-    out.mesh.resources.push(Resource { id, resource, origin });
+    out.mesh.resources.push(Resource {
+        id,
+        resource,
+        origin,
+    });
 }
 
 /// A diagnostic for a typed-deserialization error: unknown fields get advice, unsupported
@@ -484,7 +579,11 @@ fn file_diag(code: &'static str, file: &Path, message: String) -> Diagnostic {
     Diagnostic {
         code,
         severity: Severity::Error,
-        location: Location { file: file.to_path_buf(), line: 1, column: 1 },
+        location: Location {
+            file: file.to_path_buf(),
+            line: 1,
+            column: 1,
+        },
         resource: None,
         path: String::new(),
         message,
@@ -500,16 +599,27 @@ struct Inputs {
 }
 
 fn is_yaml(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }
 
 fn resolve_inputs(opts: &LoadOptions, out: &mut Loaded) -> Inputs {
-    let mut inputs = Inputs { files: Vec::new(), dirs: Vec::new(), compose_dir: None };
+    let mut inputs = Inputs {
+        files: Vec::new(),
+        dirs: Vec::new(),
+        compose_dir: None,
+    };
     let add_dir = |dir: &Path, inputs: &mut Inputs, out: &mut Loaded| {
         let mut found = Vec::new();
         collect_yaml(dir, &mut found, &mut inputs.dirs, 0);
         if found.is_empty() {
-            let mut d = file_diag(codes::NO_FILES, dir, "no YAML files in this directory".into());
+            let mut d = file_diag(
+                codes::NO_FILES,
+                dir,
+                "no YAML files in this directory".into(),
+            );
             d.severity = Severity::Warning;
             out.diagnostics.push(d);
         }
@@ -517,8 +627,18 @@ fn resolve_inputs(opts: &LoadOptions, out: &mut Loaded) -> Inputs {
     };
     if opts.files.is_empty() {
         let dir = &opts.working_dir;
-        let under = |name: &str| if dir.as_os_str() == "." { PathBuf::from(name) } else { dir.join(name) };
-        if let Some(compose) = COMPOSE_FILE_NAMES.iter().map(|n| under(n)).find(|p| p.is_file()) {
+        let under = |name: &str| {
+            if dir.as_os_str() == "." {
+                PathBuf::from(name)
+            } else {
+                dir.join(name)
+            }
+        };
+        if let Some(compose) = COMPOSE_FILE_NAMES
+            .iter()
+            .map(|n| under(n))
+            .find(|p| p.is_file())
+        {
             inputs.compose_dir = Some(dir.clone());
             inputs.files.push(compose);
         }
@@ -544,7 +664,9 @@ fn resolve_inputs(opts: &LoadOptions, out: &mut Loaded) -> Inputs {
         // user wrote them so messages show them the same way.
         let path = path.clone();
         if path.is_dir() {
-            if inputs.compose_dir.is_none() && COMPOSE_FILE_NAMES.iter().any(|n| path.join(n).is_file()) {
+            if inputs.compose_dir.is_none()
+                && COMPOSE_FILE_NAMES.iter().any(|n| path.join(n).is_file())
+            {
                 inputs.compose_dir = Some(path.clone());
             }
             add_dir(&path, &mut inputs, out);
@@ -554,7 +676,11 @@ fn resolve_inputs(opts: &LoadOptions, out: &mut Loaded) -> Inputs {
             }
             inputs.files.push(path);
         } else {
-            out.diagnostics.push(file_diag(codes::UNREADABLE, &path, "no such file or directory".into()));
+            out.diagnostics.push(file_diag(
+                codes::UNREADABLE,
+                &path,
+                "no such file or directory".into(),
+            ));
         }
     }
     inputs
@@ -564,17 +690,24 @@ fn looks_like_compose(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     COMPOSE_FILE_NAMES.contains(&name)
         || name.contains("compose")
-        || std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.starts_with("services:")))
+        || std::fs::read_to_string(path)
+            .is_ok_and(|t| t.lines().any(|l| l.starts_with("services:")))
 }
 
 /// Every YAML file under `dir`, sorted so the load order is stable; hidden entries skipped.
 fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>, depth: usize) {
     dirs.push(dir.to_path_buf());
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
             continue;
         }
         if path.is_dir() && depth < 8 {
@@ -588,9 +721,14 @@ fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>, d
 /// The project's `.env` file, as compose reads it (missing is fine).
 fn read_dotenv(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<String, String> {
     let path = dir.join(".env");
-    let Ok(text) = std::fs::read_to_string(&path) else { return BTreeMap::new() };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return BTreeMap::new();
+    };
     match compose::parse_env_file(&text) {
-        Ok(entries) => entries.into_iter().filter_map(|(k, v)| Some((k, v?))).collect(),
+        Ok(entries) => entries
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect(),
         Err(e) => {
             let mut d = file_diag(codes::INVALID_VALUE, &path, e.to_string());
             d.location.line = e.line;

@@ -37,7 +37,10 @@ pub struct Workload {
 impl Workload {
     /// `cluster.local/ns/<ns>/sa/<sa>`: the principal AuthorizationPolicy matches.
     pub fn principal(&self, trust_domain: &str) -> String {
-        format!("{trust_domain}/ns/{}/sa/{}", self.namespace, self.service_account)
+        format!(
+            "{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
     }
 
     /// True when every `selector` label is on this workload (an empty selector selects all).
@@ -109,7 +112,10 @@ impl Inventory {
     }
 
     /// The workloads of a service.
-    pub fn workloads_of<'a>(&'a self, service: &'a MeshService) -> impl Iterator<Item = &'a Workload> + 'a {
+    pub fn workloads_of<'a>(
+        &'a self,
+        service: &'a MeshService,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
         self.workloads
             .iter()
             .filter(move |w| w.service == service.name && w.namespace == service.namespace)
@@ -172,8 +178,16 @@ mod tests {
         let cases = [
             ("backend", "default", "backend.default.svc.cluster.local"),
             ("backend.prod", "default", "backend.prod.svc.cluster.local"),
-            ("backend.prod.svc", "default", "backend.prod.svc.cluster.local"),
-            ("backend.prod.svc.cluster.local", "default", "backend.prod.svc.cluster.local"),
+            (
+                "backend.prod.svc",
+                "default",
+                "backend.prod.svc.cluster.local",
+            ),
+            (
+                "backend.prod.svc.cluster.local",
+                "default",
+                "backend.prod.svc.cluster.local",
+            ),
             ("Backend.", "ns1", "backend.ns1.svc.cluster.local"),
             ("www.example.com", "default", "www.example.com"),
             ("*.example.com", "default", "*.example.com"),

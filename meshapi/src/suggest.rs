@@ -68,40 +68,176 @@ struct Misplaced {
 }
 
 const MISPLACED: &[Misplaced] = &[
-    Misplaced { field: "timeout", parent: "retries", hint: "`timeout` belongs to the route (`http[].timeout`, the total for all attempts); the limit per attempt is `retries.perTryTimeout`" },
-    Misplaced { field: "attempts", parent: "http", hint: "`attempts` belongs under the route's `retries`: `retries: {attempts: 3}`" },
-    Misplaced { field: "perTryTimeout", parent: "http", hint: "`perTryTimeout` belongs under the route's `retries`" },
-    Misplaced { field: "retryOn", parent: "http", hint: "`retryOn` belongs under the route's `retries`" },
-    Misplaced { field: "loadBalancer", parent: "http", hint: "`loadBalancer` belongs in a DestinationRule's `trafficPolicy`, not in a VirtualService route" },
-    Misplaced { field: "loadBalancer", parent: "spec", hint: "`loadBalancer` belongs under `trafficPolicy` (a DestinationRule's `spec.trafficPolicy.loadBalancer`)" },
-    Misplaced { field: "connectionPool", parent: "http", hint: "`connectionPool` belongs in a DestinationRule's `trafficPolicy`, not in a VirtualService route" },
-    Misplaced { field: "connectionPool", parent: "spec", hint: "`connectionPool` belongs under `trafficPolicy` (a DestinationRule's `spec.trafficPolicy.connectionPool`)" },
-    Misplaced { field: "outlierDetection", parent: "http", hint: "`outlierDetection` belongs in a DestinationRule's `trafficPolicy`, not in a VirtualService route" },
-    Misplaced { field: "outlierDetection", parent: "spec", hint: "`outlierDetection` belongs under `trafficPolicy` (a DestinationRule's `spec.trafficPolicy.outlierDetection`)" },
-    Misplaced { field: "tls", parent: "http", hint: "client TLS settings belong in a DestinationRule's `trafficPolicy.tls`" },
-    Misplaced { field: "retries", parent: "spec", hint: "`retries` belongs to a VirtualService http route: `spec.http[].retries`" },
-    Misplaced { field: "timeout", parent: "spec", hint: "`timeout` belongs to a VirtualService http route: `spec.http[].timeout`" },
-    Misplaced { field: "retries", parent: "trafficPolicy", hint: "`retries` belongs to a VirtualService http route (`spec.http[].retries`); a DestinationRule can only bound them with `connectionPool.http.maxRetries`" },
-    Misplaced { field: "timeout", parent: "trafficPolicy", hint: "request timeouts belong to a VirtualService http route (`spec.http[].timeout`); a DestinationRule has `connectionPool.tcp.connectTimeout`" },
-    Misplaced { field: "fault", parent: "spec", hint: "`fault` belongs to a VirtualService http route: `spec.http[].fault`" },
-    Misplaced { field: "mirror", parent: "spec", hint: "`mirror` belongs to a VirtualService http route: `spec.http[].mirror`" },
-    Misplaced { field: "subsets", parent: "spec", hint: "`subsets` are defined in a DestinationRule (`kind: DestinationRule`, `spec.subsets`) and referenced from a VirtualService destination's `subset`" },
-    Misplaced { field: "subset", parent: "route", hint: "`subset` belongs inside `destination`: `route: [{destination: {host: x, subset: v1}}]`" },
-    Misplaced { field: "host", parent: "route", hint: "`host` belongs inside `destination`: `route: [{destination: {host: x}}]`" },
-    Misplaced { field: "port", parent: "route", hint: "`port` belongs inside `destination`: `destination: {host: x, port: {number: 8080}}`" },
-    Misplaced { field: "weight", parent: "destination", hint: "`weight` belongs beside `destination`, on the route entry: `route: [{destination: {host: x}, weight: 90}]`" },
-    Misplaced { field: "fixedDelay", parent: "fault", hint: "`fixedDelay` belongs under `fault.delay`" },
-    Misplaced { field: "httpStatus", parent: "fault", hint: "`httpStatus` belongs under `fault.abort`" },
-    Misplaced { field: "percentage", parent: "fault", hint: "`percentage` belongs under `fault.delay` or `fault.abort`" },
-    Misplaced { field: "principals", parent: "from", hint: "`principals` belongs under `source`: `from: [{source: {principals: [...]}}]`" },
-    Misplaced { field: "namespaces", parent: "from", hint: "`namespaces` belongs under `source`: `from: [{source: {namespaces: [...]}}]`" },
-    Misplaced { field: "paths", parent: "to", hint: "`paths` belongs under `operation`: `to: [{operation: {paths: [...]}}]`" },
-    Misplaced { field: "methods", parent: "to", hint: "`methods` belongs under `operation`: `to: [{operation: {methods: [...]}}]`" },
-    Misplaced { field: "principals", parent: "rules", hint: "`principals` belongs under `from[].source`: `rules: [{from: [{source: {principals: [...]}}]}]`" },
-    Misplaced { field: "paths", parent: "rules", hint: "`paths` belongs under `to[].operation`: `rules: [{to: [{operation: {paths: [...]}}]}]`" },
-    Misplaced { field: "mode", parent: "spec", hint: "`mode` belongs under `mtls` in a PeerAuthentication: `spec: {mtls: {mode: STRICT}}`" },
-    Misplaced { field: "workloadSelector", parent: "spec", hint: "this kind selects workloads with `selector: {matchLabels: {...}}` (`workloadSelector` is a DestinationRule field)" },
-    Misplaced { field: "replicas", parent: "*", hint: "in compose, `replicas` belongs under `deploy`: `deploy: {replicas: 2}`" },
+    Misplaced {
+        field: "timeout",
+        parent: "retries",
+        hint: "`timeout` belongs to the route (`http[].timeout`, the total for all attempts); the limit per attempt is `retries.perTryTimeout`",
+    },
+    Misplaced {
+        field: "attempts",
+        parent: "http",
+        hint: "`attempts` belongs under the route's `retries`: `retries: {attempts: 3}`",
+    },
+    Misplaced {
+        field: "perTryTimeout",
+        parent: "http",
+        hint: "`perTryTimeout` belongs under the route's `retries`",
+    },
+    Misplaced {
+        field: "retryOn",
+        parent: "http",
+        hint: "`retryOn` belongs under the route's `retries`",
+    },
+    Misplaced {
+        field: "loadBalancer",
+        parent: "http",
+        hint: "`loadBalancer` belongs in a DestinationRule's `trafficPolicy`, not in a VirtualService route",
+    },
+    Misplaced {
+        field: "loadBalancer",
+        parent: "spec",
+        hint: "`loadBalancer` belongs under `trafficPolicy` (a DestinationRule's `spec.trafficPolicy.loadBalancer`)",
+    },
+    Misplaced {
+        field: "connectionPool",
+        parent: "http",
+        hint: "`connectionPool` belongs in a DestinationRule's `trafficPolicy`, not in a VirtualService route",
+    },
+    Misplaced {
+        field: "connectionPool",
+        parent: "spec",
+        hint: "`connectionPool` belongs under `trafficPolicy` (a DestinationRule's `spec.trafficPolicy.connectionPool`)",
+    },
+    Misplaced {
+        field: "outlierDetection",
+        parent: "http",
+        hint: "`outlierDetection` belongs in a DestinationRule's `trafficPolicy`, not in a VirtualService route",
+    },
+    Misplaced {
+        field: "outlierDetection",
+        parent: "spec",
+        hint: "`outlierDetection` belongs under `trafficPolicy` (a DestinationRule's `spec.trafficPolicy.outlierDetection`)",
+    },
+    Misplaced {
+        field: "tls",
+        parent: "http",
+        hint: "client TLS settings belong in a DestinationRule's `trafficPolicy.tls`",
+    },
+    Misplaced {
+        field: "retries",
+        parent: "spec",
+        hint: "`retries` belongs to a VirtualService http route: `spec.http[].retries`",
+    },
+    Misplaced {
+        field: "timeout",
+        parent: "spec",
+        hint: "`timeout` belongs to a VirtualService http route: `spec.http[].timeout`",
+    },
+    Misplaced {
+        field: "retries",
+        parent: "trafficPolicy",
+        hint: "`retries` belongs to a VirtualService http route (`spec.http[].retries`); a DestinationRule can only bound them with `connectionPool.http.maxRetries`",
+    },
+    Misplaced {
+        field: "timeout",
+        parent: "trafficPolicy",
+        hint: "request timeouts belong to a VirtualService http route (`spec.http[].timeout`); a DestinationRule has `connectionPool.tcp.connectTimeout`",
+    },
+    Misplaced {
+        field: "fault",
+        parent: "spec",
+        hint: "`fault` belongs to a VirtualService http route: `spec.http[].fault`",
+    },
+    Misplaced {
+        field: "mirror",
+        parent: "spec",
+        hint: "`mirror` belongs to a VirtualService http route: `spec.http[].mirror`",
+    },
+    Misplaced {
+        field: "subsets",
+        parent: "spec",
+        hint: "`subsets` are defined in a DestinationRule (`kind: DestinationRule`, `spec.subsets`) and referenced from a VirtualService destination's `subset`",
+    },
+    Misplaced {
+        field: "subset",
+        parent: "route",
+        hint: "`subset` belongs inside `destination`: `route: [{destination: {host: x, subset: v1}}]`",
+    },
+    Misplaced {
+        field: "host",
+        parent: "route",
+        hint: "`host` belongs inside `destination`: `route: [{destination: {host: x}}]`",
+    },
+    Misplaced {
+        field: "port",
+        parent: "route",
+        hint: "`port` belongs inside `destination`: `destination: {host: x, port: {number: 8080}}`",
+    },
+    Misplaced {
+        field: "weight",
+        parent: "destination",
+        hint: "`weight` belongs beside `destination`, on the route entry: `route: [{destination: {host: x}, weight: 90}]`",
+    },
+    Misplaced {
+        field: "fixedDelay",
+        parent: "fault",
+        hint: "`fixedDelay` belongs under `fault.delay`",
+    },
+    Misplaced {
+        field: "httpStatus",
+        parent: "fault",
+        hint: "`httpStatus` belongs under `fault.abort`",
+    },
+    Misplaced {
+        field: "percentage",
+        parent: "fault",
+        hint: "`percentage` belongs under `fault.delay` or `fault.abort`",
+    },
+    Misplaced {
+        field: "principals",
+        parent: "from",
+        hint: "`principals` belongs under `source`: `from: [{source: {principals: [...]}}]`",
+    },
+    Misplaced {
+        field: "namespaces",
+        parent: "from",
+        hint: "`namespaces` belongs under `source`: `from: [{source: {namespaces: [...]}}]`",
+    },
+    Misplaced {
+        field: "paths",
+        parent: "to",
+        hint: "`paths` belongs under `operation`: `to: [{operation: {paths: [...]}}]`",
+    },
+    Misplaced {
+        field: "methods",
+        parent: "to",
+        hint: "`methods` belongs under `operation`: `to: [{operation: {methods: [...]}}]`",
+    },
+    Misplaced {
+        field: "principals",
+        parent: "rules",
+        hint: "`principals` belongs under `from[].source`: `rules: [{from: [{source: {principals: [...]}}]}]`",
+    },
+    Misplaced {
+        field: "paths",
+        parent: "rules",
+        hint: "`paths` belongs under `to[].operation`: `rules: [{to: [{operation: {paths: [...]}}]}]`",
+    },
+    Misplaced {
+        field: "mode",
+        parent: "spec",
+        hint: "`mode` belongs under `mtls` in a PeerAuthentication: `spec: {mtls: {mode: STRICT}}`",
+    },
+    Misplaced {
+        field: "workloadSelector",
+        parent: "spec",
+        hint: "this kind selects workloads with `selector: {matchLabels: {...}}` (`workloadSelector` is a DestinationRule field)",
+    },
+    Misplaced {
+        field: "replicas",
+        parent: "*",
+        hint: "in compose, `replicas` belongs under `deploy`: `deploy: {replicas: 2}`",
+    },
 ];
 
 /// Advice for an unknown field at `parent_path`: where it belongs, else the nearest spelling.
@@ -110,10 +246,10 @@ pub fn advise(unknown: &UnknownField, parent_path: &str) -> Option<String> {
     let misplaced = MISPLACED
         .iter()
         .find(|m| m.field == unknown.name && (m.parent == parent || m.parent == "*"));
-    if let Some(m) = misplaced {
-        if m.field != "replicas" || parent_path.starts_with("services.") {
-            return Some(m.hint.to_string());
-        }
+    if let Some(m) = misplaced
+        && (m.field != "replicas" || parent_path.starts_with("services."))
+    {
+        return Some(m.hint.to_string());
     }
     if let Some(best) = did_you_mean(&unknown.name, &unknown.expected) {
         return Some(format!("did you mean `{best}`?"));
@@ -121,7 +257,10 @@ pub fn advise(unknown: &UnknownField, parent_path: &str) -> Option<String> {
     if unknown.expected.is_empty() {
         None
     } else {
-        Some(format!("known fields here: {}", unknown.expected.join(", ")))
+        Some(format!(
+            "known fields here: {}",
+            unknown.expected.join(", ")
+        ))
     }
 }
 
@@ -136,12 +275,16 @@ mod tests {
     use super::*;
 
     fn unknown(name: &str, expected: &[&str]) -> UnknownField {
-        UnknownField { name: name.into(), expected: expected.iter().map(|s| s.to_string()).collect() }
+        UnknownField {
+            name: name.into(),
+            expected: expected.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn parses_serde_messages() {
-        let u = parse_unknown_field("unknown field `retires`, expected one of `match`, `retries`").unwrap();
+        let u = parse_unknown_field("unknown field `retires`, expected one of `match`, `retries`")
+            .unwrap();
         assert_eq!(u, unknown("retires", &["match", "retries"]));
         let u = parse_unknown_field("unknown field `x`, expected `y`").unwrap();
         assert_eq!(u.expected, vec!["y"]);
@@ -152,14 +295,28 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        let route_fields = ["match", "route", "retries", "timeout", "fault", "mirror", "rewrite"];
+        let route_fields = [
+            "match", "route", "retries", "timeout", "fault", "mirror", "rewrite",
+        ];
         let cases: &[(&str, &str, Option<&str>)] = &[
             ("retires", "spec.http[0]", Some("did you mean `retries`?")),
             ("Retries", "spec.http[0]", Some("did you mean `retries`?")),
             ("timout", "spec.http[0]", Some("did you mean `timeout`?")),
-            ("timeout", "spec.http[0].retries", Some("belongs to the route")),
-            ("loadBalancer", "spec.http[0]", Some("DestinationRule's `trafficPolicy`")),
-            ("weight", "spec.http[0].route[0].destination", Some("beside `destination`")),
+            (
+                "timeout",
+                "spec.http[0].retries",
+                Some("belongs to the route"),
+            ),
+            (
+                "loadBalancer",
+                "spec.http[0]",
+                Some("DestinationRule's `trafficPolicy`"),
+            ),
+            (
+                "weight",
+                "spec.http[0].route[0].destination",
+                Some("beside `destination`"),
+            ),
             ("replicas", "services.web", Some("deploy")),
             ("zzzzzzzzzz", "spec.http[0]", Some("known fields here")),
         ];

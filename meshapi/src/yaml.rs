@@ -28,7 +28,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 8 << 20, max_depth: 64, max_nodes: 1_000_000, max_scalar: 1 << 20 }
+        Limits {
+            max_bytes: 8 << 20,
+            max_depth: 64,
+            max_nodes: 1_000_000,
+            max_scalar: 1 << 20,
+        }
     }
 }
 
@@ -42,7 +47,10 @@ pub struct Pos {
 impl Pos {
     fn from_marker(m: &Marker) -> Pos {
         // yaml-rust2 counts lines from 1 and columns from 0.
-        Pos { line: m.line().max(1), column: m.col() + 1 }
+        Pos {
+            line: m.line().max(1),
+            column: m.col() + 1,
+        }
     }
 }
 
@@ -56,7 +64,10 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeKind {
     /// A scalar and whether it was plain (unquoted, so subject to type resolution).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -87,8 +98,17 @@ impl YamlError {
 }
 
 enum Frame {
-    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
-    Map { pos: Pos, anchor: usize, items: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
 }
 
 /// Parses every document of `text`. Empty documents (only comments) are skipped.
@@ -96,7 +116,11 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
     if text.len() > limits.max_bytes {
         return Err(YamlError::Limit {
             pos: Pos { line: 1, column: 1 },
-            message: format!("file is {} bytes, more than the {} allowed", text.len(), limits.max_bytes),
+            message: format!(
+                "file is {} bytes, more than the {} allowed",
+                text.len(),
+                limits.max_bytes
+            ),
         });
     }
     let mut parser = Parser::new_from_str(text);
@@ -122,11 +146,21 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 if text.len() > limits.max_scalar {
                     return Err(YamlError::Limit {
                         pos,
-                        message: format!("a scalar of {} bytes exceeds the {} allowed", text.len(), limits.max_scalar),
+                        message: format!(
+                            "a scalar of {} bytes exceeds the {} allowed",
+                            text.len(),
+                            limits.max_scalar
+                        ),
                     });
                 }
                 nodes += 1;
-                let node = Node { pos, kind: NodeKind::Scalar { text, plain: style == TScalarStyle::Plain } };
+                let node = Node {
+                    pos,
+                    kind: NodeKind::Scalar {
+                        text,
+                        plain: style == TScalarStyle::Plain,
+                    },
+                };
                 if anchor > 0 {
                     anchors.insert(anchor, node.clone());
                 }
@@ -134,7 +168,10 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
             }
             Event::Alias(id) => {
                 let Some(target) = anchors.get(&id) else {
-                    return Err(YamlError::Syntax { pos, message: "alias to an unknown anchor".into() });
+                    return Err(YamlError::Syntax {
+                        pos,
+                        message: "alias to an unknown anchor".into(),
+                    });
                 };
                 nodes += count(target);
                 if nodes > limits.max_nodes {
@@ -153,22 +190,56 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 }
                 nodes += 1;
                 stack.push(if matches!(event, Event::SequenceStart(..)) {
-                    Frame::Seq { pos, anchor, items: Vec::new() }
+                    Frame::Seq {
+                        pos,
+                        anchor,
+                        items: Vec::new(),
+                    }
                 } else {
-                    Frame::Map { pos, anchor, items: Vec::new(), key: None }
+                    Frame::Map {
+                        pos,
+                        anchor,
+                        items: Vec::new(),
+                        key: None,
+                    }
                 });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match stack.pop() {
-                    Some(Frame::Seq { pos, anchor, items }) => (Node { pos, kind: NodeKind::Seq(items) }, anchor),
+                    Some(Frame::Seq { pos, anchor, items }) => (
+                        Node {
+                            pos,
+                            kind: NodeKind::Seq(items),
+                        },
+                        anchor,
+                    ),
                     // A block mapping's start mark sits at its first `:`; place it at its
                     // first key instead, where a person sees it begin.
-                    Some(Frame::Map { pos, anchor, items, .. }) => {
-                        let pos = items.first().map_or(pos, |(k, _)| if k.pos.line == pos.line { k.pos.min(pos) } else { pos });
-                        (Node { pos, kind: NodeKind::Map(items) }, anchor)
+                    Some(Frame::Map {
+                        pos, anchor, items, ..
+                    }) => {
+                        let pos = items.first().map_or(pos, |(k, _)| {
+                            if k.pos.line == pos.line {
+                                k.pos.min(pos)
+                            } else {
+                                pos
+                            }
+                        });
+                        (
+                            Node {
+                                pos,
+                                kind: NodeKind::Map(items),
+                            },
+                            anchor,
+                        )
                     }
-                    None => return Err(YamlError::Syntax { pos, message: "unbalanced collection end".into() }),
+                    None => {
+                        return Err(YamlError::Syntax {
+                            pos,
+                            message: "unbalanced collection end".into(),
+                        });
+                    }
                 };
                 if anchor > 0 {
                     anchors.insert(anchor, node.clone());
@@ -181,7 +252,10 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
         }
         let Some(node) = done else { continue };
         match stack.last_mut() {
-            None => docs.push(Document { pos: node.pos, root: node }),
+            None => docs.push(Document {
+                pos: node.pos,
+                root: node,
+            }),
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { items, key, .. }) => match key.take() {
                 None => *key = Some(node),
@@ -196,7 +270,10 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
 fn too_many(pos: Pos, limits: Limits) -> YamlError {
     YamlError::Limit {
         pos,
-        message: format!("more than {} nodes after expanding aliases (an alias bomb?)", limits.max_nodes),
+        message: format!(
+            "more than {} nodes after expanding aliases (an alias bomb?)",
+            limits.max_nodes
+        ),
     }
 }
 
@@ -204,7 +281,12 @@ fn count(node: &Node) -> usize {
     match &node.kind {
         NodeKind::Scalar { .. } => 1,
         NodeKind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
-        NodeKind::Map(items) => 1 + items.iter().map(|(k, v)| count(k) + count(v)).sum::<usize>(),
+        NodeKind::Map(items) => {
+            1 + items
+                .iter()
+                .map(|(k, v)| count(k) + count(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -255,7 +337,10 @@ impl Node {
     /// The value under `key` in a mapping, with the key node.
     pub fn get(&self, key: &str) -> Option<(&Node, &Node)> {
         match &self.kind {
-            NodeKind::Map(items) => items.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, v)| (k, v)),
+            NodeKind::Map(items) => items
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(k, v)| (k, v)),
             _ => None,
         }
     }
@@ -272,24 +357,32 @@ impl Node {
             rest = rest.strip_prefix('.').unwrap_or(rest);
             if let Some(after) = rest.strip_prefix('[') {
                 let Some(end) = after.find(']') else { break };
-                let Ok(index) = after[..end].parse::<usize>() else { break };
-                let NodeKind::Seq(items) = &node.kind else { break };
+                let Ok(index) = after[..end].parse::<usize>() else {
+                    break;
+                };
+                let NodeKind::Seq(items) = &node.kind else {
+                    break;
+                };
                 let Some(item) = items.get(index) else { break };
                 node = item;
                 at = item.pos;
                 rest = &after[end + 1..];
                 continue;
             }
-            let NodeKind::Map(items) = &node.kind else { break };
+            let NodeKind::Map(items) = &node.kind else {
+                break;
+            };
             // Keys may hold dots (`app.kubernetes.io/name`): take the longest key that matches.
-            let found = items
-                .iter()
-                .filter_map(|(k, v)| {
-                    let key = k.as_str()?;
-                    let tail = rest.strip_prefix(key)?;
-                    (tail.is_empty() || tail.starts_with('.') || tail.starts_with('[')).then_some((k, v, key.len()))
-                })
-                .max_by_key(|(_, _, len)| *len);
+            let found =
+                items
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let key = k.as_str()?;
+                        let tail = rest.strip_prefix(key)?;
+                        (tail.is_empty() || tail.starts_with('.') || tail.starts_with('['))
+                            .then_some((k, v, key.len()))
+                    })
+                    .max_by_key(|(_, _, len)| *len);
             let Some((k, v, len)) = found else { break };
             at = k.pos;
             node = v;
@@ -305,7 +398,9 @@ fn resolve_plain(text: &str) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Number(f64::INFINITY.into()),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Number(f64::INFINITY.into());
+        }
         "-.inf" | "-.Inf" | "-.INF" => return Value::Number(f64::NEG_INFINITY.into()),
         ".nan" | ".NaN" | ".NAN" => return Value::Number(f64::NAN.into()),
         _ => {}
@@ -318,10 +413,13 @@ fn resolve_plain(text: &str) -> Value {
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_digit() || c == '.');
-    if looks_numeric && text.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')) {
-        if let Ok(f) = text.parse::<f64>() {
-            return Value::Number(f.into());
-        }
+    if looks_numeric
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        && let Ok(f) = text.parse::<f64>()
+    {
+        return Value::Number(f.into());
     }
     Value::String(text.to_string())
 }
@@ -343,7 +441,9 @@ fn parse_int(text: &str) -> Option<Number> {
         return None;
     }
     if neg {
-        i64::from_str_radix(&format!("-{digits}"), radix).ok().map(Number::from)
+        i64::from_str_radix(&format!("-{digits}"), radix)
+            .ok()
+            .map(Number::from)
     } else {
         u64::from_str_radix(digits, radix).ok().map(Number::from)
     }
@@ -359,14 +459,24 @@ mod tests {
         let docs = parse(text, Limits::default()).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].root.locate("a"), Pos { line: 1, column: 1 });
-        assert_eq!(docs[1].root.locate("spec.http[0].retries.attempts"), Pos { line: 7, column: 7 });
+        assert_eq!(
+            docs[1].root.locate("spec.http[0].retries.attempts"),
+            Pos { line: 7, column: 7 }
+        );
         // A missing tail is placed at the deepest node found.
-        assert_eq!(docs[1].root.locate("spec.http[0].retries.nope"), Pos { line: 6, column: 5 });
+        assert_eq!(
+            docs[1].root.locate("spec.http[0].retries.nope"),
+            Pos { line: 6, column: 5 }
+        );
     }
 
     #[test]
     fn plain_scalars_resolve_like_yaml_1_2() {
-        let docs = parse("a: 1\nb: '1'\nc: 1.5\nd: true\ne: ~\nf: 0x10\ng: 1.2.3\nh: 10s\n", Limits::default()).unwrap();
+        let docs = parse(
+            "a: 1\nb: '1'\nc: 1.5\nd: true\ne: ~\nf: 0x10\ng: 1.2.3\nh: 10s\n",
+            Limits::default(),
+        )
+        .unwrap();
         let v = docs[0].root.to_value();
         assert_eq!(v["a"], Value::Number(1u64.into()));
         assert_eq!(v["b"], Value::String("1".into()));
@@ -380,7 +490,11 @@ mod tests {
 
     #[test]
     fn merge_keys_apply() {
-        let docs = parse("x: &d {a: 1, b: 2}\ny:\n  <<: *d\n  b: 3\n", Limits::default()).unwrap();
+        let docs = parse(
+            "x: &d {a: 1, b: 2}\ny:\n  <<: *d\n  b: 3\n",
+            Limits::default(),
+        )
+        .unwrap();
         let v = docs[0].root.to_value();
         assert_eq!(v["y"]["a"], Value::Number(1u64.into()));
         assert_eq!(v["y"]["b"], Value::Number(3u64.into()));
@@ -390,14 +504,22 @@ mod tests {
     fn hostile_inputs_are_refused_quickly() {
         let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x,x]\n");
         for i in 1..12 {
-            bomb.push_str(&format!("{}: &{} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n", (b'a' + i) as char, (b'a' + i) as char, p = (b'a' + i - 1) as char));
+            bomb.push_str(&format!(
+                "{}: &{} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n",
+                (b'a' + i) as char,
+                (b'a' + i) as char,
+                p = (b'a' + i - 1) as char
+            ));
         }
         let err = parse(&bomb, Limits::default()).unwrap_err();
         assert!(err.to_string().contains("alias bomb"), "{err}");
 
         let deep = "[".repeat(10_000);
         let err = parse(&deep, Limits::default()).unwrap_err();
-        assert!(err.to_string().contains("nesting") || err.to_string().contains("recursion"), "{err}");
+        assert!(
+            err.to_string().contains("nesting") || err.to_string().contains("recursion"),
+            "{err}"
+        );
 
         let huge = format!("a: {}\n", "x".repeat(2 << 20));
         let err = parse(&huge, Limits::default()).unwrap_err();

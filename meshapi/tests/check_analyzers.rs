@@ -1,5 +1,6 @@
 //! `meshctl check`'s mesh-wide analysis: one case per finding, each asserting the code, the
 //! severity, the file position and the field path a user is pointed at.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
@@ -43,12 +44,18 @@ fn analyze_mesh(policies: &str) -> Vec<Diagnostic> {
     let mut opts = LoadOptions::new(dir.path());
     opts.env = Box::new(BTreeMap::<String, String>::new());
     let loaded = load(&opts);
-    assert!(!loaded.has_errors(), "load errors: {:#?}", loaded.diagnostics);
+    assert!(
+        !loaded.has_errors(),
+        "load errors: {:#?}",
+        loaded.diagnostics
+    );
     analyze(&loaded.mesh)
 }
 
 fn vs(http: &str) -> String {
-    format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend]\n  http:\n{http}")
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend]\n  http:\n{http}"
+    )
 }
 
 struct Case {
@@ -191,7 +198,13 @@ fn each_finding_has_code_severity_position_and_hint() {
         assert_eq!(d.location.line, case.line, "{ctx}");
         assert_eq!(d.path, case.path, "{ctx}");
         assert!(d.hint.as_deref().is_some_and(|h| !h.is_empty()), "{ctx}");
-        assert_eq!(found.len(), 1, "case {:?}: want only {}, got {found:#?}", case.name, case.code);
+        assert_eq!(
+            found.len(),
+            1,
+            "case {:?}: want only {}, got {found:#?}",
+            case.name,
+            case.code
+        );
     }
 }
 
@@ -199,7 +212,9 @@ fn each_finding_has_code_severity_position_and_hint() {
 fn a_sound_mesh_has_no_findings() {
     let policies = format!(
         "{DR}---\n{}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a}}\nspec:\n  selector:\n    matchLabels: {{app: backend}}\n  rules:\n  - from:\n    - source:\n        principals: [cluster.local/ns/default/sa/frontend-sa]\n        namespaces: [default]\n",
-        vs("  - match:\n    - headers:\n        x-user: {exact: tester}\n    route:\n    - destination: {host: backend, subset: v2}\n  - route:\n    - destination: {host: backend, subset: v1}\n      weight: 90\n    - destination: {host: backend.default.svc.cluster.local, subset: v2}\n      weight: 10\n    retries: {attempts: 3, perTryTimeout: 100ms}\n    timeout: 500ms\n")
+        vs(
+            "  - match:\n    - headers:\n        x-user: {exact: tester}\n    route:\n    - destination: {host: backend, subset: v2}\n  - route:\n    - destination: {host: backend, subset: v1}\n      weight: 90\n    - destination: {host: backend.default.svc.cluster.local, subset: v2}\n      weight: 10\n    retries: {attempts: 3, perTryTimeout: 100ms}\n    timeout: 500ms\n"
+        )
     );
     let found = analyze_mesh(&policies);
     assert!(found.is_empty(), "{found:#?}");

@@ -1,5 +1,6 @@
 //! Every class of load error a person can make, asserting the code, the position, the field
 //! path and the advice they are shown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,8 +22,17 @@ fn load_files(files: &[(&str, &str)]) -> (tempfile::TempDir, Loaded) {
 }
 
 fn only_error(loaded: &Loaded) -> &Diagnostic {
-    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
-    assert_eq!(errors.len(), 1, "want exactly one error, got {:#?}", loaded.diagnostics);
+    let errors: Vec<_> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "want exactly one error, got {:#?}",
+        loaded.diagnostics
+    );
     errors[0]
 }
 
@@ -170,13 +180,16 @@ fn each_error_class_names_code_position_path_and_hint() {
         assert_eq!(d.code, case.code, "{ctx}");
         assert!(d.location.file.ends_with("mesh.yaml"), "{ctx}");
         if case.line > 0 {
-            assert_eq!((d.location.line, d.location.column), (case.line, case.column), "{ctx}");
+            assert_eq!(
+                (d.location.line, d.location.column),
+                (case.line, case.column),
+                "{ctx}"
+            );
         }
         assert_eq!(d.path, case.path, "{ctx}");
         assert!(d.message.contains(case.message), "{ctx}");
-        match case.hint {
-            Some(h) => assert!(d.hint.as_deref().is_some_and(|got| got.contains(h)), "{ctx}"),
-            None => {}
+        if let Some(h) = case.hint {
+            assert!(d.hint.as_deref().is_some_and(|got| got.contains(h)), "{ctx}");
         }
     }
 }
@@ -187,12 +200,24 @@ fn errors_in_several_documents_are_all_reported_and_good_ones_kept() {
         "{VS_HEAD}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: a\nspec:\n  host: a\n  trafficPolicy:\n    loadBalancer:\n      simpel: RANDOM\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: b\nspec:\n  hosts: b\n"
     );
     let (_dir, loaded) = load_files(&[("mesh.yaml", &text)]);
-    let errors: Vec<_> = loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
+    let errors: Vec<_> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
     assert_eq!(errors.len(), 2, "{:#?}", loaded.diagnostics);
     assert_eq!(errors[0].location.line, 20, "{}", errors[0]);
-    assert!(errors[0].hint.as_deref().unwrap_or("").contains("`simple`"), "{}", errors[0]);
+    assert!(
+        errors[0].hint.as_deref().unwrap_or("").contains("`simple`"),
+        "{}",
+        errors[0]
+    );
     assert_eq!(errors[1].path, "spec.hosts", "{}", errors[1]);
-    assert_eq!(loaded.mesh.resources.len(), 1, "the good VirtualService is kept");
+    assert_eq!(
+        loaded.mesh.resources.len(),
+        1,
+        "the good VirtualService is kept"
+    );
 }
 
 #[test]
@@ -214,7 +239,8 @@ fn compose_errors_are_placed_and_interpolated_values_used() {
     assert_eq!((d.location.line, d.location.column), (4, 5), "{d}");
     assert!(d.hint.as_deref().unwrap_or("").contains("deploy"), "{d}");
 
-    let (_dir, loaded) = load_files(&[("compose.yaml", "services:\n  web:\n    image: web:${TAG}\n")]);
+    let (_dir, loaded) =
+        load_files(&[("compose.yaml", "services:\n  web:\n    image: web:${TAG}\n")]);
     assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
     let compose = loaded.mesh.compose.as_ref().unwrap();
     assert_eq!(compose.services["web"].image.as_deref(), Some("web:1.2"));
@@ -222,7 +248,10 @@ fn compose_errors_are_placed_and_interpolated_values_used() {
 
 #[test]
 fn required_variable_error_is_placed() {
-    let (_dir, loaded) = load_files(&[("compose.yaml", "services:\n  web:\n    image: ${IMAGE:?set IMAGE to the web image}\n")]);
+    let (_dir, loaded) = load_files(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: ${IMAGE:?set IMAGE to the web image}\n",
+    )]);
     let d = only_error(&loaded);
     assert_eq!(d.code, "MESH0011", "{d}");
     assert_eq!(d.location.line, 3, "{d}");
@@ -231,7 +260,11 @@ fn required_variable_error_is_placed() {
 
 #[test]
 fn default_lookup_finds_compose_mesh_yaml_and_mesh_dir() {
-    let dr = |n: &str| format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {n}\nspec:\n  host: web\n");
+    let dr = |n: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {n}\nspec:\n  host: web\n"
+        )
+    };
     let (dir, loaded) = load_files(&[
         ("docker-compose.yml", "services:\n  web:\n    image: web\n"),
         ("mesh.yaml", &dr("a")),
@@ -241,10 +274,25 @@ fn default_lookup_finds_compose_mesh_yaml_and_mesh_dir() {
     assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
     assert_eq!(loaded.mesh.files.len(), 3);
     assert_eq!(loaded.mesh.resources.len(), 2);
-    let expected = dir.path().file_name().unwrap().to_str().unwrap().to_lowercase();
-    let expected: String = expected.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+    let expected = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    let expected: String = expected
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
     assert_eq!(loaded.mesh.project, expected);
-    assert!(loaded.mesh.dirs.iter().any(|d| d.ends_with(Path::new("mesh/sub"))));
+    assert!(
+        loaded
+            .mesh
+            .dirs
+            .iter()
+            .any(|d| d.ends_with(Path::new("mesh/sub")))
+    );
 }
 
 #[test]

@@ -81,8 +81,14 @@ pub fn load_project(args: &ProjectArgs) -> anyhow::Result<Loaded> {
 fn check_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
     let mut diagnostics = loaded.diagnostics.clone();
     diagnostics.extend(check::analyze(&loaded.mesh));
-    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-    let warnings = diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .count();
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
     if out.json {
@@ -112,7 +118,11 @@ fn check_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
             warnings
         )?;
     }
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// One diagnostic as text, coloured on a terminal.
@@ -145,7 +155,11 @@ fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
         let stderr = std::io::stderr();
         let mut e = stderr.lock();
         let color = stderr.is_terminal();
-        for d in loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+        for d in loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+        {
             writeln!(e, "{}", render(d, color))?;
         }
         return Ok(ExitCode::from(1));

@@ -1,5 +1,6 @@
 //! The `check` and `config` commands as a user runs them: exit codes, the text a person reads
 //! and the JSON a machine reads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,7 +20,11 @@ fn seed() -> PathBuf {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -27,7 +32,10 @@ fn the_seed_example_checks_clean() {
     let out = meshctl(&seed(), &["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ok: 5 file(s), 3 service(s), 4 resource(s): 0 error(s)"), "{stdout}");
+    assert!(
+        stdout.contains("ok: 5 file(s), 3 service(s), 4 resource(s): 0 error(s)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -85,8 +93,16 @@ fn config_prints_the_normalized_model() {
 #[test]
 fn config_refuses_a_broken_mesh() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("compose.yaml"), "services:\n  web:\n    image: [\n").unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  web:\n    image: [\n",
+    )
+    .unwrap();
     let out = meshctl(dir.path(), &["config"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("compose.yaml:"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("compose.yaml:"),
+        "{}",
+        text(&out)
+    );
 }
