@@ -5,12 +5,14 @@ use meshapi::compose::{
 };
 
 fn parse(yaml: &str) -> ComposeFile {
-    let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
     from_value(value).unwrap_or_else(|e| panic!("{yaml}\n{}: {}", e.path, e.message))
 }
 
 fn parse_err(yaml: &str) -> (String, String) {
-    let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
     match from_value(value) {
         Ok(f) => panic!("expected an error for\n{yaml}\ngot {f:?}"),
         Err(e) => (e.path, e.message),

@@ -6,7 +6,8 @@ use std::path::Path;
 use meshapi::compose::{ComposeFile, from_value, merge, project_name};
 
 fn parse(yaml: &str) -> ComposeFile {
-    let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
     from_value(value).unwrap_or_else(|e| panic!("{yaml}\n{}: {}", e.path, e.message))
 }
 
