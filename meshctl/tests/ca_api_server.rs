@@ -40,6 +40,14 @@ async fn proxy_bootstraps_with_a_token_then_renews_over_mtls() {
     let first = client.fetch(None).await.unwrap();
     chain_verifies(&first.cert_chain_pem, ca.root_pem()).unwrap();
     assert_eq!(first.identity, who);
+    // The proxy's TLS layer accepts what the CA issued as its SVID.
+    meshproxy::tls::Credentials::from_pem(
+        first.cert_chain_pem.as_bytes(),
+        first.key_pem.as_bytes(),
+        first.root_pem.as_bytes(),
+        &who,
+    )
+    .unwrap();
     assert!(first.not_after > SystemTime::now());
     assert!(first.not_after <= SystemTime::now() + Duration::from_secs(4));
 

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use ca_support::*;
 use meshproxy::ca_client::{
-    CaClientError, CredentialSource, Credentials, RenewPolicy, renew_loop, verify_issued,
+    CaClientError, CredentialSource, Credentials, RenewPolicy, fetch_with_backoff, renew_loop,
+    verify_issued,
 };
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tokio::time::Instant;
@@ -211,4 +212,42 @@ async fn failed_or_rejected_renewals_keep_the_old_credentials_and_back_off() {
     }
     drop(rx);
     task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn bootstrap_retries_transient_failures_and_gives_up_on_refusals() {
+    let source = Scripted::default();
+    source.answers.lock().unwrap().extend([
+        Err(CaClientError::Refused {
+            status: 429,
+            message: "rate limited".into(),
+        }),
+        Err(CaClientError::Timeout(Duration::from_secs(10))),
+        Ok(creds(Duration::from_secs(100), 1)),
+    ]);
+    let got = fetch_with_backoff(&source, None, &POLICY).await.unwrap();
+    assert_eq!(got.cert_chain_pem, "cert 1");
+    assert_eq!(source.calls.lock().unwrap().len(), 3);
+
+    let source = Scripted::default();
+    source
+        .answers
+        .lock()
+        .unwrap()
+        .extend([Err(CaClientError::Refused {
+            status: 401,
+            message: "bootstrap token was already used".into(),
+        })]);
+    let err = fetch_with_backoff(&source, None, &POLICY)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CaClientError::Refused { status: 401, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        source.calls.lock().unwrap().len(),
+        1,
+        "no retry of a spent token"
+    );
 }

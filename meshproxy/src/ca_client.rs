@@ -13,7 +13,7 @@
 //!
 //! ```ignore
 //! let client = CaClient::new(addr, Some(token), identity, &roots_pem)?;
-//! let first = fetch_with_backoff(&client, None, &RenewPolicy::default()).await;
+//! let first = fetch_with_backoff(&client, None, &RenewPolicy::default()).await?;
 //! let (tx, rx) = tokio::sync::watch::channel(first);
 //! tokio::spawn(renew_loop(client, tx, RenewPolicy::default()));
 //! ```
@@ -528,16 +528,19 @@ impl RenewPolicy {
     }
 }
 
-/// Fetches until it succeeds, backing off between failures (for the first certificate).
+/// Fetches until it succeeds, backing off between retryable failures (network, 429, 5xx, a
+/// rejected certificate); returns the first error that retrying cannot fix (a refused or spent
+/// token, a bad config). For the first certificate of a proxy.
 pub async fn fetch_with_backoff<S: CredentialSource>(
     source: &S,
     current: Option<&Credentials>,
     policy: &RenewPolicy,
-) -> Credentials {
+) -> Result<Credentials, CaClientError> {
     let mut attempt = 0;
     loop {
         match source.fetch(current).await {
-            Ok(creds) => return creds,
+            Ok(creds) => return Ok(creds),
+            Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => {
                 let delay = policy.backoff(attempt);
                 tracing::warn!(error = %e, attempt, retry_in = ?delay, "certificate request failed");
