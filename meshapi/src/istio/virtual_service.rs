@@ -441,8 +441,10 @@ impl HttpRetry {
     /// Istio's default retry conditions.
     pub const DEFAULT_RETRY_ON: &'static str =
         "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
-    /// Istio's default retriable status codes (for `retriable-status-codes`).
-    pub const DEFAULT_RETRIABLE_STATUS_CODES: &'static [u16] = &[503];
+    /// Istio's default retriable status codes (for `retriable-status-codes`): none. Since Istio
+    /// 1.24 a 503 from the application is no longer retried by default (retrying it is unsafe:
+    /// the request may have been processed); connection failures and refused streams still are.
+    pub const DEFAULT_RETRIABLE_STATUS_CODES: &'static [u16] = &[];
     /// Envoy's default base backoff interval, which Istio keeps.
     pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 
@@ -687,7 +689,7 @@ impl HttpRoute {
     /// The retry policy in force, Istio's defaults filled in; `None` when retries are disabled.
     ///
     /// As in Istio: no `retries` means the default policy (2 attempts on
-    /// [`HttpRetry::DEFAULT_RETRY_ON`], status 503 retriable); a `retries` with `attempts` 0 or
+    /// [`HttpRetry::DEFAULT_RETRY_ON`], no status code retriable since Istio 1.24); a `retries` with `attempts` 0 or
     /// unset disables retries; status codes in `retryOn` imply `retriable-status-codes`.
     pub fn retry_policy(&self) -> Option<RetryPolicy> {
         let Some(r) = &self.retries else {
