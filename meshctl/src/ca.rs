@@ -429,7 +429,10 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
         let not_after = (now + lifetime).min(self.material.signer_not_after);
-        params.not_before = (now - self.config.clock_skew).into();
+        params.not_before = now
+            .checked_sub(self.config.clock_skew)
+            .unwrap_or(now)
+            .into();
         params.not_after = not_after.into();
         let cert = params
             .signed_by(&key, &self.material.issuer)

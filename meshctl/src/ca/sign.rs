@@ -87,9 +87,8 @@ pub fn sign_csr(
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;
     let not_after = (now + lifetime).min(ca.signer_not_after);
-    params.not_before = OffsetDateTime::from(now - backdate)
-        .replace_nanosecond(0)
-        .unwrap_or(OffsetDateTime::from(now - backdate));
+    let not_before = OffsetDateTime::from(now.checked_sub(backdate).unwrap_or(now));
+    params.not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
     let not_after_dt = OffsetDateTime::from(not_after);
     let not_after_dt = not_after_dt.replace_nanosecond(0).unwrap_or(not_after_dt);
     params.not_after = not_after_dt;

@@ -172,14 +172,23 @@ fn create_own_root(dir: &Path, trust_domain: &str) -> Result<CaMaterial, CaError
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_before = now
+        .checked_sub(Duration::from_secs(3600))
+        .unwrap_or(now)
+        .into();
     params.not_after = (now + ROOT_LIFETIME).into();
     params.serial_number = Some(super::sign::random_serial());
     let cert = params.self_signed(&key).map_err(CaError::Generate)?;
     // Key first: a crash between the two writes leaves "key without cert", which is refused
     // with a clear message instead of silently generating a second root.
-    write_new(&dir.join(ROOT_KEY), key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(&dir.join(ROOT_CERT), cert.pem().as_bytes(), 0o644)?;
+    // No-clobber: if another meshctl created a root meanwhile, fail instead of mixing halves.
+    write_file(
+        &dir.join(ROOT_KEY),
+        key.serialize_pem().as_bytes(),
+        0o600,
+        false,
+    )?;
+    write_file(&dir.join(ROOT_CERT), cert.pem().as_bytes(), 0o644, false)?;
     tracing::info!(dir = %dir.display(), "created a new mesh root CA");
     let mut material = load_own_root(dir)?;
     material.created = true;
@@ -253,8 +262,14 @@ fn check_signer(
     Ok(not_after)
 }
 
-/// Writes a new file atomically (temporary file + rename) with `mode`.
-pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+/// Writes a file atomically (temporary file, then rename, or hard link when `replace` is false
+/// so an existing file is never overwritten) with `mode`.
+pub(crate) fn write_file(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    replace: bool,
+) -> Result<(), CaError> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -266,11 +281,13 @@ pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), C
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)
+        if replace {
+            fs::rename(&tmp, path)
+        } else {
+            fs::hard_link(&tmp, path)
+        }
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    let _ = fs::remove_file(&tmp);
     result.map_err(|e| io(path, e))
 }
 

@@ -16,7 +16,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::CaError;
-use super::store::{check_private, write_new};
+use super::store::{check_private, write_file};
 
 /// How long a used or expired token is remembered, so late replays get a precise refusal.
 const REMEMBER_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
@@ -168,8 +168,8 @@ impl TokenStore {
         tokens: &mut BTreeMap<String, TokenRecord>,
         now: SystemTime,
     ) -> Result<(), CaError> {
-        let forget_before =
-            millis(now).saturating_sub(millis(SystemTime::UNIX_EPOCH + REMEMBER_AFTER_EXPIRY));
+        let remember_ms = u64::try_from(REMEMBER_AFTER_EXPIRY.as_millis()).unwrap_or(u64::MAX);
+        let forget_before = millis(now).saturating_sub(remember_ms);
         tokens.retain(|_, r| r.expires_at_ms > forget_before);
         let file = TokenFile {
             version: 1,
@@ -185,7 +185,7 @@ impl TokenStore {
                 source: e,
             })?;
         }
-        write_new(&self.path, &json, 0o600)
+        write_file(&self.path, &json, 0o600, true)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TokenRecord>> {
