@@ -6,6 +6,7 @@
 //! workspace lives in this crate.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod ca_api;
 pub mod compose;
 pub mod diag;
