@@ -18,18 +18,21 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `-p`, `name:`, environment, expected name or error fragment.
+type NameCase<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a BTreeMap<String, String>,
+    Result<&'a str, &'a str>,
+);
+
 #[test]
 fn project_name_precedence_and_rules() {
     let dir = Path::new("/nonexistent/My Project.v2");
     let with_env = env(&[("COMPOSE_PROJECT_NAME", "fromenv")]);
     let empty_env = env(&[("COMPOSE_PROJECT_NAME", "")]);
     let none = env(&[]);
-    let cases: &[(
-        Option<&str>,
-        Option<&str>,
-        &BTreeMap<String, String>,
-        Result<&str, &str>,
-    )] = &[
+    let cases: &[NameCase] = &[
         (Some("cli"), Some("file"), &with_env, Ok("cli")),
         (None, Some("file"), &with_env, Ok("fromenv")),
         (None, Some("file"), &none, Ok("file")),
