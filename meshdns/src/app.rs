@@ -55,6 +55,7 @@ pub struct Bound {
     pub shutdown: Shutdown,
     records: RecordsHandle,
     server: JoinHandle<Result<(), AppError>>,
+    udp: JoinHandle<()>,
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -70,6 +71,7 @@ impl Bound {
             Ok(r) => r,
             Err(e) => Err(AppError::Server(e.to_string())),
         };
+        let _ = self.udp.await;
         if let Some(w) = self.watcher {
             w.abort();
         }
@@ -149,8 +151,8 @@ pub async fn build(cfg: Config) -> Result<Bound, AppError> {
         None => None,
     };
 
+    let udp = tokio::spawn(crate::udp::serve(udp, handler.clone(), rx.clone()));
     let mut server = Server::new(handler);
-    server.register_socket(udp);
     server.register_listener(tcp, cfg.tcp_idle_timeout, 64);
     let token = server.shutdown_token().clone();
     let mut stop = rx;
@@ -173,6 +175,7 @@ pub async fn build(cfg: Config) -> Result<Bound, AppError> {
         shutdown: Shutdown(tx),
         records,
         server,
+        udp,
         watcher,
     })
 }

@@ -20,8 +20,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::{DNSClass, RecordType};
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
@@ -107,24 +109,18 @@ impl MeshHandler {
         metadata.recursion_available = true;
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         match zone.lookup(query.name()) {
+            Lookup::Found { data, soa } if qtype == RecordType::ANY => {
+                metadata.authoritative = true;
+                let answers = data.a.iter().chain(&data.aaaa).chain(&data.srv);
+                let empty = data.a.is_empty() && data.aaaa.is_empty() && data.srv.is_empty();
+                let msg = builder.build(metadata, answers, empty.then_some(soa), None, None);
+                finish(response.send_response(msg).await, request)
+            }
             Lookup::Found { data, soa } => {
                 metadata.authoritative = true;
-                let (answers, additionals): (Vec<&Record>, Vec<&Record>) =
-                    if qtype == RecordType::ANY {
-                        (
-                            data.a.iter().chain(&data.aaaa).chain(&data.srv).collect(),
-                            Vec::new(),
-                        )
-                    } else {
-                        let (a, d) = data.answers(qtype);
-                        (a.iter().collect(), d.iter().collect())
-                    };
-                let authority: Vec<&Record> = if answers.is_empty() {
-                    vec![soa]
-                } else {
-                    Vec::new()
-                };
+                let (answers, additionals) = data.answers(qtype);
                 debug!(name = %query.name(), %qtype, answers = answers.len(), "mesh answer");
+                let authority = answers.is_empty().then_some(soa);
                 let msg = builder.build(metadata, answers, authority, None, additionals);
                 finish(response.send_response(msg).await, request)
             }
@@ -228,40 +224,87 @@ fn failed_info(request: &Request) -> ResponseInfo {
     })
 }
 
-/// Handles one raw packet the way the server does (parse, FORMERR on a bad body, drop on a bad
-/// header or a response) and returns the encoded reply. For the fuzz target and tests; the
-/// network path goes through hickory-server's `Server`.
+/// What to do with one raw packet.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A query to answer.
+    Request(Box<Request>),
+    /// Not parseable past the header: send this FORMERR.
+    Reply(Vec<u8>),
+    /// Not even a header, or a response (never answered: no reflection loops).
+    Drop,
+}
+
+/// Parses a packet the way hickory-server does: drop on a bad header or a response, FORMERR
+/// (no questions echoed) on a bad body.
+pub async fn parse_packet(packet: &[u8], src: SocketAddr, protocol: Protocol) -> Parsed {
+    match Request::from_bytes(packet.to_vec(), src, protocol) {
+        Ok(request) if request.metadata.message_type == MessageType::Query => {
+            Parsed::Request(Box::new(request))
+        }
+        Ok(_) => Parsed::Drop,
+        Err(_) => {
+            let mut decoder = BinDecoder::new(packet);
+            let Ok(header) = Header::read(&mut decoder) else {
+                return Parsed::Drop;
+            };
+            if header.metadata.message_type != MessageType::Query {
+                return Parsed::Drop;
+            }
+            let Some(queries) = empty_queries() else {
+                return Parsed::Drop;
+            };
+            let msg = MessageResponseBuilder::new(&queries, None)
+                .error_msg(&header.metadata, ResponseCode::FormErr);
+            let mut capture = capture::Capture::new(protocol);
+            match capture.send_response(msg).await {
+                Ok(_) => capture.take().map_or(Parsed::Drop, Parsed::Reply),
+                Err(_) => Parsed::Drop,
+            }
+        }
+    }
+}
+
+impl MeshHandler {
+    /// Whether answering needs an upstream round trip (so the caller should not wait for it
+    /// inline). Everything else is answered from memory without suspending.
+    pub fn needs_upstream(&self, request: &Request) -> bool {
+        if request.metadata.op_code != OpCode::Query {
+            return false;
+        }
+        let Ok(info) = request.request_info() else {
+            return false;
+        };
+        let q = info.query;
+        q.query_class() == DNSClass::IN
+            && !matches!(
+                q.query_type(),
+                RecordType::ANY | RecordType::AXFR | RecordType::IXFR
+            )
+            && matches!(self.zone.load().lookup(q.name()), Lookup::NotOurs)
+    }
+
+    /// Answers a parsed request and returns the encoded reply, sized for `protocol`.
+    pub async fn answer(&self, request: &Request) -> Option<Vec<u8>> {
+        let capture = capture::Capture::new(request.protocol());
+        self.respond(request, capture.clone()).await;
+        capture.take()
+    }
+}
+
+/// Parses and answers one raw packet; `None` means no reply. The UDP listener's path, and the
+/// fuzz target's.
 pub async fn handle_packet(
     handler: &MeshHandler,
     packet: &[u8],
     src: SocketAddr,
     protocol: Protocol,
 ) -> Option<Vec<u8>> {
-    let capture = capture::Capture::new(protocol);
-    match Request::from_bytes(packet.to_vec(), src, protocol) {
-        Ok(request) => {
-            if request.metadata.message_type != hickory_server::proto::op::MessageType::Query {
-                return None;
-            }
-            handler
-                .handle_request::<_, hickory_server::net::runtime::TokioTime>(
-                    &request,
-                    capture.clone(),
-                )
-                .await;
-        }
-        Err(_) => {
-            // The server answers FORMERR when the header parses and the body does not.
-            let mut decoder = BinDecoder::new(packet);
-            let header = Header::read(&mut decoder).ok()?;
-            let queries = empty_queries()?;
-            let msg = MessageResponseBuilder::new(&queries, None)
-                .error_msg(&header.metadata, ResponseCode::FormErr);
-            let mut c = capture.clone();
-            c.send_response(msg).await.ok()?;
-        }
+    match parse_packet(packet, src, protocol).await {
+        Parsed::Request(request) => handler.answer(&request).await,
+        Parsed::Reply(bytes) => Some(bytes),
+        Parsed::Drop => None,
     }
-    capture.take()
 }
 
 mod capture {

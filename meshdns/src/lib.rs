@@ -8,7 +8,8 @@
 //! - [`app::build`] starts the whole server on UDP and TCP and returns the bound addresses, a
 //!   [`reload::RecordsHandle`] to publish new records, and a shutdown handle.
 //! - [`zone`] compiles records into the answer table; [`handler`] decides every response;
-//!   [`forward`] talks to upstreams; [`reload`] watches the records file.
+//!   [`forward`] talks to upstreams; [`reload`] watches the records file; [`udp`] is the UDP
+//!   listener (TCP is hickory-server's `Server`).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod forward;
 pub mod handler;
 pub mod reload;
+pub mod udp;
 pub mod zone;
 
 pub use app::{Bound, build};

@@ -34,6 +34,8 @@ pub struct NameData {
     pub srv_additional: Vec<Record>,
     /// The SOA, only on a zone apex.
     pub soa: Vec<Record>,
+    /// SOA of the zone this name is in, for NODATA answers; computed once at build.
+    zone_soa: Option<Arc<Record>>,
 }
 
 impl NameData {
@@ -196,24 +198,13 @@ impl Zone {
     /// Looks a (lowercased) query name up.
     pub fn lookup(&self, qname: &LowerName) -> Lookup<'_> {
         if let Some(data) = self.names.get(qname) {
-            let soa = self.enclosing_zone(qname).unwrap_or(&self.default_soa);
+            let soa = data.zone_soa.as_deref().unwrap_or(&self.default_soa);
             return Lookup::Found { data, soa };
         }
-        match self.enclosing_zone(qname) {
+        match enclosing_zone(&self.zones, qname) {
             Some(soa) => Lookup::NxDomain { soa },
             None => Lookup::NotOurs,
         }
-    }
-
-    fn enclosing_zone(&self, qname: &LowerName) -> Option<&Record> {
-        let mut name = qname.clone();
-        while !name.is_root() {
-            if let Some(soa) = self.zones.get(&name) {
-                return Some(soa);
-            }
-            name = name.base_name();
-        }
-        None
     }
 
     /// The VIP a name resolves to, for logs and tests.
@@ -222,6 +213,21 @@ impl Zone {
         let data = self.names.get(&LowerName::new(&n))?;
         data.a.first().and_then(|r| r.data.ip_addr())
     }
+}
+
+/// The SOA of the innermost zone (cluster domain or `ns.svc.`) containing `qname`.
+fn enclosing_zone<'a>(
+    zones: &'a HashMap<LowerName, Arc<Record>>,
+    qname: &LowerName,
+) -> Option<&'a Arc<Record>> {
+    let mut name = qname.clone();
+    while !name.is_root() {
+        if let Some(soa) = zones.get(&name) {
+            return Some(soa);
+        }
+        name = name.base_name();
+    }
+    None
 }
 
 #[cfg(test)]
