@@ -257,3 +257,47 @@ services:
     assert_eq!(web.namespace(), "shop");
     assert_eq!(web.x_mesh.as_ref().unwrap().ports.len(), 2);
 }
+
+#[test]
+fn relative_paths_resolve_against_the_project() {
+    let mut file = parse(
+        r#"
+services:
+  web:
+    build: ./web
+    env_file: [.env.web, /etc/abs.env]
+    volumes: ["./src:/app", "../shared:/shared", "~/cache:/cache", "data:/data", "/abs:/abs"]
+  remote:
+    build: https://github.com/x/y.git
+volumes: {data: }
+"#,
+    );
+    file.resolve_paths(Path::new("/proj/app"), Some(Path::new("/home/me")));
+    let web = &file.services["web"];
+    assert_eq!(
+        web.build.as_ref().map(|b| b.context.as_str()),
+        Some("/proj/app/web")
+    );
+    let env_files: Vec<&str> = web.env_file.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(env_files, ["/proj/app/.env.web", "/etc/abs.env"]);
+    let sources: Vec<&str> = web
+        .volumes
+        .iter()
+        .filter_map(|v| v.source.as_deref())
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            "/proj/app/src",
+            "/proj/shared",
+            "/home/me/cache",
+            "data",
+            "/abs"
+        ]
+    );
+    let remote = &file.services["remote"];
+    assert_eq!(
+        remote.build.as_ref().map(|b| b.context.as_str()),
+        Some("https://github.com/x/y.git")
+    );
+}

@@ -77,3 +77,56 @@ pub fn project_name(
     }
     Ok(normalized)
 }
+
+impl super::ComposeFile {
+    /// Makes relative paths absolute against `project_dir`, as `docker compose config` prints
+    /// them: `build.context` (unless a URL), bind-mount sources starting with `.` (and `~`
+    /// against `home`, when given), and `env_file` paths.
+    pub fn resolve_paths(&mut self, project_dir: &Path, home: Option<&Path>) {
+        let abs = |p: &str| -> String {
+            if let (Some(rest), Some(home)) = (p.strip_prefix('~'), home)
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return join(home, rest.trim_start_matches('/'));
+            }
+            if Path::new(p).is_absolute() || p.starts_with('~') {
+                p.to_string()
+            } else {
+                join(project_dir, p)
+            }
+        };
+        for service in self.services.values_mut() {
+            if let Some(build) = &mut service.build
+                && !build.context.contains("://")
+                && !build.context.starts_with("git@")
+            {
+                build.context = abs(&build.context);
+            }
+            for v in &mut service.volumes {
+                if v.kind == "bind"
+                    && let Some(src) = &mut v.source
+                {
+                    *src = abs(src);
+                }
+            }
+            for f in &mut service.env_file {
+                f.path = abs(&f.path);
+            }
+        }
+    }
+}
+
+/// `base/rel` with `.` and `..` segments folded, as text.
+fn join(base: &Path, rel: &str) -> String {
+    let mut out = base.to_path_buf();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    out.to_string_lossy().into_owned()
+}
