@@ -282,6 +282,12 @@ impl<const N: usize> HeaderLookup for [(&str, &str); N] {
     }
 }
 
+impl<T: HeaderLookup + ?Sized> HeaderLookup for &T {
+    fn get(&self, name: &str) -> Option<&str> {
+        (**self).get(name)
+    }
+}
+
 /// No headers.
 impl HeaderLookup for () {
     fn get(&self, _: &str) -> Option<&str> {
