@@ -20,6 +20,7 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// One compose service: what runs, and who it is in the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Workload {
     /// The compose service name (`backend-v1`).
     pub compose_name: String,
@@ -51,6 +52,7 @@ impl Workload {
 
 /// A mesh service: a name with one VIP, served by one or more workloads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MeshService {
     pub name: String,
     pub namespace: String,
@@ -72,15 +74,16 @@ impl Inventory {
     pub fn from_compose(compose: Option<&ComposeFile>) -> Inventory {
         let mut inv = Inventory::default();
         let Some(compose) = compose else { return inv };
-        for (name, svc) in &compose.services {
+        for w in compose.workloads() {
+            let name = w.name.to_string();
             let workload = Workload {
                 compose_name: name.clone(),
-                service: svc.mesh_service(name).to_string(),
-                namespace: svc.namespace().to_string(),
-                service_account: svc.service_account(name).to_string(),
-                labels: svc.labels(name),
-                replicas: svc.replicas(),
-                ports: svc.ports_with_protocol().iter().map(|p| p.port).collect(),
+                service: w.mesh_service.to_string(),
+                namespace: w.namespace.to_string(),
+                service_account: w.service_account.to_string(),
+                labels: w.labels,
+                replicas: w.replicas,
+                ports: w.ports.iter().map(|p| p.port).collect(),
             };
             match inv
                 .services
