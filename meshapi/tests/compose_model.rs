@@ -484,3 +484,95 @@ fn workloads_and_profiles() {
     assert!(file.enabled_services(&["debug"]).contains(&"debug"));
     assert_eq!(file.enabled_services(&["*"]).len(), 4);
 }
+
+#[test]
+fn every_refused_service_key_is_named() {
+    let mesh_owned = ["dns", "dns_search", "dns_opt", "network_mode"];
+    let not_yet = [
+        "annotations",
+        "attach",
+        "blkio_config",
+        "cgroup",
+        "cgroup_parent",
+        "configs",
+        "cpu_count",
+        "cpu_percent",
+        "cpu_period",
+        "cpu_quota",
+        "cpu_rt_period",
+        "cpu_rt_runtime",
+        "cpu_shares",
+        "cpus",
+        "cpuset",
+        "credential_spec",
+        "develop",
+        "device_cgroup_rules",
+        "devices",
+        "domainname",
+        "driver_opts",
+        "extends",
+        "external_links",
+        "gpus",
+        "group_add",
+        "ipc",
+        "isolation",
+        "label_file",
+        "links",
+        "logging",
+        "mac_address",
+        "mem_limit",
+        "mem_reservation",
+        "mem_swappiness",
+        "memswap_limit",
+        "models",
+        "oom_kill_disable",
+        "oom_score_adj",
+        "pid",
+        "pids_limit",
+        "post_start",
+        "pre_stop",
+        "privileged",
+        "provider",
+        "runtime",
+        "scale",
+        "secrets",
+        "security_opt",
+        "shm_size",
+        "storage_opt",
+        "sysctls",
+        "tmpfs",
+        "ulimits",
+        "use_api_socket",
+        "userns_mode",
+        "uts",
+        "volumes_from",
+    ];
+    for key in mesh_owned.iter().chain(&not_yet) {
+        let (path, message) = parse_err(&format!("services: {{web: {{image: x, {key}: 1}}}}"));
+        assert_eq!(path, format!("services.web.{key}"));
+        let want = if mesh_owned.contains(key) {
+            format!("not supported by meshctl: services.web.{key}: the ")
+        } else {
+            format!("not supported by meshctl yet: services.web.{key}")
+        };
+        assert!(message.starts_with(&want), "{key}: {message}");
+    }
+    for key in [
+        "mode",
+        "endpoint_mode",
+        "labels",
+        "placement",
+        "restart_policy",
+        "rollback_config",
+        "update_config",
+    ] {
+        let (path, message) = parse_err(&format!(
+            "services: {{web: {{image: x, deploy: {{{key}: 1}}}}}}"
+        ));
+        assert_eq!(path, format!("services.web.deploy.{key}"));
+        assert!(
+            message.contains("not supported by meshctl yet"),
+            "{key}: {message}"
+        );
+    }
+}
