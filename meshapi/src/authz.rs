@@ -25,7 +25,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 pub use matcher::{PathMatch, StrMatch, TemplateSegment};
-pub use normalize::{NormalizeError, NormalizedPath, PathNormalization, normalize_path};
+pub use normalize::{
+    NormalizeError, NormalizedPath, PathNormalization, check_method, normalize_path,
+};
 pub use peer::{
     ClientTls, client_tls_for, client_tls_for_workload, mtls_mode_for, peer_authentications,
 };

@@ -47,6 +47,17 @@ pub enum NormalizeError {
     InvalidByte { byte: u8, at: usize },
     #[error("path must start with '/'")]
     NotAbsolute,
+    #[error("method {0:?} is not in upper case")]
+    LowercaseMethod(String),
+}
+
+/// Istio refuses a request whose method is not in upper case (400), so that `methods` rules
+/// cannot be sidestepped with `get`.
+pub fn check_method(method: &str) -> Result<(), NormalizeError> {
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(NormalizeError::LowercaseMethod(method.to_string()));
+    }
+    Ok(())
 }
 
 /// A normalized request target: the path, then the query as received.
@@ -115,7 +126,8 @@ pub fn normalize_path(
             }
         }
     }
-    if !raw.starts_with('/') {
+    // `\da` is `/da` once backslashes are slashes (Istio's own example).
+    if !(raw.starts_with('/') || (raw.starts_with('\\') && mode != PathNormalization::None)) {
         return Err(NormalizeError::NotAbsolute);
     }
     let path = &raw[..path_len];
@@ -193,7 +205,7 @@ pub fn normalize_path(
         out = merged;
     }
     let path_len = out.len();
-    out.push_str(&raw[raw.len().min(path.len())..]);
+    out.push_str(&raw[path.len()..]);
     Ok(NormalizedPath {
         full: Cow::Owned(out),
         path_len,
