@@ -576,3 +576,29 @@ fn every_refused_service_key_is_named() {
         );
     }
 }
+
+#[test]
+fn odd_shapes_are_errors_not_panics() {
+    let cases = [
+        "[1, 2]",
+        "services: [web]",
+        "services: {web: image}",
+        "services: {web: {image: x, ports: {a: 1}}}",
+        "services: {web: {image: x, ports: [[80]]}}",
+        "services: {web: {image: x, environment: 5}}",
+        "services: {web: {image: x, volumes: [\"a:b:c:d\"]}}",
+        "services: {web: {image: x, volumes: [\":/x\"]}}",
+        "services: {web: {image: x, healthcheck: {test: []}}}",
+        "services: {web: {image: x, depends_on: 3}}",
+        "services: {web: {image: x, x-mesh: [1]}}",
+        "services: {web: {image: x, x-mesh: {ports: 7}}}",
+        "services: {web: {image: x, deploy: {replicas: 1.5}}}",
+        "services: {web: {image: x, stop_grace_period: 5}}",
+        "services: {web: {image: x, extra_hosts: [nohost]}}",
+        "services: {web: {image: x, ports: [\"[::1:80\"]}}",
+    ];
+    for yaml in cases {
+        let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        assert!(from_value(value).is_err(), "{yaml}");
+    }
+}
