@@ -289,3 +289,62 @@ async fn serving_certificate_names_the_control_plane_and_is_rotated() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn other_components_add_routes_and_can_require_a_client_certificate() {
+    use http::{Method, StatusCode};
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Arc::new(open_ca(tmp.path(), CaConfig::default()));
+    let router = meshctl::api::ca_router(ca.clone()).route(
+        Method::GET,
+        "/v1/whoami",
+        |_req, peer: meshctl::api::PeerInfo| async move {
+            match peer.require_identity() {
+                Ok(id) => meshctl::api::json_response(StatusCode::OK, &id.to_string()),
+                Err(refusal) => refusal,
+            }
+        },
+    );
+    let server = start_api_router(ca.clone(), ApiConfig::default(), router).await;
+    let (addr, root) = (server.local_addr(), ca.root_pem().to_owned());
+
+    let (status, body) = send(addr, &root, None, "GET", "/v1/whoami", vec![])
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "no client certificate: {body}");
+    assert!(error_of(&body).contains("client certificate"));
+
+    let who = id("frontend");
+    let token = ca.issue_token(&who).unwrap();
+    let (key, csr) = csr_for(&who);
+    let answer = ca
+        .handle_csr(&request(Some(token.as_str()), &who, &csr), None)
+        .unwrap();
+    let cert = Some((certs(&answer.cert_chain_pem), key_der(&key)));
+    let (status, body) = send(addr, &root, cert, "GET", "/v1/whoami", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "\"spiffe://cluster.local/ns/default/sa/frontend\"")
+    );
+
+    let (status, _) = send(addr, &root, None, "DELETE", "/v1/whoami", vec![])
+        .await
+        .unwrap();
+    assert_eq!(status, 405);
+    let (status, _) = send(addr, &root, None, "GET", "/v1/nope", vec![])
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, body) = send(addr, &root, None, "POST", "/v1/csr", b"{not json".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let huge = vec![b' '; 100 * 1024];
+    let (status, body) = send(addr, &root, None, "POST", "/v1/csr", huge)
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "oversized body: {body}");
+    server.shutdown().await;
+}

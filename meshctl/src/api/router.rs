@@ -39,6 +39,19 @@ pub struct PeerInfo {
     pub identity: Option<SpiffeId>,
 }
 
+impl PeerInfo {
+    /// The client's verified identity, or the 401 answer for routes that need mTLS (everything
+    /// but the bootstrap CSR).
+    pub fn require_identity(&self) -> Result<&SpiffeId, Response<ApiBody>> {
+        self.identity.as_ref().ok_or_else(|| {
+            error_response(
+                StatusCode::UNAUTHORIZED,
+                "a mesh client certificate is required",
+            )
+        })
+    }
+}
+
 /// A request handler.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.

@@ -58,13 +58,20 @@ pub async fn start_api(ca: Arc<Ca>) -> ApiServer {
 
 /// Starts the API on 127.0.0.1:0 with the CA routes and otherwise `config`.
 pub async fn start_api_with(ca: Arc<Ca>, config: ApiConfig) -> ApiServer {
+    start_api_router(ca.clone(), config, meshctl::api::ca_router(ca)).await
+}
+
+/// Starts the API on 127.0.0.1:0 with `router`.
+pub async fn start_api_router(
+    ca: Arc<Ca>,
+    config: ApiConfig,
+    router: meshctl::api::Router,
+) -> ApiServer {
     let config = ApiConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..config
     };
-    ApiServer::bind(config, ca.clone(), meshctl::api::ca_router(ca))
-        .await
-        .unwrap()
+    ApiServer::bind(config, ca, router).await.unwrap()
 }
 
 /// The certificate chain the API server presents, verified against `root_pem` as `localhost`.
@@ -88,13 +95,26 @@ pub async fn server_chain(addr: SocketAddr, root_pem: &str) -> Vec<CertificateDe
     tls.get_ref().1.peer_certificates().unwrap().to_vec()
 }
 
-/// POSTs `body` to /v1/csr over TLS verified by `root_pem` with server name `localhost`,
-/// optionally with a client certificate. Returns status and body, or the transport error.
+/// POSTs `body` to /v1/csr over TLS (see [`send`]).
 pub async fn post_csr(
     addr: SocketAddr,
     root_pem: &str,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     body: &CsrRequest,
+) -> Result<(u16, String), String> {
+    let json = serde_json::to_vec(body).unwrap();
+    send(addr, root_pem, client, "POST", "/v1/csr", json).await
+}
+
+/// Sends one request over TLS verified by `root_pem` with server name `localhost`,
+/// optionally with a client certificate. Returns status and body, or the transport error.
+pub async fn send(
+    addr: SocketAddr,
+    root_pem: &str,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
 ) -> Result<(u16, String), String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
@@ -122,10 +142,12 @@ pub async fn post_csr(
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = http::Request::post("/v1/csr")
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "localhost")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
+            .body(Full::new(Bytes::from(body)))
             .unwrap();
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
