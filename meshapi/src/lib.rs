@@ -18,3 +18,4 @@ pub mod proxy;
 pub mod check;
 pub mod load;
 pub mod model;
+pub mod traffic;
