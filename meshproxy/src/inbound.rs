@@ -115,7 +115,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
                 },
                 xfcc: None,
             };
-            dispatch(Arc::new(ctx), stream, p.protocol, false).await;
+            dispatch(Arc::new(ctx), stream, p.protocol).await;
         }
         Sniffed::Tls => serve_tls(shared, stream, remote, orig_port).await,
     }
@@ -185,10 +185,10 @@ async fn serve_tls(
         },
         xfcc,
     };
-    dispatch(Arc::new(ctx), tls, protocol, true).await;
+    dispatch(Arc::new(ctx), tls, protocol).await;
 }
 
-async fn dispatch<S>(ctx: Arc<ConnCtx>, io: S, protocol: Protocol, _mtls: bool)
+async fn dispatch<S>(ctx: Arc<ConnCtx>, io: S, protocol: Protocol)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
