@@ -50,13 +50,27 @@ pub struct Forwarder {
 
 /// Reads upstream resolvers from `/etc/resolv.conf`, skipping `own` (meshdns itself).
 pub fn system_upstreams(own: SocketAddr) -> Result<Vec<SocketAddr>, ForwardError> {
+    let text = std::fs::read("/etc/resolv.conf")
+        .map_err(|e| ForwardError::SystemConf(NetError::from(e)))?;
+    upstreams_from_resolv_conf(&text, own)
+}
+
+/// The nameservers of a resolv.conf text, minus `own`: a host whose resolv.conf points at
+/// meshdns must not forward to itself.
+pub fn upstreams_from_resolv_conf(
+    text: &[u8],
+    own: SocketAddr,
+) -> Result<Vec<SocketAddr>, ForwardError> {
     let (config, _) =
-        hickory_resolver::system_conf::read_system_conf().map_err(ForwardError::SystemConf)?;
+        hickory_resolver::system_conf::parse_resolv_conf(text).map_err(ForwardError::SystemConf)?;
     let mut out = Vec::new();
     for ns in config.name_servers() {
         for conn in &ns.connections {
             let addr = SocketAddr::new(ns.ip, conn.port);
-            let is_self = addr == own || (own.ip().is_unspecified() && addr.port() == own.port());
+            let is_self = addr == own
+                || (own.ip().is_unspecified()
+                    && addr.port() == own.port()
+                    && addr.ip().is_loopback());
             if !is_self && !out.contains(&addr) {
                 out.push(addr);
             }
@@ -142,6 +156,27 @@ impl Forwarder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_upstreams_skip_meshdns_itself() {
+        let conf =
+            b"search example.com\nnameserver 127.0.0.1\nnameserver 10.0.0.2\noptions ndots:2\n";
+        let own: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        assert_eq!(
+            upstreams_from_resolv_conf(conf, own).unwrap(),
+            vec!["10.0.0.2:53".parse().unwrap()]
+        );
+        let any: SocketAddr = "0.0.0.0:53".parse().unwrap();
+        assert_eq!(
+            upstreams_from_resolv_conf(conf, any).unwrap(),
+            vec!["10.0.0.2:53".parse().unwrap()]
+        );
+        let other_port: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        assert_eq!(
+            upstreams_from_resolv_conf(conf, other_port).unwrap().len(),
+            2
+        );
+    }
 
     #[test]
     fn upstream_addresses() {

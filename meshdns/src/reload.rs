@@ -3,7 +3,7 @@
 //! [`RecordsHandle::publish`] validates a [`Records`] value, compiles it into a [`Zone`] and
 //! swaps it in with one `ArcSwap::store`; requests in flight keep the snapshot they loaded.
 //! [`watch_file`] watches the file's parent directory (so editors that replace the file by
-//! rename, and a file deleted and re-created, are seen), debounces the burst of events, and
+//! rename, symlink swaps, and a file deleted and re-created, are seen), debounces the burst of events, and
 //! re-reads the file. A file that does not parse or validate is refused with one warning and
 //! the last good records keep serving.
 
@@ -146,19 +146,13 @@ pub fn watch_file(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path.file_name().map(|n| n.to_os_string());
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match event {
-            Ok(event) => event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name),
-            Err(_) => true, // re-read to be safe: the file may have changed while events were lost
-        };
-        if relevant {
-            let _ = tx.send(());
-        }
+    // Any event in the directory triggers a (debounced) re-read, not only events naming the
+    // file: a symlink swap (`records.yaml -> ..data/records.yaml`, as Kubernetes mounts do)
+    // changes other names, and after an error notify may have lost events. Re-reading
+    // unchanged content is cheap and publishes nothing.
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = tx.send(());
     })
     .map_err(|source| WatchError::Notify {
         path: dir.clone(),

@@ -118,3 +118,36 @@ async fn a_bad_file_at_start_is_an_error() {
     let err = meshdns::build(cfg).await.unwrap_err().to_string();
     assert!(err.contains("services[0].name"), "{err}");
 }
+
+#[tokio::test]
+async fn symlink_swap_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for (v, vip) in [("v1", "127.240.0.10"), ("v2", "127.240.0.99")] {
+        std::fs::create_dir(dir.path().join(v)).unwrap();
+        std::fs::write(
+            dir.path().join(v).join("records.yaml"),
+            RECORDS.replace("127.240.0.10", vip),
+        )
+        .unwrap();
+    }
+    let link = dir.path().join("records.yaml");
+    std::os::unix::fs::symlink("v1/records.yaml", &link).unwrap();
+    let cfg = meshdns::Config {
+        records_file: Some(link.clone()),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstreams: meshdns::Upstreams::Static(vec![]),
+        reload_debounce: Duration::from_millis(50),
+        ..meshdns::Config::default()
+    };
+    let bound = meshdns::build(cfg).await.unwrap();
+    let addr = bound.udp_addr;
+    assert_eq!(resolve(addr, "backend.").await.1, vec!["127.240.0.10"]);
+    // Atomic swap: a new link renamed over the old one.
+    let tmp = dir.path().join("records.yaml.new");
+    std::os::unix::fs::symlink("v2/records.yaml", &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+    eventually("the swapped target to be served", DEADLINE, || async {
+        resolve(addr, "backend.").await.1 == vec!["127.240.0.99"]
+    })
+    .await;
+}
