@@ -64,6 +64,7 @@ fn main() {
 
     let mut baseline = Vec::new();
     let mut ours = Vec::new();
+    let mut load_only = Vec::new();
     let mut findings = 0;
     let mut resources = 0;
     for _ in 0..RUNS {
@@ -81,13 +82,15 @@ fn main() {
         let mut opts = LoadOptions::new(dir.path());
         opts.env = Box::new(BTreeMap::<String, String>::new());
         let loaded = load(&opts);
+        let loaded_at = start.elapsed();
         let analysis = meshapi::check::analyze(&loaded.mesh);
         ours.push(start.elapsed());
+        load_only.push(loaded_at);
         findings = loaded.diagnostics.len() + analysis.len();
         resources = loaded.mesh.resources.len();
         assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics.first());
     }
-    let (b, o) = (median(baseline), median(ours));
+    let (b, o, l) = (median(baseline), median(ours), median(load_only));
     println!("mesh: {SERVICES} services, {resources} resources, {findings} findings");
     println!(
         "plain YAML parse (baseline): {:>8.1} ms",

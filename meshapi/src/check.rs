@@ -3,7 +3,7 @@
 //! in docs/check-codes.md), a severity, the file position of the field at fault and a one-line
 //! fix hint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::diag::{Diagnostic, Severity};
 use crate::istio::IstioResource;
@@ -11,7 +11,7 @@ use crate::istio::destination_rule::{DestinationRuleSpec, TlsMode};
 use crate::istio::peer_authentication::MtlsMode;
 use crate::istio::virtual_service::{Destination, HttpMatchRequest, VirtualService};
 use crate::load::{Mesh, Resource};
-use crate::model::{DEFAULT_TRUST_DOMAIN, Inventory, MeshService, normalize_host};
+use crate::model::{DEFAULT_TRUST_DOMAIN, Inventory, normalize_host};
 
 /// Stable codes of analysis findings.
 pub mod codes {
@@ -48,6 +48,12 @@ pub mod codes {
 struct Ctx<'a> {
     mesh: &'a Mesh,
     inv: Inventory,
+    /// Service FQDN -> subset name -> labels, from every DestinationRule (computed once).
+    subsets: HashMap<String, BTreeMap<&'a str, BTreeMap<String, String>>>,
+    /// Every workload identity, `cluster.local/ns/<ns>/sa/<sa>`.
+    accounts: BTreeSet<String>,
+    /// Every namespace a workload runs in.
+    namespaces: BTreeSet<String>,
     out: Vec<Diagnostic>,
 }
 
@@ -80,9 +86,30 @@ impl Ctx<'_> {
 /// Analyses a loaded mesh. Resources that failed to load are not in `mesh` and so are not
 /// analysed; their errors come from loading.
 pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
+    let inv = Inventory::from_compose(mesh.compose.as_ref());
+    let mut subsets: HashMap<String, BTreeMap<&str, BTreeMap<String, String>>> = HashMap::new();
+    for r in &mesh.resources {
+        if let IstioResource::DestinationRule(dr) = &r.resource {
+            let defined = subsets
+                .entry(normalize_host(&dr.spec.host, &r.id.namespace))
+                .or_default();
+            for s in &dr.spec.subsets {
+                defined.insert(s.name.as_str(), s.labels.clone().into_inner());
+            }
+        }
+    }
+    let accounts = inv
+        .workloads
+        .iter()
+        .map(|w| w.principal(DEFAULT_TRUST_DOMAIN))
+        .collect();
+    let namespaces = inv.workloads.iter().map(|w| w.namespace.clone()).collect();
     let mut cx = Ctx {
         mesh,
-        inv: Inventory::from_compose(mesh.compose.as_ref()),
+        inv,
+        subsets,
+        accounts,
+        namespaces,
         out: Vec::new(),
     };
     let has_services = !cx.inv.services.is_empty();
@@ -259,7 +286,8 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
         return;
     };
     let Some(subset) = &dest.subset else { return };
-    let defined = subsets_for(cx, &service);
+    let empty = BTreeMap::new();
+    let defined = cx.subsets.get(&service.fqdn).unwrap_or(&empty);
     // A subset that selects nothing is reported once, at the DestinationRule.
     if !defined.contains_key(subset.as_str()) {
         {
@@ -286,24 +314,6 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
             );
         }
     }
-}
-
-/// Subset name -> labels, from every DestinationRule whose host is `service`.
-fn subsets_for<'a>(
-    cx: &'a Ctx<'_>,
-    service: &MeshService,
-) -> BTreeMap<&'a str, BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for r in cx.resources() {
-        if let IstioResource::DestinationRule(dr) = &r.resource
-            && normalize_host(&dr.spec.host, &r.id.namespace) == service.fqdn
-        {
-            for s in &dr.spec.subsets {
-                out.insert(s.name.as_str(), s.labels.clone().into_inner());
-            }
-        }
-    }
-    out
 }
 
 /// A match block that matches every request.
@@ -443,18 +453,9 @@ fn authorization_policy(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
             "spec.selector.matchLabels",
         );
     }
-    let accounts: BTreeSet<String> = cx
-        .inv
-        .workloads
-        .iter()
-        .map(|w| w.principal(DEFAULT_TRUST_DOMAIN))
-        .collect();
-    let namespaces: BTreeSet<String> = cx
-        .inv
-        .workloads
-        .iter()
-        .map(|w| w.namespace.clone())
-        .collect();
+    // Taken out for the loop (findings are pushed into `cx` meanwhile), put back after.
+    let accounts = std::mem::take(&mut cx.accounts);
+    let namespaces = std::mem::take(&mut cx.namespaces);
     for (i, rule) in ap.spec.rules.iter().enumerate() {
         for (j, from) in rule.from.iter().enumerate() {
             let Some(source) = &from.source else { continue };
@@ -504,6 +505,8 @@ fn authorization_policy(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
             }
         }
     }
+    cx.accounts = accounts;
+    cx.namespaces = namespaces;
 }
 
 fn peer_authentication(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {

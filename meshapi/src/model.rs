@@ -2,7 +2,7 @@
 //! mesh services with their FQDNs, namespaces, service accounts and labels, plus the normalized
 //! view `meshctl config` prints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -68,6 +68,9 @@ pub struct MeshService {
 pub struct Inventory {
     pub workloads: Vec<Workload>,
     pub services: Vec<MeshService>,
+    /// Index of `services` by FQDN, so host lookups stay O(1) on large meshes.
+    #[serde(skip)]
+    by_fqdn: HashMap<String, usize>,
 }
 
 impl Inventory {
@@ -85,22 +88,22 @@ impl Inventory {
                 replicas: w.replicas,
                 ports: w.ports.iter().map(|p| p.port).collect(),
             };
-            match inv
-                .services
-                .iter_mut()
-                .find(|s| s.name == workload.service && s.namespace == workload.namespace)
-            {
+            let key = fqdn(&workload.service, &workload.namespace);
+            match inv.by_fqdn.get(&key).and_then(|&i| inv.services.get_mut(i)) {
                 Some(s) => {
                     s.ports.extend(workload.ports.iter().copied());
                     s.workloads.push(name.clone());
                 }
-                None => inv.services.push(MeshService {
-                    name: workload.service.clone(),
-                    namespace: workload.namespace.clone(),
-                    fqdn: fqdn(&workload.service, &workload.namespace),
-                    ports: workload.ports.iter().copied().collect(),
-                    workloads: vec![name.clone()],
-                }),
+                None => {
+                    inv.by_fqdn.insert(key.clone(), inv.services.len());
+                    inv.services.push(MeshService {
+                        name: workload.service.clone(),
+                        namespace: workload.namespace.clone(),
+                        fqdn: key,
+                        ports: workload.ports.iter().copied().collect(),
+                        workloads: vec![name.clone()],
+                    });
+                }
             }
             inv.workloads.push(workload);
         }
@@ -111,7 +114,7 @@ impl Inventory {
     /// resource's namespace, `svc.ns` and `svc.ns.svc` and the full FQDN are accepted.
     pub fn service(&self, host: &str, namespace: &str) -> Option<&MeshService> {
         let want = normalize_host(host, namespace);
-        self.services.iter().find(|s| s.fqdn == want)
+        self.by_fqdn.get(&want).and_then(|&i| self.services.get(i))
     }
 
     /// The workloads of a service.
