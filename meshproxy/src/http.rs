@@ -52,6 +52,15 @@ fn connection_tokens(h: &HeaderMap) -> Vec<String> {
 /// sizes, and for CL+TE drops the Content-Length and closes the connection after the
 /// response, per RFC 9112 section 6.3.)
 pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
+    if let Some(v) = h.get(crate::framing::MARKER) {
+        return Err(ProxyError::BadRequest(
+            if v.as_bytes().starts_with(b"both") {
+                "both Transfer-Encoding and Content-Length"
+            } else {
+                "more than one Content-Length"
+            },
+        ));
+    }
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(ProxyError::BadRequest(
             "both Transfer-Encoding and Content-Length",

@@ -237,6 +237,12 @@ where
     let builder = crate::http::server_builder(&ctx.shared.limits());
     let shared = ctx.shared.clone();
     let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let limits = shared.limits();
+    let io = crate::framing::FramingGuard::new(
+        io,
+        limits.max_header_bytes,
+        limits.header_read_timeout.0,
+    );
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

@@ -12,7 +12,9 @@
 pub mod admin;
 pub mod app;
 pub mod ca_client;
+pub mod config_client;
 pub mod drain;
+pub mod framing;
 pub mod http;
 pub mod inbound;
 pub mod metrics;

@@ -86,7 +86,13 @@ async fn serve_http(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr) {
     let builder = crate::http::server_builder(&shared.limits());
     let s = shared.clone();
     let svc = service_fn(move |req| handle(s.clone(), dst, req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let limits = shared.limits();
+    let io = crate::framing::FramingGuard::new(
+        stream,
+        limits.max_header_bytes,
+        limits.header_read_timeout.0,
+    );
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => { let _ = r; return; }

@@ -64,6 +64,10 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain"),
         );
+        if flag == "DPE" {
+            // The connection's framing can no longer be trusted.
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
