@@ -466,3 +466,5 @@ fn proto_name(p: Protocol) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+pub mod wire;

@@ -16,6 +16,7 @@ pub mod yaml;
 pub mod suggest;
 pub mod proxy;
 pub mod check;
+pub mod compile;
 pub mod load;
 pub mod model;
 pub mod traffic;

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod app;
 pub mod ca_client;
 pub mod config_client;
+pub mod config_client;
 pub mod drain;
 pub mod framing;
 pub mod http;

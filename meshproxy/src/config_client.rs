@@ -1,0 +1,547 @@
+//! The proxy side of config push: subscribe to the control plane, apply what it sends, say
+//! ACK or NACK (like xDS).
+//!
+//! The client long-polls `GET /v1/config` on the control plane's mTLS API (port 15012) with
+//! the workload's certificate, for its `(workload, instance)`. A received config is accepted
+//! only if it parses, passes [`ProxyConfig::validate`] and names this proxy's identity; then
+//! it is published on a `tokio::sync::watch` channel (one swap) and ACKed. Otherwise it is
+//! NACKed with the reason and the previous config stays. When the control plane is down the
+//! last good config keeps serving and the client reconnects with exponential backoff and
+//! jitter; after a control-plane restart (a new epoch) it receives the full config again and
+//! only publishes it if the content differs.
+//!
+//! ```ignore
+//! let client = ConfigClient::new(settings, &roots_pem)?;
+//! let (first, mut client) = client.first(&creds_rx).await?;
+//! let (tx, rx) = tokio::sync::watch::channel(first);
+//! tokio::spawn(client.run(creds_rx, tx, shutdown_rx));
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::{Method, Request, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use meshapi::ca_api::{ApiErrorBody, SpiffeId, control_plane_id};
+use meshapi::compile::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse};
+use meshapi::proxy::ProxyConfig;
+use rand::Rng;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::ca_client::Credentials;
+
+/// Largest config answer accepted.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Client settings. `ConfigClientSettings::new` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigClientSettings {
+    /// Control plane API address, `host:port`. Required.
+    pub endpoint: String,
+    /// Compose service name of this proxy. Required.
+    pub workload: String,
+    /// Replica index. Default 0.
+    pub instance: u32,
+    /// How long the server may hold a poll. Default 30 s.
+    pub poll_wait: Duration,
+    /// Connect + TLS timeout. Default 5 s.
+    pub connect_timeout: Duration,
+    /// First reconnect delay. Default 100 ms.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay. Default 10 s.
+    pub backoff_max: Duration,
+}
+
+impl ConfigClientSettings {
+    /// Settings with the defaults.
+    pub fn new(endpoint: impl Into<String>, workload: impl Into<String>, instance: u32) -> Self {
+        ConfigClientSettings {
+            endpoint: endpoint.into(),
+            workload: workload.into(),
+            instance,
+            poll_wait: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+
+    /// The delay before reconnect attempt `attempt` (0-based): exponential, capped, with
+    /// jitter between 50 % and 100 % so proxies do not reconnect in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .backoff_initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.backoff_max);
+        base.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigClientError {
+    #[error("config client setup: {0}")]
+    Config(String),
+    #[error("cannot reach the control plane at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP to the control plane failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("control plane refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("malformed answer: {0}")]
+    BadResponse(String),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// A received answer and what the client did with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied (published and ACKed).
+    Applied(u64),
+    /// Same content as the config in force (after a resync): ACKed, not republished.
+    Unchanged(u64),
+    /// Refused (NACKed) with the reason.
+    Refused(u64, String),
+}
+
+/// The config subscription of one proxy.
+#[derive(Debug)]
+pub struct ConfigClient {
+    settings: ConfigClientSettings,
+    verifier: Arc<ControlPlaneVerifier>,
+    provider: Arc<CryptoProvider>,
+    epoch: u64,
+    version: u64,
+    conn: Option<SendRequest<Full<Bytes>>>,
+    conn_for: Option<String>,
+    /// The last outcome (tests and logs).
+    outcomes: watch::Sender<Option<Outcome>>,
+}
+
+impl ConfigClient {
+    /// A client trusting `roots_pem` for the control plane, which must present
+    /// `spiffe://<td>/ns/mesh-system/sa/meshctl` (`td` from `trust_domain`).
+    pub fn new(
+        settings: ConfigClientSettings,
+        roots_pem: &str,
+        trust_domain: &str,
+    ) -> Result<Self, ConfigClientError> {
+        let cfg = |m: String| ConfigClientError::Config(m);
+        let roots = CertificateDer::pem_slice_iter(roots_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cfg(format!("trust roots: {e}")))?;
+        if roots.is_empty() {
+            return Err(cfg("no trust root certificate".into()));
+        }
+        let anchors = roots
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cfg(format!("trust root unusable: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let expected = control_plane_id(trust_domain).map_err(|e| cfg(e.to_string()))?;
+        Ok(ConfigClient {
+            settings,
+            verifier: Arc::new(ControlPlaneVerifier {
+                anchors: Arc::new(anchors),
+                expected,
+                provider: provider.clone(),
+            }),
+            provider,
+            epoch: 0,
+            version: 0,
+            conn: None,
+            conn_for: None,
+            outcomes: watch::Sender::new(None),
+        })
+    }
+
+    /// A receiver of each outcome (ACK, unchanged, NACK).
+    pub fn outcomes(&self) -> watch::Receiver<Option<Outcome>> {
+        self.outcomes.subscribe()
+    }
+
+    /// Retries until the first acceptable config arrives (NACKing bad ones).
+    pub async fn first(
+        mut self,
+        creds: &watch::Receiver<Credentials>,
+    ) -> Result<(Arc<ProxyConfig>, ConfigClient), ConfigClientError> {
+        let mut attempt = 0;
+        loop {
+            match self.poll_once(creds, None).await {
+                Ok(Some((Outcome::Applied(_), Some(cfg)))) => return Ok((cfg, self)),
+                Ok(_) => attempt = 0,
+                Err(ConfigClientError::Config(m)) => return Err(ConfigClientError::Config(m)),
+                Err(e) => {
+                    let delay = self.settings.backoff(attempt);
+                    tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "config subscription failed");
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Follows the control plane until `shutdown` turns true, publishing accepted configs on
+    /// `tx`. `tx` holds the config in force (used to detect unchanged resyncs and NACK
+    /// identity mismatches).
+    pub async fn run(
+        mut self,
+        creds: watch::Receiver<Credentials>,
+        tx: watch::Sender<Arc<ProxyConfig>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut attempt: u32 = 0;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let result = tokio::select! {
+                r = self.poll_once(&creds, Some(&tx)) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(_) => attempt = 0,
+                Err(e) => {
+                    self.conn = None;
+                    let delay = self.settings.backoff(attempt);
+                    tracing::warn!(
+                        proxy = %self.settings.workload,
+                        instance = self.settings.instance,
+                        error = %e,
+                        retry_ms = delay.as_millis() as u64,
+                        "config subscription lost; keeping the last good config"
+                    );
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn tls_config(&self, c: &Credentials) -> Result<ClientConfig, ConfigClientError> {
+        let cfg = |m: String| ConfigClientError::Config(m);
+        let chain = CertificateDer::pem_slice_iter(c.cert_chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cfg(format!("certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+            .map_err(|e| cfg(format!("key: {e}")))?;
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| cfg(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.clone())
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| cfg(format!("credentials: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// The kept connection, or a new one (also after a certificate rotation).
+    async fn sender(
+        &mut self,
+        creds: &watch::Receiver<Credentials>,
+    ) -> Result<SendRequest<Full<Bytes>>, ConfigClientError> {
+        let c = creds.borrow().clone();
+        if let Some(s) = self.conn.take()
+            && self.conn_for.as_deref() == Some(c.cert_chain_pem.as_str())
+            && !s.is_closed()
+        {
+            return Ok(s);
+        }
+        let endpoint = self.settings.endpoint.clone();
+        let connect_err = |source: std::io::Error| ConfigClientError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let connector = TlsConnector::from(Arc::new(self.tls_config(&c)?));
+        let timeout = self.settings.connect_timeout;
+        let connect = async {
+            let tcp = TcpStream::connect(&endpoint).await.map_err(connect_err)?;
+            let _ = tcp.set_nodelay(true);
+            connector
+                .connect(server_name(&endpoint)?, tcp)
+                .await
+                .map_err(connect_err)
+        };
+        let tls = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))??;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "control plane connection ended");
+            }
+        });
+        self.conn_for = Some(c.cert_chain_pem);
+        Ok(sender)
+    }
+
+    async fn send(
+        &mut self,
+        creds: &watch::Receiver<Credentials>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ConfigClientError> {
+        let mut sender = self.sender(creds).await?;
+        sender.ready().await?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ConfigClientError::BadResponse(format!("reading body: {e}")))?
+            .to_bytes();
+        self.conn = Some(sender);
+        Ok((status, body))
+    }
+
+    /// One poll: `None` when nothing new came before the server's wait ended.
+    async fn poll_once(
+        &mut self,
+        creds: &watch::Receiver<Credentials>,
+        current: Option<&watch::Sender<Arc<ProxyConfig>>>,
+    ) -> Result<Option<(Outcome, Option<Arc<ProxyConfig>>)>, ConfigClientError> {
+        let s = &self.settings;
+        let uri = format!(
+            "{CONFIG_PATH}?workload={}&instance={}&epoch={}&version={}&waitMs={}",
+            s.workload,
+            s.instance,
+            self.epoch,
+            self.version,
+            s.poll_wait.as_millis()
+        );
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(header::HOST, s.endpoint.as_str())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ConfigClientError::Config(e.to_string()))?;
+        let (status, body) = self.send(creds, req).await?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if status != StatusCode::OK {
+            return Err(refused(status, &body));
+        }
+        let answer: ConfigResponse = serde_json::from_slice(&body)
+            .map_err(|e| ConfigClientError::BadResponse(e.to_string()))?;
+        self.epoch = answer.epoch;
+        self.version = answer.version;
+        let identity = creds.borrow().identity.clone();
+        let checked = check(answer.config, &identity);
+        let (outcome, publish) = match checked {
+            Ok(cfg) => {
+                let same = current.is_some_and(|tx| same_content(&tx.borrow(), &cfg));
+                if same {
+                    (Outcome::Unchanged(answer.version), None)
+                } else {
+                    (Outcome::Applied(answer.version), Some(Arc::new(cfg)))
+                }
+            }
+            Err(why) => (Outcome::Refused(answer.version, why), None),
+        };
+        if let (Some(tx), Some(cfg)) = (current, &publish) {
+            tx.send_replace(cfg.clone());
+        }
+        let (accepted, error) = match &outcome {
+            Outcome::Refused(_, why) => {
+                tracing::warn!(version = answer.version, error = %why, "config refused (NACK)");
+                (false, Some(why.clone()))
+            }
+            _ => {
+                tracing::info!(version = answer.version, "config applied (ACK)");
+                (true, None)
+            }
+        };
+        let ack = AckRequest {
+            workload: self.settings.workload.clone(),
+            instance: self.settings.instance,
+            epoch: answer.epoch,
+            version: answer.version,
+            accepted,
+            error,
+        };
+        let json =
+            serde_json::to_vec(&ack).map_err(|e| ConfigClientError::Config(e.to_string()))?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(ACK_PATH)
+            .header(header::HOST, self.settings.endpoint.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| ConfigClientError::Config(e.to_string()))?;
+        let (status, body) = self.send(creds, req).await?;
+        if !status.is_success() {
+            return Err(refused(status, &body));
+        }
+        self.outcomes.send_replace(Some(outcome.clone()));
+        Ok(Some((outcome, publish)))
+    }
+}
+
+fn refused(status: StatusCode, body: &[u8]) -> ConfigClientError {
+    let message = serde_json::from_slice::<ApiErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).chars().take(200).collect());
+    ConfigClientError::Refused {
+        status: status.as_u16(),
+        message,
+    }
+}
+
+/// Parses and validates a received config for a proxy of `identity`; the error is the NACK
+/// reason.
+pub fn check(raw: serde_json::Value, identity: &SpiffeId) -> Result<ProxyConfig, String> {
+    let cfg: ProxyConfig = serde_json::from_value(raw).map_err(|e| format!("parse: {e}"))?;
+    let errors = cfg.validate();
+    if !errors.is_empty() {
+        return Err(errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("; "));
+    }
+    if cfg.identity.spiffe_id != *identity {
+        return Err(format!(
+            "config is for {}, this proxy is {identity}",
+            cfg.identity.spiffe_id
+        ));
+    }
+    Ok(cfg)
+}
+
+fn same_content(a: &ProxyConfig, b: &ProxyConfig) -> bool {
+    meshapi::compile::same_content(a, b)
+}
+
+fn server_name(endpoint: &str) -> Result<ServerName<'static>, ConfigClientError> {
+    let host = endpoint
+        .rsplit_once(':')
+        .map_or(endpoint, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| ConfigClientError::Config(format!("endpoint host {host:?}: {e}")))
+}
+
+/// Verifies the control plane: chains to the mesh roots and names its SPIFFE ID. The host name
+/// used to connect is not checked, so meshctl is reachable under any address.
+#[derive(Debug)]
+struct ControlPlaneVerifier {
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ControlPlaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let general = |m: String| rustls::Error::General(m);
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| general(format!("server certificate: {e:?}")))?;
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| general(format!("server certificate does not chain: {e:?}")))?;
+        let (_, x509) = X509Certificate::from_der(end_entity)
+            .map_err(|e| general(format!("server certificate: {e}")))?;
+        let expected = self.expected.to_string();
+        let names_us = x509
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .is_some_and(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .any(|n| matches!(n, GeneralName::URI(u) if *u == expected))
+            });
+        if !names_us {
+            return Err(general(format!(
+                "server certificate does not name {expected}"
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let s = ConfigClientSettings::new("127.0.0.1:1", "w", 0);
+        for attempt in 0..30 {
+            let d = s.backoff(attempt);
+            assert!(d <= s.backoff_max, "{d:?}");
+            assert!(d >= s.backoff_initial / 2, "{d:?}");
+        }
+        assert!(s.backoff(20) >= s.backoff_max / 2);
+    }
+}
