@@ -13,7 +13,6 @@ pub mod admin;
 pub mod app;
 pub mod ca_client;
 pub mod config_client;
-pub mod config_client;
 pub mod drain;
 pub mod framing;
 pub mod http;
