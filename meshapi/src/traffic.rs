@@ -280,7 +280,7 @@ impl RouteTable {
     }
 
     /// Decides one request.
-    pub fn route<'a>(&'a self, req: &RequestView<'a>) -> RouteDecision<'a> {
+    pub fn route<'a>(&'a self, req: &RequestView<'_>) -> RouteDecision<'a> {
         match self.service(req.host) {
             Some(s) => s.route(req),
             None => RouteDecision::UnknownHost,
@@ -308,7 +308,7 @@ impl RouteTable {
 
 impl ServiceRoutes {
     /// Decides one request against this host's rules.
-    pub fn route<'a>(&'a self, req: &RequestView<'a>) -> RouteDecision<'a> {
+    pub fn route<'a>(&'a self, req: &RequestView<'_>) -> RouteDecision<'a> {
         let input = req.match_input();
         for (i, rule) in self.http.iter().enumerate() {
             let matched = if rule.matches.is_empty() {
@@ -341,7 +341,7 @@ fn decide<'a>(
     rule: &'a HttpRule,
     rule_index: usize,
     matched: Option<&'a RequestMatch>,
-    req: &RequestView<'a>,
+    req: &RequestView<'_>,
 ) -> RouteDecision<'a> {
     if let Some(cors) = &rule.cors
         && is_preflight(req)

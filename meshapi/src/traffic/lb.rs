@@ -53,7 +53,7 @@ impl Default for EndpointState {
 }
 
 /// The balancer's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Pick {
     /// Send to this endpoint (index into the list the balancer was built with).
     Endpoint(usize),
@@ -397,17 +397,20 @@ fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
     })
 }
 
-/// Envoy's ring: each endpoint gets virtual nodes in proportion to its weight, at least
-/// `min_size` in all (capped at 8M).
+/// The ring: each endpoint gets virtual nodes in proportion to its weight, at least `min_size`
+/// in all (capped at 8M). Nodes per unit of weight are rounded up to a power of two, so that
+/// removing or adding one endpoint usually leaves every other endpoint's nodes where they were
+/// and only ~1/N of keys move (Envoy rescales every endpoint's node count, which moves more).
 fn build_ring(endpoints: &[(&str, u32)], min_size: u64) -> Vec<(u64, u32)> {
     let total: u64 = endpoints.iter().map(|(_, w)| u64::from(*w)).sum();
     if total == 0 {
         return Vec::new();
     }
-    let size = min_size.clamp(endpoints.len() as u64, 8 * 1024 * 1024);
-    let mut ring = Vec::with_capacity(size as usize + endpoints.len());
+    let size = min_size.clamp(1, 8 * 1024 * 1024);
+    let per_weight = size.div_ceil(total).next_power_of_two();
+    let mut ring = Vec::new();
     for (i, (key, w)) in endpoints.iter().enumerate() {
-        let count = (size * u64::from(*w)).div_ceil(total);
+        let count = (per_weight * u64::from(*w)).min(8 * 1024 * 1024);
         for j in 0..count {
             ring.push((hash_bytes(format!("{key}_{j}").as_bytes()), i as u32));
         }
