@@ -97,6 +97,10 @@ fn main() {
         b.as_secs_f64() * 1e3
     );
     println!(
+        "load alone (meshctl):        {:>8.1} ms",
+        l.as_secs_f64() * 1e3
+    );
+    println!(
         "load + check (meshctl):      {:>8.1} ms",
         o.as_secs_f64() * 1e3
     );
