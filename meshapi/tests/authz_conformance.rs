@@ -2,6 +2,7 @@
 //! (../shared/conformance/istio/authz-policies) compiles for the `httpbin` v1 workload of
 //! namespace `foo` (CUSTOM is refused), and a few requests against each file get the outcome
 //! Istio's generated Envoy RBAC gives them.
+#![allow(clippy::unwrap_used)] // test helpers unwrap fixed inputs
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -2,6 +2,7 @@
 //! their `not*` forms), both actions, precedence (DENY before ALLOW, root namespace, selectors,
 //! targetRefs), dry-run, audit, TCP versus HTTP, plaintext versus mTLS, trust-domain aliases.
 //! Each case compiles real Istio YAML for the `backend` workload and evaluates one request.
+#![allow(clippy::unwrap_used)] // test helpers unwrap fixed inputs
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

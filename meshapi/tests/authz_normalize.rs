@@ -3,6 +3,7 @@
 //! `/public*` cases of Istio's path-normalization integration test), and the end-to-end
 //! property: no encoding, dot-segment or slash trick reaches a path a DENY covers or an ALLOW
 //! does not.
+#![allow(clippy::unwrap_used)] // test helpers unwrap fixed inputs
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

@@ -2,6 +2,7 @@
 //! wins a tie, UNSET inherits, PERMISSIVE when nothing is set, portLevelMtls only with a
 //! selector) and the client side (auto-mTLS, DestinationRule `tls` overrides). Ends with the
 //! user's example: STRICT in `default`, only frontend-sa may call backend.
+#![allow(clippy::unwrap_used)] // test helpers unwrap fixed inputs
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

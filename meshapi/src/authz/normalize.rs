@@ -135,9 +135,8 @@ pub fn normalize_path(
         mode,
         PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes
     );
-    let clean = mode == PathNormalization::None
-        || (!path.contains(['%', '\\']) && !path.contains("/.") && !(merge && path.contains("//")));
-    if clean {
+    let dirty = path.contains(['%', '\\']) || path.contains("/.") || (merge && path.contains("//"));
+    if mode == PathNormalization::None || !dirty {
         return Ok(NormalizedPath {
             full: Cow::Borrowed(raw),
             path_len,

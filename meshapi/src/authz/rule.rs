@@ -95,9 +95,16 @@ impl Cond {
                 .http
                 .as_ref()
                 .is_some_and(|h| ms.iter().any(|m| m.matches(h.path))),
-            Cond::Header { name, values } => {
-                any_str(values, req.http.as_ref().and_then(|h| h.header(name)))
-            }
+            // A header `*` is Envoy's `present_match`: any value, even an empty one.
+            Cond::Header { name, values } => req
+                .http
+                .as_ref()
+                .and_then(|h| h.header(name))
+                .is_some_and(|v| {
+                    values
+                        .iter()
+                        .any(|m| *m == StrMatch::Present || m.matches(v))
+                }),
             Cond::Absent { .. } => false,
         }
     }
