@@ -8,15 +8,15 @@
 
 pub mod authz;
 pub mod ca_api;
-pub mod compose;
-pub mod diag;
-pub mod istio;
-pub mod dns;
-pub mod yaml;
-pub mod suggest;
-pub mod proxy;
 pub mod check;
 pub mod compile;
+pub mod compose;
+pub mod diag;
+pub mod dns;
+pub mod istio;
 pub mod load;
 pub mod model;
+pub mod proxy;
+pub mod suggest;
 pub mod traffic;
+pub mod yaml;

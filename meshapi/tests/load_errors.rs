@@ -189,7 +189,10 @@ fn each_error_class_names_code_position_path_and_hint() {
         assert_eq!(d.path, case.path, "{ctx}");
         assert!(d.message.contains(case.message), "{ctx}");
         if let Some(h) = case.hint {
-            assert!(d.hint.as_deref().is_some_and(|got| got.contains(h)), "{ctx}");
+            assert!(
+                d.hint.as_deref().is_some_and(|got| got.contains(h)),
+                "{ctx}"
+            );
         }
     }
 }
