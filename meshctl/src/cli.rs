@@ -45,6 +45,17 @@ pub enum Command {
     Check(OutputArgs),
     /// Print the merged, normalized model (like `docker compose config`).
     Config(OutputArgs),
+    /// Run the control plane in the foreground: CA, proxy API, config push, live reload of
+    /// the mesh files, meshdns records.
+    Serve(crate::controlplane::commands::ServeArgs),
+    /// Show the running control plane: config version and ACK/NACK per proxy, the last
+    /// reload and its errors, identities and certificate expiry.
+    Status(OutputArgs),
+    /// Make the running control plane reload the files now; with --wait, wait for every
+    /// connected proxy to ACK (exit 1 if one refuses or does not answer in time).
+    Apply(crate::controlplane::commands::ApplyArgs),
+    /// Print the config the control plane compiles for one proxy.
+    ProxyConfig(crate::controlplane::commands::ProxyConfigArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -56,10 +67,14 @@ pub struct OutputArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let loaded = load_project(&cli.project)?;
+    use crate::controlplane::commands;
     match cli.command {
-        Command::Check(out) => check_cmd(loaded, &out),
-        Command::Config(out) => config_cmd(loaded, &out),
+        Command::Check(out) => check_cmd(load_project(&cli.project)?, &out),
+        Command::Config(out) => config_cmd(load_project(&cli.project)?, &out),
+        Command::Serve(args) => commands::serve(&cli.project, &args),
+        Command::Status(out) => commands::status(&cli.project, out.json),
+        Command::Apply(args) => commands::apply(&cli.project, &args),
+        Command::ProxyConfig(args) => commands::proxy_config(&cli.project, &args),
     }
 }
 

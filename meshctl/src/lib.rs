@@ -4,3 +4,4 @@
 pub mod api;
 pub mod ca;
 pub mod cli;
+pub mod controlplane;

@@ -1,0 +1,307 @@
+//! The control plane's HTTP handlers on the mTLS API: the config long-poll and ACK for proxies
+//! (each may only fetch the configs of its own identity), status and reload for the CLI (the
+//! admin identity only).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use meshapi::compile::ProxyKey;
+use meshapi::compile::wire::{
+    ACK_PATH, AckRequest, CONFIG_PATH, MAX_WAIT_MS, RELOAD_PATH, ReloadRequest, STATUS_PATH,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::push::{AckReport, ProxyStatus, PushState};
+use super::reload::ReloadReport;
+use super::{ReloadCmd, admin};
+use crate::api::router::full_body;
+use crate::api::{ApiBody, PeerInfo, Router, error_response, json_response, read_json};
+use crate::ca::{Ca, unix_secs};
+
+/// Largest ACK or reload body.
+const MAX_BODY: usize = 64 * 1024;
+/// Long-poll time when the client names none.
+const DEFAULT_WAIT_MS: u64 = 30_000;
+/// `apply --wait` time when the client names none.
+const DEFAULT_ACK_TIMEOUT_MS: u64 = 30_000;
+
+/// One identity's certificate, for status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityStatus {
+    pub identity: String,
+    /// Expiry of its latest certificate, Unix seconds.
+    pub not_after: i64,
+    pub serial: String,
+}
+
+/// Answer of `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub epoch: u64,
+    pub revision: u64,
+    pub proxies: Vec<ProxyStatus>,
+    pub last_reload: ReloadReport,
+    pub identities: Vec<IdentityStatus>,
+}
+
+/// Answer of `POST /v1/reload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadResponse {
+    pub reload: ReloadReport,
+    /// ACK outcome, when asked to wait and something changed.
+    pub acks: Option<AckReport>,
+}
+
+/// Adds the config, ACK, status and reload routes to `base`.
+pub fn router(
+    base: Router,
+    push: Arc<PushState>,
+    ca: Arc<Ca>,
+    reload: mpsc::Sender<ReloadCmd>,
+) -> Router {
+    let (p1, p2, p3, p4) = (push.clone(), push.clone(), push.clone(), push);
+    let ca2 = ca.clone();
+    base.route(Method::GET, CONFIG_PATH, move |req, peer| {
+        poll(p1.clone(), req, peer)
+    })
+    .route(Method::POST, ACK_PATH, move |req, peer| {
+        ack(p2.clone(), req, peer)
+    })
+    .route(Method::GET, STATUS_PATH, move |req, peer| {
+        status(p3.clone(), ca.clone(), req, peer)
+    })
+    .route(Method::POST, RELOAD_PATH, move |req, peer| {
+        reload_now(p4.clone(), ca2.clone(), reload.clone(), req, peer)
+    })
+}
+
+#[derive(Debug, Default)]
+struct PollQuery {
+    key: Option<ProxyKey>,
+    epoch: u64,
+    version: u64,
+    wait_ms: u64,
+}
+
+fn parse_query(q: Option<&str>) -> Result<PollQuery, String> {
+    let mut workload = None;
+    let mut instance = None;
+    let mut out = PollQuery {
+        wait_ms: DEFAULT_WAIT_MS,
+        ..PollQuery::default()
+    };
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: not a number"));
+        match k {
+            "workload" => workload = Some(v.to_string()),
+            "instance" => instance = Some(num(v)?),
+            "epoch" => out.epoch = num(v)?,
+            "version" => out.version = num(v)?,
+            "waitMs" => out.wait_ms = num(v)?.min(MAX_WAIT_MS),
+            _ => return Err(format!("unknown parameter {k:?}")),
+        }
+    }
+    let workload = workload.ok_or("workload is required")?;
+    let instance = u32::try_from(instance.unwrap_or(0)).map_err(|_| "instance: too large")?;
+    out.key = Some(ProxyKey { workload, instance });
+    Ok(out)
+}
+
+fn raw_json(body: bytes::Bytes) -> Response<ApiBody> {
+    let mut resp = Response::new(full_body(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn empty(status: StatusCode) -> Response<ApiBody> {
+    let mut resp = Response::new(full_body(bytes::Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn poll(push: Arc<PushState>, req: Request<Incoming>, peer: PeerInfo) -> Response<ApiBody> {
+    let identity = match peer.require_identity() {
+        Ok(id) => id.clone(),
+        Err(resp) => return resp,
+    };
+    let query = match parse_query(req.uri().query()) {
+        Ok(q) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(key) = query.key else {
+        return error_response(StatusCode::BAD_REQUEST, "workload is required");
+    };
+    let mut rx = push.subscribe();
+    let mut closed = push.closed();
+    match push.snapshot().proxies.get(&key) {
+        None => {
+            return error_response(StatusCode::NOT_FOUND, format!("no proxy {key} in the mesh"));
+        }
+        Some(p) if p.identity != identity => {
+            tracing::warn!(proxy = %key, peer = %identity, "config poll for another identity refused");
+            return error_response(
+                StatusCode::FORBIDDEN,
+                format!("{key} is {}, not {identity}", p.identity),
+            );
+        }
+        Some(_) => {}
+    }
+    let _guard = push.poll_started(&key, peer.remote_addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
+    loop {
+        let current = rx.borrow_and_update().proxies.get(&key).cloned();
+        match current {
+            None => return error_response(StatusCode::NOT_FOUND, format!("{key} was removed")),
+            Some(p) if query.epoch != push.epoch() || p.version != query.version => {
+                push.mark_sent(&key, p.version);
+                return raw_json(p.body.clone());
+            }
+            Some(_) => {}
+        }
+        if *closed.borrow() {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() {
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+            },
+            _ = tokio::time::sleep_until(deadline) => return empty(StatusCode::NO_CONTENT),
+            _ = closed.changed() => {}
+        }
+    }
+}
+
+async fn ack(push: Arc<PushState>, req: Request<Incoming>, peer: PeerInfo) -> Response<ApiBody> {
+    let identity = match peer.require_identity() {
+        Ok(id) => id.clone(),
+        Err(resp) => return resp,
+    };
+    let body: AckRequest = match read_json(req, MAX_BODY).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let key = ProxyKey {
+        workload: body.workload,
+        instance: body.instance,
+    };
+    match push.snapshot().proxies.get(&key) {
+        Some(p) if p.identity == identity => {}
+        Some(_) => return error_response(StatusCode::FORBIDDEN, "not your proxy"),
+        None => return error_response(StatusCode::NOT_FOUND, format!("no proxy {key}")),
+    }
+    push.record_ack(&key, body.epoch, body.version, body.accepted, body.error);
+    empty(StatusCode::NO_CONTENT)
+}
+
+#[allow(clippy::result_large_err)]
+fn require_admin(peer: &PeerInfo, ca: &Ca) -> Result<(), Response<ApiBody>> {
+    let id = peer.require_identity()?;
+    let admin = admin::admin_id(&ca.config().trust_domain).ok();
+    if admin.as_ref() != Some(id) {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            "only the meshctl admin identity may do this",
+        ));
+    }
+    Ok(())
+}
+
+async fn status(
+    push: Arc<PushState>,
+    ca: Arc<Ca>,
+    _req: Request<Incoming>,
+    peer: PeerInfo,
+) -> Response<ApiBody> {
+    if let Err(resp) = require_admin(&peer, &ca) {
+        return resp;
+    }
+    json_response(StatusCode::OK, &status_report(&push, &ca))
+}
+
+/// The status report (also used in-process by tests).
+pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
+    StatusReport {
+        epoch: push.epoch(),
+        revision: push.revision(),
+        proxies: push.status(),
+        last_reload: push.last_reload(),
+        identities: ca
+            .issued()
+            .into_iter()
+            .map(|(id, info)| IdentityStatus {
+                identity: id.to_string(),
+                not_after: unix_secs(info.not_after),
+                serial: info.serial,
+            })
+            .collect(),
+    }
+}
+
+async fn reload_now(
+    push: Arc<PushState>,
+    ca: Arc<Ca>,
+    tx: mpsc::Sender<ReloadCmd>,
+    req: Request<Incoming>,
+    peer: PeerInfo,
+) -> Response<ApiBody> {
+    if let Err(resp) = require_admin(&peer, &ca) {
+        return resp;
+    }
+    let body: ReloadRequest = match read_json(req, MAX_BODY).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let (reply, rx) = oneshot::channel();
+    let cmd = ReloadCmd {
+        reply: Some(reply),
+        trigger: None,
+    };
+    if tx.send(cmd).await.is_err() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+    }
+    let Ok(report) = rx.await else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+    };
+    let acks = if body.wait && report.ok {
+        let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS));
+        // Nothing changed: wait for the revision in force (are all proxies on it?).
+        Some(push.wait_acks(report.revision, timeout).await)
+    } else {
+        None
+    };
+    json_response(
+        StatusCode::OK,
+        &ReloadResponse {
+            reload: report,
+            acks,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_and_bad_ones_are_refused() {
+        let q = parse_query(Some(
+            "workload=web&instance=2&epoch=5&version=7&waitMs=999999",
+        ))
+        .unwrap_or_default();
+        assert_eq!(q.key.as_ref().map(|k| k.instance), Some(2));
+        assert_eq!((q.epoch, q.version, q.wait_ms), (5, 7, MAX_WAIT_MS));
+        assert!(parse_query(Some("instance=1")).is_err());
+        assert!(parse_query(Some("workload=a&version=x")).is_err());
+        assert!(parse_query(Some("workload=a&evil=1")).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The CLI's client of the running control plane: reads `.mesh/controlplane.json`, connects
+//! over mTLS with the admin credentials (server verified against the mesh root and the
+//! address in the state file), and calls the status and reload endpoints.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use meshapi::ca_api::ApiErrorBody;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::admin::{StateFile, read_state};
+
+/// Largest answer accepted.
+const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// Why a CLI request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    State(String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("cannot reach the control plane at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("control plane answered {status}: {message}")]
+    Refused { status: u16, message: String },
+    #[error("malformed answer: {0}")]
+    BadResponse(String),
+}
+
+/// A connection factory to the control plane.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    state: StateFile,
+    tls: Arc<ClientConfig>,
+}
+
+impl AdminClient {
+    /// Reads the state file under `state_dir` (`<project>/.mesh`) and the admin credentials.
+    pub fn from_state_dir(state_dir: &Path) -> Result<AdminClient, ClientError> {
+        let state = read_state(state_dir).map_err(ClientError::State)?;
+        let tls = |e: String| ClientError::Tls(e);
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| ClientError::State(format!("{}: {e}", p.display())))
+        };
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&read(&state.root_cert)?) {
+            roots
+                .add(c.map_err(|e| tls(e.to_string()))?)
+                .map_err(|e| tls(e.to_string()))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(&read(&state.admin_cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&state.admin_key)?)
+            .map_err(|e| tls(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| tls(e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(AdminClient {
+            state,
+            tls: Arc::new(config),
+        })
+    }
+
+    /// The control plane's address.
+    pub fn address(&self) -> &str {
+        &self.state.address
+    }
+
+    /// GET `path`, JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.request(Method::GET, path, None::<&()>).await
+    }
+
+    /// POST `body` as JSON to `path`, JSON answer.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.request(Method::POST, path, Some(body)).await
+    }
+
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let addr = self.state.address.clone();
+        let connect = |source| ClientError::Connect {
+            addr: addr.clone(),
+            source,
+        };
+        let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr))
+            .await
+            .map_err(|_| connect(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(connect)?;
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| ClientError::Tls(format!("{host}: {e}")))?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(connect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Http(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        conn.abort();
+        if status != StatusCode::OK {
+            let message = serde_json::from_slice::<ApiErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+}

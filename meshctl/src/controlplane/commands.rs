@@ -1,0 +1,276 @@
+//! The control-plane subcommands of the CLI: `serve`, `status`, `apply`, `proxy-config`.
+//! The project's state directory is `<project-directory or .>/.mesh`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use meshapi::compile::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
+use meshapi::compile::{self, CompileInput, HostPlacement, ProxyKey};
+use meshapi::diag::Severity;
+use meshapi::dns::{VipAllocator, VipRange};
+use meshapi::model::Inventory;
+
+use super::api::{ReloadResponse, StatusReport};
+use super::client::AdminClient;
+use super::{ControlPlane, ControlPlaneConfig, ProjectSpec};
+use crate::api::ApiConfig;
+use crate::cli::{ProjectArgs, render};
+
+/// `meshctl serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the mTLS API (CSRs, config push, status).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+}
+
+/// `meshctl apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Wait until every connected proxy has ACKed (exit 1 if one refuses or times out).
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait for ACKs.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `meshctl proxy-config`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyConfigArgs {
+    /// Compose service (`backend-v1`) or mesh service (`backend`: its first workload).
+    pub service: String,
+    /// Replica index.
+    #[arg(long, default_value_t = 0)]
+    pub instance: u32,
+    /// Print JSON instead of YAML.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn project_spec(args: &ProjectArgs) -> ProjectSpec {
+    ProjectSpec {
+        files: args.files.clone(),
+        working_dir: args
+            .project_directory
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".")),
+        project_name: args.project_name.clone(),
+    }
+}
+
+fn state_dir(args: &ProjectArgs) -> PathBuf {
+    project_spec(args).working_dir.join(".mesh")
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Runs the control plane until Ctrl-C.
+pub fn serve(project: &ProjectArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = ControlPlaneConfig {
+        project: project_spec(project),
+        api: ApiConfig {
+            listen: args.listen,
+            ..ApiConfig::default()
+        },
+        print: true,
+        ..ControlPlaneConfig::default()
+    };
+    runtime()?.block_on(async {
+        let cp = ControlPlane::start(config).await?;
+        println!("control plane listening on {}", cp.local_addr());
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
+        cp.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Prints the running control plane's status.
+pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::from_state_dir(&state_dir(project))?;
+    let report: StatusReport = runtime()?.block_on(client.get(STATUS_PATH))?;
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if json {
+        serde_json::to_writer_pretty(&mut w, &report)?;
+        writeln!(w)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        w,
+        "control plane {}  revision {}",
+        client.address(),
+        report.revision
+    )?;
+    let r = &report.last_reload;
+    writeln!(
+        w,
+        "last reload: {}{}",
+        if r.ok { "ok" } else { "REFUSED" },
+        if r.ok {
+            String::new()
+        } else {
+            format!(
+                " ({} error(s); serving revision {})",
+                r.errors.len(),
+                r.revision
+            )
+        }
+    )?;
+    for e in &r.errors {
+        writeln!(w, "  {e}")?;
+    }
+    writeln!(
+        w,
+        "\n{:<28} {:<8} {:<8} {:<10} STATE",
+        "PROXY", "VERSION", "ACKED", "CONNECTED"
+    )?;
+    for p in &report.proxies {
+        let state = match (&p.nacked, &p.nack_error) {
+            (Some(v), Some(why)) if p.acked.is_none_or(|a| a < *v) => format!("NACK v{v}: {why}"),
+            _ if p.acked == Some(p.version) => "SYNCED".into(),
+            _ if p.connected => "PENDING".into(),
+            _ => "-".into(),
+        };
+        writeln!(
+            w,
+            "{:<28} {:<8} {:<8} {:<10} {state}",
+            p.proxy,
+            p.version,
+            p.acked.map_or("-".into(), |a| a.to_string()),
+            if p.connected { "yes" } else { "no" },
+        )?;
+    }
+    if !report.identities.is_empty() {
+        writeln!(w, "\n{:<56} EXPIRES IN", "IDENTITY")?;
+        let now = crate::ca::unix_secs(SystemTime::now());
+        for i in &report.identities {
+            let left = i.not_after - now;
+            writeln!(w, "{:<56} {}m", i.identity, left / 60)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the running control plane to reload now, optionally waiting for ACKs.
+pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::from_state_dir(&state_dir(project))?;
+    let body = ReloadRequest {
+        wait: args.wait,
+        timeout_ms: Some(args.timeout.saturating_mul(1000)),
+    };
+    let resp: ReloadResponse = runtime()?.block_on(client.post(RELOAD_PATH, &body))?;
+    let ok = resp.reload.ok && resp.acks.as_ref().is_none_or(|a| a.all_acked());
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut w, &resp)?;
+        writeln!(w)?;
+    } else {
+        super::reload::print_report(&resp.reload);
+        if let Some(a) = &resp.acks {
+            writeln!(
+                w,
+                "{} proxy(ies) ACKed revision {} in {:.1} ms",
+                a.acked.len(),
+                a.revision,
+                a.elapsed_ms
+            )?;
+            for (p, why) in &a.refused {
+                writeln!(w, "  {p} REFUSED: {why}")?;
+            }
+            for p in &a.pending {
+                writeln!(w, "  {p} did not answer in time")?;
+            }
+            if !a.not_connected.is_empty() {
+                writeln!(w, "  not connected: {}", a.not_connected.join(", "))?;
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Prints the compiled config of one proxy (host-mode placement, VIPs from `.mesh/vips.json`
+/// when it exists, else allocated in memory the same way the control plane would).
+pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Result<ExitCode> {
+    let loaded = crate::cli::load_project(project)?;
+    let mut diags = loaded.diagnostics.clone();
+    diags.extend(meshapi::check::analyze(&loaded.mesh));
+    let errors: Vec<_> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    if !errors.is_empty() {
+        for d in errors {
+            eprintln!("{}", render(d, false));
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let mesh = &loaded.mesh;
+    let inventory = Inventory::from_compose(mesh.compose.as_ref());
+    let mut vips =
+        VipAllocator::load_or_new(&state_dir(project).join("vips.json"), VipRange::default())?;
+    vips.sync(
+        inventory
+            .services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str())),
+    )?;
+    let workload = if inventory
+        .workloads
+        .iter()
+        .any(|w| w.compose_name == args.service)
+    {
+        args.service.clone()
+    } else {
+        let mut of_service: Vec<&str> = inventory
+            .workloads
+            .iter()
+            .filter(|w| w.service == args.service)
+            .map(|w| w.compose_name.as_str())
+            .collect();
+        of_service.sort_unstable();
+        match of_service.first() {
+            Some(w) => (*w).to_string(),
+            None => bail!(
+                "no compose service or mesh service named {:?}",
+                args.service
+            ),
+        }
+    };
+    let placement = HostPlacement::new(&inventory, compile::DEFAULT_HOST_BASE_PORT);
+    let input = CompileInput::new(mesh, &inventory, &vips, &placement, 0);
+    let key = ProxyKey {
+        workload,
+        instance: args.instance,
+    };
+    let cfg = compile::compile_proxy(&input, &key)?;
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut w, &cfg)?;
+        writeln!(w)?;
+    } else {
+        w.write_all(meshapi::model::to_yaml(&cfg)?.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

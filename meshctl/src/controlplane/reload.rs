@@ -1,0 +1,342 @@
+//! One reload: load every file, check (the same code as `meshctl check`), compile every
+//! proxy, publish the ones whose content changed, write meshdns's records and the VIP table.
+//! An invalid mesh publishes nothing: the errors (file:line:column) go into the report that
+//! `meshctl status` shows, and the last good snapshot keeps serving.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use meshapi::check;
+use meshapi::compile::{self, CompileInput, HostPlacement, Placement, ProxyKey};
+use meshapi::compose::ProcessEnv;
+use meshapi::diag::Severity;
+use meshapi::dns::{Records, VipAllocator, VipRange};
+use meshapi::load::{self, LoadOptions};
+use meshapi::model::Inventory;
+use meshapi::proxy::ProxyConfig;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::push::PushState;
+use super::watch::Rewatch;
+use super::{ControlPlaneConfig, ControlPlaneError, PlacementSpec, ProjectSpec, ReloadCmd, diff};
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// The revision in force after it (unchanged when invalid or nothing changed).
+    pub revision: u64,
+    /// False: the files are invalid and nothing was pushed.
+    pub ok: bool,
+    /// When it ran, Unix ms.
+    pub at_unix_ms: u64,
+    /// Every error, as `file:line:column: error[CODE]: ...`.
+    pub errors: Vec<String>,
+    /// Number of warnings.
+    pub warnings: usize,
+    /// What changed in the model (`+`, `-`, `~` lines).
+    pub diff: Vec<String>,
+    /// Proxies whose config changed.
+    pub changed: Vec<String>,
+    /// Time from the first file event (or the request) to publish, ms.
+    pub duration_ms: f64,
+    /// Time of load + check alone, ms.
+    pub load_check_ms: f64,
+    /// Files read (for the watcher).
+    #[serde(skip)]
+    pub watched_files: Vec<PathBuf>,
+    /// Directories read (for the watcher).
+    #[serde(skip)]
+    pub watched_dirs: Vec<PathBuf>,
+}
+
+/// What the reload task owns between reloads.
+pub(crate) struct ReloadCtx {
+    project: ProjectSpec,
+    placement: PlacementSpec,
+    trust_domain: String,
+    vips: VipAllocator,
+    vips_path: PathBuf,
+    records_path: PathBuf,
+    last_records: Option<Records>,
+    compiled: BTreeMap<ProxyKey, ProxyConfig>,
+    model: diff::Model,
+    push: Arc<PushState>,
+}
+
+impl ReloadCtx {
+    pub(crate) fn new(
+        config: &ControlPlaneConfig,
+        push: Arc<PushState>,
+    ) -> Result<Self, ControlPlaneError> {
+        let state = config.state_dir();
+        let vips_path = state.join("vips.json");
+        let vips = VipAllocator::load_or_new(&vips_path, VipRange::default())?;
+        Ok(ReloadCtx {
+            project: config.project.clone(),
+            placement: config.placement.clone(),
+            trust_domain: config.ca.trust_domain.clone(),
+            vips,
+            vips_path,
+            records_path: config
+                .records_file
+                .clone()
+                .unwrap_or_else(|| state.join("dns-records.json")),
+            last_records: None,
+            compiled: BTreeMap::new(),
+            model: diff::Model::default(),
+            push,
+        })
+    }
+
+    /// Runs one reload and stores its report as the last one.
+    pub(crate) fn reload(&mut self, trigger: Option<Instant>) -> ReloadReport {
+        let report = self.try_reload(trigger);
+        self.push.set_last_reload(report.clone());
+        report
+    }
+
+    fn try_reload(&mut self, trigger: Option<Instant>) -> ReloadReport {
+        let t0 = Instant::now();
+        let start = trigger.unwrap_or(t0);
+        let mut report = ReloadReport {
+            revision: self.push.revision(),
+            at_unix_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+                .unwrap_or(0),
+            ..ReloadReport::default()
+        };
+        let opts = LoadOptions {
+            files: self.project.files.clone(),
+            working_dir: self.project.working_dir.clone(),
+            project_name: self.project.project_name.clone(),
+            env: Box::new(ProcessEnv),
+        };
+        let loaded = load::load(&opts);
+        let mut diags = loaded.diagnostics.clone();
+        diags.extend(check::analyze(&loaded.mesh));
+        report.load_check_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        report.watched_files = loaded.mesh.files.clone();
+        report.watched_dirs = loaded.mesh.dirs.clone();
+        report.warnings = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+            .count();
+        report.errors = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| crate::cli::render(d, false))
+            .collect();
+        if !report.errors.is_empty() {
+            report.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            return report;
+        }
+        let mesh = loaded.mesh;
+        let inventory = Inventory::from_compose(mesh.compose.as_ref());
+        let before = self.vips.clone();
+        if let Err(e) = self.vips.sync(
+            inventory
+                .services
+                .iter()
+                .map(|s| (s.namespace.as_str(), s.name.as_str())),
+        ) {
+            report.errors.push(format!("VIP allocation: {e}"));
+            self.vips = before;
+            return report;
+        }
+        if self.vips != before
+            && let Err(e) = self.vips.save(&self.vips_path)
+        {
+            tracing::warn!(error = %e, "cannot save the VIP table");
+        }
+        let placement: Box<dyn Placement> = match &self.placement {
+            PlacementSpec::Host { base_port } => {
+                Box::new(HostPlacement::new(&inventory, *base_port))
+            }
+            PlacementSpec::Fixed(f) => Box::new(f.clone()),
+        };
+        let input = CompileInput {
+            mesh: &mesh,
+            inventory: &inventory,
+            vips: &self.vips,
+            placement: placement.as_ref(),
+            revision: self.push.revision() + 1,
+            trust_domain: &self.trust_domain,
+        };
+        let compiled = match compile::compile_all(&input) {
+            Ok(c) => c,
+            Err(e) => {
+                report.errors.push(format!("compile: {e}"));
+                return report;
+            }
+        };
+        let model = diff::Model::of(&mesh);
+        report.diff = diff::diff(&self.model, &model);
+        self.model = model;
+        self.write_records(compile::records(&mesh, &inventory, &self.vips));
+
+        let mut changed = Vec::new();
+        for (key, cfg) in &compiled {
+            let same = self
+                .compiled
+                .get(key)
+                .is_some_and(|old| compile::same_content(old, cfg));
+            if same {
+                continue;
+            }
+            match serde_json::to_vec(cfg) {
+                Ok(json) => changed.push((key.clone(), cfg.identity.spiffe_id.clone(), json)),
+                Err(e) => report.errors.push(format!("serialize {key}: {e}")),
+            }
+        }
+        let removed: Vec<ProxyKey> = self
+            .compiled
+            .keys()
+            .filter(|k| !compiled.contains_key(*k))
+            .cloned()
+            .collect();
+        report.ok = report.errors.is_empty();
+        if !report.ok {
+            return report;
+        }
+        report.changed = changed.iter().map(|(k, _, _)| k.to_string()).collect();
+        report
+            .changed
+            .extend(removed.iter().map(|k| format!("{k} (removed)")));
+        if !changed.is_empty() || !removed.is_empty() {
+            report.revision = self.push.publish(changed, &removed);
+        }
+        self.compiled = compiled;
+        report.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            revision = report.revision,
+            changed = report.changed.len(),
+            ms = report.duration_ms,
+            "mesh reloaded"
+        );
+        report
+    }
+
+    fn write_records(&mut self, records: Records) {
+        if self.last_records.as_ref() == Some(&records) && self.records_path.exists() {
+            return;
+        }
+        match write_atomic(&self.records_path, &records) {
+            Ok(()) => self.last_records = Some(records),
+            Err(e) => tracing::warn!(
+                path = %self.records_path.display(),
+                error = %e,
+                "cannot write the meshdns records file"
+            ),
+        }
+    }
+}
+
+/// Writes JSON through a temporary file and a rename, so readers never see half a file.
+pub(crate) fn write_atomic(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Prints a report the way the control plane's console shows it.
+pub fn print_report(r: &ReloadReport) {
+    if !r.ok {
+        println!("reload refused: the mesh keeps revision {}", r.revision);
+        for e in &r.errors {
+            println!("  {e}");
+        }
+        return;
+    }
+    for line in &r.diff {
+        println!("{line}");
+    }
+    if r.changed.is_empty() {
+        println!("revision {}: no proxy config changed", r.revision);
+    } else {
+        println!(
+            "revision {}: {} proxy config(s) changed in {:.1} ms",
+            r.revision,
+            r.changed.len(),
+            r.duration_ms
+        );
+    }
+}
+
+/// The reload task: one reload at a time, in a blocking thread (loading is file I/O and CPU).
+pub(crate) async fn run(
+    mut ctx: ReloadCtx,
+    mut rx: mpsc::Receiver<ReloadCmd>,
+    rewatch: Option<Rewatch>,
+) {
+    while let Some(cmd) = rx.recv().await {
+        let joined = tokio::task::spawn_blocking(move || {
+            let report = ctx.reload(cmd.trigger);
+            (ctx, report)
+        })
+        .await;
+        let report = match joined {
+            Ok((back, report)) => {
+                ctx = back;
+                report
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload task panicked; the control plane stops reloading");
+                return;
+            }
+        };
+        if let Some(w) = &rewatch {
+            w.update(&report.watched_files, &report.watched_dirs);
+        }
+        let push = ctx.push.clone();
+        if push.print {
+            print_report(&report);
+        }
+        if report.ok && !report.changed.is_empty() && cmd.reply.is_none() {
+            // A file edit: say when every affected proxy has the new config.
+            let revision = report.revision;
+            tokio::spawn(async move {
+                let acks = push
+                    .wait_acks(revision, std::time::Duration::from_secs(30))
+                    .await;
+                log_acks(&acks, push.print);
+            });
+        }
+        if let Some(reply) = cmd.reply {
+            let _ = reply.send(report);
+        }
+    }
+}
+
+fn log_acks(acks: &super::AckReport, print: bool) {
+    tracing::info!(
+        revision = acks.revision,
+        acked = acks.acked.len(),
+        refused = acks.refused.len(),
+        pending = acks.pending.len(),
+        ms = acks.elapsed_ms,
+        "push acknowledged"
+    );
+    if !print {
+        return;
+    }
+    println!(
+        "revision {}: {} proxy(ies) ACKed in {:.1} ms",
+        acks.revision,
+        acks.acked.len(),
+        acks.elapsed_ms
+    );
+    for (p, why) in &acks.refused {
+        println!("  {p} REFUSED: {why}");
+    }
+    for p in &acks.pending {
+        println!("  {p} has not answered");
+    }
+}
