@@ -385,3 +385,41 @@ async fn the_api_refuses_strangers_and_other_identities() {
     assert_eq!(frontend_status(&cp).sent, None);
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_directory_replaced_by_a_symlink_swap_is_picked_up() {
+    let dir = project();
+    let root = dir.path();
+    std::fs::rename(root.join("mesh"), root.join("mesh-a")).unwrap();
+    std::fs::create_dir(root.join("mesh-b")).unwrap();
+    std::fs::write(
+        root.join("mesh-b/peer-authentication.yaml"),
+        peer_auth("PERMISSIVE"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("mesh-a", root.join("mesh")).unwrap();
+    let cp = start(root, 0).await;
+    let addr = cp.local_addr().to_string();
+    let proxy = connect_proxy(&cp, &addr).await;
+    assert_eq!(mode(&proxy.config.borrow()), PeerAuthMode::Strict);
+
+    std::os::unix::fs::symlink("mesh-b", root.join("mesh.new")).unwrap();
+    std::fs::rename(root.join("mesh.new"), root.join("mesh")).unwrap();
+    let rx = proxy.config.clone();
+    eventually("symlink swap", || {
+        (mode(&rx.borrow()) == PeerAuthMode::Permissive).then_some(())
+    })
+    .await;
+    // The new target is watched from now on.
+    std::fs::write(
+        root.join("mesh-b/peer-authentication.yaml"),
+        peer_auth("DISABLE"),
+    )
+    .unwrap();
+    eventually("edit in the new target", || {
+        (mode(&rx.borrow()) == PeerAuthMode::Disable).then_some(())
+    })
+    .await;
+    proxy.stop.send_replace(true);
+    cp.shutdown().await;
+}

@@ -362,6 +362,8 @@ impl ConfigClient {
         if let (Some(tx), Some(cfg)) = (current, &publish) {
             tx.send_replace(cfg.clone());
         }
+        // Recorded before the ACK is sent: once the control plane sees it, this is visible.
+        self.outcomes.send_replace(Some(outcome.clone()));
         let (accepted, error) = match &outcome {
             Outcome::Refused(_, why) => {
                 tracing::warn!(version = answer.version, error = %why, "config refused (NACK)");
@@ -393,7 +395,6 @@ impl ConfigClient {
         if !status.is_success() {
             return Err(refused(status, &body));
         }
-        self.outcomes.send_replace(Some(outcome.clone()));
         Ok(Some((outcome, publish)))
     }
 }

@@ -270,6 +270,25 @@ pub fn print_report(r: &ReloadReport) {
     }
 }
 
+/// Runs one reload on a blocking thread; `None` if it panicked.
+async fn reload_blocking(
+    mut ctx: ReloadCtx,
+    trigger: Option<Instant>,
+) -> Option<(ReloadCtx, ReloadReport)> {
+    let joined = tokio::task::spawn_blocking(move || {
+        let report = ctx.reload(trigger);
+        (ctx, report)
+    })
+    .await;
+    match joined {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(error = %e, "reload panicked; the control plane stops reloading");
+            None
+        }
+    }
+}
+
 /// The reload task: one reload at a time, in a blocking thread (loading is file I/O and CPU).
 pub(crate) async fn run(
     mut ctx: ReloadCtx,
@@ -277,27 +296,29 @@ pub(crate) async fn run(
     rewatch: Option<Rewatch>,
 ) {
     while let Some(cmd) = rx.recv().await {
-        let joined = tokio::task::spawn_blocking(move || {
-            let report = ctx.reload(cmd.trigger);
-            (ctx, report)
-        })
-        .await;
-        let report = match joined {
-            Ok((back, report)) => {
-                ctx = back;
-                report
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload task panicked; the control plane stops reloading");
-                return;
-            }
+        let Some((back, mut report)) = reload_blocking(ctx, cmd.trigger).await else {
+            return;
         };
-        if let Some(w) = &rewatch {
-            w.update(&report.watched_files, &report.watched_dirs);
-        }
+        ctx = back;
         let push = ctx.push.clone();
         if push.print {
             print_report(&report);
+        }
+        // Newly watched paths (a new directory, a symlink swap): anything written there
+        // between the load and the watch would be missed, so load once more.
+        if let Some(w) = &rewatch
+            && w.update(&report.watched_files, &report.watched_dirs)
+        {
+            let Some((back, again)) = reload_blocking(ctx, None).await else {
+                return;
+            };
+            ctx = back;
+            if push.print && (!again.ok || !again.changed.is_empty()) {
+                print_report(&again);
+            }
+            if again.revision != report.revision || !again.ok {
+                report = again;
+            }
         }
         if report.ok && !report.changed.is_empty() && cmd.reply.is_none() {
             // A file edit: say when every affected proxy has the new config.

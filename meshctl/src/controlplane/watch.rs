@@ -1,7 +1,8 @@
 //! Watching the mesh files: notify on the parent directory of every loaded file (so editors
 //! that save by writing a temporary file and renaming it over the original are seen, and a
 //! deleted file is noticed) and recursively on every loaded directory (new files there are
-//! picked up). Events for other paths (such as `.mesh/`) are ignored. After the last event,
+//! picked up), plus each loaded directory's parent for the directory's own entry (a directory
+//! replaced by a symlink swap is seen). Events for other paths (such as `.mesh/`) are ignored. After the last event,
 //! a quiet time (the debounce) passes before one reload is requested.
 
 use std::collections::BTreeSet;
@@ -78,11 +79,22 @@ fn absolute(p: &Path) -> PathBuf {
 
 impl Rewatch {
     /// Watches exactly what `files` and `dirs` need; errors are logged (a directory that
-    /// vanished is watched again when it is loaded again).
-    pub fn update(&self, files: &[PathBuf], dirs: &[PathBuf]) {
-        let files: BTreeSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
-        let dirs: Vec<PathBuf> = dirs.iter().map(|d| absolute(d)).collect();
+    /// vanished is watched again when it is loaded again). True if a new watch was added.
+    pub fn update(&self, files: &[PathBuf], dirs: &[PathBuf]) -> bool {
+        let mut files: BTreeSet<PathBuf> = files.iter().map(|f| absolute(f)).collect();
         let mut want: BTreeSet<(PathBuf, bool)> = BTreeSet::new();
+        // A loaded directory's own entry in its parent: replacing it (a symlink swap) is seen.
+        for d in dirs {
+            if let (Some(parent), Some(name)) = (d.parent(), d.file_name()) {
+                let parent = absolute(if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                });
+                files.insert(parent.join(name));
+            }
+        }
+        let dirs: Vec<PathBuf> = dirs.iter().map(|d| absolute(d)).collect();
         for f in &files {
             if let Some(parent) = f.parent() {
                 want.insert((parent.to_path_buf(), false));
@@ -103,6 +115,7 @@ impl Rewatch {
             inner.watched.retain(|(d, _)| *d != dir);
         }
         let new: Vec<_> = want.difference(&inner.watched).cloned().collect();
+        let mut added = false;
         for (dir, recursive) in new {
             let mode = if recursive {
                 RecursiveMode::Recursive
@@ -112,10 +125,12 @@ impl Rewatch {
             match inner.watcher.watch(&dir, mode) {
                 Ok(()) => {
                     inner.watched.insert((dir, recursive));
+                    added = true;
                 }
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
             }
         }
+        added
     }
 }
 
