@@ -423,3 +423,87 @@ async fn a_policy_directory_replaced_by_a_symlink_swap_is_picked_up() {
     proxy.stop.send_replace(true);
     cp.shutdown().await;
 }
+
+fn meshctl(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .arg("--project-directory")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_and_apply_wait_exit_codes() {
+    let dir = project();
+    let cp = start(dir.path(), 0).await;
+    let addr = cp.local_addr().to_string();
+    let proxy = connect_proxy(&cp, &addr).await;
+    eventually("ACK of version 1", || {
+        (frontend_status(&cp).acked == Some(1)).then_some(())
+    })
+    .await;
+    let d = dir.path().to_path_buf();
+    let (code, out) = tokio::task::spawn_blocking(move || meshctl(&d, &["status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("frontend/0") && out.contains("SYNCED"),
+        "{out}"
+    );
+    assert!(out.contains("frontend-sa"), "{out}");
+
+    let d = dir.path().to_path_buf();
+    let (code, out) = tokio::task::spawn_blocking(move || meshctl(&d, &["apply", "--wait"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 proxy(ies) ACKed"), "{out}");
+
+    // The proxy refuses the config in force: apply --wait exits 1 and names it.
+    let mut bad = serde_json::to_value(&**proxy.config.borrow()).unwrap();
+    bad["limits"]["maxHeaderBytes"] = 10.into();
+    let key = ProxyKey {
+        workload: "frontend".into(),
+        instance: 0,
+    };
+    let version = cp.push_override(&key, bad).unwrap();
+    eventually("NACK", || {
+        (frontend_status(&cp).nacked == Some(version)).then_some(())
+    })
+    .await;
+    let d = dir.path().to_path_buf();
+    let (code, out) =
+        tokio::task::spawn_blocking(move || meshctl(&d, &["apply", "--wait", "--timeout", "2"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("frontend/0 REFUSED") && out.contains("maxHeaderBytes"),
+        "{out}"
+    );
+    let d = dir.path().to_path_buf();
+    let (_, out) = tokio::task::spawn_blocking(move || meshctl(&d, &["status", "--json"]))
+        .await
+        .unwrap();
+    let status: StatusReport = serde_json::from_str(&out).unwrap();
+    assert_eq!(status.proxies[1].nacked, Some(version));
+    proxy.stop.send_replace(true);
+    cp.shutdown().await;
+    // Without a running control plane the CLI says how to start one.
+    let d = dir.path().to_path_buf();
+    let (code, out) = tokio::task::spawn_blocking(move || meshctl(&d, &["status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(out.contains("meshctl serve"), "{out}");
+}
