@@ -190,31 +190,42 @@ pub(crate) struct MatchInput<'a> {
 }
 
 impl RequestMatch {
-    /// All conditions hold.
+    /// All conditions hold. Cheap conditions (port, exact, prefix, presence) are checked
+    /// before any regex, so a block that fails on a header costs no regex run.
     pub(crate) fn matches(&self, r: &MatchInput<'_>) -> bool {
         if let Some(p) = self.port
             && p != r.port
         {
             return false;
         }
+        self.pass(r, false) && self.pass(r, true)
+    }
+
+    /// Checks the regex conditions (`regex`) or all others (`!regex`).
+    fn pass(&self, r: &MatchInput<'_>, regex: bool) -> bool {
+        let wanted = |c: &StrCond| matches!(c, StrCond::Regex(_)) == regex;
         let pairs = [
-            (&self.uri, r.path),
             (&self.method, r.method),
             (&self.scheme, r.scheme),
             (&self.authority, r.authority),
+            (&self.uri, r.path),
         ];
-        if pairs
-            .iter()
-            .any(|(c, v)| c.as_ref().is_some_and(|c| !c.matches(v)))
-        {
-            return false;
+        for (c, v) in pairs {
+            if let Some(c) = c
+                && wanted(c)
+                && !c.matches(v)
+            {
+                return false;
+            }
         }
         self.headers
             .iter()
+            .filter(|h| wanted(&h.cond))
             .all(|h| h.matches(r.headers.get(&h.name)))
             && self
                 .query
                 .iter()
+                .filter(|q| wanted(&q.cond))
                 .all(|q| q.matches(query_param(r.query, &q.name)))
     }
 
