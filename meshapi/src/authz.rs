@@ -447,7 +447,12 @@ impl WorkloadPolicy {
     /// Istio's order: DENY policies first; then, if any ALLOW policy applies, one must match;
     /// otherwise the request is allowed. AUDIT and dry-run policies are evaluated and reported.
     pub fn evaluate(&self, req: &RequestAttributes<'_>) -> Decision<'_> {
-        let peer = Peer::parse(req.peer_principal);
+        let peer = Peer {
+            path: req
+                .http
+                .map(|h| h.path.split_once('?').map_or(h.path, |(p, _)| p)),
+            ..Peer::parse(req.peer_principal)
+        };
         let (allow_mode, widen_mode) = match req.http {
             Some(_) => (Mode::Http, Mode::Http),
             None => (Mode::TcpAllow, Mode::TcpWiden),

@@ -124,7 +124,11 @@ impl PathMatch {
 
     /// Matches a path; anything after `?` is not part of it.
     pub fn matches(&self, path: &str) -> bool {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        self.matches_without_query(path.split_once('?').map_or(path, |(p, _)| p))
+    }
+
+    /// Matches a path that has no query.
+    pub(crate) fn matches_without_query(&self, path: &str) -> bool {
         match self {
             PathMatch::Str(m) => m.matches(path),
             PathMatch::Template(segs) => template_matches(segs, path),
@@ -173,9 +177,12 @@ fn template_matches(segs: &[TemplateSegment], path: &str) -> bool {
     rest.is_none()
 }
 
-/// The peer identity of a request, taken apart once per evaluation.
+/// The peer identity of a request, taken apart once per evaluation, and the request path
+/// without its query.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Peer<'a> {
+    /// The HTTP path without `?query`; `None` for TCP.
+    pub path: Option<&'a str>,
     /// The SPIFFE ID without `spiffe://`; `None` without mTLS.
     pub principal: Option<&'a str>,
     pub trust_domain: Option<&'a str>,
@@ -205,6 +212,7 @@ impl<'a> Peer<'a> {
             }
         }
         Peer {
+            path: None,
             principal: Some(p),
             trust_domain,
             namespace,

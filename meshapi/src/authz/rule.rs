@@ -91,10 +91,9 @@ impl Cond {
                 .as_ref()
                 .is_some_and(|h| ms.iter().any(|m| host_matches(m, h.host))),
             Cond::Method(ms) => any_str(ms, req.http.as_ref().map(|h| h.method)),
-            Cond::Path(ms) => req
-                .http
-                .as_ref()
-                .is_some_and(|h| ms.iter().any(|m| m.matches(h.path))),
+            Cond::Path(ms) => peer
+                .path
+                .is_some_and(|p| ms.iter().any(|m| m.matches_without_query(p))),
             // A header `*` is Envoy's `present_match`: any value, even an empty one.
             Cond::Header { name, values } => req
                 .http
