@@ -35,7 +35,10 @@ fn state() -> &'static State {
         // No upstreams: forwarded names fail fast with SERVFAIL instead of touching the network.
         let forwarder = Forwarder::new(&[], Duration::from_millis(1)).expect("forwarder");
         State {
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
             handler: MeshHandler::new(handle.zone(), forwarder, 1232),
         }
     })
@@ -45,7 +48,10 @@ fuzz_target!(|data: &[u8]| {
     let s = state();
     let src: SocketAddr = ([127, 0, 0, 1], 5353).into();
     for protocol in [Protocol::Udp, Protocol::Tcp] {
-        if let Some(reply) = s.runtime.block_on(handle_packet(&s.handler, data, src, protocol)) {
+        if let Some(reply) = s
+            .runtime
+            .block_on(handle_packet(&s.handler, data, src, protocol))
+        {
             Message::from_vec(&reply).expect("meshdns produced a reply that does not decode");
             if protocol == Protocol::Udp {
                 assert!(reply.len() <= 1232, "UDP reply of {} bytes", reply.len());
