@@ -757,3 +757,55 @@ fn the_seed_example_compiles_to_the_expected_table() {
         assert_eq!(o.min_health_percent, 0);
     }
 }
+
+#[test]
+fn which_virtual_service_and_destination_rule_apply() {
+    let route_to = |name: &str, host: &str, subset: &str, extra: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}{extra}}}\nspec:\n  hosts: ['{host}']\n  http:\n  - name: {name}\n    route: [{{destination: {{host: backend.default.svc.cluster.local, subset: {subset}}}}}]\n"
+        )
+    };
+    let vs_name = |t: &RouteTable| {
+        t.service(BACKEND)
+            .unwrap()
+            .virtual_service
+            .clone()
+            .unwrap_or_default()
+    };
+    // A wildcard host applies when nothing names the host exactly.
+    let wild = table(&route_to("wild", "*.default.svc.cluster.local", "v2", ""));
+    assert_eq!(vs_name(&wild), "default/wild");
+    assert_eq!(outcome(&wild, &Req::get("/")), "wild:v2");
+    // An exact host beats a wildcard, whatever the order.
+    let both = table(&format!(
+        "{}{}",
+        route_to("wild", "*.default.svc.cluster.local", "v2", ""),
+        route_to("exact", "backend", "v1", "")
+    ));
+    assert_eq!(outcome(&both, &Req::get("/")), "exact:v1");
+    // Exported only to its own namespace: invisible to a client in `default`.
+    let hidden = table(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: hidden, namespace: prod}\nspec:\n  exportTo: ['.']\n  hosts: [backend.default.svc.cluster.local]\n  http:\n  - route: [{destination: {host: backend.default.svc.cluster.local, subset: v2}}]\n",
+    );
+    assert_eq!(outcome(&hidden, &Req::get("/")), "default:all");
+    // A DestinationRule whose workloadSelector does not select the client is not used for it.
+    let selected = |client: &str| {
+        let t = table_for(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: for-tester}\nspec:\n  host: db\n  workloadSelector: {matchLabels: {app: tester}}\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
+            client,
+        );
+        let db = meshapi::traffic::DestinationRef {
+            host: "db.default.svc.cluster.local".into(),
+            subset: None,
+            port: Some(5432),
+        };
+        t.cluster(&db, 5432)
+            .unwrap()
+            .policy
+            .load_balancer
+            .algorithm
+            .clone()
+    };
+    assert_eq!(selected("tester"), LbAlgorithm::Random);
+    assert_eq!(selected("frontend"), LbAlgorithm::LeastRequest);
+}
