@@ -203,16 +203,36 @@ async fn forward(
             .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
         *req.version_mut() = http::Version::HTTP_2;
         req.headers_mut().remove(header::HOST);
-        let mut sender = shared.pool.h2(shared, &target).await?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::UpstreamReset {
-                service: service.clone(),
-                reason: e.to_string(),
-            })?
+        send_pooled(shared, &target, req).await?
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Sends on the pooled HTTP/2 connection. If that connection turned out to be gone before
+/// the request was written (peer restarted or drained), the untouched request is retried once
+/// on a fresh connection; anything already sent is never replayed.
+async fn send_pooled(
+    shared: &Arc<Shared>,
+    target: &crate::state::Target,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let reset = |e: hyper::Error| ProxyError::UpstreamReset {
+        service: target.service.clone(),
+        reason: e.to_string(),
+    };
+    let mut sender = shared.pool.h2(shared, target).await?;
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok(resp),
+        Err(mut e) => match e.take_message() {
+            Some(req) => {
+                tracing::debug!(service = %target.service, "pooled connection gone; reconnecting");
+                shared.pool.evict(target);
+                let mut sender = shared.pool.h2(shared, target).await?;
+                sender.send_request(req).await.map_err(reset)
+            }
+            None => Err(reset(e.into_error())),
+        },
+    }
 }

@@ -87,6 +87,18 @@ impl Pool {
         }
     }
 
+    /// Drops the pooled connection to `target`, if any.
+    pub fn evict(&self, target: &Target) {
+        let key = Key {
+            addr: target.endpoint.address,
+            identity: target.endpoint.identity.clone(),
+            port: target.target_port,
+        };
+        if let Ok(mut m) = self.conns.lock() {
+            m.remove(&key);
+        }
+    }
+
     /// Drops every pooled connection (new requests reconnect), e.g. after new trust roots.
     pub fn clear(&self) {
         if let Ok(mut m) = self.conns.lock() {

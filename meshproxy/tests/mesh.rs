@@ -574,3 +574,35 @@ async fn certificate_rotation_keeps_connections_and_new_roots_apply_to_new_hands
         "handshake with the old CA was not refused by backend"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connection_recovers_when_the_peer_proxy_restarts() {
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("echo").await;
+    let b_yaml = format!(
+        "{}inbound:\n  - {{ port: {}, protocol: http, mode: STRICT }}\n",
+        base_yaml(&mesh.identity_yaml("backend"), 1),
+        echo.port()
+    );
+    let b = meshproxy::build(parse(&b_yaml)).await.unwrap();
+    let a_yaml = client_yaml(
+        &mesh.identity_yaml("frontend"),
+        1,
+        VIP,
+        "http",
+        echo.port(),
+        &[(b.inbound, "backend")],
+    );
+    let a = meshproxy::build(parse(&a_yaml)).await.unwrap();
+    let url = format!("http://{}/", a.outbound(vip()).unwrap());
+    let client = http1_client();
+    assert_eq!(get(&client, &url).await.0, 200);
+
+    b.handle.shutdown().await;
+    let restarted = b_yaml.replace("inbound: 127.0.0.1:0", &format!("inbound: {}", b.inbound));
+    let _b2 = meshproxy::build(parse(&restarted)).await.unwrap();
+    for _ in 0..3 {
+        let (status, _, body) = get(&client, &url).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
