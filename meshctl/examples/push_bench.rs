@@ -131,6 +131,7 @@ async fn main() {
 
     let mut push_ms = Vec::new();
     let mut publish_ms = Vec::new();
+    let mut reload_ms = Vec::new();
     let mut baseline = Vec::new();
     let mut snapshots = push.subscribe();
     for i in 0..iterations {
@@ -152,6 +153,7 @@ async fn main() {
             "iteration {i}: {acks:?}"
         );
         push_ms.push(total);
+        reload_ms.push(cp.last_reload().duration_ms - debounce.as_secs_f64() * 1000.0);
         publish_ms.push(published);
         // Let the proxies' next polls settle, then measure the baseline on the same files.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -165,6 +167,7 @@ async fn main() {
         "  of which: file save -> new revision published",
         publish_ms,
     );
+    summary("  of which: reload after the debounce", reload_ms);
     let (b50, _) = summary("baseline: load + check alone (same files)", baseline);
     println!();
     println!(
