@@ -407,6 +407,7 @@ fn compile_with(
         drain_deadline: crate::proxy::Dur(std::time::Duration::from_secs(5)),
         limits: Default::default(),
         admin: input.placement.admin(&proxy.workload, proxy.instance),
+        authorization: None,
     })
 }
 

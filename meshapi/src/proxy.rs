@@ -61,6 +61,69 @@ pub struct ProxyConfig {
     /// Admin, health and metrics listeners.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The compiled authorization policy of this workload ([`crate::authz::WorkloadPolicy`],
+    /// as `meshapi::authz::compile_for_workload` makes it), including its
+    /// `path_normalization` option. Evaluated per HTTP request and per TCP connection after
+    /// PeerAuthentication. Default none: everything that passed PeerAuthentication is allowed
+    /// and paths are forwarded as received. Unknown fields are errors at any depth.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_authorization"
+    )]
+    pub authorization: Option<crate::authz::WorkloadPolicy>,
+}
+
+/// Reads the `authorization` section refusing unknown fields at any depth, although the
+/// engine's types do not say `deny_unknown_fields`: every key given must survive a round trip
+/// through the typed value (keys the serializer skips may only carry empty values).
+fn de_authorization<'de, D>(d: D) -> Result<Option<crate::authz::WorkloadPolicy>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    use serde::de::Error;
+    let given: Option<serde_json::Value> = Option::deserialize(d)?;
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    let policy: crate::authz::WorkloadPolicy =
+        serde_json::from_value(given.clone()).map_err(D::Error::custom)?;
+    let typed = serde_json::to_value(&policy).map_err(D::Error::custom)?;
+    if let Some(path) = unknown_key(&given, &typed, String::new()) {
+        return Err(D::Error::custom(format!("unknown field `{path}`")));
+    }
+    Ok(Some(policy))
+}
+
+/// The first key path in `given` that `typed` does not have (ignoring empty values).
+fn unknown_key(given: &serde_json::Value, typed: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    match (given, typed) {
+        (Value::Object(g), Value::Object(t)) => g.iter().find_map(|(k, v)| {
+            let here = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            match t.get(k) {
+                Some(tv) => unknown_key(v, tv, here),
+                None if empty(v) => None,
+                None => Some(here),
+            }
+        }),
+        (Value::Array(g), Value::Array(t)) => g
+            .iter()
+            .zip(t)
+            .enumerate()
+            .find_map(|(i, (gv, tv))| unknown_key(gv, tv, format!("{at}[{i}]"))),
+        _ => None,
+    }
 }
 
 fn default_true() -> bool {
@@ -539,6 +602,20 @@ impl ProxyConfig {
                 "must be more than 0",
             ));
         }
+        if let Some(a) = &self.authorization
+            && a.version != crate::authz::FORMAT_VERSION
+        {
+            errs.push(
+                FieldError::new(
+                    "authorization.version",
+                    format!("unknown authorization format version {}", a.version),
+                )
+                .with_hint(format!(
+                    "this build reads version {}; recompile the config with a matching meshctl",
+                    crate::authz::FORMAT_VERSION
+                )),
+            );
+        }
         errs
     }
 
@@ -599,6 +676,61 @@ drainDeadline: 3s
             c.redacted().identity.key_file.unwrap(),
             PathBuf::from("<redacted>")
         );
+    }
+
+    const AUTHZ: &str = r#"authorization:
+  version: 1
+  path_normalization: MERGE_SLASHES
+  deny:
+    - namespace: default
+      name: no-admin
+      rules:
+        - id: ns[default]-policy[no-admin]-rule[0]
+          to:
+            - - cond: { path: [ { str: { prefix: /admin } } ] }
+          http_only: true
+  allow:
+    - namespace: default
+      name: frontend-only
+      rules:
+        - id: ns[default]-policy[frontend-only]-rule[0]
+          from:
+            - - cond: { principal: [ { exact: cluster.local/ns/default/sa/frontend-sa } ] }
+"#;
+
+    #[test]
+    fn authorization_section_parses_round_trips_and_refuses_unknown_fields() {
+        assert!(
+            ProxyConfig::from_str_checked(EXAMPLE)
+                .unwrap()
+                .authorization
+                .is_none()
+        );
+        let c = ProxyConfig::from_str_checked(&format!("{EXAMPLE}{AUTHZ}")).unwrap();
+        let a = c.authorization.as_ref().unwrap();
+        assert_eq!(
+            a.path_normalization,
+            crate::authz::PathNormalization::MergeSlashes
+        );
+        assert_eq!(a.deny[0].name, "no-admin");
+        assert_eq!(a.allow[0].rules.len(), 1);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(ProxyConfig::from_str_checked(&json).unwrap(), c);
+        let typo = format!("{EXAMPLE}{}", AUTHZ.replace("http_only", "httpOnly"));
+        match ProxyConfig::from_str_checked(&typo) {
+            Err(ConfigError::Parse { path, message, .. }) => {
+                assert_eq!(path, "authorization");
+                assert!(message.contains("deny[0].rules[0].httpOnly"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = format!("{EXAMPLE}{}", AUTHZ.replace("version: 1", "version: 2"));
+        match ProxyConfig::from_str_checked(&v2) {
+            Err(ConfigError::Invalid(errs)) => {
+                assert_eq!(errs[0].path, "authorization.version", "{errs:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::http::{
 };
 use crate::metrics::Direction;
 use crate::rescue::ProxyError;
-use crate::state::{PeerInfo, RequestFacts};
+use crate::state::{HttpFacts, PeerInfo};
 use crate::tls;
 
 /// What the first bytes of a connection said.
@@ -88,6 +88,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
         Sniffed::Tls
     };
     let orig_port = original_port(&stream);
+    let local_ip = crate::authz::local_ip(&stream);
     match sniffed {
         Sniffed::Closed => {}
         Sniffed::Plaintext => {
@@ -112,6 +113,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
                     identity: None,
                     remote,
                     port,
+                    local_ip,
                 },
                 xfcc: None,
             };
@@ -128,6 +130,7 @@ async fn serve_tls(
     orig_port: Option<u16>,
 ) {
     let snap = shared.snapshot.load_full();
+    let local_ip = crate::authz::local_ip(&stream);
     let acceptor = TlsAcceptor::from(shared.server_tls.clone());
     let tls = match tokio::time::timeout(snap.cfg.limits.connect_timeout.0, acceptor.accept(stream))
         .await
@@ -182,6 +185,7 @@ async fn serve_tls(
             identity,
             remote,
             port: p.port,
+            local_ip,
         },
         xfcc,
     };
@@ -204,7 +208,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snap = ctx.shared.snapshot.load_full();
-    if let Err(e) = snap.authorize(&ctx.peer, None) {
+    if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
+        // Closed at once, before the application is dialed.
         tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
         return;
     }
@@ -269,14 +274,16 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<Bo
 /// One inbound request: framing check, authorize, sanitize, set xfcc, forward to the app.
 async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     check_framing(req.headers())?;
+    // Read per request: a policy change applies to the next request on an open connection.
     let snap = ctx.shared.snapshot.load_full();
-    let path = req.uri().path().to_string();
-    snap.authorize(
+    let authorized = snap.authorize(
         &ctx.peer,
-        Some(RequestFacts {
-            path: &path,
+        Some(HttpFacts {
+            method: req.method(),
+            uri: req.uri(),
             headers: req.headers(),
         }),
+        &ctx.shared.metrics.authz,
     )?;
     let upgrade = crate::http::is_upgrade(&req);
     let (mut parts, body) = req.into_parts();
@@ -294,11 +301,15 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         parts.headers.insert(header::HOST, a);
     }
     let port = ctx.peer.port;
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    // The application gets the very path that was authorized.
+    let pq = match &authorized.path_and_query {
+        Some(normalized) => normalized.as_str(),
+        None => parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    };
     parts.uri = format!("http://127.0.0.1:{port}{pq}")
         .parse()
         .map_err(|_| ProxyError::BadRequest("unusable request target"))?;

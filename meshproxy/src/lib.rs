@@ -3,7 +3,7 @@
 //! Module map (one concern each): [`app`] wires everything and is what tests and `main` call;
 //! [`tls`] is identity and mTLS; [`inbound`] and [`outbound`] are the two listener paths;
 //! [`state`] holds the per-config snapshot with the route-decision and authorize extension
-//! points; [`pool`] connects to peer proxies; [`http`] is shared HTTP plumbing; [`rescue`]
+//! points ([`authz`] evaluates the compiled authorization policy); [`pool`] connects to peer proxies; [`http`] is shared HTTP plumbing; [`rescue`]
 //! maps every proxy error to a response; [`drain`] is graceful shutdown; [`admin`] and
 //! [`metrics`] are the admin, health and Prometheus endpoints; [`watch`] reloads the config
 //! file.
@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod ca_client;
 pub mod config_client;
 pub mod drain;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub reloads_rejected: AtomicU64,
     /// Revision of the config being served.
     pub config_revision: AtomicU64,
+    /// Authorization decisions by policy.
+    pub authz: crate::authz::AuthzCounters,
 }
 
 impl Metrics {
@@ -128,6 +130,7 @@ impl Metrics {
             }
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
+        self.authz.render(&mut out);
         out
     }
 }

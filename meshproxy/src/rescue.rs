@@ -32,8 +32,9 @@ pub enum ProxyError {
     /// DPE: the downstream sent a malformed or ambiguous request.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// RBAC: the authorize step refused the request.
-    #[error("RBAC: access denied to {target}")]
+    /// RBAC: the authorize step refused the request. The body is Envoy's, exactly
+    /// `RBAC: access denied`; `target` (port and matched policy) goes to the log only.
+    #[error("RBAC: access denied")]
     Denied { target: String },
 }
 
@@ -54,8 +55,16 @@ impl ProxyError {
     /// The response sent to the client.
     pub fn into_response(self) -> Response<Body> {
         let (status, flag) = self.status_and_flag();
-        tracing::debug!(%status, flag, error = %self, "local response");
-        let body = format!("{self}\n");
+        let body = match &self {
+            ProxyError::Denied { target } => {
+                tracing::debug!(%status, flag, %target, "local response: RBAC denied");
+                meshapi::authz::DENIED_BODY.to_string()
+            }
+            _ => {
+                tracing::debug!(%status, flag, error = %self, "local response");
+                format!("{self}\n")
+            }
+        };
         let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -91,5 +100,17 @@ mod tests {
             &body[..],
             b"upstream connect error to backend: connection refused\n"
         );
+    }
+
+    #[tokio::test]
+    async fn denied_is_envoys_rbac_response() {
+        let resp = ProxyError::Denied {
+            target: "inbound|8080 rbac_access_denied_matched_policy[none]".into(),
+        }
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.headers()[FLAGS_HEADER], "RBAC");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"RBAC: access denied");
     }
 }

@@ -38,6 +38,15 @@ pub struct RequestFacts<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
+/// The HTTP facts the authorize step looks at (none for TCP).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpFacts<'a> {
+    pub method: &'a http::Method,
+    /// The request target as received (path and query, or absolute form).
+    pub uri: &'a http::Uri,
+    pub headers: &'a http::HeaderMap,
+}
+
 /// What the authorize step knows about the downstream peer.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
@@ -47,6 +56,8 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// The application port requested.
     pub port: u16,
+    /// The address the connection was accepted on (`destination.ip`).
+    pub local_ip: std::net::IpAddr,
 }
 
 impl Snapshot {
@@ -163,14 +174,20 @@ impl Snapshot {
         })
     }
 
-    /// The authorize step for inbound requests and connections. Today it allows everything
-    /// that passed PeerAuthentication; authorization policy fills it in.
+    /// The authorize step for inbound requests and connections, after PeerAuthentication:
+    /// evaluates the config's compiled authorization policy (none: allow everything) for a
+    /// request (`req` set) or a TCP connection, logs and counts the decision. A denial is
+    /// [`ProxyError::Denied`]; a path the normalization refuses is a bad request. An allowed
+    /// request carries the normalized path to forward.
     pub fn authorize(
         &self,
         peer: &PeerInfo,
-        req: Option<RequestFacts<'_>>,
-    ) -> Result<(), ProxyError> {
-        let _ = (peer, req);
-        Ok(())
+        req: Option<HttpFacts<'_>>,
+        counters: &crate::authz::AuthzCounters,
+    ) -> Result<crate::authz::Authorized, ProxyError> {
+        match &self.cfg.authorization {
+            None => Ok(crate::authz::Authorized::default()),
+            Some(policy) => crate::authz::check(policy, peer, req, counters),
+        }
     }
 }

@@ -1,0 +1,256 @@
+//! The authorize step's data-path half: turns a connection or request into
+//! `meshapi::authz::RequestAttributes`, normalizes the path with the policy's option, evaluates
+//! the config's compiled [`WorkloadPolicy`], logs the decision (dry-run and audit findings
+//! included, never enforced) and counts it by policy on `/stats/prometheus`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use http::HeaderMap;
+use meshapi::authz::{
+    Decision, HeaderLookup, HttpAttributes, MatchedPolicy, NormalizeError, RequestAttributes,
+    WorkloadPolicy, check_method, normalize_path,
+};
+
+use crate::rescue::ProxyError;
+use crate::state::{HttpFacts, PeerInfo};
+
+/// Request headers as the engine looks them up: repeated headers joined with `,`; values that
+/// are not visible ASCII match nothing.
+struct Headers<'a> {
+    map: &'a HeaderMap,
+    joined: Vec<(&'a str, String)>,
+}
+
+impl<'a> Headers<'a> {
+    fn new(map: &'a HeaderMap) -> Self {
+        let joined = map
+            .keys()
+            .filter(|k| map.get_all(*k).iter().nth(1).is_some())
+            .map(|k| {
+                let all: Vec<&str> = map
+                    .get_all(k)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                (k.as_str(), all.join(","))
+            })
+            .collect();
+        Headers { map, joined }
+    }
+}
+
+impl HeaderLookup for Headers<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        if let Some((_, v)) = self.joined.iter().find(|(k, _)| *k == name) {
+            return Some(v);
+        }
+        self.map.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What an allowed request may need rewritten.
+#[derive(Debug, Default)]
+pub struct Authorized {
+    /// The normalized path and query that was authorized, when it differs from the request's;
+    /// the proxy forwards exactly this.
+    pub path_and_query: Option<String>,
+}
+
+fn bad_path(e: &NormalizeError) -> ProxyError {
+    ProxyError::BadRequest(match e {
+        NormalizeError::EncodedNul => "path contains %00",
+        NormalizeError::MalformedEscape { .. } => "malformed percent-encoding in the path",
+        NormalizeError::InvalidByte { .. } => "invalid character in the path",
+        NormalizeError::NotAbsolute => "path must start with '/'",
+        NormalizeError::LowercaseMethod(_) => "method is not in upper case",
+    })
+}
+
+/// Decides one request (`req` set) or TCP connection under `policy`.
+pub fn check(
+    policy: &WorkloadPolicy,
+    peer: &PeerInfo,
+    req: Option<HttpFacts<'_>>,
+    counters: &AuthzCounters,
+) -> Result<Authorized, ProxyError> {
+    // Only an mTLS-verified SPIFFE ID is a principal.
+    let principal = peer.identity.as_ref().map(|id| id.to_string());
+    let mut attrs = RequestAttributes {
+        peer_principal: principal.as_deref(),
+        source_ip: peer.remote.ip(),
+        remote_ip: None,
+        destination_ip: peer.local_ip,
+        destination_port: peer.port,
+        sni: None,
+        http: None,
+    };
+    let Some(req) = req else {
+        let d = policy.evaluate(&attrs);
+        record(&d, peer, None, counters);
+        return if d.allowed {
+            Ok(Authorized::default())
+        } else {
+            Err(denied(&d, peer))
+        };
+    };
+    let method = req.method.as_str();
+    check_method(method).map_err(|e| bad_path(&e))?;
+    let raw = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let normalized = normalize_path(raw, policy.path_normalization).map_err(|e| {
+        tracing::info!(remote = %peer.remote, port = peer.port, error = %e, "request path refused");
+        bad_path(&e)
+    })?;
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let headers = Headers::new(req.headers);
+    attrs.http = Some(HttpAttributes {
+        method,
+        host,
+        path: normalized.as_str(),
+        headers: &headers,
+    });
+    let d = policy.evaluate(&attrs);
+    record(&d, peer, Some((method, normalized.as_str())), counters);
+    if !d.allowed {
+        return Err(denied(&d, peer));
+    }
+    Ok(Authorized {
+        path_and_query: normalized
+            .is_changed()
+            .then(|| normalized.as_str().to_string()),
+    })
+}
+
+fn denied(d: &Decision<'_>, peer: &PeerInfo) -> ProxyError {
+    ProxyError::Denied {
+        target: format!(
+            "inbound|{} {}[{}]",
+            peer.port,
+            Decision::DETAILS_PREFIX,
+            d.policy.map_or("none", |p| p.id)
+        ),
+    }
+}
+
+fn policy_label(p: Option<MatchedPolicy<'_>>) -> String {
+    p.map_or_else(
+        || "none".to_string(),
+        |p| format!("{}.{}", p.name, p.namespace),
+    )
+}
+
+fn record(d: &Decision<'_>, peer: &PeerInfo, http: Option<(&str, &str)>, counters: &AuthzCounters) {
+    let policy = policy_label(d.policy);
+    let action = match d.action {
+        Some(a) => format!("{a:?}").to_ascii_uppercase(),
+        None => "NONE".to_string(),
+    };
+    let result = if d.allowed { "allowed" } else { "denied" };
+    let principal = peer.identity.as_ref().map(|i| i.to_string());
+    let (method, path) = http.unwrap_or(("", ""));
+    if d.allowed {
+        tracing::debug!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
+            principal = principal.as_deref(), method, path, policy, action, reason = ?d.reason,
+            "authz allowed");
+    } else {
+        tracing::info!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
+            principal = principal.as_deref(), method, path, policy, action, reason = ?d.reason,
+            rule = d.policy.map(|p| p.id), "authz denied");
+    }
+    counters.bump(&format!(
+        "meshproxy_authz_decisions_total{{policy=\"{}\",action=\"{action}\",result=\"{result}\"}}",
+        escape(&policy)
+    ));
+    if let Some(a) = d.audit {
+        tracing::info!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
+            principal = principal.as_deref(), method, path, policy = policy_label(Some(a)),
+            rule = a.id, result, "authz audit");
+    }
+    for (kind, shadow) in [("DENY", d.dry_run.deny), ("ALLOW", d.dry_run.allow)] {
+        let Some(s) = shadow else { continue };
+        let shadow_result = if s.allowed { "allowed" } else { "denied" };
+        let p = policy_label(s.policy);
+        tracing::info!(target: "meshproxy::authz", dry_run = true, remote = %peer.remote,
+            port = peer.port, principal = principal.as_deref(), method, path,
+            action = kind, policy = p, result = shadow_result, enforced = result,
+            "authz dry-run");
+        counters.bump(&format!(
+            "meshproxy_authz_dry_run_total{{policy=\"{}\",action=\"{kind}\",result=\"{shadow_result}\"}}",
+            escape(&p)
+        ));
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Authorization decisions by series (policy, action, result), for `/stats/prometheus`.
+#[derive(Debug, Default)]
+pub struct AuthzCounters {
+    series: Mutex<BTreeMap<String, u64>>,
+}
+
+impl AuthzCounters {
+    fn bump(&self, series: &str) {
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(series) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(series.to_string(), 1);
+            }
+        }
+    }
+
+    /// The count of one series, e.g.
+    /// `meshproxy_authz_decisions_total{policy="allow-frontend.default",action="ALLOW",result="allowed"}`.
+    pub fn get(&self, series: &str) -> u64 {
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(series).copied().unwrap_or(0)
+    }
+
+    /// Appends the Prometheus text of every series seen so far.
+    pub fn render(&self, out: &mut String) {
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, help) in [
+            (
+                "meshproxy_authz_decisions_total",
+                "Authorization decisions by deciding policy (name.namespace, or none).",
+            ),
+            (
+                "meshproxy_authz_dry_run_total",
+                "What dry-run authorization policies would have decided (not enforced).",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let prefix = format!("{name}{{");
+            for (series, n) in m.range(prefix.clone()..) {
+                if !series.starts_with(&prefix) {
+                    break;
+                }
+                let _ = writeln!(out, "{series} {n}");
+            }
+        }
+    }
+}
+
+/// A connection's local address: its `destination.ip`.
+pub fn local_ip(stream: &tokio::net::TcpStream) -> IpAddr {
+    stream
+        .local_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
