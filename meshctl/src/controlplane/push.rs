@@ -378,3 +378,71 @@ impl Drop for PollGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(w: &str) -> ProxyKey {
+        ProxyKey {
+            workload: w.into(),
+            instance: 0,
+        }
+    }
+
+    fn id(sa: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/default/sa/{sa}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn acks_nacks_and_disconnected_proxies_are_told_apart() {
+        let push = Arc::new(PushState::new(Duration::from_secs(45), false));
+        let r1 = push.publish(
+            vec![
+                (key("a"), id("a"), b"{}".to_vec()),
+                (key("b"), id("b"), b"{}".to_vec()),
+                (key("c"), id("c"), b"{}".to_vec()),
+            ],
+            &[],
+        );
+        assert_eq!(r1, 1);
+        let body = push.snapshot().proxies[&key("a")].body.clone();
+        let parsed: meshapi::compile::wire::ConfigResponse =
+            serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((parsed.epoch, parsed.version), (push.epoch(), 1));
+
+        let remote: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let ga = push.poll_started(&key("a"), remote);
+        let gb = push.poll_started(&key("b"), remote);
+        push.record_ack(&key("a"), push.epoch(), 1, true, None);
+        push.record_ack(&key("b"), push.epoch(), 1, false, Some("bad".into()));
+        // A stale epoch (before a restart) counts for nothing.
+        push.record_ack(&key("b"), push.epoch() ^ 1, 1, true, None);
+        let r = push.wait_acks(1, Duration::from_millis(1)).await;
+        assert_eq!(r.acked, ["a/0"]);
+        assert_eq!(r.refused, [("b/0".to_string(), "bad".to_string())]);
+        assert_eq!(r.not_connected, ["c/0"]);
+        assert!(r.pending.is_empty() && !r.timed_out);
+        assert!(!r.all_acked());
+
+        // Revision 2 changes only b: a is not affected; b is pending until it ACKs.
+        let r2 = push.publish(vec![(key("b"), id("b"), b"{}".to_vec())], &[key("c")]);
+        assert_eq!(push.snapshot().proxies.len(), 2);
+        let waiter = {
+            let push = push.clone();
+            tokio::spawn(async move { push.wait_acks(r2, Duration::from_secs(10)).await })
+        };
+        tokio::task::yield_now().await;
+        push.record_ack(&key("b"), push.epoch(), r2, true, None);
+        let r = waiter.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.acked, ["b/0"]);
+        assert!(r.all_acked());
+        let st = push.status();
+        assert!(st.iter().all(|p| p.connected));
+        assert_eq!(st[1].nacked, Some(1));
+        assert_eq!(st[1].acked, Some(2));
+        drop((ga, gb));
+    }
+}
