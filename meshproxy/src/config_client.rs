@@ -177,7 +177,8 @@ impl ConfigClient {
         self.outcomes.subscribe()
     }
 
-    /// Retries until the first acceptable config arrives (NACKing bad ones).
+    /// Retries until the first acceptable config arrives (NACKing bad ones); gives up on bad
+    /// settings and on a 403 (this certificate's identity is not this proxy's).
     pub async fn first(
         mut self,
         creds: &watch::Receiver<Credentials>,
@@ -187,7 +188,12 @@ impl ConfigClient {
             match self.poll_once(creds, None).await {
                 Ok(Some((Outcome::Applied(_), Some(cfg)))) => return Ok((cfg, self)),
                 Ok(_) => attempt = 0,
-                Err(ConfigClientError::Config(m)) => return Err(ConfigClientError::Config(m)),
+                // Bad settings, or the control plane says this identity may not have this
+                // proxy's config: retrying cannot help.
+                Err(
+                    e @ (ConfigClientError::Config(_)
+                    | ConfigClientError::Refused { status: 403, .. }),
+                ) => return Err(e),
                 Err(e) => {
                     let delay = self.settings.backoff(attempt);
                     tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "config subscription failed");
