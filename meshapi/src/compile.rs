@@ -9,6 +9,8 @@
 //!   minus the proxy's own service.
 //! - Services: the endpoints of those services only, placed by a [`Placement`] (where each
 //!   workload instance's proxy accepts mTLS).
+//! - Authorization: the AuthorizationPolicies that apply to the workload, compiled by
+//!   [`crate::authz::compile_for_workload`] (none apply: no section).
 //!
 //! Output is deterministic: the same mesh, VIPs, placement and revision give the same bytes
 //! (every collection is ordered), so a textual diff between two revisions is meaningful.
@@ -186,6 +188,8 @@ pub enum CompileError {
     NoVip { service: String, namespace: String },
     #[error("proxy {proxy} has no inbound address in the placement")]
     NoPlacement { proxy: ProxyKey },
+    #[error("authorization of {workload:?}: {message}")]
+    Authorization { workload: String, message: String },
 }
 
 /// The key of a service in [`ProxyConfig::services`]: `<name>.<namespace>`.
@@ -407,8 +411,28 @@ fn compile_with(
         drain_deadline: crate::proxy::Dur(std::time::Duration::from_secs(5)),
         limits: Default::default(),
         admin: input.placement.admin(&proxy.workload, proxy.instance),
-        authorization: None,
+        authorization: authorization_of(input, me)?,
     })
+}
+
+/// The compiled AuthorizationPolicies that apply to `me`; `None` when none does (the proxy
+/// then allows everything and forwards paths as received).
+fn authorization_of(
+    input: &CompileInput<'_>,
+    me: &Workload,
+) -> Result<Option<authz::WorkloadPolicy>, CompileError> {
+    let policies = authz::authorization_policies(input.mesh);
+    let security = authz::MeshSecurity {
+        trust_domain: input.trust_domain.to_string(),
+        ..authz::MeshSecurity::default()
+    };
+    let compiled = authz::compile_for_workload(&policies, me, &security).map_err(|e| {
+        CompileError::Authorization {
+            workload: me.compose_name.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok((!compiled.is_empty()).then_some(compiled))
 }
 
 /// Two configs equal except for their revision (nothing to push).

@@ -403,3 +403,62 @@ async fn swapped_policy_applies_to_the_next_request_on_the_same_connection() {
         "{stats}"
     );
 }
+
+/// The control plane's compiler fills `authorization` from the mesh: the seed example's
+/// AuthorizationPolicy (only frontend-sa may call backend) lands in the backend proxies' configs,
+/// not the frontend's, and that compiled section is what the proxy enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
+    use meshapi::compile::{CompileInput, DEFAULT_HOST_BASE_PORT, HostPlacement, ProxyKey};
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+    let loaded = meshapi::load::load(&meshapi::load::LoadOptions::new(dir));
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let mesh_model = loaded.mesh;
+    let inv = meshapi::model::Inventory::from_compose(mesh_model.compose.as_ref());
+    let mut vips = meshapi::dns::VipAllocator::new(meshapi::dns::VipRange::default());
+    vips.sync(
+        inv.services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str())),
+    )
+    .unwrap();
+    let placement = HostPlacement::new(&inv, DEFAULT_HOST_BASE_PORT);
+    let input = CompileInput::new(&mesh_model, &inv, &vips, &placement, 1);
+    let compiled = |w: &str| {
+        meshapi::compile::compile_proxy(
+            &input,
+            &ProxyKey {
+                workload: w.into(),
+                instance: 0,
+            },
+        )
+        .unwrap()
+    };
+    assert!(compiled("frontend").authorization.is_none());
+    let backend = compiled("backend-v1");
+    let authz = backend.authorization.clone().expect("backend has a policy");
+    assert_eq!(authz.allow.len(), 1);
+    assert_eq!(authz.allow[0].name, "backend-allow-frontend");
+    // The compiled document survives the config file format.
+    let json = serde_json::to_string(&backend).unwrap();
+    assert_eq!(
+        meshapi::proxy::ProxyConfig::from_str_checked(&json)
+            .unwrap()
+            .authorization,
+        Some(authz.clone())
+    );
+
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("backend").await;
+    let port = echo.port();
+    let b = meshproxy::build(backend_cfg(&mesh, port, "http", "STRICT", 1, Some(authz)))
+        .await
+        .unwrap();
+    let client = http1_client();
+    for (sa, want) in [("frontend-sa", 200), ("backend", 403)] {
+        let a = client_proxy(&mesh, sa, "http", port, &b).await;
+        let out = a.outbound(vip()).unwrap();
+        let (status, _, body) = get(&client, &format!("http://{out}/")).await;
+        assert_eq!(status, want, "{sa}: {body}");
+    }
+}
