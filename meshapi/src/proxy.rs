@@ -69,23 +69,41 @@ pub struct ProxyConfig {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_authorization",
         deserialize_with = "de_authorization"
     )]
     pub authorization: Option<crate::authz::WorkloadPolicy>,
 }
 
+/// Writes the `authorization` section with enum variants as one-key maps (serde_yaml cannot
+/// write the engine's nested enums as tags), which reads back from YAML and JSON alike.
+fn ser_authorization<S>(v: &Option<crate::authz::WorkloadPolicy>, s: S) -> Result<S::Ok, S::Error>
+where
+    S: Serializer,
+{
+    use serde::ser::Error;
+    match v {
+        None => s.serialize_none(),
+        Some(p) => s.serialize_some(&serde_json::to_value(p).map_err(S::Error::custom)?),
+    }
+}
+
 /// Reads the `authorization` section refusing unknown fields at any depth, although the
 /// engine's types do not say `deny_unknown_fields`: every key given must survive a round trip
-/// through the typed value (keys the serializer skips may only carry empty values).
+/// through the typed value (keys the serializer skips may only carry empty values). Enum
+/// variants may be written as YAML tags (`!principal [...]`, as serde_yaml writes them) or as
+/// one-key maps (`{principal: [...]}`, as JSON has them).
 fn de_authorization<'de, D>(d: D) -> Result<Option<crate::authz::WorkloadPolicy>, D::Error>
 where
     D: Deserializer<'de>,
 {
     use serde::de::Error;
-    let given: Option<serde_json::Value> = Option::deserialize(d)?;
+    let given: Option<serde_yaml::Value> = Option::deserialize(d)?;
     let Some(given) = given else {
         return Ok(None);
     };
+    // One-key maps are what serde_json reads as enum variants.
+    let given = serde_json::to_value(untag(given)).map_err(D::Error::custom)?;
     let policy: crate::authz::WorkloadPolicy =
         serde_json::from_value(given.clone()).map_err(D::Error::custom)?;
     let typed = serde_json::to_value(&policy).map_err(D::Error::custom)?;
@@ -93,6 +111,25 @@ where
         return Err(D::Error::custom(format!("unknown field `{path}`")));
     }
     Ok(Some(policy))
+}
+
+/// A YAML value with every tagged value `!t v` turned into the one-key map `{t: v}`.
+fn untag(v: serde_yaml::Value) -> serde_yaml::Value {
+    use serde_yaml::Value;
+    match v {
+        Value::Tagged(t) => {
+            let mut m = serde_yaml::Mapping::new();
+            let tag = t.tag.to_string();
+            m.insert(
+                Value::String(tag.trim_start_matches('!').to_string()),
+                untag(t.value),
+            );
+            Value::Mapping(m)
+        }
+        Value::Sequence(s) => Value::Sequence(s.into_iter().map(untag).collect()),
+        Value::Mapping(m) => Value::Mapping(m.into_iter().map(|(k, v)| (k, untag(v))).collect()),
+        other => other,
+    }
 }
 
 /// The first key path in `given` that `typed` does not have (ignoring empty values).
@@ -716,6 +753,19 @@ drainDeadline: 3s
         assert_eq!(a.allow[0].rules.len(), 1);
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(ProxyConfig::from_str_checked(&json).unwrap(), c);
+        // YAML output (nested enums as one-key maps) reads back, and so do YAML tags.
+        let yaml = serde_yaml::to_string(&c).unwrap();
+        assert!(yaml.contains("principal:"), "{yaml}");
+        assert_eq!(ProxyConfig::from_str_checked(&yaml).unwrap(), c);
+        let tagged = AUTHZ.replace(
+            "{ principal: [ { exact: cluster.local/ns/default/sa/frontend-sa } ] }",
+            "!principal [ { exact: cluster.local/ns/default/sa/frontend-sa } ]",
+        );
+        assert_ne!(tagged, AUTHZ);
+        assert_eq!(
+            ProxyConfig::from_str_checked(&format!("{EXAMPLE}{tagged}")).unwrap(),
+            c
+        );
         let typo = format!("{EXAMPLE}{}", AUTHZ.replace("http_only", "httpOnly"));
         match ProxyConfig::from_str_checked(&typo) {
             Err(ConfigError::Parse { path, message, .. }) => {
