@@ -65,6 +65,9 @@ fn seed_frontend_config_is_valid_deterministic_and_minimal() {
         "spiffe://cluster.local/ns/default/sa/backend"
     );
     assert_eq!(backend.listeners.inbound.port(), 15100);
+    // The seed's ALLOW policy selects the backend only; YAML output reads back (no tags).
+    assert!(backend.authorization.is_some());
+    assert!(cfg.authorization.is_none());
 }
 
 #[test]

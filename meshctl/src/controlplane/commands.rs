@@ -270,7 +270,10 @@ pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Re
         serde_json::to_writer_pretty(&mut w, &cfg)?;
         writeln!(w)?;
     } else {
-        w.write_all(meshapi::model::to_yaml(&cfg)?.as_bytes())?;
+        // Through JSON: enums print as plain maps (no YAML tags), so the YAML reads back
+        // exactly as the JSON the proxy receives.
+        let value = serde_json::to_value(&cfg)?;
+        w.write_all(meshapi::model::to_yaml(&value)?.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }
