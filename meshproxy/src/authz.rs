@@ -173,9 +173,14 @@ fn record(d: &Decision<'_>, peer: &PeerInfo, http: Option<(&str, &str)>, counter
         escape(&policy)
     ));
     if let Some(a) = d.audit {
+        let p = policy_label(Some(a));
         tracing::info!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
-            principal = principal.as_deref(), method, path, policy = policy_label(Some(a)),
+            principal = principal.as_deref(), method, path, policy = p,
             rule = a.id, result, "authz audit");
+        counters.bump(&format!(
+            "meshproxy_authz_audit_total{{policy=\"{}\",result=\"{result}\"}}",
+            escape(&p)
+        ));
     }
     for (kind, shadow) in [("DENY", d.dry_run.deny), ("ALLOW", d.dry_run.allow)] {
         let Some(s) = shadow else { continue };
@@ -233,6 +238,10 @@ impl AuthzCounters {
             (
                 "meshproxy_authz_dry_run_total",
                 "What dry-run authorization policies would have decided (not enforced).",
+            ),
+            (
+                "meshproxy_authz_audit_total",
+                "Requests and connections an AUDIT policy matched, by the enforced result.",
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

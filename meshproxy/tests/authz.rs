@@ -353,11 +353,18 @@ async fn swapped_policy_applies_to_the_next_request_on_the_same_connection() {
         p["metadata"]["annotations"] = serde_json::json!({ "istio.io/dry-run": "true" });
         p
     };
-    // (policies, expected status): no policy, a dry-run DENY (logged, not enforced), an
-    // enforced DENY, the user's ALLOW, then no policy again.
+    let audit = {
+        let mut p = deny_frontend.clone();
+        p["metadata"]["name"] = "audit-frontend".into();
+        p["spec"]["action"] = "AUDIT".into();
+        p
+    };
+    // (policies, expected status): no policy, a dry-run DENY (logged, not enforced), an AUDIT
+    // (logged and counted, never blocks), an enforced DENY, the user's ALLOW, then no policy.
     let steps: Vec<(Option<Vec<serde_json::Value>>, u16)> = vec![
         (None, 200),
         (Some(vec![dry_run_deny]), 200),
+        (Some(vec![audit]), 200),
         (Some(vec![deny_frontend]), 403),
         (Some(vec![frontend_only()]), 200),
         (None, 200),
@@ -389,6 +396,13 @@ async fn swapped_policy_applies_to_the_next_request_on_the_same_connection() {
         metric(
             &b,
             "meshproxy_authz_decisions_total{policy=\"deny-frontend.default\",action=\"DENY\",result=\"denied\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &b,
+            "meshproxy_authz_audit_total{policy=\"audit-frontend.default\",result=\"allowed\"}"
         ),
         1
     );
@@ -461,4 +475,81 @@ async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
         let (status, _, body) = get(&client, &format!("http://{out}/")).await;
         assert_eq!(status, want, "{sa}: {body}");
     }
+}
+
+/// For pseudo-random paths built from the pieces that trick prefix rules, "the normalized path
+/// is under the DENY prefix" and "the request was denied" agree, a refused path is a 400, and an
+/// allowed request reaches the app with the normalized path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_paths_denied_exactly_when_the_normalized_path_is_under_the_deny_prefix() {
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("backend").await;
+    let port = echo.port();
+    let deny_admin = policy(
+        "deny-admin",
+        "DENY",
+        serde_json::json!([{ "to": [{ "operation": { "paths": ["/admin", "/admin/*"] } }] }]),
+    );
+    let b = meshproxy::build(backend_cfg(&mesh, port, "http", "STRICT", 1, None))
+        .await
+        .unwrap();
+    let a = client_proxy(&mesh, "frontend-sa", "http", port, &b).await;
+    let out = a.outbound(vip()).unwrap();
+    let client = http1_client();
+    const PIECES: [&str; 14] = [
+        "/", "/", "admin", "admin", "%61dmin", "%41dmin", ".", "..", "%2e", "%2E%2e", "%2F", "%2f",
+        "x", "%zz",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut denied = 0;
+    for (i, norm) in [
+        PathNormalization::Base,
+        PathNormalization::MergeSlashes,
+        PathNormalization::DecodeAndMergeSlashes,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let authz = compile(std::slice::from_ref(&deny_admin), norm, port);
+        b.handle
+            .apply(backend_cfg(
+                &mesh,
+                port,
+                "http",
+                "STRICT",
+                2 + i as u64,
+                Some(authz),
+            ))
+            .unwrap();
+        for _ in 0..80 {
+            let mut path = String::from("/");
+            for _ in 0..(1 + next() % 5) {
+                path.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            let before = echo.completed();
+            let (status, _, body) = get(&client, &format!("http://{out}{path}")).await;
+            match meshapi::authz::normalize_path(&path, norm) {
+                Err(_) => assert_eq!(status, 400, "{norm:?} {path}: {body}"),
+                Ok(n) => {
+                    let p = n.path();
+                    let under = p == "/admin" || p.starts_with("/admin/");
+                    if under {
+                        denied += 1;
+                        assert_eq!(status, 403, "{norm:?} {path} -> {p}: {body}");
+                        assert_eq!(echo.completed(), before, "{norm:?} {path} reached the app");
+                    } else {
+                        assert_eq!(status, 200, "{norm:?} {path} -> {p}: {body}");
+                        assert_eq!(echo.last().unwrap().uri, n.as_str(), "{norm:?} {path}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(denied >= 10, "too few denied paths generated: {denied}");
 }
