@@ -398,11 +398,12 @@ pub fn verify_issued(
 
 /// Verifies the API server: chains to the mesh roots and names the control plane's SPIFFE ID.
 /// The host name used to connect is not checked, so meshctl is reachable under any address.
+/// Shared with the config client, which talks to the same API.
 #[derive(Debug)]
-struct ControlPlaneVerifier {
-    anchors: Arc<Vec<TrustAnchor<'static>>>,
-    expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
+pub(crate) struct ControlPlaneVerifier {
+    pub(crate) anchors: Arc<Vec<TrustAnchor<'static>>>,
+    pub(crate) expected: SpiffeId,
+    pub(crate) provider: Arc<CryptoProvider>,
 }
 
 impl ServerCertVerifier for ControlPlaneVerifier {

@@ -29,18 +29,15 @@ use meshapi::ca_api::{ApiErrorBody, SpiffeId, control_plane_id};
 use meshapi::compile::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse};
 use meshapi::proxy::ProxyConfig;
 use rand::Rng;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::ca_client::Credentials;
+use crate::ca_client::{ControlPlaneVerifier, Credentials};
 
 /// Largest config answer accepted.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -448,93 +445,6 @@ fn server_name(endpoint: &str) -> Result<ServerName<'static>, ConfigClientError>
         .trim_end_matches(']');
     ServerName::try_from(host.to_owned())
         .map_err(|e| ConfigClientError::Config(format!("endpoint host {host:?}: {e}")))
-}
-
-/// Verifies the control plane: chains to the mesh roots and names its SPIFFE ID. The host name
-/// used to connect is not checked, so meshctl is reachable under any address.
-#[derive(Debug)]
-struct ControlPlaneVerifier {
-    anchors: Arc<Vec<TrustAnchor<'static>>>,
-    expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for ControlPlaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let general = |m: String| rustls::Error::General(m);
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| general(format!("server certificate: {e:?}")))?;
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| general(format!("server certificate does not chain: {e:?}")))?;
-        let (_, x509) = X509Certificate::from_der(end_entity)
-            .map_err(|e| general(format!("server certificate: {e}")))?;
-        let expected = self.expected.to_string();
-        let names_us = x509
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .is_some_and(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .any(|n| matches!(n, GeneralName::URI(u) if *u == expected))
-            });
-        if !names_us {
-            return Err(general(format!(
-                "server certificate does not name {expected}"
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]
