@@ -140,23 +140,6 @@ pub struct Mesh {
     pub dirs: Vec<PathBuf>,
 }
 
-impl Mesh {
-    /// Where a compose service is declared (the last file that mentions it wins).
-    pub fn service_location(&self, service: &str, field: &str) -> Option<Location> {
-        let path = join_path(&format!("services.{service}"), field);
-        self.compose_origins
-            .iter()
-            .rev()
-            .find(|o| {
-                o.root
-                    .get("services")
-                    .and_then(|(_, s)| s.get(service))
-                    .is_some()
-            })
-            .map(|o| o.locate(&path))
-    }
-}
-
 /// The mesh and every problem found while loading it.
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
