@@ -14,6 +14,7 @@ pub mod app;
 pub mod authz;
 pub mod ca_client;
 pub mod config_client;
+pub mod cp_mode;
 pub mod drain;
 pub mod framing;
 pub mod http;

@@ -1,0 +1,248 @@
+//! Two meshproxies in control-plane mode against a real control plane on loopback: bootstrap
+//! with a token, config from the push API, then requests client-proxy -> mTLS -> server-proxy
+//! -> echo app while the CA's 3 s certificates rotate under load. Every wait polls with a
+//! deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshapi::proxy::SpiffeId;
+use meshctl::api::ApiConfig;
+use meshctl::ca::{CaConfig, RateLimitConfig};
+use meshctl::controlplane::{ControlPlane, ControlPlaneConfig, PlacementSpec, ProjectSpec};
+use meshproxy::ca_client::RenewPolicy;
+use meshproxy::cp_mode::{ControlPlaneSettings, CpProxy, run_with_control_plane};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn compose(app_port: u16) -> String {
+    format!(
+        r#"
+name: cpproxy
+services:
+  client:
+    image: demo/client
+    labels: {{ app: client }}
+    x-mesh:
+      serviceAccount: client-sa
+      ports: [{{ port: 9999, protocol: http }}]
+  server:
+    image: demo/server
+    labels: {{ app: server }}
+    x-mesh:
+      serviceAccount: server-sa
+      ports: [{{ port: {app_port}, protocol: http }}]
+"#
+    )
+}
+
+const STRICT: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n";
+
+/// A host-placement base port whose inbound/admin/health/stats ports for two proxies are free.
+fn free_base() -> u16 {
+    let mut base = 20000 + (std::process::id() % 20000) as u16;
+    loop {
+        let all_free = [0u16, 1000, 2000, 3000].iter().all(|off| {
+            (0..2).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + off + k)).is_ok())
+        });
+        if all_free {
+            return base;
+        }
+        base = 20000 + (base - 20000 + 7) % 20000;
+    }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+        .parse()
+        .unwrap()
+}
+
+async fn start_proxy(cp: &ControlPlane, workload: &str, sa: &str) -> CpProxy {
+    let identity = id(sa);
+    let token = cp.ca().issue_token(&identity).unwrap();
+    let mut s = ControlPlaneSettings::new(
+        cp.local_addr().to_string(),
+        token.as_str(),
+        identity,
+        cp.ca().root_pem(),
+        workload,
+        0,
+    );
+    s.renew = RenewPolicy {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(300),
+        ..RenewPolicy::default()
+    };
+    s.config_backoff = (Duration::from_millis(50), Duration::from_millis(300));
+    s.startup_timeout = DEADLINE;
+    run_with_control_plane(s, meshproxy::app::Options::default())
+        .await
+        .unwrap()
+}
+
+/// The leaf certificate the server proxy's inbound serves on a fresh mTLS handshake, made with
+/// the client proxy's live credentials.
+async fn served_leaf(client: &CpProxy, server: &CpProxy, port: u16) -> Vec<u8> {
+    let tls =
+        meshproxy::tls::client_config(client.handle().identity(), id("server-sa"), b"http/1.1")
+            .unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.bound.inbound)
+        .await
+        .unwrap();
+    let conn = tokio::time::timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(tls).connect(meshproxy::tls::sni_for_port(port), tcp),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    conn.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// One HTTP/1.1 request on a fresh connection to the client proxy's outbound listener.
+async fn request(addr: SocketAddr, n: usize) -> Result<String, String> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!("GET /r/{n} HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out).to_string();
+        if text.starts_with("HTTP/1.1 200") {
+            Ok(text)
+        } else {
+            Err(text.lines().next().unwrap_or("empty answer").to_string())
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_flow_through_control_plane_mode_proxies_across_certificate_rotations() {
+    let echo = meshtest::echo::EchoServer::start("server").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), compose(echo.port())).unwrap();
+    std::fs::create_dir(dir.path().join("mesh")).unwrap();
+    std::fs::write(dir.path().join("mesh/peer-authentication.yaml"), STRICT).unwrap();
+    let config = ControlPlaneConfig {
+        project: ProjectSpec {
+            working_dir: dir.path().to_path_buf(),
+            ..ProjectSpec::default()
+        },
+        api: ApiConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..ApiConfig::default()
+        },
+        ca: CaConfig {
+            cert_lifetime: Duration::from_secs(3),
+            rate_limit: RateLimitConfig {
+                burst: 1000,
+                refill_every: Duration::from_millis(1),
+            },
+            ..CaConfig::default()
+        },
+        placement: PlacementSpec::Host {
+            base_port: free_base(),
+        },
+        watch: false,
+        ..ControlPlaneConfig::default()
+    };
+    let cp = ControlPlane::start(config).await.unwrap();
+
+    let server = start_proxy(&cp, "server", "server-sa").await;
+    let client = start_proxy(&cp, "client", "client-sa").await;
+    let vip = client.config.borrow().outbound[0].vip;
+    let out = client.bound.outbound(vip).expect("outbound VIP listener");
+
+    let first_server_cert = server.credentials.borrow().cert_chain_pem.clone();
+    let first_server_tls = server.handle().identity().current().unwrap();
+    let served_first = served_leaf(&client, &server, echo.port()).await;
+    let mut server_certs = HashSet::from([first_server_cert.clone()]);
+    let mut client_certs = HashSet::from([client.credentials.borrow().cert_chain_pem.clone()]);
+    let mut xfcc = HashSet::new();
+    let (mut ok, mut failed) = (0usize, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    // At least 3 rotations of both certificates (renewed at 40-60 % of 3 s), with requests
+    // flowing the whole time.
+    while server_certs.len() < 4 || client_certs.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "rotations: server {} client {} certs seen in 30 s",
+            server_certs.len(),
+            client_certs.len()
+        );
+        let batch: Vec<_> = (0..4).map(|k| tokio::spawn(request(out, n + k))).collect();
+        n += 4;
+        for b in batch {
+            match b.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        server_certs.insert(server.credentials.borrow().cert_chain_pem.clone());
+        client_certs.insert(client.credentials.borrow().cert_chain_pem.clone());
+        if let Some(r) = echo.last()
+            && let Some(v) = r.headers.get("x-forwarded-client-cert")
+        {
+            xfcc.insert(v.as_bytes().to_vec());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 20, "only {ok} requests sent");
+    assert!(
+        echo.completed() >= ok,
+        "the echo app saw {} of {ok}",
+        echo.completed()
+    );
+    // The proxy's TLS layer serves the renewed certificate, not the bootstrap one.
+    let now_tls = server.handle().identity().current().unwrap();
+    assert!(
+        !Arc::ptr_eq(&first_server_tls, &now_tls),
+        "server TLS credentials never swapped"
+    );
+    assert_ne!(
+        server.credentials.borrow().cert_chain_pem,
+        first_server_cert
+    );
+    // And a fresh handshake gets a different certificate than the first one did.
+    let served_now = served_leaf(&client, &server, echo.port()).await;
+    assert_ne!(
+        served_first, served_now,
+        "the served certificate did not change"
+    );
+    let last = echo.last().unwrap();
+    let header = last
+        .headers
+        .get("x-forwarded-client-cert")
+        .expect("server proxy adds XFCC (mTLS hop)")
+        .to_str()
+        .unwrap();
+    assert!(header.contains("client-sa"), "{header}");
+    eprintln!(
+        "{ok} requests, 0 failed; {} server and {} client certificates; {} distinct XFCC values",
+        server_certs.len(),
+        client_certs.len(),
+        xfcc.len()
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+    cp.shutdown().await;
+}
