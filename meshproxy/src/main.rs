@@ -12,15 +12,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use meshapi::ca_api::{ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, SpiffeId};
+use meshapi::ca_api::{
+    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
+    SpiffeId,
+};
 use meshproxy::cp_mode::ControlPlaneSettings;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
-
-/// Compose service name of this proxy in control-plane mode (when `--workload` is absent).
-const ENV_WORKLOAD: &str = "MESH_WORKLOAD";
-/// Replica index in control-plane mode (when `--instance` is absent).
-const ENV_INSTANCE: &str = "MESH_INSTANCE";
 
 /// The meshctl sidecar / node proxy.
 #[derive(Parser, Debug)]
