@@ -219,24 +219,7 @@ pub fn load(opts: &LoadOptions) -> Loaded {
         )),
     }
     if let Some(compose) = &merged {
-        let findings = compose.validate().into_iter().map(|e| (e, Severity::Error));
-        let findings = findings.chain(
-            compose
-                .warnings()
-                .into_iter()
-                .map(|e| (e, Severity::Warning)),
-        );
-        for (e, severity) in findings {
-            let location = out.mesh.compose_origins.last().map(|o| {
-                locate_compose(&out.mesh.compose_origins, &e.path)
-                    .unwrap_or_else(|| o.locate(&e.path))
-            });
-            if let Some(location) = location {
-                let mut d = field_diag(&e, location, service_of(&e.path));
-                d.severity = severity;
-                out.diagnostics.push(d);
-            }
-        }
+        report_compose(compose, &mut out);
     }
     out.mesh.compose = merged;
     out.mesh.project_dir = project_dir;
@@ -302,20 +285,35 @@ pub fn check_text(file_name: &str, text: &str) -> Vec<Diagnostic> {
     let mut composes = Vec::new();
     let mut seen = HashMap::new();
     load_text(&file, text, &env, &mut composes, &mut seen, &mut out);
-    out.mesh.compose = composes.into_iter().reduce(compose::merge);
-    if let Some(c) = &out.mesh.compose {
-        for e in c.validate() {
-            let location = Location {
-                file: file.clone(),
-                line: 1,
-                column: 1,
-            };
-            out.diagnostics.push(field_diag(&e, location, None));
-        }
+    let merged = composes.into_iter().reduce(compose::merge);
+    if let Some(compose) = &merged {
+        report_compose(compose, &mut out);
     }
+    out.mesh.compose = merged;
     let mut all = out.diagnostics;
     all.extend(crate::check::analyze(&out.mesh));
     all
+}
+
+/// The merged compose model's validation errors and warnings, each placed in the last compose
+/// document that has the field.
+fn report_compose(compose: &ComposeFile, out: &mut Loaded) {
+    let errors = compose.validate().into_iter().map(|e| (e, Severity::Error));
+    let warnings = compose
+        .warnings()
+        .into_iter()
+        .map(|e| (e, Severity::Warning));
+    for (e, severity) in errors.chain(warnings) {
+        let origins = &out.mesh.compose_origins;
+        let location = origins
+            .last()
+            .map(|o| locate_compose(origins, &e.path).unwrap_or_else(|| o.locate(&e.path)));
+        if let Some(location) = location {
+            let mut d = field_diag(&e, location, service_of(&e.path));
+            d.severity = severity;
+            out.diagnostics.push(d);
+        }
+    }
 }
 
 /// `service/web` for a path under `services.web`.

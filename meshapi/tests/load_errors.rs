@@ -305,3 +305,16 @@ fn no_files_is_an_error() {
     assert_eq!(d.code, "MESH0010", "{d}");
     assert!(d.message.contains("compose.yaml"), "{d}");
 }
+
+#[test]
+fn check_text_places_compose_validation_errors() {
+    let text = "services:\n  web:\n    image: web\n    depends_on: [db]\n";
+    let found = meshapi::load::check_text("compose.yaml", text);
+    let d = found
+        .iter()
+        .find(|d| d.severity == Severity::Error)
+        .expect("an error for the missing dependency");
+    assert_eq!(d.location.line, 4, "{d}");
+    assert!(d.message.contains("db"), "{d}");
+    assert_eq!(d.resource.as_deref(), Some("service/web"), "{d}");
+}
