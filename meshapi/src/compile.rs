@@ -424,6 +424,12 @@ fn authorization_of(
     let policies = authz::authorization_policies(input.mesh);
     let security = authz::MeshSecurity {
         trust_domain: input.trust_domain.to_string(),
+        path_normalization: input
+            .mesh
+            .compose
+            .as_ref()
+            .map(|c| c.path_normalization())
+            .unwrap_or_default(),
         ..authz::MeshSecurity::default()
     };
     let compiled = authz::compile_for_workload(&policies, me, &security).map_err(|e| {

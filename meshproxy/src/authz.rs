@@ -84,7 +84,7 @@ pub fn check(
         remote_ip: None,
         destination_ip: peer.local_ip,
         destination_port: peer.port,
-        sni: None,
+        sni: peer.sni.as_deref(),
         http: None,
     };
     let Some(req) = req else {
@@ -114,6 +114,7 @@ pub fn check(
         })
         .unwrap_or("");
     let headers = Headers::new(req.headers);
+    attrs.remote_ip = remote_ip(req.headers);
     attrs.http = Some(HttpAttributes {
         method,
         host,
@@ -130,6 +131,18 @@ pub fn check(
             .is_changed()
             .then(|| normalized.as_str().to_string()),
     })
+}
+
+/// `remote.ip` as Envoy derives it at an Istio sidecar (`use_remote_address: false`, no trusted
+/// hops): the last address of `x-forwarded-for` (repeated headers joined) when it is a valid IP,
+/// else `None`, meaning the connection's peer address. The caller controls this header, so
+/// `remoteIpBlocks` is no stronger than the caller's honesty, exactly as in Istio; `ipBlocks`
+/// (`source.ip`) is the peer address and cannot be forged this way.
+pub fn remote_ip(headers: &HeaderMap) -> Option<IpAddr> {
+    let last_header = headers.get_all("x-forwarded-for").iter().next_back()?;
+    let value = last_header.to_str().ok()?;
+    let last = value.rsplit(',').next()?.trim();
+    last.parse().ok()
 }
 
 fn denied(d: &Decision<'_>, peer: &PeerInfo) -> ProxyError {
@@ -175,7 +188,7 @@ fn record(d: &Decision<'_>, peer: &PeerInfo, http: Option<(&str, &str)>, counter
     if let Some(a) = d.audit {
         let p = policy_label(Some(a));
         tracing::info!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
-            principal = principal.as_deref(), method, path, policy = p,
+            principal = principal.as_deref(), method, path, policy = p, action = "AUDIT",
             rule = a.id, result, "authz audit");
         counters.bump(&format!(
             "meshproxy_authz_audit_total{{policy=\"{}\",result=\"{result}\"}}",

@@ -114,6 +114,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
                     remote,
                     port,
                     local_ip,
+                    sni: None,
                 },
                 xfcc: None,
             };
@@ -186,6 +187,7 @@ async fn serve_tls(
             remote,
             port: p.port,
             local_ip,
+            sni: conn.server_name().map(Arc::from),
         },
         xfcc,
     };

@@ -58,6 +58,8 @@ pub struct PeerInfo {
     pub port: u16,
     /// The address the connection was accepted on (`destination.ip`).
     pub local_ip: std::net::IpAddr,
+    /// The TLS server name the peer asked for (`connection.sni`); `None` for plaintext.
+    pub sni: Option<Arc<str>>,
 }
 
 impl Snapshot {

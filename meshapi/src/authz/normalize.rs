@@ -27,8 +27,10 @@ use serde::{Deserialize, Serialize};
 pub enum PathNormalization {
     /// Only the checks every option makes; the path is authorized and forwarded as received.
     None,
-    /// RFC 3986 normalization plus `\` to `/`. Istio's default.
+    /// RFC 3986 normalization plus `\` to `/`. Istio's default (MeshConfig also calls it
+    /// `DEFAULT`).
     #[default]
+    #[serde(alias = "DEFAULT")]
     Base,
     /// `BASE`, then repeated slashes merged.
     MergeSlashes,

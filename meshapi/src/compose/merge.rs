@@ -22,6 +22,13 @@ pub fn merge(base: ComposeFile, over: ComposeFile) -> ComposeFile {
     }
     out.networks.extend(over.networks);
     out.volumes.extend(over.volumes);
+    if let Some(over_mesh) = over.x_mesh {
+        let base_mesh = out.x_mesh.get_or_insert_with(Default::default);
+        set(
+            &mut base_mesh.path_normalization,
+            over_mesh.path_normalization,
+        );
+    }
     out.extensions.extend(over.extensions);
     out
 }

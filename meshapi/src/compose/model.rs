@@ -34,9 +34,45 @@ pub struct ComposeFile {
     /// Named volumes; a name with no body uses the defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, Option<VolumeDef>>,
+    /// Mesh-wide settings (top-level `x-mesh`). Default none: every setting at its default.
+    #[serde(rename = "x-mesh", default, skip_serializing_if = "Option::is_none")]
+    pub x_mesh: Option<MeshSettings>,
     /// Top-level `x-*` keys, kept as written (after interpolation).
     #[serde(flatten, skip_deserializing)]
     pub extensions: BTreeMap<String, Value>,
+}
+
+/// The top-level `x-mesh` extension: mesh-wide settings that Istio keeps in its MeshConfig,
+/// under the same names, so a setting can be copied from an Istio installation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshSettings {
+    /// How request paths are normalized before AuthorizationPolicy matching, and forwarded to
+    /// the application (MeshConfig `pathNormalization`). Default `BASE`, Istio's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<PathNormalizationSetting>,
+}
+
+/// MeshConfig's `pathNormalization: {normalization: ...}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathNormalizationSetting {
+    /// `NONE`, `BASE` (or `DEFAULT`), `MERGE_SLASHES` or `DECODE_AND_MERGE_SLASHES`.
+    /// Default `BASE`.
+    #[serde(default)]
+    pub normalization: crate::authz::PathNormalization,
+}
+
+impl ComposeFile {
+    /// The mesh-wide path normalization option (`x-mesh.pathNormalization.normalization`),
+    /// `BASE` when not set.
+    pub fn path_normalization(&self) -> crate::authz::PathNormalization {
+        self.x_mesh
+            .as_ref()
+            .and_then(|m| m.path_normalization)
+            .map(|p| p.normalization)
+            .unwrap_or_default()
+    }
 }
 
 /// A top-level network.

@@ -122,7 +122,7 @@ pub fn from_value(mut value: Value) -> Result<ComposeFile, FieldError> {
             "a compose file must be a mapping of top-level keys",
         ));
     };
-    let top_ext = take_extensions(root, false);
+    let top_ext = take_extensions(root, true);
     let mut service_ext = BTreeMap::new();
     if let Some(Value::Mapping(services)) = root.get_mut("services") {
         for (name, service) in services.iter_mut() {
@@ -154,7 +154,8 @@ pub fn from_value(mut value: Value) -> Result<ComposeFile, FieldError> {
     Ok(file)
 }
 
-/// Removes `x-*` keys (except `x-mesh` in a service, which is typed) and returns them.
+/// Removes `x-*` keys (except `x-mesh` at the top and in a service, which are typed) and
+/// returns them.
 fn take_extensions(map: &mut Mapping, keep_x_mesh: bool) -> BTreeMap<String, Value> {
     let keys: Vec<String> = map
         .keys()
