@@ -393,6 +393,16 @@ impl VipRange {
         Ok(VipRange { base, prefix })
     }
 
+    /// The network address (`127.240.0.0` in `127.240.0.0/16`).
+    pub fn base(&self) -> Ipv4Addr {
+        self.base
+    }
+
+    /// The prefix length (`16` in `127.240.0.0/16`).
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Number of usable VIPs (the first and last address are never handed out).
     pub fn capacity(&self) -> u32 {
         (1u32 << (32 - self.prefix)) - 2

@@ -6,13 +6,14 @@
 //! points ([`authz`] evaluates the compiled authorization policy); [`pool`] connects to peer proxies; [`http`] is shared HTTP plumbing; [`rescue`]
 //! maps every proxy error to a response; [`drain`] is graceful shutdown; [`admin`] and
 //! [`metrics`] are the admin, health and Prometheus endpoints; [`watch`] reloads the config
-//! file.
+//! file; [`capture`] installs the transparent-capture nftables rules (container mode).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod authz;
 pub mod ca_client;
+pub mod capture;
 pub mod config_client;
 pub mod cp_mode;
 pub mod drain;

@@ -5,6 +5,9 @@
 //! `--control-plane`, `--identity` and `--ca-roots` default to `MESH_CA_ADDR`, `MESH_IDENTITY`
 //! and `MESH_CA_ROOT_PEM`; `--workload` and `--instance` default to `MESH_WORKLOAD` and
 //! `MESH_INSTANCE` (instance 0 when unset).
+//!
+//! `--capture` (or `MESH_CAPTURE=1`): install the transparent-capture nftables rules before
+//! serving and remove them after a clean shutdown; `--capture-remove` only removes them.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -16,6 +19,7 @@ use meshapi::ca_api::{
     ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
     SpiffeId,
 };
+use meshproxy::capture::{self, CaptureSpec};
 use meshproxy::cp_mode::ControlPlaneSettings;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -50,6 +54,18 @@ struct Args {
     /// Initial log filter (tracing EnvFilter syntax). Default `info`, or RUST_LOG.
     #[arg(long)]
     log: Option<String>,
+    /// Container mode: install the transparent-capture rules (nftables table `ip meshctl`)
+    /// before serving, remove them after a clean shutdown. Needs CAP_NET_ADMIN. Default
+    /// `MESH_CAPTURE` (`1` or `true`).
+    #[arg(long)]
+    capture: bool,
+    /// With capture: more destination ports never redirected, comma-separated. Default
+    /// `MESH_CAPTURE_EXCLUDE_PORTS`.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    capture_exclude_ports: Vec<u16>,
+    /// Remove the capture rules (table `ip meshctl`) and exit.
+    #[arg(long, conflicts_with_all = ["config", "capture"])]
+    capture_remove: bool,
 }
 
 /// A non-empty environment variable.
@@ -114,11 +130,39 @@ fn cp_settings(args: &Args) -> anyhow::Result<ControlPlaneSettings> {
     ))
 }
 
+/// Ports to exclude when capture is on (`--capture` or `MESH_CAPTURE`), else `None`.
+fn capture_settings(args: &Args) -> anyhow::Result<Option<Vec<u16>>> {
+    let on = args.capture
+        || env("MESH_CAPTURE").is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+    if !on {
+        return Ok(None);
+    }
+    let mut ports = args.capture_exclude_ports.clone();
+    if let Some(v) = env("MESH_CAPTURE_EXCLUDE_PORTS") {
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            ports.push(
+                p.parse()
+                    .with_context(|| format!("MESH_CAPTURE_EXCLUDE_PORTS: {p:?} is not a port"))?,
+            );
+        }
+    }
+    Ok(Some(ports))
+}
+
+fn install_capture(spec: CaptureSpec, exclude: &[u16]) -> anyhow::Result<()> {
+    let spec = spec
+        .exclude_ports(exclude.iter().copied())
+        .exclude_own_uid();
+    capture::install(&spec).context("installing the capture rules")
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let capture = capture_settings(&args)?;
     // Check control-plane settings before starting anything, so a bad command line fails fast.
     let cp = match &args.config {
         Some(_) => None,
+        None if args.capture_remove => None,
         None => Some(cp_settings(&args)?),
     };
     let filter = match &args.log {
@@ -134,6 +178,9 @@ fn main() -> anyhow::Result<()> {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         reload.modify(|cur| *cur = f).map_err(|e| e.to_string())
     });
+    if args.capture_remove {
+        return capture::remove(capture::DEFAULT_TABLE).context("removing the capture rules");
+    }
     let rt = match args.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -154,18 +201,29 @@ fn main() -> anyhow::Result<()> {
             (Some(path), _) => {
                 let cfg = meshapi::proxy::ProxyConfig::load_file(&path)
                     .with_context(|| format!("loading {}", path.display()))?;
+                if let Some(exclude) = &capture {
+                    install_capture(CaptureSpec::from_config(&cfg), exclude)?;
+                }
                 let bound = meshproxy::build_with(cfg, opts).await?;
                 let _watcher = meshproxy::watch::spawn(path.clone(), bound.handle.clone())
                     .context("watching the config file")?;
                 bound.wait_termination().await?;
             }
             (None, Some(settings)) => {
+                if let Some(exclude) = &capture {
+                    install_capture(CaptureSpec::control_plane_defaults(), exclude)?;
+                }
                 let proxy = meshproxy::cp_mode::run_with_control_plane(settings, opts)
                     .await
                     .context("control-plane mode")?;
                 proxy.wait_termination().await?;
             }
             (None, None) => bail!("no --config and no control-plane settings"),
+        }
+        // Only after the drain: removing earlier would let new connections reach the
+        // application around the proxy.
+        if capture.is_some() {
+            capture::remove(capture::DEFAULT_TABLE).context("removing the capture rules")?;
         }
         Ok(())
     })
