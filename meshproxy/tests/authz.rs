@@ -418,12 +418,17 @@ async fn swapped_policy_applies_to_the_next_request_on_the_same_connection() {
     );
 }
 
-/// The control plane's compiler fills `authorization` from the mesh: the seed example's
-/// AuthorizationPolicy (only frontend-sa may call backend) lands in the backend proxies' configs,
-/// not the frontend's, and that compiled section is what the proxy enforces.
+/// The user's example end to end at the proxy level, from the real files: the seed example's
+/// PeerAuthentication (namespace STRICT) and AuthorizationPolicy (only frontend-sa may call
+/// backend) compiled by the control plane's compiler. The backend proxy runs the compiled
+/// inbound port (its mode and protocol) and authorization section, with only addresses and
+/// certificate paths swapped for the test's; then frontend-sa is served, every other identity
+/// gets 403, and plaintext is refused before any request is read. The frontend's own proxy gets
+/// no authorization section, and its compiled endpoints expect the backend's identity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
     use meshapi::compile::{CompileInput, DEFAULT_HOST_BASE_PORT, HostPlacement, ProxyKey};
+    use meshapi::proxy::{PeerAuthMode, Protocol};
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
     let loaded = meshapi::load::load(&meshapi::load::LoadOptions::new(dir));
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
@@ -448,11 +453,20 @@ async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
         )
         .unwrap()
     };
-    assert!(compiled("frontend").authorization.is_none());
+    let frontend = compiled("frontend");
+    assert!(frontend.authorization.is_none());
+    let backend_endpoints = &frontend.services["backend.default"].endpoints;
+    assert_eq!(backend_endpoints.len(), 2, "{backend_endpoints:?}");
+    assert!(
+        backend_endpoints
+            .iter()
+            .all(|e| e.identity.to_string() == spiffe("backend"))
+    );
     let backend = compiled("backend-v1");
     let authz = backend.authorization.clone().expect("backend has a policy");
     assert_eq!(authz.allow.len(), 1);
     assert_eq!(authz.allow[0].name, "backend-allow-frontend");
+    assert!(authz.deny.is_empty());
     // The compiled document survives the config file format.
     let json = serde_json::to_string(&backend).unwrap();
     assert_eq!(
@@ -461,20 +475,77 @@ async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
             .authorization,
         Some(authz.clone())
     );
+    // The namespace-wide STRICT PeerAuthentication reached the compiled port.
+    assert_eq!(backend.inbound.len(), 1);
+    assert_eq!(backend.inbound[0].port, 8080);
+    assert_eq!(backend.inbound[0].mode, PeerAuthMode::Strict);
+    assert_eq!(backend.inbound[0].protocol, Protocol::Http);
 
     let mesh = Mesh::new();
     let echo = EchoServer::start("backend").await;
     let port = echo.port();
-    let b = meshproxy::build(backend_cfg(&mesh, port, "http", "STRICT", 1, Some(authz)))
-        .await
-        .unwrap();
+    // The compiled config with the test's addresses and credentials.
+    let mut cfg = backend_cfg(&mesh, port, "tcp", "PERMISSIVE", 1, None);
+    cfg.inbound = backend.inbound.clone();
+    cfg.inbound[0].port = port;
+    cfg.authorization = backend.authorization.clone();
+    assert!(cfg.validate().is_empty());
+    let b = meshproxy::build(cfg).await.unwrap();
     let client = http1_client();
-    for (sa, want) in [("frontend-sa", 200), ("backend", 403)] {
+    for (sa, want) in [
+        ("frontend-sa", 200),
+        ("backend", 403),
+        ("frontend", 403),
+        ("other-sa", 403),
+    ] {
         let a = client_proxy(&mesh, sa, "http", port, &b).await;
         let out = a.outbound(vip()).unwrap();
-        let (status, _, body) = get(&client, &format!("http://{out}/")).await;
+        let before = echo.completed();
+        let (status, _, body) = get(&client, &format!("http://{out}/api/items")).await;
         assert_eq!(status, want, "{sa}: {body}");
+        if want == 403 {
+            assert_eq!(body, "RBAC: access denied", "{sa}");
+            assert_eq!(echo.completed(), before, "{sa} reached the app");
+        } else {
+            assert_eq!(echo.last().unwrap().uri, "/api/items");
+        }
     }
+    // Plaintext under STRICT: closed without an answer, never authorized, never forwarded.
+    let before = echo.completed();
+    let resp = raw(
+        b.inbound,
+        b"GET /api/items HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    // With every port STRICT the listener does not sniff: the TLS handshake fails on the
+    // first plaintext byte and the client gets at most a TLS alert (0x15), never HTTP.
+    assert!(
+        resp.is_empty() || resp.as_bytes()[0] == 0x15,
+        "plaintext got an answer: {resp:?}"
+    );
+    assert_eq!(echo.completed(), before);
+    assert_eventually!(
+        metric(
+            &b,
+            "meshproxy_tls_handshake_failures_total{direction=\"inbound\"}"
+        ) == 1,
+        "{}",
+        b.handle.metrics().render()
+    );
+    assert_eq!(
+        metric(
+            &b,
+            "meshproxy_authz_decisions_total{policy=\"backend-allow-frontend.default\",action=\"ALLOW\",result=\"allowed\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &b,
+            "meshproxy_authz_decisions_total{policy=\"none\",action=\"NONE\",result=\"denied\"}"
+        ),
+        3
+    );
 }
 
 /// For pseudo-random paths built from the pieces that trick prefix rules, "the normalized path

@@ -1082,6 +1082,7 @@ async fn authorization_policy_table_over_mtls() {
         failures.len(),
         failures.join("\n")
     );
+    eprintln!("authz table: {total} cases in {} policy sets", sets.len());
     assert!(total >= 80, "only {total} cases");
     // Every identity is seen both allowed and denied, over HTTP; TCP both ways too.
     for who in [Fe, Other, Prod, Plain] {
