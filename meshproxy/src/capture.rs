@@ -39,8 +39,6 @@ use netlink::{Batch, FAMILY_IP, Hook, NlError};
 
 /// The table meshproxy owns (family `ip`).
 pub const DEFAULT_TABLE: &str = "meshctl";
-/// The outbound capture port (Istio's) used when the config does not name one.
-pub const DEFAULT_OUTBOUND_PORT: u16 = 15001;
 /// `NF_IP_PRI_NAT_DST`: where `dstnat` chains sit.
 const NAT_PRIORITY: i32 = -100;
 /// Upper bound on excluded ports and uids (each is one rule per chain).
@@ -187,17 +185,12 @@ impl CaptureSpec {
         CaptureSpec::for_listeners(&cfg.listeners, &cfg.admin)
     }
 
-    /// Capture for control-plane mode, installed before the first config arrives: the
-    /// default listener and admin ports, outbound capture on 15001.
+    /// Capture for control-plane mode before the first config arrives: inbound to the
+    /// default ports, so nothing reaches the application around the proxy while it starts.
+    /// No outbound redirect yet: whether the pushed config has a capture listener or binds
+    /// VIPs is not known; `main` re-installs from the first config ([`Self::from_config`]).
     pub fn control_plane_defaults() -> CaptureSpec {
-        let listeners = ListenerConfig {
-            outbound_capture: Some(std::net::SocketAddr::from((
-                [127, 0, 0, 1],
-                DEFAULT_OUTBOUND_PORT,
-            ))),
-            ..ListenerConfig::default()
-        };
-        CaptureSpec::for_listeners(&listeners, &AdminConfig::default())
+        CaptureSpec::for_listeners(&ListenerConfig::default(), &AdminConfig::default())
     }
 
     /// Adds ports that must never be redirected.
@@ -451,8 +444,18 @@ mod tests {
     }
 
     #[test]
-    fn default_rules_read_like_nft() {
+    fn control_plane_defaults_capture_inbound_only() {
         let spec = CaptureSpec::control_plane_defaults();
+        assert_eq!(spec.inbound_port, Some(15006));
+        assert_eq!(spec.outbound_port, None);
+        assert_eq!(spec.chains(), vec![Chain::Prerouting]);
+    }
+
+    #[test]
+    fn default_rules_read_like_nft() {
+        let spec = CaptureSpec::from_config(&cfg(&format!(
+            "{BASE}listeners:\n  outboundCapture: 127.0.0.1:15001\n"
+        )));
         let text: Vec<String> = spec.rules().iter().map(|r| r.to_string()).collect();
         assert_eq!(
             text,
@@ -490,7 +493,9 @@ mod tests {
 
     #[test]
     fn uid_exclusion_and_odd_prefixes_render() {
-        let mut spec = CaptureSpec::control_plane_defaults();
+        let mut spec = CaptureSpec::from_config(&cfg(&format!(
+            "{BASE}listeners:\n  outboundCapture: 127.0.0.1:15001\n"
+        )));
         spec.excluded_uids.insert(1337);
         spec.vip_ranges = vec!["10.96.0.0/12".parse().unwrap()];
         let text: Vec<String> = spec.rules().iter().map(|r| r.to_string()).collect();

@@ -216,6 +216,11 @@ fn main() -> anyhow::Result<()> {
                 let proxy = meshproxy::cp_mode::run_with_control_plane(settings, opts)
                     .await
                     .context("control-plane mode")?;
+                if let Some(exclude) = &capture {
+                    // Listener changes apply at restart, so the first config's ports hold.
+                    let spec = CaptureSpec::from_config(&proxy.config.borrow());
+                    install_capture(spec, exclude)?;
+                }
                 proxy.wait_termination().await?;
             }
             (None, None) => bail!("no --config and no control-plane settings"),
