@@ -180,9 +180,22 @@ impl CaptureSpec {
         }
     }
 
-    /// Capture for the effective config of a file-mode proxy.
+    /// Capture for the effective config of a proxy. Outbound VIPs outside the captured
+    /// ranges are logged: connections to them are not redirected.
     pub fn from_config(cfg: &ProxyConfig) -> CaptureSpec {
-        CaptureSpec::for_listeners(&cfg.listeners, &cfg.admin)
+        let spec = CaptureSpec::for_listeners(&cfg.listeners, &cfg.admin);
+        if spec.outbound_port.is_some() {
+            for o in &cfg.outbound {
+                let captured = match o.vip.ip() {
+                    std::net::IpAddr::V4(ip) => spec.vip_ranges.iter().any(|r| r.contains(ip)),
+                    std::net::IpAddr::V6(_) => false,
+                };
+                if !captured {
+                    tracing::warn!(vip = %o.vip, service = %o.service, "outbound VIP outside the captured ranges: not redirected");
+                }
+            }
+        }
+        spec
     }
 
     /// Capture for control-plane mode before the first config arrives: inbound to the
