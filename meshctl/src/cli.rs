@@ -56,6 +56,20 @@ pub enum Command {
     Apply(crate::controlplane::commands::ApplyArgs),
     /// Print the config the control plane compiles for one proxy.
     ProxyConfig(crate::controlplane::commands::ProxyConfigArgs),
+    /// Create or reconcile the mesh on Docker: network, control plane, meshdns, and per replica
+    /// a sidecar that owns the network namespace plus the app joined to it.
+    Up(crate::docker::commands::UpArgs),
+    /// Remove everything the project made on Docker (containers, network, the background
+    /// control plane; volumes with -v) and nothing else.
+    Down(crate::docker::commands::DownArgs),
+    /// List the project's containers: service, mesh service, version, state, health,
+    /// identity and certificate expiry, published ports.
+    Ps(crate::docker::commands::PsArgs),
+    /// Show the apps' logs (with --proxy, the sidecars' too).
+    Logs(crate::docker::commands::LogsArgs),
+    /// The background control plane of `up -d` (internal).
+    #[command(name = "__control-plane", hide = true)]
+    ControlPlaneDaemon,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -75,6 +89,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(out) => commands::status(&cli.project, out.json),
         Command::Apply(args) => commands::apply(&cli.project, &args),
         Command::ProxyConfig(args) => commands::proxy_config(&cli.project, &args),
+        Command::Up(args) => crate::docker::commands::up(&cli.project, &args),
+        Command::Down(args) => crate::docker::commands::down(&cli.project, &args),
+        Command::Ps(args) => crate::docker::commands::ps(&cli.project, &args),
+        Command::Logs(args) => crate::docker::commands::logs(&cli.project, &args),
+        Command::ControlPlaneDaemon => crate::docker::commands::control_plane_daemon(&cli.project),
     }
 }
 

@@ -5,3 +5,4 @@ pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod controlplane;
+pub mod docker;

@@ -1,0 +1,524 @@
+//! The Docker subcommands of the CLI: `up`, `down`, `ps`, `logs`, and the hidden
+//! `__control-plane` that `up -d` starts in the background.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bollard::query_parameters::LogsOptionsBuilder;
+use clap::Args;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::engine::{Engine, Owned};
+use super::progress::Progress;
+use super::up::{Project, UpOptions};
+use super::*;
+use crate::cli::ProjectArgs;
+use crate::controlplane::ProjectSpec;
+
+/// `meshctl up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Detached: return when the mesh is up, leave the control plane running in the background.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Build images (compose `build:`, the runtime and demo images) before starting.
+    #[arg(long)]
+    pub build: bool,
+    /// Wait until every service is running and healthy.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds `--wait` (and start-up) may take.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub wait_timeout: u64,
+    /// Remove containers of services no longer in the files.
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Sidecar and meshdns image (default: meshctl/runtime:<version>, built locally when
+    /// missing).
+    #[arg(long, value_name = "IMAGE")]
+    pub proxy_image: Option<String>,
+    /// Only these services (and their dependencies).
+    pub services: Vec<String>,
+}
+
+/// `meshctl down`.
+#[derive(Debug, Clone, Args)]
+pub struct DownArgs {
+    /// Also remove the project's named volumes.
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
+    /// Remove images: `local` removes the images built for services without an `image:` name.
+    #[arg(long, value_name = "TYPE", value_parser = ["local", "all"])]
+    pub rmi: Option<String>,
+}
+
+/// `meshctl ps`.
+#[derive(Debug, Clone, Args)]
+pub struct PsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also list sidecars and meshdns as their own rows.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+}
+
+/// `meshctl logs`.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Follow the output (`-f` is the global `--file`, so only the long form).
+    #[arg(long)]
+    pub follow: bool,
+    /// Lines from the end of each log (`all` for everything).
+    #[arg(long, default_value = "all")]
+    pub tail: String,
+    /// Include the sidecars' (meshproxy) logs.
+    #[arg(long)]
+    pub proxy: bool,
+    /// Only these services.
+    pub services: Vec<String>,
+}
+
+fn spec(args: &ProjectArgs) -> ProjectSpec {
+    ProjectSpec {
+        files: args.files.clone(),
+        working_dir: args
+            .project_directory
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".")),
+        project_name: args.project_name.clone(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `meshctl up`.
+pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let project = Project::load(&spec(project))?;
+    let opts = UpOptions {
+        detach: args.detach,
+        build: args.build,
+        wait: args.wait,
+        wait_timeout: Duration::from_secs(args.wait_timeout),
+        services: args.services.clone(),
+        remove_orphans: args.remove_orphans,
+        proxy_image: args.proxy_image.clone(),
+    };
+    let progress = Progress::new();
+    runtime()?.block_on(async {
+        let started = std::time::Instant::now();
+        let outcome = super::up::up(&project, &opts, &progress).await?;
+        if args.detach {
+            eprintln!(
+                "mesh {} up in {:.1} s: {} pod(s) on {} ({}/24)",
+                project.name(),
+                started.elapsed().as_secs_f64(),
+                outcome.plan.pods.len(),
+                outcome.network.name,
+                outcome.network.subnet
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Foreground: stream the apps' logs until Ctrl-C or SIGTERM, then stop the project.
+        let engine = Engine::connect().await?;
+        let follow = follow_logs(&engine, &outcome.apps, "all");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = follow => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\nstopping {}", project.name());
+        let containers = engine.containers(project.name()).await?;
+        let mut ordered: Vec<&Owned> = containers.iter().collect();
+        ordered.sort_by_key(|c| match c.role() {
+            Some(Role::App) => 0,
+            Some(Role::Sidecar) => 1,
+            _ => 2,
+        });
+        for c in ordered {
+            let _ = engine
+                .docker
+                .stop_container(
+                    &c.id,
+                    Some(
+                        bollard::query_parameters::StopContainerOptionsBuilder::new()
+                            .t(10)
+                            .build(),
+                    ),
+                )
+                .await;
+            progress.line(&format!("Container {}", c.name), "Stopped");
+        }
+        if let Some(cp) = outcome.control_plane {
+            cp.shutdown().await;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Streams the logs of `containers` (name -> ID), each line prefixed with the name.
+async fn follow_logs(engine: &Engine, containers: &BTreeMap<String, String>, tail: &str) {
+    let width = containers.keys().map(String::len).max().unwrap_or(0);
+    let streams = containers.iter().map(|(name, id)| {
+        let opts = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .tail(tail)
+            .build();
+        let prefix = format!("{name:<width$} | ");
+        engine
+            .docker
+            .logs(id, Some(opts))
+            .map(move |chunk| (prefix.clone(), chunk))
+            .boxed()
+    });
+    let mut all = futures_util::stream::select_all(streams);
+    let mut partial: BTreeMap<String, String> = BTreeMap::new();
+    while let Some((prefix, chunk)) = all.next().await {
+        let Ok(chunk) = chunk else { continue };
+        let text = String::from_utf8_lossy(&chunk.into_bytes()).to_string();
+        let buf = partial.entry(prefix.clone()).or_default();
+        buf.push_str(&text);
+        let mut out = std::io::stdout().lock();
+        while let Some(i) = buf.find('\n') {
+            let line: String = buf.drain(..=i).collect();
+            let _ = write!(out, "{prefix}{line}");
+        }
+        let _ = out.flush();
+    }
+}
+
+/// `meshctl down`.
+pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
+    let spec = spec(project);
+    let project = Project::load(&spec)?;
+    let name = project.name().to_string();
+    let progress = Progress::new();
+    if super::cp::stop(&project.state_dir) {
+        progress.line("Control plane", "Stopped");
+    }
+    let _ = std::fs::remove_file(project.state_dir.join(super::cp::PLACEMENT_FILE));
+    runtime()?.block_on(async {
+        let engine = Engine::connect().await?;
+        let mut containers = engine.containers(&name).await?;
+        containers.sort_by_key(|c| c.role() != Some(Role::App));
+        for c in &containers {
+            progress.line(&format!("Container {}", c.name), "Removing");
+            engine.remove_container(&c.id).await?;
+            progress.line(&format!("Container {}", c.name), "Removed");
+        }
+        for n in engine.networks(&name).await? {
+            let Some(id) = n.id.or(n.name.clone()) else {
+                continue;
+            };
+            let label = format!("Network {}", n.name.unwrap_or_default());
+            match engine.docker.remove_network(&id).await {
+                Ok(()) => progress.line(&label, "Removed"),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(DockerError::api(format!("removing {label}"))(e).into()),
+            }
+        }
+        if args.volumes {
+            for v in engine.volumes(&name).await? {
+                match engine
+                    .docker
+                    .remove_volume(&v, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                    .await
+                {
+                    Ok(()) => progress.line(&format!("Volume {v}"), "Removed"),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => {
+                        return Err(DockerError::api(format!("removing volume {v}"))(e).into());
+                    }
+                }
+            }
+        }
+        if let Some(kind) = &args.rmi
+            && let Some(compose) = &project.mesh.compose
+        {
+            for (svc_name, svc) in &compose.services {
+                let image = match (&svc.image, kind.as_str()) {
+                    (None, _) if svc.build.is_some() => format!("{name}-{svc_name}"),
+                    (Some(i), "all") => i.clone(),
+                    _ => continue,
+                };
+                if engine
+                    .docker
+                    .remove_image(
+                        &image,
+                        None::<bollard::query_parameters::RemoveImageOptions>,
+                        None,
+                    )
+                    .await
+                    .is_ok()
+                {
+                    progress.line(&format!("Image {image}"), "Removed");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// One row of `ps`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PsRow {
+    pub name: String,
+    pub id: String,
+    /// `app`, `sidecar` or `dns`.
+    pub role: String,
+    pub service: String,
+    pub mesh_service: String,
+    pub instance: Option<u32>,
+    pub version: String,
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting` or empty (no healthcheck).
+    pub health: String,
+    pub status: String,
+    pub image: String,
+    pub ip: String,
+    pub identity: String,
+    /// Expiry of the pod's current certificate (RFC 3339), when the control plane answers.
+    pub cert_expires: Option<String>,
+    pub ports: Vec<String>,
+}
+
+/// `meshctl ps`.
+pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
+    let spec = spec(project);
+    let project = Project::load(&spec)?;
+    let rows = runtime()?.block_on(ps_rows(&project, args.all || args.json))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<30} {:<12} {:<10} {:<8} {:<10} {:<10} {:<46} {:<10} PORTS",
+        "NAME", "SERVICE", "MESH", "VERSION", "STATE", "HEALTH", "IDENTITY", "CERT"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<30} {:<12} {:<10} {:<8} {:<10} {:<10} {:<46} {:<10} {}",
+            r.name,
+            r.service,
+            r.mesh_service,
+            r.version,
+            r.state,
+            if r.health.is_empty() { "-" } else { &r.health },
+            r.identity,
+            r.cert_expires
+                .as_deref()
+                .map(|e| e.get(11..16).unwrap_or(e))
+                .unwrap_or("-"),
+            r.ports.join(", ")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The rows of `ps`: app containers (and with `all`, sidecars and meshdns).
+pub async fn ps_rows(project: &Project, all: bool) -> anyhow::Result<Vec<PsRow>> {
+    let engine = Engine::connect().await?;
+    let containers = engine.containers(project.name()).await?;
+    let expiry = cert_expiry(&project.state_dir).await;
+    let sidecar_ports: BTreeMap<String, Vec<String>> = {
+        let mut m = BTreeMap::new();
+        for c in containers
+            .iter()
+            .filter(|c| c.role() == Some(Role::Sidecar))
+        {
+            m.insert(
+                c.label(LABEL_IDENTITY).to_string() + c.label(LABEL_IP),
+                ports_of(&engine, &c.id).await,
+            );
+        }
+        m
+    };
+    let mut rows = Vec::new();
+    for c in &containers {
+        let role = c.role();
+        if !all && role != Some(Role::App) {
+            continue;
+        }
+        let inspect = engine
+            .docker
+            .inspect_container(
+                &c.id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok();
+        let health = inspect
+            .as_ref()
+            .and_then(|i| i.state.as_ref()?.health.as_ref()?.status)
+            .map(|h| h.to_string())
+            .filter(|h| h != "none" && !h.is_empty())
+            .unwrap_or_default();
+        let identity = c.label(LABEL_IDENTITY).to_string();
+        let ports = match role {
+            Some(Role::App) => sidecar_ports
+                .get(&(identity.clone() + c.label(LABEL_IP)))
+                .cloned()
+                .unwrap_or_default(),
+            _ => ports_of(&engine, &c.id).await,
+        };
+        rows.push(PsRow {
+            name: c.name.clone(),
+            id: c.id.chars().take(12).collect(),
+            role: c.label(LABEL_ROLE).to_string(),
+            service: c.label(LABEL_COMPOSE_SERVICE).to_string(),
+            mesh_service: c.label(LABEL_MESH_SERVICE).to_string(),
+            instance: c.label(LABEL_INSTANCE).parse().ok(),
+            version: c.label("version").to_string(),
+            state: c.state.clone(),
+            health,
+            status: c.status.clone(),
+            image: c.image.clone(),
+            ip: c.label(LABEL_IP).to_string(),
+            cert_expires: expiry.get(&identity).cloned(),
+            identity,
+            ports,
+        });
+    }
+    Ok(rows)
+}
+
+async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
+    let Ok(i) = engine
+        .docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(ports) = i.network_settings.and_then(|n| n.ports) {
+        for (port, bindings) in ports {
+            for b in bindings.into_iter().flatten() {
+                out.push(format!(
+                    "{}:{}->{port}",
+                    b.host_ip.unwrap_or_default(),
+                    b.host_port.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Certificate expiry per identity from the running control plane (empty when it does not
+/// answer).
+async fn cert_expiry(state_dir: &std::path::Path) -> BTreeMap<String, String> {
+    let Ok(client) = crate::controlplane::client::AdminClient::from_state_dir(state_dir) else {
+        return BTreeMap::new();
+    };
+    let asked = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get::<crate::controlplane::api::StatusReport>(meshapi::compile::wire::STATUS_PATH),
+    )
+    .await;
+    let Ok(Ok(status)) = asked else {
+        return BTreeMap::new();
+    };
+    status
+        .identities
+        .into_iter()
+        .filter_map(|i| {
+            let t = time::OffsetDateTime::from_unix_timestamp(i.not_after).ok()?;
+            let s = t
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()?;
+            Some((i.identity, s))
+        })
+        .collect()
+}
+
+/// `meshctl logs`.
+pub fn logs(project: &ProjectArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
+    let spec = spec(project);
+    let project = Project::load(&spec)?;
+    runtime()?.block_on(async {
+        let engine = Engine::connect().await?;
+        let containers = engine.containers(project.name()).await?;
+        let chosen: BTreeMap<String, String> = containers
+            .iter()
+            .filter(|c| match c.role() {
+                Some(Role::App) => true,
+                Some(Role::Sidecar) => args.proxy,
+                _ => false,
+            })
+            .filter(|c| {
+                args.services.is_empty()
+                    || args
+                        .services
+                        .iter()
+                        .any(|s| c.label(LABEL_SERVICE) == s || c.label(LABEL_MESH_SERVICE) == s)
+            })
+            .map(|c| (c.name.clone(), c.id.clone()))
+            .collect();
+        if args.follow {
+            follow_logs(&engine, &chosen, &args.tail).await;
+        } else {
+            let width = chosen.keys().map(String::len).max().unwrap_or(0);
+            let mut out = std::io::stdout().lock();
+            for (name, id) in &chosen {
+                let opts = LogsOptionsBuilder::new()
+                    .stdout(true)
+                    .stderr(true)
+                    .tail(&args.tail)
+                    .build();
+                let mut s = engine.docker.logs(id, Some(opts));
+                let mut text = String::new();
+                while let Some(chunk) = s.next().await {
+                    match chunk {
+                        Ok(c) => text.push_str(&String::from_utf8_lossy(&c.into_bytes())),
+                        Err(e) => {
+                            text.push_str(&format!("(logs unavailable: {e})\n"));
+                            break;
+                        }
+                    }
+                }
+                for line in text.lines() {
+                    writeln!(out, "{name:<width$} | {line}")?;
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `meshctl __control-plane` (started by `up -d`).
+pub fn control_plane_daemon(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
+    super::cp::daemon(&spec(project))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,223 @@
+//! The project network: one bridge per project with a /24 that meshctl chooses, so the gateway
+//! (where the control plane listens), meshdns (`.2`) and every sidecar (`.10` up) have
+//! addresses known before anything starts.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+
+use super::engine::Engine;
+use super::{DockerError, LABEL_COMPOSE_PROJECT, LABEL_PROJECT};
+
+/// The project network as the runner uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectNetwork {
+    pub name: String,
+    /// Network address of the /24.
+    pub subnet: Ipv4Addr,
+    /// `.1`: the host side, where the control plane listens.
+    pub gateway: Ipv4Addr,
+}
+
+/// First host number given to sidecars.
+pub const FIRST_POD_HOST: u8 = 10;
+
+impl ProjectNetwork {
+    /// `.n` of the subnet.
+    pub fn host(&self, n: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.subnet.octets();
+        Ipv4Addr::new(a, b, c, n)
+    }
+
+    /// meshdns's address.
+    pub fn dns_ip(&self) -> Ipv4Addr {
+        self.host(2)
+    }
+
+    /// True when `ip` is in this /24.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        ip.octets()[..3] == self.subnet.octets()[..3]
+    }
+}
+
+/// The network's name for a project (compose names its default one `<project>_default`).
+pub fn network_name(project: &str) -> String {
+    format!("{project}_mesh")
+}
+
+/// Finds the project's network, or creates it on a free /24.
+pub async fn ensure(engine: &Engine, project: &str) -> Result<(ProjectNetwork, bool), DockerError> {
+    let name = network_name(project);
+    for n in engine.networks(project).await? {
+        if n.name.as_deref() == Some(name.as_str()) {
+            return from_ipam(&name, n.ipam.as_ref()).map(|pn| (pn, false));
+        }
+    }
+    let taken = taken_subnets(engine).await?;
+    let mut tried = 0;
+    for subnet in candidates(project) {
+        if taken.iter().any(|t| overlaps(*t, subnet)) {
+            continue;
+        }
+        tried += 1;
+        if tried > 20 {
+            break;
+        }
+        let net = ProjectNetwork {
+            name: name.clone(),
+            subnet,
+            gateway: {
+                let [a, b, c, _] = subnet.octets();
+                Ipv4Addr::new(a, b, c, 1)
+            },
+        };
+        let labels = HashMap::from([
+            (LABEL_PROJECT.to_string(), project.to_string()),
+            (LABEL_COMPOSE_PROJECT.to_string(), project.to_string()),
+            ("com.docker.compose.network".to_string(), "mesh".to_string()),
+        ]);
+        let req = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            ipam: Some(Ipam {
+                driver: Some("default".into()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(format!("{subnet}/24")),
+                    gateway: Some(net.gateway.to_string()),
+                    ..IpamConfig::default()
+                }]),
+                options: None,
+            }),
+            labels: Some(labels),
+            ..NetworkCreateRequest::default()
+        };
+        match engine.docker.create_network(req).await {
+            Ok(_) => return Ok((net, true)),
+            // Another project took this subnet between our scan and now: next one.
+            Err(e) if e.to_string().contains("overlap") => continue,
+            Err(e) if super::is_conflict(&e) => {
+                // Created concurrently under the same name: use it.
+                return Box::pin(ensure(engine, project)).await;
+            }
+            Err(e) => return Err(DockerError::api(format!("creating network {name}"))(e)),
+        }
+    }
+    Err(DockerError::NoSubnet)
+}
+
+fn from_ipam(name: &str, ipam: Option<&Ipam>) -> Result<ProjectNetwork, DockerError> {
+    let bad = |message: &str| DockerError::Network {
+        name: name.to_string(),
+        message: message.to_string(),
+    };
+    let cfg = ipam
+        .and_then(|i| i.config.as_ref())
+        .and_then(|c| c.first())
+        .ok_or_else(|| {
+            bad("has no IPAM config (not made by meshctl? remove it with `meshctl down`)")
+        })?;
+    let subnet = cfg
+        .subnet
+        .as_deref()
+        .and_then(|s| s.strip_suffix("/24"))
+        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        .ok_or_else(|| bad("is not an IPv4 /24"))?;
+    let gateway = cfg
+        .gateway
+        .as_deref()
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| bad("has no gateway"))?;
+    Ok(ProjectNetwork {
+        name: name.to_string(),
+        subnet,
+        gateway,
+    })
+}
+
+/// `(network, prefix length)` of every IPv4 subnet in use by the engine's networks and the
+/// host's routes.
+async fn taken_subnets(engine: &Engine) -> Result<Vec<(Ipv4Addr, u8)>, DockerError> {
+    let nets = engine
+        .docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .map_err(DockerError::api("listing networks"))?;
+    let mut out: Vec<(Ipv4Addr, u8)> = nets
+        .iter()
+        .filter_map(|n| n.ipam.as_ref()?.config.as_ref())
+        .flatten()
+        .filter_map(|c| parse_cidr(c.subnet.as_deref()?))
+        .collect();
+    out.extend(host_routes());
+    Ok(out)
+}
+
+/// IPv4 routes of the host (`/proc/net/route`), so a chosen subnet never shadows a LAN or VPN.
+fn host_routes() -> Vec<(Ipv4Addr, u8)> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            if mask == 0 {
+                return None; // the default route overlaps everything
+            }
+            let prefix = u8::try_from(mask.count_ones()).ok()?;
+            Some((Ipv4Addr::from(dest.swap_bytes()), prefix))
+        })
+        .collect()
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    Some((ip.parse().ok()?, len.parse().ok()?))
+}
+
+fn overlaps((net, len): (Ipv4Addr, u8), candidate: Ipv4Addr) -> bool {
+    let len = u32::from(len.min(32)).min(24);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    (u32::from(net) & mask) == (u32::from(candidate) & mask)
+}
+
+/// Candidate /24s, starting at a place derived from the project name so that parallel
+/// projects rarely race for the same one: 10.213.0-255.0, then 172.29.0-255.0.
+fn candidates(project: &str) -> impl Iterator<Item = Ipv4Addr> {
+    let start = project
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % 256;
+    let ring = move |a: u8, b: u8| {
+        (0..256u32).map(move |i| {
+            let c = u8::try_from((start + i) % 256).unwrap_or(0);
+            Ipv4Addr::new(a, b, c, 0)
+        })
+    };
+    ring(10, 213).chain(ring(172, 29))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_checks_the_shorter_prefix() {
+        let c = Ipv4Addr::new(10, 213, 7, 0);
+        assert!(overlaps((Ipv4Addr::new(10, 0, 0, 0), 8), c));
+        assert!(overlaps((Ipv4Addr::new(10, 213, 7, 0), 24), c));
+        assert!(overlaps((Ipv4Addr::new(10, 213, 7, 128), 25), c));
+        assert!(!overlaps((Ipv4Addr::new(10, 213, 8, 0), 24), c));
+        assert!(!overlaps((Ipv4Addr::new(172, 17, 0, 0), 16), c));
+    }
+
+    #[test]
+    fn candidates_are_distinct_24s() {
+        let all: std::collections::BTreeSet<_> = candidates("seed").collect();
+        assert_eq!(all.len(), 512);
+        assert!(all.iter().all(|ip| ip.octets()[3] == 0));
+    }
+}

@@ -1,0 +1,665 @@
+//! The desired state: one pod (sidecar + app) per replica of each compose service, with its
+//! address, the two containers' create bodies and their config hashes. Pure: no engine calls,
+//! so the mapping from compose to containers is testable on its own.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HealthConfig, HostConfig, Mount,
+    MountType, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use meshapi::ca_api::{
+    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
+};
+use meshapi::compose::{ComposeFile, DependsCondition, Restart, Service};
+use meshapi::proxy::SpiffeId;
+
+use super::network::{FIRST_POD_HOST, ProjectNetwork};
+use super::*;
+
+/// meshproxy's inbound port (Istio's).
+pub const INBOUND_PORT: u16 = 15006;
+/// meshproxy's health port (`/healthz/ready`).
+pub const HEALTH_PORT: u16 = 15021;
+
+/// Pass `--capture` to the sidecar (transparent inbound/outbound redirect installed by
+/// meshproxy over netlink). Off until meshproxy has the flag: the sidecar then serves
+/// outbound on VIP listeners (`bind_vips`) and inbound on 15006 only.
+pub const SIDECAR_CAPTURE: bool = false;
+
+/// What the plan is made from.
+#[derive(Debug)]
+pub struct PlanInput<'a> {
+    pub project: &'a str,
+    pub project_dir: &'a Path,
+    pub compose: &'a ComposeFile,
+    pub network: &'a ProjectNetwork,
+    /// Sidecar image name and ID.
+    pub proxy_image: (&'a str, &'a str),
+    /// Image name and ID of each compose service.
+    pub images: &'a BTreeMap<String, (String, String)>,
+    /// Addresses of existing sidecars, kept across runs: (service, instance) -> IP.
+    pub existing_ips: &'a BTreeMap<(String, u32), Ipv4Addr>,
+    /// The control plane's trust root, handed to sidecars.
+    pub root_pem: &'a str,
+    /// Trust domain of identities.
+    pub trust_domain: &'a str,
+}
+
+/// One replica of one compose service.
+#[derive(Debug, Clone)]
+pub struct PodPlan {
+    pub service: String,
+    pub instance: u32,
+    pub mesh_service: String,
+    pub identity: SpiffeId,
+    pub ip: Ipv4Addr,
+    pub sidecar_name: String,
+    pub app_name: String,
+    /// Create body of the sidecar, without its bootstrap token (see [`with_token`]).
+    pub sidecar: ContainerCreateBody,
+    pub sidecar_hash: String,
+    pub app: ContainerCreateBody,
+    pub app_hash: String,
+    /// The app has a healthcheck (compose's or the image's is not known here: compose's).
+    pub has_healthcheck: bool,
+}
+
+/// The whole desired project.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub pods: Vec<PodPlan>,
+    /// Compose services in start order (dependencies first).
+    pub order: Vec<String>,
+    /// `depends_on` of each service.
+    pub depends: BTreeMap<String, Vec<(String, DependsCondition)>>,
+    /// Named volumes to create: full name.
+    pub volumes: Vec<String>,
+}
+
+impl Plan {
+    /// The inbound address of every pod, for the control plane's placement.
+    pub fn placement(&self) -> meshapi::compile::FixedPlacement {
+        meshapi::compile::FixedPlacement(
+            self.pods
+                .iter()
+                .map(|p| {
+                    (
+                        (p.service.clone(), p.instance),
+                        SocketAddr::from((p.ip, INBOUND_PORT)),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Why a plan cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no free address left on the project network for {0}")]
+    NoAddress(String),
+    #[error("service {service}: {message}")]
+    Service { service: String, message: String },
+    #[error("depends_on cycle through {0}")]
+    Cycle(String),
+}
+
+/// Container name of replica `instance` (0-based) of `service`: compose's `<project>-<service>-<n>`.
+pub fn app_name(project: &str, service: &str, instance: u32) -> String {
+    format!("{project}-{service}-{}", instance + 1)
+}
+
+/// The sidecar's container name.
+pub fn sidecar_name(project: &str, service: &str, instance: u32) -> String {
+    format!("{}-proxy", app_name(project, service, instance))
+}
+
+/// Builds the plan.
+pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    let mut used: Vec<Ipv4Addr> = input.existing_ips.values().copied().collect();
+    let mut pods = Vec::new();
+    let mut volumes = Vec::new();
+    let mut workloads = input.compose.workloads();
+    workloads.sort_by(|a, b| a.name.cmp(b.name));
+    for w in &workloads {
+        let svc_err = |message: String| PlanError::Service {
+            service: w.name.to_string(),
+            message,
+        };
+        let identity = SpiffeId::new(input.trust_domain, w.namespace, w.service_account)
+            .map_err(|e| svc_err(e.to_string()))?;
+        let (image, image_id) = input
+            .images
+            .get(w.name)
+            .cloned()
+            .ok_or_else(|| svc_err("no image".into()))?;
+        for instance in 0..w.replicas {
+            let key = (w.name.to_string(), instance);
+            let ip = match input.existing_ips.get(&key) {
+                Some(ip) if input.network.contains(*ip) => *ip,
+                _ => {
+                    let ip = (FIRST_POD_HOST..=254)
+                        .map(|n| input.network.host(n))
+                        .find(|ip| !used.contains(ip))
+                        .ok_or_else(|| PlanError::NoAddress(w.name.to_string()))?;
+                    used.push(ip);
+                    ip
+                }
+            };
+            let labels = |role: Role| -> HashMap<String, String> {
+                HashMap::from([
+                    (LABEL_PROJECT.into(), input.project.into()),
+                    (LABEL_COMPOSE_PROJECT.into(), input.project.into()),
+                    (LABEL_COMPOSE_SERVICE.into(), w.name.into()),
+                    (LABEL_COMPOSE_NUMBER.into(), (instance + 1).to_string()),
+                    (LABEL_SERVICE.into(), w.name.into()),
+                    (LABEL_MESH_SERVICE.into(), w.mesh_service.into()),
+                    (LABEL_INSTANCE.into(), instance.to_string()),
+                    (LABEL_ROLE.into(), role.as_str().into()),
+                    (LABEL_IDENTITY.into(), identity.to_string()),
+                    (LABEL_IP.into(), ip.to_string()),
+                ])
+            };
+            let sname = sidecar_name(input.project, w.name, instance);
+            let aname = app_name(input.project, w.name, instance);
+            let mut sidecar =
+                sidecar_body(input, w.service, w.name, instance, ip, &identity).map_err(svc_err)?;
+            let mut sl = labels(Role::Sidecar);
+            let sidecar_hash = hash(
+                &[&serde_json::to_value(&sidecar).unwrap_or_default()],
+                &[input.proxy_image.1],
+            );
+            sl.insert(LABEL_CONFIG_HASH.into(), sidecar_hash.clone());
+            sidecar.labels = Some(sl);
+            sidecar.image = Some(input.proxy_image.0.to_string());
+
+            let (mut app, vols) = app_body(input, w.service, w.name, &sname).map_err(svc_err)?;
+            for v in vols {
+                if !volumes.contains(&v) {
+                    volumes.push(v);
+                }
+            }
+            let mut al = labels(Role::App);
+            al.extend(w.service.labels.clone());
+            app.labels = Some(al.clone());
+            let app_hash = hash(
+                &[&serde_json::to_value(&app).unwrap_or_default()],
+                &[&image_id, &sidecar_hash],
+            );
+            al.insert(LABEL_CONFIG_HASH.into(), app_hash.clone());
+            app.labels = Some(al);
+            app.image = Some(image.clone());
+            pods.push(PodPlan {
+                service: w.name.to_string(),
+                instance,
+                mesh_service: w.mesh_service.to_string(),
+                identity: identity.clone(),
+                ip,
+                sidecar_name: sname,
+                app_name: aname,
+                sidecar,
+                sidecar_hash,
+                app,
+                app_hash,
+                has_healthcheck: w
+                    .service
+                    .healthcheck
+                    .as_ref()
+                    .is_some_and(|h| h.disable != Some(true) && h.test.is_some()),
+            });
+        }
+    }
+    let depends: BTreeMap<String, Vec<(String, DependsCondition)>> = workloads
+        .iter()
+        .map(|w| {
+            (
+                w.name.to_string(),
+                w.service
+                    .depends_on
+                    .iter()
+                    .map(|(d, c)| (d.clone(), c.condition))
+                    .collect(),
+            )
+        })
+        .collect();
+    let order = topo_order(&depends)?;
+    Ok(Plan {
+        pods,
+        order,
+        depends,
+        volumes,
+    })
+}
+
+/// The sidecar's body with its bootstrap token (never part of the hash: it changes each time).
+pub fn with_token(body: &ContainerCreateBody, token: &str) -> ContainerCreateBody {
+    let mut b = body.clone();
+    let env = b.env.get_or_insert_with(Vec::new);
+    env.push(format!("{ENV_BOOTSTRAP_TOKEN}={token}"));
+    b
+}
+
+fn sidecar_body(
+    input: &PlanInput<'_>,
+    svc: &Service,
+    name: &str,
+    instance: u32,
+    ip: Ipv4Addr,
+    identity: &SpiffeId,
+) -> Result<ContainerCreateBody, String> {
+    let mut env = vec![
+        format!("{ENV_CA_ADDR}={}:15012", input.network.gateway),
+        format!("{ENV_IDENTITY}={identity}"),
+        format!("{ENV_WORKLOAD}={name}"),
+        format!("{ENV_INSTANCE}={instance}"),
+        format!("{ENV_CA_ROOT_PEM}={}", input.root_pem),
+        // Plain log lines: `meshctl logs --proxy` is read in terminals and files alike.
+        "NO_COLOR=1".into(),
+    ];
+    if SIDECAR_CAPTURE {
+        env.push("MESH_CAPTURE=1".into());
+    }
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &svc.ports {
+        let key = format!("{}/{}", p.target, p.protocol);
+        exposed.push(key.clone());
+        if let Some(published) = &p.published {
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: Some(published.clone()),
+                });
+        }
+    }
+    let ns = svc
+        .x_mesh
+        .as_ref()
+        .and_then(|x| x.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let hostname = svc
+        .hostname
+        .clone()
+        .unwrap_or_else(|| format!("{name}-{}", instance + 1));
+    Ok(ContainerCreateBody {
+        hostname: Some(hostname),
+        env: Some(env),
+        entrypoint: Some(vec!["/meshproxy".into()]),
+        cmd: Some(if SIDECAR_CAPTURE {
+            vec!["--capture".into()]
+        } else {
+            Vec::new()
+        }),
+        exposed_ports: Some(exposed),
+        host_config: Some(HostConfig {
+            network_mode: Some(input.network.name.clone()),
+            port_bindings: Some(bindings),
+            cap_add: Some(vec!["NET_ADMIN".into()]),
+            dns: Some(vec![input.network.dns_ip().to_string()]),
+            dns_search: Some(vec![
+                format!("{ns}.svc.cluster.local"),
+                "svc.cluster.local".into(),
+                "cluster.local".into(),
+            ]),
+            extra_hosts: Some(
+                svc.extra_hosts
+                    .iter()
+                    .map(|h| h.replacen('=', ":", 1))
+                    .collect(),
+            ),
+            ..HostConfig::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                input.network.name.clone(),
+                EndpointSettings {
+                    ipam_config: Some(EndpointIpamConfig {
+                        ipv4_address: Some(ip.to_string()),
+                        ..EndpointIpamConfig::default()
+                    }),
+                    ..EndpointSettings::default()
+                },
+            )])),
+        }),
+        ..ContainerCreateBody::default()
+    })
+}
+
+fn command(c: &meshapi::compose::Command) -> Result<Vec<String>, String> {
+    match c {
+        meshapi::compose::Command::Exec(v) => Ok(v.clone()),
+        meshapi::compose::Command::Shell(s) => shell_split(s),
+    }
+}
+
+/// Splits a command line as a POSIX shell would (quotes and backslashes; no expansion).
+pub fn shell_split(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut has = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                has = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed ' in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                has = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c);
+                            }
+                            None => return Err(format!("unclosed \" in {s:?}")),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unclosed \" in {s:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                has = true;
+                if let Some(c) = chars.next() {
+                    cur.push(c);
+                }
+            }
+            c if c.is_whitespace() => {
+                if has {
+                    out.push(std::mem::take(&mut cur));
+                    has = false;
+                }
+            }
+            c => {
+                has = true;
+                cur.push(c);
+            }
+        }
+    }
+    if has {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+fn nanos(d: &Option<meshapi::compose::ComposeDuration>) -> Option<i64> {
+    d.as_ref()
+        .map(|d| i64::try_from(d.0.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn environment(input: &PlanInput<'_>, svc: &Service) -> Result<Vec<String>, String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for f in &svc.env_file {
+        let path = input.project_dir.join(&f.path);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(_) if !f.required => continue,
+            Err(e) => return Err(format!("env_file {}: {e}", path.display())),
+        };
+        let entries = meshapi::compose::parse_env_file(&text)
+            .map_err(|e| format!("env_file {}: {e}", path.display()))?;
+        env.extend(meshapi::compose::resolve_env_entries(
+            entries,
+            &meshapi::compose::ProcessEnv,
+        ));
+    }
+    for (k, v) in &svc.environment {
+        match v {
+            Some(v) => {
+                env.insert(k.clone(), v.clone());
+            }
+            None => {
+                if let Ok(v) = std::env::var(k) {
+                    env.insert(k.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+fn app_body(
+    input: &PlanInput<'_>,
+    svc: &Service,
+    name: &str,
+    sidecar: &str,
+) -> Result<(ContainerCreateBody, Vec<String>), String> {
+    let mut mounts = Vec::new();
+    let mut volumes = Vec::new();
+    for v in &svc.volumes {
+        let kind = match v.kind.as_str() {
+            "bind" => MountType::BIND,
+            "volume" => MountType::VOLUME,
+            "tmpfs" => MountType::TMPFS,
+            other => return Err(format!("volume type {other:?} is not supported")),
+        };
+        let source = match (&kind, &v.source) {
+            (MountType::VOLUME, Some(src)) => {
+                let external = input
+                    .compose
+                    .volumes
+                    .get(src)
+                    .and_then(|d| d.as_ref())
+                    .is_some_and(|d| d.external == Some(true));
+                let explicit = input
+                    .compose
+                    .volumes
+                    .get(src)
+                    .and_then(|d| d.as_ref())
+                    .and_then(|d| d.name.clone());
+                let full = explicit.unwrap_or_else(|| format!("{}_{src}", input.project));
+                if !external {
+                    volumes.push(full.clone());
+                }
+                Some(full)
+            }
+            (_, s) => s.clone(),
+        };
+        mounts.push(Mount {
+            target: Some(v.target.clone()),
+            source,
+            typ: Some(kind),
+            read_only: v.read_only,
+            ..Mount::default()
+        });
+    }
+    let healthcheck = svc.healthcheck.as_ref().map(|h| {
+        if h.disable == Some(true) {
+            HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..HealthConfig::default()
+            }
+        } else {
+            HealthConfig {
+                test: h.test.as_ref().map(|t| t.0.clone()),
+                interval: nanos(&h.interval),
+                timeout: nanos(&h.timeout),
+                retries: h.retries.map(i64::from),
+                start_period: nanos(&h.start_period),
+                start_interval: nanos(&h.start_interval),
+            }
+        }
+    });
+    let restart = svc.restart.as_ref().map(|r| match r {
+        Restart::No => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        },
+        Restart::Always => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::ALWAYS),
+            maximum_retry_count: None,
+        },
+        Restart::UnlessStopped => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            maximum_retry_count: None,
+        },
+        Restart::OnFailure(n) => RestartPolicy {
+            name: Some(RestartPolicyNameEnum::ON_FAILURE),
+            maximum_retry_count: n.map(i64::from),
+        },
+    });
+    let _ = name;
+    let body = ContainerCreateBody {
+        env: Some(environment(input, svc)?),
+        cmd: svc.command.as_ref().map(command).transpose()?,
+        entrypoint: svc.entrypoint.as_ref().map(command).transpose()?,
+        working_dir: svc.working_dir.clone(),
+        user: svc.user.clone(),
+        stop_signal: svc.stop_signal.clone(),
+        stop_timeout: svc
+            .stop_grace_period
+            .as_ref()
+            .map(|d| i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX)),
+        tty: svc.tty,
+        open_stdin: svc.stdin_open,
+        healthcheck,
+        host_config: Some(HostConfig {
+            network_mode: Some(format!("container:{sidecar}")),
+            mounts: Some(mounts),
+            restart_policy: restart,
+            cap_add: (!svc.cap_add.is_empty()).then(|| svc.cap_add.clone()),
+            cap_drop: (!svc.cap_drop.is_empty()).then(|| svc.cap_drop.clone()),
+            readonly_rootfs: svc.read_only,
+            init: svc.init,
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    };
+    Ok((body, volumes))
+}
+
+/// Services in an order where each comes after what it depends on.
+fn topo_order(
+    depends: &BTreeMap<String, Vec<(String, DependsCondition)>>,
+) -> Result<Vec<String>, PlanError> {
+    let mut order = Vec::new();
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 visiting, 2 done
+    fn visit<'a>(
+        n: &'a str,
+        depends: &'a BTreeMap<String, Vec<(String, DependsCondition)>>,
+        state: &mut BTreeMap<&'a str, u8>,
+        order: &mut Vec<String>,
+    ) -> Result<(), PlanError> {
+        match state.get(n) {
+            Some(2) => return Ok(()),
+            Some(1) => return Err(PlanError::Cycle(n.to_string())),
+            _ => {}
+        }
+        state.insert(n, 1);
+        for (d, _) in depends.get(n).into_iter().flatten() {
+            if depends.contains_key(d) {
+                visit(d, depends, state, order)?;
+            }
+        }
+        state.insert(n, 2);
+        order.push(n.to_string());
+        Ok(())
+    }
+    for n in depends.keys() {
+        visit(n, depends, &mut state, &mut order)?;
+    }
+    Ok(order)
+}
+
+/// A stable hash of JSON values (object keys sorted) and extra strings.
+pub fn hash(values: &[&serde_json::Value], extra: &[&str]) -> String {
+    fn canon(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for k in keys {
+                    out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                    out.push(':');
+                    if let Some(v) = m.get(k) {
+                        canon(v, out);
+                    }
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for v in a {
+                    canon(v, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    for v in values {
+        canon(v, &mut text);
+        text.push('\n');
+    }
+    for e in extra {
+        text.push_str(e);
+        text.push('\n');
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    d.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_split_handles_quotes() {
+        assert_eq!(
+            shell_split(r#"sh -c 'echo "hi there"' a\ b "x\"y""#).unwrap(),
+            vec!["sh", "-c", "echo \"hi there\"", "a b", "x\"y"]
+        );
+        assert!(shell_split("echo 'oops").is_err());
+        assert_eq!(shell_split("  ").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn hash_ignores_key_order() {
+        let a = serde_json::json!({"a": 1, "b": [1, {"y": 2, "x": 1}]});
+        let b = serde_json::json!({"b": [1, {"x": 1, "y": 2}], "a": 1});
+        assert_eq!(hash(&[&a], &["i"]), hash(&[&b], &["i"]));
+        assert_ne!(hash(&[&a], &["i"]), hash(&[&a], &["j"]));
+    }
+
+    #[test]
+    fn topo_order_puts_dependencies_first_and_finds_cycles() {
+        let d = |v: &[(&str, &[&str])]| -> BTreeMap<String, Vec<(String, DependsCondition)>> {
+            v.iter()
+                .map(|(k, ds)| {
+                    (
+                        k.to_string(),
+                        ds.iter()
+                            .map(|d| (d.to_string(), DependsCondition::ServiceStarted))
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        let order = topo_order(&d(&[("a", &["b"]), ("b", &["c"]), ("c", &[])])).unwrap();
+        assert_eq!(order, vec!["c", "b", "a"]);
+        assert!(topo_order(&d(&[("a", &["b"]), ("b", &["a"])])).is_err());
+    }
+}

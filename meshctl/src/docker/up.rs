@@ -1,0 +1,532 @@
+//! `up`: make the engine match the plan, changing only what changed.
+//!
+//! 1. load and check the files; connect; make sure every image exists (build when asked or
+//!    missing); find or create the network;
+//! 2. plan every pod, keeping the addresses of existing sidecars;
+//! 3. compare with what runs (config-hash labels): recreate what differs, remove replicas
+//!    scaled away (and, with `--remove-orphans`, services no longer in the files);
+//! 4. (re)start the control plane when a sidecar needs a bootstrap token or placement changed;
+//!    meshdns; volumes;
+//! 5. sidecars (in parallel), each waited for until `/healthz/ready` answers 200; then the
+//!    apps in `depends_on` order, each after its dependencies reached their condition;
+//! 6. with `--wait`, every app running and healthy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use meshapi::compose::DependsCondition;
+use meshapi::diag::Severity;
+use meshapi::load::{self, LoadOptions, Mesh};
+
+use super::cp::{self, PlacementFile};
+use super::engine::{Engine, Owned};
+use super::image;
+use super::network::{self, ProjectNetwork};
+use super::plan::{self, Plan, PlanInput, PodPlan};
+use super::pod::{self, Ready};
+use super::progress::Progress;
+use super::{DockerError, LABEL_CONFIG_HASH, LABEL_IP, Role};
+use crate::ca::{Ca, CaConfig};
+use crate::controlplane::{ControlPlane, ProjectSpec};
+
+/// `up`'s options (the CLI flags).
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// `-d`: leave the control plane running in the background.
+    pub detach: bool,
+    /// `--build`: build images before starting.
+    pub build: bool,
+    /// `--wait`: wait until every app is running and healthy.
+    pub wait: bool,
+    /// `--wait-timeout`.
+    pub wait_timeout: Duration,
+    /// Only these services (and what they depend on). Empty: all.
+    pub services: Vec<String>,
+    /// Remove pods of services no longer in the files.
+    pub remove_orphans: bool,
+    /// Sidecar and meshdns image instead of the built runtime image.
+    pub proxy_image: Option<String>,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            detach: true,
+            build: false,
+            wait: true,
+            wait_timeout: Duration::from_secs(120),
+            services: Vec::new(),
+            remove_orphans: false,
+            proxy_image: None,
+        }
+    }
+}
+
+/// A loaded project.
+#[derive(Debug)]
+pub struct Project {
+    pub spec: ProjectSpec,
+    pub mesh: Mesh,
+    pub state_dir: PathBuf,
+}
+
+impl Project {
+    /// Loads and checks the files; any error refuses.
+    pub fn load(spec: &ProjectSpec) -> Result<Project, DockerError> {
+        let mut opts = LoadOptions::new(spec.working_dir.clone());
+        opts.files = spec.files.clone();
+        opts.project_name = spec.project_name.clone();
+        let loaded = load::load(&opts);
+        let mut diags = loaded.diagnostics.clone();
+        diags.extend(meshapi::check::analyze(&loaded.mesh));
+        let errors: Vec<String> = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| crate::cli::render(d, false))
+            .collect();
+        if !errors.is_empty() {
+            return Err(DockerError::Invalid(errors.join("\n")));
+        }
+        Ok(Project {
+            spec: spec.clone(),
+            state_dir: spec.working_dir.join(".mesh"),
+            mesh: loaded.mesh,
+        })
+    }
+
+    /// The project name.
+    pub fn name(&self) -> &str {
+        &self.mesh.project
+    }
+}
+
+/// What `up` left running.
+#[derive(Debug)]
+pub struct UpOutcome {
+    pub plan: Plan,
+    pub network: ProjectNetwork,
+    /// Container name -> ID of every app container.
+    pub apps: BTreeMap<String, String>,
+    /// The control plane, when it runs in this process (foreground `up`).
+    pub control_plane: Option<ControlPlane>,
+}
+
+/// Runs `up`.
+pub async fn up(
+    project: &Project,
+    opts: &UpOptions,
+    progress: &Progress,
+) -> Result<UpOutcome, DockerError> {
+    let name = project.name().to_string();
+    let compose = project
+        .mesh
+        .compose
+        .clone()
+        .ok_or_else(|| DockerError::Invalid("no compose file found".into()))?;
+    let engine = Engine::connect().await?;
+
+    // Images.
+    let proxy_image = match &opts.proxy_image {
+        Some(img) => {
+            let id =
+                image::image_id(&engine, img)
+                    .await?
+                    .ok_or_else(|| DockerError::ImageMissing {
+                        service: "(--proxy-image)".into(),
+                        image: img.clone(),
+                    })?;
+            (img.clone(), id)
+        }
+        None => {
+            let tag = image::runtime_image();
+            let id = image::ensure_static_image(
+                &engine,
+                &tag,
+                &["meshproxy", "meshdns"],
+                opts.build,
+                progress,
+            )
+            .await?;
+            (tag, id)
+        }
+    };
+    let mut images = BTreeMap::new();
+    for w in compose.workloads() {
+        let svc = w.service;
+        let tag = svc
+            .image
+            .clone()
+            .unwrap_or_else(|| format!("{name}-{}", w.name));
+        let existing = image::image_id(&engine, &tag).await?;
+        let id = match (&svc.build, existing) {
+            (Some(_), Some(id)) if !opts.build => id,
+            (Some(b), _) => {
+                image::build_context(&engine, &tag, b, &project.mesh.project_dir, progress).await?
+            }
+            (None, existing) => match (image::workspace_image(&tag), existing) {
+                (Some(bin), _) => {
+                    image::ensure_static_image(&engine, &tag, &[bin], opts.build, progress).await?
+                }
+                (None, Some(id)) => id,
+                (None, None) => {
+                    return Err(DockerError::ImageMissing {
+                        service: w.name.to_string(),
+                        image: tag,
+                    });
+                }
+            },
+        };
+        images.insert(w.name.to_string(), (tag, id));
+    }
+
+    // Network.
+    let (network, created) = network::ensure(&engine, &name).await?;
+    progress.line(
+        &format!("Network {}", network.name),
+        if created { "Created" } else { "Running" },
+    );
+
+    // Plan.
+    let existing = engine.containers(&name).await?;
+    let existing_ips: BTreeMap<(String, u32), Ipv4Addr> = existing
+        .iter()
+        .filter(|c| c.role() == Some(Role::Sidecar))
+        .filter_map(|c| Some((c.pod_key()?, c.label(LABEL_IP).parse().ok()?)))
+        .collect();
+    std::fs::create_dir_all(&project.state_dir).map_err(|source| DockerError::Io {
+        path: project.state_dir.clone(),
+        source,
+    })?;
+    let ca_config = CaConfig::default();
+    let root_pem = Ca::open(&project.spec.working_dir, ca_config.clone())
+        .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?
+        .root_pem()
+        .to_string();
+    let mut plan = plan::plan(&PlanInput {
+        project: &name,
+        project_dir: &project.mesh.project_dir,
+        compose: &compose,
+        network: &network,
+        proxy_image: (&proxy_image.0, &proxy_image.1),
+        images: &images,
+        existing_ips: &existing_ips,
+        root_pem: &root_pem,
+        trust_domain: &ca_config.trust_domain,
+    })
+    .map_err(|e| DockerError::Invalid(e.to_string()))?;
+    if !opts.services.is_empty() {
+        restrict(&mut plan, &opts.services)?;
+    }
+
+    // Compare with what runs.
+    let by_name: BTreeMap<&str, &Owned> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut new_sidecars: Vec<&PodPlan> = Vec::new();
+    let mut new_apps: BTreeSet<String> = BTreeSet::new();
+    let mut start_apps: BTreeMap<String, String> = BTreeMap::new();
+    let mut remove: Vec<&Owned> = Vec::new();
+    for p in &plan.pods {
+        let sc = by_name.get(p.sidecar_name.as_str());
+        let sidecar_ok = sc
+            .is_some_and(|c| c.label(LABEL_CONFIG_HASH) == p.sidecar_hash && c.state == "running");
+        let app = by_name.get(p.app_name.as_str());
+        if !sidecar_ok {
+            if let Some(c) = sc {
+                remove.push(c);
+            }
+            if let Some(c) = app {
+                remove.push(c);
+            }
+            new_sidecars.push(p);
+            new_apps.insert(p.app_name.clone());
+            continue;
+        }
+        match app {
+            Some(c) if c.label(LABEL_CONFIG_HASH) == p.app_hash => {
+                if c.state != "running" {
+                    start_apps.insert(p.app_name.clone(), c.id.clone());
+                }
+            }
+            Some(c) => {
+                remove.push(c);
+                new_apps.insert(p.app_name.clone());
+            }
+            None => {
+                new_apps.insert(p.app_name.clone());
+            }
+        }
+    }
+    let planned: BTreeSet<(String, u32)> = plan
+        .pods
+        .iter()
+        .map(|p| (p.service.clone(), p.instance))
+        .collect();
+    let in_files: BTreeSet<String> = compose.services.keys().cloned().collect();
+    for c in &existing {
+        let Some(key) = c.pod_key() else { continue };
+        if planned.contains(&key) {
+            continue;
+        }
+        if !opts.services.is_empty() && !opts.services.contains(&key.0) && in_files.contains(&key.0)
+        {
+            continue; // not asked about
+        }
+        if in_files.contains(&key.0) || opts.remove_orphans {
+            remove.push(c);
+        } else if c.role() == Some(Role::App) {
+            progress.note(&format!(
+                "warning: found orphan container {} of service {} (not in the files); `meshctl up --remove-orphans` removes it",
+                c.name, key.0
+            ));
+        }
+    }
+
+    // Remove first (apps before their sidecars).
+    remove.sort_by_key(|c| c.role() != Some(Role::App));
+    for c in &remove {
+        progress.line(&format!("Container {}", c.name), "Removing");
+        engine.remove_container(&c.id).await?;
+        progress.line(&format!("Container {}", c.name), "Removed");
+    }
+
+    // Control plane.
+    let placement = PlacementFile::new(
+        cp::listen_addr(network.gateway),
+        &full_placement(&plan, &existing),
+    );
+    let running = cp::running(&project.state_dir);
+    let same_placement = PlacementFile::read(&project.state_dir).as_ref() == Some(&placement);
+    let restart_cp =
+        running.is_none() || !same_placement || !new_sidecars.is_empty() || !opts.detach;
+    let mut control_plane = None;
+    let mut tokens = BTreeMap::new();
+    if restart_cp {
+        if running.is_some() {
+            progress.line("Control plane", "Restarting");
+            let dir = project.state_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || cp::stop(&dir)).await;
+        }
+        let ca = Ca::open(&project.spec.working_dir, ca_config.clone())
+            .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?;
+        for p in &new_sidecars {
+            let t = ca
+                .issue_token(&p.identity)
+                .map_err(|e| DockerError::ControlPlane(format!("bootstrap token: {e}")))?;
+            tokens.insert(p.sidecar_name.clone(), t.as_str().to_string());
+        }
+        drop(ca);
+        placement.write(&project.state_dir)?;
+        if opts.detach {
+            let spec = project.spec.clone();
+            let pl = placement.clone();
+            let pid = tokio::task::spawn_blocking(move || cp::spawn_background(&spec, &pl))
+                .await
+                .map_err(|e| DockerError::ControlPlane(e.to_string()))??;
+            progress.line(
+                "Control plane",
+                &format!("Started (pid {pid}, {})", placement.listen),
+            );
+        } else {
+            let cp = cp::start_in_process(&project.spec, &placement).await?;
+            progress.line("Control plane", &format!("Started ({})", cp.local_addr()));
+            control_plane = Some(cp);
+        }
+    } else {
+        progress.line("Control plane", "Running");
+    }
+
+    // meshdns.
+    let dns_name = super::dns::name(&name);
+    let state_abs = std::path::absolute(&project.state_dir).map_err(|source| DockerError::Io {
+        path: project.state_dir.clone(),
+        source,
+    })?;
+    let (dns_body, dns_hash) = super::dns::body(
+        &name,
+        &network,
+        (&proxy_image.0, &proxy_image.1),
+        &state_abs,
+    );
+    let dns_ok = by_name
+        .get(dns_name.as_str())
+        .is_some_and(|c| c.label(LABEL_CONFIG_HASH) == dns_hash && c.state == "running");
+    if !dns_ok {
+        if let Some(c) = by_name.get(dns_name.as_str()) {
+            engine.remove_container(&c.id).await?;
+        }
+        progress.line(&format!("Container {dns_name}"), "Starting");
+        pod::create_and_start(&engine, &dns_name, "meshdns", dns_body).await?;
+        progress.line(&format!("Container {dns_name}"), "Started");
+    } else {
+        progress.line(&format!("Container {dns_name}"), "Running");
+    }
+
+    // Volumes.
+    for v in &plan.volumes {
+        let labels = std::collections::HashMap::from([
+            (super::LABEL_PROJECT.to_string(), name.clone()),
+            (super::LABEL_COMPOSE_PROJECT.to_string(), name.clone()),
+        ]);
+        let req = bollard::models::VolumeCreateRequest {
+            name: Some(v.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        engine
+            .docker
+            .create_volume(req)
+            .await
+            .map_err(DockerError::api(format!("creating volume {v}")))?;
+    }
+
+    // Sidecars, in parallel.
+    let sidecar_timeout = Duration::from_secs(60);
+    let started = join_all(new_sidecars.iter().map(|p| {
+        let engine = &engine;
+        let token = tokens.get(&p.sidecar_name).cloned().unwrap_or_default();
+        async move {
+            let label = format!("Container {}", p.sidecar_name);
+            progress.line(&label, "Starting");
+            let body = plan::with_token(&p.sidecar, &token);
+            let id = pod::create_and_start(engine, &p.sidecar_name, &p.service, body).await?;
+            progress.line(&label, "Waiting for the proxy");
+            pod::wait_sidecar(engine, &p.sidecar_name, &id, p.ip, sidecar_timeout).await?;
+            progress.line(&label, "Ready");
+            Ok::<(), DockerError>(())
+        }
+    }))
+    .await;
+    for r in started {
+        r?;
+    }
+
+    // Apps, in depends_on order.
+    let mut app_ids: BTreeMap<String, String> = existing
+        .iter()
+        .filter(|c| c.role() == Some(Role::App) && !remove.iter().any(|r| r.id == c.id))
+        .map(|c| (c.name.clone(), c.id.clone()))
+        .collect();
+    for service in plan.order.clone() {
+        let pods: Vec<&PodPlan> = plan.pods.iter().filter(|p| p.service == service).collect();
+        if pods.is_empty() {
+            continue;
+        }
+        for (dep, cond) in plan.depends.get(&service).cloned().unwrap_or_default() {
+            let want = match cond {
+                DependsCondition::ServiceStarted => Ready::Started,
+                DependsCondition::ServiceHealthy => Ready::Healthy,
+                DependsCondition::ServiceCompletedSuccessfully => Ready::Completed,
+            };
+            for p in plan.pods.iter().filter(|p| p.service == dep) {
+                if let Some(id) = app_ids.get(&p.app_name) {
+                    pod::wait_app(&engine, &p.app_name, id, want, opts.wait_timeout).await?;
+                }
+            }
+        }
+        let results = join_all(pods.iter().map(|p| {
+            let engine = &engine;
+            let create = new_apps.contains(&p.app_name);
+            let restart = start_apps.get(&p.app_name).cloned();
+            async move {
+                let label = format!("Container {}", p.app_name);
+                if create {
+                    progress.line(&label, "Starting");
+                    let id = pod::create_and_start(engine, &p.app_name, &p.service, p.app.clone())
+                        .await?;
+                    progress.line(&label, "Started");
+                    Ok::<_, DockerError>(Some(id))
+                } else if let Some(id) = restart {
+                    engine
+                        .docker
+                        .start_container(
+                            &id,
+                            None::<bollard::query_parameters::StartContainerOptions>,
+                        )
+                        .await
+                        .map_err(DockerError::api(format!("starting {}", p.app_name)))?;
+                    progress.line(&label, "Started");
+                    Ok(Some(id))
+                } else {
+                    progress.line(&label, "Running");
+                    Ok(None)
+                }
+            }
+        }))
+        .await;
+        for (p, r) in pods.iter().zip(results) {
+            if let Some(id) = r? {
+                app_ids.insert(p.app_name.clone(), id);
+            }
+        }
+    }
+
+    if opts.wait {
+        let waits = join_all(plan.pods.iter().filter_map(|p| {
+            let id = app_ids.get(&p.app_name)?.clone();
+            let engine = &engine;
+            Some(async move {
+                let label = format!("Container {}", p.app_name);
+                pod::wait_app(engine, &p.app_name, &id, Ready::Healthy, opts.wait_timeout).await?;
+                progress.line(
+                    &label,
+                    if p.has_healthcheck {
+                        "Healthy"
+                    } else {
+                        "Running"
+                    },
+                );
+                Ok::<(), DockerError>(())
+            })
+        }))
+        .await;
+        for r in waits {
+            r?;
+        }
+    }
+    let apps = plan
+        .pods
+        .iter()
+        .filter_map(|p| Some((p.app_name.clone(), app_ids.get(&p.app_name)?.clone())))
+        .collect();
+    Ok(UpOutcome {
+        plan,
+        network,
+        apps,
+        control_plane,
+    })
+}
+
+/// The placement of the planned pods plus, for a partial `up SERVICE...`, the pods left alone.
+fn full_placement(plan: &Plan, existing: &[Owned]) -> meshapi::compile::FixedPlacement {
+    let mut p = plan.placement();
+    for c in existing.iter().filter(|c| c.role() == Some(Role::Sidecar)) {
+        if let (Some(key), Ok(ip)) = (c.pod_key(), c.label(LABEL_IP).parse::<Ipv4Addr>()) {
+            p.0.entry(key)
+                .or_insert_with(|| std::net::SocketAddr::from((ip, plan::INBOUND_PORT)));
+        }
+    }
+    p
+}
+
+/// Keeps only the named services and what they depend on.
+fn restrict(plan: &mut Plan, services: &[String]) -> Result<(), DockerError> {
+    let mut keep: BTreeSet<String> = BTreeSet::new();
+    let mut todo: Vec<String> = services.to_vec();
+    while let Some(s) = todo.pop() {
+        if !plan.depends.contains_key(&s) {
+            return Err(DockerError::Invalid(format!(
+                "no service {s:?} in the files"
+            )));
+        }
+        if keep.insert(s.clone()) {
+            for (d, _) in plan.depends.get(&s).into_iter().flatten() {
+                todo.push(d.clone());
+            }
+        }
+    }
+    plan.pods.retain(|p| keep.contains(&p.service));
+    plan.order.retain(|s| keep.contains(s));
+    Ok(())
+}
