@@ -58,6 +58,13 @@ pub trait Placement {
     fn admin(&self, _workload: &str, _instance: u32) -> AdminConfig {
         AdminConfig::default()
     }
+
+    /// The outbound capture listener of that proxy (container mode: the pod's VIP traffic is
+    /// redirected to it by the capture rules), which then binds no per-VIP listeners.
+    /// Default none: one listener per outbound VIP:port (host mode).
+    fn outbound_capture(&self, _workload: &str, _instance: u32) -> Option<SocketAddr> {
+        None
+    }
 }
 
 /// Host mode: every proxy on one host's loopback, each with its own ports. Proxy number `k`
@@ -400,9 +407,15 @@ fn compile_with(
             key_file: None,
             roots_file: None,
         },
-        listeners: ListenerConfig {
-            inbound: inbound_addr,
-            ..ListenerConfig::default()
+        listeners: {
+            let capture = input
+                .placement
+                .outbound_capture(&proxy.workload, proxy.instance);
+            ListenerConfig {
+                inbound: inbound_addr,
+                outbound_capture: capture,
+                bind_vips: capture.is_none(),
+            }
         },
         inbound,
         outbound,

@@ -59,6 +59,28 @@ pub enum PlacementSpec {
     },
     /// A fixed map (tests, or a runner that knows every address).
     Fixed(meshapi::compile::FixedPlacement),
+    /// Container mode: a fixed map of pod addresses, each proxy in its own network namespace
+    /// with its outbound VIP traffic redirected to a capture listener on `127.0.0.1:15001`
+    /// (no per-VIP listeners, which would collide with app ports on `0.0.0.0`).
+    Container(meshapi::compile::FixedPlacement),
+}
+
+/// [`PlacementSpec::Container`] as a compile placement.
+#[derive(Debug, Clone)]
+pub struct ContainerPlacement(pub meshapi::compile::FixedPlacement);
+
+/// The outbound capture listener of a container-mode proxy (Istio's 15001).
+pub const CONTAINER_CAPTURE_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15001);
+
+impl meshapi::compile::Placement for ContainerPlacement {
+    fn inbound(&self, workload: &str, instance: u32) -> Option<std::net::SocketAddr> {
+        self.0.inbound(workload, instance)
+    }
+
+    fn outbound_capture(&self, _workload: &str, _instance: u32) -> Option<std::net::SocketAddr> {
+        Some(CONTAINER_CAPTURE_ADDR)
+    }
 }
 
 impl Default for PlacementSpec {

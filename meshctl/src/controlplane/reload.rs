@@ -158,6 +158,7 @@ impl ReloadCtx {
                 Box::new(HostPlacement::new(&inventory, *base_port))
             }
             PlacementSpec::Fixed(f) => Box::new(f.clone()),
+            PlacementSpec::Container(f) => Box::new(super::ContainerPlacement(f.clone())),
         };
         let input = CompileInput {
             mesh: &mesh,

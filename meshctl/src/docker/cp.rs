@@ -97,7 +97,7 @@ pub fn config(project: &ProjectSpec, placement: &PlacementFile, print: bool) -> 
     ControlPlaneConfig {
         project: project.clone(),
         api,
-        placement: PlacementSpec::Fixed(placement.placement()),
+        placement: PlacementSpec::Container(placement.placement()),
         print,
         ..ControlPlaneConfig::default()
     }

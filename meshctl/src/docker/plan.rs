@@ -24,10 +24,14 @@ pub const INBOUND_PORT: u16 = 15006;
 /// meshproxy's health port (`/healthz/ready`).
 pub const HEALTH_PORT: u16 = 15021;
 
-/// Pass `--capture` to the sidecar (transparent inbound/outbound redirect installed by
-/// meshproxy over netlink). Off until meshproxy has the flag: the sidecar then serves
-/// outbound on VIP listeners (`bind_vips`) and inbound on 15006 only.
-pub const SIDECAR_CAPTURE: bool = false;
+/// Run the sidecar with `MESH_CAPTURE=1`: meshproxy installs the nftables rules that send
+/// every inbound TCP connection to its inbound listener (15006), so nothing reaches the app
+/// from the network without passing the sidecar (published ports excepted, see
+/// `sidecar_body`), and the app's connections to service VIPs to the outbound capture
+/// listener (15001; the control plane compiles container-mode proxies with it and without
+/// per-VIP listeners, which would collide with an app listening on `0.0.0.0` on the same
+/// port). Off only for a meshproxy without capture.
+pub const SIDECAR_CAPTURE: bool = true;
 
 /// What the plan is made from.
 #[derive(Debug)]
@@ -259,9 +263,6 @@ fn sidecar_body(
         // Plain log lines: `meshctl logs --proxy` is read in terminals and files alike.
         "NO_COLOR=1".into(),
     ];
-    if SIDECAR_CAPTURE {
-        env.push("MESH_CAPTURE=1".into());
-    }
     let mut exposed = Vec::new();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &svc.ports {
@@ -278,6 +279,22 @@ fn sidecar_body(
                 });
         }
     }
+    if SIDECAR_CAPTURE {
+        env.push("MESH_CAPTURE=1".into());
+        // Published ports are the project's edge (as an ingress gateway would be): traffic
+        // from the host to them goes straight to the app instead of to the mTLS listener.
+        let mut edge: Vec<String> = svc
+            .ports
+            .iter()
+            .filter(|p| p.published.is_some())
+            .map(|p| p.target.to_string())
+            .collect();
+        edge.sort();
+        edge.dedup();
+        if !edge.is_empty() {
+            env.push(format!("MESH_CAPTURE_EXCLUDE_PORTS={}", edge.join(",")));
+        }
+    }
     let ns = svc
         .x_mesh
         .as_ref()
@@ -291,11 +308,7 @@ fn sidecar_body(
         hostname: Some(hostname),
         env: Some(env),
         entrypoint: Some(vec!["/meshproxy".into()]),
-        cmd: Some(if SIDECAR_CAPTURE {
-            vec!["--capture".into()]
-        } else {
-            Vec::new()
-        }),
+        cmd: Some(Vec::new()),
         exposed_ports: Some(exposed),
         host_config: Some(HostConfig {
             network_mode: Some(input.network.name.clone()),
