@@ -197,6 +197,8 @@ pub enum CompileError {
     NoPlacement { proxy: ProxyKey },
     #[error("authorization of {workload:?}: {message}")]
     Authorization { workload: String, message: String },
+    #[error("routes of {workload:?}: {message}")]
+    Traffic { workload: String, message: String },
 }
 
 /// The key of a service in [`ProxyConfig::services`]: `<name>.<namespace>`.
@@ -342,6 +344,7 @@ fn compile_with(
             port: *port,
             protocol: *protocol,
             mode: peer_mode(authz::mtls_mode_for(&peer_auths, me, *port, ROOT_NAMESPACE)),
+            target_port: None,
         })
         .collect();
 
@@ -385,6 +388,7 @@ fn compile_with(
                         address,
                         identity: identity.clone(),
                         labels: w.labels.clone(),
+                        workload: Some(w.compose_name.clone()),
                     });
                 }
             }
@@ -394,6 +398,7 @@ fn compile_with(
             ServiceConfig {
                 endpoints,
                 routes: Vec::new(),
+                host: Some(svc.fqdn.clone()),
             },
         );
     }
@@ -425,6 +430,14 @@ fn compile_with(
         limits: Default::default(),
         admin: input.placement.admin(&proxy.workload, proxy.instance),
         authorization: authorization_of(input, me)?,
+        traffic: Some(
+            crate::traffic::compile_routes(input.mesh, inv, me).map_err(|e| {
+                CompileError::Traffic {
+                    workload: me.compose_name.clone(),
+                    message: e.to_string(),
+                }
+            })?,
+        ),
     })
 }
 

@@ -73,12 +73,36 @@ pub struct ProxyConfig {
         deserialize_with = "de_authorization"
     )]
     pub authorization: Option<crate::authz::WorkloadPolicy>,
+    /// The compiled traffic management of this client ([`crate::traffic::RouteTable`], as
+    /// `meshapi::traffic::compile_routes` makes it from VirtualServices and DestinationRules):
+    /// per destination host its ordered HTTP and TCP rules, per (host, subset, port) its
+    /// endpoints' policy (load balancer, connection pool, outlier detection). Services are
+    /// matched to hosts by their `host`, endpoints to clusters by `workload` and `labels`.
+    /// Default none: the simple `routes` of each service, round robin, no retries. Unknown
+    /// fields are errors at any depth.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_via_json",
+        deserialize_with = "de_via_json"
+    )]
+    pub traffic: Option<crate::traffic::RouteTable>,
 }
 
 /// Writes the `authorization` section with enum variants as one-key maps (serde_yaml cannot
 /// write the engine's nested enums as tags), which reads back from YAML and JSON alike.
 fn ser_authorization<S>(v: &Option<crate::authz::WorkloadPolicy>, s: S) -> Result<S::Ok, S::Error>
 where
+    S: Serializer,
+{
+    ser_via_json(v, s)
+}
+
+/// Writes an engine section through `serde_json::Value`, so enum variants become one-key maps
+/// that read back from YAML and JSON alike.
+fn ser_via_json<T, S>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error>
+where
+    T: Serialize,
     S: Serializer,
 {
     use serde::ser::Error;
@@ -97,6 +121,16 @@ fn de_authorization<'de, D>(d: D) -> Result<Option<crate::authz::WorkloadPolicy>
 where
     D: Deserializer<'de>,
 {
+    de_via_json(d)
+}
+
+/// Reads an engine section (whose types do not say `deny_unknown_fields`) refusing unknown
+/// fields at any depth, like [`de_authorization`].
+fn de_via_json<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+    D: Deserializer<'de>,
+{
     use serde::de::Error;
     let given: Option<serde_yaml::Value> = Option::deserialize(d)?;
     let Some(given) = given else {
@@ -104,13 +138,12 @@ where
     };
     // One-key maps are what serde_json reads as enum variants.
     let given = serde_json::to_value(untag(given)).map_err(D::Error::custom)?;
-    let policy: crate::authz::WorkloadPolicy =
-        serde_json::from_value(given.clone()).map_err(D::Error::custom)?;
-    let typed = serde_json::to_value(&policy).map_err(D::Error::custom)?;
+    let value: T = serde_json::from_value(given.clone()).map_err(D::Error::custom)?;
+    let typed = serde_json::to_value(&value).map_err(D::Error::custom)?;
     if let Some(path) = unknown_key(&given, &typed, String::new()) {
         return Err(D::Error::custom(format!("unknown field `{path}`")));
     }
-    Ok(Some(policy))
+    Ok(Some(value))
 }
 
 /// A YAML value with every tagged value `!t v` turned into the one-key map `{t: v}`.
@@ -257,13 +290,24 @@ pub enum PeerAuthMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InboundPort {
-    /// The application's port on 127.0.0.1. Required.
+    /// The service port peers ask for (in SNI, or the original destination). Required.
     pub port: u16,
     /// Protocol the application speaks. Required.
     pub protocol: Protocol,
     /// PeerAuthentication mode. Default `PERMISSIVE` (Istio's default).
     #[serde(default = "default_mode")]
     pub mode: PeerAuthMode,
+    /// The application's port on 127.0.0.1 when it differs from `port` (Kubernetes'
+    /// `targetPort`). Default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+}
+
+impl InboundPort {
+    /// The application's port on 127.0.0.1.
+    pub fn app_port(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
 }
 
 fn default_mode() -> PeerAuthMode {
@@ -304,6 +348,10 @@ pub struct ServiceConfig {
     /// endpoints. Traffic management (VirtualService/DestinationRule) extends this.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The service's FQDN (`backend.default.svc.cluster.local`), its name in `traffic`.
+    /// Default none: `traffic` does not apply to this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One endpoint of a service.
@@ -318,6 +366,10 @@ pub struct Endpoint {
     /// Labels (`app`, `version`, ...) routes select on. Default none.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The compose service the endpoint is an instance of (`backend-v1`); a `traffic`
+    /// cluster lists the workloads it holds. Default none: clusters select by labels only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
 }
 
 /// One route: requests matching `match` go to the endpoints whose labels include
@@ -544,6 +596,18 @@ impl ProxyConfig {
                 FieldError::new("identity", "certFile, keyFile and rootsFile go together")
                     .with_hint("set all three (file mode) or none (CA-client mode)"),
             );
+        }
+        if let Some(t) = &self.traffic
+            && t.version != crate::traffic::FORMAT_VERSION
+        {
+            errs.push(FieldError::new(
+                "traffic.version",
+                format!(
+                    "route table format {} is not {} (meshctl and meshproxy versions differ)",
+                    t.version,
+                    crate::traffic::FORMAT_VERSION
+                ),
+            ));
         }
         let mut ports = BTreeSet::new();
         for (i, p) in self.inbound.iter().enumerate() {

@@ -289,6 +289,13 @@ impl RouteTable {
 
     /// The cluster a destination resolves to for a request that came in on `request_port`.
     pub fn cluster(&self, dest: &DestinationRef, request_port: u16) -> Option<&Cluster> {
+        self.cluster_index(dest, request_port)
+            .and_then(|i| self.clusters.get(i))
+    }
+
+    /// The position in `clusters` of [`RouteTable::cluster`]'s answer (runtime state of a
+    /// proxy is kept per position).
+    pub fn cluster_index(&self, dest: &DestinationRef, request_port: u16) -> Option<usize> {
         let key = (
             dest.host.as_str(),
             dest.subset.as_deref(),
@@ -297,7 +304,6 @@ impl RouteTable {
         self.clusters
             .binary_search_by(|c| (c.host.as_str(), c.subset.as_deref(), c.port).cmp(&key))
             .ok()
-            .and_then(|i| self.clusters.get(i))
     }
 
     /// Picks the destination of a TCP connection to `host:port`.

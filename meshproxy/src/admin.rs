@@ -76,9 +76,11 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
             r
         }
         (AdminPort::Admin, "/config_dump") => {
-            let cfg = shared.snapshot.load().cfg.redacted();
+            let snap = shared.snapshot.load();
+            let cfg = snap.cfg.redacted();
             let dump = serde_json::json!({
                 "config": cfg,
+                "clusters": snap.cluster_status(),
                 "certificate": shared.identity.current().map(|c| c.id.to_string()),
                 "activeConnections": shared.drain.active(),
             });

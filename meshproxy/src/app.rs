@@ -330,7 +330,7 @@ impl ProxyHandle {
         let revision = cfg.revision;
         self.shared
             .snapshot
-            .store(Arc::new(Snapshot::new(Arc::new(cfg))));
+            .store(Arc::new(Snapshot::build(Arc::new(cfg), Some(&old))));
         self.shared
             .metrics
             .config_revision

@@ -19,13 +19,13 @@ use crate::state::{HttpFacts, PeerInfo};
 
 /// Request headers as the engine looks them up: repeated headers joined with `,`; values that
 /// are not visible ASCII match nothing.
-struct Headers<'a> {
+pub(crate) struct Headers<'a> {
     map: &'a HeaderMap,
     joined: Vec<(&'a str, String)>,
 }
 
 impl<'a> Headers<'a> {
-    fn new(map: &'a HeaderMap) -> Self {
+    pub(crate) fn new(map: &'a HeaderMap) -> Self {
         let joined = map
             .keys()
             .filter(|k| map.get_all(*k).iter().nth(1).is_some())

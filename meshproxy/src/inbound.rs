@@ -215,7 +215,10 @@ where
         tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
         return;
     }
-    let app = SocketAddr::from(([127, 0, 0, 1], ctx.peer.port));
+    let app_port = snap
+        .inbound_port(ctx.peer.port)
+        .map_or(ctx.peer.port, |p| p.app_port());
+    let app = SocketAddr::from(([127, 0, 0, 1], app_port));
     let connect = tokio::time::timeout(snap.cfg.limits.connect_timeout.0, TcpStream::connect(app));
     let mut upstream = match connect.await {
         Ok(Ok(s)) => s,
@@ -312,7 +315,8 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
             .map(|p| p.as_str())
             .unwrap_or("/"),
     };
-    parts.uri = format!("http://127.0.0.1:{port}{pq}")
+    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
+    parts.uri = format!("http://127.0.0.1:{app_port}{pq}")
         .parse()
         .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
     let h2 = snap

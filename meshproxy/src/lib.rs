@@ -3,7 +3,9 @@
 //! Module map (one concern each): [`app`] wires everything and is what tests and `main` call;
 //! [`tls`] is identity and mTLS; [`inbound`] and [`outbound`] are the two listener paths;
 //! [`state`] holds the per-config snapshot with the route-decision and authorize extension
-//! points ([`authz`] evaluates the compiled authorization policy); [`pool`] connects to peer proxies; [`http`] is shared HTTP plumbing; [`rescue`]
+//! points ([`authz`] evaluates the compiled authorization policy); [`traffic`] carries out
+//! VirtualService and DestinationRule per request (retries, timeouts, faults, mirrors, load
+//! balancing, outlier detection, circuit breaking); [`pool`] connects to peer proxies; [`http`] is shared HTTP plumbing; [`rescue`]
 //! maps every proxy error to a response; [`drain`] is graceful shutdown; [`admin`] and
 //! [`metrics`] are the admin, health and Prometheus endpoints; [`watch`] reloads the config
 //! file; [`capture`] installs the transparent-capture nftables rules (container mode).
@@ -26,6 +28,7 @@ pub mod pool;
 pub mod rescue;
 pub mod state;
 pub mod tls;
+pub mod traffic;
 pub mod watch;
 
 pub use app::{Bound, ProxyHandle, build, build_with};

@@ -62,7 +62,7 @@ pub async fn serve(
         serve_tcp(shared, stream, target).await;
     } else {
         drop(snap);
-        serve_http(shared, stream, dst).await;
+        serve_http(shared, stream, dst, remote).await;
     }
 }
 
@@ -82,10 +82,10 @@ async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::st
     }
 }
 
-async fn serve_http(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr) {
+async fn serve_http(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
     let builder = crate::http::server_builder(&shared.limits());
     let s = shared.clone();
-    let svc = service_fn(move |req| handle(s.clone(), dst, req));
+    let svc = service_fn(move |req| handle(s.clone(), dst, remote, req));
     let limits = shared.limits();
     let io = crate::framing::FramingGuard::new(
         stream,
@@ -107,10 +107,11 @@ async fn serve_http(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr) {
 async fn handle(
     shared: Arc<Shared>,
     dst: SocketAddr,
+    remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     shared.metrics.request(Direction::Outbound);
-    match forward(&shared, dst, req).await {
+    match forward(&shared, dst, remote, req).await {
         Ok(resp) => Ok(resp),
         Err(e) => {
             shared.metrics.local_response(Direction::Outbound);
@@ -123,6 +124,7 @@ async fn handle(
 async fn forward(
     shared: &Arc<Shared>,
     dst: SocketAddr,
+    remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     check_framing(req.headers())?;
@@ -133,9 +135,16 @@ async fn forward(
             target: dst.to_string(),
         })?;
     let upgrade = crate::http::is_upgrade(&req);
+    if !upgrade && let Some((_, host)) = crate::traffic::table_for(&snap, out) {
+        let host = host.to_string();
+        let port = out.target_port();
+        return crate::traffic::forward(shared, snap.clone(), &host, port, remote, req).await;
+    }
     let target = snap.route(
         out,
         Some(RequestFacts {
+            method: req.method(),
+            uri: req.uri(),
             path: req.uri().path(),
             headers: req.headers(),
         }),
@@ -203,36 +212,9 @@ async fn forward(
             .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
         *req.version_mut() = http::Version::HTTP_2;
         req.headers_mut().remove(header::HOST);
-        send_pooled(shared, &target, req).await?
+        crate::pool::send_pooled(shared, &target, req).await?
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     Ok(resp.map(|b| b.boxed()))
-}
-
-/// Sends on the pooled HTTP/2 connection. If that connection turned out to be gone before
-/// the request was written (peer restarted or drained), the untouched request is retried once
-/// on a fresh connection; anything already sent is never replayed.
-async fn send_pooled(
-    shared: &Arc<Shared>,
-    target: &crate::state::Target,
-    req: Request<Body>,
-) -> Result<Response<Incoming>, ProxyError> {
-    let reset = |e: hyper::Error| ProxyError::UpstreamReset {
-        service: target.service.clone(),
-        reason: e.to_string(),
-    };
-    let mut sender = shared.pool.h2(shared, target).await?;
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok(resp),
-        Err(mut e) => match e.take_message() {
-            Some(req) => {
-                tracing::debug!(service = %target.service, "pooled connection gone; reconnecting");
-                shared.pool.evict(target);
-                let mut sender = shared.pool.h2(shared, target).await?;
-                sender.send_request(req).await.map_err(reset)
-            }
-            None => Err(reset(e.into_error())),
-        },
-    }
 }

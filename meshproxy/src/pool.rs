@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshapi::proxy::SpiffeId;
@@ -142,5 +144,32 @@ pub async fn connect_mtls(
     match tokio::time::timeout(shared.limits().connect_timeout.0, connect).await {
         Ok(r) => r,
         Err(_) => Err(fail("connection timeout".into())),
+    }
+}
+
+/// Sends on the pooled HTTP/2 connection. If that connection turned out to be gone before
+/// the request was written (peer restarted or drained), the untouched request is retried once
+/// on a fresh connection; anything already sent is never replayed.
+pub async fn send_pooled(
+    shared: &Arc<Shared>,
+    target: &crate::state::Target,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let reset = |e: hyper::Error| ProxyError::UpstreamReset {
+        service: target.service.clone(),
+        reason: e.to_string(),
+    };
+    let mut sender = shared.pool.h2(shared, target).await?;
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok(resp),
+        Err(mut e) => match e.take_message() {
+            Some(req) => {
+                tracing::debug!(service = %target.service, "pooled connection gone; reconnecting");
+                shared.pool.evict(target);
+                let mut sender = shared.pool.h2(shared, target).await?;
+                sender.send_request(req).await.map_err(reset)
+            }
+            None => Err(reset(e.into_error())),
+        },
     }
 }

@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// UR: the upstream reset or broke the stream.
     #[error("upstream reset from {service}: {reason}")]
     UpstreamReset { service: String, reason: String },
+    /// UO: a circuit breaker (DestinationRule connectionPool) is at its limit.
+    #[error("upstream overflow for {service}: {what} at its limit")]
+    Overflow { service: String, what: String },
     /// DPE: the downstream sent a malformed or ambiguous request.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -46,6 +49,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UH"),
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "NR"),
             ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UT"),
+            ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UO"),
             ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, "UR"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "DPE"),
             ProxyError::Denied { .. } => (StatusCode::FORBIDDEN, "RBAC"),

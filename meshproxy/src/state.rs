@@ -21,6 +21,8 @@ pub struct Snapshot {
     outbound_by_port: HashMap<u16, Vec<usize>>,
     inbound_by_port: HashMap<u16, InboundPort>,
     rr: HashMap<String, AtomicUsize>,
+    /// Runtime state per cluster of `cfg.traffic`, in the table's cluster order.
+    clusters: Vec<Arc<crate::traffic::ClusterState>>,
 }
 
 /// Where a request or connection goes: one endpoint and the application port on it.
@@ -34,6 +36,8 @@ pub struct Target {
 /// The HTTP facts a route decision may look at (none for TCP).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
     pub path: &'a str,
     pub headers: &'a http::HeaderMap,
 }
@@ -64,6 +68,13 @@ pub struct PeerInfo {
 
 impl Snapshot {
     pub fn new(cfg: Arc<ProxyConfig>) -> Snapshot {
+        Snapshot::build(cfg, None)
+    }
+
+    /// A snapshot of `cfg` that keeps `prev`'s cluster state (ejections, active requests,
+    /// circuit-breaker counts) for clusters whose endpoints and policy are unchanged.
+    pub fn build(cfg: Arc<ProxyConfig>, prev: Option<&Snapshot>) -> Snapshot {
+        let clusters = crate::traffic::build_clusters(&cfg, prev.map(|p| p.clusters.as_slice()));
         let mut outbound_by_vip = HashMap::new();
         let mut outbound_by_port: HashMap<u16, Vec<usize>> = HashMap::new();
         for (i, o) in cfg.outbound.iter().enumerate() {
@@ -82,7 +93,23 @@ impl Snapshot {
             outbound_by_port,
             inbound_by_port,
             rr,
+            clusters,
         }
+    }
+
+    /// The runtime state of the cluster `dest` resolves to for a request on `request_port`.
+    pub fn cluster(
+        &self,
+        table: &meshapi::traffic::RouteTable,
+        dest: &meshapi::traffic::DestinationRef,
+        request_port: u16,
+    ) -> Option<&Arc<crate::traffic::ClusterState>> {
+        self.clusters.get(table.cluster_index(dest, request_port)?)
+    }
+
+    /// Every cluster's state, for `/config_dump`.
+    pub fn cluster_status(&self) -> Vec<crate::traffic::ClusterStatus> {
+        self.clusters.iter().map(|c| c.status()).collect()
     }
 
     /// The outbound service bound to exactly this VIP:port.
@@ -131,6 +158,15 @@ impl Snapshot {
         out: &OutboundService,
         req: Option<RequestFacts<'_>>,
     ) -> Result<Target, ProxyError> {
+        if let Some((table, host)) = crate::traffic::table_for(self, out) {
+            return crate::traffic::route_connection(
+                self,
+                table,
+                host,
+                out.target_port(),
+                req.map(|r| (r.method, r.uri, r.headers)),
+            );
+        }
         let svc = self
             .cfg
             .services

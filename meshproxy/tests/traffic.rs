@@ -1,0 +1,754 @@
+//! Traffic management through real proxies: a client proxy whose route table is compiled by
+//! `meshapi` from real VirtualService / DestinationRule files, mTLS to one server proxy per
+//! backend instance, and backends that can be told to fail, stall or count. Each test asserts
+//! what a user of Istio would observe.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use meshapi::load::{LoadOptions, load};
+use meshapi::model::Inventory;
+use meshapi::proxy::ProxyConfig;
+use meshapi::traffic::compile_routes;
+use meshproxy::Bound;
+use meshtest::assert_eventually;
+use tokio::net::TcpListener;
+
+/// The service port of `backend` in the compose file (the backend apps listen elsewhere; the
+/// server proxies map it with `targetPort`).
+const PORT: u16 = 8080;
+const HOST: &str = "backend.default.svc.cluster.local";
+
+/// A backend application that can be told to fail, stall or count.
+#[derive(Default)]
+struct Behaviour {
+    /// Answer this status to the next `fail_next` requests.
+    fail_next: AtomicU32,
+    fail_status: AtomicU32,
+    /// Answer every request with this status (0: 200).
+    always: AtomicU32,
+    /// Wait this long (ms) before answering.
+    stall_ms: AtomicU64,
+    requests: AtomicU64,
+}
+
+struct App {
+    name: String,
+    addr: SocketAddr,
+    b: Arc<Behaviour>,
+}
+
+impl App {
+    async fn start(name: &str) -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let b = Arc::new(Behaviour::default());
+        let (b2, name2) = (b.clone(), name.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (b, name) = (b2.clone(), name2.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (b, name) = (b.clone(), name.clone());
+                        async move {
+                            b.requests.fetch_add(1, Ordering::SeqCst);
+                            let _ = req.into_body().collect().await;
+                            let stall = b.stall_ms.load(Ordering::SeqCst);
+                            if stall > 0 {
+                                tokio::time::sleep(Duration::from_millis(stall)).await;
+                            }
+                            let failing = b
+                                .fail_next
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
+                            let status = if failing {
+                                b.fail_status.load(Ordering::SeqCst)
+                            } else {
+                                b.always.load(Ordering::SeqCst)
+                            };
+                            let status = if status == 0 { 200 } else { status as u16 };
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .header("x-backend", name.as_str())
+                                    .body(Full::new(Bytes::from(format!("hello from {name}"))))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+                });
+            }
+        });
+        App {
+            name: name.to_string(),
+            addr,
+            b,
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.b.requests.load(Ordering::SeqCst)
+    }
+}
+
+const COMPOSE: &str = "\
+services:
+  frontend:
+    image: f
+    labels: {app: frontend, version: v1}
+    x-mesh: {serviceAccount: frontend-sa, ports: [{port: 3000, protocol: http}]}
+  backend-v1:
+    image: b
+    deploy: {replicas: 2}
+    labels: {app: backend, version: v1}
+    x-mesh: {service: backend, ports: [{port: 8080, protocol: http}]}
+  backend-v2:
+    image: b
+    labels: {app: backend, version: v2}
+    x-mesh: {service: backend, ports: [{port: 8080, protocol: http}]}
+  mirror:
+    image: m
+    labels: {app: mirror}
+    x-mesh: {ports: [{port: 8080, protocol: http}]}
+";
+
+/// Compiles `policies` for the frontend, as the control plane does.
+fn route_table(policies: &str) -> meshapi::traffic::RouteTable {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), COMPOSE).unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), policies).unwrap();
+    let mut opts = LoadOptions::new(dir.path());
+    opts.env = Box::new(BTreeMap::<String, String>::new());
+    let loaded = load(&opts);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let inv = Inventory::from_compose(loaded.mesh.compose.as_ref());
+    let me = inv
+        .workloads
+        .iter()
+        .find(|w| w.compose_name == "frontend")
+        .unwrap();
+    compile_routes(&loaded.mesh, &inv, me).unwrap()
+}
+
+/// One backend instance: its app and its server proxy.
+struct Instance {
+    app: App,
+    _proxy: Bound,
+    inbound: SocketAddr,
+    workload: &'static str,
+    version: &'static str,
+}
+
+/// A client proxy in front of backend instances, routed by `policies`.
+struct Fixture {
+    mesh: Mesh,
+    instances: Vec<Instance>,
+    mirror: Option<Instance>,
+    client: Bound,
+    out: SocketAddr,
+}
+
+/// The DestinationRule every fixture has unless the test gives its own.
+const SUBSETS: &str = "\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+async fn server_proxy(mesh: &Mesh, sa: &str, app: &App) -> Bound {
+    let yaml = format!(
+        "{}inbound:\n  - {{ port: {PORT}, targetPort: {}, protocol: http, mode: STRICT }}\n",
+        base_yaml(&mesh.identity_yaml(sa), 1),
+        app.addr.port()
+    );
+    meshproxy::build(parse(&yaml)).await.unwrap()
+}
+
+impl Fixture {
+    /// `instances`: (workload, version) per backend instance, in order.
+    async fn new(policies: &str, instances: &[(&'static str, &'static str)]) -> Fixture {
+        let mesh = Mesh::new();
+        let mut list = Vec::new();
+        for (i, (workload, version)) in instances.iter().enumerate() {
+            let app = App::start(&format!("{workload}-{i}")).await;
+            let proxy = server_proxy(&mesh, "backend", &app).await;
+            let inbound = proxy.inbound;
+            list.push(Instance {
+                app,
+                _proxy: proxy,
+                inbound,
+                workload,
+                version,
+            });
+        }
+        let mirror = if policies.contains("mirror") {
+            let app = App::start("mirror").await;
+            let proxy = server_proxy(&mesh, "mirror", &app).await;
+            let inbound = proxy.inbound;
+            Some(Instance {
+                app,
+                _proxy: proxy,
+                inbound,
+                workload: "mirror",
+                version: "",
+            })
+        } else {
+            None
+        };
+        let cfg = Self::client_config(&mesh, policies, &list, mirror.as_ref(), 1);
+        let client = meshproxy::build(cfg).await.unwrap();
+        let out = client.outbound("127.0.0.1:0".parse().unwrap()).unwrap();
+        Fixture {
+            mesh,
+            instances: list,
+            mirror,
+            client,
+            out,
+        }
+    }
+
+    fn client_config(
+        mesh: &Mesh,
+        policies: &str,
+        instances: &[Instance],
+        mirror: Option<&Instance>,
+        revision: u64,
+    ) -> ProxyConfig {
+        let mut y = base_yaml(&mesh.identity_yaml("frontend-sa"), revision);
+        y.push_str(&format!(
+            "outbound:\n  - {{ service: backend, vip: \"127.0.0.1:0\", protocol: http, targetPort: {PORT} }}\n\
+             services:\n  backend:\n    host: {HOST}\n    endpoints:\n"
+        ));
+        for i in instances {
+            y.push_str(&format!(
+                "      - {{ address: \"{}\", identity: \"{}\", workload: {}, labels: {{ app: backend, version: {} }} }}\n",
+                i.inbound,
+                spiffe("backend"),
+                i.workload,
+                i.version
+            ));
+        }
+        if let Some(m) = mirror {
+            y.push_str(&format!(
+                "  mirror:\n    host: mirror.default.svc.cluster.local\n    endpoints:\n      - {{ address: \"{}\", identity: \"{}\", workload: mirror, labels: {{ app: mirror }} }}\n",
+                m.inbound,
+                spiffe("mirror")
+            ));
+        }
+        let mut cfg = parse(&y);
+        cfg.traffic = Some(route_table(policies));
+        cfg
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.out)
+    }
+
+    /// Requests per backend version over `n` GETs (`concurrency` at a time).
+    async fn split(&self, n: usize, concurrency: usize) -> BTreeMap<String, usize> {
+        let client = http1_client();
+        let counts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (client, counts, next, url) =
+                (client.clone(), counts.clone(), next.clone(), self.url("/"));
+            tasks.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::SeqCst) < n as u64 {
+                    let (status, headers, body) = get(&client, &url).await;
+                    assert_eq!(status, 200, "{body}");
+                    let name = headers["x-backend"].to_str().unwrap().to_string();
+                    *counts.lock().unwrap().entry(name).or_insert(0) += 1;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let by_app = counts.lock().unwrap().clone();
+        let mut by_version = BTreeMap::new();
+        for (name, c) in by_app {
+            let v = self
+                .instances
+                .iter()
+                .find(|i| i.app.name == name)
+                .map_or("?", |i| i.version);
+            *by_version.entry(v.to_string()).or_insert(0) += c;
+        }
+        by_version
+    }
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "{SUBSETS}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend]\n  http:\n{http}"
+    )
+}
+
+async fn send(
+    client: &Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+const V1_V2: &[(&str, &str)] = &[("backend-v1", "v1"), ("backend-v2", "v2")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_90_10_hold_within_two_points_over_10000_requests() {
+    let f = Fixture::new(
+        &vs("  - route:
+    - {destination: {host: backend, subset: v1}, weight: 90}
+    - {destination: {host: backend, subset: v2}, weight: 10}
+"),
+        V1_V2,
+    )
+    .await;
+    let n = 10_000;
+    let split = f.split(n, 16).await;
+    let v2 = *split.get("v2").unwrap_or(&0) as f64 / n as f64 * 100.0;
+    assert!((8.0..=12.0).contains(&v2), "v2 got {v2:.2}% ({split:?})");
+    assert_eq!(split.values().sum::<usize>(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_match_routes_a_tagged_user_to_v2_and_everyone_else_to_v1() {
+    let f = Fixture::new(
+        &vs("  - match:
+    - headers: {end-user: {exact: jason}}
+    route:
+    - destination: {host: backend, subset: v2}
+  - route:
+    - destination: {host: backend, subset: v1}
+"),
+        V1_V2,
+    )
+    .await;
+    let client = http1_client();
+    for _ in 0..20 {
+        let (s, h, _) = send(&client, &f.url("/"), &[("end-user", "jason")]).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-backend"], "backend-v2-1");
+        let (s, h, _) = send(&client, &f.url("/"), &[("end-user", "alice")]).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-backend"], "backend-v1-0");
+    }
+}
+
+fn retry_vs(attempts: u32) -> String {
+    vs(&format!(
+        "  - route:
+    - destination: {{host: backend, subset: v1}}
+    retries: {{attempts: {attempts}, retryOn: 5xx}}
+"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failing_twice_succeeds_with_three_attempts_and_fails_with_one() {
+    let f = Fixture::new(&retry_vs(3), &[("backend-v1", "v1")]).await;
+    let b = &f.instances[0].app.b;
+    b.fail_status.store(503, Ordering::SeqCst);
+    b.fail_next.store(2, Ordering::SeqCst);
+    let client = http1_client();
+    let (s, _, body) = send(&client, &f.url("/"), &[]).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(f.instances[0].app.requests(), 3);
+
+    let f = Fixture::new(&retry_vs(1), &[("backend-v1", "v1")]).await;
+    let b = &f.instances[0].app.b;
+    b.fail_status.store(503, Ordering::SeqCst);
+    b.fail_next.store(2, Ordering::SeqCst);
+    let (s, h, _) = send(&client, &f.url("/"), &[]).await;
+    assert_eq!(s, 503);
+    assert_eq!(h["x-mesh-response-flags"], "URX");
+    assert_eq!(f.instances[0].app.requests(), 2, "one try and one retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_prefers_another_endpoint() {
+    let f = Fixture::new(
+        &vs("  - route:
+    - destination: {host: backend, subset: v1}
+    retries: {attempts: 1, retryOn: 5xx}
+"),
+        &[("backend-v1", "v1"), ("backend-v1", "v1")],
+    )
+    .await;
+    for i in &f.instances {
+        i.app.b.always.store(500, Ordering::SeqCst);
+    }
+    let client = http1_client();
+    for round in 1..=10u64 {
+        let (s, _, _) = send(&client, &f.url("/"), &[]).await;
+        assert_eq!(s, 500);
+        // Each request tried both endpoints once.
+        assert_eq!(f.instances[0].app.requests(), round);
+        assert_eq!(f.instances[1].app.requests(), round);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_and_route_timeout_answer_504_ut_at_the_right_time() {
+    // Three tries of 100 ms each, well inside the 2 s route timeout.
+    let f = Fixture::new(
+        &vs("  - route:
+    - destination: {host: backend, subset: v1}
+    timeout: 2s
+    retries: {attempts: 2, perTryTimeout: 100ms, retryOn: 5xx}
+"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    f.instances[0].app.b.stall_ms.store(1_000, Ordering::SeqCst);
+    let client = http1_client();
+    let t = Instant::now();
+    let (s, h, body) = send(&client, &f.url("/"), &[]).await;
+    let took = t.elapsed();
+    assert_eq!(s, 504, "{body}");
+    assert_eq!(h["x-mesh-response-flags"], "UT");
+    assert!(
+        took >= Duration::from_millis(300),
+        "three tries of 100 ms: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1_500),
+        "per-try timeouts, not the stall: {took:?}"
+    );
+    assert_eq!(f.instances[0].app.requests(), 3);
+
+    // The route timeout bounds everything.
+    let f = Fixture::new(
+        &vs("  - route:
+    - destination: {host: backend, subset: v1}
+    timeout: 200ms
+"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    f.instances[0].app.b.stall_ms.store(3_000, Ordering::SeqCst);
+    let t = Instant::now();
+    let (s, h, body) = send(&client, &f.url("/"), &[]).await;
+    let took = t.elapsed();
+    assert_eq!(s, 504, "{body}");
+    assert_eq!(h["x-mesh-response-flags"], "UT");
+    assert!(body.contains("timeout"), "{body}");
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_millis(2_000), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_50_percent_lands_within_three_points() {
+    let f = Fixture::new(
+        &vs("  - fault:
+      abort: {httpStatus: 418, percentage: {value: 50}}
+    route:
+    - destination: {host: backend, subset: v1}
+"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    let client = http1_client();
+    let n = 4_000;
+    let mut aborted = 0;
+    for _ in 0..n {
+        let (s, h, _) = send(&client, &f.url("/"), &[]).await;
+        if s == 418 {
+            assert_eq!(h["x-mesh-response-flags"], "FI");
+            aborted += 1;
+        } else {
+            assert_eq!(s, 200);
+        }
+    }
+    let pct = aborted as f64 / n as f64 * 100.0;
+    assert!((47.0..=53.0).contains(&pct), "aborted {pct:.2}%");
+    assert_eq!(f.instances[0].app.requests(), (n - aborted) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_fault_holds_the_request_without_hitting_the_route_timeout() {
+    let f = Fixture::new(
+        &vs("  - fault:
+      delay: {fixedDelay: 300ms, percentage: {value: 100}}
+    timeout: 100ms
+    route:
+    - destination: {host: backend, subset: v1}
+"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    let client = http1_client();
+    let t = Instant::now();
+    let (s, _, body) = send(&client, &f.url("/"), &[]).await;
+    assert_eq!(
+        s, 200,
+        "the timeout does not apply to the injected delay: {body}"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_a_copy_and_never_slows_the_primary() {
+    let f = Fixture::new(
+        &vs("  - route:
+    - destination: {host: backend, subset: v1}
+    mirror: {host: mirror}
+"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    let mirror = f.mirror.as_ref().unwrap();
+    mirror.app.b.stall_ms.store(2_000, Ordering::SeqCst);
+    mirror.app.b.always.store(500, Ordering::SeqCst);
+    let client = http1_client();
+    let n = 10;
+    let t = Instant::now();
+    for _ in 0..n {
+        let (s, h, _) = send(&client, &f.url("/m"), &[]).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-backend"], "backend-v1-0");
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(2_000),
+        "ten primaries finished before one stalled mirror could answer: {:?}",
+        t.elapsed()
+    );
+    assert_eventually!(
+        mirror.app.requests() == n,
+        "mirror saw {} of {n}",
+        mirror.app.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_consecutive_5xx_eject_an_endpoint_until_its_time_is_up() {
+    let f = Fixture::new(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}
+",
+        &[("backend-v1", "v1"), ("backend-v1", "v1")],
+    )
+    .await;
+    let bad = &f.instances[0].app;
+    bad.b.always.store(500, Ordering::SeqCst);
+    let client = http1_client();
+    // Round robin: the bad endpoint sees every other request until it has failed 5 times.
+    let mut n = 0;
+    while bad.requests() < 5 {
+        send(&client, &f.url("/"), &[]).await;
+        n += 1;
+        assert!(n < 50, "bad endpoint never reached 5 failures");
+    }
+    let ejected_at = Instant::now();
+    let before = bad.requests();
+    for _ in 0..20 {
+        let (s, h, _) = send(&client, &f.url("/"), &[]).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-backend"], "backend-v1-1");
+    }
+    if ejected_at.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            bad.requests(),
+            before,
+            "no traffic reaches an ejected endpoint"
+        );
+    }
+    let dump = admin_get(&f.client, "/config_dump").await;
+    assert!(
+        dump.contains("\"ejected\": true") || ejected_at.elapsed() >= Duration::from_secs(2),
+        "{dump}"
+    );
+    // Healed, it comes back after baseEjectionTime.
+    bad.b.always.store(0, Ordering::SeqCst);
+    assert_eventually!(
+        {
+            send(&client, &f.url("/"), &[]).await;
+            bad.requests() > before
+        },
+        timeout = Duration::from_secs(6),
+        "ejected endpoint never came back"
+    );
+    assert!(ejected_at.elapsed() >= Duration::from_millis(1_900));
+}
+
+async fn admin_get(b: &Bound, path: &str) -> String {
+    let client = http1_client();
+    let (_, _, body) = get(&client, &format!("http://{}{path}", b.admin)).await;
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_overflow_answers_503_uo_at_once() {
+    let f = Fixture::new(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+",
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    f.instances[0].app.b.stall_ms.store(1_500, Ordering::SeqCst);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let url = f.url("/");
+        slow.push(tokio::spawn(async move {
+            send(&http1_client(), &url, &[]).await.0
+        }));
+    }
+    // The first holds the connection, the second waits as the one pending request.
+    assert_eventually!(
+        f.instances[0].app.requests() == 1,
+        "first request never reached the backend"
+    );
+    let t = Instant::now();
+    let (s, h, body) = send(&http1_client(), &f.url("/"), &[]).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(h["x-mesh-response-flags"], "UO");
+    assert!(
+        t.elapsed() < Duration::from_millis(1_000),
+        "overflow is immediate: {:?}",
+        t.elapsed()
+    );
+    for t in slow {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_users_endpoint_across_1000_requests() {
+    let f = Fixture::new(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+",
+        &[
+            ("backend-v1", "v1"),
+            ("backend-v1", "v1"),
+            ("backend-v2", "v2"),
+        ],
+    )
+    .await;
+    let client = http1_client();
+    let mut homes = BTreeMap::new();
+    for i in 0..1_000 {
+        let user = format!("user-{}", i % 10);
+        let (s, h, _) = send(&client, &f.url("/"), &[("x-user", &user)]).await;
+        assert_eq!(s, 200);
+        let got = h["x-backend"].to_str().unwrap().to_string();
+        let home = homes.entry(user.clone()).or_insert_with(|| got.clone());
+        assert_eq!(*home, got, "{user} moved");
+    }
+    let distinct: std::collections::BTreeSet<_> = homes.values().collect();
+    assert!(
+        distinct.len() > 1,
+        "ten users all hashed to one endpoint: {homes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_virtual_service_every_endpoint_gets_traffic() {
+    let f = Fixture::new(SUBSETS, V1_V2).await;
+    let split = f.split(200, 4).await;
+    assert!(split.get("v1").copied().unwrap_or(0) > 20, "{split:?}");
+    assert!(split.get("v2").copied().unwrap_or(0) > 20, "{split:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_weights_live_changes_the_split_on_the_same_connection() {
+    let all_v1 = vs("  - route:
+    - {destination: {host: backend, subset: v1}, weight: 100}
+    - {destination: {host: backend, subset: v2}, weight: 0}
+");
+    let f = Fixture::new(&all_v1, V1_V2).await;
+    // One keep-alive connection for the whole test.
+    let stream = tokio::net::TcpStream::connect(f.out).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut ask = async || {
+        sender.ready().await.unwrap();
+        let req = Request::get("/")
+            .header("host", "backend")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let who = resp.headers()["x-backend"].to_str().unwrap().to_string();
+        let _ = resp.into_body().collect().await.unwrap();
+        who
+    };
+    for _ in 0..10 {
+        assert_eq!(ask().await, "backend-v1-0");
+    }
+    let all_v2 = vs("  - route:
+    - {destination: {host: backend, subset: v1}, weight: 0}
+    - {destination: {host: backend, subset: v2}, weight: 100}
+");
+    let cfg = Fixture::client_config(&f.mesh, &all_v2, &f.instances, None, 2);
+    f.client.handle.apply(cfg).unwrap();
+    for _ in 0..10 {
+        assert_eq!(ask().await, "backend-v2-1");
+    }
+}
