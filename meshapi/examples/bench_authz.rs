@@ -106,10 +106,19 @@ fn policy_yaml(i: usize) -> String {
     s
 }
 
+/// The user's policy: only the frontend (the proxy benchmark's client identity) may call.
+const ALLOW_FRONTEND: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-frontend, namespace: default}\nspec:\n  selector: {matchLabels: {app: backend}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/frontend]}}]\n";
+
 fn compile(n: usize) -> (WorkloadPolicy, Duration) {
-    let docs: Vec<AuthorizationPolicy> = (0..n)
-        .map(|i| {
-            let v: serde_yaml::Value = serde_yaml::from_str(&policy_yaml(i)).expect("yaml");
+    compile_docs((0..n).map(policy_yaml).collect())
+}
+
+fn compile_docs(yamls: Vec<String>) -> (WorkloadPolicy, Duration) {
+    let docs: Vec<AuthorizationPolicy> = yamls
+        .iter()
+        .enumerate()
+        .map(|(i, y)| {
+            let v: serde_yaml::Value = serde_yaml::from_str(y).expect("yaml");
             match IstioResource::from_value("security.istio.io/v1", "AuthorizationPolicy", v) {
                 Ok(IstioResource::AuthorizationPolicy(p)) => p,
                 other => panic!("policy {i}: {other:?}"),
@@ -231,6 +240,23 @@ fn ns(d: Duration, n: usize) -> f64 {
 }
 
 fn main() {
+    // `--proxy-config`: print the `authorization` section of a meshproxy config for the proxy
+    // benchmark (`bench/run authz`): the first 199 mixed policies plus ALLOW_FRONTEND, last,
+    // so the benchmark's allowed requests scan every ALLOW policy before the one that matches.
+    // `--proxy-config N` prints N policies instead (N - 1 mixed ones, then ALLOW_FRONTEND).
+    if std::env::args().nth(1).as_deref() == Some("--proxy-config") {
+        let n: usize = std::env::args()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(POLICIES)
+            .max(1);
+        let mut yamls: Vec<String> = (0..n - 1).map(policy_yaml).collect();
+        yamls.push(ALLOW_FRONTEND.to_string());
+        let (wp, _) = compile_docs(yamls);
+        let json = serde_json::to_string(&wp).expect("serializes");
+        println!("authorization: {json}");
+        return;
+    }
     let (wp, compile_time) = compile(POLICIES);
     let empty = WorkloadPolicy::default();
     let reqs = requests();
