@@ -397,6 +397,7 @@ impl Batch {
         while answered.iter().any(|a| !a) {
             let n = match (&sock).read(&mut buf) {
                 Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
                         e.kind(),
