@@ -422,15 +422,73 @@ fn first_match<'p>(
     req: &RequestAttributes<'_>,
     peer: &Peer<'_>,
     mode: Mode,
+    candidates: Option<&[(u32, u32)]>,
 ) -> Option<MatchedPolicy<'p>> {
-    policies.iter().find_map(|p| {
-        p.matching_rule(req, peer, mode).map(|i| MatchedPolicy {
-            namespace: &p.namespace,
-            name: &p.name,
-            rule: i,
-            id: &p.rules[i].id,
-        })
-    })
+    let matched = |p: &'p CompiledPolicy, i: usize| MatchedPolicy {
+        namespace: &p.namespace,
+        name: &p.name,
+        rule: i,
+        id: &p.rules[i].id,
+    };
+    match candidates {
+        None => policies
+            .iter()
+            .find_map(|p| p.matching_rule(req, peer, mode).map(|i| matched(p, i))),
+        // In (policy, rule) order, so the first candidate that matches is the first match.
+        Some(c) => c.iter().find_map(|&(pi, ri)| {
+            let p = policies.get(pi as usize)?;
+            let r = p.rules.get(ri as usize)?;
+            r.matches(req, peer, mode).then(|| matched(p, ri as usize))
+        }),
+    }
+}
+
+/// The rules of a [`WorkloadPolicy`] that can still match HTTP requests on one connection:
+/// those whose connection-level conditions (peer identity, source and destination address,
+/// port, SNI) hold for it. Built once per connection and policy revision with
+/// [`WorkloadPolicy::connection_filter`]; [`WorkloadPolicy::evaluate_on`] then only looks at
+/// these rules and decides exactly as [`WorkloadPolicy::evaluate`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConnectionFilter {
+    deny: Vec<(u32, u32)>,
+    allow: Vec<(u32, u32)>,
+    audit: Vec<(u32, u32)>,
+    dry_run_deny: Vec<(u32, u32)>,
+    dry_run_allow: Vec<(u32, u32)>,
+}
+
+impl ConnectionFilter {
+    /// How many rules are left to evaluate per request.
+    pub fn len(&self) -> usize {
+        self.deny.len()
+            + self.allow.len()
+            + self.audit.len()
+            + self.dry_run_deny.len()
+            + self.dry_run_allow.len()
+    }
+
+    /// Whether no rule can match on the connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn candidates(
+    policies: &[CompiledPolicy],
+    conn: &RequestAttributes<'_>,
+    peer: &Peer<'_>,
+) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for (pi, p) in policies.iter().enumerate() {
+        for (ri, r) in p.rules.iter().enumerate() {
+            if r.may_match_on(conn, peer)
+                && let (Ok(pi), Ok(ri)) = (u32::try_from(pi), u32::try_from(ri))
+            {
+                out.push((pi, ri));
+            }
+        }
+    }
+    out
 }
 
 impl WorkloadPolicy {
@@ -447,6 +505,43 @@ impl WorkloadPolicy {
     /// Istio's order: DENY policies first; then, if any ALLOW policy applies, one must match;
     /// otherwise the request is allowed. AUDIT and dry-run policies are evaluated and reported.
     pub fn evaluate(&self, req: &RequestAttributes<'_>) -> Decision<'_> {
+        self.decide(req, None)
+    }
+
+    /// The rules that can match HTTP requests on the connection `conn` describes (its `http`
+    /// is ignored); see [`ConnectionFilter`].
+    pub fn connection_filter(&self, conn: &RequestAttributes<'_>) -> ConnectionFilter {
+        let peer = Peer::parse(conn.peer_principal);
+        ConnectionFilter {
+            deny: candidates(&self.deny, conn, &peer),
+            allow: candidates(&self.allow, conn, &peer),
+            audit: candidates(&self.audit, conn, &peer),
+            dry_run_deny: candidates(&self.dry_run_deny, conn, &peer),
+            dry_run_allow: candidates(&self.dry_run_allow, conn, &peer),
+        }
+    }
+
+    /// [`evaluate`](Self::evaluate) for an HTTP request on a connection whose
+    /// [`connection_filter`](Self::connection_filter) is `filter`, built from this policy and
+    /// the same connection attributes (peer principal, source and destination IP, port, SNI).
+    /// Same decision, but only the rules left by the filter are evaluated. A TCP connection
+    /// (`req.http` is `None`) is evaluated in full.
+    pub fn evaluate_on(
+        &self,
+        req: &RequestAttributes<'_>,
+        filter: &ConnectionFilter,
+    ) -> Decision<'_> {
+        if req.http.is_none() {
+            return self.decide(req, None);
+        }
+        self.decide(req, Some(filter))
+    }
+
+    fn decide(
+        &self,
+        req: &RequestAttributes<'_>,
+        filter: Option<&ConnectionFilter>,
+    ) -> Decision<'_> {
         let peer = Peer {
             path: req
                 .http
@@ -457,16 +552,34 @@ impl WorkloadPolicy {
             Some(_) => (Mode::Http, Mode::Http),
             None => (Mode::TcpAllow, Mode::TcpWiden),
         };
-        let audit = first_match(&self.audit, req, &peer, widen_mode);
+        let audit = first_match(
+            &self.audit,
+            req,
+            &peer,
+            widen_mode,
+            filter.map(|f| &f.audit[..]),
+        );
         let shadow_deny = (!self.dry_run_deny.is_empty()).then(|| {
-            let policy = first_match(&self.dry_run_deny, req, &peer, widen_mode);
+            let policy = first_match(
+                &self.dry_run_deny,
+                req,
+                &peer,
+                widen_mode,
+                filter.map(|f| &f.dry_run_deny[..]),
+            );
             ShadowResult {
                 allowed: policy.is_none(),
                 policy,
             }
         });
         let shadow_allow = (!self.dry_run_allow.is_empty()).then(|| {
-            let policy = first_match(&self.dry_run_allow, req, &peer, allow_mode);
+            let policy = first_match(
+                &self.dry_run_allow,
+                req,
+                &peer,
+                allow_mode,
+                filter.map(|f| &f.dry_run_allow[..]),
+            );
             ShadowResult {
                 allowed: policy.is_some(),
                 policy,
@@ -484,13 +597,25 @@ impl WorkloadPolicy {
             audit,
             dry_run,
         };
-        if let Some(p) = first_match(&self.deny, req, &peer, widen_mode) {
+        if let Some(p) = first_match(
+            &self.deny,
+            req,
+            &peer,
+            widen_mode,
+            filter.map(|f| &f.deny[..]),
+        ) {
             return decision(false, Reason::DeniedByPolicy, Some(Action::Deny), Some(p));
         }
         if self.allow.is_empty() {
             return decision(true, Reason::NoAllowPolicies, None, None);
         }
-        match first_match(&self.allow, req, &peer, allow_mode) {
+        match first_match(
+            &self.allow,
+            req,
+            &peer,
+            allow_mode,
+            filter.map(|f| &f.allow[..]),
+        ) {
             Some(p) => decision(true, Reason::AllowedByPolicy, Some(Action::Allow), Some(p)),
             None => decision(false, Reason::NoAllowMatch, None, None),
         }

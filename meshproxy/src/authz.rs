@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use http::HeaderMap;
 use meshapi::authz::{
-    Decision, HeaderLookup, HttpAttributes, MatchedPolicy, NormalizeError, RequestAttributes,
-    WorkloadPolicy, check_method, normalize_path,
+    ConnectionFilter, Decision, HeaderLookup, HttpAttributes, MatchedPolicy, NormalizeError,
+    RequestAttributes, WorkloadPolicy, check_method, normalize_path,
 };
+use meshapi::proxy::ProxyConfig;
 
 use crate::rescue::ProxyError;
 use crate::state::{HttpFacts, PeerInfo};
@@ -69,8 +70,36 @@ fn bad_path(e: &NormalizeError) -> ProxyError {
     })
 }
 
-/// Decides one request (`req` set) or TCP connection under `policy`.
+/// The [`ConnectionFilter`] of one connection for the policy in force, rebuilt when a new
+/// config brings another policy: with many policies most rules fail on the peer identity,
+/// address or port alone, which is decided once per connection instead of once per request.
+#[derive(Debug, Clone, Default)]
+pub struct FilterCache(Arc<Mutex<Option<(Weak<ProxyConfig>, Arc<ConnectionFilter>)>>>);
+
+impl FilterCache {
+    fn get(
+        &self,
+        cfg: &Arc<ProxyConfig>,
+        policy: &WorkloadPolicy,
+        conn: &RequestAttributes<'_>,
+    ) -> Arc<ConnectionFilter> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A live `Weak` keeps the config's allocation, so its address cannot be reused.
+        if let Some((seen, filter)) = slot.as_ref()
+            && std::ptr::eq(seen.as_ptr(), Arc::as_ptr(cfg))
+        {
+            return filter.clone();
+        }
+        let filter = Arc::new(policy.connection_filter(conn));
+        *slot = Some((Arc::downgrade(cfg), filter.clone()));
+        filter
+    }
+}
+
+/// Decides one request (`req` set) or TCP connection under `policy`, the authorization
+/// section of `cfg`.
 pub fn check(
+    cfg: &Arc<ProxyConfig>,
     policy: &WorkloadPolicy,
     peer: &PeerInfo,
     req: Option<HttpFacts<'_>>,
@@ -113,6 +142,7 @@ pub fn check(
                 .and_then(|h| h.to_str().ok())
         })
         .unwrap_or("");
+    let filter = peer.authz_filter.get(cfg, policy, &attrs);
     let headers = Headers::new(req.headers);
     attrs.remote_ip = remote_ip(req.headers);
     attrs.http = Some(HttpAttributes {
@@ -121,7 +151,7 @@ pub fn check(
         path: normalized.as_str(),
         headers: &headers,
     });
-    let d = policy.evaluate(&attrs);
+    let d = policy.evaluate_on(&attrs, &filter);
     record(&d, peer, Some((method, normalized.as_str())), counters);
     if !d.allowed {
         return Err(denied(&d, peer));

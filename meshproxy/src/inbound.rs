@@ -115,6 +115,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
                     port,
                     local_ip,
                     sni: None,
+                    authz_filter: Default::default(),
                 },
                 xfcc: None,
             };
@@ -188,6 +189,7 @@ async fn serve_tls(
             port: p.port,
             local_ip,
             sni: conn.server_name().map(Arc::from),
+            authz_filter: Default::default(),
         },
         xfcc,
     };

@@ -64,6 +64,8 @@ pub struct PeerInfo {
     pub local_ip: std::net::IpAddr,
     /// The TLS server name the peer asked for (`connection.sni`); `None` for plaintext.
     pub sni: Option<Arc<str>>,
+    /// The authorization rules that can still match on this connection, per policy revision.
+    pub authz_filter: crate::authz::FilterCache,
 }
 
 impl Snapshot {
@@ -225,7 +227,7 @@ impl Snapshot {
     ) -> Result<crate::authz::Authorized, ProxyError> {
         match &self.cfg.authorization {
             None => Ok(crate::authz::Authorized::default()),
-            Some(policy) => crate::authz::check(policy, peer, req, counters),
+            Some(policy) => crate::authz::check(&self.cfg, policy, peer, req, counters),
         }
     }
 }

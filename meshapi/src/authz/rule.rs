@@ -69,6 +69,22 @@ impl Cond {
         }
     }
 
+    /// Whether the attribute is the same for every request of one connection (peer identity,
+    /// addresses, port, SNI), so it can be decided once per connection.
+    pub(crate) fn connection_level(&self) -> bool {
+        matches!(
+            self,
+            Cond::Principal(_)
+                | Cond::Namespace(_)
+                | Cond::ServiceAccount(_)
+                | Cond::TrustDomain(_)
+                | Cond::SourceIp(_)
+                | Cond::DestinationIp(_)
+                | Cond::DestinationPort(_)
+                | Cond::Sni(_)
+        )
+    }
+
     fn matches(&self, req: &RequestAttributes<'_>, peer: &Peer<'_>) -> bool {
         let any_str =
             |ms: &[StrMatch], v: Option<&str>| v.is_some_and(|v| ms.iter().any(|m| m.matches(v)));
@@ -163,6 +179,22 @@ impl CompiledRule {
             alts.is_empty() || alts.iter().any(|t| all_match(t, req, peer, mode))
         };
         all_match(&self.when, req, peer, mode) && any(&self.from) && any(&self.to)
+    }
+}
+
+impl CompiledRule {
+    /// Whether some HTTP request on the connection `conn` describes could match this rule:
+    /// false when a connection-level term (see [`Cond::connection_level`]) already fails in
+    /// `when`, or in every `from` or every `to` alternative. Never false for a rule that a
+    /// request with these connection attributes matches.
+    pub(crate) fn may_match_on(&self, conn: &RequestAttributes<'_>, peer: &Peer<'_>) -> bool {
+        let conn_ok = |terms: &[Term]| {
+            terms
+                .iter()
+                .all(|t| !t.cond.connection_level() || t.cond.matches(conn, peer) != t.negate)
+        };
+        let any = |alts: &[Vec<Term>]| alts.is_empty() || alts.iter().any(|t| conn_ok(t));
+        conn_ok(&self.when) && any(&self.from) && any(&self.to)
     }
 }
 
