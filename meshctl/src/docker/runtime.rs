@@ -19,6 +19,9 @@ use super::DockerError;
 /// Environment variable naming a directory of static binaries.
 pub const ENV_RUNTIME_DIR: &str = "MESHCTL_RUNTIME_DIR";
 
+/// The workspace packages built for static binaries, all at once.
+pub const STATIC_PACKAGES: &[&str] = &["meshproxy", "meshdns", "meshdemo"];
+
 /// The workspace package that builds each binary meshctl may need.
 fn package_of(bin: &str) -> Option<&'static str> {
     match bin {
@@ -104,11 +107,15 @@ fn cargo_build(ws: &Path, names: &[&str]) -> Result<BTreeMap<String, PathBuf>, D
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for n in names {
-        let pkg = package_of(n).ok_or_else(|| {
-            DockerError::Runtime(format!("{n} is not a binary of this workspace"))
-        })?;
-        cmd.args(["-p", pkg, "--bin", n]);
+        if package_of(n).is_none() {
+            return Err(DockerError::Runtime(format!(
+                "{n} is not a binary of this workspace"
+            )));
+        }
     }
+    // Always the same package set (as .ci/run and bench/ build it): another set would unify
+    // features differently and rebuild every dependency.
+    cmd.args(STATIC_PACKAGES.iter().flat_map(|p| ["-p", p]));
     eprintln!(
         "building static {} in {} (cargo build --release --target {})",
         names.join(", "),
