@@ -68,7 +68,9 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
     match (port, path) {
         (AdminPort::Health, "/healthz/ready") | (AdminPort::Admin, "/ready") => ready(shared),
         (AdminPort::Stats, "/stats/prometheus") => {
-            let mut r = text(StatusCode::OK, shared.metrics.render());
+            let mut body = shared.metrics.render();
+            crate::traffic::render_metrics(&shared.snapshot.load().cluster_status(), &mut body);
+            let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),

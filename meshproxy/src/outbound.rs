@@ -67,9 +67,24 @@ pub async fn serve(
 }
 
 async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::state::Target) {
+    let _slot = match &target.cluster {
+        Some((c, _)) => match c.tcp_slot() {
+            Some(p) => Some(p),
+            None => return,
+        },
+        None => None,
+    };
     let mut up = match connect_mtls(&shared, &target, tls::ALPN_TCP).await {
-        Ok(s) => s,
+        Ok(s) => {
+            if let Some((c, i)) = &target.cluster {
+                c.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
+            }
+            s
+        }
         Err(e) => {
+            if let Some((c, i)) = &target.cluster {
+                c.record(*i, meshapi::traffic::CallResult::ConnectFailure);
+            }
             tracing::info!(error = %e, "TCP upstream failed");
             return;
         }

@@ -132,6 +132,21 @@ pub async fn connect_mtls(
             .await
             .map_err(|e| fail(io_reason(&e)))?;
         let _ = tcp.set_nodelay(true);
+        if let Some((time, interval, probes)) = target.connect.keepalive {
+            let mut ka = socket2::TcpKeepalive::new();
+            if let Some(t) = time {
+                ka = ka.with_time(t);
+            }
+            if let Some(i) = interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(p) = probes {
+                ka = ka.with_retries(p);
+            }
+            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka) {
+                tracing::debug!(%addr, error = %e, "could not set TCP keepalive");
+            }
+        }
         TlsConnector::from(config)
             .connect(tls::sni_for_port(target.target_port), tcp)
             .await
@@ -141,7 +156,11 @@ pub async fn connect_mtls(
                 fail(format!("TLS error: {e}"))
             })
     };
-    match tokio::time::timeout(shared.limits().connect_timeout.0, connect).await {
+    let timeout = target
+        .connect
+        .timeout
+        .unwrap_or(shared.limits().connect_timeout.0);
+    match tokio::time::timeout(timeout, connect).await {
         Ok(r) => r,
         Err(_) => Err(fail("connection timeout".into())),
     }

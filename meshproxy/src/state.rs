@@ -31,6 +31,25 @@ pub struct Target {
     pub service: String,
     pub endpoint: Endpoint,
     pub target_port: u16,
+    /// Connection settings from the DestinationRule's `connectionPool.tcp` (none: the config's
+    /// `limits.connectTimeout`, no keepalive).
+    pub connect: ConnectSettings,
+    /// The traffic-management cluster and the endpoint's index in it, when the route table
+    /// chose it (TCP connections take a connection slot and report connect failures there).
+    pub cluster: Option<(Arc<crate::traffic::ClusterState>, usize)>,
+}
+
+/// How to open a connection to an endpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectSettings {
+    /// `connectTimeout`. Default: the config's `limits.connectTimeout`.
+    pub timeout: Option<std::time::Duration>,
+    /// `tcpKeepalive` as (time, interval, probes); `None` fields keep the OS's values.
+    pub keepalive: Option<(
+        Option<std::time::Duration>,
+        Option<std::time::Duration>,
+        Option<u32>,
+    )>,
 }
 
 /// The HTTP facts a route decision may look at (none for TCP).
@@ -211,6 +230,8 @@ impl Snapshot {
             service: out.service.clone(),
             endpoint: selected[n % selected.len()].clone(),
             target_port: out.target_port(),
+            connect: ConnectSettings::default(),
+            cluster: None,
         })
     }
 

@@ -148,7 +148,7 @@ impl ClusterState {
     }
 
     /// Records how a call to endpoint `i` ended, for outlier detection.
-    fn record(&self, i: usize, result: CallResult) {
+    pub fn record(&self, i: usize, result: CallResult) {
         let Some(o) = &self.outlier else { return };
         let now = self.now();
         if let Ok(mut o) = o.lock()
@@ -163,16 +163,22 @@ impl ClusterState {
         }
     }
 
-    fn target(&self, i: usize) -> Option<Target> {
+    fn target(self: &Arc<Self>, i: usize) -> Option<Target> {
+        let pool = &self.policy.connection_pool;
         Some(Target {
             service: self.service.clone(),
             endpoint: self.endpoints.get(i)?.clone(),
             target_port: self.port,
+            connect: crate::state::ConnectSettings {
+                timeout: Some(pool.connect_timeout),
+                keepalive: pool.tcp_keepalive,
+            },
+            cluster: Some((Arc::clone(self), i)),
         })
     }
 
     /// Endpoint `i`'s target for TCP or an upgrade (no retries): the balancer's pick.
-    pub fn pick_target(&self, random: u64) -> Result<Target, ProxyError> {
+    pub fn pick_target(self: &Arc<Self>, random: u64) -> Result<Target, ProxyError> {
         match self.pick(None, &[], random) {
             Pick::Endpoint(i) => self.target(i).ok_or_else(|| self.no_healthy()),
             Pick::Passthrough | Pick::NoHealthy => Err(self.no_healthy()),
@@ -216,6 +222,87 @@ impl ClusterState {
             circuit_breaker: self.breaker.stats(),
             retries: self.retries.load(Ordering::Relaxed),
             ejections: self.ejections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl ClusterState {
+    /// A connection slot for a TCP stream (`maxConnections`); `None` is an overflow: the
+    /// connection is closed at once (Envoy's `UO` for TCP).
+    pub fn tcp_slot(self: &Arc<Self>) -> Option<OwnedSemaphorePermit> {
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let _ = self.breaker.try_acquire(PoolResource::Connection);
+                tracing::info!(cluster = %self.name, "TCP connection refused: maxConnections reached");
+                None
+            }
+        }
+    }
+}
+
+/// Appends the clusters' Prometheus series: retries, outlier ejections (total and current),
+/// circuit-breaker overflows by resource, active requests.
+pub fn render_metrics(clusters: &[ClusterStatus], out: &mut String) {
+    use std::fmt::Write;
+    if clusters.is_empty() {
+        return;
+    }
+    let series: [(&str, &str, &str); 4] = [
+        (
+            "meshproxy_cluster_retries_total",
+            "counter",
+            "Retries sent, by cluster.",
+        ),
+        (
+            "meshproxy_cluster_outlier_ejections_total",
+            "counter",
+            "Outlier-detection ejections, by cluster.",
+        ),
+        (
+            "meshproxy_cluster_ejected_endpoints",
+            "gauge",
+            "Endpoints ejected now, by cluster.",
+        ),
+        (
+            "meshproxy_cluster_active_requests",
+            "gauge",
+            "Requests in flight, by cluster.",
+        ),
+    ];
+    for (name, kind, help) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for c in clusters {
+            let v = match name {
+                "meshproxy_cluster_retries_total" => c.retries,
+                "meshproxy_cluster_outlier_ejections_total" => c.ejections,
+                "meshproxy_cluster_ejected_endpoints" => {
+                    c.endpoints.iter().filter(|e| e.ejected).count() as u64
+                }
+                _ => c
+                    .endpoints
+                    .iter()
+                    .map(|e| u64::from(e.active_requests))
+                    .sum(),
+            };
+            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", c.name);
+        }
+    }
+    let name = "meshproxy_cluster_overflow_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Circuit-breaker overflows (503 UO), by cluster and resource.\n# TYPE {name} counter"
+    );
+    for c in clusters {
+        for (i, r) in ["connections", "pending_requests", "requests", "retries"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "{name}{{cluster=\"{}\",resource=\"{r}\"}} {}",
+                c.name, c.circuit_breaker.overflows[i]
+            );
         }
     }
 }
@@ -800,7 +887,7 @@ async fn slot(cluster: &ClusterState) -> Result<Option<OwnedSemaphorePermit>, Pr
 
 async fn send_with_retries(
     shared: &Arc<Shared>,
-    cluster: &ClusterState,
+    cluster: &Arc<ClusterState>,
     hash: Option<u64>,
     retries: Option<&RetryPolicy>,
     upstream: &Upstream,

@@ -44,6 +44,8 @@ struct Behaviour {
     /// Wait this long (ms) before answering.
     stall_ms: AtomicU64,
     requests: AtomicU64,
+    /// Path and query, and headers, of the last request.
+    last: std::sync::Mutex<Option<(String, http::HeaderMap)>>,
 }
 
 struct App {
@@ -69,6 +71,9 @@ impl App {
                         let (b, name) = (b.clone(), name.clone());
                         async move {
                             b.requests.fetch_add(1, Ordering::SeqCst);
+                            let pq = req.uri().path_and_query().map(|p| p.to_string());
+                            *b.last.lock().unwrap() =
+                                Some((pq.unwrap_or_default(), req.headers().clone()));
                             let _ = req.into_body().collect().await;
                             let stall = b.stall_ms.load(Ordering::SeqCst);
                             if stall > 0 {
@@ -134,6 +139,14 @@ services:
     image: m
     labels: {app: mirror}
     x-mesh: {ports: [{port: 8080, protocol: http}]}
+  db-a:
+    image: d
+    labels: {app: db, version: a}
+    x-mesh: {service: db, ports: [{port: 5432, protocol: tcp}]}
+  db-b:
+    image: d
+    labels: {app: db, version: b}
+    x-mesh: {service: db, ports: [{port: 5432, protocol: tcp}]}
 ";
 
 /// Compiles `policies` for the frontend, as the control plane does.
@@ -751,4 +764,175 @@ async fn changing_weights_live_changes_the_split_on_the_same_connection() {
     for _ in 0..10 {
         assert_eq!(ask().await, "backend-v2-1");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_direct_response_rewrite_headers_and_cors_are_answered_as_istio_does() {
+    let f = Fixture::new(
+        &vs("  - match: [{uri: {prefix: /old/}}]
+    redirect: {uri: /new/, authority: example.com, redirectCode: 308}
+  - match: [{uri: {exact: /teapot}}]
+    directResponse: {status: 418, body: {string: short and stout}}
+  - match: [{uri: {prefix: /api/}}]
+    rewrite: {uri: /v2/}
+    headers:
+      request: {set: {x-route: api}, remove: [x-secret]}
+      response: {add: {x-served-by: mesh}}
+    corsPolicy:
+      allowOrigins: [{exact: https://app.example}]
+      allowMethods: [GET, POST]
+      maxAge: 60s
+    route:
+    - destination: {host: backend, subset: v1}
+"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    let client = http1_client();
+    let (s, h, _) = send(&client, &f.url("/old/page"), &[]).await;
+    assert_eq!(s, 308);
+    assert_eq!(h["location"], "http://example.com/new/");
+    let (s, _, body) = send(&client, &f.url("/teapot"), &[]).await;
+    assert_eq!(s, 418);
+    assert_eq!(body, "short and stout");
+    assert_eq!(f.instances[0].app.requests(), 0, "answered by the proxy");
+
+    let (s, h, _) = send(
+        &client,
+        &f.url("/api/items?q=1"),
+        &[("x-secret", "s"), ("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(h["x-served-by"], "mesh");
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(f.instances[0].app.requests(), 1);
+    let (path, seen) = f.instances[0].app.b.last.lock().unwrap().clone().unwrap();
+    assert_eq!(path, "/v2/items?q=1", "prefix rewritten, query kept");
+    assert_eq!(seen["x-route"], "api");
+    assert!(!seen.contains_key("x-secret"));
+
+    // A CORS preflight is answered by the proxy.
+    let req = Request::builder()
+        .method("OPTIONS")
+        .uri(f.url("/api/items"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-methods"], "GET,POST");
+    assert_eq!(resp.headers()["access-control-max-age"], "60");
+    assert_eq!(
+        f.instances[0].app.requests(),
+        1,
+        "preflight never reached the app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_body_is_sent_again_on_retry() {
+    let f = Fixture::new(&retry_vs(2), &[("backend-v1", "v1")]).await;
+    let b = &f.instances[0].app.b;
+    b.fail_status.store(503, Ordering::SeqCst);
+    b.fail_next.store(1, Ordering::SeqCst);
+    let client = http1_client();
+    let req = Request::post(f.url("/orders"))
+        .body(Full::new(Bytes::from_static(b"{\"item\": 42}")))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(f.instances[0].app.requests(), 2);
+    let stats = admin_get_stats(&f.client).await;
+    assert!(
+        stats.contains("meshproxy_cluster_retries_total{cluster=\"outbound|8080|v1|backend.default.svc.cluster.local\"} 1"),
+        "{stats}"
+    );
+}
+
+async fn admin_get_stats(b: &Bound) -> String {
+    let client = http1_client();
+    let (_, _, body) = get(&client, &format!("http://{}/stats/prometheus", b.stats)).await;
+    body
+}
+
+/// A TCP app that writes its name to every connection, then closes.
+async fn name_server(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(name.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_split_connections_by_weight() {
+    let mesh = Mesh::new();
+    let mut endpoints = String::new();
+    let mut proxies = Vec::new();
+    for (name, version) in [("db-a", "a"), ("db-b", "b")] {
+        let app = name_server(name).await;
+        let yaml = format!(
+            "{}inbound:\n  - {{ port: 5432, targetPort: {}, protocol: tcp, mode: STRICT }}\n",
+            base_yaml(&mesh.identity_yaml("db"), 1),
+            app.port()
+        );
+        let p = meshproxy::build(parse(&yaml)).await.unwrap();
+        endpoints.push_str(&format!(
+            "      - {{ address: \"{}\", identity: \"{}\", workload: {name}, labels: {{ app: db, version: {version} }} }}\n",
+            p.inbound,
+            spiffe("db")
+        ));
+        proxies.push(p);
+    }
+    let mut y = base_yaml(&mesh.identity_yaml("frontend-sa"), 1);
+    y.push_str(&format!(
+        "outbound:\n  - {{ service: db, vip: \"127.0.0.1:0\", protocol: tcp, targetPort: 5432 }}\n\
+         services:\n  db:\n    host: db.default.svc.cluster.local\n    endpoints:\n{endpoints}"
+    ));
+    let mut cfg = parse(&y);
+    cfg.traffic = Some(route_table(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: db
+  subsets:
+  - {name: a, labels: {version: a}}
+  - {name: b, labels: {version: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{port: 5432}]
+    route:
+    - {destination: {host: db, subset: a}, weight: 75}
+    - {destination: {host: db, subset: b}, weight: 25}
+",
+    ));
+    let client = meshproxy::build(cfg).await.unwrap();
+    let out = client.outbound("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut counts = BTreeMap::new();
+    let n = 400;
+    for _ in 0..n {
+        use tokio::io::AsyncReadExt;
+        let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        *counts.entry(got).or_insert(0) += 1;
+    }
+    let a = *counts.get("db-a").unwrap_or(&0) as f64 / n as f64 * 100.0;
+    assert!((65.0..=85.0).contains(&a), "db-a got {a:.1}%: {counts:?}");
+    assert_eq!(counts.values().sum::<i32>(), n);
 }
