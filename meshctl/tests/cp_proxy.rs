@@ -246,3 +246,113 @@ async fn requests_flow_through_control_plane_mode_proxies_across_certificate_rot
     server.shutdown().await;
     cp.shutdown().await;
 }
+
+/// The control-plane settings of the restart test: a fixed API port so the proxies can find
+/// the restarted control plane where they left it.
+fn restart_config(dir: &std::path::Path, api: SocketAddr, base_port: u16) -> ControlPlaneConfig {
+    ControlPlaneConfig {
+        project: ProjectSpec {
+            working_dir: dir.to_path_buf(),
+            ..ProjectSpec::default()
+        },
+        api: ApiConfig {
+            listen: api,
+            ..ApiConfig::default()
+        },
+        placement: PlacementSpec::Host { base_port },
+        watch: false,
+        ..ControlPlaneConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_keep_flowing_while_the_control_plane_restarts_and_proxies_resync() {
+    let echo = meshtest::echo::EchoServer::start("server").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), compose(echo.port())).unwrap();
+    std::fs::create_dir(dir.path().join("mesh")).unwrap();
+    let pa = dir.path().join("mesh/peer-authentication.yaml");
+    std::fs::write(&pa, STRICT).unwrap();
+    let api: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let base = free_base();
+    let cp = ControlPlane::start(restart_config(dir.path(), api, base))
+        .await
+        .unwrap();
+    let server = start_proxy(&cp, "server", "server-sa").await;
+    let client = start_proxy(&cp, "client", "client-sa").await;
+    let vip = client.config.borrow().outbound[0].vip;
+    let out = client.bound.outbound(vip).expect("outbound VIP listener");
+    let first = cp.revision();
+
+    // Requests flow the whole time, in a bounded loop, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            for n in 0..100_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                match request(out, n).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+    let echo = &echo;
+    let wait_served = |more: usize| async move {
+        let target = echo.completed() + more;
+        let deadline = Instant::now() + DEADLINE;
+        while echo.completed() < target {
+            assert!(Instant::now() < deadline, "requests stopped arriving");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait_served(20).await;
+
+    cp.shutdown().await;
+    // Down: the proxies keep serving on their last config and certificates.
+    wait_served(20).await;
+
+    // Back on the same address and state directory: the proxies reconnect and resync, and a
+    // change made after the restart reaches them.
+    let cp = ControlPlane::start(restart_config(dir.path(), api, base))
+        .await
+        .unwrap();
+    std::fs::write(&pa, STRICT.replace("STRICT", "PERMISSIVE")).unwrap();
+    let report = cp.reload().await.unwrap();
+    assert!(report.ok, "{:?}", report.errors);
+    assert!(report.revision > first, "a new revision after the edit");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let acks = cp.wait_acks(report.revision, Duration::from_secs(1)).await;
+        if acks.acked.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not resynced: {acks:?}");
+    }
+    assert_eq!(
+        server.config.borrow().inbound[0].mode,
+        meshapi::proxy::PeerAuthMode::Permissive
+    );
+    wait_served(20).await;
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+    cp.shutdown().await;
+}
