@@ -232,6 +232,71 @@ pub struct Ca {
     tokens: TokenStore,
     limiter: ratelimit::RateLimiter,
     issued: Mutex<BTreeMap<SpiffeId, IssuedInfo>>,
+    /// Where `issued` is kept across restarts (`.mesh/issued.json`), for `meshctl status`.
+    issued_file: PathBuf,
+}
+
+/// `.mesh/issued.json`: one record per identity (the latest certificate).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IssuedRecord {
+    identity: String,
+    serial: String,
+    not_after_unix: i64,
+    issued_at_unix: i64,
+}
+
+fn read_issued(path: &Path) -> BTreeMap<SpiffeId, IssuedInfo> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the issued-certificate list; status starts empty");
+            return BTreeMap::new();
+        }
+    };
+    let records: Vec<IssuedRecord> = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "issued-certificate list is corrupt; status starts empty (it is rewritten at the next issue)");
+            return BTreeMap::new();
+        }
+    };
+    let at = |s: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0));
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let id = r.identity.parse::<SpiffeId>().ok()?;
+            Some((
+                id,
+                IssuedInfo {
+                    not_after: at(r.not_after_unix),
+                    serial: r.serial,
+                    issued_at: at(r.issued_at_unix),
+                },
+            ))
+        })
+        .collect()
+}
+
+fn write_issued(path: &Path, issued: &BTreeMap<SpiffeId, IssuedInfo>) {
+    let records: Vec<IssuedRecord> = issued
+        .iter()
+        .map(|(id, i)| IssuedRecord {
+            identity: id.to_string(),
+            serial: i.serial.clone(),
+            not_after_unix: unix_secs(i.not_after),
+            issued_at_unix: unix_secs(i.issued_at),
+        })
+        .collect();
+    let tmp = path.with_extension("json.tmp");
+    let result = serde_json::to_vec_pretty(&records)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "could not save the issued-certificate list");
+    }
 }
 
 impl Ca {
@@ -242,6 +307,8 @@ impl Ca {
         let dir = config.ca_dir.clone().unwrap_or_else(|| mesh_dir.join("ca"));
         let material = store::load_or_create(&dir, &config.trust_domain)?;
         let tokens = TokenStore::open(&mesh_dir.join("tokens.json"))?;
+        let issued_file = mesh_dir.join("issued.json");
+        let issued = read_issued(&issued_file);
         tracing::info!(
             dir = %dir.display(),
             mode = ?material.mode,
@@ -255,7 +322,8 @@ impl Ca {
             dir,
             material,
             tokens,
-            issued: Mutex::new(BTreeMap::new()),
+            issued: Mutex::new(issued),
+            issued_file,
         })
     }
 
@@ -377,10 +445,9 @@ impl Ca {
             not_after = unix_secs(issued.not_after),
             "workload certificate issued"
         );
-        self.issued
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
+        {
+            let mut all = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+            all.insert(
                 identity,
                 IssuedInfo {
                     not_after: issued.not_after,
@@ -388,6 +455,8 @@ impl Ca {
                     issued_at: now,
                 },
             );
+            write_issued(&self.issued_file, &all);
+        }
         let mut chain = issued.cert_pem;
         chain.push_str(&store::pem_of(&self.material.chain));
         Ok(CsrResponse {

@@ -83,6 +83,18 @@ fn issued_certificate_has_the_workload_profile() {
         issued[&who].not_after,
         SystemTime::UNIX_EPOCH + Duration::from_secs(not_after as u64)
     );
+
+    // `meshctl status` still knows every identity's expiry after a control-plane restart.
+    drop(ca);
+    let reopened = open_ca(tmp.path(), config_with_lifetime(lifetime));
+    let again = reopened.issued();
+    assert_eq!(again[&who].not_after, issued[&who].not_after);
+    assert_eq!(again[&who].serial, issued[&who].serial);
+
+    // A corrupt list is not fatal: status starts empty and the next issue rewrites it.
+    std::fs::write(tmp.path().join(".mesh/issued.json"), "{ half a file").unwrap();
+    let reopened = open_ca(tmp.path(), config_with_lifetime(lifetime));
+    assert!(reopened.issued().is_empty());
 }
 
 #[test]
