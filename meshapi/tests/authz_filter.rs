@@ -106,6 +106,14 @@ fn compile() -> WorkloadPolicy {
     compile_for_workload(&refs, &w, &MeshSecurity::default()).unwrap()
 }
 
+/// Method, path, host and headers of one request.
+type Req = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 #[test]
 fn filtered_evaluation_decides_exactly_as_the_full_one() {
     let wp = compile();
@@ -125,7 +133,7 @@ fn filtered_evaluation_decides_exactly_as_the_full_one() {
     ];
     let ports = [8080u16, 7000, 9090];
     let snis = [None, Some("p8080.inbound.mesh"), Some("evil.example")];
-    let requests: [(&str, &str, &str, &[(&str, &str)]); 9] = [
+    let requests: [Req; 9] = [
         ("GET", "/", "backend", &[]),
         ("POST", "/api", "backend", &[]),
         ("GET", "/private/x", "backend", &[]),

@@ -74,7 +74,10 @@ fn bad_path(e: &NormalizeError) -> ProxyError {
 /// config brings another policy: with many policies most rules fail on the peer identity,
 /// address or port alone, which is decided once per connection instead of once per request.
 #[derive(Debug, Clone, Default)]
-pub struct FilterCache(Arc<Mutex<Option<(Weak<ProxyConfig>, Arc<ConnectionFilter>)>>>);
+pub struct FilterCache(Arc<Mutex<Option<CachedFilter>>>);
+
+/// The filter and the config whose policy it was built from.
+type CachedFilter = (Weak<ProxyConfig>, Arc<ConnectionFilter>);
 
 impl FilterCache {
     fn get(

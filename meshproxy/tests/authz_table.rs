@@ -732,9 +732,9 @@ fn table() -> Vec<Set> {
         set(
             "dry-run DENY beside an enforced ALLOW",
             vec![
-                doc(&format!(
-                    "metadata: {{name: would-deny-all, namespace: default, annotations: {{istio.io/dry-run: \"true\"}}}}\nspec:\n  action: DENY\n  rules: [{{}}]\n"
-                )),
+                doc(
+                    "metadata: {name: would-deny-all, namespace: default, annotations: {istio.io/dry-run: \"true\"}}\nspec:\n  action: DENY\n  rules: [{}]\n",
+                ),
                 allow_fe.clone(),
             ],
             vec![req(Fe, "/"), req(Other, "/").is(Denied)],
