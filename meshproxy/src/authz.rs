@@ -13,6 +13,7 @@ use meshapi::authz::{
     ConnectionFilter, Decision, HeaderLookup, HttpAttributes, MatchedPolicy, NormalizeError,
     RequestAttributes, WorkloadPolicy, check_method, normalize_path,
 };
+use meshapi::istio::Action;
 use meshapi::proxy::ProxyConfig;
 
 use crate::rescue::ProxyError;
@@ -189,64 +190,87 @@ fn denied(d: &Decision<'_>, peer: &PeerInfo) -> ProxyError {
     }
 }
 
-fn policy_label(p: Option<MatchedPolicy<'_>>) -> String {
-    p.map_or_else(
-        || "none".to_string(),
-        |p| format!("{}.{}", p.name, p.namespace),
-    )
+/// A policy as metrics and logs name it, `<name>.<namespace>` or `none`, escaped for a
+/// Prometheus label value; written on demand, so a disabled log line costs nothing.
+struct Label<'a>(Option<MatchedPolicy<'a>>);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(p) = self.0 else {
+            return f.write_str("none");
+        };
+        escape_into(f, p.name)?;
+        f.write_str(".")?;
+        escape_into(f, p.namespace)
+    }
 }
 
+fn escape_into(f: &mut std::fmt::Formatter<'_>, v: &str) -> std::fmt::Result {
+    if !v.contains(['\\', '"', '\n']) {
+        return f.write_str(v);
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => f.write_str("\\\\")?,
+            '"' => f.write_str("\\\"")?,
+            '\n' => f.write_str("\\n")?,
+            c => f.write_char(c)?,
+        }
+    }
+    Ok(())
+}
+
+fn action_name(a: Option<Action>) -> &'static str {
+    match a {
+        Some(Action::Allow) => "ALLOW",
+        Some(Action::Deny) => "DENY",
+        Some(Action::Audit) => "AUDIT",
+        Some(Action::Custom) => "CUSTOM",
+        None => "NONE",
+    }
+}
+
+/// Logs and counts one decision: one counter update per finding, one string built per update,
+/// log fields formatted only when the line is enabled.
 fn record(d: &Decision<'_>, peer: &PeerInfo, http: Option<(&str, &str)>, counters: &AuthzCounters) {
-    let policy = policy_label(d.policy);
-    let action = match d.action {
-        Some(a) => format!("{a:?}").to_ascii_uppercase(),
-        None => "NONE".to_string(),
-    };
+    let policy = Label(d.policy);
+    let action = action_name(d.action);
     let result = if d.allowed { "allowed" } else { "denied" };
-    let principal = peer.identity.as_ref().map(|i| i.to_string());
+    let principal = peer.identity.as_ref().map(tracing::field::display);
     let (method, path) = http.unwrap_or(("", ""));
     if d.allowed {
         tracing::debug!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
-            principal = principal.as_deref(), method, path, policy, action, reason = ?d.reason,
+            principal, method, path, policy = %policy, action, reason = ?d.reason,
             "authz allowed");
     } else {
         tracing::info!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
-            principal = principal.as_deref(), method, path, policy, action, reason = ?d.reason,
+            principal, method, path, policy = %policy, action, reason = ?d.reason,
             rule = d.policy.map(|p| p.id), "authz denied");
     }
     counters.bump(&format!(
-        "meshproxy_authz_decisions_total{{policy=\"{}\",action=\"{action}\",result=\"{result}\"}}",
-        escape(&policy)
+        "meshproxy_authz_decisions_total{{policy=\"{policy}\",action=\"{action}\",result=\"{result}\"}}"
     ));
     if let Some(a) = d.audit {
-        let p = policy_label(Some(a));
+        let p = Label(Some(a));
         tracing::info!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
-            principal = principal.as_deref(), method, path, policy = p, action = "AUDIT",
+            principal, method, path, policy = %p, action = "AUDIT",
             rule = a.id, result, "authz audit");
         counters.bump(&format!(
-            "meshproxy_authz_audit_total{{policy=\"{}\",result=\"{result}\"}}",
-            escape(&p)
+            "meshproxy_authz_audit_total{{policy=\"{p}\",result=\"{result}\"}}"
         ));
     }
     for (kind, shadow) in [("DENY", d.dry_run.deny), ("ALLOW", d.dry_run.allow)] {
         let Some(s) = shadow else { continue };
         let shadow_result = if s.allowed { "allowed" } else { "denied" };
-        let p = policy_label(s.policy);
+        let p = Label(s.policy);
         tracing::info!(target: "meshproxy::authz", dry_run = true, remote = %peer.remote,
-            port = peer.port, principal = principal.as_deref(), method, path,
-            action = kind, policy = p, result = shadow_result, enforced = result,
+            port = peer.port, principal, method, path,
+            action = kind, policy = %p, result = shadow_result, enforced = result,
             "authz dry-run");
         counters.bump(&format!(
-            "meshproxy_authz_dry_run_total{{policy=\"{}\",action=\"{kind}\",result=\"{shadow_result}\"}}",
-            escape(&p)
+            "meshproxy_authz_dry_run_total{{policy=\"{p}\",action=\"{kind}\",result=\"{shadow_result}\"}}"
         ));
     }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Authorization decisions by series (policy, action, result), for `/stats/prometheus`.
