@@ -403,8 +403,17 @@ services:
 fn seed_example_file_loads() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed/compose.yaml");
     let text = std::fs::read_to_string(path).unwrap();
-    let file = parse(&text);
+    // The file uses `${FRONTEND_PORT:-3000}`: interpolate with an empty environment first, as
+    // the loader does.
+    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let _ = meshapi::compose::interpolate(&mut value, &env);
+    let file = from_value(value).unwrap_or_else(|e| panic!("{}: {}", e.path, e.message));
     assert!(file.validate().is_empty(), "{:?}", file.validate());
+    assert_eq!(
+        file.services["frontend"].ports[0].published.as_deref(),
+        Some("3000")
+    );
     let fe = &file.services["frontend"];
     assert_eq!(fe.service_account("frontend"), "frontend-sa");
     assert_eq!(fe.labels("frontend")["version"], "v1");
