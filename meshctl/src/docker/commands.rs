@@ -13,7 +13,7 @@ use clap::Args;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::engine::{Engine, Owned};
+use super::engine::Engine;
 use super::progress::Progress;
 use super::up::{Project, UpOptions};
 use super::*;
@@ -141,25 +141,23 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("\nstopping {}", project.name());
         let containers = engine.containers(project.name()).await?;
-        let mut ordered: Vec<&Owned> = containers.iter().collect();
-        ordered.sort_by_key(|c| match c.role() {
-            Some(Role::App) => 0,
-            Some(Role::Sidecar) => 1,
-            _ => 2,
-        });
-        for c in ordered {
-            let _ = engine
-                .docker
-                .stop_container(
-                    &c.id,
-                    Some(
-                        bollard::query_parameters::StopContainerOptionsBuilder::new()
+        // Apps first (in parallel, as compose does), then sidecars and meshdns.
+        for wave in [true, false] {
+            let stops = containers
+                .iter()
+                .filter(|c| (c.role() == Some(Role::App)) == wave)
+                .map(|c| {
+                    let engine = &engine;
+                    let progress = &progress;
+                    async move {
+                        let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
                             .t(10)
-                            .build(),
-                    ),
-                )
-                .await;
-            progress.line(&format!("Container {}", c.name), "Stopped");
+                            .build();
+                        let _ = engine.docker.stop_container(&c.id, Some(opts)).await;
+                        progress.line(&format!("Container {}", c.name), "Stopped");
+                    }
+                });
+            futures_util::future::join_all(stops).await;
         }
         if let Some(cp) = outcome.control_plane {
             cp.shutdown().await;
