@@ -58,7 +58,8 @@ impl Progress {
                 let _ = write!(err, "\x1b[{}A", s.drawn);
             }
             for (o, st) in &s.entries {
-                let _ = writeln!(err, "\x1b[2K ✔ {o:<width$}  {st}");
+                let mark = if is_final(st) { '✔' } else { '⠿' };
+                let _ = writeln!(err, "\x1b[2K {mark} {o:<width$}  {st}");
             }
             s.drawn = s.entries.len();
         } else {
@@ -93,6 +94,23 @@ impl Progress {
             s.entries.clear();
         }
     }
+}
+
+/// A status that ends an object's progress (compose's check mark).
+fn is_final(status: &str) -> bool {
+    [
+        "Created",
+        "Started",
+        "Running",
+        "Ready",
+        "Healthy",
+        "Removed",
+        "Stopped",
+        "built",
+        "up to date",
+    ]
+    .iter()
+    .any(|f| status.starts_with(f))
 }
 
 impl Default for Progress {
