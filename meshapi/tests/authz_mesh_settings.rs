@@ -128,3 +128,23 @@ fn compiled_proxies_carry_the_option() {
     );
     assert_eq!(authz.deny[0].name, "deny-admin");
 }
+
+#[test]
+fn a_bad_setting_is_reported_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  backend:\n    image: demo/backend\nx-mesh:\n  pathNormalization:\n    normalization: MERGE\n",
+    )
+    .unwrap();
+    let loaded = meshapi::load::load(&meshapi::load::LoadOptions::new(dir.path().to_path_buf()));
+    assert!(loaded.has_errors());
+    let d = loaded
+        .diagnostics
+        .iter()
+        .find(|d| d.path.contains("x-mesh"))
+        .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+    assert_eq!(d.path, "x-mesh.pathNormalization.normalization", "{d:?}");
+    assert_eq!(d.location.line, 6, "{d:?}");
+    assert!(d.message.contains("MERGE_SLASHES"), "{d:?}");
+}
