@@ -44,7 +44,11 @@ const STRICT: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication
 
 /// A host-placement base port whose inbound/admin/health/stats ports for two proxies are free.
 fn free_base() -> u16 {
-    let mut base = 20000 + (std::process::id() % 20000) as u16;
+    // Tests in this binary run in parallel: each call starts from its own offset, so two
+    // tests never pick the same free-looking base before either has bound it.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut base = 20000 + ((std::process::id() as u16 % 20000) + call * 97) % 20000;
     loop {
         let all_free = [0u16, 1000, 2000, 3000].iter().all(|off| {
             (0..2).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + off + k)).is_ok())

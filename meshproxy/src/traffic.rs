@@ -862,6 +862,13 @@ enum Tried {
     Failed(ProxyError, AttemptOutcome),
 }
 
+/// A `503 UF` from the endpoint's own proxy (an authenticated mesh peer): it could not connect
+/// to its application, so nothing was processed.
+fn peer_could_not_connect(r: &Response<Incoming>) -> bool {
+    r.status() == StatusCode::SERVICE_UNAVAILABLE
+        && r.headers().get(FLAGS_HEADER).is_some_and(|v| v == "UF")
+}
+
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
     h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
@@ -953,6 +960,12 @@ async fn send_with_retries(
             }
         };
         let (outcome, call) = match &tried_now {
+            // The endpoint's proxy could not reach its application (`503` flagged `UF`, e.g.
+            // the app container died): the request reached no application, so it is retried
+            // exactly like a connect failure of our own, on another endpoint.
+            Tried::Response(r) if peer_could_not_connect(r) => {
+                (AttemptOutcome::ConnectFailure, CallResult::ConnectFailure)
+            }
             Tried::Response(r) => (
                 AttemptOutcome::Response {
                     status: r.status().as_u16(),

@@ -170,7 +170,7 @@ fn route_table(policies: &str) -> meshapi::traffic::RouteTable {
 /// One backend instance: its app and its server proxy.
 struct Instance {
     app: App,
-    _proxy: Bound,
+    proxy: Bound,
     inbound: SocketAddr,
     workload: &'static str,
     version: &'static str,
@@ -217,7 +217,7 @@ impl Fixture {
             let inbound = proxy.inbound;
             list.push(Instance {
                 app,
-                _proxy: proxy,
+                proxy,
                 inbound,
                 workload,
                 version,
@@ -229,7 +229,7 @@ impl Fixture {
             let inbound = proxy.inbound;
             Some(Instance {
                 app,
-                _proxy: proxy,
+                proxy,
                 inbound,
                 workload: "mirror",
                 version: "",
@@ -935,4 +935,26 @@ spec:
     let a = *counts.get("db-a").unwrap_or(&0) as f64 / n as f64 * 100.0;
     assert!((65.0..=85.0).contains(&a), "db-a got {a:.1}%: {counts:?}");
     assert_eq!(counts.values().sum::<i32>(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_whose_app_is_gone_is_retried_elsewhere_by_the_default_policy() {
+    // No VirtualService: Istio's default retry policy (connect-failure among others).
+    let f = Fixture::new(SUBSETS, &[("backend-v1", "v1"), ("backend-v1", "v1")]).await;
+    // Instance 0's app dies: its proxy now forwards to a port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let yaml = format!(
+        "{}inbound:\n  - {{ port: {PORT}, targetPort: {dead}, protocol: http, mode: STRICT }}\n",
+        base_yaml(&f.mesh.identity_yaml("backend"), 2),
+    );
+    f.instances[0].proxy.handle.apply(parse(&yaml)).unwrap();
+    let client = http1_client();
+    for _ in 0..50 {
+        let (s, h, body) = send(&client, &f.url("/"), &[]).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(h["x-backend"], "backend-v1-1");
+    }
 }
