@@ -273,7 +273,10 @@ fn restart_config(dir: &std::path::Path, api: SocketAddr, base_port: u16) -> Con
 async fn requests_keep_flowing_while_the_control_plane_restarts_and_proxies_resync() {
     let echo = meshtest::echo::EchoServer::start("server").await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("compose.yaml"), compose(echo.port())).unwrap();
+    // Another client port than the rotation test's: both run at once, and each server proxy
+    // binds the client service's VIP:port (same name, same VIP).
+    let compose = compose(echo.port()).replace("port: 9999", "port: 9997");
+    std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
     std::fs::create_dir(dir.path().join("mesh")).unwrap();
     let pa = dir.path().join("mesh/peer-authentication.yaml");
     std::fs::write(&pa, STRICT).unwrap();
