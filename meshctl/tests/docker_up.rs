@@ -149,6 +149,22 @@ async fn get(port: u16, path: &str) -> Result<(u16, Option<String>, String), Str
         .unwrap_or_else(|_| Err("timed out".into()))
 }
 
+/// The first GET after `up -d --wait`: `--wait` means started (the seed has no healthcheck, as
+/// in compose), so an app may still be binding its port for a moment; polls with a deadline.
+async fn first_get(port: u16) -> (u16, Option<String>, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get(port, "/").await {
+            Ok(r) => return r,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not answering yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("port {port} never answered: {e}"),
+        }
+    }
+}
+
 /// Objects on the engine that carry the project's label.
 fn leftovers(project: &str) -> BTreeMap<&'static str, String> {
     let filter = format!("label=io.meshctl.project={project}");
@@ -175,7 +191,7 @@ async fn seed_example_up_curl_ps_down() {
     eprintln!("up -d --wait --build took {:?}", t0.elapsed());
 
     // The published frontend port answers through the mesh.
-    let (status, version, body) = get(seed.port, "/").await.unwrap();
+    let (status, version, body) = first_get(seed.port).await;
     assert_eq!(status, 200, "body: {body}");
     assert_eq!(body, "Frontend says: Hello from Backend!");
     assert!(
@@ -381,7 +397,7 @@ async fn seed_mesh_security_and_traffic_on_docker() {
     seed_with_intruder(&seed, intruder_port);
     seed.ok(&["up", "-d", "--wait", "--build"]);
     let p = seed.project.clone();
-    let (status, _, body) = get(seed.port, "/").await.unwrap();
+    let (status, _, body) = first_get(seed.port).await;
     assert_eq!(
         (status, body.as_str()),
         (200, "Frontend says: Hello from Backend!")
