@@ -151,9 +151,8 @@ async fn forward(
         })?;
     let upgrade = crate::http::is_upgrade(&req);
     if !upgrade && let Some((_, host)) = crate::traffic::table_for(&snap, out) {
-        let host = host.to_string();
         let port = out.target_port();
-        return crate::traffic::forward(shared, snap.clone(), &host, port, remote, req).await;
+        return crate::traffic::forward(shared, snap.clone(), host, port, remote, req).await;
     }
     let target = snap.route(
         out,

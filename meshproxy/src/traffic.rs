@@ -27,6 +27,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
+use meshapi::authz::HeaderLookup;
 use meshapi::proxy::{Endpoint, OutboundService, Protocol, ProxyConfig};
 use meshapi::traffic::{
     Abort, AttemptOutcome, Balancer, CallResult, CircuitBreaker, Cluster, ClusterPolicy,
@@ -72,16 +73,6 @@ pub struct ClusterState {
     epoch: Instant,
     pub retries: AtomicU64,
     pub ejections: AtomicU64,
-}
-
-/// What identifies a cluster's state for carrying it across reloads.
-fn same_cluster(
-    a: &ClusterState,
-    name: &str,
-    endpoints: &[Endpoint],
-    policy: &ClusterPolicy,
-) -> bool {
-    a.name == name && a.endpoints == endpoints && a.policy == *policy
 }
 
 impl ClusterState {
@@ -185,6 +176,17 @@ impl ClusterState {
         }
     }
 
+    /// A connection slot for a TCP stream (`maxConnections`); `None` is an overflow, counted:
+    /// the connection is closed at once (Envoy's `UO` for TCP).
+    pub fn tcp_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slot = Arc::clone(&self.slots).try_acquire_owned().ok();
+        if slot.is_none() {
+            self.breaker.record_overflow(PoolResource::Connection);
+            tracing::info!(cluster = %self.name, "TCP connection refused: maxConnections reached");
+        }
+        slot
+    }
+
     fn no_healthy(&self) -> ProxyError {
         ProxyError::NoHealthyUpstream {
             service: self.name.clone(),
@@ -222,21 +224,6 @@ impl ClusterState {
             circuit_breaker: self.breaker.stats(),
             retries: self.retries.load(Ordering::Relaxed),
             ejections: self.ejections.load(Ordering::Relaxed),
-        }
-    }
-}
-
-impl ClusterState {
-    /// A connection slot for a TCP stream (`maxConnections`); `None` is an overflow: the
-    /// connection is closed at once (Envoy's `UO` for TCP).
-    pub fn tcp_slot(self: &Arc<Self>) -> Option<OwnedSemaphorePermit> {
-        match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                let _ = self.breaker.try_acquire(PoolResource::Connection);
-                tracing::info!(cluster = %self.name, "TCP connection refused: maxConnections reached");
-                None
-            }
         }
     }
 }
@@ -375,7 +362,8 @@ pub fn build_clusters(
                 None => (c.host.clone(), Vec::new()),
             };
             if let Some(old) = prev.get(name.as_str())
-                && same_cluster(old, &name, &endpoints, &c.policy)
+                && old.endpoints == endpoints
+                && old.policy == c.policy
             {
                 return Arc::clone(old);
             }
@@ -574,7 +562,7 @@ pub async fn forward(
         })
         .unwrap_or_else(|| host.to_string());
     // Everything that borrows the request's headers is decided here, before any await.
-    let (f, origin, hash) = {
+    let (f, origin, cluster, hash) = {
         let lookup = Headers::new(req.headers());
         let view = RequestView {
             host,
@@ -618,27 +606,25 @@ pub async fn forward(
                 let mut r = local(200, "-", Bytes::new());
                 r.headers_mut().remove(FLAGS_HEADER);
                 if allowed {
-                    let origin = lookup.get_origin().unwrap_or_default();
-                    cors_headers(r.headers_mut(), cors, &origin, true);
+                    let origin = lookup.get("origin").unwrap_or_default();
+                    cors_headers(r.headers_mut(), cors, origin, true);
                 }
                 return Ok(r);
             }
         };
-        let origin = lookup.get_origin();
-        let hash = snap
-            .cluster(table, &f.destination.destination, port)
-            .map(|c| {
-                c.balancer.hash(&HashInput {
-                    headers: &lookup,
-                    query: req.uri().query().unwrap_or(""),
-                    source_ip: Some(source.ip()),
-                    random,
-                })
-            });
-        (f, origin, hash)
+        let origin = lookup.get("origin").map(str::to_string);
+        let cluster = snap.cluster(table, &f.destination.destination, port);
+        let hash = cluster.map(|c| {
+            c.balancer.hash(&HashInput {
+                headers: &lookup,
+                query: req.uri().query().unwrap_or(""),
+                source_ip: Some(source.ip()),
+                random,
+            })
+        });
+        (f, origin, cluster, hash)
     };
-    let hash_cluster = snap.cluster(table, &f.destination.destination, port);
-    let plan = Plan::new(&f, req.uri().path(), req.uri().query());
+    let path_and_query = upstream_path_and_query(&f, req.uri());
     let (parts, body) = req.into_parts();
 
     // Faults first: as in Istio, the route's timeout and retries do not apply to them.
@@ -649,7 +635,7 @@ pub async fn forward(
         return Ok(abort_response(abort));
     }
 
-    let cluster = hash_cluster.ok_or_else(|| ProxyError::NoRoute {
+    let cluster = cluster.ok_or_else(|| ProxyError::NoRoute {
         target: format!(
             "{}:{}",
             f.destination.destination.host,
@@ -678,7 +664,7 @@ pub async fn forward(
     let uri = Uri::builder()
         .scheme("http")
         .authority(up_authority.as_str())
-        .path_and_query(plan.path_and_query.as_str())
+        .path_and_query(path_and_query.as_str())
         .build()
         .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
     let upstream = Upstream {
@@ -740,30 +726,12 @@ pub async fn forward(
     Ok(resp)
 }
 
-/// The parts of a forward decision that outlive the borrowed request.
-struct Plan {
-    path_and_query: String,
-}
-
-impl Plan {
-    fn new(f: &Forward<'_>, path: &str, query: Option<&str>) -> Plan {
-        let path = f.upstream_path(path);
-        let path_and_query = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.into_owned(),
-        };
-        Plan { path_and_query }
-    }
-}
-
-trait OriginLookup {
-    fn get_origin(&self) -> Option<String>;
-}
-
-impl OriginLookup for Headers<'_> {
-    fn get_origin(&self) -> Option<String> {
-        use meshapi::authz::HeaderLookup;
-        self.get("origin").map(str::to_string)
+/// The path (rewritten when the rule says so) and query to send upstream.
+fn upstream_path_and_query(f: &Forward<'_>, uri: &Uri) -> String {
+    let path = f.upstream_path(uri.path());
+    match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
     }
 }
 

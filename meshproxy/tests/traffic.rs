@@ -857,15 +857,20 @@ async fn admin_get_stats(b: &Bound) -> String {
     body
 }
 
-/// A TCP app that writes its name to every connection, then closes.
-async fn name_server(name: &'static str) -> SocketAddr {
+/// A TCP app that writes its name to every connection, then closes it (or, with `hold`,
+/// keeps it open).
+async fn name_server(name: &'static str, hold: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let _ = s.write_all(name.as_bytes()).await;
+                if hold {
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink).await;
+                }
                 let _ = s.shutdown().await;
             });
         }
@@ -873,13 +878,14 @@ async fn name_server(name: &'static str) -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_routes_split_connections_by_weight() {
+/// A client proxy routing TCP service `db` (endpoints `db-a` and `db-b`, each its own server
+/// proxy) by `policies`; returns the proxies and the client's outbound address.
+async fn tcp_mesh(policies: &str, hold: bool) -> (Vec<Bound>, Bound, SocketAddr) {
     let mesh = Mesh::new();
     let mut endpoints = String::new();
     let mut proxies = Vec::new();
     for (name, version) in [("db-a", "a"), ("db-b", "b")] {
-        let app = name_server(name).await;
+        let app = name_server(name, hold).await;
         let yaml = format!(
             "{}inbound:\n  - {{ port: 5432, targetPort: {}, protocol: tcp, mode: STRICT }}\n",
             base_yaml(&mesh.identity_yaml("db"), 1),
@@ -899,7 +905,15 @@ async fn tcp_routes_split_connections_by_weight() {
          services:\n  db:\n    host: db.default.svc.cluster.local\n    endpoints:\n{endpoints}"
     ));
     let mut cfg = parse(&y);
-    cfg.traffic = Some(route_table(
+    cfg.traffic = Some(route_table(policies));
+    let client = meshproxy::build(cfg).await.unwrap();
+    let out = client.outbound("127.0.0.1:0".parse().unwrap()).unwrap();
+    (proxies, client, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_split_connections_by_weight() {
+    let (_proxies, _client, out) = tcp_mesh(
         "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: db}
@@ -920,9 +934,9 @@ spec:
     - {destination: {host: db, subset: a}, weight: 75}
     - {destination: {host: db, subset: b}, weight: 25}
 ",
-    ));
-    let client = meshproxy::build(cfg).await.unwrap();
-    let out = client.outbound("127.0.0.1:0".parse().unwrap()).unwrap();
+        false,
+    )
+    .await;
     let mut counts = BTreeMap::new();
     let n = 400;
     for _ in 0..n {
@@ -957,4 +971,83 @@ async fn an_endpoint_whose_app_is_gone_is_retried_elsewhere_by_the_default_polic
         assert_eq!(s, 200, "{body}");
         assert_eq!(h["x-backend"], "backend-v1-1");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_leaves_a_cluster_unchanged_keeps_its_ejections() {
+    const DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 30s, baseEjectionTime: 60s, maxEjectionPercent: 100}
+";
+    let f = Fixture::new(DR, &[("backend-v1", "v1"), ("backend-v1", "v1")]).await;
+    let bad = &f.instances[0].app;
+    bad.b.always.store(500, Ordering::SeqCst);
+    let client = http1_client();
+    let mut n = 0;
+    while bad.requests() < 2 {
+        send(&client, &f.url("/"), &[]).await;
+        n += 1;
+        assert!(n < 20, "bad endpoint never reached 2 failures");
+    }
+    // A new revision with the same cluster: the ejection (60 s) survives the swap.
+    let cfg = Fixture::client_config(&f.mesh, DR, &f.instances, None, 2);
+    f.client.handle.apply(cfg).unwrap();
+    let before = bad.requests();
+    for _ in 0..10 {
+        let (s, h, _) = send(&client, &f.url("/"), &[]).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-backend"], "backend-v1-1");
+    }
+    assert_eq!(bad.requests(), before, "the reload forgot the ejection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connection_over_max_connections_is_closed_at_once_and_counted() {
+    let (_proxies, client, out) = tcp_mesh(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: db
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+",
+        true,
+    )
+    .await;
+    use tokio::io::AsyncReadExt;
+    // The first connection holds the only slot.
+    let mut first = tokio::net::TcpStream::connect(out).await.unwrap();
+    let mut name = [0u8; 4];
+    first.read_exact(&mut name).await.unwrap();
+    // The second is closed without reaching any app.
+    let mut second = tokio::net::TcpStream::connect(out).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), second.read_to_end(&mut got)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?} {got:?}");
+    let stats = admin_get_stats(&client).await;
+    assert!(
+        stats.contains(
+            "meshproxy_cluster_overflow_total{cluster=\"outbound|5432||db.default.svc.cluster.local\",resource=\"connections\"} 1"
+        ),
+        "{stats}"
+    );
+    // Once the first closes, the slot is free again.
+    drop(first);
+    assert_eventually!(
+        {
+            let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+            let mut b = [0u8; 4];
+            tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut b))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        },
+        "the slot never came back"
+    );
 }

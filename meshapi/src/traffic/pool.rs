@@ -104,6 +104,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// Counts an overflow of `r` found by the caller's own limit (a proxy that keeps
+    /// connection slots elsewhere), as [`CircuitBreaker::try_acquire`] counts its own.
+    pub fn record_overflow(&self, r: PoolResource) {
+        self.overflows[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Gives back one unit of `r` (never below zero).
     pub fn release(&self, r: PoolResource) {
         let _ = self.used[r.index()]
