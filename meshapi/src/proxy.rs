@@ -69,8 +69,8 @@ pub struct ProxyConfig {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_authorization",
-        deserialize_with = "de_authorization"
+        serialize_with = "ser_via_json",
+        deserialize_with = "de_via_json"
     )]
     pub authorization: Option<crate::authz::WorkloadPolicy>,
     /// The compiled traffic management of this client ([`crate::traffic::RouteTable`], as
@@ -89,17 +89,9 @@ pub struct ProxyConfig {
     pub traffic: Option<crate::traffic::RouteTable>,
 }
 
-/// Writes the `authorization` section with enum variants as one-key maps (serde_yaml cannot
-/// write the engine's nested enums as tags), which reads back from YAML and JSON alike.
-fn ser_authorization<S>(v: &Option<crate::authz::WorkloadPolicy>, s: S) -> Result<S::Ok, S::Error>
-where
-    S: Serializer,
-{
-    ser_via_json(v, s)
-}
-
-/// Writes an engine section through `serde_json::Value`, so enum variants become one-key maps
-/// that read back from YAML and JSON alike.
+/// Writes an engine section (`authorization`, `traffic`) through `serde_json::Value`, so enum
+/// variants become one-key maps (serde_yaml cannot write the engines' nested enums as tags),
+/// which read back from YAML and JSON alike.
 fn ser_via_json<T, S>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error>
 where
     T: Serialize,
@@ -112,20 +104,11 @@ where
     }
 }
 
-/// Reads the `authorization` section refusing unknown fields at any depth, although the
-/// engine's types do not say `deny_unknown_fields`: every key given must survive a round trip
-/// through the typed value (keys the serializer skips may only carry empty values). Enum
-/// variants may be written as YAML tags (`!principal [...]`, as serde_yaml writes them) or as
-/// one-key maps (`{principal: [...]}`, as JSON has them).
-fn de_authorization<'de, D>(d: D) -> Result<Option<crate::authz::WorkloadPolicy>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    de_via_json(d)
-}
-
-/// Reads an engine section (whose types do not say `deny_unknown_fields`) refusing unknown
-/// fields at any depth, like [`de_authorization`].
+/// Reads an engine section (`authorization`, `traffic`) refusing unknown fields at any depth,
+/// although the engines' types do not say `deny_unknown_fields`: every key given must survive
+/// a round trip through the typed value (keys the serializer skips may only carry empty
+/// values). Enum variants may be written as YAML tags (`!principal [...]`, as serde_yaml writes
+/// them) or as one-key maps (`{principal: [...]}`, as JSON has them).
 fn de_via_json<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
 where
     T: Serialize + serde::de::DeserializeOwned,
@@ -842,6 +825,31 @@ drainDeadline: 3s
         match ProxyConfig::from_str_checked(&v2) {
             Err(ConfigError::Invalid(errs)) => {
                 assert_eq!(errs[0].path, "authorization.version", "{errs:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn traffic_section_round_trips_and_refuses_unknown_fields_and_other_versions() {
+        let traffic =
+            "traffic:\n  version: 1\n  client: frontend\n  services: []\n  clusters: []\n";
+        let c = ProxyConfig::from_str_checked(&format!("{EXAMPLE}{traffic}")).unwrap();
+        assert_eq!(c.traffic.as_ref().unwrap().client, "frontend");
+        let yaml = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(ProxyConfig::from_str_checked(&yaml).unwrap(), c);
+        let typo = format!("{EXAMPLE}{traffic}  clusterz: [1]\n");
+        match ProxyConfig::from_str_checked(&typo) {
+            Err(ConfigError::Parse { path, message, .. }) => {
+                assert_eq!(path, "traffic");
+                assert!(message.contains("clusterz"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = format!("{EXAMPLE}{}", traffic.replace("version: 1", "version: 2"));
+        match ProxyConfig::from_str_checked(&v2) {
+            Err(ConfigError::Invalid(errs)) => {
+                assert_eq!(errs[0].path, "traffic.version", "{errs:?}");
             }
             other => panic!("{other:?}"),
         }
