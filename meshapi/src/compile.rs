@@ -8,7 +8,9 @@
 //!   Without a Sidecar resource Istio gives every proxy every service; meshctl does the same
 //!   minus the proxy's own service.
 //! - Services: the endpoints of those services only, placed by a [`Placement`] (where each
-//!   workload instance's proxy accepts mTLS).
+//!   workload instance's proxy accepts mTLS), each with Istio's auto-mTLS decision per port
+//!   (plaintext where the endpoint's PeerAuthentication is DISABLE, ISTIO_MUTUAL elsewhere);
+//!   a DestinationRule's `tls` travels in the traffic clusters' policy and wins over it.
 //! - Authorization: the AuthorizationPolicies that apply to the workload, compiled by
 //!   [`crate::authz::compile_for_workload`] (none apply: no section).
 //!
@@ -28,7 +30,7 @@ use crate::load::Mesh;
 use crate::model::{DEFAULT_TRUST_DOMAIN, Inventory, ROOT_NAMESPACE, Workload};
 use crate::proxy::{
     API_VERSION, AdminConfig, Endpoint, IdentityConfig, InboundPort, ListenerConfig,
-    OutboundService, PeerAuthMode, Protocol, ProxyConfig, ServiceConfig, SpiffeId,
+    OutboundService, PeerAuthMode, Protocol, ProxyConfig, ServiceConfig, SpiffeId, UpstreamTls,
 };
 
 /// One proxy: a compose service (workload) and the index of its replica.
@@ -291,6 +293,26 @@ fn peer_mode(m: crate::istio::MtlsMode) -> PeerAuthMode {
     }
 }
 
+/// Istio's auto-mTLS towards `w`: a plaintext entry for each of `ports` where its
+/// PeerAuthentication is DISABLE; every other port keeps the endpoint default, ISTIO_MUTUAL.
+/// (A DestinationRule's `tls` rides in the traffic cluster's policy and overrides this.)
+fn auto_mtls(
+    peer_auths: &[&crate::istio::PeerAuthentication],
+    w: &Workload,
+    ports: impl Iterator<Item = u16>,
+) -> Vec<UpstreamTls> {
+    ports
+        .filter(|p| {
+            authz::mtls_mode_for(peer_auths, w, *p, ROOT_NAMESPACE)
+                == crate::istio::MtlsMode::Disable
+        })
+        .map(|p| UpstreamTls {
+            port: Some(p),
+            ..UpstreamTls::disable()
+        })
+        .collect()
+}
+
 /// Compiles the config of one proxy. See the module documentation for what goes in.
 pub fn compile_proxy(
     input: &CompileInput<'_>,
@@ -382,13 +404,15 @@ fn compile_with(
         let mut endpoints = Vec::new();
         for w in workloads {
             let identity = identity_of(w, input.trust_domain)?;
+            let tls = auto_mtls(&peer_auths, w, ports.keys().copied());
             for i in 0..w.replicas {
                 if let Some(address) = input.placement.inbound(&w.compose_name, i) {
                     endpoints.push(Endpoint {
                         address,
-                        identity: identity.clone(),
+                        identity: Some(identity.clone()),
                         labels: w.labels.clone(),
                         workload: Some(w.compose_name.clone()),
+                        tls: tls.clone(),
                     });
                 }
             }

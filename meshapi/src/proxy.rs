@@ -344,8 +344,11 @@ pub struct Endpoint {
     /// Where the endpoint's proxy accepts mTLS (its inbound listener, or the pod address when
     /// the peer captures inbound traffic). Required.
     pub address: SocketAddr,
-    /// SPIFFE ID the endpoint must present. Required.
-    pub identity: SpiffeId,
+    /// SPIFFE ID the endpoint's proxy must present (ISTIO_MUTUAL). Default none: the endpoint
+    /// is outside the mesh (a ServiceEntry address), reached in plaintext unless `tls` says
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
     /// Labels (`app`, `version`, ...) routes select on. Default none.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -353,6 +356,220 @@ pub struct Endpoint {
     /// cluster lists the workloads it holds. Default none: clusters select by labels only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
+    /// How this client connects to the endpoint: entries with a `port` apply to that
+    /// application port, one entry without `port` to every other port. Default none:
+    /// `ISTIO_MUTUAL` when the endpoint has an `identity`, `DISABLE` (plaintext) when not. A
+    /// `traffic` cluster's `policy.tls` (a DestinationRule's `tls`) overrides this.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<UpstreamTls>,
+}
+
+impl Endpoint {
+    /// The TLS settings for connections to `port` on this endpoint (see [`Endpoint::tls`]).
+    pub fn tls_for(&self, port: u16) -> UpstreamTls {
+        self.tls
+            .iter()
+            .find(|t| t.port == Some(port))
+            .or_else(|| self.tls.iter().find(|t| t.port.is_none()))
+            .cloned()
+            .unwrap_or_else(|| match self.identity {
+                Some(_) => UpstreamTls::istio_mutual(),
+                None => UpstreamTls::disable(),
+            })
+    }
+}
+
+/// How a client proxy opens connections to an upstream (Istio's `ClientTLSSettings`, with
+/// file paths read by the proxy at each new connection, so a rotated file applies to the next
+/// connection).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// The application port this entry is for (only in `endpoints[].tls`). Default: every
+    /// port without an entry of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// How to connect. Required.
+    pub mode: UpstreamTlsMode,
+    /// PEM CA bundle the server's chain must lead to (`SIMPLE`, `MUTUAL`). Default: the
+    /// system's trust roots (the first of [`SYSTEM_CA_FILES`] that exists), as Istio does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<PathBuf>,
+    /// PEM client certificate chain presented to the server (`MUTUAL`, required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM private key of `clientCertificate` (`MUTUAL`, required there). Redacted in
+    /// `/config_dump`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PathBuf>,
+    /// Server name sent in the TLS handshake (`SIMPLE`, `MUTUAL`). Default: the first of
+    /// `subjectAltNames`, else the service's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// DNS names (or IP addresses) one of which the server certificate must carry as a SAN.
+    /// Default none: the sent SNI must be in the certificate (when it is a DNS name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Accept any server certificate (chain and names unchecked). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+/// Where the proxy looks for the system's trust roots when `caCertificates` is not set
+/// (Debian/Ubuntu/Alpine, then Fedora/RHEL, then openSUSE).
+pub const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// `UpstreamTls.mode`, Istio's `tls.mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UpstreamTlsMode {
+    /// Mutual TLS 1.3 with this proxy's mesh certificate; the server must present the
+    /// endpoint's `identity`. The default inside the mesh.
+    IstioMutual,
+    /// Plaintext TCP (HTTP/1.1, or h2c to an `http2`/`grpc` port or another mesh proxy).
+    Disable,
+    /// TLS origination: the server's certificate is verified, no client certificate.
+    Simple,
+    /// TLS origination presenting `clientCertificate`.
+    Mutual,
+}
+
+impl UpstreamTls {
+    /// `mode: ISTIO_MUTUAL` for every port.
+    pub fn istio_mutual() -> UpstreamTls {
+        UpstreamTls::of(UpstreamTlsMode::IstioMutual)
+    }
+
+    /// `mode: DISABLE` for every port.
+    pub fn disable() -> UpstreamTls {
+        UpstreamTls::of(UpstreamTlsMode::Disable)
+    }
+
+    /// `mode` with nothing else set.
+    pub fn of(mode: UpstreamTlsMode) -> UpstreamTls {
+        UpstreamTls {
+            port: None,
+            mode,
+            ca_certificates: None,
+            client_certificate: None,
+            private_key: None,
+            sni: None,
+            subject_alt_names: Vec::new(),
+            insecure_skip_verify: false,
+        }
+    }
+
+    /// The settings of a DestinationRule `tls` block that sets a mode (`None`: no mode, so
+    /// auto-mTLS decides). File paths are kept as written: the proxy reads them.
+    pub fn from_destination_rule(t: &crate::istio::ClientTlsSettings) -> Option<UpstreamTls> {
+        use crate::istio::TlsMode;
+        let mode = match t.mode? {
+            TlsMode::Disable => UpstreamTlsMode::Disable,
+            TlsMode::IstioMutual => UpstreamTlsMode::IstioMutual,
+            TlsMode::Simple => UpstreamTlsMode::Simple,
+            TlsMode::Mutual => UpstreamTlsMode::Mutual,
+        };
+        let mut out = UpstreamTls::of(mode);
+        if out.originates() {
+            out.ca_certificates = t.ca_certificates.as_ref().map(Into::into);
+            out.client_certificate = t.client_certificate.as_ref().map(Into::into);
+            out.private_key = t.private_key.as_ref().map(Into::into);
+            out.sni = t.sni.clone();
+            out.subject_alt_names = t.subject_alt_names.clone();
+            out.insecure_skip_verify = t.insecure_skip_verify == Some(true);
+        }
+        Some(out)
+    }
+
+    /// Whether this originates TLS of its own (`SIMPLE`, `MUTUAL`).
+    pub fn originates(&self) -> bool {
+        matches!(self.mode, UpstreamTlsMode::Simple | UpstreamTlsMode::Mutual)
+    }
+
+    /// Every problem with these settings, with paths under `at`.
+    pub fn validate(&self, at: &str) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let origin_only = [
+            ("caCertificates", self.ca_certificates.is_some()),
+            ("clientCertificate", self.client_certificate.is_some()),
+            ("privateKey", self.private_key.is_some()),
+            ("sni", self.sni.is_some()),
+            ("subjectAltNames", !self.subject_alt_names.is_empty()),
+            ("insecureSkipVerify", self.insecure_skip_verify),
+        ];
+        match self.mode {
+            UpstreamTlsMode::IstioMutual | UpstreamTlsMode::Disable => {
+                for (field, set) in origin_only {
+                    if set {
+                        errs.push(
+                            FieldError::new(
+                                format!("{at}.{field}"),
+                                format!("only for SIMPLE or MUTUAL, not {:?}", self.mode),
+                            )
+                            .with_hint("remove it, or set mode SIMPLE or MUTUAL"),
+                        );
+                    }
+                }
+            }
+            UpstreamTlsMode::Simple | UpstreamTlsMode::Mutual => {
+                if self.insecure_skip_verify
+                    && (self.ca_certificates.is_some() || !self.subject_alt_names.is_empty())
+                {
+                    errs.push(FieldError::new(
+                        format!("{at}.insecureSkipVerify"),
+                        "cannot go with caCertificates or subjectAltNames",
+                    ));
+                }
+                let mutual = self.mode == UpstreamTlsMode::Mutual;
+                for (field, set) in [
+                    ("clientCertificate", self.client_certificate.is_some()),
+                    ("privateKey", self.private_key.is_some()),
+                ] {
+                    if mutual && !set {
+                        errs.push(FieldError::new(
+                            format!("{at}.{field}"),
+                            "required for MUTUAL",
+                        ));
+                    }
+                    if !mutual && set {
+                        errs.push(
+                            FieldError::new(format!("{at}.{field}"), "only for MUTUAL")
+                                .with_hint("set mode MUTUAL to present a client certificate"),
+                        );
+                    }
+                }
+                if let Some(sni) = &self.sni
+                    && rustls_name_ok(sni).is_err()
+                {
+                    errs.push(FieldError::new(
+                        format!("{at}.sni"),
+                        format!("{sni:?} is not a DNS name or IP address"),
+                    ));
+                }
+            }
+        }
+        errs
+    }
+}
+
+/// Whether `s` can be a TLS server name: a DNS name (letters, digits, `-`, `.`) or an IP.
+fn rustls_name_ok(s: &str) -> Result<(), ()> {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if ok { Ok(()) } else { Err(()) }
 }
 
 /// One route: requests matching `match` go to the endpoints whose labels include
@@ -642,6 +859,9 @@ impl ProxyConfig {
             }
         }
         for (name, svc) in &self.services {
+            for (j, e) in svc.endpoints.iter().enumerate() {
+                validate_endpoint_tls(&mut errs, &format!("services.{name}.endpoints[{j}]"), e);
+            }
             for (j, r) in svc.routes.iter().enumerate() {
                 if let Some(p) = &r.path_prefix
                     && !p.starts_with('/')
@@ -650,6 +870,20 @@ impl ProxyConfig {
                         format!("services.{name}.routes[{j}].pathPrefix"),
                         "a path prefix starts with `/`",
                     ));
+                }
+            }
+        }
+        if let Some(t) = &self.traffic {
+            for (i, c) in t.clusters.iter().enumerate() {
+                if let Some(tls) = &c.policy.tls {
+                    let at = format!("traffic.clusters[{i}].policy.tls");
+                    errs.extend(tls.validate(&at));
+                    if tls.port.is_some() {
+                        errs.push(FieldError::new(
+                            format!("{at}.port"),
+                            "a cluster's TLS applies to its own port; remove `port`",
+                        ));
+                    }
                 }
             }
         }
@@ -706,10 +940,54 @@ impl ProxyConfig {
     /// This config with secrets replaced, for `/config_dump`.
     pub fn redacted(&self) -> ProxyConfig {
         let mut c = self.clone();
-        if c.identity.key_file.is_some() {
-            c.identity.key_file = Some(PathBuf::from("<redacted>"));
+        let redact = |k: &mut Option<PathBuf>| {
+            if k.is_some() {
+                *k = Some(PathBuf::from("<redacted>"));
+            }
+        };
+        redact(&mut c.identity.key_file);
+        for svc in c.services.values_mut() {
+            for e in &mut svc.endpoints {
+                for t in &mut e.tls {
+                    redact(&mut t.private_key);
+                }
+            }
+        }
+        if let Some(t) = &mut c.traffic {
+            for cl in &mut t.clusters {
+                if let Some(tls) = &mut cl.policy.tls {
+                    redact(&mut tls.private_key);
+                }
+            }
         }
         c
+    }
+}
+
+/// An endpoint's `tls` entries: each valid, one per port, ISTIO_MUTUAL only with an identity.
+fn validate_endpoint_tls(errs: &mut Vec<FieldError>, at: &str, e: &Endpoint) {
+    let mut seen = BTreeSet::new();
+    for (k, t) in e.tls.iter().enumerate() {
+        let here = format!("{at}.tls[{k}]");
+        errs.extend(t.validate(&here));
+        if !seen.insert(t.port) {
+            let what = t.port.map_or("the entry without a port".to_string(), |p| {
+                format!("port {p}")
+            });
+            errs.push(FieldError::new(
+                format!("{here}.port"),
+                format!("{what} listed twice"),
+            ));
+        }
+        if t.mode == UpstreamTlsMode::IstioMutual && e.identity.is_none() {
+            errs.push(
+                FieldError::new(
+                    format!("{here}.mode"),
+                    "ISTIO_MUTUAL needs the endpoint's `identity`",
+                )
+                .with_hint("add `identity: spiffe://...`, or use SIMPLE, MUTUAL or DISABLE"),
+            );
+        }
     }
 }
 
@@ -853,6 +1131,62 @@ drainDeadline: 3s
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn endpoint_tls_defaults_lookup_and_validation() {
+        // Old configs mean the same: an endpoint with an identity is ISTIO_MUTUAL everywhere.
+        let c = ProxyConfig::from_str_checked(EXAMPLE).unwrap();
+        let ep = &c.services["api"].endpoints[0];
+        assert_eq!(ep.tls_for(9090), UpstreamTls::istio_mutual());
+        let with = EXAMPLE.replace(
+            "        labels: { version: v1 }\n",
+            "        labels: { version: v1 }\n        tls:\n          - { port: 9090, mode: DISABLE }\n          - { mode: SIMPLE, caCertificates: /ca.pem, sni: api.example, subjectAltNames: [api.example], }\n      - address: 127.0.0.1:443\n",
+        );
+        let c = ProxyConfig::from_str_checked(&with).unwrap();
+        let eps = &c.services["api"].endpoints;
+        assert_eq!(eps[0].tls_for(9090).mode, UpstreamTlsMode::Disable);
+        let other = eps[0].tls_for(8443);
+        assert_eq!(other.mode, UpstreamTlsMode::Simple);
+        assert_eq!(other.sni.as_deref(), Some("api.example"));
+        // No identity: outside the mesh, plaintext by default.
+        assert_eq!(eps[1].identity, None);
+        assert_eq!(eps[1].tls_for(443), UpstreamTls::disable());
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(ProxyConfig::from_str_checked(&json).unwrap(), c);
+        // Unknown field inside tls: refused with its path.
+        let typo = with.replace("sni: api.example", "server_name: api.example");
+        match ProxyConfig::from_str_checked(&typo) {
+            Err(ConfigError::Parse { path, message, .. }) => {
+                assert!(path.contains("tls[1]"), "{path}");
+                assert!(message.contains("server_name"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Semantic problems, every one reported.
+        let bad = with
+            .replace("caCertificates: /ca.pem, ", "insecureSkipVerify: true, ")
+            .replace("{ port: 9090, mode: DISABLE }", "{ port: 9090, mode: DISABLE, sni: x }")
+            .replace(
+                "      - address: 127.0.0.1:443\n",
+                "      - { address: \"127.0.0.1:443\", tls: [ { mode: ISTIO_MUTUAL }, { mode: MUTUAL, insecureSkipVerify: true } ] }\n",
+            );
+        let Err(ConfigError::Invalid(errs)) = ProxyConfig::from_str_checked(&bad) else {
+            panic!("{bad}")
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "services.api.endpoints[0].tls[0].sni",
+                "services.api.endpoints[0].tls[1].insecureSkipVerify",
+                "services.api.endpoints[1].tls[0].mode",
+                "services.api.endpoints[1].tls[1].clientCertificate",
+                "services.api.endpoints[1].tls[1].privateKey",
+                "services.api.endpoints[1].tls[1].port",
+            ],
+            "{errs:?}"
+        );
     }
 
     #[test]

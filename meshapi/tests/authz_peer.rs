@@ -15,6 +15,7 @@ use meshapi::istio::{
     AuthorizationPolicy, ClientTlsSettings, IstioResource, MtlsMode, PeerAuthentication, TlsMode,
 };
 use meshapi::model::Workload;
+use meshapi::proxy::UpstreamTlsMode;
 use serde::Deserialize;
 
 fn docs(yaml: &str) -> Vec<IstioResource> {
@@ -229,41 +230,43 @@ fn client_side() {
     };
     assert_eq!(
         client_tls_for(Some(MtlsMode::Strict), None),
-        ClientTls::IstioMutual
+        ClientTls::istio_mutual()
     );
     assert_eq!(
         client_tls_for(Some(MtlsMode::Permissive), None),
-        ClientTls::IstioMutual
+        ClientTls::istio_mutual()
     );
     assert_eq!(
         client_tls_for(Some(MtlsMode::Disable), None),
-        ClientTls::Plaintext
+        ClientTls::disable()
     );
-    assert_eq!(client_tls_for(None, None), ClientTls::Plaintext);
+    assert_eq!(client_tls_for(None, None), ClientTls::disable());
     assert_eq!(
         client_tls_for(Some(MtlsMode::Strict), Some(&dr(TlsMode::Disable))),
-        ClientTls::Plaintext
+        ClientTls::disable()
     );
     assert_eq!(
         client_tls_for(Some(MtlsMode::Disable), Some(&dr(TlsMode::IstioMutual))),
-        ClientTls::IstioMutual
+        ClientTls::istio_mutual()
     );
     assert_eq!(
         client_tls_for(None, Some(&dr(TlsMode::Simple))),
-        ClientTls::Simple {
-            sni: Some("x".into())
+        ClientTls {
+            sni: Some("x".into()),
+            ..ClientTls::of(UpstreamTlsMode::Simple)
         }
     );
     assert_eq!(
         client_tls_for(None, Some(&dr(TlsMode::Mutual))),
-        ClientTls::Mutual {
-            sni: Some("x".into())
+        ClientTls {
+            sni: Some("x".into()),
+            ..ClientTls::of(UpstreamTlsMode::Mutual)
         }
     );
     // A tls block without mode leaves auto-mTLS in charge.
     assert_eq!(
         client_tls_for(Some(MtlsMode::Strict), Some(&ClientTlsSettings::default())),
-        ClientTls::IstioMutual
+        ClientTls::istio_mutual()
     );
     let yaml = pa(
         "wl",
@@ -276,11 +279,11 @@ fn client_side() {
     let legacy = workload("legacy", "default");
     assert_eq!(
         client_tls_for_workload(&refs, &legacy, 9090, "istio-system", None),
-        ClientTls::Plaintext
+        ClientTls::disable()
     );
     assert_eq!(
         client_tls_for_workload(&refs, &legacy, 8080, "istio-system", None),
-        ClientTls::IstioMutual
+        ClientTls::istio_mutual()
     );
 }
 
@@ -325,7 +328,7 @@ spec:
     let frontend = workload("frontend", "default");
     assert_eq!(
         client_tls_for_workload(&pas, &backend, 8080, "istio-system", None),
-        ClientTls::IstioMutual
+        ClientTls::istio_mutual()
     );
     let wp = compile_for_workload(&aps, &backend, &MeshSecurity::default()).unwrap();
     // The frontend's policy set is empty: the policy selects backend only.

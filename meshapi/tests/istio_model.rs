@@ -987,6 +987,30 @@ const EXPECTED_CORPUS_ERRORS: &[(&str, &str, &str, &str)] = &[
         "spec.gateways[0]",
         r#"not supported by meshctl: gateway "istio-system/testing-gateway-02-test-02""#,
     ),
+    (
+        "analyzer-inputs/destinationrule-simple-destination-credentialname-selector.yaml",
+        "DestinationRule/db-tls",
+        "spec.trafficPolicy.tls.credentialName",
+        "not supported by meshctl: tls.credentialName (no Kubernetes secrets",
+    ),
+    (
+        "analyzer-inputs/destinationrule-simple-destination-credentialname.yaml",
+        "DestinationRule/db-tls",
+        "spec.trafficPolicy.tls.credentialName",
+        "not supported by meshctl: tls.credentialName (no Kubernetes secrets",
+    ),
+    (
+        "analyzer-inputs/destinationrule-simple-port-credentialname-selector.yaml",
+        "DestinationRule/db-tls",
+        "spec.trafficPolicy.portLevelSettings[0].tls.credentialName",
+        "not supported by meshctl: tls.credentialName (no Kubernetes secrets",
+    ),
+    (
+        "analyzer-inputs/destinationrule-simple-port-credentialname.yaml",
+        "DestinationRule/db-tls",
+        "spec.trafficPolicy.portLevelSettings[0].tls.credentialName",
+        "not supported by meshctl: tls.credentialName (no Kubernetes secrets",
+    ),
 ];
 
 #[test]

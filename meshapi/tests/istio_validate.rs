@@ -593,6 +593,16 @@ const DR_CASES: &[(&str, &str, &str)] = &[
         "ISTIO_MUTUAL uses the mesh's certificates",
     ),
     (
+        "host: r\ntrafficPolicy: {tls: {mode: SIMPLE, credentialName: c}}",
+        "spec.trafficPolicy.tls.credentialName",
+        "not supported by meshctl: tls.credentialName (no Kubernetes secrets",
+    ),
+    (
+        "host: r\ntrafficPolicy: {tls: {mode: SIMPLE, caCrl: /crl.pem, caCertificates: /ca.pem}}",
+        "spec.trafficPolicy.tls.caCrl",
+        "not supported by meshctl",
+    ),
+    (
         "host: r\ntrafficPolicy: {tls: {mode: SIMPLE, credentialName: c, caCertificates: /ca.pem}}",
         "spec.trafficPolicy.tls.credentialName",
         "when credentialName is set",

@@ -149,7 +149,7 @@ fn destination_rule_merging_subset_over_top_and_port_level() {
             c.name
         );
         assert_eq!(
-            p.tls == Some(meshapi::authz::ClientTls::Plaintext),
+            p.tls == Some(meshapi::authz::ClientTls::disable()),
             c.plaintext,
             "{}",
             c.name

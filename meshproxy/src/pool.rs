@@ -25,7 +25,7 @@ use crate::tls;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     addr: SocketAddr,
-    identity: SpiffeId,
+    identity: Option<SpiffeId>,
     port: u16,
 }
 
@@ -120,12 +120,13 @@ pub async fn connect_mtls(
         service: target.service.clone(),
         reason,
     };
-    let config = tls::client_config(
-        shared.identity.clone(),
-        target.endpoint.identity.clone(),
-        alpn,
-    )
-    .map_err(|e| fail(format!("TLS config: {e}")))?;
+    let expected = target
+        .endpoint
+        .identity
+        .clone()
+        .ok_or_else(|| fail("ISTIO_MUTUAL to an endpoint without a mesh identity".into()))?;
+    let config = tls::client_config(shared.identity.clone(), expected, alpn)
+        .map_err(|e| fail(format!("TLS config: {e}")))?;
     let addr = target.endpoint.address;
     let connect = async {
         let tcp = TcpStream::connect(addr)

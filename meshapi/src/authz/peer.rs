@@ -17,11 +17,10 @@
 
 use std::cmp::Ordering;
 
-use serde::{Deserialize, Serialize};
-
-use crate::istio::{ClientTlsSettings, IstioResource, MtlsMode, PeerAuthentication, TlsMode};
+use crate::istio::{ClientTlsSettings, IstioResource, MtlsMode, PeerAuthentication};
 use crate::load::Mesh;
 use crate::model::Workload;
+use crate::proxy::UpstreamTls;
 
 /// The PeerAuthentications of a loaded mesh, in file order.
 pub fn peer_authentications(mesh: &Mesh) -> Vec<&PeerAuthentication> {
@@ -111,39 +110,23 @@ pub fn mtls_mode_for(
     mode
 }
 
-/// How a client proxy connects to an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ClientTls {
-    /// Mutual TLS with the mesh's workload certificate, verifying the server's SPIFFE ID.
-    IstioMutual,
-    /// Plaintext.
-    Plaintext,
-    /// TLS origination verifying the server (DestinationRule `SIMPLE`).
-    Simple { sni: Option<String> },
-    /// Mutual TLS with the DestinationRule's own client certificate (`MUTUAL`).
-    Mutual { sni: Option<String> },
-}
+/// How a client proxy connects to an endpoint: the proxy config's [`UpstreamTls`].
+pub type ClientTls = UpstreamTls;
 
 /// The client side towards one endpoint: `server_mode` is the endpoint's mode on the port
 /// ([`mtls_mode_for`]), `None` when the endpoint is not a mesh workload (no proxy in front).
+/// A DestinationRule `tls` with a mode wins; otherwise auto-mTLS: ISTIO_MUTUAL unless the
+/// server is DISABLE there or outside the mesh.
 pub fn client_tls_for(
     server_mode: Option<MtlsMode>,
     dr_tls: Option<&ClientTlsSettings>,
 ) -> ClientTls {
-    if let Some(t) = dr_tls
-        && let Some(mode) = t.mode
-    {
-        return match mode {
-            TlsMode::Disable => ClientTls::Plaintext,
-            TlsMode::IstioMutual => ClientTls::IstioMutual,
-            TlsMode::Simple => ClientTls::Simple { sni: t.sni.clone() },
-            TlsMode::Mutual => ClientTls::Mutual { sni: t.sni.clone() },
-        };
+    if let Some(t) = dr_tls.and_then(UpstreamTls::from_destination_rule) {
+        return t;
     }
     match server_mode {
-        None | Some(MtlsMode::Disable) => ClientTls::Plaintext,
-        Some(_) => ClientTls::IstioMutual,
+        None | Some(MtlsMode::Disable) => UpstreamTls::disable(),
+        Some(_) => UpstreamTls::istio_mutual(),
     }
 }
 

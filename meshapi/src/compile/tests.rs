@@ -68,8 +68,14 @@ fn seed_frontend_gets_backend_only_with_every_endpoint() {
         "127.0.0.1:15101".parse().unwrap()
     );
     assert_eq!(
-        backend.endpoints[1].identity.to_string(),
+        backend.endpoints[1].identity.as_ref().unwrap().to_string(),
         "spiffe://cluster.local/ns/default/sa/backend"
+    );
+    // STRICT backend: auto-mTLS keeps the ISTIO_MUTUAL default (no entries).
+    assert!(backend.endpoints[1].tls.is_empty());
+    assert_eq!(
+        backend.endpoints[1].tls_for(8080).mode,
+        crate::proxy::UpstreamTlsMode::IstioMutual
     );
     assert_eq!(cfg.listeners.inbound, "127.0.0.1:15102".parse().unwrap());
     assert_eq!(cfg.admin.admin, "127.0.0.1:16102".parse().unwrap());
@@ -179,4 +185,106 @@ fn records_name_ports_and_validate() {
     assert_eq!(names, ["backend", "frontend"]);
     assert_eq!(r.services[0].ports[0].name, "http-8080");
     assert_eq!(r.services[0].vip, vips.get("default", "backend").unwrap());
+}
+
+/// A mesh in a temp dir: `compose.yaml` plus `mesh.yaml`.
+fn inline(compose: &str, policies: &str) -> (tempfile::TempDir, Mesh) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), policies).unwrap();
+    let loaded = load(&LoadOptions::new(dir.path()));
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    (dir, loaded.mesh)
+}
+
+const TWO: &str = r#"
+name: tls
+services:
+  frontend:
+    image: f
+    labels: { app: frontend }
+    x-mesh: { ports: [ { port: 3000, protocol: http } ] }
+  backend:
+    image: b
+    labels: { app: backend }
+    x-mesh: { ports: [ { port: 8080, protocol: http }, { port: 9090, protocol: tcp } ] }
+"#;
+
+#[test]
+fn auto_mtls_plaintext_only_where_the_server_disables_and_dr_tls_rides_in_the_cluster() {
+    let (_d, mesh) = inline(
+        TWO,
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: backend, namespace: default }
+spec:
+  selector: { matchLabels: { app: backend } }
+  mtls: { mode: STRICT }
+  portLevelMtls: { 9090: { mode: DISABLE } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: backend, namespace: default }
+spec:
+  host: backend
+  trafficPolicy:
+    portLevelSettings:
+      - port: { number: 8080 }
+        tls: { mode: SIMPLE, caCertificates: /etc/ca.pem, sni: backend.example, subjectAltNames: [backend.example] }
+"#,
+    );
+    let inv = Inventory::from_compose(mesh.compose.as_ref());
+    let vips = vips_for(&inv);
+    let placement = HostPlacement::new(&inv, DEFAULT_HOST_BASE_PORT);
+    let input = CompileInput::new(&mesh, &inv, &vips, &placement, 1);
+    let cfg = compile_proxy(
+        &input,
+        &ProxyKey {
+            workload: "frontend".into(),
+            instance: 0,
+        },
+    )
+    .unwrap();
+    assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+    let ep = &cfg.services["backend.default"].endpoints[0];
+    use crate::proxy::UpstreamTlsMode as M;
+    assert_eq!(ep.tls_for(9090).mode, M::Disable, "server DISABLE on 9090");
+    assert_eq!(
+        ep.tls_for(8080).mode,
+        M::IstioMutual,
+        "server STRICT on 8080"
+    );
+    let traffic = cfg.traffic.as_ref().unwrap();
+    let cluster = |port: u16| {
+        traffic
+            .clusters
+            .iter()
+            .find(|c| c.host == "backend.default.svc.cluster.local" && c.port == port)
+            .and_then(|c| c.subset.is_none().then_some(c))
+            .unwrap()
+    };
+    let tls = cluster(8080).policy.tls.as_ref().unwrap();
+    assert_eq!(tls.mode, M::Simple);
+    assert_eq!(tls.ca_certificates.as_deref(), Some("/etc/ca.pem".as_ref()));
+    assert_eq!(tls.sni.as_deref(), Some("backend.example"));
+    assert_eq!(tls.subject_alt_names, ["backend.example"]);
+    assert_eq!(
+        cluster(9090).policy.tls,
+        None,
+        "no DR tls on 9090: auto-mTLS"
+    );
+    // The whole config round-trips through YAML (the form meshctl pushes) unchanged.
+    let yaml = serde_yaml::to_string(&cfg).unwrap();
+    assert_eq!(ProxyConfig::from_str_checked(&yaml).unwrap(), cfg);
+    // The backend itself sees frontend (no PeerAuthentication there): ISTIO_MUTUAL.
+    let b = compile_proxy(
+        &input,
+        &ProxyKey {
+            workload: "backend".into(),
+            instance: 0,
+        },
+    )
+    .unwrap();
+    assert!(b.services["frontend.default"].endpoints[0].tls.is_empty());
 }

@@ -400,6 +400,27 @@ fn validate_outlier_detection(r: &mut Report, p: &str, od: &OutlierDetection) {
 
 fn validate_tls(r: &mut Report, p: &str, tls: &ClientTlsSettings) {
     let mode = tls.mode;
+    // meshctl's own refusals: what the proxy cannot do.
+    let conflict = matches!(mode, Some(TlsMode::Simple | TlsMode::Mutual))
+        && (tls.client_certificate.is_some()
+            || tls.private_key.is_some()
+            || tls.ca_certificates.is_some()
+            || tls.ca_crl.is_some());
+    // (Istio's own conflict error below says more about a credentialName next to files.)
+    if tls.credential_name.is_some() && !conflict && mode != Some(TlsMode::IstioMutual) {
+        r.unsupported(
+            format!("{p}.credentialName"),
+            "tls.credentialName",
+            "no Kubernetes secrets; name PEM files with caCertificates, clientCertificate and privateKey",
+        );
+    }
+    if tls.ca_crl.is_some() {
+        r.unsupported(
+            format!("{p}.caCrl"),
+            "tls.caCrl",
+            "certificate revocation lists are not checked yet",
+        );
+    }
     if tls.insecure_skip_verify == Some(true) {
         let bad = match mode {
             Some(TlsMode::Simple) => {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::authz::ClientTls;
 use crate::istio::{
     ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRuleSpec,
-    LoadBalancerSettings, OutlierDetection, Port, SimpleLb, TlsMode, TrafficPolicy,
+    LoadBalancerSettings, OutlierDetection, Port, SimpleLb, TrafficPolicy,
 };
 
 /// Envoy's default minimum ring size for ring hash.
@@ -410,10 +410,5 @@ fn pool_limits(p: &ConnectionPoolSettings) -> PoolLimits {
 }
 
 fn tls(t: &ClientTlsSettings) -> Option<ClientTls> {
-    Some(match t.mode? {
-        TlsMode::Disable => ClientTls::Plaintext,
-        TlsMode::IstioMutual => ClientTls::IstioMutual,
-        TlsMode::Simple => ClientTls::Simple { sni: t.sni.clone() },
-        TlsMode::Mutual => ClientTls::Mutual { sni: t.sni.clone() },
-    })
+    ClientTls::from_destination_rule(t)
 }
