@@ -29,6 +29,7 @@ pub mod rescue;
 pub mod state;
 pub mod tls;
 pub mod traffic;
+pub mod upstream;
 pub mod watch;
 
 pub use app::{Bound, ProxyHandle, build, build_with};

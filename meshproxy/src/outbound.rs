@@ -1,7 +1,8 @@
 //! Outbound: connections from local applications to mesh services, through an explicit
 //! VIP:port listener (host mode) or the capture listener (15001, original destination from
-//! SO_ORIGINAL_DST). Each request takes the route decision, then rides a pooled HTTP/2 mTLS
-//! connection to the chosen endpoint's proxy; TCP and upgrades get their own mTLS stream.
+//! SO_ORIGINAL_DST). Each request takes the route decision, then rides a pooled connection to
+//! the chosen endpoint (HTTP/2 mTLS to a mesh proxy, or as [`crate::upstream`] decides); TCP
+//! and upgrades get their own stream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,10 +19,9 @@ use tokio::net::TcpStream;
 use crate::app::Shared;
 use crate::http::{Body, check_framing, splice_upgrade, strip_hop_by_hop, strip_internal};
 use crate::metrics::Direction;
-use crate::pool::connect_mtls;
 use crate::rescue::ProxyError;
 use crate::state::RequestFacts;
-use crate::tls;
+use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
 fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
@@ -74,7 +74,8 @@ async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::st
         },
         None => None,
     };
-    let mut up = match connect_mtls(&shared, &target, tls::ALPN_TCP).await {
+    let tls = crate::upstream::settings(&target);
+    let mut up = match crate::upstream::connect(&shared, &target, &tls, Wire::Tcp).await {
         Ok(s) => {
             if let Some((c, i)) = &target.cluster {
                 c.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
@@ -195,7 +196,8 @@ async fn forward(
         {
             req.headers_mut().insert(header::HOST, h);
         }
-        let stream = connect_mtls(shared, &target, tls::ALPN_HTTP1).await?;
+        let tls = crate::upstream::settings(&target);
+        let stream = crate::upstream::connect(shared, &target, &tls, Wire::Http1).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::UpstreamConnect {

@@ -1,6 +1,7 @@
-//! Connections to other proxies: [`connect_mtls`] opens one mTLS stream to an endpoint (TCP
-//! and upgrades get their own), and [`Pool`] keeps one multiplexed HTTP/2 connection per
-//! (endpoint, identity, application port) for HTTP, reused by every request.
+//! Connections to other proxies: [`Pool`] keeps one multiplexed HTTP/2 connection per
+//! (endpoint, identity, application port, upstream TLS) for HTTP, reused by every request;
+//! [`crate::upstream::connect`] opens each stream (TCP and upgrades get their own), and
+//! destinations outside the mesh go through [`crate::upstream::OriginPool`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,28 +12,37 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshapi::proxy::SpiffeId;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use crate::app::Shared;
-use crate::http::{Body, io_reason};
-use crate::metrics::Direction;
+use crate::http::Body;
 use crate::rescue::ProxyError;
 use crate::state::Target;
-use crate::tls;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     addr: SocketAddr,
     identity: Option<SpiffeId>,
     port: u16,
+    tls: meshapi::proxy::UpstreamTls,
+}
+
+impl Key {
+    fn of(target: &Target) -> Key {
+        Key {
+            addr: target.endpoint.address,
+            identity: target.endpoint.identity.clone(),
+            port: target.target_port,
+            tls: crate::upstream::settings(target),
+        }
+    }
 }
 
 /// Pooled HTTP/2 connections to peer proxies.
 #[derive(Debug, Default)]
 pub struct Pool {
     conns: Mutex<HashMap<Key, SendRequest<Body>>>,
+    /// HTTP to destinations outside the mesh (plaintext, SIMPLE, MUTUAL).
+    pub origin: crate::upstream::OriginPool,
 }
 
 impl Pool {
@@ -42,15 +52,12 @@ impl Pool {
         shared: &Arc<Shared>,
         target: &Target,
     ) -> Result<SendRequest<Body>, ProxyError> {
-        let key = Key {
-            addr: target.endpoint.address,
-            identity: target.endpoint.identity.clone(),
-            port: target.target_port,
-        };
+        let key = Key::of(target);
         if let Some(s) = self.get(&key) {
             return Ok(s);
         }
-        let stream = connect_mtls(shared, target, tls::ALPN_H2).await?;
+        let stream =
+            crate::upstream::connect(shared, target, &key.tls, crate::upstream::Wire::H2).await?;
         let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -91,11 +98,7 @@ impl Pool {
 
     /// Drops the pooled connection to `target`, if any.
     pub fn evict(&self, target: &Target) {
-        let key = Key {
-            addr: target.endpoint.address,
-            identity: target.endpoint.identity.clone(),
-            port: target.target_port,
-        };
+        let key = Key::of(target);
         if let Ok(mut m) = self.conns.lock() {
             m.remove(&key);
         }
@@ -106,64 +109,6 @@ impl Pool {
         if let Ok(mut m) = self.conns.lock() {
             m.clear();
         }
-    }
-}
-
-/// Opens a mutual-TLS stream to `target`'s proxy, offering `alpn` and naming the
-/// application port in SNI; the server must present `target.endpoint.identity`.
-pub async fn connect_mtls(
-    shared: &Arc<Shared>,
-    target: &Target,
-    alpn: &[u8],
-) -> Result<TlsStream<TcpStream>, ProxyError> {
-    let fail = |reason: String| ProxyError::UpstreamConnect {
-        service: target.service.clone(),
-        reason,
-    };
-    let expected = target
-        .endpoint
-        .identity
-        .clone()
-        .ok_or_else(|| fail("ISTIO_MUTUAL to an endpoint without a mesh identity".into()))?;
-    let config = tls::client_config(shared.identity.clone(), expected, alpn)
-        .map_err(|e| fail(format!("TLS config: {e}")))?;
-    let addr = target.endpoint.address;
-    let connect = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| fail(io_reason(&e)))?;
-        let _ = tcp.set_nodelay(true);
-        if let Some((time, interval, probes)) = target.connect.keepalive {
-            let mut ka = socket2::TcpKeepalive::new();
-            if let Some(t) = time {
-                ka = ka.with_time(t);
-            }
-            if let Some(i) = interval {
-                ka = ka.with_interval(i);
-            }
-            if let Some(p) = probes {
-                ka = ka.with_retries(p);
-            }
-            if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka) {
-                tracing::debug!(%addr, error = %e, "could not set TCP keepalive");
-            }
-        }
-        TlsConnector::from(config)
-            .connect(tls::sni_for_port(target.target_port), tcp)
-            .await
-            .map_err(|e| {
-                shared.metrics.tls_failure(Direction::Outbound);
-                tracing::warn!(%addr, error = %e, "TLS handshake to endpoint failed");
-                fail(format!("TLS error: {e}"))
-            })
-    };
-    let timeout = target
-        .connect
-        .timeout
-        .unwrap_or(shared.limits().connect_timeout.0);
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(r) => r,
-        Err(_) => Err(fail("connection timeout".into())),
     }
 }
 
@@ -179,6 +124,10 @@ pub async fn send_pooled(
         service: target.service.clone(),
         reason: e.to_string(),
     };
+    let tls = crate::upstream::settings(target);
+    if !crate::upstream::mesh_h2(&tls) {
+        return shared.pool.origin.send(shared, target, tls, req).await;
+    }
     let mut sender = shared.pool.h2(shared, target).await?;
     match sender.try_send_request(req).await {
         Ok(resp) => Ok(resp),

@@ -8,12 +8,17 @@
 //! `spiffe://<td>/ns/<ns>/sa/<sa>` ID, leaf not a CA, keyUsage with digitalSignature and
 //! without keyCertSign. Session resumption is disabled on both sides, so no session outlives a
 //! change of roots.
+//!
+//! Client side towards destinations that are not mesh proxies (a DestinationRule `tls` of mode
+//! `SIMPLE` or `MUTUAL`): [`origination_config`] verifies the server against the configured CA
+//! bundle (or the system's), checks `subjectAltNames` (or the sent server name), and presents
+//! the configured client certificate for `MUTUAL`. TLS 1.2 and 1.3.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use meshapi::proxy::SpiffeId;
+use meshapi::proxy::{SYSTEM_CA_FILES, SpiffeId, UpstreamTls, UpstreamTlsMode};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -53,6 +58,12 @@ pub enum TlsError {
     Root(webpki::Error),
     #[error("own certificate is not a valid SVID: {0}")]
     OwnCert(SvidError),
+    #[error("{0:?} is not a DNS name or IP address")]
+    Name(String),
+    #[error("no system trust roots (looked in {0}); set caCertificates")]
+    NoSystemRoots(String),
+    #[error("client TLS config: {0}")]
+    Config(rustls::Error),
     #[error("own certificate is for {got}, config says {expected}")]
     OwnIdentity {
         expected: Box<SpiffeId>,
@@ -452,6 +463,174 @@ pub fn client_config(
     cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
+}
+
+/// Client side of TLS origination: the chain to `roots` (unless `skip`), then one of `names`
+/// (or the name sent in SNI when `names` is empty) must be in the certificate.
+#[derive(Debug)]
+struct OriginVerifier {
+    roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    names: Vec<ServerName<'static>>,
+    skip: bool,
+}
+
+impl ServerCertVerifier for OriginVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.skip {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let ee = EndEntityCert::try_from(end_entity).map_err(webpki_err)?;
+        ee.verify_for_usage(
+            algs().all,
+            &self.roots,
+            intermediates,
+            now,
+            KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(webpki_err)?;
+        let ok = if self.names.is_empty() {
+            ee.verify_is_valid_for_subject_name(server_name).is_ok()
+        } else {
+            self.names
+                .iter()
+                .any(|n| ee.verify_is_valid_for_subject_name(n).is_ok())
+        };
+        if ok {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        algs().supported_schemes()
+    }
+}
+
+fn read_file(p: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(p).map_err(|source| TlsError::Read {
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+fn server_name(s: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(s.to_string()).map_err(|_| TlsError::Name(s.to_string()))
+}
+
+/// The trust anchors in a PEM file.
+fn anchors(path: &Path) -> Result<Vec<rustls_pki_types::TrustAnchor<'static>>, TlsError> {
+    let pem = read_file(path)?;
+    let mut roots = Vec::new();
+    for der in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
+        roots.push(
+            webpki::anchor_from_trusted_cert(&der)
+                .map_err(TlsError::Root)?
+                .to_owned(),
+        );
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            what: "CERTIFICATE",
+        });
+    }
+    Ok(roots)
+}
+
+/// A client config for TLS origination (`SIMPLE` or `MUTUAL`) offering `alpn`, and the
+/// server name to send: `sni`, else the first `subjectAltNames` entry, else `fallback` (an IP
+/// address, sent as no SNI). Files are read now, so a rotated file applies to the next
+/// connection.
+pub fn origination_config(
+    s: &UpstreamTls,
+    alpn: &[&[u8]],
+    fallback: std::net::IpAddr,
+) -> Result<(Arc<ClientConfig>, ServerName<'static>), TlsError> {
+    let roots = if s.insecure_skip_verify {
+        Vec::new()
+    } else if let Some(ca) = &s.ca_certificates {
+        anchors(ca)?
+    } else {
+        let found = SYSTEM_CA_FILES
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .ok_or_else(|| TlsError::NoSystemRoots(SYSTEM_CA_FILES.join(", ")))?;
+        anchors(found)?
+    };
+    let names = s
+        .subject_alt_names
+        .iter()
+        .map(|n| server_name(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sni = match (&s.sni, s.subject_alt_names.first()) {
+        (Some(n), _) | (None, Some(n)) => server_name(n)?,
+        (None, None) => ServerName::IpAddress(fallback.into()),
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(OriginVerifier {
+            roots,
+            names,
+            skip: s.insecure_skip_verify,
+        }));
+    let mut cfg = match (&s.mode, &s.client_certificate, &s.private_key) {
+        (UpstreamTlsMode::Mutual, Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&read_file(cert)?)
+                    .filter_map(Result::ok)
+                    .collect();
+            if chain.is_empty() {
+                return Err(TlsError::Pem {
+                    path: cert.display().to_string(),
+                    what: "CERTIFICATE",
+                });
+            }
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&read_file(key)?).map_err(|_| TlsError::Pem {
+                    path: key.display().to_string(),
+                    what: "PRIVATE KEY",
+                })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(TlsError::Key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok((Arc::new(cfg), sni))
 }
 
 /// The SNI a client sends to say which application port it wants: `p<port>.inbound.mesh`.
