@@ -70,6 +70,7 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
         (AdminPort::Stats, "/stats/prometheus") => {
             let mut body = shared.metrics.render();
             crate::traffic::render_metrics(&shared.snapshot.load().cluster_status(), &mut body);
+            shared.pool.render_metrics(&mut body);
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

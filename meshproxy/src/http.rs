@@ -14,8 +14,16 @@ use meshapi::proxy::Limits;
 
 use crate::rescue::ProxyError;
 
+/// Error of a body the proxy sends.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Body of every request and response the proxy sends.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A received body as one the proxy sends.
+pub fn boxed(b: hyper::body::Incoming) -> Body {
+    b.map_err(BoxError::from).boxed()
+}
 
 /// `x-forwarded-client-cert`.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -332,7 +331,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     if h2 {
         parts.headers.remove(header::HOST);
     }
-    let mut req = Request::from_parts(parts, body.boxed());
+    let mut req = Request::from_parts(parts, crate::http::boxed(body));
     let down = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client = if h2 {
         &ctx.shared.app_h2
@@ -360,5 +359,5 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
-    Ok(resp.map(|b| b.boxed()))
+    Ok(resp.map(crate::http::boxed))
 }

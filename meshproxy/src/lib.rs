@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod app;
 pub mod authz;
+pub mod body;
 pub mod ca_client;
 pub mod capture;
 pub mod config_client;

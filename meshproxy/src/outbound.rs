@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, Uri, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -185,7 +184,7 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let mut req = Request::from_parts(parts, body.boxed());
+    let mut req = Request::from_parts(parts, crate::http::boxed(body));
     let mut resp = if upgrade {
         let down = hyper::upgrade::on(&mut req);
         *req.uri_mut() = pq
@@ -218,7 +217,7 @@ async fn forward(
             let up = hyper::upgrade::on(&mut resp);
             tokio::spawn(splice_upgrade(down, up));
         }
-        resp
+        resp.map(crate::http::boxed)
     } else {
         *req.uri_mut() = Uri::builder()
             .scheme("http")
@@ -226,11 +225,10 @@ async fn forward(
             .path_and_query(pq.as_str())
             .build()
             .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
-        *req.version_mut() = http::Version::HTTP_2;
         req.headers_mut().remove(header::HOST);
         crate::pool::send_pooled(shared, &target, req).await?
     };
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
-    Ok(resp.map(|b| b.boxed()))
+    Ok(resp)
 }

@@ -1,29 +1,49 @@
-//! Connections to other proxies: [`Pool`] keeps one multiplexed HTTP/2 connection per
-//! (endpoint, identity, application port, upstream TLS) for HTTP, reused by every request;
-//! [`crate::upstream::connect`] opens each stream (TCP and upgrades get their own), and
-//! destinations outside the mesh go through [`crate::upstream::OriginPool`].
+//! Pooled HTTP connections to upstream endpoints, per (endpoint, identity, application port,
+//! upstream TLS); [`crate::upstream::connect`] opens each stream (TCP and upgrades get their
+//! own, unpooled). Which kind of connection:
+//!
+//! - one multiplexed HTTP/2 connection where the target says `http2` (`http2`/`grpc` ports,
+//!   `h2UpgradePolicy: UPGRADE`) or the client itself spoke HTTP/2, or where a TLS origin
+//!   (SIMPLE/MUTUAL) picked `h2` by ALPN;
+//! - otherwise HTTP/1.1 keep-alive connections, one request at a time each (Istio's default
+//!   `DO_NOT_UPGRADE`). Measured on this machine the HTTP/1.1 pool costs less CPU per request
+//!   than hyper's HTTP/2 (bench/README.md, `bench/run proxy`, variants `meshproxy` and
+//!   `mesh-h2`).
+//!
+//! A connection is retired after `maxRequestsPerConnection` requests and closed after
+//! `idleTimeout` without any (a sweeper looks once a second); an HTTP/1.1 connection goes
+//! back to the pool only when its response body was read to the end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
+use http::{Request, Response, header};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meshapi::proxy::SpiffeId;
+use meshapi::proxy::{SpiffeId, UpstreamTls, UpstreamTlsMode};
 
 use crate::app::Shared;
+use crate::body::Tracked;
 use crate::http::Body;
 use crate::rescue::ProxyError;
 use crate::state::Target;
+use crate::tls;
+use crate::upstream::Wire;
+
+/// Istio's default `idleTimeout` for upstream connections.
+const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
+/// How often idle connections are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     addr: SocketAddr,
     identity: Option<SpiffeId>,
     port: u16,
-    tls: meshapi::proxy::UpstreamTls,
+    tls: UpstreamTls,
 }
 
 impl Key {
@@ -37,57 +57,98 @@ impl Key {
     }
 }
 
-/// Pooled HTTP/2 connections to peer proxies.
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    uses: u32,
+    last_used: Instant,
+    idle_timeout: Duration,
+    in_flight: Arc<AtomicU32>,
+}
+
+#[derive(Debug)]
+struct H1Conn {
+    sender: http1::SendRequest<Body>,
+    uses: u32,
+    idle_since: Instant,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Conns {
+    h2: Mutex<HashMap<Key, H2Conn>>,
+    h1: Mutex<HashMap<Key, Vec<H1Conn>>>,
+}
+
+impl Conns {
+    fn checkin_h1(&self, key: Key, conn: H1Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        if let Ok(mut m) = self.h1.lock() {
+            m.entry(key).or_default().push(conn);
+        }
+    }
+
+    /// Drops connections idle past their `idleTimeout` (an HTTP/2 connection only when no
+    /// request is in flight on it); dropping the last sender closes the connection.
+    fn sweep(&self) {
+        let now = Instant::now();
+        if let Ok(mut m) = self.h2.lock() {
+            m.retain(|_, c| {
+                !c.sender.is_closed()
+                    && (c.in_flight.load(Ordering::Acquire) > 0
+                        || now.duration_since(c.last_used) < c.idle_timeout)
+            });
+        }
+        if let Ok(mut m) = self.h1.lock() {
+            for v in m.values_mut() {
+                v.retain(|c| {
+                    !c.sender.is_closed() && now.duration_since(c.idle_since) < c.idle_timeout
+                });
+            }
+            m.retain(|_, v| !v.is_empty());
+        }
+    }
+}
+
+/// Pooled HTTP connections to peer proxies.
 #[derive(Debug, Default)]
 pub struct Pool {
-    conns: Mutex<HashMap<Key, SendRequest<Body>>>,
-    /// HTTP to destinations outside the mesh (plaintext, SIMPLE, MUTUAL).
-    pub origin: crate::upstream::OriginPool,
+    conns: Arc<Conns>,
+    sweeping: AtomicBool,
 }
 
 impl Pool {
-    /// A sender on a live pooled connection to `target`, connecting if there is none.
-    pub async fn h2(
-        &self,
-        shared: &Arc<Shared>,
-        target: &Target,
-    ) -> Result<SendRequest<Body>, ProxyError> {
-        let key = Key::of(target);
-        if let Some(s) = self.get(&key) {
-            return Ok(s);
+    /// Starts the idle sweeper once (it needs a runtime, so not at construction).
+    fn sweeper(&self) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
         }
-        let stream =
-            crate::upstream::connect(shared, target, &key.tls, crate::upstream::Wire::H2).await?;
-        let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .max_header_list_size(
-                u32::try_from(shared.limits().max_header_bytes).unwrap_or(u32::MAX),
-            );
-        let (sender, conn) =
-            b.handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ProxyError::UpstreamConnect {
-                    service: target.service.clone(),
-                    reason: format!("HTTP/2 handshake: {e}"),
-                })?;
-        let addr = key.addr;
+        let conns: Weak<Conns> = Arc::downgrade(&self.conns);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "pooled connection closed");
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match conns.upgrade() {
+                    Some(c) => c.sweep(),
+                    None => return,
+                }
             }
         });
-        if let Ok(mut m) = self.conns.lock() {
-            m.insert(key, sender.clone());
-        }
-        Ok(sender)
     }
 
-    fn get(&self, key: &Key) -> Option<SendRequest<Body>> {
-        let mut m = self.conns.lock().ok()?;
-        match m.get(key) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
+    /// The live HTTP/2 connection for `key` and its in-flight counter, counting one more
+    /// request on it; one that has served `maxRequestsPerConnection` requests is retired.
+    fn h2_get(&self, key: &Key, max: u32) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
+        let mut m = self.conns.h2.lock().ok()?;
+        match m.get_mut(key) {
+            Some(c) if !c.sender.is_closed() && (max == 0 || c.uses < max) => {
+                c.uses += 1;
+                c.last_used = Instant::now();
+                Some((c.sender.clone(), Arc::clone(&c.in_flight)))
+            }
             Some(_) => {
                 m.remove(key);
                 None
@@ -96,49 +157,302 @@ impl Pool {
         }
     }
 
-    /// Drops the pooled connection to `target`, if any.
-    pub fn evict(&self, target: &Target) {
-        let key = Key::of(target);
-        if let Ok(mut m) = self.conns.lock() {
-            m.remove(&key);
+    fn h2_remove(&self, key: &Key) {
+        if let Ok(mut m) = self.conns.h2.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// An idle HTTP/1.1 connection for `key`, if the pool has a live one.
+    fn checkout_h1(&self, key: &Key) -> Option<H1Conn> {
+        let mut m = self.conns.h1.lock().ok()?;
+        let idle = m.get_mut(key)?;
+        let now = Instant::now();
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && now.duration_since(c.idle_since) < c.idle_timeout {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Opens a new connection for `key`: HTTP/2 when `h2` is wanted (or a TLS origin picked it
+    /// by ALPN), else HTTP/1.1. An HTTP/2 connection is pooled at once.
+    async fn open(
+        &self,
+        shared: &Arc<Shared>,
+        target: &Target,
+        key: &Key,
+        h2: bool,
+    ) -> Result<Fresh, ProxyError> {
+        let wire = if key.tls.originates() {
+            Wire::Http
+        } else if h2 {
+            Wire::H2
+        } else {
+            Wire::Http1
+        };
+        let stream = crate::upstream::connect(shared, target, &key.tls, wire).await?;
+        let use_h2 = match stream.alpn() {
+            Some(p) => p == tls::ALPN_H2,
+            None => h2,
+        };
+        let fail = |what: &str, e: hyper::Error| ProxyError::UpstreamConnect {
+            service: target.service.clone(),
+            reason: format!("{what} handshake: {e}"),
+        };
+        let addr = key.addr;
+        let idle_timeout = target.connect.idle_timeout.unwrap_or(DEFAULT_IDLE);
+        self.sweeper();
+        if use_h2 {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(4 << 20)
+                .max_header_list_size(
+                    u32::try_from(shared.limits().max_header_bytes).unwrap_or(u32::MAX),
+                );
+            let (sender, conn) = b
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| fail("HTTP/2", e))?;
+            spawn_conn(addr, conn);
+            let in_flight = Arc::new(AtomicU32::new(0));
+            if let Ok(mut m) = self.conns.h2.lock() {
+                m.insert(
+                    key.clone(),
+                    H2Conn {
+                        sender: sender.clone(),
+                        uses: 1,
+                        last_used: Instant::now(),
+                        idle_timeout,
+                        in_flight: Arc::clone(&in_flight),
+                    },
+                );
+            }
+            Ok(Fresh::H2(sender, in_flight))
+        } else {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| fail("HTTP/1.1", e))?;
+            spawn_conn(addr, conn);
+            Ok(Fresh::H1(H1Conn {
+                sender,
+                uses: 0,
+                idle_since: Instant::now(),
+                idle_timeout,
+            }))
         }
     }
 
     /// Drops every pooled connection (new requests reconnect), e.g. after new trust roots.
     pub fn clear(&self) {
-        if let Ok(mut m) = self.conns.lock() {
+        if let Ok(mut m) = self.conns.h2.lock() {
             m.clear();
+        }
+        if let Ok(mut m) = self.conns.h1.lock() {
+            m.clear();
+        }
+    }
+
+    /// Appends the pool's Prometheus gauge: HTTP/2 connections and idle HTTP/1.1 ones.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let h2 = self.conns.h2.lock().map_or(0, |m| m.len());
+        let h1 = self
+            .conns
+            .h1
+            .lock()
+            .map_or(0, |m| m.values().map(Vec::len).sum::<usize>());
+        let name = "meshproxy_upstream_pooled_connections";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Pooled connections to peer proxies: HTTP/2, and HTTP/1.1 idle ones.\n# TYPE {name} gauge\n{name}{{protocol=\"http2\"}} {h2}\n{name}{{protocol=\"http1_idle\"}} {h1}"
+        );
+    }
+}
+
+fn spawn_conn<F>(addr: SocketAddr, conn: F)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "pooled connection closed");
+        }
+    });
+}
+
+/// A connection just opened.
+enum Fresh {
+    H2(http2::SendRequest<Body>, Arc<AtomicU32>),
+    H1(H1Conn),
+}
+
+/// Why a try on a connection failed: the request came back unwritten (the connection was
+/// already gone), or it failed after (part of) it was sent.
+enum TryError {
+    Unsent(Request<Body>, Option<hyper::Error>),
+    Sent(hyper::Error),
+}
+
+impl From<hyper::client::conn::TrySendError<Request<Body>>> for TryError {
+    fn from(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> TryError {
+        match e.take_message() {
+            Some(req) => TryError::Unsent(req, Some(e.into_error())),
+            None => TryError::Sent(e.into_error()),
         }
     }
 }
 
-/// Sends on the pooled HTTP/2 connection. If that connection turned out to be gone before
-/// the request was written (peer restarted or drained), the untouched request is retried once
-/// on a fresh connection; anything already sent is never replayed.
+/// Sends `req` to `target` on a pooled connection (see the module documentation for which
+/// kind). If a pooled connection turned out to be gone before the request was written (peer
+/// restarted, drained, or closed it while idle), the untouched request goes on a fresh
+/// connection; anything already sent is never replayed. The response body holds the
+/// connection's place until it ends.
 pub async fn send_pooled(
     shared: &Arc<Shared>,
-    target: &crate::state::Target,
+    target: &Target,
     req: Request<Body>,
-) -> Result<Response<Incoming>, ProxyError> {
-    let reset = |e: hyper::Error| ProxyError::UpstreamReset {
+) -> Result<Response<Body>, ProxyError> {
+    let pool = &shared.pool;
+    let key = Key::of(target);
+    let max = target.connect.max_requests_per_connection;
+    let want_h2 = target.connect.http2 || req.version() == http::Version::HTTP_2;
+    // A live HTTP/2 connection to the destination serves every request, whatever its version.
+    let reused = if let Some((sender, in_flight)) = pool.h2_get(&key, max) {
+        try_h2(&key, sender, in_flight, req).await
+    } else if !want_h2 && let Some(conn) = pool.checkout_h1(&key) {
+        try_h1(pool, target, &key, conn, req).await
+    } else {
+        Err(TryError::Unsent(req, None))
+    };
+    let req = match reused {
+        Ok(resp) => return Ok(resp),
+        Err(TryError::Unsent(r, e)) => {
+            if let Some(e) = e {
+                tracing::debug!(service = %target.service, error = %e, "pooled connection gone; reconnecting");
+                pool.h2_remove(&key);
+            }
+            r
+        }
+        Err(TryError::Sent(e)) => return Err(reset(target, &e)),
+    };
+    let res = match pool.open(shared, target, &key, want_h2).await? {
+        Fresh::H2(sender, in_flight) => try_h2(&key, sender, in_flight, req).await,
+        Fresh::H1(conn) => try_h1(pool, target, &key, conn, req).await,
+    };
+    res.map_err(|e| match e {
+        // A new connection that failed before answering carried the request nowhere: a
+        // connect failure (a server requiring mTLS closes a plaintext connection like this).
+        TryError::Unsent(_, e) => refused(target, &key, e.as_ref()),
+        TryError::Sent(e) if key.tls.mode != UpstreamTlsMode::IstioMutual => {
+            refused(target, &key, Some(&e))
+        }
+        TryError::Sent(e) => reset(target, &e),
+    })
+}
+
+fn reset(target: &Target, e: &hyper::Error) -> ProxyError {
+    ProxyError::UpstreamReset {
         service: target.service.clone(),
         reason: e.to_string(),
-    };
-    let tls = crate::upstream::settings(target);
-    if !crate::upstream::mesh_h2(&tls) {
-        return shared.pool.origin.send(shared, target, tls, req).await;
     }
-    let mut sender = shared.pool.h2(shared, target).await?;
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok(resp),
-        Err(mut e) => match e.take_message() {
-            Some(req) => {
-                tracing::debug!(service = %target.service, "pooled connection gone; reconnecting");
-                shared.pool.evict(target);
-                let mut sender = shared.pool.h2(shared, target).await?;
-                sender.send_request(req).await.map_err(reset)
-            }
-            None => Err(reset(e.into_error())),
+}
+
+fn refused(target: &Target, key: &Key, e: Option<&hyper::Error>) -> ProxyError {
+    let hint = if key.tls.mode == UpstreamTlsMode::Disable && target.endpoint.identity.is_some() {
+        " (does the server require mTLS? this client sends plaintext)"
+    } else {
+        ""
+    };
+    ProxyError::UpstreamConnect {
+        service: target.service.clone(),
+        reason: match e {
+            Some(e) => format!("connection closed before a response{hint}: {e}"),
+            None => format!("connection closed before a response{hint}"),
         },
     }
+}
+
+/// One try on an HTTP/2 connection (the request put in HTTP/2 form: absolute URI, `https`
+/// when this proxy originates TLS, no Host header).
+async fn try_h2(
+    key: &Key,
+    mut sender: http2::SendRequest<Body>,
+    in_flight: Arc<AtomicU32>,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, TryError> {
+    *req.version_mut() = http::Version::HTTP_2;
+    req.headers_mut().remove(header::HOST);
+    if key.tls.originates() {
+        let mut parts = req.uri().clone().into_parts();
+        if parts.authority.is_some() {
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            if let Ok(u) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+    in_flight.fetch_add(1, Ordering::AcqRel);
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok(resp.map(|b| {
+            Tracked::new(crate::http::boxed(b))
+                .on_end(move |_| {
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                })
+                .boxed()
+        })),
+        Err(e) => {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            Err(e.into())
+        }
+    }
+}
+
+/// One try on an HTTP/1.1 connection (the request put in HTTP/1.1 form: Host from the
+/// authority, origin-form target). The response body returns the connection to the pool when
+/// read to the end, unless it has served `maxRequestsPerConnection` requests.
+async fn try_h1(
+    pool: &Pool,
+    target: &Target,
+    key: &Key,
+    mut conn: H1Conn,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, TryError> {
+    *req.version_mut() = http::Version::HTTP_11;
+    if !req.headers().contains_key(header::HOST)
+        && let Some(a) = req.uri().authority()
+        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    if req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = http::Uri::from(pq);
+    }
+    if let Err(e) = conn.sender.ready().await {
+        return Err(TryError::Unsent(req, Some(e)));
+    }
+    let resp = conn.sender.try_send_request(req).await?;
+    conn.uses += 1;
+    let max = target.connect.max_requests_per_connection;
+    let reusable = max == 0 || conn.uses < max;
+    let conns = Arc::clone(&pool.conns);
+    let key = key.clone();
+    Ok(resp.map(|b| {
+        Tracked::new(crate::http::boxed(b))
+            .on_end(move |complete| {
+                if complete && reusable {
+                    conn.idle_since = Instant::now();
+                    conns.checkin_h1(key, conn);
+                }
+            })
+            .boxed()
+    }))
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use meshapi::proxy::{Endpoint, InboundPort, OutboundService, ProxyConfig, SpiffeId};
+use meshapi::proxy::{Endpoint, InboundPort, OutboundService, Protocol, ProxyConfig, SpiffeId};
 
 use crate::rescue::ProxyError;
 
@@ -50,6 +50,17 @@ pub struct ConnectSettings {
         Option<std::time::Duration>,
         Option<u32>,
     )>,
+    /// HTTP between the proxies multiplexes on one HTTP/2 connection (`http2`/`grpc` ports,
+    /// `h2UpgradePolicy: UPGRADE`). Otherwise HTTP/1.1 keep-alive connections, one request at a
+    /// time each, as Istio's default `DO_NOT_UPGRADE`; an HTTP/2 request from the client still
+    /// goes upstream as HTTP/2.
+    pub http2: bool,
+    /// `maxRequestsPerConnection`: a pooled connection is retired after this many requests;
+    /// 0 is unlimited.
+    pub max_requests_per_connection: u32,
+    /// `idleTimeout`: a pooled connection without requests for this long is closed. Default
+    /// 1 h (Istio's).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The HTTP facts a route decision may look at (none for TCP).
@@ -230,7 +241,10 @@ impl Snapshot {
             service: out.service.clone(),
             endpoint: selected[n % selected.len()].clone(),
             target_port: out.target_port(),
-            connect: ConnectSettings::default(),
+            connect: ConnectSettings {
+                http2: matches!(out.protocol, Protocol::Http2 | Protocol::Grpc),
+                ..ConnectSettings::default()
+            },
             cluster: None,
         })
     }

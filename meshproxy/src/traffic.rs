@@ -39,6 +39,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::Shared;
 use crate::authz::Headers;
+use crate::body::Tracked;
 use crate::http::{Body, full};
 use crate::rescue::{FLAGS_HEADER, ProxyError};
 use crate::state::{Snapshot, Target};
@@ -163,6 +164,9 @@ impl ClusterState {
             connect: crate::state::ConnectSettings {
                 timeout: Some(pool.connect_timeout),
                 keepalive: pool.tcp_keepalive,
+                http2: self.multiplexed,
+                max_requests_per_connection: pool.max_requests_per_connection,
+                idle_timeout: Some(pool.idle_timeout),
             },
             cluster: Some((Arc::clone(self), i)),
         })
@@ -459,7 +463,7 @@ impl ReqBody {
     fn take(&mut self) -> Option<Body> {
         match self {
             ReqBody::Buffered(b) => Some(full(b.clone())),
-            ReqBody::Streaming(s) => s.take().map(|b| b.boxed()),
+            ReqBody::Streaming(s) => s.take().map(crate::http::boxed),
         }
     }
 
@@ -489,6 +493,8 @@ async fn buffer(body: Incoming) -> Result<ReqBody, ProxyError> {
 /// What one request to an upstream needs, prepared once and sent per try.
 struct Upstream {
     method: http::Method,
+    /// The client's HTTP version: an HTTP/2 request goes upstream as HTTP/2 whatever the port.
+    version: http::Version,
     uri: Uri,
     headers: HeaderMap,
 }
@@ -498,7 +504,7 @@ impl Upstream {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = http::Version::HTTP_2;
+        *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
         req
     }
@@ -669,6 +675,7 @@ pub async fn forward(
         .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
     let upstream = Upstream {
         method: parts.method,
+        version: parts.version,
         uri,
         headers,
     };
@@ -709,6 +716,21 @@ pub async fn forward(
         },
         None => send.await?,
     };
+    // As Envoy's route timeout, the deadline covers the response body too: one still streaming
+    // then is cut (the client sees a reset stream, never a short success).
+    if let Some(d) = deadline {
+        let name = cluster.name.clone();
+        resp = resp.map(|b| {
+            Tracked::new(b)
+                .deadline(d, &name)
+                .on_end(move |complete| {
+                    if !complete && tokio::time::Instant::now() >= d {
+                        tracing::info!(cluster = %name, "route timeout while the response body streamed (UT)");
+                    }
+                })
+                .boxed()
+        });
+    }
     crate::http::strip_hop_by_hop(resp.headers_mut(), false);
     for ops in f.response_headers() {
         apply_ops(resp.headers_mut(), ops);
@@ -813,26 +835,36 @@ fn spawn_mirror(
     });
 }
 
-/// Holds one unit of `active` for LEAST_REQUEST while a try is outstanding.
-struct ActiveGuard<'a>(&'a AtomicU32);
+/// Holds one unit of endpoint `i`'s `active` count for LEAST_REQUEST while a try is
+/// outstanding (until its response body ends).
+struct ActiveGuard(Arc<ClusterState>, usize);
 
-impl Drop for ActiveGuard<'_> {
+impl ActiveGuard {
+    fn new(cluster: &Arc<ClusterState>, i: usize) -> ActiveGuard {
+        if let Some(a) = cluster.active.get(i) {
+            a.fetch_add(1, Ordering::AcqRel);
+        }
+        ActiveGuard(Arc::clone(cluster), i)
+    }
+}
+
+impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+        if let Some(a) = self.0.active.get(self.1) {
+            let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+        }
     }
 }
 
 /// How a try ended.
 enum Tried {
-    Response(Response<Incoming>),
+    Response(Response<Body>),
     Failed(ProxyError, AttemptOutcome),
 }
 
 /// A `503 UF` from the endpoint's own proxy (an authenticated mesh peer): it could not connect
 /// to its application, so nothing was processed.
-fn peer_could_not_connect(r: &Response<Incoming>) -> bool {
+fn peer_could_not_connect(r: &Response<Body>) -> bool {
     r.status() == StatusCode::SERVICE_UNAVAILABLE
         && r.headers().get(FLAGS_HEADER).is_some_and(|v| v == "UF")
 }
@@ -868,7 +900,7 @@ async fn send_with_retries(
     upstream: &Upstream,
     body: &mut ReqBody,
 ) -> Result<Response<Body>, ProxyError> {
-    let _request = cluster
+    let request = cluster
         .breaker
         .acquire_owned(PoolResource::Request)
         .map_err(|_| cluster.overflow("active requests (http2MaxRequests)"))?;
@@ -898,9 +930,8 @@ async fn send_with_retries(
         };
         tried.push(i);
         let permit = slot(cluster).await?;
+        let active = ActiveGuard::new(cluster, i);
         let tried_now = {
-            cluster.active[i].fetch_add(1, Ordering::AcqRel);
-            let _active = ActiveGuard(&cluster.active[i]);
             let send = crate::pool::send_pooled(shared, &target, upstream.request(b));
             let per_try = retries.and_then(|r| r.per_try_timeout);
             let res = match per_try {
@@ -964,11 +995,18 @@ async fn send_with_retries(
             ok
         };
         if !can_retry {
-            drop(permit);
             let exhausted = retriable && retry >= max_retries && max_retries > 0;
             return match tried_now {
                 Tried::Response(r) => {
-                    let mut r = r.map(|b| b.boxed());
+                    // The request keeps its connection slot, its active count and its place
+                    // in `http2MaxRequests` until the response body ends.
+                    let mut r = r.map(|b| {
+                        Tracked::new(b)
+                            .hold(permit)
+                            .hold(active)
+                            .hold(request)
+                            .boxed()
+                    });
                     if exhausted {
                         r.headers_mut()
                             .insert(FLAGS_HEADER, HeaderValue::from_static("URX"));
@@ -979,6 +1017,7 @@ async fn send_with_retries(
             };
         }
         drop(permit);
+        drop(active);
         if let Tried::Response(r) = tried_now {
             // Read and drop the failed response so its stream is released.
             let _ = tokio::time::timeout(Duration::from_secs(1), r.into_body().collect()).await;

@@ -43,9 +43,28 @@ struct Behaviour {
     always: AtomicU32,
     /// Wait this long (ms) before answering.
     stall_ms: AtomicU64,
+    /// Send the headers and a first chunk, then wait this long (ms) before the last chunk.
+    body_stall_ms: AtomicU64,
     requests: AtomicU64,
     /// Path and query, and headers, of the last request.
     last: std::sync::Mutex<Option<(String, http::HeaderMap)>>,
+}
+
+/// A response body whose chunks arrive on a channel (a backend that streams slowly).
+struct ChanBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
 }
 
 struct App {
@@ -91,11 +110,24 @@ impl App {
                                 b.always.load(Ordering::SeqCst)
                             };
                             let status = if status == 0 { 200 } else { status as u16 };
+                            let body_stall = b.body_stall_ms.load(Ordering::SeqCst);
+                            let body = if body_stall == 0 {
+                                Full::new(Bytes::from(format!("hello from {name}"))).boxed()
+                            } else {
+                                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                                let last = format!(" from {name}");
+                                tokio::spawn(async move {
+                                    let _ = tx.send(Bytes::from_static(b"hello")).await;
+                                    tokio::time::sleep(Duration::from_millis(body_stall)).await;
+                                    let _ = tx.send(Bytes::from(last)).await;
+                                });
+                                ChanBody(rx).boxed()
+                            };
                             Ok::<_, Infallible>(
                                 Response::builder()
                                     .status(status)
                                     .header("x-backend", name.as_str())
-                                    .body(Full::new(Bytes::from(format!("hello from {name}"))))
+                                    .body(body)
                                     .unwrap(),
                             )
                         }
@@ -1050,4 +1082,134 @@ spec:
         },
         "the slot never came back"
     );
+}
+
+/// One counter of a Prometheus text exposition.
+fn metric(stats: &str, series: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{stats}"))
+}
+
+const INBOUND_CONNECTIONS: &str = "meshproxy_connections_total{direction=\"inbound\"}";
+
+fn pool_dr(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend}}
+spec:
+  host: backend
+  trafficPolicy:
+    connectionPool:
+      http: {{{http}}}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_retires_a_connection_after_that_many_requests() {
+    // Default (unlimited): sequential requests reuse one pooled connection between proxies.
+    let f = Fixture::new(&pool_dr(""), &[("backend-v1", "v1")]).await;
+    let client = http1_client();
+    for _ in 0..6 {
+        assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
+    }
+    let stats = admin_get_stats(&f.instances[0].proxy).await;
+    assert_eq!(metric(&stats, INBOUND_CONNECTIONS), 1, "{stats}");
+
+    // `maxRequestsPerConnection: 2`: six requests take three connections.
+    let f = Fixture::new(
+        &pool_dr("maxRequestsPerConnection: 2"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    for _ in 0..6 {
+        assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
+    }
+    let stats = admin_get_stats(&f.instances[0].proxy).await;
+    assert_eq!(metric(&stats, INBOUND_CONNECTIONS), 3, "{stats}");
+}
+
+const POOLED_IDLE: &str = "meshproxy_upstream_pooled_connections{protocol=\"http1_idle\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_a_pooled_connection_and_the_next_request_reconnects() {
+    let f = Fixture::new(&pool_dr("idleTimeout: 1s"), &[("backend-v1", "v1")]).await;
+    let client = http1_client();
+    assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
+    let stats = admin_get_stats(&f.client).await;
+    assert_eq!(metric(&stats, POOLED_IDLE), 1, "{stats}");
+    // Closed after a second without requests (the sweeper looks once a second).
+    let t = Instant::now();
+    assert_eventually!(
+        metric(&admin_get_stats(&f.client).await, POOLED_IDLE) == 0,
+        "the idle connection was never closed"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
+    let stats = admin_get_stats(&f.instances[0].proxy).await;
+    assert_eq!(metric(&stats, INBOUND_CONNECTIONS), 2, "{stats}");
+
+    // Istio's default (1h): the connection is still pooled after the same wait.
+    let f = Fixture::new(&pool_dr(""), &[("backend-v1", "v1")]).await;
+    assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(metric(&admin_get_stats(&f.client).await, POOLED_IDLE), 1);
+    assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
+    let stats = admin_get_stats(&f.instances[0].proxy).await;
+    assert_eq!(metric(&stats, INBOUND_CONNECTIONS), 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_covers_a_slow_response_body() {
+    let f = Fixture::new(
+        &vs("  - timeout: 400ms\n    route:\n    - destination: {host: backend, subset: v1}\n"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    f.instances[0]
+        .app
+        .b
+        .body_stall_ms
+        .store(3_000, Ordering::SeqCst);
+    let client = http1_client();
+    let t = Instant::now();
+    let resp = client
+        .request(
+            Request::get(f.url("/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The headers came in time; the body did not: it is cut, never a short success.
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await;
+    assert!(body.is_err(), "a cut body must fail, got {body:?}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(2_500),
+        "cut at the route timeout, took {took:?}"
+    );
+
+    // Without a route timeout the same slow body arrives whole.
+    let f2 = Fixture::new(
+        &vs("  - route:\n    - destination: {host: backend, subset: v1}\n"),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    f2.instances[0]
+        .app
+        .b
+        .body_stall_ms
+        .store(600, Ordering::SeqCst);
+    let (s, _, body) = send(&client, &f2.url("/"), &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(body, format!("hello from {}", f2.instances[0].app.name));
 }
