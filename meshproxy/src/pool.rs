@@ -293,14 +293,14 @@ enum Fresh {
 /// Why a try on a connection failed: the request came back unwritten (the connection was
 /// already gone), or it failed after (part of) it was sent.
 enum TryError {
-    Unsent(Request<Body>, Option<hyper::Error>),
+    Unsent(Box<Request<Body>>, Option<hyper::Error>),
     Sent(hyper::Error),
 }
 
 impl From<hyper::client::conn::TrySendError<Request<Body>>> for TryError {
     fn from(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> TryError {
         match e.take_message() {
-            Some(req) => TryError::Unsent(req, Some(e.into_error())),
+            Some(req) => TryError::Unsent(Box::new(req), Some(e.into_error())),
             None => TryError::Sent(e.into_error()),
         }
     }
@@ -326,7 +326,7 @@ pub async fn send_pooled(
     } else if !want_h2 && let Some(conn) = pool.checkout_h1(&key) {
         try_h1(pool, target, &key, conn, req).await
     } else {
-        Err(TryError::Unsent(req, None))
+        Err(TryError::Unsent(Box::new(req), None))
     };
     let req = match reused {
         Ok(resp) => return Ok(resp),
@@ -335,7 +335,7 @@ pub async fn send_pooled(
                 tracing::debug!(service = %target.service, error = %e, "pooled connection gone; reconnecting");
                 pool.h2_remove(&key);
             }
-            r
+            *r
         }
         Err(TryError::Sent(e)) => return Err(reset(target, &e)),
     };
@@ -437,7 +437,7 @@ async fn try_h1(
         *req.uri_mut() = http::Uri::from(pq);
     }
     if let Err(e) = conn.sender.ready().await {
-        return Err(TryError::Unsent(req, Some(e)));
+        return Err(TryError::Unsent(Box::new(req), Some(e)));
     }
     let resp = conn.sender.try_send_request(req).await?;
     conn.uses += 1;

@@ -1213,3 +1213,107 @@ async fn the_route_timeout_covers_a_slow_response_body() {
     assert_eq!(s, 200);
     assert_eq!(body, format!("hello from {}", f2.instances[0].app.name));
 }
+
+/// A loopback address whose connects hang: a listener with a full accept queue (backlog 0,
+/// one connection parked, never accepted), so the kernel drops further SYNs.
+fn black_hole() -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let l: std::net::TcpListener = s.into();
+    let addr = l.local_addr().unwrap();
+    let mut parked = Vec::new();
+    for _ in 0..2 {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            parked.push(c);
+        }
+    }
+    (l, parked, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_fails_a_hanging_connect_with_uf_in_time() {
+    let (_l, _parked, hole) = black_hole();
+    let policies = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    connectionPool:
+      tcp: {connectTimeout: 300ms}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - route: [{destination: {host: backend}}]
+    retries: {attempts: 0}
+";
+    let f = Fixture::new(policies, &[("backend-v1", "v1")]).await;
+    let mut cfg = Fixture::client_config(&f.mesh, policies, &f.instances, None, 2);
+    cfg.services.get_mut("backend").unwrap().endpoints[0].address = hole;
+    f.client.handle.apply(cfg).unwrap();
+    let t = Instant::now();
+    let (s, h, body) = send(&http1_client(), &f.url("/"), &[]).await;
+    let took = t.elapsed();
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(h["x-mesh-response-flags"], "UF", "{body}");
+    assert!(body.contains("connection timeout"), "{body}");
+    // Istio's default would have waited 10 s.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+/// The keepalive timer of the client proxy's connection to `peer`, from /proc/net/tcp:
+/// `Some(seconds until the next probe)` when the kernel runs a keepalive timer on it.
+fn keepalive_timer(peer: SocketAddr) -> Option<f64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let want = format!("0100007F:{:04X}", peer.port());
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // local, remote, state 01 = ESTABLISHED, "tr:when"
+        if f.get(2) != Some(&want.as_str()) || f.get(3) != Some(&"01") {
+            return None;
+        }
+        let (tr, when) = f.get(5)?.split_once(':')?;
+        (tr == "02").then(|| u64::from_str_radix(when, 16).ok().map(|j| j as f64 / 100.0))?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepalive_arms_the_kernels_keepalive_timer_with_the_given_time() {
+    let f = Fixture::new(
+        &pool_dr("").replace(
+            "      http: {}\n",
+            "      tcp: {tcpKeepalive: {time: 600s, interval: 30s, probes: 3}}\n",
+        ),
+        &[("backend-v1", "v1")],
+    )
+    .await;
+    assert_eq!(send(&http1_client(), &f.url("/"), &[]).await.0, 200);
+    // (A delayed-ACK timer shows the same way for a few ms; the keepalive one is minutes.)
+    let peer = f.instances[0].inbound;
+    assert_eventually!(
+        keepalive_timer(peer).is_some_and(|t| t > 500.0 && t <= 600.0),
+        "no 600 s keepalive timer on the connection: {:?}",
+        keepalive_timer(peer)
+    );
+
+    // Without tcpKeepalive (Istio's default: off) no keepalive timer runs.
+    let f = Fixture::new(&pool_dr(""), &[("backend-v1", "v1")]).await;
+    assert_eq!(send(&http1_client(), &f.url("/"), &[]).await.0, 200);
+    for _ in 0..10 {
+        let t = keepalive_timer(f.instances[0].inbound);
+        assert!(
+            t.is_none_or(|t| t < 1.0),
+            "unexpected keepalive timer: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
