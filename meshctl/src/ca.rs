@@ -369,6 +369,27 @@ impl Ca {
         Ok(token)
     }
 
+    /// Issues a pod token for `identity` held by container `holder`: reusable until revoked,
+    /// so the container gets a certificate again after Docker restarts it (see `ca::token`).
+    pub fn issue_pod_token(
+        &self,
+        identity: &SpiffeId,
+        holder: &str,
+    ) -> Result<BootstrapToken, CaError> {
+        self.check_domain(identity)?;
+        let token = self
+            .tokens
+            .issue_for_holder(identity, holder, SystemTime::now())?;
+        tracing::info!(identity = %identity, holder, "pod token issued");
+        Ok(token)
+    }
+
+    /// Revokes the pod tokens whose holder `revoke` selects (their containers are gone);
+    /// returns how many.
+    pub fn revoke_pod_tokens(&self, revoke: impl Fn(&str) -> bool) -> Result<usize, CaError> {
+        self.tokens.revoke_holders(revoke, SystemTime::now())
+    }
+
     /// Each identity's latest certificate expiry (for `meshctl status`).
     pub fn issued(&self) -> BTreeMap<SpiffeId, IssuedInfo> {
         self.issued

@@ -23,12 +23,17 @@ pub struct Cli {
 }
 
 /// Which files make the mesh; the flags `docker compose` has, with the same meaning.
+///
+/// `-f/--file` is not global: as in docker compose it belongs before the subcommand
+/// (`meshctl -f a.yaml up`), and `meshctl logs -f` means follow. Every subcommand but `logs`
+/// also takes `-f/--file` after its name ([`FileArgs`]; `logs` takes `--file`), so
+/// `meshctl up -f a.yaml` keeps working; both places add to one list, top-level first.
 #[derive(Debug, Clone, Args)]
 pub struct ProjectArgs {
     /// Compose file, Istio resource file or directory of them (repeatable). Default:
     /// compose.yaml (or compose.yml, docker-compose.yaml, docker-compose.yml), mesh.yaml and
     /// mesh/ in the project directory.
-    #[arg(short = 'f', long = "file", global = true, value_name = "PATH")]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub files: Vec<PathBuf>,
     /// Project name (default: the compose `name:`, else the directory name).
     #[arg(short = 'p', long = "project-name", global = true)]
@@ -38,34 +43,90 @@ pub struct ProjectArgs {
     pub project_directory: Option<PathBuf>,
 }
 
+/// `-f/--file` given after a subcommand's name (see [`ProjectArgs`]).
+#[derive(Debug, Clone, Default, Args)]
+pub struct FileArgs {
+    /// Compose file, Istio resource file or directory of them (repeatable); same as
+    /// `meshctl -f PATH <command>`.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate every file and analyse the mesh as a whole (like `istioctl analyze`).
     /// Exit 0 when there are no errors, 1 when there are, 2 on usage errors.
-    Check(OutputArgs),
+    Check {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Print the merged, normalized model (like `docker compose config`).
-    Config(OutputArgs),
+    Config {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Run the control plane in the foreground: CA, proxy API, config push, live reload of
     /// the mesh files, meshdns records.
-    Serve(crate::controlplane::commands::ServeArgs),
+    Serve {
+        #[command(flatten)]
+        args: crate::controlplane::commands::ServeArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Show the running control plane: config version and ACK/NACK per proxy, the last
     /// reload and its errors, identities and certificate expiry.
-    Status(OutputArgs),
+    Status {
+        #[command(flatten)]
+        out: OutputArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Make the running control plane reload the files now; with --wait, wait for every
     /// connected proxy to ACK (exit 1 if one refuses or does not answer in time).
-    Apply(crate::controlplane::commands::ApplyArgs),
+    Apply {
+        #[command(flatten)]
+        args: crate::controlplane::commands::ApplyArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Print the config the control plane compiles for one proxy.
-    ProxyConfig(crate::controlplane::commands::ProxyConfigArgs),
+    ProxyConfig {
+        #[command(flatten)]
+        args: crate::controlplane::commands::ProxyConfigArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Create or reconcile the mesh on Docker: network, control plane, meshdns, and per replica
     /// a sidecar that owns the network namespace plus the app joined to it.
-    Up(crate::docker::commands::UpArgs),
+    Up {
+        #[command(flatten)]
+        args: crate::docker::commands::UpArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Remove everything the project made on Docker (containers, network, the background
     /// control plane; volumes with -v) and nothing else.
-    Down(crate::docker::commands::DownArgs),
+    Down {
+        #[command(flatten)]
+        args: crate::docker::commands::DownArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// List the project's containers: service, mesh service, version, state, health,
     /// identity and certificate expiry, published ports.
-    Ps(crate::docker::commands::PsArgs),
-    /// Show the apps' logs (with --proxy, the sidecars' too).
+    Ps {
+        #[command(flatten)]
+        args: crate::docker::commands::PsArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Show the apps' logs (with --proxy, the sidecars' too). `-f` is `--follow` here, as in
+    /// docker compose; give files before the subcommand (`meshctl -f a.yaml logs -f`) or
+    /// with `--file`.
     Logs(crate::docker::commands::LogsArgs),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
@@ -79,21 +140,51 @@ pub struct OutputArgs {
     pub json: bool,
 }
 
+impl Cli {
+    /// The project flags with the subcommand's own `-f/--file` appended.
+    pub fn project_args(&self) -> ProjectArgs {
+        let mut project = self.project.clone();
+        project.files.extend(self.command.files().iter().cloned());
+        project
+    }
+}
+
+impl Command {
+    /// Files given after the subcommand's name.
+    fn files(&self) -> &[PathBuf] {
+        match self {
+            Command::Check { file, .. }
+            | Command::Config { file, .. }
+            | Command::Serve { file, .. }
+            | Command::Status { file, .. }
+            | Command::Apply { file, .. }
+            | Command::ProxyConfig { file, .. }
+            | Command::Up { file, .. }
+            | Command::Down { file, .. }
+            | Command::Ps { file, .. } => &file.files,
+            Command::Logs(args) => &args.files,
+            Command::ControlPlaneDaemon => &[],
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use crate::controlplane::commands;
+    use crate::docker::commands as docker;
+    let project = cli.project_args();
     match cli.command {
-        Command::Check(out) => check_cmd(load_project(&cli.project)?, &out),
-        Command::Config(out) => config_cmd(load_project(&cli.project)?, &out),
-        Command::Serve(args) => commands::serve(&cli.project, &args),
-        Command::Status(out) => commands::status(&cli.project, out.json),
-        Command::Apply(args) => commands::apply(&cli.project, &args),
-        Command::ProxyConfig(args) => commands::proxy_config(&cli.project, &args),
-        Command::Up(args) => crate::docker::commands::up(&cli.project, &args),
-        Command::Down(args) => crate::docker::commands::down(&cli.project, &args),
-        Command::Ps(args) => crate::docker::commands::ps(&cli.project, &args),
-        Command::Logs(args) => crate::docker::commands::logs(&cli.project, &args),
-        Command::ControlPlaneDaemon => crate::docker::commands::control_plane_daemon(&cli.project),
+        Command::Check { out, .. } => check_cmd(load_project(&project)?, &out),
+        Command::Config { out, .. } => config_cmd(load_project(&project)?, &out),
+        Command::Serve { args, .. } => commands::serve(&project, &args),
+        Command::Status { out, .. } => commands::status(&project, out.json),
+        Command::Apply { args, .. } => commands::apply(&project, &args),
+        Command::ProxyConfig { args, .. } => commands::proxy_config(&project, &args),
+        Command::Up { args, .. } => docker::up(&project, &args),
+        Command::Down { args, .. } => docker::down(&project, &args),
+        Command::Ps { args, .. } => docker::ps(&project, &args),
+        Command::Logs(args) => docker::logs(&project, &args),
+        Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
     }
 }
 
@@ -208,4 +299,48 @@ fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
         w.write_all(meshapi::model::to_yaml(&model)?.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("meshctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn files(cli: &Cli) -> Vec<String> {
+        cli.project_args()
+            .files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn dash_f_is_a_file_everywhere_but_follow_after_logs() {
+        // docker compose's habit: files before the subcommand, `logs -f` follows.
+        let cli = parse(&["-f", "a.yaml", "logs", "-f", "--tail", "5"]);
+        assert_eq!(files(&cli), ["a.yaml"]);
+        assert!(matches!(&cli.command, Command::Logs(l) if l.follow && l.tail == "5"));
+        let cli = parse(&["logs", "--file", "a.yaml", "--follow", "backend"]);
+        assert_eq!(files(&cli), ["a.yaml"]);
+        assert!(matches!(&cli.command, Command::Logs(l) if l.follow && l.services == ["backend"]));
+        let cli = parse(&["logs"]);
+        assert!(matches!(&cli.command, Command::Logs(l) if !l.follow));
+        // After any other subcommand -f is still a file; both places add up, top-level first.
+        let cli = parse(&["-f", "a.yaml", "up", "-d", "-f", "b.yaml", "--wait"]);
+        assert_eq!(files(&cli), ["a.yaml", "b.yaml"]);
+        assert!(matches!(&cli.command, Command::Up { args, .. } if args.detach && args.wait));
+        let cli = parse(&["check", "-f", "x", "--json"]);
+        assert_eq!(files(&cli), ["x"]);
+        // -p and --project-directory stay global.
+        let cli = parse(&["ps", "-p", "demo", "--project-directory", "d", "--json"]);
+        assert_eq!(cli.project_args().project_name.as_deref(), Some("demo"));
+        assert_eq!(
+            cli.project_args().project_directory,
+            Some(PathBuf::from("d"))
+        );
+    }
 }

@@ -11,6 +11,10 @@
 //!   namespace (static IP, hostname, published ports, DNS pointed at meshdns, NET_ADMIN) and
 //!   the app container joined to it with `network_mode: container:<sidecar>` (`plan`, `pod`).
 //!
+//! A sidecar has the `unless-stopped` restart policy and a pod token, so Docker can restart it
+//! and it gets its certificate again; its app is then restarted to join the new network
+//! namespace (`heal`).
+//!
 //! Images come from the engine, a compose `build:`, or are built by meshctl from static
 //! binaries it finds or builds (`image`, `runtime`). `up` reconciles: a container whose
 //! `io.meshctl.config-hash` label differs from the plan is recreated, missing ones created,
@@ -20,6 +24,7 @@ pub mod commands;
 pub mod cp;
 pub mod dns;
 pub mod engine;
+pub mod heal;
 pub mod image;
 pub mod network;
 pub mod plan;

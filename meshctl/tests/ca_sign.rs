@@ -276,6 +276,58 @@ fn outstanding_tokens_survive_a_restart_and_are_stored_hashed() {
         .unwrap();
 }
 
+/// A pod token (a sidecar container Docker may restart) is reusable for its one identity,
+/// across a control-plane restart, until its holder is revoked.
+#[test]
+fn pod_tokens_are_reusable_for_their_identity_until_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (id("frontend"), id("backend"));
+    let (_, csr_a) = csr_for(&a);
+    let (_, csr_b) = csr_for(&b);
+    let (token, other) = {
+        let ca = open_ca(tmp.path(), CaConfig::default());
+        let token = ca.issue_pod_token(&a, "p-frontend-1-proxy").unwrap();
+        let other = ca.issue_pod_token(&b, "p-backend-1-proxy").unwrap();
+        // First start and a restart of the container: the same token twice.
+        for _ in 0..2 {
+            ca.handle_csr(&request(Some(token.as_str()), &a, &csr_a), None)
+                .unwrap();
+        }
+        let err = ca
+            .handle_csr(&request(Some(token.as_str()), &b, &csr_b), None)
+            .unwrap_err();
+        assert!(
+            matches!(err, CaError::TokenIdentityMismatch { .. }),
+            "{err:?}"
+        );
+        (token, other)
+    };
+    // The control plane restarted: still valid (persisted, hashed).
+    let ca = open_ca(tmp.path(), CaConfig::default());
+    let text = std::fs::read_to_string(tmp.path().join(".mesh/tokens.json")).unwrap();
+    assert!(!text.contains(token.as_str()), "pod tokens are hashed too");
+    ca.handle_csr(&request(Some(token.as_str()), &a, &csr_a), None)
+        .unwrap();
+    // The container is removed: its token is revoked, the other pod's is not.
+    assert_eq!(
+        ca.revoke_pod_tokens(|h| h == "p-frontend-1-proxy").unwrap(),
+        1
+    );
+    let err = ca
+        .handle_csr(&request(Some(token.as_str()), &a, &csr_a), None)
+        .unwrap_err();
+    assert!(matches!(err, CaError::TokenUnknown), "{err:?}");
+    ca.handle_csr(&request(Some(other.as_str()), &b, &csr_b), None)
+        .unwrap();
+    // Re-issuing for a holder replaces its previous token.
+    let first = ca.issue_pod_token(&b, "p-backend-1-proxy").unwrap();
+    let second = ca.issue_pod_token(&b, "p-backend-1-proxy").unwrap();
+    for (t, ok) in [(&other, false), (&first, false), (&second, true)] {
+        let r = ca.handle_csr(&request(Some(t.as_str()), &b, &csr_b), None);
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+    }
+}
+
 #[test]
 fn invalid_config_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

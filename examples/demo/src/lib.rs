@@ -5,6 +5,11 @@
 //!   `POST /admin/heal` (how the end-to-end tests break one version on purpose).
 //! - frontend: answers `Frontend says: <backend body>` after calling `BACKEND_URL` (default
 //!   `http://backend:8080`), or 500 with the reason when it cannot.
+//!
+//! Both answer `GET /healthz` with 200 once they listen (the frontend without calling the
+//! backend), and both binaries take one optional mode argument ([`Mode`]): `healthcheck [URL]`
+//! probes a running instance and exits 0 or 1, for the compose `healthcheck:` of a `FROM
+//! scratch` image that has no curl.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -22,6 +27,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 type Body = Full<Bytes>;
+
+/// The path both apps answer 200 on once they listen.
+pub const HEALTHZ: &str = "/healthz";
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
@@ -74,6 +82,7 @@ impl Backend {
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
+            (&Method::GET, HEALTHZ) => text(StatusCode::OK, "ok\n"),
             (&Method::POST, "/admin/fail") => {
                 self.failing.store(true, Ordering::SeqCst);
                 text(StatusCode::OK, "failing\n")
@@ -121,7 +130,10 @@ impl Frontend {
         }
     }
 
-    pub async fn handle(self, _req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::GET && req.uri().path() == HEALTHZ {
+            return text(StatusCode::OK, "ok\n");
+        }
         match self.call_backend().await {
             Ok((status, body, version)) if status.is_success() => {
                 let mut r = text(StatusCode::OK, format!("Frontend says: {body}"));
@@ -176,4 +188,125 @@ pub fn listen_addr(default: u16) -> SocketAddr {
         .and_then(|p| p.parse().ok())
         .unwrap_or(default);
     SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+/// What a demo binary was asked to do on its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// No argument: serve.
+    Serve,
+    /// `healthcheck [URL]`: one GET of URL (default `http://127.0.0.1:<PORT>/healthz`); exit 0
+    /// on a 2xx answer, 1 otherwise.
+    Healthcheck(String),
+}
+
+/// The mode from the arguments after the program name; an unknown argument is an error with
+/// the usage (the binary exits 2 with it, which is also how the end-to-end tests make an app
+/// that exits during start-up: `command: ["--no-such-mode"]`).
+pub fn mode(args: &[String], default_port: u16) -> Result<Mode, String> {
+    let port = listen_addr(default_port).port();
+    match args {
+        [] => Ok(Mode::Serve),
+        [m] if m == "healthcheck" => Ok(Mode::Healthcheck(format!(
+            "http://127.0.0.1:{port}{HEALTHZ}"
+        ))),
+        [m, url] if m == "healthcheck" => Ok(Mode::Healthcheck(url.clone())),
+        other => Err(format!(
+            "unknown arguments {other:?}\nusage: (no arguments: serve on PORT, default {default_port}) | healthcheck [URL]"
+        )),
+    }
+}
+
+/// One `GET` of `url` (`http://host:port/path`, plain HTTP/1.1) within `timeout`: Ok on a 2xx
+/// status, otherwise what went wrong. Blocking and dependency-free, for the healthcheck mode.
+pub fn healthcheck(url: &str, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&authority)
+        .map_err(|e| format!("{authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)
+        .map_err(|e| format!("read the status line: {e}"))?;
+    let status = std::str::from_utf8(&head)
+        .ok()
+        .and_then(|h| h.strip_prefix("HTTP/1.1 ").or(h.strip_prefix("HTTP/1.0 ")))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&head)))?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {status}"))
+    }
+}
+
+/// The common `main` of the demo binaries: parse the mode, then serve with `serve` until
+/// SIGTERM or SIGINT, or probe.
+pub fn run<F, Fut>(default_port: u16, serve: F) -> std::process::ExitCode
+where
+    F: FnOnce(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match mode(&args, default_port) {
+        Ok(Mode::Serve) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            // PID 1 in a container gets no default signal action: without this, `docker stop`
+            // waits its whole grace period and then kills.
+            let run = async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    r = serve(listen_addr(default_port)) => r,
+                    _ = term.recv() => Ok(()),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            };
+            match rt.block_on(run) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Ok(Mode::Healthcheck(url)) => match healthcheck(&url, Duration::from_secs(2)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Err(usage) => {
+            eprintln!("{usage}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

@@ -5,6 +5,14 @@
 //! `<state>/.mesh/tokens.json` (mode 0600), so a restarted control plane honours outstanding
 //! tokens and a leaked state file does not leak usable tokens. A used token stays recorded
 //! (as used) until well after its expiry, so a replay is reported as a replay.
+//!
+//! A *pod token* ([`TokenStore::issue_for_holder`]) is the exception, for containers Docker may
+//! restart: it names its holder (the sidecar container), is valid any number of times for its
+//! one identity and does not expire; it is revoked when its holder is removed
+//! ([`TokenStore::revoke_holders`]: `meshctl up` recreating or scaling away the pod, `meshctl
+//! down`). A sidecar restarted by Docker (restart policy, `docker restart`, a daemon restart)
+//! starts with the same environment, so it presents the same token and gets a certificate
+//! again; the workload key never leaves the proxy's memory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +36,9 @@ struct TokenRecord {
     /// Milliseconds since the Unix epoch.
     expires_at_ms: u64,
     used: bool,
+    /// The container a pod token belongs to; `None` for a single-use token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -96,7 +107,64 @@ impl TokenStore {
             identity: identity.clone(),
             expires_at_ms: millis(now + ttl),
             used: false,
+            holder: None,
         };
+        self.insert(token, record, now)
+    }
+
+    /// Issues a pod token for `identity` held by container `holder`: reusable, no expiry,
+    /// valid until [`TokenStore::revoke_holders`] removes it. An earlier token of the same
+    /// holder is revoked (one token per container name).
+    pub fn issue_for_holder(
+        &self,
+        identity: &SpiffeId,
+        holder: &str,
+        now: SystemTime,
+    ) -> Result<BootstrapToken, CaError> {
+        let record = TokenRecord {
+            identity: identity.clone(),
+            expires_at_ms: u64::MAX,
+            used: false,
+            holder: Some(holder.to_string()),
+        };
+        let mut bytes = [0u8; TOKEN_RANDOM_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = BootstrapToken::from_random(&bytes);
+        self.lock()
+            .retain(|_, r| r.holder.as_deref() != Some(holder));
+        self.insert(token, record, now)
+    }
+
+    /// Revokes the pod tokens whose holder `revoke` selects; returns how many.
+    pub fn revoke_holders(
+        &self,
+        revoke: impl Fn(&str) -> bool,
+        now: SystemTime,
+    ) -> Result<usize, CaError> {
+        let mut tokens = self.lock();
+        let before = tokens.len();
+        tokens.retain(|_, r| !r.holder.as_deref().is_some_and(&revoke));
+        let revoked = before - tokens.len();
+        if revoked > 0 {
+            self.save(&mut tokens, now)?;
+        }
+        Ok(revoked)
+    }
+
+    /// Holders of the pod tokens in the store.
+    pub fn holders(&self) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter_map(|r| r.holder.clone())
+            .collect()
+    }
+
+    fn insert(
+        &self,
+        token: BootstrapToken,
+        record: TokenRecord,
+        now: SystemTime,
+    ) -> Result<BootstrapToken, CaError> {
         let mut tokens = self.lock();
         tokens.insert(hash(token.as_str()), record);
         self.save(&mut tokens, now)?;
@@ -109,7 +177,8 @@ impl TokenStore {
         Self::validate(&tokens, token, identity, now).map(|_| ())
     }
 
-    /// Uses `token` for `identity`: valid once, atomically, and persisted before returning.
+    /// Uses `token` for `identity`: valid once, atomically, and persisted before returning
+    /// (a pod token stays valid: nothing changes).
     pub fn consume(
         &self,
         token: &str,
@@ -118,8 +187,9 @@ impl TokenStore {
     ) -> Result<(), CaError> {
         let mut tokens = self.lock();
         let key = Self::validate(&tokens, token, identity, now)?;
-        if let Some(record) = tokens.get_mut(&key) {
-            record.used = true;
+        match tokens.get_mut(&key) {
+            Some(record) if record.holder.is_none() => record.used = true,
+            _ => return Ok(()),
         }
         self.save(&mut tokens, now)
     }

@@ -71,9 +71,12 @@ pub struct PsArgs {
 /// `meshctl logs`.
 #[derive(Debug, Clone, Args)]
 pub struct LogsArgs {
-    /// Follow the output (`-f` is the global `--file`, so only the long form).
-    #[arg(long)]
+    /// Follow the output.
+    #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Compose file, Istio resource file or directory (repeatable; `-f` before `logs` too).
+    #[arg(long = "file", value_name = "PATH")]
+    pub files: Vec<std::path::PathBuf>,
     /// Lines from the end of each log (`all` for everything).
     #[arg(long, default_value = "all")]
     pub tail: String,
@@ -101,6 +104,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("cannot start the async runtime")
 }
+
+/// Seconds a container gets to stop after SIGTERM before SIGKILL (compose's default).
+const STOP_GRACE_SECS: i32 = 10;
 
 /// `meshctl up`.
 pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
@@ -131,6 +137,7 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         // Foreground: stream the apps' logs until Ctrl-C or SIGTERM, then stop the project.
         let engine = Engine::connect().await?;
+        let heal = tokio::spawn(super::heal::watch(project.name().to_string()));
         let follow = follow_logs(&engine, &outcome.apps, "all");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
@@ -139,26 +146,39 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        let stopping = std::time::Instant::now();
         eprintln!("\nstopping {}", project.name());
         let containers = engine.containers(project.name()).await?;
-        // Apps first (in parallel, as compose does), then sidecars and meshdns.
+        // Apps first, in parallel with compose's 10 s grace each: in-flight requests finish
+        // through their sidecars. Then sidecars (meshproxy drains within its config's
+        // `drainDeadline`, 5 s) and meshdns, in parallel.
         for wave in [true, false] {
             let stops = containers
                 .iter()
-                .filter(|c| (c.role() == Some(Role::App)) == wave)
+                .filter(|c| c.state == "running" && (c.role() == Some(Role::App)) == wave)
                 .map(|c| {
                     let engine = &engine;
                     let progress = &progress;
                     async move {
+                        let label = format!("Container {}", c.name);
+                        progress.line(&label, "Stopping");
                         let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
-                            .t(10)
+                            .t(STOP_GRACE_SECS)
                             .build();
-                        let _ = engine.docker.stop_container(&c.id, Some(opts)).await;
-                        progress.line(&format!("Container {}", c.name), "Stopped");
+                        match engine.docker.stop_container(&c.id, Some(opts)).await {
+                            Ok(()) => progress.line(&label, "Stopped"),
+                            Err(e) => progress.line(&label, &format!("not stopped: {e}")),
+                        }
                     }
                 });
             futures_util::future::join_all(stops).await;
         }
+        eprintln!(
+            "stopped {} in {:.1} s",
+            project.name(),
+            stopping.elapsed().as_secs_f64()
+        );
+        heal.abort();
         if let Some(cp) = outcome.control_plane {
             cp.shutdown().await;
         }
@@ -207,6 +227,13 @@ pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> 
     let progress = Progress::new();
     if super::cp::stop(&project.state_dir) {
         progress.line("Control plane", "Stopped");
+    }
+    // Every pod token dies with its container.
+    let tokens = project.state_dir.join("tokens.json");
+    if tokens.exists() {
+        crate::ca::token::TokenStore::open(&tokens)
+            .and_then(|t| t.revoke_holders(|_| true, std::time::SystemTime::now()))
+            .with_context(|| format!("revoking the pod tokens in {}", tokens.display()))?;
     }
     let _ = std::fs::remove_file(project.state_dir.join(super::cp::PLACEMENT_FILE));
     runtime()?.block_on(async {

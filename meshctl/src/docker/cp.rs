@@ -256,6 +256,13 @@ pub fn daemon(project: &ProjectSpec) -> anyhow::Result<std::process::ExitCode> {
             .await
             .context("starting the control plane")?;
         println!("control plane listening on {}", cp.local_addr());
+        let heal = match super::up::Project::load(project) {
+            Ok(p) => Some(tokio::spawn(super::heal::watch(p.name().to_string()))),
+            Err(e) => {
+                println!("not watching for restarted sidecars: {e}");
+                None
+            }
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
         tokio::select! {
@@ -263,6 +270,9 @@ pub fn daemon(project: &ProjectSpec) -> anyhow::Result<std::process::ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
         }
         println!("control plane stopping");
+        if let Some(h) = heal {
+            h.abort();
+        }
         cp.shutdown().await;
         Ok(std::process::ExitCode::SUCCESS)
     })

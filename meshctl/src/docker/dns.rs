@@ -29,6 +29,9 @@ pub fn body(
     let ip = network.dns_ip();
     let mut body = ContainerCreateBody {
         hostname: Some("meshdns".into()),
+        // meshdns shuts down on SIGINT; as PID 1 it would ignore Docker's default SIGTERM
+        // and `docker stop` would wait out the whole grace period.
+        stop_signal: Some("SIGINT".into()),
         entrypoint: Some(vec!["/meshdns".into()]),
         cmd: Some(vec![
             "--records".into(),

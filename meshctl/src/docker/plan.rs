@@ -109,6 +109,8 @@ pub enum PlanError {
     Service { service: String, message: String },
     #[error("depends_on cycle through {0}")]
     Cycle(String),
+    #[error("compose networks: {0}")]
+    Networks(String),
 }
 
 /// Container name of replica `instance` (0-based) of `service`: compose's `<project>-<service>-<n>`.
@@ -121,8 +123,49 @@ pub fn sidecar_name(project: &str, service: &str, instance: u32) -> String {
     format!("{}-proxy", app_name(project, service, instance))
 }
 
+/// Compose `networks:` that `up` serves: only the implicit `default` network, which is the
+/// project's `<project>_mesh` (every pod on it, at an address meshctl chooses; services reach
+/// each other by name through meshdns and the sidecars). Anything else is refused by name
+/// rather than silently ignored: another network would bypass the mesh (its traffic would
+/// not pass the capture rules' VIPs), and an alias or a fixed address on `default` would
+/// resolve to a pod address that only mTLS peers may reach.
+pub fn check_networks(compose: &ComposeFile) -> Result<(), PlanError> {
+    let not_served = |what: String| PlanError::Networks(what);
+    for (name, def) in &compose.networks {
+        if name != "default" {
+            return Err(not_served(format!(
+                "top-level network {name:?} is not served (only `default`, which is the project's mesh network)"
+            )));
+        }
+        if def
+            .as_ref()
+            .is_some_and(|d| d != &meshapi::compose::NetworkDef::default())
+        {
+            return Err(not_served(
+                "options on the `default` network are not served (meshctl creates it: a bridge with a /24 it chooses)".into(),
+            ));
+        }
+    }
+    for (svc, s) in &compose.services {
+        for (name, n) in &s.networks {
+            if name != "default" {
+                return Err(not_served(format!(
+                    "service {svc}: network {name:?} is not served (every pod is on the project's mesh network; remove `networks:`)"
+                )));
+            }
+            if !n.aliases.is_empty() || n.ipv4_address.is_some() || n.ipv6_address.is_some() {
+                return Err(not_served(format!(
+                    "service {svc}: aliases and fixed addresses on `default` are not served (services are reached by their mesh service name through meshdns)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds the plan.
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
+    check_networks(input.compose)?;
     let mut used: Vec<Ipv4Addr> = input.existing_ips.values().copied().collect();
     let mut pods = Vec::new();
     let mut volumes = Vec::new();
@@ -238,7 +281,8 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     })
 }
 
-/// The sidecar's body with its bootstrap token (never part of the hash: it changes each time).
+/// The sidecar's body with its pod token (never part of the hash: it changes each time the
+/// sidecar is created; it stays valid across Docker's restarts of that container).
 pub fn with_token(body: &ContainerCreateBody, token: &str) -> ContainerCreateBody {
     let mut b = body.clone();
     let env = b.env.get_or_insert_with(Vec::new);
@@ -313,6 +357,12 @@ fn sidecar_body(
         host_config: Some(HostConfig {
             network_mode: Some(input.network.name.clone()),
             port_bindings: Some(bindings),
+            // The mesh's own piece comes back after a crash or a daemon restart (`heal`
+            // rejoins its app); `docker stop` and `meshctl down` stop it for good.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
             cap_add: Some(vec!["NET_ADMIN".into()]),
             dns: Some(vec![input.network.dns_ip().to_string()]),
             dns_search: Some(vec![
@@ -647,6 +697,37 @@ mod tests {
         );
         assert!(shell_split("echo 'oops").is_err());
         assert_eq!(shell_split("  ").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn only_the_default_network_is_served() {
+        use serde_json::json;
+        let compose = |v: serde_json::Value| -> ComposeFile { serde_json::from_value(v).unwrap() };
+        let svc = |networks: serde_json::Value| json!({"a": {"image": "x", "networks": networks}});
+        let ok =
+            compose(json!({"services": svc(json!(["default"])), "networks": {"default": null}}));
+        check_networks(&ok).unwrap();
+        for (v, want) in [
+            (
+                json!({"services": svc(json!(["front"])), "networks": {"front": {}}}),
+                "top-level network \"front\" is not served",
+            ),
+            (
+                json!({"services": svc(json!(["front"]))}),
+                "service a: network \"front\" is not served",
+            ),
+            (
+                json!({"services": svc(json!({"default": {"aliases": ["b"]}}))}),
+                "service a: aliases and fixed addresses",
+            ),
+            (
+                json!({"services": svc(json!([])), "networks": {"default": {"driver": "overlay"}}}),
+                "options on the `default` network",
+            ),
+        ] {
+            let err = check_networks(&compose(v.clone())).unwrap_err().to_string();
+            assert!(err.contains(want), "{v}: {err}");
+        }
     }
 
     #[test]

@@ -226,6 +226,9 @@ pub async fn up(
     let mut new_sidecars: Vec<&PodPlan> = Vec::new();
     let mut new_apps: BTreeSet<String> = BTreeSet::new();
     let mut start_apps: BTreeMap<String, String> = BTreeMap::new();
+    // Running apps kept as they are: (app name, app ID, sidecar ID), checked for a sidecar
+    // that Docker restarted under them (`heal`).
+    let mut kept_apps: Vec<(String, String, String)> = Vec::new();
     let mut remove: Vec<&Owned> = Vec::new();
     for p in &plan.pods {
         let sc = by_name.get(p.sidecar_name.as_str());
@@ -247,6 +250,8 @@ pub async fn up(
             Some(c) if c.label(LABEL_CONFIG_HASH) == p.app_hash => {
                 if c.state != "running" {
                     start_apps.insert(p.app_name.clone(), c.id.clone());
+                } else if let Some(sc) = sc {
+                    kept_apps.push((p.app_name.clone(), c.id.clone(), sc.id.clone()));
                 }
             }
             Some(c) => {
@@ -310,10 +315,19 @@ pub async fn up(
         }
         let ca = Ca::open(&project.spec.working_dir, ca_config.clone())
             .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?;
+        // The pod tokens of the sidecars removed above die with them; a recreated sidecar
+        // gets a new one.
+        let removed: BTreeSet<&str> = remove
+            .iter()
+            .filter(|c| c.role() == Some(Role::Sidecar))
+            .map(|c| c.name.as_str())
+            .collect();
+        ca.revoke_pod_tokens(|holder| removed.contains(holder))
+            .map_err(|e| DockerError::ControlPlane(format!("revoking pod tokens: {e}")))?;
         for p in &new_sidecars {
             let t = ca
-                .issue_token(&p.identity)
-                .map_err(|e| DockerError::ControlPlane(format!("bootstrap token: {e}")))?;
+                .issue_pod_token(&p.identity, &p.sidecar_name)
+                .map_err(|e| DockerError::ControlPlane(format!("pod token: {e}")))?;
             tokens.insert(p.sidecar_name.clone(), t.as_str().to_string());
         }
         drop(ca);
@@ -400,6 +414,17 @@ pub async fn up(
     .await;
     for r in started {
         r?;
+    }
+
+    // Kept apps whose sidecar Docker restarted: restart them into its namespace.
+    for (app, app_id, sidecar_id) in &kept_apps {
+        if super::heal::stale_app(&engine, app_id, sidecar_id).await? {
+            super::heal::restart_app(&engine, app, app_id).await?;
+            progress.line(
+                &format!("Container {app}"),
+                "Restarted (its sidecar had restarted)",
+            );
+        }
     }
 
     // Apps, in depends_on order.

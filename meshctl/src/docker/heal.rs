@@ -1,0 +1,149 @@
+//! Pods whose sidecar Docker restarted.
+//!
+//! An app container joins its sidecar's network namespace when it starts (`network_mode:
+//! container:<sidecar>`). When Docker restarts the sidecar (`docker restart`, the sidecar's
+//! `unless-stopped` policy after a crash, a daemon restart), the sidecar comes back in a new
+//! namespace with its old address and the app stays in the old one, which has only loopback:
+//! nothing reaches the app and its calls fail. As Kubernetes restarts the containers of a pod
+//! whose sandbox changed, meshctl restarts such an app, which then joins the new namespace:
+//! the control plane (foreground `up` and the background one of `up -d`) watches the engine's
+//! start events of the project's sidecars ([`watch`]), and `up` checks every pod it keeps
+//! ([`stale_app`]). The restarted sidecar gets its certificate again with its pod token
+//! (`ca::token`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::query_parameters::{EventsOptionsBuilder, RestartContainerOptions};
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::engine::Engine;
+use super::{DockerError, LABEL_PROJECT, LABEL_ROLE, Role};
+
+/// When the container last started, if it is running.
+async fn started_at(engine: &Engine, id: &str) -> Result<Option<OffsetDateTime>, DockerError> {
+    let c = engine
+        .docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(DockerError::api(format!("inspecting container {id}")))?;
+    let state = c.state.unwrap_or_default();
+    if state.running != Some(true) {
+        return Ok(None);
+    }
+    Ok(state
+        .started_at
+        .and_then(|s| OffsetDateTime::parse(&s, &Rfc3339).ok()))
+}
+
+/// True when the running app `app_id` started before its running sidecar `sidecar_id` last
+/// started: it is still in the sidecar's previous network namespace.
+pub async fn stale_app(
+    engine: &Engine,
+    app_id: &str,
+    sidecar_id: &str,
+) -> Result<bool, DockerError> {
+    let (Some(app), Some(sidecar)) = (
+        started_at(engine, app_id).await?,
+        started_at(engine, sidecar_id).await?,
+    ) else {
+        return Ok(false);
+    };
+    Ok(app < sidecar)
+}
+
+/// Restarts the app container `app_id` so that it joins its sidecar's current namespace.
+pub async fn restart_app(engine: &Engine, name: &str, app_id: &str) -> Result<(), DockerError> {
+    engine
+        .docker
+        .restart_container(app_id, None::<RestartContainerOptions>)
+        .await
+        .map_err(DockerError::api(format!("restarting {name}")))
+}
+
+/// Checks the pod of the sidecar container `sidecar_name` and restarts its app when it is
+/// stale. Returns whether it did.
+pub async fn rejoin(
+    engine: &Engine,
+    project: &str,
+    sidecar_name: &str,
+) -> Result<bool, DockerError> {
+    let containers = engine.containers(project).await?;
+    let Some(sidecar) = containers
+        .iter()
+        .find(|c| c.name == sidecar_name && c.role() == Some(Role::Sidecar))
+    else {
+        return Ok(false);
+    };
+    let Some(key) = sidecar.pod_key() else {
+        return Ok(false);
+    };
+    let Some(app) = containers
+        .iter()
+        .find(|c| c.role() == Some(Role::App) && c.pod_key().as_ref() == Some(&key))
+    else {
+        return Ok(false);
+    };
+    if !stale_app(engine, &app.id, &sidecar.id).await? {
+        return Ok(false);
+    }
+    restart_app(engine, &app.name, &app.id).await?;
+    Ok(true)
+}
+
+/// Watches the engine for (re)starts of the project's sidecars and rejoins their apps, until
+/// the task is dropped. Reconnects when the engine goes away (a daemon restart).
+pub async fn watch(project: String) {
+    loop {
+        match Engine::connect().await {
+            Ok(engine) => {
+                let filters = HashMap::from([
+                    ("type", vec!["container".to_string()]),
+                    ("event", vec!["start".to_string()]),
+                    (
+                        "label",
+                        vec![
+                            format!("{LABEL_PROJECT}={project}"),
+                            format!("{LABEL_ROLE}={}", Role::Sidecar.as_str()),
+                        ],
+                    ),
+                ]);
+                let opts = EventsOptionsBuilder::new().filters(&filters).build();
+                let mut events = engine.docker.events(Some(opts));
+                while let Some(event) = events.next().await {
+                    let event = match event {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "docker events ended");
+                            break;
+                        }
+                    };
+                    let Some(name) = event
+                        .actor
+                        .and_then(|a| a.attributes)
+                        .and_then(|a| a.get("name").cloned())
+                    else {
+                        continue;
+                    };
+                    match rejoin(&engine, &project, &name).await {
+                        Ok(true) => tracing::info!(
+                            sidecar = %name,
+                            "sidecar restarted: its app was restarted to join the new network namespace"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(sidecar = %name, error = %e, "cannot rejoin the app of a restarted sidecar")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "docker events: engine unreachable"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
