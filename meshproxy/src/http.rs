@@ -44,6 +44,46 @@ pub fn is_upgrade(req: &http::Request<hyper::body::Incoming>) -> bool {
             .any(|t| t == "upgrade")
 }
 
+/// Whether a request opens a tunnel once answered: an HTTP/1.1 upgrade, or `CONNECT`.
+pub fn is_tunnel(req: &http::Request<hyper::body::Incoming>) -> bool {
+    req.method() == http::Method::CONNECT || is_upgrade(req)
+}
+
+/// Whether the answer to a tunnel request opened the tunnel: `101` to an upgrade, any 2xx to
+/// `CONNECT` (RFC 9110 section 9.3.6).
+pub fn tunnel_opened(method: &http::Method, status: http::StatusCode) -> bool {
+    status == http::StatusCode::SWITCHING_PROTOCOLS
+        || (method == http::Method::CONNECT && status.is_success())
+}
+
+/// Sends a tunnel request (upgrade or `CONNECT`) on its own HTTP/1.1 connection over `io`; the
+/// caller splices the two sides when [`tunnel_opened`].
+pub async fn send_tunnel<S>(
+    io: S,
+    req: http::Request<Body>,
+    service: &str,
+) -> Result<http::Response<hyper::body::Incoming>, ProxyError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ProxyError::UpstreamConnect {
+            service: service.to_string(),
+            reason: e.to_string(),
+        })?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| ProxyError::UpstreamReset {
+            service: service.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 fn connection_tokens(h: &HeaderMap) -> Vec<String> {
     h.get_all(header::CONNECTION)
         .iter()

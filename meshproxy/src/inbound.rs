@@ -292,6 +292,9 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         &ctx.shared.metrics.authz,
     )?;
     let upgrade = crate::http::is_upgrade(&req);
+    if req.method() == http::Method::CONNECT {
+        return connect_tunnel(ctx, &snap, req).await;
+    }
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     strip_internal(&mut parts.headers);
@@ -359,5 +362,55 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
+    Ok(resp.map(crate::http::boxed))
+}
+
+/// `CONNECT` to the application (a forward proxy in the mesh): sent as received, target and
+/// all, on a connection of its own (a pooled client would rewrite the target into the
+/// application's address), and spliced to the peer once the application answers 2xx.
+async fn connect_tunnel(
+    ctx: &ConnCtx,
+    snap: &crate::state::Snapshot,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let port = ctx.peer.port;
+    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
+    let app = SocketAddr::from(([127, 0, 0, 1], app_port));
+    let service = format!("inbound|{port}");
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    strip_internal(&mut parts.headers);
+    if let (true, Some(v)) = (snap.cfg.xfcc, &ctx.xfcc) {
+        parts.headers.insert(XFCC, v.clone());
+    }
+    let mut req = Request::from_parts(parts, crate::http::boxed(body));
+    let down = hyper::upgrade::on(&mut req);
+    let stream = match tokio::time::timeout(
+        snap.cfg.limits.connect_timeout.0,
+        TcpStream::connect(app),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(ProxyError::UpstreamConnect {
+                service,
+                reason: io_reason(&e),
+            });
+        }
+        Err(_) => {
+            return Err(ProxyError::UpstreamConnect {
+                service,
+                reason: "connection timeout".into(),
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut resp = crate::http::send_tunnel(stream, req, &service).await?;
+    if crate::http::tunnel_opened(&http::Method::CONNECT, resp.status()) {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(splice_upgrade(down, up));
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(crate::http::boxed))
 }

@@ -150,7 +150,8 @@ async fn forward(
             target: dst.to_string(),
         })?;
     let upgrade = crate::http::is_upgrade(&req);
-    if !upgrade && let Some((_, host)) = crate::traffic::table_for(&snap, out) {
+    let tunnel = crate::http::is_tunnel(&req);
+    if !tunnel && let Some((_, host)) = crate::traffic::table_for(&snap, out) {
         let port = out.target_port();
         return crate::traffic::forward(shared, snap.clone(), host, port, remote, req).await;
     }
@@ -185,11 +186,16 @@ async fn forward(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let mut req = Request::from_parts(parts, crate::http::boxed(body));
-    let mut resp = if upgrade {
+    let method = req.method().clone();
+    let mut resp = if tunnel {
+        // An upgrade or CONNECT gets its own HTTP/1.1 stream to the endpoint, spliced to the
+        // client's connection once the endpoint opens the tunnel.
         let down = hyper::upgrade::on(&mut req);
-        *req.uri_mut() = pq
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        if method != http::Method::CONNECT {
+            *req.uri_mut() = pq
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+        }
         if !req.headers().contains_key(header::HOST)
             && let Ok(h) = HeaderValue::from_str(&authority)
         {
@@ -197,23 +203,8 @@ async fn forward(
         }
         let tls = crate::upstream::settings(&target);
         let stream = crate::upstream::connect(shared, &target, &tls, Wire::Http1).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ProxyError::UpstreamConnect {
-                service: service.clone(),
-                reason: e.to_string(),
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        let mut resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::UpstreamReset {
-                service: service.clone(),
-                reason: e.to_string(),
-            })?;
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let mut resp = crate::http::send_tunnel(stream, req, &service).await?;
+        if crate::http::tunnel_opened(&method, resp.status()) {
             let up = hyper::upgrade::on(&mut resp);
             tokio::spawn(splice_upgrade(down, up));
         }

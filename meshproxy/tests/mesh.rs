@@ -1,11 +1,12 @@
 //! End-to-end through two in-process proxies: client -> proxy A (outbound) -> mTLS ->
 //! proxy B (inbound) -> echo app, for HTTP/1.1, gRPC-style HTTP/2 with trailers, TCP and
-//! WebSocket-style upgrades; plus live reload, admin endpoints and drain.
+//! WebSocket-style upgrades and CONNECT; plus live reload, admin endpoints and drain.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -605,4 +606,100 @@ async fn pooled_connection_recovers_when_the_peer_proxy_restarts() {
         let (status, _, body) = get(&client, &url).await;
         assert_eq!(status, 200, "{body}");
     }
+}
+
+/// A forward proxy as an application: answers `CONNECT` with 200, then echoes; records the
+/// request line it was sent.
+async fn connect_app() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                seen.lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or("").to_string());
+                s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).await.is_err() {
+            break;
+        }
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_passes_through_to_a_forward_proxy_in_the_mesh() {
+    let mesh = Mesh::new();
+    let (app, seen) = connect_app().await;
+    let b = backend_proxy(&mesh, "backend", app.port(), "http", "STRICT").await;
+    let a_yaml = client_yaml(
+        &mesh.identity_yaml("frontend"),
+        1,
+        VIP,
+        "http",
+        app.port(),
+        &[(b.inbound, "backend")],
+    );
+    let a = meshproxy::build(parse(&a_yaml)).await.unwrap();
+    let mut s = TcpStream::connect(a.outbound(vip()).unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The forward proxy got the client's target, over mTLS between the proxies.
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        vec!["CONNECT api.example.test:443 HTTP/1.1".to_string()]
+    );
+    for msg in [&b"\x16\x03\x01 tls-ish bytes"[..], b"more"] {
+        s.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg);
+    }
+
+    // A refused CONNECT (nothing listens on the app port) is a flagged local answer.
+    let b2 = backend_proxy(&mesh, "backend", 1, "http", "STRICT").await;
+    let a_yaml = client_yaml(
+        &mesh.identity_yaml("frontend"),
+        2,
+        VIP,
+        "http",
+        1,
+        &[(b2.inbound, "backend")],
+    );
+    let a = meshproxy::build(parse(&a_yaml)).await.unwrap();
+    let out = raw(
+        a.outbound(vip()).unwrap(),
+        b"CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("x-mesh-response-flags: uf"),
+        "{out}"
+    );
 }
