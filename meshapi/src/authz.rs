@@ -15,6 +15,7 @@
 //!
 //! docs/authorization.md describes the semantics and every choice made where Istio leaves room.
 
+mod index;
 mod matcher;
 mod normalize;
 mod peer;
@@ -24,6 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
+pub use index::ConnectionFilter;
 pub use matcher::{PathMatch, StrMatch, TemplateSegment};
 pub use normalize::{
     NormalizeError, NormalizedPath, PathNormalization, check_method, normalize_path,
@@ -36,6 +38,7 @@ pub use rule::{CompiledRule, Cond, ServiceAccountName, Term};
 use crate::istio::{Action, AuthorizationPolicy, IstioResource};
 use crate::load::Mesh;
 use crate::model::Workload;
+use index::{Candidate, RequestKey};
 use matcher::Peer;
 use rule::{Mode, RuleCtx, compile_rule};
 
@@ -69,6 +72,31 @@ impl Default for MeshSecurity {
             trust_domain: crate::model::DEFAULT_TRUST_DOMAIN.to_string(),
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::Base,
+        }
+    }
+}
+
+impl MeshSecurity {
+    /// The settings of a loaded mesh: the root namespace, trust domain aliases and path
+    /// normalization from its compose file's top-level `x-mesh` (defaults without one), and
+    /// `trust_domain`, the one its identities are issued in.
+    pub fn of(mesh: &Mesh, trust_domain: &str) -> MeshSecurity {
+        let Some(c) = mesh.compose.as_ref() else {
+            return MeshSecurity {
+                trust_domain: trust_domain.to_string(),
+                ..MeshSecurity::default()
+            };
+        };
+        MeshSecurity {
+            root_namespace: c.root_namespace().to_string(),
+            trust_domain: trust_domain.to_string(),
+            trust_domain_aliases: c
+                .trust_domain_aliases()
+                .iter()
+                .filter(|a| *a != trust_domain)
+                .cloned()
+                .collect(),
+            path_normalization: c.path_normalization(),
         }
     }
 }
@@ -417,78 +445,26 @@ impl Decision<'_> {
     pub const DETAILS_PREFIX: &'static str = "rbac_access_denied_matched_policy";
 }
 
+/// The first rule of `policies` that matches: among the connection's candidates when the
+/// request comes with its [`ConnectionFilter`], else among all rules.
 fn first_match<'p>(
     policies: &'p [CompiledPolicy],
     req: &RequestAttributes<'_>,
     peer: &Peer<'_>,
     mode: Mode,
-    candidates: Option<&[(u32, u32)]>,
+    filtered: Option<(&ConnectionFilter, &RequestKey, &[Candidate])>,
 ) -> Option<MatchedPolicy<'p>> {
-    let matched = |p: &'p CompiledPolicy, i: usize| MatchedPolicy {
-        namespace: &p.namespace,
-        name: &p.name,
-        rule: i,
-        id: &p.rules[i].id,
-    };
-    match candidates {
-        None => policies
-            .iter()
-            .find_map(|p| p.matching_rule(req, peer, mode).map(|i| matched(p, i))),
-        // In (policy, rule) order, so the first candidate that matches is the first match.
-        Some(c) => c.iter().find_map(|&(pi, ri)| {
-            let p = policies.get(pi as usize)?;
-            let r = p.rules.get(ri as usize)?;
-            r.matches(req, peer, mode).then(|| matched(p, ri as usize))
-        }),
+    if let Some((filter, key, list)) = filtered {
+        return index::first_candidate_match(policies, list, filter, key, req, peer, mode);
     }
-}
-
-/// The rules of a [`WorkloadPolicy`] that can still match HTTP requests on one connection:
-/// those whose connection-level conditions (peer identity, source and destination address,
-/// port, SNI) hold for it. Built once per connection and policy revision with
-/// [`WorkloadPolicy::connection_filter`]; [`WorkloadPolicy::evaluate_on`] then only looks at
-/// these rules and decides exactly as [`WorkloadPolicy::evaluate`] does.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ConnectionFilter {
-    deny: Vec<(u32, u32)>,
-    allow: Vec<(u32, u32)>,
-    audit: Vec<(u32, u32)>,
-    dry_run_deny: Vec<(u32, u32)>,
-    dry_run_allow: Vec<(u32, u32)>,
-}
-
-impl ConnectionFilter {
-    /// How many rules are left to evaluate per request.
-    pub fn len(&self) -> usize {
-        self.deny.len()
-            + self.allow.len()
-            + self.audit.len()
-            + self.dry_run_deny.len()
-            + self.dry_run_allow.len()
-    }
-
-    /// Whether no rule can match on the connection.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-fn candidates(
-    policies: &[CompiledPolicy],
-    conn: &RequestAttributes<'_>,
-    peer: &Peer<'_>,
-) -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    for (pi, p) in policies.iter().enumerate() {
-        for (ri, r) in p.rules.iter().enumerate() {
-            if r.may_match_on(conn, peer)
-                && let (Ok(pi), Ok(ri)) = (u32::try_from(pi), u32::try_from(ri))
-            {
-                out.push((pi, ri));
-            }
-        }
-    }
-    out
+    policies.iter().find_map(|p| {
+        p.matching_rule(req, peer, mode).map(|i| MatchedPolicy {
+            namespace: &p.namespace,
+            name: &p.name,
+            rule: i,
+            id: &p.rules[i].id,
+        })
+    })
 }
 
 impl WorkloadPolicy {
@@ -512,13 +488,13 @@ impl WorkloadPolicy {
     /// is ignored); see [`ConnectionFilter`].
     pub fn connection_filter(&self, conn: &RequestAttributes<'_>) -> ConnectionFilter {
         let peer = Peer::parse(conn.peer_principal);
-        ConnectionFilter {
-            deny: candidates(&self.deny, conn, &peer),
-            allow: candidates(&self.allow, conn, &peer),
-            audit: candidates(&self.audit, conn, &peer),
-            dry_run_deny: candidates(&self.dry_run_deny, conn, &peer),
-            dry_run_allow: candidates(&self.dry_run_allow, conn, &peer),
-        }
+        let mut f = ConnectionFilter::default();
+        f.deny = f.candidates(&self.deny, conn, &peer);
+        f.allow = f.candidates(&self.allow, conn, &peer);
+        f.audit = f.candidates(&self.audit, conn, &peer);
+        f.dry_run_deny = f.candidates(&self.dry_run_deny, conn, &peer);
+        f.dry_run_allow = f.candidates(&self.dry_run_allow, conn, &peer);
+        f
     }
 
     /// [`evaluate`](Self::evaluate) for an HTTP request on a connection whose
@@ -552,20 +528,22 @@ impl WorkloadPolicy {
             Some(_) => (Mode::Http, Mode::Http),
             None => (Mode::TcpAllow, Mode::TcpWiden),
         };
-        let audit = first_match(
-            &self.audit,
-            req,
-            &peer,
-            widen_mode,
-            filter.map(|f| &f.audit[..]),
-        );
+        // With the connection's filter, each guard reads the method and headers once.
+        let keyed = match (filter, req.http.as_ref()) {
+            (Some(f), Some(h)) => Some((f, f.request_key(h))),
+            _ => None,
+        };
+        let on = |pick: fn(&ConnectionFilter) -> &[Candidate]| {
+            keyed.as_ref().map(|(f, k)| (*f, k, pick(f)))
+        };
+        let audit = first_match(&self.audit, req, &peer, widen_mode, on(|f| &f.audit));
         let shadow_deny = (!self.dry_run_deny.is_empty()).then(|| {
             let policy = first_match(
                 &self.dry_run_deny,
                 req,
                 &peer,
                 widen_mode,
-                filter.map(|f| &f.dry_run_deny[..]),
+                on(|f| &f.dry_run_deny),
             );
             ShadowResult {
                 allowed: policy.is_none(),
@@ -578,7 +556,7 @@ impl WorkloadPolicy {
                 req,
                 &peer,
                 allow_mode,
-                filter.map(|f| &f.dry_run_allow[..]),
+                on(|f| &f.dry_run_allow),
             );
             ShadowResult {
                 allowed: policy.is_some(),
@@ -597,25 +575,13 @@ impl WorkloadPolicy {
             audit,
             dry_run,
         };
-        if let Some(p) = first_match(
-            &self.deny,
-            req,
-            &peer,
-            widen_mode,
-            filter.map(|f| &f.deny[..]),
-        ) {
+        if let Some(p) = first_match(&self.deny, req, &peer, widen_mode, on(|f| &f.deny)) {
             return decision(false, Reason::DeniedByPolicy, Some(Action::Deny), Some(p));
         }
         if self.allow.is_empty() {
             return decision(true, Reason::NoAllowPolicies, None, None);
         }
-        match first_match(
-            &self.allow,
-            req,
-            &peer,
-            allow_mode,
-            filter.map(|f| &f.allow[..]),
-        ) {
+        match first_match(&self.allow, req, &peer, allow_mode, on(|f| &f.allow)) {
             Some(p) => decision(true, Reason::AllowedByPolicy, Some(Action::Allow), Some(p)),
             None => decision(false, Reason::NoAllowMatch, None, None),
         }

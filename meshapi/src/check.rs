@@ -98,10 +98,22 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             }
         }
     }
+    // A principal may name a workload in the mesh's trust domain, an alias of it, or
+    // `cluster.local` (Istio rewrites those to every one of them).
+    let compose = mesh.compose.as_ref();
+    let mut trust_domains = vec![DEFAULT_TRUST_DOMAIN];
+    trust_domains.extend(compose.map(|c| c.trust_domain()));
+    trust_domains.extend(
+        compose
+            .map(|c| c.trust_domain_aliases())
+            .unwrap_or_default()
+            .iter()
+            .map(String::as_str),
+    );
     let accounts = inv
         .workloads
         .iter()
-        .map(|w| w.principal(DEFAULT_TRUST_DOMAIN))
+        .flat_map(|w| trust_domains.iter().map(|td| w.principal(td)))
         .collect();
     let namespaces = inv.workloads.iter().map(|w| w.namespace.clone()).collect();
     let mut cx = Ctx {
@@ -529,7 +541,12 @@ fn peer_authentication(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
     // Workloads under this STRICT policy, and DestinationRules telling their callers to send
     // plaintext (tls.mode DISABLE or SIMPLE) to them.
     let ns = r.id.namespace.clone();
-    let root = r.id.namespace == crate::model::ROOT_NAMESPACE;
+    let root = r.id.namespace
+        == cx
+            .mesh
+            .compose
+            .as_ref()
+            .map_or(crate::model::ROOT_NAMESPACE, |c| c.root_namespace());
     let covered: Vec<String> = cx
         .inv
         .workloads

@@ -27,7 +27,7 @@ use crate::authz;
 use crate::compose::Protocol as ComposeProtocol;
 use crate::dns::{PortRecord, Records, ServiceRecord, VipAllocator};
 use crate::load::Mesh;
-use crate::model::{DEFAULT_TRUST_DOMAIN, Inventory, ROOT_NAMESPACE, Workload};
+use crate::model::{DEFAULT_TRUST_DOMAIN, Inventory, Workload};
 use crate::proxy::{
     API_VERSION, AdminConfig, Endpoint, IdentityConfig, InboundPort, ListenerConfig,
     OutboundService, PeerAuthMode, Protocol, ProxyConfig, ServiceConfig, SpiffeId, UpstreamTls,
@@ -300,10 +300,11 @@ fn auto_mtls(
     peer_auths: &[&crate::istio::PeerAuthentication],
     w: &Workload,
     ports: impl Iterator<Item = u16>,
+    root_namespace: &str,
 ) -> Vec<UpstreamTls> {
     ports
         .filter(|p| {
-            authz::mtls_mode_for(peer_auths, w, *p, ROOT_NAMESPACE)
+            authz::mtls_mode_for(peer_auths, w, *p, root_namespace)
                 == crate::istio::MtlsMode::Disable
         })
         .map(|p| UpstreamTls {
@@ -358,6 +359,8 @@ fn compile_with(
             proxy: proxy.clone(),
         })?;
     let peer_auths = authz::peer_authentications(input.mesh);
+    let security = authz::MeshSecurity::of(input.mesh, input.trust_domain);
+    let root = security.root_namespace.as_str();
     let inbound = table
         .get(&me.compose_name)
         .into_iter()
@@ -365,7 +368,7 @@ fn compile_with(
         .map(|(port, protocol, _)| InboundPort {
             port: *port,
             protocol: *protocol,
-            mode: peer_mode(authz::mtls_mode_for(&peer_auths, me, *port, ROOT_NAMESPACE)),
+            mode: peer_mode(authz::mtls_mode_for(&peer_auths, me, *port, root)),
             target_port: None,
         })
         .collect();
@@ -404,7 +407,7 @@ fn compile_with(
         let mut endpoints = Vec::new();
         for w in workloads {
             let identity = identity_of(w, input.trust_domain)?;
-            let tls = auto_mtls(&peer_auths, w, ports.keys().copied());
+            let tls = auto_mtls(&peer_auths, w, ports.keys().copied(), root);
             for i in 0..w.replicas {
                 if let Some(address) = input.placement.inbound(&w.compose_name, i) {
                     endpoints.push(Endpoint {
@@ -435,6 +438,7 @@ fn compile_with(
             cert_file: None,
             key_file: None,
             roots_file: None,
+            trust_domain_aliases: security.trust_domain_aliases.clone(),
         },
         listeners: {
             let capture = input
@@ -472,16 +476,7 @@ fn authorization_of(
     me: &Workload,
 ) -> Result<Option<authz::WorkloadPolicy>, CompileError> {
     let policies = authz::authorization_policies(input.mesh);
-    let security = authz::MeshSecurity {
-        trust_domain: input.trust_domain.to_string(),
-        path_normalization: input
-            .mesh
-            .compose
-            .as_ref()
-            .map(|c| c.path_normalization())
-            .unwrap_or_default(),
-        ..authz::MeshSecurity::default()
-    };
+    let security = authz::MeshSecurity::of(input.mesh, input.trust_domain);
     let compiled = authz::compile_for_workload(&policies, me, &security).map_err(|e| {
         CompileError::Authorization {
             workload: me.compose_name.clone(),

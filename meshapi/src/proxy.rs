@@ -204,6 +204,10 @@ pub struct IdentityConfig {
     /// PEM mesh trust roots. Default: none.
     #[serde(default)]
     pub roots_file: Option<PathBuf>,
+    /// Trust domains besides `spiffeId`'s whose peers this proxy accepts over mTLS (the
+    /// mesh's `trustDomainAliases`). Default none: only its own trust domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domain_aliases: Vec<String>,
 }
 
 /// Data-plane listener addresses.

@@ -55,6 +55,27 @@ spec:
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
+metadata: {name: guarded-deny, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [PUT, PATCH], paths: ["/users/{*}/items/{**}", "/exact"]}}]
+  - when: [{key: "request.headers[x-tenant]", values: ["t1*"]}, {key: "request.headers[:method]", values: [PURGE]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: guarded-audit, namespace: default}
+spec:
+  action: AUDIT
+  rules:
+  - to: [{operation: {methods: ["PO*"]}}, {operation: {paths: ["*.php"]}}]
+  - when: [{key: "request.headers[x-debug]", notValues: ["off"]}]
+    to: [{operation: {paths: ["/dbg"], notMethods: [GET]}}]
+  - to: [{operation: {paths: ["/users/{*}/items/{**}"], methods: [GET]}}]
+    when: [{key: "request.headers[x-tenant]", values: ["*"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
 metadata: {name: audit-writes, namespace: default}
 spec:
   action: AUDIT
@@ -133,7 +154,7 @@ fn filtered_evaluation_decides_exactly_as_the_full_one() {
     ];
     let ports = [8080u16, 7000, 9090];
     let snis = [None, Some("p8080.inbound.mesh"), Some("evil.example")];
-    let requests: [Req; 9] = [
+    let requests: [Req; 18] = [
         ("GET", "/", "backend", &[]),
         ("POST", "/api", "backend", &[]),
         ("GET", "/private/x", "backend", &[]),
@@ -143,6 +164,16 @@ fn filtered_evaluation_decides_exactly_as_the_full_one() {
         ("GET", "/x", "backend", &[("x-kill", "1")]),
         ("GET", "/public/a", "backend", &[("x-plain", "yes")]),
         ("PUT", "/x", "a.example", &[("x-plain", "no")]),
+        // Requests for the method, header and path guards (meshapi/src/authz/index.rs).
+        ("PUT", "/users/1/items/a", "backend", &[]),
+        ("PATCH", "/exact?x=1", "backend", &[]),
+        ("PUT", "/exactly", "backend", &[]),
+        ("PURGE", "/x", "backend", &[("x-tenant", "t1a")]),
+        ("PURGE", "/x", "backend", &[("x-tenant", "u1")]),
+        ("GET", "/users/1/items/z", "backend", &[("x-tenant", "")]),
+        ("DELETE", "/dbg", "backend", &[]),
+        ("GET", "/a.php", "backend", &[]),
+        ("POST", "/users/1/items", "backend", &[("x-debug", "off")]),
     ];
     let remotes: [Option<IpAddr>; 2] = [None, Some("203.0.113.5".parse().unwrap())];
     let (mut checked, mut allowed, mut dropped_somewhere) = (0, 0, 0);
@@ -160,7 +191,7 @@ fn filtered_evaluation_decides_exactly_as_the_full_one() {
                         http: None,
                     };
                     let filter = wp.connection_filter(&conn);
-                    if filter.len() < 14 {
+                    if filter.len() < 19 {
                         dropped_somewhere += 1;
                     }
                     // TCP: evaluate_on falls back to the full evaluation.
@@ -191,7 +222,7 @@ fn filtered_evaluation_decides_exactly_as_the_full_one() {
             }
         }
     }
-    assert_eq!(checked, 6 * 4 * 3 * 3 * 9 * 2);
+    assert_eq!(checked, 6 * 4 * 3 * 3 * 18 * 2);
     // The table is not degenerate: both outcomes occur, and filters drop rules.
     assert!(
         allowed > 100 && allowed < checked - 100,

@@ -152,6 +152,7 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
         return Err(AppError::Invalid(errs));
     }
     let identity = Arc::new(Identity::default());
+    identity.set_trust_domain_aliases(&cfg.identity.trust_domain_aliases);
     let mut last_roots = Vec::new();
     match load_credentials(&cfg) {
         Ok(Some((creds, roots))) => {
@@ -318,6 +319,9 @@ impl ProxyHandle {
             tracing::warn!("listener address changes take effect at the next restart");
         }
         self.sync_vips(&cfg)?;
+        self.shared
+            .identity
+            .set_trust_domain_aliases(&cfg.identity.trust_domain_aliases);
         if let Some((creds, roots)) = creds {
             self.shared.identity.set(creds);
             if let Ok(mut last) = self.last_roots.lock()

@@ -3,10 +3,11 @@
 //! the config's compiled [`WorkloadPolicy`], logs the decision (dry-run and audit findings
 //! included, never enforced) and counts it by policy on `/stats/prometheus`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use http::HeaderMap;
 use meshapi::authz::{
@@ -28,6 +29,13 @@ pub(crate) struct Headers<'a> {
 
 impl<'a> Headers<'a> {
     pub(crate) fn new(map: &'a HeaderMap) -> Self {
+        if map.len() == map.keys_len() {
+            // No header is repeated (the usual case): nothing to join, nothing allocated.
+            return Headers {
+                map,
+                joined: Vec::new(),
+            };
+        }
         let joined = map
             .keys()
             .filter(|k| map.get_all(*k).iter().nth(1).is_some())
@@ -71,23 +79,38 @@ fn bad_path(e: &NormalizeError) -> ProxyError {
     })
 }
 
-/// The [`ConnectionFilter`] of one connection for the policy in force, rebuilt when a new
-/// config brings another policy: with many policies most rules fail on the peer identity,
-/// address or port alone, which is decided once per connection instead of once per request.
+/// What one connection keeps for authorization: the peer's principal as the engine reads it,
+/// and the [`ConnectionFilter`] for the policy in force, rebuilt when a new config brings
+/// another policy. With many policies most rules fail on the peer identity, address or port
+/// alone, which is decided once per connection instead of once per request.
 #[derive(Debug, Clone, Default)]
-pub struct FilterCache(Arc<Mutex<Option<CachedFilter>>>);
+pub struct FilterCache(Arc<ConnCache>);
+
+#[derive(Debug, Default)]
+struct ConnCache {
+    principal: OnceLock<Option<Box<str>>>,
+    filter: Mutex<Option<CachedFilter>>,
+}
 
 /// The filter and the config whose policy it was built from.
 type CachedFilter = (Weak<ProxyConfig>, Arc<ConnectionFilter>);
 
 impl FilterCache {
+    /// The verified peer's SPIFFE ID as text, formatted once per connection.
+    fn principal(&self, peer: &PeerInfo) -> Option<&str> {
+        self.0
+            .principal
+            .get_or_init(|| peer.identity.as_ref().map(|id| id.to_string().into()))
+            .as_deref()
+    }
+
     fn get(
         &self,
         cfg: &Arc<ProxyConfig>,
         policy: &WorkloadPolicy,
         conn: &RequestAttributes<'_>,
     ) -> Arc<ConnectionFilter> {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.0.filter.lock().unwrap_or_else(|p| p.into_inner());
         // A live `Weak` keeps the config's allocation, so its address cannot be reused.
         if let Some((seen, filter)) = slot.as_ref()
             && std::ptr::eq(seen.as_ptr(), Arc::as_ptr(cfg))
@@ -110,9 +133,8 @@ pub fn check(
     counters: &AuthzCounters,
 ) -> Result<Authorized, ProxyError> {
     // Only an mTLS-verified SPIFFE ID is a principal.
-    let principal = peer.identity.as_ref().map(|id| id.to_string());
     let mut attrs = RequestAttributes {
-        peer_principal: principal.as_deref(),
+        peer_principal: peer.authz_filter.principal(peer),
         source_ip: peer.remote.ip(),
         remote_ip: None,
         destination_ip: peer.local_ip,
@@ -192,16 +214,22 @@ fn denied(d: &Decision<'_>, peer: &PeerInfo) -> ProxyError {
 
 /// A policy as metrics and logs name it, `<name>.<namespace>` or `none`, escaped for a
 /// Prometheus label value; written on demand, so a disabled log line costs nothing.
-struct Label<'a>(Option<MatchedPolicy<'a>>);
+struct Label<'a>(Option<(&'a str, &'a str)>);
+
+impl<'a> Label<'a> {
+    fn of(p: Option<MatchedPolicy<'a>>) -> Self {
+        Label(p.map(|p| (p.name, p.namespace)))
+    }
+}
 
 impl std::fmt::Display for Label<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Some(p) = self.0 else {
+        let Some((name, namespace)) = self.0 else {
             return f.write_str("none");
         };
-        escape_into(f, p.name)?;
+        escape_into(f, name)?;
         f.write_str(".")?;
-        escape_into(f, p.namespace)
+        escape_into(f, namespace)
     }
 }
 
@@ -230,10 +258,10 @@ fn action_name(a: Option<Action>) -> &'static str {
     }
 }
 
-/// Logs and counts one decision: one counter update per finding, one string built per update,
-/// log fields formatted only when the line is enabled.
+/// Logs and counts one decision: one counter update per finding, nothing formatted or
+/// allocated for a series seen before, log fields formatted only when the line is enabled.
 fn record(d: &Decision<'_>, peer: &PeerInfo, http: Option<(&str, &str)>, counters: &AuthzCounters) {
-    let policy = Label(d.policy);
+    let policy = Label::of(d.policy);
     let action = action_name(d.action);
     let result = if d.allowed { "allowed" } else { "denied" };
     let principal = peer.identity.as_ref().map(tracing::field::display);
@@ -247,80 +275,157 @@ fn record(d: &Decision<'_>, peer: &PeerInfo, http: Option<(&str, &str)>, counter
             principal, method, path, policy = %policy, action, reason = ?d.reason,
             rule = d.policy.map(|p| p.id), "authz denied");
     }
-    counters.bump(&format!(
-        "meshproxy_authz_decisions_total{{policy=\"{policy}\",action=\"{action}\",result=\"{result}\"}}"
-    ));
+    counters.bump(Family::Decisions, d.policy, action, result);
     if let Some(a) = d.audit {
-        let p = Label(Some(a));
+        let p = Label::of(Some(a));
         tracing::info!(target: "meshproxy::authz", remote = %peer.remote, port = peer.port,
             principal, method, path, policy = %p, action = "AUDIT",
             rule = a.id, result, "authz audit");
-        counters.bump(&format!(
-            "meshproxy_authz_audit_total{{policy=\"{p}\",result=\"{result}\"}}"
-        ));
+        counters.bump(Family::Audit, Some(a), "", result);
     }
     for (kind, shadow) in [("DENY", d.dry_run.deny), ("ALLOW", d.dry_run.allow)] {
         let Some(s) = shadow else { continue };
         let shadow_result = if s.allowed { "allowed" } else { "denied" };
-        let p = Label(s.policy);
+        let p = Label::of(s.policy);
         tracing::info!(target: "meshproxy::authz", dry_run = true, remote = %peer.remote,
             port = peer.port, principal, method, path,
             action = kind, policy = %p, result = shadow_result, enforced = result,
             "authz dry-run");
-        counters.bump(&format!(
-            "meshproxy_authz_dry_run_total{{policy=\"{p}\",action=\"{kind}\",result=\"{shadow_result}\"}}"
-        ));
+        counters.bump(Family::DryRun, s.policy, kind, shadow_result);
+    }
+}
+
+/// The counter families, in the order they are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Family {
+    Decisions,
+    DryRun,
+    Audit,
+}
+
+impl Family {
+    const ALL: [Family; 3] = [Family::Decisions, Family::DryRun, Family::Audit];
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Decisions => "meshproxy_authz_decisions_total",
+            Family::DryRun => "meshproxy_authz_dry_run_total",
+            Family::Audit => "meshproxy_authz_audit_total",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Family::Decisions => {
+                "Authorization decisions by deciding policy (name.namespace, or none)."
+            }
+            Family::DryRun => {
+                "What dry-run authorization policies would have decided (not enforced)."
+            }
+            Family::Audit => {
+                "Requests and connections an AUDIT policy matched, by the enforced result."
+            }
+        }
+    }
+}
+
+/// One counter: its labels (the policy as name and namespace; `action` empty for AUDIT,
+/// which has no action label) and its count.
+#[derive(Debug)]
+struct Series {
+    family: Family,
+    policy: Option<(Box<str>, Box<str>)>,
+    action: &'static str,
+    result: &'static str,
+    count: u64,
+}
+
+impl Series {
+    fn is(&self, family: Family, policy: Option<(&str, &str)>, action: &str, result: &str) -> bool {
+        self.family == family
+            && self.policy.as_ref().map(|(n, ns)| (&**n, &**ns)) == policy
+            && self.action == action
+            && self.result == result
+    }
+
+    /// The series as Prometheus names it, e.g.
+    /// `meshproxy_authz_decisions_total{policy="a.default",action="ALLOW",result="allowed"}`.
+    fn name(&self) -> String {
+        let policy = Label(self.policy.as_ref().map(|(n, ns)| (&**n, &**ns)));
+        let (family, result) = (self.family.name(), self.result);
+        if self.family == Family::Audit {
+            format!("{family}{{policy=\"{policy}\",result=\"{result}\"}}")
+        } else {
+            let action = self.action;
+            format!("{family}{{policy=\"{policy}\",action=\"{action}\",result=\"{result}\"}}")
+        }
     }
 }
 
 /// Authorization decisions by series (policy, action, result), for `/stats/prometheus`.
+/// Series are found by a hash of their labels, so counting allocates only for a new series.
 #[derive(Debug, Default)]
 pub struct AuthzCounters {
-    series: Mutex<BTreeMap<String, u64>>,
+    series: Mutex<HashMap<u64, Vec<Series>>>,
 }
 
 impl AuthzCounters {
-    fn bump(&self, series: &str) {
+    fn bump(
+        &self,
+        family: Family,
+        policy: Option<MatchedPolicy<'_>>,
+        action: &'static str,
+        result: &'static str,
+    ) {
+        let policy = policy.map(|p| (p.name, p.namespace));
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (family, policy, action, result).hash(&mut h);
         let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(series) {
-            Some(n) => *n += 1,
-            None => {
-                m.insert(series.to_string(), 1);
-            }
+        let bucket = m.entry(h.finish()).or_default();
+        match bucket
+            .iter_mut()
+            .find(|s| s.is(family, policy, action, result))
+        {
+            Some(s) => s.count += 1,
+            None => bucket.push(Series {
+                family,
+                policy: policy.map(|(n, ns)| (n.into(), ns.into())),
+                action,
+                result,
+                count: 1,
+            }),
         }
+    }
+
+    /// Every series by name, sorted.
+    fn by_name(&self) -> BTreeMap<String, (Family, u64)> {
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        m.values()
+            .flatten()
+            .map(|s| (s.name(), (s.family, s.count)))
+            .collect()
     }
 
     /// The count of one series, e.g.
     /// `meshproxy_authz_decisions_total{policy="allow-frontend.default",action="ALLOW",result="allowed"}`.
     pub fn get(&self, series: &str) -> u64 {
-        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(series).copied().unwrap_or(0)
+        self.by_name().get(series).map_or(0, |(_, n)| *n)
     }
 
     /// Appends the Prometheus text of every series seen so far.
     pub fn render(&self, out: &mut String) {
-        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, help) in [
-            (
-                "meshproxy_authz_decisions_total",
-                "Authorization decisions by deciding policy (name.namespace, or none).",
-            ),
-            (
-                "meshproxy_authz_dry_run_total",
-                "What dry-run authorization policies would have decided (not enforced).",
-            ),
-            (
-                "meshproxy_authz_audit_total",
-                "Requests and connections an AUDIT policy matched, by the enforced result.",
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let prefix = format!("{name}{{");
-            for (series, n) in m.range(prefix.clone()..) {
-                if !series.starts_with(&prefix) {
-                    break;
+        let all = self.by_name();
+        for family in Family::ALL {
+            let name = family.name();
+            let _ = writeln!(
+                out,
+                "# HELP {name} {}\n# TYPE {name} counter",
+                family.help()
+            );
+            for (series, (f, n)) in &all {
+                if *f == family {
+                    let _ = writeln!(out, "{series} {n}");
                 }
-                let _ = writeln!(out, "{series} {n}");
             }
         }
     }

@@ -220,13 +220,35 @@ impl Credentials {
     }
 }
 
-/// The live credentials of this proxy, swapped atomically on rotation.
+/// The live credentials of this proxy, swapped atomically on rotation, and the other trust
+/// domains whose peers it accepts (the mesh's `trustDomainAliases`).
 #[derive(Debug, Default)]
 pub struct Identity {
     current: ArcSwapOption<Credentials>,
+    aliases: ArcSwapOption<Vec<String>>,
 }
 
 impl Identity {
+    /// Sets the trust domains accepted besides our own (Istio's `trustDomainAliases`); new
+    /// handshakes use them.
+    pub fn set_trust_domain_aliases(&self, aliases: &[String]) {
+        let current = self.aliases.load();
+        if current.as_deref().map_or(&[][..], Vec::as_slice) != aliases {
+            self.aliases
+                .store((!aliases.is_empty()).then(|| Arc::new(aliases.to_vec())));
+        }
+    }
+
+    /// Whether a peer in trust domain `td` belongs to this mesh: ours or an alias.
+    fn accepts_trust_domain(&self, own: &str, td: &str) -> bool {
+        td == own
+            || self
+                .aliases
+                .load()
+                .as_deref()
+                .is_some_and(|a| a.iter().any(|x| x == td))
+    }
+
     /// Replaces the credentials; new handshakes use them, open connections keep going.
     pub fn set(&self, creds: Credentials) {
         tracing::info!(identity = %creds.id, "credentials installed");
@@ -269,7 +291,7 @@ fn webpki_err(e: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(ce)
 }
 
-/// Chain to the current roots, then the SVID rules and the trust domain.
+/// Chain to the current roots, then the SVID rules and the trust domain (ours or an alias).
 fn verify_peer(
     identity: &Identity,
     end_entity: &CertificateDer<'_>,
@@ -292,7 +314,7 @@ fn verify_peer(
     )
     .map_err(webpki_err)?;
     let id = check_svid(end_entity).map_err(other)?;
-    if id.trust_domain() != creds.id.trust_domain() {
+    if !identity.accepts_trust_domain(creds.id.trust_domain(), id.trust_domain()) {
         return Err(other(SvidError::TrustDomain {
             expected: creds.id.trust_domain().to_string(),
             got: id.trust_domain().to_string(),

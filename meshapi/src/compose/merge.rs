@@ -28,6 +28,13 @@ pub fn merge(base: ComposeFile, over: ComposeFile) -> ComposeFile {
             &mut base_mesh.path_normalization,
             over_mesh.path_normalization,
         );
+        set(&mut base_mesh.root_namespace, over_mesh.root_namespace);
+        set(&mut base_mesh.trust_domain, over_mesh.trust_domain);
+        // A list set in the later file replaces the earlier one, as Istio's MeshConfig
+        // overlays do.
+        if !over_mesh.trust_domain_aliases.is_empty() {
+            base_mesh.trust_domain_aliases = over_mesh.trust_domain_aliases;
+        }
     }
     out.extensions.extend(over.extensions);
     out

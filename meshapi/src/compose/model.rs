@@ -51,6 +51,22 @@ pub struct MeshSettings {
     /// the application (MeshConfig `pathNormalization`). Default `BASE`, Istio's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_normalization: Option<PathNormalizationSetting>,
+    /// The namespace whose PeerAuthentication and AuthorizationPolicy resources apply to every
+    /// workload of the mesh (MeshConfig `rootNamespace`); a DNS-1123 label. Default
+    /// `istio-system`, Istio's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_namespace: Option<String>,
+    /// The mesh's trust domain (MeshConfig `trustDomain`), the `<td>` of the SPIFFE IDs
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`. Default `cluster.local`, Istio's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    /// Other trust domains whose workloads count as this mesh's (MeshConfig
+    /// `trustDomainAliases`): a proxy accepts mTLS peers whose SVID is in one of them, and a
+    /// policy principal `<td>/ns/<ns>/sa/<sa>` in the trust domain, an alias or
+    /// `cluster.local` matches that identity in every one of them, as Istio does when a mesh
+    /// migrates to another trust domain. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domain_aliases: Vec<String>,
 }
 
 /// MeshConfig's `pathNormalization: {normalization: ...}`.
@@ -72,6 +88,29 @@ impl ComposeFile {
             .and_then(|m| m.path_normalization)
             .map(|p| p.normalization)
             .unwrap_or_default()
+    }
+
+    /// The mesh's root namespace (`x-mesh.rootNamespace`), `istio-system` when not set.
+    pub fn root_namespace(&self) -> &str {
+        self.x_mesh
+            .as_ref()
+            .and_then(|m| m.root_namespace.as_deref())
+            .unwrap_or(crate::model::ROOT_NAMESPACE)
+    }
+
+    /// The mesh's trust domain (`x-mesh.trustDomain`), `cluster.local` when not set.
+    pub fn trust_domain(&self) -> &str {
+        self.x_mesh
+            .as_ref()
+            .and_then(|m| m.trust_domain.as_deref())
+            .unwrap_or(crate::model::DEFAULT_TRUST_DOMAIN)
+    }
+
+    /// The trust domain aliases (`x-mesh.trustDomainAliases`), none when not set.
+    pub fn trust_domain_aliases(&self) -> &[String] {
+        self.x_mesh
+            .as_ref()
+            .map_or(&[], |m| m.trust_domain_aliases.as_slice())
     }
 }
 

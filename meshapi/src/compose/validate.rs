@@ -24,10 +24,71 @@ fn port_range_ok(text: &str) -> bool {
     matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a > 0 && a <= b)
 }
 
+/// A SPIFFE trust domain: lowercase letters, digits, `.`, `-` and `_` (the SPIFFE ID
+/// specification's charset), at most 255 bytes.
+pub fn is_trust_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
 impl ComposeFile {
+    /// The top-level `x-mesh` settings serde cannot check: the root namespace is a DNS-1123
+    /// label, trust domains use the SPIFFE charset, and an alias is neither the trust domain
+    /// itself nor repeated.
+    fn validate_mesh_settings(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let Some(m) = &self.x_mesh else {
+            return errors;
+        };
+        if let Some(ns) = &m.root_namespace
+            && !is_dns1123_label(ns)
+        {
+            errors.push(
+                FieldError::new(
+                    "x-mesh.rootNamespace",
+                    format!("{ns:?} is not a DNS-1123 label"),
+                )
+                .with_hint("use lowercase letters, digits and '-', at most 63 (Istio's default is istio-system)"),
+            );
+        }
+        let td_hint = "a trust domain has lowercase letters, digits, '.', '-' and '_' only, e.g. cluster.local";
+        if let Some(td) = &m.trust_domain
+            && !is_trust_domain(td)
+        {
+            errors.push(
+                FieldError::new(
+                    "x-mesh.trustDomain",
+                    format!("{td:?} is not a trust domain"),
+                )
+                .with_hint(td_hint),
+            );
+        }
+        let own = self.trust_domain();
+        for (i, alias) in m.trust_domain_aliases.iter().enumerate() {
+            let at = format!("x-mesh.trustDomainAliases[{i}]");
+            if !is_trust_domain(alias) {
+                errors.push(
+                    FieldError::new(at, format!("{alias:?} is not a trust domain"))
+                        .with_hint(td_hint),
+                );
+            } else if alias == own {
+                errors.push(FieldError::new(
+                    at,
+                    format!("{alias:?} is the mesh's own trust domain, not an alias"),
+                ));
+            } else if m.trust_domain_aliases[..i].contains(alias) {
+                errors.push(FieldError::new(at, format!("{alias:?} is listed twice")));
+            }
+        }
+        errors
+    }
+
     /// Everything wrong that typing could not see; empty when the file is usable.
     pub fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
+        let mut errors = self.validate_mesh_settings();
         for (name, service) in &self.services {
             let base = join_path("services", name);
             let at = |field: &str| join_path(&base, field);
