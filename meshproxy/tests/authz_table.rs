@@ -9,8 +9,7 @@
 //! path, method, port, header and IP in and out of each rule shape, both actions, `when`
 //! conditions, HTTP-only fields on a TCP port, and the precedence combinations (DENY before
 //! ALLOW, ALLOW without rules, rule `{}`, AUDIT, dry-run, root namespace, selectors, targetRefs,
-//! path normalization options). Trust-domain aliases are left to the engine tests: the proxies
-//! accept mTLS peers of their own trust domain only.
+//! path normalization options). Trust-domain aliases over mTLS: tests/authz_trust_domain.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
