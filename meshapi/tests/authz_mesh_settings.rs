@@ -270,8 +270,13 @@ fn root_namespace_and_trust_domain_settings_are_validated() {
             Some("x-mesh.rootNamespace"),
         ),
         (
-            "x-mesh: {trustDomain: example.org, trustDomainAliases: [old.example, cluster.local]}\n",
+            "x-mesh: {trustDomain: cluster.local, trustDomainAliases: [old.example]}\n",
             None,
+        ),
+        // Not served yet (meshctl's CA issues in cluster.local): refused by name, not ignored.
+        (
+            "x-mesh: {trustDomain: example.org}\n",
+            Some("x-mesh.trustDomain"),
         ),
         (
             "x-mesh: {trustDomain: \"Example Org\"}\n",

@@ -57,7 +57,9 @@ pub struct MeshSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_namespace: Option<String>,
     /// The mesh's trust domain (MeshConfig `trustDomain`), the `<td>` of the SPIFFE IDs
-    /// `spiffe://<td>/ns/<ns>/sa/<sa>`. Default `cluster.local`, Istio's default.
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`. Default `cluster.local`, Istio's default. Only
+    /// `cluster.local` is accepted for now (validation refuses another: meshctl's CA issues
+    /// identities in it); migrations use `trustDomainAliases`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_domain: Option<String>,
     /// Other trust domains whose workloads count as this mesh's (MeshConfig

@@ -55,16 +55,28 @@ impl ComposeFile {
             );
         }
         let td_hint = "a trust domain has lowercase letters, digits, '.', '-' and '_' only, e.g. cluster.local";
-        if let Some(td) = &m.trust_domain
-            && !is_trust_domain(td)
-        {
-            errors.push(
-                FieldError::new(
-                    "x-mesh.trustDomain",
-                    format!("{td:?} is not a trust domain"),
-                )
-                .with_hint(td_hint),
-            );
+        if let Some(td) = &m.trust_domain {
+            if !is_trust_domain(td) {
+                errors.push(
+                    FieldError::new(
+                        "x-mesh.trustDomain",
+                        format!("{td:?} is not a trust domain"),
+                    )
+                    .with_hint(td_hint),
+                );
+            } else if td != crate::model::DEFAULT_TRUST_DOMAIN {
+                // Refused by name rather than ignored: `meshctl up` starts its CA in
+                // cluster.local whatever this says, so proxies would not match the setting.
+                errors.push(
+                    FieldError::new(
+                        "x-mesh.trustDomain",
+                        format!(
+                            "trust domain {td:?} is not supported yet: meshctl's CA issues identities in cluster.local"
+                        ),
+                    )
+                    .with_hint("leave trustDomain out (or set cluster.local); trustDomainAliases are supported"),
+                );
+            }
         }
         let own = self.trust_domain();
         for (i, alias) in m.trust_domain_aliases.iter().enumerate() {
