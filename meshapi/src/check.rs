@@ -133,6 +133,8 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             IstioResource::DestinationRule(_) => destination_rule(&mut cx, r, has_services),
             IstioResource::AuthorizationPolicy(_) => authorization_policy(&mut cx, r, has_services),
             IstioResource::PeerAuthentication(_) => peer_authentication(&mut cx, r, has_services),
+            // Checked by its own validate(); its hosts are destinations (see `destination`).
+            IstioResource::ServiceEntry(_) => {}
         }
     }
     conflicts(&mut cx);
@@ -272,6 +274,9 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
     }
     let ns = r.id.namespace.clone();
     let Some(service) = cx.inv.service(&dest.host, &ns).cloned() else {
+        if crate::compile::service_entry_hosts(cx.mesh).contains_key(dest.host.as_str()) {
+            return;
+        }
         let (severity, message) = if is_mesh_name(&dest.host) {
             (
                 Severity::Error,
@@ -281,7 +286,7 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
             (
                 Severity::Warning,
                 format!(
-                    "destination host `{}` is outside the mesh; meshctl has no ServiceEntry, so it cannot be routed",
+                    "destination host `{}` is outside the mesh and no ServiceEntry names it, so it cannot be routed",
                     dest.host
                 ),
             )

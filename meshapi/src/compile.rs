@@ -11,6 +11,9 @@
 //!   workload instance's proxy accepts mTLS), each with Istio's auto-mTLS decision per port
 //!   (plaintext where the endpoint's PeerAuthentication is DISABLE, ISTIO_MUTUAL elsewhere);
 //!   a DestinationRule's `tls` travels in the traffic clusters' policy and wins over it.
+//! - ServiceEntries (`resolution: STATIC`): one service per (host, port) on the host's VIP,
+//!   endpoints without identity, plaintext or the DestinationRule's TLS origination
+//!   ([`service_entry_hosts`]; VIPs for them come from [`vip_services`]).
 //! - Authorization: the AuthorizationPolicies that apply to the workload, compiled by
 //!   [`crate::authz::compile_for_workload`] (none apply: no section).
 //!
@@ -201,6 +204,8 @@ pub enum CompileError {
     Authorization { workload: String, message: String },
     #[error("routes of {workload:?}: {message}")]
     Traffic { workload: String, message: String },
+    #[error("ServiceEntry host {host}: {message}")]
+    ServiceEntry { host: String, message: String },
 }
 
 /// The key of a service in [`ProxyConfig::services`]: `<name>.<namespace>`.
@@ -430,6 +435,8 @@ fn compile_with(
         );
     }
 
+    entries::add_entries(input, me, &mut outbound, &mut services)?;
+
     Ok(ProxyConfig {
         api_version: API_VERSION.to_string(),
         revision: input.revision,
@@ -496,8 +503,8 @@ pub fn same_content(a: &ProxyConfig, b: &ProxyConfig) -> bool {
     *a == b
 }
 
-/// The meshdns records file for the inventory's services with their VIPs. Ports are named
-/// by their declared name, else `<protocol>-<port>`.
+/// The meshdns records file for the inventory's services with their VIPs (ports named by
+/// their declared name, else `<protocol>-<port>`), and the hosts of ServiceEntries.
 pub fn records(mesh: &Mesh, inventory: &Inventory, vips: &VipAllocator) -> Records {
     let table = port_table(mesh);
     let mut services: Vec<ServiceRecord> = inventory
@@ -525,8 +532,18 @@ pub fn records(mesh: &Mesh, inventory: &Inventory, vips: &VipAllocator) -> Recor
         })
         .collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let hosts = service_entry_hosts(mesh)
+        .into_iter()
+        .filter_map(|(h, (ns, _))| {
+            Some(crate::dns::HostRecord {
+                name: h.to_ascii_lowercase(),
+                vip: vips.get(ns, h)?,
+            })
+        })
+        .collect();
     Records {
         services,
+        hosts,
         ..Records::default()
     }
 }
@@ -543,4 +560,7 @@ fn proto_name(p: Protocol) -> &'static str {
 #[cfg(test)]
 mod tests;
 
+mod entries;
 pub mod wire;
+
+pub use entries::{service_entry_hosts, vip_services};

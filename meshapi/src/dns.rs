@@ -48,6 +48,20 @@ pub struct Records {
     /// The mesh services. Default empty.
     #[serde(default)]
     pub services: Vec<ServiceRecord>,
+    /// Names outside the cluster domain answered with a VIP: the hosts of ServiceEntries
+    /// (`api.example.com`). Exact names only; other names are forwarded. Default empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostRecord>,
+}
+
+/// One name answered with a VIP (a ServiceEntry host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostRecord {
+    /// The full DNS name, without the trailing dot. Required.
+    pub name: String,
+    /// The IPv4 VIP answered for A queries. Required.
+    pub vip: Ipv4Addr,
 }
 
 /// One mesh service in the records file.
@@ -123,6 +137,7 @@ impl Default for Records {
             default_namespace: default_namespace(),
             ttl: DEFAULT_TTL,
             services: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -318,6 +333,25 @@ impl Records {
                         ),
                     ));
                 }
+            }
+        }
+        let mut names = BTreeMap::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let at = format!("hosts[{i}]");
+            if let Err(message) = check_domain(&h.name) {
+                errors.push(FieldError::new(format!("{at}.name"), message));
+            }
+            if let Some(first) = names.insert(h.name.to_ascii_lowercase(), i) {
+                errors.push(FieldError::new(
+                    format!("{at}.name"),
+                    format!("{} is already declared at hosts[{first}]", h.name),
+                ));
+            }
+            if h.vip.is_unspecified() || h.vip.is_broadcast() || h.vip.is_multicast() {
+                errors.push(FieldError::new(
+                    format!("{at}.vip"),
+                    format!("{} cannot be a VIP", h.vip),
+                ));
             }
         }
         errors

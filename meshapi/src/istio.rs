@@ -1,6 +1,6 @@
 //! The Istio resources meshctl reads, typed field by field after Istio's CRD schema
-//! (`crd-all.gen.yaml`): VirtualService and DestinationRule (networking.istio.io v1alpha3,
-//! v1beta1, v1), PeerAuthentication and AuthorizationPolicy (security.istio.io v1beta1, v1).
+//! (`crd-all.gen.yaml`): VirtualService, DestinationRule and ServiceEntry (networking.istio.io
+//! v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy (security.istio.io v1beta1, v1).
 //!
 //! - Every struct refuses unknown fields, so a typo or a misplaced field is an error with the
 //!   field's path, never silently dropped.
@@ -9,7 +9,7 @@
 //! - `validate()` on each kind applies Istio's cross-field rules (oneofs, required fields,
 //!   minimums) and refuses by name what meshctl does not serve yet
 //!   (`not supported by meshctl: ...`).
-//! - [`kind_of`] tells served kinds from known-but-unserved ones (Gateway, ServiceEntry,
+//! - [`kind_of`] tells served kinds from known-but-unserved ones (Gateway, Sidecar,
 //!   Kubernetes objects, ...) and unknown ones; [`IstioResource::from_value`] reads one document.
 //!
 //! Istio's defaults are documented on the fields and exposed as consts and accessors, e.g.
@@ -41,6 +41,7 @@ pub mod destination_rule;
 pub mod matchers;
 pub mod meta;
 pub mod peer_authentication;
+pub mod service_entry;
 pub mod types;
 mod validate;
 mod validate_dr;
@@ -62,6 +63,7 @@ pub use destination_rule::{
 };
 pub use meta::{Ignored, ObjectMeta, PolicyTargetReference, WorkloadSelector};
 pub use peer_authentication::{Mtls, MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
+pub use service_entry::{ServiceEntry, ServiceEntrySpec};
 pub use types::{
     Duration, IntPercent, IpBlock, Labels, Percent, Percentage, Port, PortString, Principal,
     RetryCondition, RetryOn, ServiceAccountRef, SpiffeParts, TrustDomain, Wildcard, WildcardMatch,
@@ -85,14 +87,16 @@ pub enum IstioKind {
     DestinationRule,
     PeerAuthentication,
     AuthorizationPolicy,
+    ServiceEntry,
 }
 
 impl IstioKind {
-    pub const ALL: [IstioKind; 4] = [
+    pub const ALL: [IstioKind; 5] = [
         IstioKind::VirtualService,
         IstioKind::DestinationRule,
         IstioKind::PeerAuthentication,
         IstioKind::AuthorizationPolicy,
+        IstioKind::ServiceEntry,
     ];
 
     /// The `kind:` value.
@@ -102,12 +106,15 @@ impl IstioKind {
             IstioKind::DestinationRule => "DestinationRule",
             IstioKind::PeerAuthentication => "PeerAuthentication",
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
+            IstioKind::ServiceEntry => "ServiceEntry",
         }
     }
 
     pub fn group(self) -> &'static str {
         match self {
-            IstioKind::VirtualService | IstioKind::DestinationRule => NETWORKING_GROUP,
+            IstioKind::VirtualService | IstioKind::DestinationRule | IstioKind::ServiceEntry => {
+                NETWORKING_GROUP
+            }
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => SECURITY_GROUP,
         }
     }
@@ -115,7 +122,7 @@ impl IstioKind {
     /// The versions served, newest first; all have the same schema.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
-            IstioKind::VirtualService | IstioKind::DestinationRule => {
+            IstioKind::VirtualService | IstioKind::DestinationRule | IstioKind::ServiceEntry => {
                 &["v1", "v1beta1", "v1alpha3"]
             }
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => &["v1", "v1beta1"],
@@ -164,11 +171,6 @@ const UNSERVED: &[(&str, &str, &str)] = &[
         NETWORKING_GROUP,
         "Gateway",
         "meshctl has no ingress/egress gateways yet; publish a service with compose `ports:`",
-    ),
-    (
-        NETWORKING_GROUP,
-        "ServiceEntry",
-        "external services are not modelled yet; mesh services come from the compose file",
     ),
     (
         NETWORKING_GROUP,
@@ -349,6 +351,7 @@ pub enum IstioResource {
     DestinationRule(DestinationRule),
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
+    ServiceEntry(ServiceEntry),
 }
 
 impl IstioResource {
@@ -381,6 +384,7 @@ impl IstioResource {
             IstioKind::AuthorizationPolicy => {
                 deserialize(value).map(IstioResource::AuthorizationPolicy)
             }
+            IstioKind::ServiceEntry => deserialize(value).map(IstioResource::ServiceEntry),
         }
     }
 
@@ -390,6 +394,7 @@ impl IstioResource {
             IstioResource::DestinationRule(_) => IstioKind::DestinationRule,
             IstioResource::PeerAuthentication(_) => IstioKind::PeerAuthentication,
             IstioResource::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
+            IstioResource::ServiceEntry(_) => IstioKind::ServiceEntry,
         }
     }
 
@@ -399,6 +404,7 @@ impl IstioResource {
             IstioResource::DestinationRule(r) => &r.metadata,
             IstioResource::PeerAuthentication(r) => &r.metadata,
             IstioResource::AuthorizationPolicy(r) => &r.metadata,
+            IstioResource::ServiceEntry(r) => &r.metadata,
         }
     }
 
@@ -408,6 +414,7 @@ impl IstioResource {
             IstioResource::DestinationRule(r) => &mut r.metadata,
             IstioResource::PeerAuthentication(r) => &mut r.metadata,
             IstioResource::AuthorizationPolicy(r) => &mut r.metadata,
+            IstioResource::ServiceEntry(r) => &mut r.metadata,
         }
     }
 
@@ -427,6 +434,7 @@ impl IstioResource {
             IstioResource::DestinationRule(r) => r.validate(),
             IstioResource::PeerAuthentication(r) => r.validate(),
             IstioResource::AuthorizationPolicy(r) => r.validate(),
+            IstioResource::ServiceEntry(r) => r.validate(),
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - the empty non-terminals in between (`_tcp.svc...`, `ns.svc.cd.`, `svc.cd.`), which answer
 //!   NOERROR with no records.
 //!
+//! ServiceEntry hosts (`records.hosts`) are exact names with one A record each.
+//!
 //! Names under the cluster domain or under `ns.svc.` for a namespace that has services are
 //! ours: a miss there is NXDOMAIN with the SOA in the authority section. A miss elsewhere
 //! (including an unknown single-label name, which may be a Docker container name) is forwarded.
@@ -187,6 +189,12 @@ impl Zone {
                 }
             }
         }
+        // ServiceEntry hosts: exact names, A only; NODATA for other types with the default SOA.
+        for h in &records.hosts {
+            let owner = name(&format!("{}.", h.name.trim_end_matches('.')))?;
+            let data = names.entry(LowerName::new(&owner)).or_default();
+            data.a = vec![Record::from_rdata(owner.clone(), ttl, RData::A(A(h.vip)))];
+        }
         Ok(Zone {
             names,
             zones,
@@ -244,6 +252,8 @@ services:
     vip6: fd00::10
     ports: [{ name: http, port: 8080 }]
   - { name: db, namespace: data, vip: 127.240.0.11 }
+hosts:
+  - { name: api.payments.test, vip: 127.240.0.12 }
 "#,
             "t",
         )
@@ -253,6 +263,19 @@ services:
 
     fn lookup<'a>(z: &'a Zone, q: &str) -> Lookup<'a> {
         z.lookup(&LowerName::new(&Name::from_ascii(q).unwrap()))
+    }
+
+    #[test]
+    fn service_entry_hosts_resolve_exactly_and_their_neighbours_are_forwarded() {
+        let z = zone();
+        for q in ["api.payments.test.", "API.Payments.TEST."] {
+            assert_eq!(z.vip_of(q), Some("127.240.0.12".parse().unwrap()), "{q}");
+        }
+        assert!(matches!(
+            lookup(&z, "other.payments.test."),
+            Lookup::NotOurs
+        ));
+        assert!(matches!(lookup(&z, "payments.test."), Lookup::NotOurs));
     }
 
     #[test]

@@ -508,3 +508,107 @@ async fn plaintext_outside_the_mesh_is_http1_with_host() {
     assert_eq!(seen.headers["host"], "api.example.test");
     assert!(seen.headers.get("x-forwarded-client-cert").is_none());
 }
+
+// ---------------------------------------------------------------------------------------------
+// ServiceEntry: compiled from the mesh, reached through the entry's VIP.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_entry_hosts_are_reached_through_their_vip_plaintext_and_with_tls_origination() {
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("plain-external").await;
+    let other = OtherCa::new("external-root");
+    let (cert, key) = other.leaf("api", &["api.payments.test"]);
+    let server = tls_server(&cert, &key, None).await;
+    let ca = write_file(mesh.path(), "payments-ca.pem", &other.pem);
+    let policies = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: payments, namespace: default }}
+spec:
+  hosts: [api.payments.test]
+  resolution: STATIC
+  ports: [ {{ number: 18080, name: http, protocol: HTTP, targetPort: {tls_port} }} ]
+  endpoints: [ {{ address: 127.0.0.1 }} ]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: plain, namespace: default }}
+spec:
+  hosts: [plain.payments.test]
+  resolution: STATIC
+  ports: [ {{ number: 18081, name: http, protocol: HTTP }} ]
+  endpoints: [ {{ address: 127.0.0.1, ports: {{ http: {echo_port} }} }} ]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: payments, namespace: default }}
+spec:
+  host: api.payments.test
+  trafficPolicy:
+    tls: {{ mode: SIMPLE, caCertificates: "{ca}", sni: api.payments.test }}
+"#,
+        tls_port = server.addr.port(),
+        echo_port = echo.port(),
+        ca = ca.display(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "name: se\nservices:\n  frontend:\n    image: f\n    labels: { app: frontend }\n    x-mesh: { serviceAccount: frontend }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), policies).unwrap();
+    let loaded = load(&LoadOptions::new(dir.path()));
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let inv = Inventory::from_compose(loaded.mesh.compose.as_ref());
+    let mut vips = VipAllocator::new(VipRange::default());
+    let wanted = meshapi::compile::vip_services(&loaded.mesh, &inv);
+    vips.sync(wanted.iter().map(|(ns, n)| (ns.as_str(), n.as_str())))
+        .unwrap();
+    let mut placement = FixedPlacement::default();
+    placement
+        .0
+        .insert(("frontend".into(), 0), "127.0.0.1:1".parse().unwrap());
+    let input = CompileInput::new(&loaded.mesh, &inv, &vips, &placement, 1);
+    let mut cfg = compile_proxy(
+        &input,
+        &ProxyKey {
+            workload: "frontend".into(),
+            instance: 0,
+        },
+    )
+    .unwrap();
+    let base = parse(&base_yaml(&mesh.identity_yaml("frontend"), 1));
+    cfg.identity = base.identity;
+    cfg.listeners = base.listeners;
+    cfg.admin = base.admin;
+    let a = meshproxy::build(cfg).await.unwrap();
+    let api_vip = SocketAddr::from((vips.get("default", "api.payments.test").unwrap(), 18080));
+    let plain_vip = SocketAddr::from((vips.get("default", "plain.payments.test").unwrap(), 18081));
+    assert_eq!(
+        a.outbound(api_vip),
+        Some(api_vip),
+        "listens on the entry's VIP"
+    );
+    let client = http1_client();
+    // TLS origination: the app speaks plain HTTP to the VIP, the proxy speaks TLS outside.
+    let req = Request::get(format!("http://{api_vip}/charge"))
+        .header("host", "api.payments.test")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-sni"], "api.payments.test");
+    assert_eq!(resp.headers()["x-host"], "api.payments.test");
+    // Plaintext to the other entry, at the endpoint's own port.
+    let (status, headers, body) = get(&client, &format!("http://{plain_vip}/ping")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-echo-server"], "plain-external");
+    assert!(
+        echo.last()
+            .unwrap()
+            .headers
+            .get("x-forwarded-client-cert")
+            .is_none()
+    );
+}

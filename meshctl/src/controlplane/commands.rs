@@ -230,10 +230,9 @@ pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Re
     let mut vips =
         VipAllocator::load_or_new(&state_dir(project).join("vips.json"), VipRange::default())?;
     vips.sync(
-        inventory
-            .services
+        meshapi::compile::vip_services(mesh, &inventory)
             .iter()
-            .map(|s| (s.namespace.as_str(), s.name.as_str())),
+            .map(|(ns, n)| (ns.as_str(), n.as_str())),
     )?;
     let workload = if inventory
         .workloads

@@ -139,10 +139,9 @@ impl ReloadCtx {
         let inventory = Inventory::from_compose(mesh.compose.as_ref());
         let before = self.vips.clone();
         if let Err(e) = self.vips.sync(
-            inventory
-                .services
+            meshapi::compile::vip_services(&mesh, &inventory)
                 .iter()
-                .map(|s| (s.namespace.as_str(), s.name.as_str())),
+                .map(|(ns, n)| (ns.as_str(), n.as_str())),
         ) {
             report.errors.push(format!("VIP allocation: {e}"));
             self.vips = before;
