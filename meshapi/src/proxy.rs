@@ -1137,6 +1137,34 @@ drainDeadline: 3s
         }
     }
 
+    /// The hand-written example in docs/proxy-config.md stays a valid config.
+    #[test]
+    fn docs_example_configs_parse() {
+        let doc = include_str!("../../docs/proxy-config.md");
+        let blocks: Vec<&str> = doc
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.starts_with("apiVersion: meshproxy/v1"))
+            .collect();
+        assert_eq!(blocks.len(), 2, "backend.yaml and frontend.yaml");
+        for b in blocks {
+            ProxyConfig::from_str_checked(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        }
+        let frontend = ProxyConfig::from_str_checked(blocks_last(doc)).unwrap();
+        let ext = &frontend.services["example-com"].endpoints[0];
+        assert_eq!(ext.identity, None);
+        assert_eq!(ext.tls_for(443).mode, UpstreamTlsMode::Simple);
+    }
+
+    fn blocks_last(doc: &str) -> &str {
+        doc.split("```yaml\n")
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.starts_with("apiVersion: meshproxy/v1"))
+            .last()
+            .unwrap()
+    }
+
     #[test]
     fn endpoint_tls_defaults_lookup_and_validation() {
         // Old configs mean the same: an endpoint with an identity is ISTIO_MUTUAL everywhere.
