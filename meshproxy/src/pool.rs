@@ -2,13 +2,15 @@
 //! upstream TLS); [`crate::upstream::connect`] opens each stream (TCP and upgrades get their
 //! own, unpooled). Which kind of connection:
 //!
-//! - one multiplexed HTTP/2 connection where the target says `http2` (`http2`/`grpc` ports,
-//!   `h2UpgradePolicy: UPGRADE`) or the client itself spoke HTTP/2, or where a TLS origin
-//!   (SIMPLE/MUTUAL) picked `h2` by ALPN;
-//! - otherwise HTTP/1.1 keep-alive connections, one request at a time each (Istio's default
-//!   `DO_NOT_UPGRADE`). Measured on this machine the HTTP/1.1 pool costs less CPU per request
-//!   than hyper's HTTP/2 (bench/README.md, `bench/run proxy`, variants `meshproxy` and
-//!   `mesh-h2`).
+//! - to another mesh proxy (ISTIO_MUTUAL): one multiplexed HTTP/2 connection, whatever the
+//!   application speaks, as linkerd2-proxy does. Measured against an HTTP/1.1 keep-alive pool
+//!   on this machine (`bench/run proxy`, variants `meshproxy` and `mesh-h1`; bench/README.md),
+//!   HTTP/2 costs less CPU per request at 50 concurrent client connections: one TLS stream and
+//!   batched writes instead of fifty. Istio's HTTP/1.1 semantics (`maxConnections`,
+//!   `http1MaxPendingRequests`) are kept by the traffic layer's accounting, not the wire;
+//! - to anything else (plaintext, TLS origination): HTTP/2 where the port says `http2`/`grpc`,
+//!   `h2UpgradePolicy: UPGRADE` asks for it, the client spoke HTTP/2 or a TLS origin picked `h2`
+//!   by ALPN; otherwise HTTP/1.1 keep-alive connections, one request at a time each.
 //!
 //! A connection is retired after `maxRequestsPerConnection` requests and closed after
 //! `idleTimeout` without any (a sweeper looks once a second); an HTTP/1.1 connection goes
@@ -32,6 +34,11 @@ use crate::rescue::ProxyError;
 use crate::state::Target;
 use crate::tls;
 use crate::upstream::Wire;
+
+/// `MESHPROXY_MESH_WIRE=http1`: HTTP/1.1 pools between mesh proxies too. A benchmark knob
+/// (`bench/run proxy` measures both wires side by side), not a setting.
+static MESH_HTTP1: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("MESHPROXY_MESH_WIRE").is_ok_and(|v| v == "http1"));
 
 /// Istio's default `idleTimeout` for upstream connections.
 const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
@@ -319,7 +326,11 @@ pub async fn send_pooled(
     let pool = &shared.pool;
     let key = Key::of(target);
     let max = target.connect.max_requests_per_connection;
-    let want_h2 = target.connect.http2 || req.version() == http::Version::HTTP_2;
+    // Between mesh proxies HTTP always multiplexes on HTTP/2 (measured cheaper per request
+    // than an HTTP/1.1 pool, see the module documentation).
+    let want_h2 = (key.tls.mode == UpstreamTlsMode::IstioMutual && !*MESH_HTTP1)
+        || target.connect.http2
+        || req.version() == http::Version::HTTP_2;
     // A live HTTP/2 connection to the destination serves every request, whatever its version.
     let reused = if let Some((sender, in_flight)) = pool.h2_get(&key, max) {
         try_h2(&key, sender, in_flight, req).await

@@ -50,10 +50,9 @@ pub struct ConnectSettings {
         Option<std::time::Duration>,
         Option<u32>,
     )>,
-    /// HTTP between the proxies multiplexes on one HTTP/2 connection (`http2`/`grpc` ports,
-    /// `h2UpgradePolicy: UPGRADE`). Otherwise HTTP/1.1 keep-alive connections, one request at a
-    /// time each, as Istio's default `DO_NOT_UPGRADE`; an HTTP/2 request from the client still
-    /// goes upstream as HTTP/2.
+    /// The upstream speaks HTTP/2 (`http2`/`grpc` ports, `h2UpgradePolicy: UPGRADE`): requests
+    /// multiplex, as opposed to HTTP/1.1's one request per connection at a time. Between mesh
+    /// proxies the wire is HTTP/2 either way ([`crate::pool`]).
     pub http2: bool,
     /// `maxRequestsPerConnection`: a pooled connection is retired after this many requests;
     /// 0 is unlimited.

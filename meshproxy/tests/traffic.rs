@@ -1132,7 +1132,7 @@ async fn max_requests_per_connection_retires_a_connection_after_that_many_reques
     assert_eq!(metric(&stats, INBOUND_CONNECTIONS), 3, "{stats}");
 }
 
-const POOLED_IDLE: &str = "meshproxy_upstream_pooled_connections{protocol=\"http1_idle\"}";
+const POOLED_IDLE: &str = "meshproxy_upstream_pooled_connections{protocol=\"http2\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_a_pooled_connection_and_the_next_request_reconnects() {
