@@ -362,3 +362,41 @@ fn trust_domain_aliases_reach_the_compiled_principals() {
     assert!(!allows("spiffe://other.example/ns/default/sa/frontend"));
     assert!(!allows("spiffe://old.example/ns/default/sa/backend"));
 }
+
+/// `meshctl check`'s codes for a project.
+fn check_codes(compose: &str, policies: &str) -> Vec<&'static str> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), policies).unwrap();
+    let loaded = meshapi::load::load(&meshapi::load::LoadOptions::new(dir.path().to_path_buf()));
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    meshapi::check::analyze(&loaded.mesh)
+        .iter()
+        .map(|d| d.code)
+        .collect()
+}
+
+#[test]
+fn check_scopes_by_the_configured_root_namespace_and_knows_aliased_principals() {
+    // A mesh-wide STRICT policy while a DestinationRule tells callers of backend (in prod)
+    // to send plaintext: an error only where the policy is mesh-wide.
+    let strict_with_plaintext = |ns: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: strict, namespace: {ns}}}\n\
+             spec:\n  mtls: {{mode: STRICT}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: backend, namespace: prod}}\n\
+             spec:\n  host: backend\n  trafficPolicy:\n    tls: {{mode: DISABLE}}\n"
+        )
+    };
+    let custom = format!("{THREE}x-mesh: {{rootNamespace: mesh-config}}\n");
+    assert!(check_codes(&custom, &strict_with_plaintext("mesh-config")).contains(&"MESH0204"));
+    assert!(!check_codes(&custom, &strict_with_plaintext("istio-system")).contains(&"MESH0204"));
+    assert!(check_codes(THREE, &strict_with_plaintext("istio-system")).contains(&"MESH0204"));
+
+    // A principal in an alias trust domain names a known workload.
+    let aliased = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: prod}\n\
+         spec:\n  rules:\n    - from: [{source: {principals: [old.example/ns/default/sa/frontend]}}]\n";
+    assert!(check_codes(THREE, aliased).contains(&"MESH0201"));
+    let with_alias = format!("{THREE}x-mesh: {{trustDomainAliases: [old.example]}}\n");
+    assert!(!check_codes(&with_alias, aliased).contains(&"MESH0201"));
+}
