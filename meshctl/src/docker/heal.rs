@@ -96,12 +96,28 @@ pub async fn rejoin(
     Ok(true)
 }
 
+/// Rejoins the app of every sidecar of the project that needs it; returns how many.
+pub async fn rejoin_all(engine: &Engine, project: &str) -> Result<usize, DockerError> {
+    let mut n = 0;
+    for c in engine.containers(project).await? {
+        if c.role() == Some(Role::Sidecar) && rejoin(engine, project, &c.name).await? {
+            tracing::info!(sidecar = %c.name, "its app was restarted to join the sidecar's network namespace");
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Watches the engine for (re)starts of the project's sidecars and rejoins their apps, until
-/// the task is dropped. Reconnects when the engine goes away (a daemon restart).
+/// the task is dropped. Reconnects when the engine goes away (a daemon restart); at each
+/// (re)connection every pod is checked once, for starts it did not see.
 pub async fn watch(project: String) {
     loop {
         match Engine::connect().await {
             Ok(engine) => {
+                if let Err(e) = rejoin_all(&engine, &project).await {
+                    tracing::warn!(error = %e, "cannot check the project's pods");
+                }
                 let filters = HashMap::from([
                     ("type", vec!["container".to_string()]),
                     ("event", vec!["start".to_string()]),
