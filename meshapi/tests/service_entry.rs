@@ -276,3 +276,49 @@ spec:
         "{findings:#?}"
     );
 }
+
+#[test]
+fn istio_mutual_towards_an_entry_is_a_compile_error_naming_the_host() {
+    let dr = DR.replace(
+        "tls: { mode: SIMPLE, caCertificates: /etc/payments-ca.pem, sni: api.payments.test }",
+        "tls: { mode: ISTIO_MUTUAL }",
+    );
+    assert_ne!(dr, DR);
+    let (_d, loaded) = load_mesh(&format!("{ENTRY}{dr}"));
+    assert!(errors(&loaded).is_empty(), "{:?}", loaded.diagnostics);
+    let mesh = &loaded.mesh;
+    let inv = Inventory::from_compose(mesh.compose.as_ref());
+    let mut vips = VipAllocator::new(VipRange::default());
+    let wanted = vip_services(mesh, &inv);
+    vips.sync(wanted.iter().map(|(ns, n)| (ns.as_str(), n.as_str())))
+        .unwrap();
+    let mut placement = FixedPlacement::default();
+    placement
+        .0
+        .insert(("frontend".into(), 0), "127.0.0.1:15006".parse().unwrap());
+    let input = CompileInput::new(mesh, &inv, &vips, &placement, 1);
+    let err = compile_proxy(
+        &input,
+        &ProxyKey {
+            workload: "frontend".into(),
+            instance: 0,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("api.payments.test"), "{err}");
+    assert!(err.contains("ISTIO_MUTUAL"), "{err}");
+    // Without the entry's VIP in the allocator the compile says so (meshctl syncs vip_services).
+    let bare = VipAllocator::new(VipRange::default());
+    let input = CompileInput::new(mesh, &inv, &bare, &placement, 1);
+    assert!(matches!(
+        compile_proxy(
+            &input,
+            &ProxyKey {
+                workload: "frontend".into(),
+                instance: 0,
+            },
+        ),
+        Err(meshapi::compile::CompileError::NoVip { .. })
+    ));
+}

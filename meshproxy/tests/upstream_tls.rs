@@ -612,3 +612,41 @@ spec:
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_to_an_outside_endpoint_is_wrapped_in_the_originated_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::new();
+    let other = OtherCa::new("external-root");
+    let (cert, key) = other.leaf("db", &["db.external.test"]);
+    let server = tls_server(&cert, &key, None).await;
+    let ca = write_file(mesh.path(), "external-ca.pem", &other.pem);
+    let mut y = base_yaml(&mesh.identity_yaml("frontend"), 1);
+    y.push_str(&format!(
+        "outbound:\n  - {{ service: db, vip: \"127.0.0.1:0\", protocol: tcp, targetPort: {port} }}\n\
+         services:\n  db:\n    endpoints:\n      - address: \"{addr}\"\n        tls: [ {{ mode: SIMPLE, caCertificates: \"{ca}\", sni: db.external.test }} ]\n",
+        port = server.addr.port(),
+        addr = server.addr,
+        ca = ca.display(),
+    ));
+    let a = meshproxy::build(parse(&y)).await.unwrap();
+    let out = a.outbound("127.0.0.1:0".parse().unwrap()).unwrap();
+    // The app writes plaintext bytes; the server only speaks TLS, so an answer proves the
+    // proxy wrapped them (no ALPN on TCP: the server falls back to HTTP/1.1).
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    s.write_all(b"GET /raw HTTP/1.1\r\nHost: db.external.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-sni: db.external.test"), "{text}");
+    assert!(text.ends_with("external"), "{text}");
+    let hellos = server.hellos.lock().unwrap().clone();
+    assert_eq!(hellos.len(), 1, "{hellos:?}");
+    assert_eq!(hellos[0].alpn, None);
+}
