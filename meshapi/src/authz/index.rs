@@ -138,28 +138,19 @@ impl ConnectionFilter {
     /// request path must start with one of their prefixes.
     fn path_guard(&mut self, rule: &CompiledRule) -> (u32, u32) {
         const ANY: (u32, u32) = (ANY_PATH, 0);
-        let mut all: Vec<&PathMatch> = Vec::new();
-        for op in &rule.to {
-            let Some(paths) = positive_paths(op) else {
-                return ANY;
-            };
-            for p in paths {
-                let guarded = match p {
-                    PathMatch::Str(StrMatch::Exact(s) | StrMatch::Prefix(s)) => !s.is_empty(),
-                    PathMatch::Str(_) => false,
-                    PathMatch::Template(segs) => {
-                        matches!(segs.first(), Some(TemplateSegment::Literal(_)))
-                    }
-                };
-                if !guarded {
-                    return ANY;
-                }
-                all.push(p);
-            }
-        }
-        if all.is_empty() {
+        let guarded = |p: &PathMatch| match p {
+            PathMatch::Str(StrMatch::Exact(s) | StrMatch::Prefix(s)) => !s.is_empty(),
+            PathMatch::Str(_) => false,
+            PathMatch::Template(segs) => matches!(segs.first(), Some(TemplateSegment::Literal(_))),
+        };
+        // Every operation must have `paths`, each with a literal prefix.
+        let all_guarded = rule.to.iter().all(|op| {
+            positive_paths(op).is_some_and(|ps| !ps.is_empty() && ps.iter().all(guarded))
+        });
+        if rule.to.is_empty() || !all_guarded {
             return ANY;
         }
+        let all = rule.to.iter().filter_map(|op| positive_paths(op)).flatten();
         let start = self.prefixes.len();
         for p in all {
             let from = self.prefix_text.len();
