@@ -29,7 +29,7 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub service: String,
-    pub endpoint: Endpoint,
+    pub endpoint: Arc<Endpoint>,
     pub target_port: u16,
     /// Connection settings from the DestinationRule's `connectionPool.tcp` (none: the config's
     /// `limits.connectTimeout`, no keepalive).
@@ -238,7 +238,7 @@ impl Snapshot {
             .unwrap_or(0);
         Ok(Target {
             service: out.service.clone(),
-            endpoint: selected[n % selected.len()].clone(),
+            endpoint: Arc::new(selected[n % selected.len()].clone()),
             target_port: out.target_port(),
             connect: ConnectSettings {
                 http2: matches!(out.protocol, Protocol::Http2 | Protocol::Grpc),

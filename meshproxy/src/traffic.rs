@@ -57,7 +57,7 @@ pub struct ClusterState {
     pub service: String,
     /// Application port on the endpoints.
     pub port: u16,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Arc<Endpoint>>,
     pub policy: ClusterPolicy,
     /// Whether requests multiplex on HTTP/2 upstream (`http2`/`grpc` ports, or
     /// `h2UpgradePolicy: UPGRADE`); otherwise each active request holds one of
@@ -81,7 +81,7 @@ impl ClusterState {
         name: String,
         service: String,
         cluster: &Cluster,
-        endpoints: Vec<Endpoint>,
+        endpoints: Vec<Arc<Endpoint>>,
         multiplexed: bool,
     ) -> ClusterState {
         let keys: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
@@ -159,7 +159,7 @@ impl ClusterState {
         let pool = &self.policy.connection_pool;
         Some(Target {
             service: self.service.clone(),
-            endpoint: self.endpoints.get(i)?.clone(),
+            endpoint: Arc::clone(self.endpoints.get(i)?),
             target_port: self.port,
             connect: crate::state::ConnectSettings {
                 timeout: Some(pool.connect_timeout),
@@ -360,7 +360,7 @@ pub fn build_clusters(
                     svc.endpoints
                         .iter()
                         .filter(|e| in_cluster(c, e))
-                        .cloned()
+                        .map(|e| Arc::new(e.clone()))
                         .collect(),
                 ),
                 None => (c.host.clone(), Vec::new()),
