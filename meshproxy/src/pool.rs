@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, header};
+use hyper::body::Body as _;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshapi::proxy::{SpiffeId, UpstreamTls, UpstreamTlsMode};
@@ -332,7 +333,14 @@ pub async fn send_pooled(
         || target.connect.http2
         || req.version() == http::Version::HTTP_2;
     // A live HTTP/2 connection to the destination serves every request, whatever its version.
+    // An idempotent request without a body is kept so that, if the reused connection dies
+    // before any response (peer restarted, GOAWAY), it can go again on a fresh connection, as
+    // RFC 9110 section 9.2.2 allows.
+    let mut again: Option<http::request::Parts> = None;
     let reused = if let Some((sender, in_flight)) = pool.h2_get(&key, max) {
+        if req.method().is_idempotent() && req.body().is_end_stream() {
+            again = Some(req_parts(&req));
+        }
         try_h2(&key, sender, in_flight, req).await
     } else if !want_h2 && let Some(conn) = pool.checkout_h1(&key) {
         try_h1(pool, target, &key, conn, req).await
@@ -348,7 +356,14 @@ pub async fn send_pooled(
             }
             *r
         }
-        Err(TryError::Sent(e)) => return Err(reset(target, &e)),
+        Err(TryError::Sent(e)) => match again {
+            Some(parts) => {
+                tracing::debug!(service = %target.service, error = %e, "pooled connection died before a response; sending again");
+                pool.h2_remove(&key);
+                Request::from_parts(parts, crate::http::full(bytes::Bytes::new()))
+            }
+            None => return Err(reset(target, &e)),
+        },
     };
     let res = match pool.open(shared, target, &key, want_h2).await? {
         Fresh::H2(sender, in_flight) => try_h2(&key, sender, in_flight, req).await,
@@ -363,6 +378,16 @@ pub async fn send_pooled(
         }
         TryError::Sent(e) => reset(target, &e),
     })
+}
+
+/// A copy of a body-less request's head.
+fn req_parts(req: &Request<Body>) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r.into_parts().0
 }
 
 fn reset(target: &Target, e: &hyper::Error) -> ProxyError {
