@@ -145,3 +145,51 @@ async fn foreground_up_streams_logs_follows_and_stops_on_ctrl_c() {
     ]);
     assert!(running.is_empty(), "still running after Ctrl-C: {running}");
 }
+
+/// Ctrl-C while a foreground `up` is still starting: what was started is stopped and meshctl
+/// exits 130 (it used to die at once and leave the containers running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_start_up_stops_what_was_started() {
+    if !docker_available() {
+        return;
+    }
+    let seed = Seed::new("i");
+    seed.ok(&["up", "-d", "--wait", "--build"]);
+    seed.ok(&["down"]);
+    let mut up = seed
+        .command(&["up", "--wait"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = up.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The sidecars are starting: no app is healthy yet, so `--wait` is far from done.
+    wait_line(&rx, "Waiting for the proxy", Duration::from_secs(120));
+    signal(&up, "-INT");
+    let status = wait_exit(&mut up, Duration::from_secs(90));
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(status.code(), Some(130), "{}", rest.join("\n"));
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("interrupted during start-up")),
+        "{}",
+        rest.join("\n")
+    );
+    let p = &seed.project;
+    let running = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.meshctl.project={p}"),
+    ]);
+    assert!(running.is_empty(), "still running after Ctrl-C: {running}");
+}

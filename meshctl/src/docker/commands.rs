@@ -123,8 +123,8 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let progress = Progress::new();
     runtime()?.block_on(async {
         let started = std::time::Instant::now();
-        let outcome = super::up::up(&project, &opts, &progress).await?;
         if args.detach {
+            let outcome = super::up::up(&project, &opts, &progress).await?;
             eprintln!(
                 "mesh {} up in {:.1} s: {} pod(s) on {} ({}/24)",
                 project.name(),
@@ -135,55 +135,77 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        // Foreground: stream the apps' logs until Ctrl-C or SIGTERM, then stop the project.
-        let engine = Engine::connect().await?;
-        let heal = tokio::spawn(super::heal::watch(project.name().to_string()));
-        let follow = follow_logs(&engine, &outcome.apps, "all");
+        // Foreground: Ctrl-C or SIGTERM from the start on (during start-up too, as compose:
+        // what was started is stopped), then stream the apps' logs until one arrives.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        let interrupted = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        tokio::pin!(interrupted);
+        let outcome = tokio::select! {
+            r = super::up::up(&project, &opts, &progress) => Some(r?),
+            _ = &mut interrupted => None,
+        };
+        let engine = Engine::connect().await?;
+        let Some(outcome) = outcome else {
+            eprintln!("\ninterrupted during start-up");
+            stop_project(&engine, project.name(), &progress).await?;
+            return Ok(ExitCode::from(130));
+        };
+        let heal = tokio::spawn(super::heal::watch(project.name().to_string()));
         tokio::select! {
-            _ = follow => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = follow_logs(&engine, &outcome.apps, "all") => {}
+            _ = &mut interrupted => {}
         }
-        let stopping = std::time::Instant::now();
-        eprintln!("\nstopping {}", project.name());
-        let containers = engine.containers(project.name()).await?;
-        // Apps first, in parallel with compose's 10 s grace each: in-flight requests finish
-        // through their sidecars. Then sidecars (meshproxy drains within its config's
-        // `drainDeadline`, 5 s) and meshdns, in parallel.
-        for wave in [true, false] {
-            let stops = containers
-                .iter()
-                .filter(|c| c.state == "running" && (c.role() == Some(Role::App)) == wave)
-                .map(|c| {
-                    let engine = &engine;
-                    let progress = &progress;
-                    async move {
-                        let label = format!("Container {}", c.name);
-                        progress.line(&label, "Stopping");
-                        let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
-                            .t(STOP_GRACE_SECS)
-                            .build();
-                        match engine.docker.stop_container(&c.id, Some(opts)).await {
-                            Ok(()) => progress.line(&label, "Stopped"),
-                            Err(e) => progress.line(&label, &format!("not stopped: {e}")),
-                        }
-                    }
-                });
-            futures_util::future::join_all(stops).await;
-        }
-        eprintln!(
-            "stopped {} in {:.1} s",
-            project.name(),
-            stopping.elapsed().as_secs_f64()
-        );
+        stop_project(&engine, project.name(), &progress).await?;
         heal.abort();
         if let Some(cp) = outcome.control_plane {
             cp.shutdown().await;
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Stops every running container of the project: apps first, in parallel with compose's 10 s
+/// grace each (in-flight requests finish through their sidecars), then sidecars (meshproxy
+/// drains within its config's `drainDeadline`, 5 s) and meshdns, in parallel.
+async fn stop_project(engine: &Engine, project: &str, progress: &Progress) -> anyhow::Result<()> {
+    let stopping = std::time::Instant::now();
+    eprintln!("\nstopping {project}");
+    // A second look: a start request already on its way when start-up was interrupted may
+    // land after the first listing.
+    for _ in 0..3 {
+        let containers = engine.containers(project).await?;
+        if !containers.iter().any(|c| c.state == "running") {
+            break;
+        }
+        for wave in [true, false] {
+            let stops = containers
+                .iter()
+                .filter(|c| c.state == "running" && (c.role() == Some(Role::App)) == wave)
+                .map(|c| async move {
+                    let label = format!("Container {}", c.name);
+                    progress.line(&label, "Stopping");
+                    let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
+                        .t(STOP_GRACE_SECS)
+                        .build();
+                    match engine.docker.stop_container(&c.id, Some(opts)).await {
+                        Ok(()) => progress.line(&label, "Stopped"),
+                        Err(e) => progress.line(&label, &format!("not stopped: {e}")),
+                    }
+                });
+            futures_util::future::join_all(stops).await;
+        }
+    }
+    eprintln!(
+        "stopped {project} in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Streams the logs of `containers` (name -> ID), each line prefixed with the name.
