@@ -809,3 +809,37 @@ fn which_virtual_service_and_destination_rule_apply() {
     assert_eq!(selected("tester"), LbAlgorithm::Random);
     assert_eq!(selected("frontend"), LbAlgorithm::LeastRequest);
 }
+
+#[test]
+fn a_destination_rule_in_the_root_namespace_applies_mesh_wide() {
+    // Two DestinationRules for db, neither in the client's or db's namespace: `other` first
+    // (ROUND_ROBIN), `mesh-root` second (RANDOM). With `x-mesh.rootNamespace: mesh-root` the
+    // root namespace's rule wins (Istio's precedence); without it the first in file order does.
+    let lb_for = |root: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let compose = match root {
+            Some(r) => format!("x-mesh: {{rootNamespace: {r}}}\n{COMPOSE}"),
+            None => COMPOSE.to_string(),
+        };
+        std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+        std::fs::write(
+            dir.path().join("mesh.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db-other, namespace: other}\nspec:\n  host: db.default.svc.cluster.local\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db-wide, namespace: mesh-root}\nspec:\n  host: db.default.svc.cluster.local\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
+        )
+        .unwrap();
+        let t = compile_in(dir.path(), "frontend");
+        let db = meshapi::traffic::DestinationRef {
+            host: "db.default.svc.cluster.local".into(),
+            subset: None,
+            port: Some(5432),
+        };
+        t.cluster(&db, 5432)
+            .unwrap()
+            .policy
+            .load_balancer
+            .algorithm
+            .clone()
+    };
+    assert_eq!(lb_for(Some("mesh-root")), LbAlgorithm::Random);
+    assert_eq!(lb_for(None), LbAlgorithm::RoundRobin);
+}

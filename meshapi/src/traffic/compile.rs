@@ -111,6 +111,11 @@ pub fn compile_routes(
     client: &Workload,
 ) -> Result<RouteTable, CompileError> {
     let cns = client.namespace.as_str();
+    // A DestinationRule in the root namespace (`x-mesh.rootNamespace`) applies mesh-wide.
+    let root = mesh
+        .compose
+        .as_ref()
+        .map_or(ROOT_NAMESPACE, |c| c.root_namespace());
     let vss: Vec<(&str, &VirtualService)> = mesh
         .resources
         .iter()
@@ -173,7 +178,7 @@ pub fn compile_routes(
                     Some(_) => return None,
                     None if *ns == cns => 1,
                     None if Some(*ns) == *svc_ns => 2,
-                    None if *ns == ROOT_NAMESPACE => 3,
+                    None if *ns == root => 3,
                     None => 4,
                 };
                 Some(((ns_rank, host), *ns, *d))
