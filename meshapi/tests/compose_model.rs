@@ -611,3 +611,21 @@ fn odd_shapes_are_errors_not_panics() {
         assert!(from_value(value).is_err(), "{yaml}");
     }
 }
+
+#[test]
+fn yaml_merge_keys_are_resolved_as_docker_compose_does() {
+    let value: serde_yaml::Value = serde_yaml::from_str(
+        "x-check: &check\n  test: [\"CMD\", \"/app\", \"healthcheck\"]\n  interval: 2s\n\
+         services:\n  api:\n    image: a\n    healthcheck:\n      <<: *check\n      interval: 5s\n",
+    )
+    .unwrap();
+    let file = from_value(value).unwrap_or_else(|e| panic!("{}: {}", e.path, e.message));
+    let hc = file.services["api"].healthcheck.as_ref().unwrap();
+    // Merged from the anchor, the service's own key winning.
+    assert!(format!("{:?}", hc.test).contains("healthcheck"), "{hc:?}");
+    assert!(format!("{:?}", hc.interval).contains('5'), "{hc:?}");
+    // A merge of something that is not a mapping is an error, not silence.
+    let bad: serde_yaml::Value =
+        serde_yaml::from_str("services:\n  api:\n    image: a\n    <<: 3\n").unwrap();
+    assert!(from_value(bad).is_err());
+}

@@ -112,9 +112,15 @@ const REFUSED_DEPLOY: &[&str] = &[
     "update_config",
 ];
 
-/// Types a compose document. `value` should already be interpolated. Returns the first
+/// Types a compose document, merge keys resolved. `value` should already be interpolated.
+/// Returns the first
 /// problem: a refused key (by path, with the reason) or serde's own error at its path.
 pub fn from_value(mut value: Value) -> Result<ComposeFile, FieldError> {
+    // YAML merge keys (`<<: *anchor`), which compose files use with `x-` anchors, as
+    // docker compose resolves them.
+    value
+        .apply_merge()
+        .map_err(|e| FieldError::new("", format!("YAML merge key (<<): {e}")))?;
     refuse(&value)?;
     let Some(root) = value.as_mapping_mut() else {
         return Err(FieldError::new(
