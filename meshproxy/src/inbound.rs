@@ -216,23 +216,13 @@ where
         tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
         return;
     }
-    let app_port = snap
-        .inbound_port(ctx.peer.port)
-        .map_or(ctx.peer.port, |p| p.app_port());
-    let app = SocketAddr::from(([127, 0, 0, 1], app_port));
-    let connect = tokio::time::timeout(snap.cfg.limits.connect_timeout.0, TcpStream::connect(app));
-    let mut upstream = match connect.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%app, error = %io_reason(&e), "application connect failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%app, "application connect timed out");
+    let mut upstream = match connect_app(&snap, ctx.peer.port).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "application connect failed");
             return;
         }
     };
-    let _ = upstream.set_nodelay(true);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
             tracing::debug!(result = ?r, "inbound TCP stream ended");
@@ -373,10 +363,7 @@ async fn connect_tunnel(
     snap: &crate::state::Snapshot,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let port = ctx.peer.port;
-    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
-    let app = SocketAddr::from(([127, 0, 0, 1], app_port));
-    let service = format!("inbound|{port}");
+    let service = format!("inbound|{}", ctx.peer.port);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     strip_internal(&mut parts.headers);
@@ -385,27 +372,7 @@ async fn connect_tunnel(
     }
     let mut req = Request::from_parts(parts, crate::http::boxed(body));
     let down = hyper::upgrade::on(&mut req);
-    let stream = match tokio::time::timeout(
-        snap.cfg.limits.connect_timeout.0,
-        TcpStream::connect(app),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(ProxyError::UpstreamConnect {
-                service,
-                reason: io_reason(&e),
-            });
-        }
-        Err(_) => {
-            return Err(ProxyError::UpstreamConnect {
-                service,
-                reason: "connection timeout".into(),
-            });
-        }
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = connect_app(snap, ctx.peer.port).await?;
     let mut resp = crate::http::send_tunnel(stream, req, &service).await?;
     if crate::http::tunnel_opened(&http::Method::CONNECT, resp.status()) {
         let up = hyper::upgrade::on(&mut resp);
@@ -413,4 +380,23 @@ async fn connect_tunnel(
     }
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(crate::http::boxed))
+}
+
+/// A connection to the application behind inbound `port` (its `targetPort` on 127.0.0.1),
+/// within the config's connect timeout.
+async fn connect_app(snap: &crate::state::Snapshot, port: u16) -> Result<TcpStream, ProxyError> {
+    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
+    let app = SocketAddr::from(([127, 0, 0, 1], app_port));
+    let fail = |reason: String| ProxyError::UpstreamConnect {
+        service: format!("inbound|{port}"),
+        reason,
+    };
+    match tokio::time::timeout(snap.cfg.limits.connect_timeout.0, TcpStream::connect(app)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(fail(io_reason(&e))),
+        Err(_) => Err(fail("connection timeout".into())),
+    }
 }
