@@ -1,24 +1,20 @@
-//! The authorization and peer-authentication engine: what the server-side proxy decides per
-//! connection and per request, compiled by the control plane from Istio's AuthorizationPolicy
-//! and PeerAuthentication resources, with Istio's semantics.
+//! The authorization engine: what the server-side proxy decides per connection and per
+//! request, with Istio's AuthorizationPolicy semantics. The control plane compiles the policies
+//! (`meshmodel::compile::authz`); this module is the compiled form and its evaluation.
 //!
-//! - [`compile_for_workload`] selects the policies that apply to one workload and compiles them
-//!   into a [`WorkloadPolicy`]: a self-contained, serializable snapshot with precompiled
-//!   matchers, meant to travel inside the proxy's config document.
+//! - A [`WorkloadPolicy`] is a self-contained, serializable snapshot with precompiled matchers,
+//!   meant to travel inside the proxy's config document.
 //! - [`WorkloadPolicy::evaluate`] decides one request or connection from borrowed
 //!   [`RequestAttributes`], without allocating, and returns a [`Decision`] naming the policy
 //!   (and rule) that decided, plus what AUDIT and dry-run policies matched.
 //! - [`normalize_path`] normalizes a request path with Istio's options before evaluation; the
 //!   proxy forwards the normalized path it authorized.
-//! - [`mtls_mode_for`] resolves PeerAuthentication for a workload's port, and
-//!   [`client_tls_for`] the client side (Istio's auto-mTLS, or a DestinationRule's `tls`).
 //!
 //! docs/authorization.md describes the semantics and every choice made where Istio leaves room.
 
 mod index;
 mod matcher;
 mod normalize;
-mod peer;
 mod rule;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,17 +26,15 @@ pub use matcher::{PathMatch, StrMatch, TemplateSegment};
 pub use normalize::{
     NormalizeError, NormalizedPath, PathNormalization, check_method, normalize_path,
 };
-pub use peer::{
-    ClientTls, client_tls_for, client_tls_for_workload, mtls_mode_for, peer_authentications,
-};
 pub use rule::{CompiledRule, Cond, ServiceAccountName, Term};
 
-use crate::istio::{Action, AuthorizationPolicy, IstioResource};
-use crate::load::Mesh;
-use crate::model::Workload;
+pub use crate::values::{Action, IpBlock};
 use index::{Candidate, RequestKey};
 use matcher::Peer;
-use rule::{Mode, RuleCtx, compile_rule};
+use rule::Mode;
+
+/// How a client proxy connects to an endpoint: the proxy config's [`UpstreamTls`](crate::proxy::UpstreamTls).
+pub type ClientTls = crate::proxy::UpstreamTls;
 
 /// The version of the [`WorkloadPolicy`] format; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -68,58 +62,12 @@ pub struct MeshSecurity {
 impl Default for MeshSecurity {
     fn default() -> Self {
         MeshSecurity {
-            root_namespace: crate::model::ROOT_NAMESPACE.to_string(),
-            trust_domain: crate::model::DEFAULT_TRUST_DOMAIN.to_string(),
+            root_namespace: crate::ROOT_NAMESPACE.to_string(),
+            trust_domain: crate::DEFAULT_TRUST_DOMAIN.to_string(),
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::Base,
         }
     }
-}
-
-impl MeshSecurity {
-    /// The settings of a loaded mesh: the root namespace, trust domain aliases and path
-    /// normalization from its compose file's top-level `x-mesh` (defaults without one), and
-    /// `trust_domain`, the one its identities are issued in.
-    pub fn of(mesh: &Mesh, trust_domain: &str) -> MeshSecurity {
-        let Some(c) = mesh.compose.as_ref() else {
-            return MeshSecurity {
-                trust_domain: trust_domain.to_string(),
-                ..MeshSecurity::default()
-            };
-        };
-        MeshSecurity {
-            root_namespace: c.root_namespace().to_string(),
-            trust_domain: trust_domain.to_string(),
-            trust_domain_aliases: c
-                .trust_domain_aliases()
-                .iter()
-                .filter(|a| *a != trust_domain)
-                .cloned()
-                .collect(),
-            path_normalization: c.path_normalization(),
-        }
-    }
-}
-
-/// Why a set of policies cannot be compiled (the control plane keeps the last good config).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CompileError {
-    #[error("AuthorizationPolicy {policy}: action CUSTOM is not supported by meshctl")]
-    Custom { policy: String },
-    #[error("when key {key:?}: {why}")]
-    BadKey { key: String, why: String },
-    #[error("when key {key:?}: bad value {value:?}: {why}")]
-    BadValue {
-        key: String,
-        value: String,
-        why: String,
-    },
-    #[error("AuthorizationPolicy {policy}: {source}")]
-    InPolicy {
-        policy: String,
-        #[source]
-        source: Box<CompileError>,
-    },
 }
 
 /// One compiled policy.
@@ -181,114 +129,6 @@ impl Default for WorkloadPolicy {
             dry_run_allow: Vec::new(),
         }
     }
-}
-
-/// The AuthorizationPolicies of a loaded mesh, in file order.
-pub fn authorization_policies(mesh: &Mesh) -> Vec<&AuthorizationPolicy> {
-    mesh.resources
-        .iter()
-        .filter_map(|r| match &r.resource {
-            IstioResource::AuthorizationPolicy(p) => Some(p),
-            _ => None,
-        })
-        .collect()
-}
-
-fn namespace_of(meta: &crate::istio::ObjectMeta) -> &str {
-    meta.namespace
-        .as_deref()
-        .unwrap_or(crate::model::DEFAULT_NAMESPACE)
-}
-
-/// Whether `policy` applies to `workload`: a policy in the root namespace applies mesh-wide, one
-/// in the workload's namespace applies namespace-wide; `selector` then narrows by labels.
-/// `targetRef(s)` of kind `Service` apply to the workloads of that mesh service in the policy's
-/// namespace (meshctl has no waypoints; the server sidecar enforces what a waypoint would);
-/// targets of other kinds (Gateway, ServiceEntry) select no sidecar.
-pub fn applies_to(policy: &AuthorizationPolicy, workload: &Workload, root_namespace: &str) -> bool {
-    let ns = namespace_of(&policy.metadata);
-    if ns != root_namespace && ns != workload.namespace {
-        return false;
-    }
-    let spec = &policy.spec;
-    let targets: Vec<_> = spec.target_ref.iter().chain(&spec.target_refs).collect();
-    if !targets.is_empty() {
-        return ns == workload.namespace
-            && targets.iter().any(|t| {
-                matches!(t.group.as_deref(), None | Some("") | Some("core"))
-                    && t.kind == "Service"
-                    && t.name == workload.service
-            });
-    }
-    spec.selector
-        .as_ref()
-        .is_none_or(|s| s.match_labels.matches_map(&workload.labels))
-}
-
-/// Compiles the policies among `policies` that apply to `workload` (see [`applies_to`]).
-///
-/// A CUSTOM policy that applies is an error (`meshctl check` refuses it earlier). Fields meshctl
-/// refuses at load time (JWT `requestPrincipals`, `request.auth.*`) compile to attributes no
-/// request has, which is what they mean in Istio without a RequestAuthentication.
-pub fn compile_for_workload(
-    policies: &[&AuthorizationPolicy],
-    workload: &Workload,
-    mesh: &MeshSecurity,
-) -> Result<WorkloadPolicy, CompileError> {
-    let mut out = WorkloadPolicy {
-        path_normalization: mesh.path_normalization,
-        ..WorkloadPolicy::default()
-    };
-    let mut trust_domains: Vec<&str> = vec![mesh.trust_domain.as_str()];
-    trust_domains.extend(mesh.trust_domain_aliases.iter().map(String::as_str));
-    // Root-namespace policies first, as Istio's separate root DENY filter runs first.
-    let mut selected: Vec<&AuthorizationPolicy> = policies
-        .iter()
-        .copied()
-        .filter(|p| applies_to(p, workload, &mesh.root_namespace))
-        .collect();
-    selected.sort_by_key(|p| namespace_of(&p.metadata) != mesh.root_namespace);
-    for p in selected {
-        let ns = namespace_of(&p.metadata);
-        let name = p.metadata.name.as_deref().unwrap_or("");
-        let qualified = || format!("{name}.{ns}");
-        let action = p.spec.action();
-        if action == Action::Custom {
-            return Err(CompileError::Custom {
-                policy: qualified(),
-            });
-        }
-        let ctx = RuleCtx {
-            policy_namespace: ns,
-            trust_domains: &trust_domains,
-        };
-        let rules = p
-            .spec
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| compile_rule(r, name, i, &ctx))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CompileError::InPolicy {
-                policy: qualified(),
-                source: Box::new(e),
-            })?;
-        let compiled = CompiledPolicy {
-            namespace: ns.to_string(),
-            name: name.to_string(),
-            rules,
-        };
-        let list = match (action, p.dry_run()) {
-            (Action::Deny, false) => &mut out.deny,
-            (Action::Deny, true) => &mut out.dry_run_deny,
-            (Action::Allow, false) => &mut out.allow,
-            (Action::Allow, true) => &mut out.dry_run_allow,
-            // Istio accepts dry-run only on ALLOW and DENY; an AUDIT policy always just audits.
-            _ => &mut out.audit,
-        };
-        list.push(compiled);
-    }
-    Ok(out)
 }
 
 /// Looks up a request header by lower-case name. Repeated headers should be given joined with

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::diag::FieldError;
 
 /// Default cluster domain, as in Kubernetes.
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub use crate::CLUSTER_DOMAIN as DEFAULT_CLUSTER_DOMAIN;
 /// Default namespace for services that do not name one, and for single-label queries.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub use crate::DEFAULT_NAMESPACE;
 /// Default TTL of mesh answers, in seconds.
 pub const DEFAULT_TTL: u32 = 30;
 /// Default VIP range (loopback, see DESIGN.md).

@@ -467,28 +467,6 @@ impl UpstreamTls {
         }
     }
 
-    /// The settings of a DestinationRule `tls` block that sets a mode (`None`: no mode, so
-    /// auto-mTLS decides). File paths are kept as written: the proxy reads them.
-    pub fn from_destination_rule(t: &crate::istio::ClientTlsSettings) -> Option<UpstreamTls> {
-        use crate::istio::TlsMode;
-        let mode = match t.mode? {
-            TlsMode::Disable => UpstreamTlsMode::Disable,
-            TlsMode::IstioMutual => UpstreamTlsMode::IstioMutual,
-            TlsMode::Simple => UpstreamTlsMode::Simple,
-            TlsMode::Mutual => UpstreamTlsMode::Mutual,
-        };
-        let mut out = UpstreamTls::of(mode);
-        if out.originates() {
-            out.ca_certificates = t.ca_certificates.as_ref().map(Into::into);
-            out.client_certificate = t.client_certificate.as_ref().map(Into::into);
-            out.private_key = t.private_key.as_ref().map(Into::into);
-            out.sni = t.sni.clone();
-            out.subject_alt_names = t.subject_alt_names.clone();
-            out.insecure_skip_verify = t.insecure_skip_verify == Some(true);
-        }
-        Some(out)
-    }
-
     /// Whether this originates TLS of its own (`SIMPLE`, `MUTUAL`).
     pub fn originates(&self) -> bool {
         matches!(self.mode, UpstreamTlsMode::Simple | UpstreamTlsMode::Mutual)
@@ -743,6 +721,18 @@ pub enum ConfigError {
     },
     #[error("invalid proxy config: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
+}
+
+impl ProxyConfig {
+    /// Whether `self` and `other` are equal except for their revision (nothing to push).
+    pub fn same_content(&self, other: &ProxyConfig) -> bool {
+        if self.revision == other.revision {
+            return self == other;
+        }
+        let mut other = other.clone();
+        other.revision = self.revision;
+        *self == other
+    }
 }
 
 impl ProxyConfig {

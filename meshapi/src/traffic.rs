@@ -1,12 +1,12 @@
-//! The traffic-management engine: what a client proxy decides per request, compiled by the
-//! control plane from Istio's VirtualService and DestinationRule resources, with Istio's
+//! The traffic-management engine: what a client proxy decides per request, with Istio's
 //! semantics (and Envoy's where Istio leaves behaviour to Envoy).
 //!
-//! - [`compile_routes`] compiles, for one client workload, a [`RouteTable`]: per destination
-//!   service the ordered HTTP and TCP rules (matchers precompiled, `sourceLabels` and
-//!   `sourceNamespace` already decided for this client), and per (service, subset, port) a
-//!   [`Cluster`] with its resolved [`ClusterPolicy`]. The table is self-contained and
-//!   serializable, meant to travel inside the proxy's config document.
+//! - A [`RouteTable`] (compiled for one client workload by `meshmodel::compile::routes` from
+//!   VirtualServices and DestinationRules) holds per destination service the ordered HTTP and
+//!   TCP rules (matchers precompiled, `sourceLabels` and `sourceNamespace` already decided for
+//!   this client), and per (service, subset, port) a [`Cluster`] with its resolved
+//!   [`ClusterPolicy`]. The table is self-contained and serializable, meant to travel inside
+//!   the proxy's config document.
 //! - [`RouteTable::route`] decides one request from a borrowed [`RequestView`] without
 //!   allocating (a redirect's `Location` is the exception): the rule, the weighted destination,
 //!   the drawn fault and mirrors, or a redirect / direct response / CORS preflight answer.
@@ -18,7 +18,6 @@
 //!
 //! docs/traffic.md describes the semantics and every choice made where Istio leaves room.
 
-mod compile;
 mod lb;
 mod matcher;
 mod outlier;
@@ -33,13 +32,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::authz::HeaderLookup;
 
-pub use compile::{CompileError, compile_routes};
 pub use lb::{Balancer, EndpointState, HashInput, HashOutcome, Pick, SetCookie, hash_bytes};
 pub use matcher::{NamedCond, Pattern, RegexRewrite, RequestMatch, StrCond, query_param};
 pub use outlier::{CallResult, EjectionInfo, OutlierDetector};
 pub use policy::{
-    ClusterPolicy, HashKey, LbAlgorithm, LbPolicy, OutlierConfig, PoolLimits, WarmupConfig,
-    resolve_policy,
+    ClusterPolicy, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EJECTION_TIME, DEFAULT_MIN_RING_SIZE,
+    HashKey, LbAlgorithm, LbPolicy, OutlierConfig, PoolLimits, WarmupConfig,
 };
 pub use pool::{CircuitBreaker, Overflow, PoolPermit, PoolResource, PoolStats};
 pub use retry::{AttemptOutcome, DEFAULT_BASE_BACKOFF, RetryPolicy, backoff};

@@ -63,8 +63,8 @@ fn summary(name: &str, mut v: Vec<f64>) -> (f64, f64) {
 
 fn load_check(dir: &Path) -> f64 {
     let t = Instant::now();
-    let loaded = meshapi::load::load(&meshapi::load::LoadOptions::new(dir));
-    let diags = meshapi::check::analyze(&loaded.mesh);
+    let loaded = meshmodel::load::load(&meshmodel::load::LoadOptions::new(dir));
+    let diags = meshmodel::check::analyze(&loaded.mesh);
     assert!(!loaded.has_errors());
     std::hint::black_box(diags);
     t.elapsed().as_secs_f64() * 1000.0

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use meshapi::check;
 use meshapi::diag::{Diagnostic, Severity};
-use meshapi::load::{self, LoadOptions, Loaded};
+use meshmodel::check;
+use meshmodel::load::{self, LoadOptions, Loaded};
 
 /// A service mesh for Docker and bare-VM hosts: mutual TLS, authorization, routing and
 /// resilience from Istio-style YAML, without Kubernetes.
@@ -289,14 +289,14 @@ fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let model = meshapi::model::normalized(&loaded.mesh);
+    let model = meshmodel::model::normalized(&loaded.mesh);
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
     if out.json {
         serde_json::to_writer_pretty(&mut w, &model)?;
         writeln!(w)?;
     } else {
-        w.write_all(meshapi::model::to_yaml(&model)?.as_bytes())?;
+        w.write_all(meshmodel::model::to_yaml(&model)?.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }

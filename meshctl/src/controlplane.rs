@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshapi::compile::ProxyKey;
+use meshmodel::compile::ProxyKey;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ApiConfig, ApiServer};
@@ -49,7 +49,7 @@ pub struct ProjectSpec {
     pub project_name: Option<String>,
 }
 
-/// Where proxies listen (see `meshapi::compile::Placement`).
+/// Where proxies listen (see `meshmodel::compile::Placement`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlacementSpec {
     /// Host mode: inbound `127.0.0.1:<base + k>` for proxy number `k`.
@@ -58,22 +58,22 @@ pub enum PlacementSpec {
         base_port: u16,
     },
     /// A fixed map (tests, or a runner that knows every address).
-    Fixed(meshapi::compile::FixedPlacement),
+    Fixed(meshmodel::compile::FixedPlacement),
     /// Container mode: a fixed map of pod addresses, each proxy in its own network namespace
     /// with its outbound VIP traffic redirected to a capture listener on `127.0.0.1:15001`
     /// (no per-VIP listeners, which would collide with app ports on `0.0.0.0`).
-    Container(meshapi::compile::FixedPlacement),
+    Container(meshmodel::compile::FixedPlacement),
 }
 
 /// [`PlacementSpec::Container`] as a compile placement.
 #[derive(Debug, Clone)]
-pub struct ContainerPlacement(pub meshapi::compile::FixedPlacement);
+pub struct ContainerPlacement(pub meshmodel::compile::FixedPlacement);
 
 /// The outbound capture listener of a container-mode proxy (Istio's 15001).
 pub const CONTAINER_CAPTURE_ADDR: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15001);
 
-impl meshapi::compile::Placement for ContainerPlacement {
+impl meshmodel::compile::Placement for ContainerPlacement {
     fn inbound(&self, workload: &str, instance: u32) -> Option<std::net::SocketAddr> {
         self.0.inbound(workload, instance)
     }
@@ -86,7 +86,7 @@ impl meshapi::compile::Placement for ContainerPlacement {
 impl Default for PlacementSpec {
     fn default() -> Self {
         PlacementSpec::Host {
-            base_port: meshapi::compile::DEFAULT_HOST_BASE_PORT,
+            base_port: meshmodel::compile::DEFAULT_HOST_BASE_PORT,
         }
     }
 }

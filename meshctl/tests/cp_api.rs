@@ -8,7 +8,7 @@ mod ca_support;
 use std::time::Duration;
 
 use ca_support::{csr_for, id, request, send};
-use meshapi::compile::wire::{ACK_PATH, RELOAD_PATH, STATUS_PATH};
+use meshapi::wire::{ACK_PATH, RELOAD_PATH, STATUS_PATH};
 use meshctl::api::ApiConfig;
 use meshctl::controlplane::{ControlPlane, ControlPlaneConfig, ProjectSpec};
 use rustls::pki_types::pem::PemObject;

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshapi::compile::ProxyKey;
-use meshapi::compile::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
 use meshapi::proxy::{PeerAuthMode, ProxyConfig, SpiffeId};
+use meshapi::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
 use meshctl::api::ApiConfig;
 use meshctl::controlplane::api::{ReloadResponse, StatusReport};
 use meshctl::controlplane::client::AdminClient;
 use meshctl::controlplane::{ControlPlane, ControlPlaneConfig, ProjectSpec, ProxyStatus};
+use meshmodel::compile::ProxyKey;
 use meshproxy::ca_client::{CaClient, Credentials};
 use meshproxy::config_client::{ConfigClient, ConfigClientSettings, Outcome};
 use tokio::sync::watch;

@@ -10,11 +10,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use http::HeaderMap;
+use meshapi::authz::Action;
 use meshapi::authz::{
     ConnectionFilter, Decision, HeaderLookup, HttpAttributes, MatchedPolicy, NormalizeError,
     RequestAttributes, WorkloadPolicy, check_method, normalize_path,
 };
-use meshapi::istio::Action;
 use meshapi::proxy::ProxyConfig;
 
 use crate::rescue::ProxyError;

@@ -26,8 +26,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use meshapi::ca_api::{ApiErrorBody, SpiffeId, control_plane_id};
-use meshapi::compile::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse};
 use meshapi::proxy::ProxyConfig;
+use meshapi::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse};
 use rand::Rng;
 use rustls::ClientConfig;
 use rustls::crypto::CryptoProvider;
@@ -434,7 +434,7 @@ pub fn check(raw: serde_json::Value, identity: &SpiffeId) -> Result<ProxyConfig,
 }
 
 fn same_content(a: &ProxyConfig, b: &ProxyConfig) -> bool {
-    meshapi::compile::same_content(a, b)
+    a.same_content(b)
 }
 
 fn server_name(endpoint: &str) -> Result<ServerName<'static>, ConfigClientError> {

@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use meshapi::authz::{MeshSecurity, PathNormalization, WorkloadPolicy, compile_for_workload};
-use meshapi::istio::AuthorizationPolicy;
-use meshapi::model::Workload;
+use meshapi::authz::{MeshSecurity, PathNormalization, WorkloadPolicy};
+use meshmodel::compile::authz::compile_for_workload;
+use meshmodel::istio::AuthorizationPolicy;
+use meshmodel::model::Workload;
 use meshproxy::Bound;
 use meshtest::{EchoServer, TcpEcho, assert_eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -427,13 +428,13 @@ async fn swapped_policy_applies_to_the_next_request_on_the_same_connection() {
 /// no authorization section, and its compiled endpoints expect the backend's identity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
-    use meshapi::compile::{CompileInput, DEFAULT_HOST_BASE_PORT, HostPlacement, ProxyKey};
     use meshapi::proxy::{PeerAuthMode, Protocol};
+    use meshmodel::compile::{CompileInput, DEFAULT_HOST_BASE_PORT, HostPlacement, ProxyKey};
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
-    let loaded = meshapi::load::load(&meshapi::load::LoadOptions::new(dir));
+    let loaded = meshmodel::load::load(&meshmodel::load::LoadOptions::new(dir));
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     let mesh_model = loaded.mesh;
-    let inv = meshapi::model::Inventory::from_compose(mesh_model.compose.as_ref());
+    let inv = meshmodel::model::Inventory::from_compose(mesh_model.compose.as_ref());
     let mut vips = meshapi::dns::VipAllocator::new(meshapi::dns::VipRange::default());
     vips.sync(
         inv.services
@@ -444,7 +445,7 @@ async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
     let placement = HostPlacement::new(&inv, DEFAULT_HOST_BASE_PORT);
     let input = CompileInput::new(&mesh_model, &inv, &vips, &placement, 1);
     let compiled = |w: &str| {
-        meshapi::compile::compile_proxy(
+        meshmodel::compile::compile_proxy(
             &input,
             &ProxyKey {
                 workload: w.into(),

@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use common::*;
-use meshapi::authz::{MeshSecurity, WorkloadPolicy, compile_for_workload};
-use meshapi::istio::AuthorizationPolicy;
-use meshapi::model::Workload;
+use meshapi::authz::{MeshSecurity, WorkloadPolicy};
+use meshmodel::compile::authz::compile_for_workload;
+use meshmodel::istio::AuthorizationPolicy;
+use meshmodel::model::Workload;
 use meshproxy::Bound;
 use meshproxy::metrics::Direction;
 use meshtest::EchoServer;

@@ -17,11 +17,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshapi::compile::{CompileInput, FixedPlacement, ProxyKey, compile_proxy};
 use meshapi::dns::{VipAllocator, VipRange};
-use meshapi::load::{LoadOptions, load};
-use meshapi::model::Inventory;
 use meshapi::proxy::{ProxyConfig, UpstreamTlsMode};
+use meshmodel::compile::{CompileInput, FixedPlacement, ProxyKey, compile_proxy};
+use meshmodel::load::{LoadOptions, load};
+use meshmodel::model::Inventory;
 use meshproxy::metrics::Direction;
 use meshtest::EchoServer;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -562,7 +562,7 @@ spec:
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     let inv = Inventory::from_compose(loaded.mesh.compose.as_ref());
     let mut vips = VipAllocator::new(VipRange::default());
-    let wanted = meshapi::compile::vip_services(&loaded.mesh, &inv);
+    let wanted = meshmodel::compile::vip_services(&loaded.mesh, &inv);
     vips.sync(wanted.iter().map(|(ns, n)| (ns.as_str(), n.as_str())))
         .unwrap();
     let mut placement = FixedPlacement::default();

@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = meshapi::load::check_text("fuzz.yaml", text);
+        let _ = meshmodel::check::check_text("fuzz.yaml", text);
     }
 });

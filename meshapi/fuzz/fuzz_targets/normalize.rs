@@ -9,15 +9,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use meshapi::authz::{
-    HttpAttributes, MeshSecurity, PathNormalization, RequestAttributes, WorkloadPolicy,
-    compile_for_workload, normalize_path,
-};
-use meshapi::istio::{
+use meshapi::authz::{HttpAttributes, MeshSecurity, PathNormalization, RequestAttributes, WorkloadPolicy, normalize_path};
+use meshmodel::compile::authz::compile_for_workload;
+use meshmodel::istio::{
     Action, AuthorizationPolicy, AuthorizationPolicySpec, Ignored, ObjectMeta, Operation, Rule,
     RuleTo,
 };
-use meshapi::model::Workload;
+use meshmodel::model::Workload;
 
 fn ap(name: &str, action: Action, paths: &[&str]) -> AuthorizationPolicy {
     let operation = Operation {

@@ -1,4 +1,4 @@
-//! Precompiled request matchers of the routing engine: Istio's `StringMatch` (exact, prefix,
+//! Precompiled request matchers of the routing engine: Istio's `StringMatch` compiled (exact, prefix,
 //! regex with RE2 semantics and Envoy's full-match rule), header and query-parameter conditions
 //! (`{}` = present, `withoutHeaders` inverted), and one `match` block (conditions ANDed).
 //!
@@ -9,7 +9,6 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::authz::HeaderLookup;
-use crate::istio::{StringMatch, StringMatcher};
 
 /// A regex compiled with RE2 semantics (the `regex` crate is linear-time) that must match the
 /// whole value, as Envoy's `safe_regex` does. Serialized as its source text.
@@ -74,22 +73,6 @@ pub enum StrCond {
 }
 
 impl StrCond {
-    /// Compiles an Istio `StringMatch`. `ignore_case` applies to exact and prefix only.
-    pub fn compile(m: &StringMatch, ignore_case: bool) -> Result<StrCond, regex::Error> {
-        Ok(match m.matcher() {
-            StringMatcher::Exact(v) => StrCond::Exact {
-                value: v.to_string(),
-                ignore_case,
-            },
-            StringMatcher::Prefix(v) => StrCond::Prefix {
-                value: v.to_string(),
-                ignore_case,
-            },
-            StringMatcher::Regex(r) => StrCond::Regex(Pattern::new(r)?),
-            StringMatcher::Any => StrCond::Present,
-        })
-    }
-
     /// Whether `value` satisfies the condition.
     pub fn matches(&self, value: &str) -> bool {
         match self {
@@ -307,7 +290,8 @@ mod tests {
 
     #[test]
     fn regex_is_a_full_match() {
-        let c = StrCond::compile(&StringMatch::regex("/api/v[0-9]+"), false)
+        let c = Pattern::new("/api/v[0-9]+")
+            .map(StrCond::Regex)
             .unwrap_or(StrCond::Present);
         assert!(c.matches("/api/v2"));
         assert!(!c.matches("/api/v2/users"));

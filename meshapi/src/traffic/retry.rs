@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::istio::{HttpRoute, RetryCondition, RetryOn};
+use crate::values::{RetryCondition, RetryOn};
 
 /// Envoy's default base backoff interval (Istio keeps it).
 pub const DEFAULT_BASE_BACKOFF: Duration = Duration::from_millis(25);
@@ -35,25 +35,26 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Istio's policy for a route without `retries`.
+    /// Istio's policy for a route without `retries`: 2 attempts on
+    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`, a new
+    /// endpoint per retry, 25ms base backoff (the model's `RetryPolicy::istio_default`, which a
+    /// meshmodel test keeps equal to this).
     pub fn istio_default() -> RetryPolicy {
-        RetryPolicy::from_istio(&crate::istio::RetryPolicy::istio_default())
-    }
-
-    fn from_istio(p: &crate::istio::RetryPolicy) -> RetryPolicy {
+        use RetryCondition as C;
         RetryPolicy {
-            attempts: p.attempts,
-            retry_on: p.retry_on.clone(),
-            retriable_status_codes: p.retriable_status_codes.clone(),
-            per_try_timeout: p.per_try_timeout.map(|d| d.get()),
-            retry_ignore_previous_hosts: p.ignore_previous_hosts,
-            backoff: p.backoff.get(),
+            attempts: 2,
+            retry_on: RetryOn::new(vec![
+                C::ConnectFailure,
+                C::RefusedStream,
+                C::Unavailable,
+                C::Cancelled,
+                C::RetriableStatusCodes,
+            ]),
+            retriable_status_codes: Vec::new(),
+            per_try_timeout: None,
+            retry_ignore_previous_hosts: true,
+            backoff: DEFAULT_BASE_BACKOFF,
         }
-    }
-
-    /// The policy in force for `route`; `None` when retries are disabled (`attempts: 0`).
-    pub fn for_route(route: &HttpRoute) -> Option<RetryPolicy> {
-        route.retry_policy().map(|p| RetryPolicy::from_istio(&p))
     }
 
     /// Whether a failed try is retried under `retry_on` (the attempt budget, the route timeout

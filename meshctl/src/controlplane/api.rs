@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use meshapi::compile::ProxyKey;
-use meshapi::compile::wire::{
+use meshapi::wire::{
     ACK_PATH, AckRequest, CONFIG_PATH, MAX_WAIT_MS, RELOAD_PATH, ReloadRequest, STATUS_PATH,
 };
+use meshmodel::compile::ProxyKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 

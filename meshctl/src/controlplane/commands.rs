@@ -9,11 +9,11 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use meshapi::compile::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
-use meshapi::compile::{self, CompileInput, HostPlacement, ProxyKey};
 use meshapi::diag::Severity;
 use meshapi::dns::{VipAllocator, VipRange};
-use meshapi::model::Inventory;
+use meshapi::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
+use meshmodel::compile::{self, CompileInput, HostPlacement, ProxyKey};
+use meshmodel::model::Inventory;
 
 use super::api::{ReloadResponse, StatusReport};
 use super::client::AdminClient;
@@ -214,7 +214,7 @@ pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode
 pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Result<ExitCode> {
     let loaded = crate::cli::load_project(project)?;
     let mut diags = loaded.diagnostics.clone();
-    diags.extend(meshapi::check::analyze(&loaded.mesh));
+    diags.extend(meshmodel::check::analyze(&loaded.mesh));
     let errors: Vec<_> = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
@@ -230,7 +230,7 @@ pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Re
     let mut vips =
         VipAllocator::load_or_new(&state_dir(project).join("vips.json"), VipRange::default())?;
     vips.sync(
-        meshapi::compile::vip_services(mesh, &inventory)
+        meshmodel::compile::vip_services(mesh, &inventory)
             .iter()
             .map(|(ns, n)| (ns.as_str(), n.as_str())),
     )?;
@@ -272,7 +272,7 @@ pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Re
         // Through JSON: enums print as plain maps (no YAML tags), so the YAML reads back
         // exactly as the JSON the proxy receives.
         let value = serde_json::to_value(&cfg)?;
-        w.write_all(meshapi::model::to_yaml(&value)?.as_bytes())?;
+        w.write_all(meshmodel::model::to_yaml(&value)?.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use meshapi::load::Mesh;
+use meshmodel::model::Mesh;
 use serde_json::Value;
 
 /// Changed fields shown per changed item.

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use meshapi::compile::ProxyKey;
 use meshapi::proxy::SpiffeId;
+use meshmodel::compile::ProxyKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -409,7 +409,7 @@ mod tests {
         );
         assert_eq!(r1, 1);
         let body = push.snapshot().proxies[&key("a")].body.clone();
-        let parsed: meshapi::compile::wire::ConfigResponse =
+        let parsed: meshapi::wire::ConfigResponse =
             serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((parsed.epoch, parsed.version), (push.epoch(), 1));
 

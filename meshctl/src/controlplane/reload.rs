@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use meshapi::check;
-use meshapi::compile::{self, CompileInput, HostPlacement, Placement, ProxyKey};
-use meshapi::compose::ProcessEnv;
 use meshapi::diag::Severity;
 use meshapi::dns::{Records, VipAllocator, VipRange};
-use meshapi::load::{self, LoadOptions};
-use meshapi::model::Inventory;
 use meshapi::proxy::ProxyConfig;
+use meshmodel::check;
+use meshmodel::compile::{self, CompileInput, HostPlacement, Placement, ProxyKey};
+use meshmodel::compose::ProcessEnv;
+use meshmodel::load::{self, LoadOptions};
+use meshmodel::model::Inventory;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -139,7 +139,7 @@ impl ReloadCtx {
         let inventory = Inventory::from_compose(mesh.compose.as_ref());
         let before = self.vips.clone();
         if let Err(e) = self.vips.sync(
-            meshapi::compile::vip_services(&mesh, &inventory)
+            meshmodel::compile::vip_services(&mesh, &inventory)
                 .iter()
                 .map(|(ns, n)| (ns.as_str(), n.as_str())),
         ) {
@@ -184,7 +184,7 @@ impl ReloadCtx {
             let same = self
                 .compiled
                 .get(key)
-                .is_some_and(|old| compile::same_content(old, cfg));
+                .is_some_and(|old| old.same_content(cfg));
             if same {
                 continue;
             }

@@ -483,7 +483,7 @@ async fn cert_expiry(state_dir: &std::path::Path) -> BTreeMap<String, String> {
     };
     let asked = tokio::time::timeout(
         Duration::from_secs(3),
-        client.get::<crate::controlplane::api::StatusReport>(meshapi::compile::wire::STATUS_PATH),
+        client.get::<crate::controlplane::api::StatusReport>(meshapi::wire::STATUS_PATH),
     )
     .await;
     let Ok(Ok(status)) = asked else {

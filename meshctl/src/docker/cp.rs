@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshapi::compile::FixedPlacement;
+use meshmodel::compile::FixedPlacement;
 use serde::{Deserialize, Serialize};
 
 use super::DockerError;

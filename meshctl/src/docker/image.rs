@@ -119,7 +119,7 @@ pub async fn ensure_static_image(
 pub async fn build_context(
     engine: &Engine,
     tag: &str,
-    spec: &meshapi::compose::Build,
+    spec: &meshmodel::compose::Build,
     project_dir: &Path,
     progress: &Progress,
 ) -> Result<String, DockerError> {

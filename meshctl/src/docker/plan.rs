@@ -13,8 +13,8 @@ use bollard::models::{
 use meshapi::ca_api::{
     ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
 };
-use meshapi::compose::{ComposeFile, DependsCondition, Restart, Service};
 use meshapi::proxy::SpiffeId;
+use meshmodel::compose::{ComposeFile, DependsCondition, Restart, Service};
 
 use super::network::{FIRST_POD_HOST, ProjectNetwork};
 use super::*;
@@ -85,8 +85,8 @@ pub struct Plan {
 
 impl Plan {
     /// The inbound address of every pod, for the control plane's placement.
-    pub fn placement(&self) -> meshapi::compile::FixedPlacement {
-        meshapi::compile::FixedPlacement(
+    pub fn placement(&self) -> meshmodel::compile::FixedPlacement {
+        meshmodel::compile::FixedPlacement(
             self.pods
                 .iter()
                 .map(|p| {
@@ -139,7 +139,7 @@ pub fn check_networks(compose: &ComposeFile) -> Result<(), PlanError> {
         }
         if def
             .as_ref()
-            .is_some_and(|d| d != &meshapi::compose::NetworkDef::default())
+            .is_some_and(|d| d != &meshmodel::compose::NetworkDef::default())
         {
             return Err(not_served(
                 "options on the `default` network are not served (meshctl creates it: a bridge with a /24 it chooses)".into(),
@@ -394,10 +394,10 @@ fn sidecar_body(
     })
 }
 
-fn command(c: &meshapi::compose::Command) -> Result<Vec<String>, String> {
+fn command(c: &meshmodel::compose::Command) -> Result<Vec<String>, String> {
     match c {
-        meshapi::compose::Command::Exec(v) => Ok(v.clone()),
-        meshapi::compose::Command::Shell(s) => shell_split(s),
+        meshmodel::compose::Command::Exec(v) => Ok(v.clone()),
+        meshmodel::compose::Command::Shell(s) => shell_split(s),
     }
 }
 
@@ -461,7 +461,7 @@ pub fn shell_split(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn nanos(d: &Option<meshapi::compose::ComposeDuration>) -> Option<i64> {
+fn nanos(d: &Option<meshmodel::compose::ComposeDuration>) -> Option<i64> {
     d.as_ref()
         .map(|d| i64::try_from(d.0.as_nanos()).unwrap_or(i64::MAX))
 }
@@ -475,11 +475,11 @@ fn environment(input: &PlanInput<'_>, svc: &Service) -> Result<Vec<String>, Stri
             Err(_) if !f.required => continue,
             Err(e) => return Err(format!("env_file {}: {e}", path.display())),
         };
-        let entries = meshapi::compose::parse_env_file(&text)
+        let entries = meshmodel::compose::parse_env_file(&text)
             .map_err(|e| format!("env_file {}: {e}", path.display()))?;
-        env.extend(meshapi::compose::resolve_env_entries(
+        env.extend(meshmodel::compose::resolve_env_entries(
             entries,
-            &meshapi::compose::ProcessEnv,
+            &meshmodel::compose::ProcessEnv,
         ));
     }
     for (k, v) in &svc.environment {

@@ -17,9 +17,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use meshapi::compose::DependsCondition;
 use meshapi::diag::Severity;
-use meshapi::load::{self, LoadOptions, Mesh};
+use meshmodel::compose::DependsCondition;
+use meshmodel::load::{self, LoadOptions};
+use meshmodel::model::Mesh;
 
 use super::cp::{self, PlacementFile};
 use super::engine::{Engine, Owned};
@@ -81,7 +82,7 @@ impl Project {
         opts.project_name = spec.project_name.clone();
         let loaded = load::load(&opts);
         let mut diags = loaded.diagnostics.clone();
-        diags.extend(meshapi::check::analyze(&loaded.mesh));
+        diags.extend(meshmodel::check::analyze(&loaded.mesh));
         let errors: Vec<String> = diags
             .iter()
             .filter(|d| d.severity == Severity::Error)
@@ -524,7 +525,7 @@ pub async fn up(
 }
 
 /// The placement of the planned pods plus, for a partial `up SERVICE...`, the pods left alone.
-fn full_placement(plan: &Plan, existing: &[Owned]) -> meshapi::compile::FixedPlacement {
+fn full_placement(plan: &Plan, existing: &[Owned]) -> meshmodel::compile::FixedPlacement {
     let mut p = plan.placement();
     for c in existing.iter().filter(|c| c.role() == Some(Role::Sidecar)) {
         if let (Some(key), Ok(ip)) = (c.pod_key(), c.label(LABEL_IP).parse::<Ipv4Addr>()) {

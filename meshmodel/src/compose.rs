@@ -1,0 +1,36 @@
+//! Compose services: the model of what a user writes in `compose.yaml`, and the rules compose
+//! applies to it (interpolation, `.env`, project names, merging `-f a -f b`).
+//!
+//! The loader (`crate::load`) owns files and YAML syntax; this module works on parsed
+//! `serde_yaml::Value`s and reports problems as [`FieldError`](meshapi::diag::FieldError)s with
+//! paths relative to the compose document root. The order is:
+//! [`interpolate`] the document, [`from_value`] to type it, [`merge`] several files,
+//! [`ComposeFile::validate`], then read services through the accessors in [`mesh`].
+//!
+//! Labels are the selectors Istio resources match: a DestinationRule subset
+//! `labels: {version: v2}` selects the compose services whose `labels` have `version: v2`.
+
+mod env_file;
+mod interpolate;
+mod merge;
+pub mod mesh;
+mod model;
+mod parts;
+mod project;
+mod read;
+mod syntax;
+mod validate;
+
+pub use env_file::{EnvFileError, parse_env_file, parse_env_file_with, resolve_env_entries};
+pub use interpolate::{EnvLookup, Interpolation, Layered, ProcessEnv, interpolate, substitute};
+pub use merge::merge;
+pub use mesh::{PortProtocol, Workload};
+pub use model::{
+    ComposeFile, DependsCondition, DependsOn, Deploy, Healthcheck, Limits, MeshPort, MeshSettings,
+    NetworkDef, PathNormalizationSetting, Protocol, Resources, Service, ServiceNetwork, VolumeDef,
+    XMesh,
+};
+pub use parts::{Build, Command, EnvFileRef, HealthTest, Port, Restart, Volume};
+pub use project::{ProjectNameError, normalize_project_name, project_name};
+pub use read::from_value;
+pub use syntax::ComposeDuration;
