@@ -118,3 +118,34 @@ impl fmt::Display for Diagnostic {
         Ok(())
     }
 }
+
+impl Diagnostic {
+    /// The diagnostic as text (`file:line:column: severity[code]: resource: path: message`,
+    /// then the hint), with ANSI colours when `color`.
+    pub fn render(&self, color: bool) -> String {
+        let (on, off) = match (color, self.severity) {
+            (false, _) => ("", ""),
+            (true, Severity::Error) => ("\x1b[1;31m", "\x1b[0m"),
+            (true, Severity::Warning) => ("\x1b[1;33m", "\x1b[0m"),
+            (true, Severity::Info) => ("\x1b[1;36m", "\x1b[0m"),
+        };
+        let mut s = format!(
+            "{}: {on}{}[{}]{off}: ",
+            self.location, self.severity, self.code
+        );
+        if let Some(r) = &self.resource {
+            s.push_str(r);
+            s.push_str(": ");
+        }
+        if !self.path.is_empty() {
+            s.push_str(&self.path);
+            s.push_str(": ");
+        }
+        s.push_str(&self.message);
+        if let Some(hint) = &self.hint {
+            s.push_str("\n    hint: ");
+            s.push_str(hint);
+        }
+        s
+    }
+}

@@ -62,7 +62,7 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub admin: AdminConfig,
     /// The compiled authorization policy of this workload ([`crate::authz::WorkloadPolicy`],
-    /// as `meshapi::authz::compile_for_workload` makes it), including its
+    /// as `meshmodel::compile::authz::compile_for_workload` makes it), including its
     /// `path_normalization` option. Evaluated per HTTP request and per TCP connection after
     /// PeerAuthentication. Default none: everything that passed PeerAuthentication is allowed
     /// and paths are forwarded as received. Unknown fields are errors at any depth.
@@ -74,7 +74,7 @@ pub struct ProxyConfig {
     )]
     pub authorization: Option<crate::authz::WorkloadPolicy>,
     /// The compiled traffic management of this client ([`crate::traffic::RouteTable`], as
-    /// `meshapi::traffic::compile_routes` makes it from VirtualServices and DestinationRules):
+    /// `meshmodel::compile::routes::compile_routes` makes it from VirtualServices and DestinationRules):
     /// per destination host its ordered HTTP and TCP rules, per (host, subset, port) its
     /// endpoints' policy (load balancer, connection pool, outlier detection). Services are
     /// matched to hosts by their `host`, endpoints to clusters by `workload` and `labels`.

@@ -57,7 +57,7 @@ pub struct CaConfig {
 impl Default for CaConfig {
     fn default() -> Self {
         Self {
-            trust_domain: "cluster.local".into(),
+            trust_domain: meshapi::DEFAULT_TRUST_DOMAIN.into(),
             ca_dir: None,
             cert_lifetime: Duration::from_secs(24 * 3600),
             clock_skew: Duration::from_secs(60),

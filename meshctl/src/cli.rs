@@ -5,11 +5,12 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use meshapi::diag::{Diagnostic, Severity};
+use meshapi::diag::Severity;
 use meshmodel::check;
-use meshmodel::load::{self, LoadOptions, Loaded};
+use meshmodel::load::Loaded;
+
+pub use crate::project::ProjectArgs;
 
 /// A service mesh for Docker and bare-VM hosts: mutual TLS, authorization, routing and
 /// resilience from Istio-style YAML, without Kubernetes.
@@ -20,27 +21,6 @@ pub struct Cli {
     pub project: ProjectArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Which files make the mesh; the flags `docker compose` has, with the same meaning.
-///
-/// `-f/--file` is not global: as in docker compose it belongs before the subcommand
-/// (`meshctl -f a.yaml up`), and `meshctl logs -f` means follow. Every subcommand but `logs`
-/// also takes `-f/--file` after its name ([`FileArgs`]; `logs` takes `--file`), so
-/// `meshctl up -f a.yaml` keeps working; both places add to one list, top-level first.
-#[derive(Debug, Clone, Args)]
-pub struct ProjectArgs {
-    /// Compose file, Istio resource file or directory of them (repeatable). Default:
-    /// compose.yaml (or compose.yml, docker-compose.yaml, docker-compose.yml), mesh.yaml and
-    /// mesh/ in the project directory.
-    #[arg(short = 'f', long = "file", value_name = "PATH")]
-    pub files: Vec<PathBuf>,
-    /// Project name (default: the compose `name:`, else the directory name).
-    #[arg(short = 'p', long = "project-name", global = true)]
-    pub project_name: Option<String>,
-    /// Project directory (default: the current directory).
-    #[arg(long = "project-directory", global = true, value_name = "DIR")]
-    pub project_directory: Option<PathBuf>,
 }
 
 /// `-f/--file` given after a subcommand's name (see [`ProjectArgs`]).
@@ -174,8 +154,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use crate::docker::commands as docker;
     let project = cli.project_args();
     match cli.command {
-        Command::Check { out, .. } => check_cmd(load_project(&project)?, &out),
-        Command::Config { out, .. } => config_cmd(load_project(&project)?, &out),
+        Command::Check { out, .. } => check_cmd(project.load()?, &out),
+        Command::Config { out, .. } => config_cmd(project.load()?, &out),
         Command::Serve { args, .. } => commands::serve(&project, &args),
         Command::Status { out, .. } => commands::status(&project, out.json),
         Command::Apply { args, .. } => commands::apply(&project, &args),
@@ -186,21 +166,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => docker::logs(&project, &args),
         Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
     }
-}
-
-/// Loads the project the flags name, with the process environment.
-pub fn load_project(args: &ProjectArgs) -> anyhow::Result<Loaded> {
-    let working_dir = match &args.project_directory {
-        Some(dir) => dir.clone(),
-        None => {
-            std::env::current_dir().context("cannot read the current directory")?;
-            PathBuf::from(".")
-        }
-    };
-    let mut opts = LoadOptions::new(working_dir);
-    opts.files = args.files.clone();
-    opts.project_name = args.project_name.clone();
-    Ok(load::load(&opts))
 }
 
 fn check_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
@@ -229,7 +194,7 @@ fn check_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
     } else {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         for d in &diagnostics {
-            writeln!(w, "{}", render(d, color))?;
+            writeln!(w, "{}", d.render(color))?;
         }
         let services = loaded.mesh.compose.as_ref().map_or(0, |c| c.services.len());
         writeln!(
@@ -250,31 +215,6 @@ fn check_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// One diagnostic as text, coloured on a terminal.
-pub fn render(d: &Diagnostic, color: bool) -> String {
-    let (on, off) = match (color, d.severity) {
-        (false, _) => ("", ""),
-        (true, Severity::Error) => ("\x1b[1;31m", "\x1b[0m"),
-        (true, Severity::Warning) => ("\x1b[1;33m", "\x1b[0m"),
-        (true, Severity::Info) => ("\x1b[1;36m", "\x1b[0m"),
-    };
-    let mut s = format!("{}: {on}{}[{}]{off}: ", d.location, d.severity, d.code);
-    if let Some(r) = &d.resource {
-        s.push_str(r);
-        s.push_str(": ");
-    }
-    if !d.path.is_empty() {
-        s.push_str(&d.path);
-        s.push_str(": ");
-    }
-    s.push_str(&d.message);
-    if let Some(hint) = &d.hint {
-        s.push_str("\n    hint: ");
-        s.push_str(hint);
-    }
-    s
-}
-
 fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
     if loaded.has_errors() {
         let stderr = std::io::stderr();
@@ -285,7 +225,7 @@ fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .filter(|d| d.severity == Severity::Error)
         {
-            writeln!(e, "{}", render(d, color))?;
+            writeln!(e, "{}", d.render(color))?;
         }
         return Ok(ExitCode::from(1));
     }
@@ -304,6 +244,12 @@ fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("meshctl").chain(args.iter().copied()))

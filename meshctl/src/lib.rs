@@ -6,3 +6,4 @@ pub mod ca;
 pub mod cli;
 pub mod controlplane;
 pub mod docker;
+pub mod project;

@@ -3,7 +3,7 @@
 //! proxy B (inbound, serving two HTTP ports and a TCP port, PERMISSIVE so plaintext reaches
 //! authorization too) -> echo apps.
 //!
-//! Each policy set (Istio YAML, compiled by `meshapi::authz::compile_for_workload` as the
+//! Each policy set (Istio YAML, compiled by `meshmodel::compile::authz::compile_for_workload` as the
 //! control plane does) is pushed to proxy B as a new config revision; then every request of
 //! its table is sent and its outcome compared with what Istio decides: each source identity,
 //! path, method, port, header and IP in and out of each rule shape, both actions, `when`

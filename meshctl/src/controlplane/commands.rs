@@ -19,7 +19,7 @@ use super::api::{ReloadResponse, StatusReport};
 use super::client::AdminClient;
 use super::{ControlPlane, ControlPlaneConfig, ProjectSpec};
 use crate::api::ApiConfig;
-use crate::cli::{ProjectArgs, render};
+use crate::project::ProjectArgs;
 
 /// `meshctl serve`.
 #[derive(Debug, Clone, Args)]
@@ -212,7 +212,7 @@ pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode
 /// Prints the compiled config of one proxy (host-mode placement, VIPs from `.mesh/vips.json`
 /// when it exists, else allocated in memory the same way the control plane would).
 pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Result<ExitCode> {
-    let loaded = crate::cli::load_project(project)?;
+    let loaded = project.load()?;
     let mut diags = loaded.diagnostics.clone();
     diags.extend(meshmodel::check::analyze(&loaded.mesh));
     let errors: Vec<_> = diags
@@ -221,7 +221,7 @@ pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Re
         .collect();
     if !errors.is_empty() {
         for d in errors {
-            eprintln!("{}", render(d, false));
+            eprintln!("{}", d.render(false));
         }
         return Ok(ExitCode::from(1));
     }

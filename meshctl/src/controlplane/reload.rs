@@ -129,7 +129,7 @@ impl ReloadCtx {
         report.errors = diags
             .iter()
             .filter(|d| d.severity == Severity::Error)
-            .map(|d| crate::cli::render(d, false))
+            .map(|d| d.render(false))
             .collect();
         if !report.errors.is_empty() {
             report.duration_ms = start.elapsed().as_secs_f64() * 1000.0;

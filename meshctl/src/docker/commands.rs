@@ -17,8 +17,8 @@ use super::engine::Engine;
 use super::progress::Progress;
 use super::up::{Project, UpOptions};
 use super::*;
-use crate::cli::ProjectArgs;
 use crate::controlplane::ProjectSpec;
+use crate::project::ProjectArgs;
 
 /// `meshctl up`.
 #[derive(Debug, Clone, Args)]
@@ -559,13 +559,4 @@ pub fn logs(project: &ProjectArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> 
 /// `meshctl __control-plane` (started by `up -d`).
 pub fn control_plane_daemon(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
     super::cp::daemon(&spec(project))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_is_consistent() {
-        use clap::CommandFactory;
-        crate::cli::Cli::command().debug_assert();
-    }
 }

@@ -10,6 +10,7 @@ use bollard::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HealthConfig, HostConfig, Mount,
     MountType, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
+use meshapi::CLUSTER_DOMAIN;
 use meshapi::ca_api::{
     ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
 };
@@ -366,9 +367,9 @@ fn sidecar_body(
             cap_add: Some(vec!["NET_ADMIN".into()]),
             dns: Some(vec![input.network.dns_ip().to_string()]),
             dns_search: Some(vec![
-                format!("{ns}.svc.cluster.local"),
-                "svc.cluster.local".into(),
-                "cluster.local".into(),
+                format!("{ns}.svc.{CLUSTER_DOMAIN}"),
+                format!("svc.{CLUSTER_DOMAIN}"),
+                CLUSTER_DOMAIN.into(),
             ]),
             extra_hosts: Some(
                 svc.extra_hosts

@@ -86,7 +86,7 @@ impl Project {
         let errors: Vec<String> = diags
             .iter()
             .filter(|d| d.severity == Severity::Error)
-            .map(|d| crate::cli::render(d, false))
+            .map(|d| d.render(false))
             .collect();
         if !errors.is_empty() {
             return Err(DockerError::Invalid(errors.join("\n")));
