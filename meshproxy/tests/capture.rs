@@ -66,13 +66,11 @@ fn available() -> bool {
 }
 
 fn skip() -> bool {
-    if available() {
-        return false;
-    }
-    eprintln!(
-        "SKIPPED capture test: needs root and ip, nft, curl, python3 (CI has them; run as root)"
-    );
-    true
+    meshtest::skip_unless(
+        "root",
+        available(),
+        "capture test: needs root and ip, nft, curl, python3 (CI has them; run as root)",
+    )
 }
 
 /// A client netns and a pod netns joined by a veth pair, and every process started in them;
@@ -390,7 +388,7 @@ async fn capture_remove_cleans_up_and_missing_cap_net_admin_is_named() {
             "an unprivileged remove changed the table"
         );
     } else {
-        eprintln!("SKIPPED the CAP_NET_ADMIN check: no setpriv");
+        meshtest::skip_unless("setpriv", false, "the CAP_NET_ADMIN check needs setpriv");
     }
 
     for _ in 0..2 {

@@ -115,12 +115,11 @@ pub fn docker_available() -> bool {
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "\n\n*** SKIPPED: no Docker engine reachable (`docker version` failed); the Docker e2e tests did not run ***\n\n"
-        );
-    }
-    ok
+    !meshtest::skip_unless(
+        "docker",
+        ok,
+        "no Docker engine reachable (`docker version` failed); the Docker e2e tests did not run",
+    )
 }
 
 /// `(status, x-backend-version, body)` of one GET on a fresh connection.

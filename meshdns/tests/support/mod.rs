@@ -155,10 +155,10 @@ where
 /// `dig`'s path, or `None` with a loud note (CI installs dnsutils).
 pub fn dig() -> Option<&'static str> {
     let found = std::process::Command::new("dig").arg("-v").output().is_ok();
-    if !found {
-        eprintln!(
-            "\n!!! SKIPPING dig checks: `dig` is not installed (apt-get install dnsutils) !!!\n"
-        );
-    }
-    found.then_some("dig")
+    let skip = meshtest::skip_unless(
+        "dig",
+        found,
+        "dig checks: `dig` is not installed (apt-get install dnsutils)",
+    );
+    (!skip).then_some("dig")
 }
