@@ -211,12 +211,18 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
     assert_eq!(proxy.config.borrow().revision, 2);
 
     // A save landing half-written is refused; the completed save applies.
+    let refused_at = cp.last_reload().at_unix_ms;
     std::fs::write(
         pa_path(dir.path()),
         "apiVersion: security.istio.io/v1\nkind: PeerAuth",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("the half-written save's reload, refused", || {
+        let r = cp.last_reload();
+        (r.at_unix_ms > refused_at && !r.ok).then_some(())
+    })
+    .await;
+    assert_eq!(cp.revision(), 2);
     assert_eq!(proxy.config.borrow().revision, 2);
     std::fs::write(pa_path(dir.path()), peer_auth("STRICT")).unwrap();
     eventually("version 3 after the completed save", || {
@@ -296,17 +302,21 @@ async fn proxies_keep_their_config_while_the_control_plane_restarts_then_resync(
     let port = cp.local_addr().port();
     let addr = cp.local_addr().to_string();
     let proxy = connect_proxy(&cp, &addr).await;
-    let before = proxy.config.borrow().clone();
+    let mut watched = proxy.config.clone();
+    let before = watched.borrow_and_update().clone();
     cp.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(*proxy.config.borrow(), before, "last good config kept");
 
     let cp = start(dir.path(), port).await;
     eventually("resync with the new control plane", || {
         (frontend_status(&cp).acked == Some(1)).then_some(())
     })
     .await;
-    // Same content after the restart: not republished.
+    // The last good config was kept through the outage and, with the same content after the
+    // restart, never republished: the watch saw no new value at all.
+    assert!(
+        !watched.has_changed().unwrap(),
+        "the config was replaced while the control plane was away"
+    );
     assert_eq!(*proxy.config.borrow(), before);
     assert!(matches!(
         proxy.outcomes.borrow().clone(),
