@@ -1,4 +1,5 @@
-//! The control plane's mTLS API (port 15012): certificates now, config push later.
+//! The control plane's mTLS API (port 15012): certificates (CSR) and, with the routes the
+//! control plane adds, config push, ACKs, status and reload.
 //!
 //! [`ApiServer::bind`] listens, terminates TLS with a CA-issued serving certificate, verifies
 //! optional client certificates against the mesh roots, and dispatches HTTP/1.1 or HTTP/2
