@@ -13,7 +13,6 @@ use meshapi::authz::{
 };
 use meshapi::istio::{Action, AuthorizationPolicy, IstioResource};
 use meshapi::model::Workload;
-use serde::Deserialize;
 
 fn dir() -> PathBuf {
     PathBuf::from(concat!(
@@ -25,8 +24,7 @@ fn dir() -> PathBuf {
 fn read(file: &str) -> Vec<AuthorizationPolicy> {
     let text = std::fs::read_to_string(dir().join(file)).unwrap();
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
+    for v in meshapi::yaml::documents(&text).unwrap() {
         if v.is_null() {
             continue;
         }

@@ -14,7 +14,6 @@ use meshapi::authz::{
 };
 use meshapi::istio::{AuthorizationPolicy, IstioResource};
 use meshapi::model::Workload;
-use serde::Deserialize;
 
 const POLICIES: &str = r#"
 apiVersion: security.istio.io/v1
@@ -105,8 +104,7 @@ spec:
 
 fn compile() -> WorkloadPolicy {
     let mut ps = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(POLICIES) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
+    for v in meshapi::yaml::documents(POLICIES).unwrap() {
         let api = v["apiVersion"].as_str().unwrap().to_string();
         let kind = v["kind"].as_str().unwrap().to_string();
         match IstioResource::from_value(&api, &kind, v).unwrap() {
