@@ -149,7 +149,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 None
             }
             Event::StreamStart | Event::DocumentEnd | Event::Nothing => None,
-            Event::Scalar(text, style, anchor, _tag) => {
+            Event::Scalar(text, style, anchor, tag) => {
                 if text.len() > limits.max_scalar {
                     return Err(YamlError::Limit {
                         pos,
@@ -165,7 +165,11 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     pos,
                     kind: NodeKind::Scalar {
                         text,
-                        plain: style == TScalarStyle::Plain,
+                        // `!!str 8080` is the string, as if quoted; other tags are not kept.
+                        plain: style == TScalarStyle::Plain
+                            && !tag.is_some_and(|t| {
+                                t.handle == "tag:yaml.org,2002:" && t.suffix == "str"
+                            }),
                     },
                 };
                 if anchor > 0 {
@@ -550,6 +554,8 @@ mod tests {
         assert_eq!(v["f"], Value::Number(16u64.into()));
         assert_eq!(v["g"], Value::String("1.2.3".into()));
         assert_eq!(v["h"], Value::String("10s".into()));
+        let v = &parse("a: !!str 8080\n", Limits::default()).unwrap()[0].root;
+        assert_eq!(v.to_value()["a"], Value::String("8080".into()));
     }
 
     #[test]
