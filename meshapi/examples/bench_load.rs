@@ -3,8 +3,8 @@
 //!
 //! Run: `cargo run --release -p meshapi --example bench_load` (or `bench/run load`).
 //! Prints the median time of `load` + `check::analyze` over several runs, the same files'
-//! plain YAML parse into `meshapi::yaml::Value` as a baseline measured in the same run, the ratio,
-//! and the peak RSS of the process (VmHWM).
+//! plain YAML parse into `meshapi::yaml::Value`s as a baseline measured in the same run, the
+//! ratio, and the peak RSS of the process (VmHWM).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -482,7 +482,7 @@ impl Hash for Number {
             N::PosInt(u) => u.hash(state),
             N::NegInt(i) => i.hash(state),
             // 0.0 == -0.0 and every NaN is equal: hash them alike.
-            N::Float(f) if f == 0.0 => 0u64.hash(state),
+            N::Float(0.0) => 0u64.hash(state),
             N::Float(f) if f.is_nan() => u64::MAX.hash(state),
             N::Float(f) => f.to_bits().hash(state),
         }

@@ -110,15 +110,17 @@ fn block_seq(out: &mut String, items: &[Value], level: usize, inline: bool) {
 }
 
 /// Whether a multi-line string can be a literal block (`|`, `|-`) and read back the same:
-/// printable, no carriage returns, at most one final newline, and a first line that does not
-/// start with a space (which would need an indentation indicator).
+/// printable, no tabs or carriage returns, at most one final newline, no line ending in a
+/// space, and a first line that does not start with a space (which would need an indentation
+/// indicator).
 fn literal_ok(s: &str) -> bool {
     let body = s.strip_suffix('\n').unwrap_or(s);
     body.contains('\n')
         && !body.ends_with('\n')
         && !s.starts_with([' ', '\n'])
-        && s.chars().all(|c| c == '\n' || !needs_escape(c))
-        && !s.contains('\t')
+        && s.chars()
+            .all(|c| c == '\n' || !(needs_escape(c) || c == '\t'))
+        && body.split('\n').all(|line| !line.ends_with(' '))
 }
 
 fn literal(out: &mut String, s: &str, level: usize) {
@@ -513,6 +515,9 @@ mod tests {
             "\"q\"",
             "tab\there",
             "line\nbreak",
+            "a\n  \nb",
+            "a\n\n  b\n",
+            "x \ny",
             "two\nlines\n",
             "ends\n\n",
             " lead",
