@@ -198,13 +198,8 @@ impl Records {
         if text.trim().is_empty() {
             return Err(syntax(origin, 1, 1, "", "the file is empty"));
         }
-        let de = serde_yaml::Deserializer::from_str(text);
-        let records: Records = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let (line, column) = inner.location().map_or((1, 1), |l| (l.line(), l.column()));
-            syntax(origin, line, column, &path, &inner.to_string())
-        })?;
+        let records: Records = crate::yaml::from_str(text)
+            .map_err(|e| syntax(origin, e.pos.line, e.pos.column, &e.path, &e.message))?;
         records.checked(origin)
     }
 
@@ -827,6 +822,21 @@ services:
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
             assert!(err.starts_with("r.yaml:"), "{err:?}");
         }
+    }
+
+    #[test]
+    fn wrong_types_are_placed_at_their_line_and_column() {
+        let text = "services:\n  - name: a\n    vip: 127.240.0.1\n    ports:\n      - { name: http, port: high }\n";
+        let err = Records::from_yaml(text, "r.yaml").unwrap_err();
+        let RecordsError::Syntax {
+            line, column, path, ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(path, "services[0].ports[0].port");
+        assert_eq!((*line, *column), (5, 23), "{err}");
+        assert!(err.to_string().starts_with("r.yaml:5:23: "), "{err}");
     }
 
     #[test]

@@ -89,9 +89,8 @@ pub struct ProxyConfig {
     pub traffic: Option<crate::traffic::RouteTable>,
 }
 
-/// Writes an engine section (`authorization`, `traffic`) through `serde_json::Value`, so enum
-/// variants become one-key maps (serde_yaml cannot write the engines' nested enums as tags),
-/// which read back from YAML and JSON alike.
+/// Writes an engine section (`authorization`, `traffic`) through `serde_json::Value`, so it
+/// reads back through [`de_via_json`] the same from YAML and JSON.
 fn ser_via_json<T, S>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error>
 where
     T: Serialize,
@@ -107,45 +106,23 @@ where
 /// Reads an engine section (`authorization`, `traffic`) refusing unknown fields at any depth,
 /// although the engines' types do not say `deny_unknown_fields`: every key given must survive
 /// a round trip through the typed value (keys the serializer skips may only carry empty
-/// values). Enum variants may be written as YAML tags (`!principal [...]`, as serde_yaml writes
-/// them) or as one-key maps (`{principal: [...]}`, as JSON has them).
+/// values). Enum variants are one-key maps (`{principal: [...]}`), as JSON has them.
 fn de_via_json<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
 where
     T: Serialize + serde::de::DeserializeOwned,
     D: Deserializer<'de>,
 {
     use serde::de::Error;
-    let given: Option<serde_yaml::Value> = Option::deserialize(d)?;
+    let given: Option<serde_json::Value> = Option::deserialize(d)?;
     let Some(given) = given else {
         return Ok(None);
     };
-    // One-key maps are what serde_json reads as enum variants.
-    let given = serde_json::to_value(untag(given)).map_err(D::Error::custom)?;
     let value: T = serde_json::from_value(given.clone()).map_err(D::Error::custom)?;
     let typed = serde_json::to_value(&value).map_err(D::Error::custom)?;
     if let Some(path) = unknown_key(&given, &typed, String::new()) {
         return Err(D::Error::custom(format!("unknown field `{path}`")));
     }
     Ok(Some(value))
-}
-
-/// A YAML value with every tagged value `!t v` turned into the one-key map `{t: v}`.
-fn untag(v: serde_yaml::Value) -> serde_yaml::Value {
-    use serde_yaml::Value;
-    match v {
-        Value::Tagged(t) => {
-            let mut m = serde_yaml::Mapping::new();
-            let tag = t.tag.to_string();
-            m.insert(
-                Value::String(tag.trim_start_matches('!').to_string()),
-                untag(t.value),
-            );
-            Value::Mapping(m)
-        }
-        Value::Sequence(s) => Value::Sequence(s.into_iter().map(untag).collect()),
-        Value::Mapping(m) => Value::Mapping(m.into_iter().map(|(k, v)| (k, untag(v))).collect()),
-        other => other,
-    }
 }
 
 /// The first key path in `given` that `typed` does not have (ignoring empty values).
@@ -712,12 +689,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    /// The text is not YAML, or a field does not fit its type; `path` is the field path
+    /// (empty at the top), `line` and `column` place the node in the text.
+    #[error("{line}:{column}: {}{message}", if .path.is_empty() { String::new() } else { format!("{}: ", .path) })]
     Parse {
         path: String,
         message: String,
-        line: Option<usize>,
-        column: Option<usize>,
+        line: usize,
+        column: usize,
     },
     #[error("invalid proxy config: {}", .0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
@@ -738,17 +717,11 @@ impl ProxyConfig {
 impl ProxyConfig {
     /// Parses YAML or JSON (JSON is read as YAML) and validates.
     pub fn from_str_checked(text: &str) -> Result<Self, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let cfg: ProxyConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let loc = inner.location();
-            ConfigError::Parse {
-                path,
-                message: inner.to_string(),
-                line: loc.as_ref().map(|l| l.line()),
-                column: loc.as_ref().map(|l| l.column()),
-            }
+        let cfg: ProxyConfig = crate::yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: e.path,
+            message: e.message,
+            line: e.pos.line,
+            column: e.pos.column,
         })?;
         let errors = cfg.validate();
         if errors.is_empty() {
@@ -1072,19 +1045,10 @@ drainDeadline: 3s
         assert_eq!(a.allow[0].rules.len(), 1);
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(ProxyConfig::from_str_checked(&json).unwrap(), c);
-        // YAML output (nested enums as one-key maps) reads back, and so do YAML tags.
-        let yaml = serde_yaml::to_string(&c).unwrap();
+        // YAML output (nested enums as one-key maps) reads back.
+        let yaml = crate::yaml::to_string(&c).unwrap();
         assert!(yaml.contains("principal:"), "{yaml}");
         assert_eq!(ProxyConfig::from_str_checked(&yaml).unwrap(), c);
-        let tagged = AUTHZ.replace(
-            "{ principal: [ { exact: cluster.local/ns/default/sa/frontend-sa } ] }",
-            "!principal [ { exact: cluster.local/ns/default/sa/frontend-sa } ]",
-        );
-        assert_ne!(tagged, AUTHZ);
-        assert_eq!(
-            ProxyConfig::from_str_checked(&format!("{EXAMPLE}{tagged}")).unwrap(),
-            c
-        );
         let typo = format!("{EXAMPLE}{}", AUTHZ.replace("http_only", "httpOnly"));
         match ProxyConfig::from_str_checked(&typo) {
             Err(ConfigError::Parse { path, message, .. }) => {
@@ -1108,7 +1072,7 @@ drainDeadline: 3s
             "traffic:\n  version: 1\n  client: frontend\n  services: []\n  clusters: []\n";
         let c = ProxyConfig::from_str_checked(&format!("{EXAMPLE}{traffic}")).unwrap();
         assert_eq!(c.traffic.as_ref().unwrap().client, "frontend");
-        let yaml = serde_yaml::to_string(&c).unwrap();
+        let yaml = crate::yaml::to_string(&c).unwrap();
         assert_eq!(ProxyConfig::from_str_checked(&yaml).unwrap(), c);
         let typo = format!("{EXAMPLE}{traffic}  clusterz: [1]\n");
         match ProxyConfig::from_str_checked(&typo) {
@@ -1221,6 +1185,49 @@ drainDeadline: 3s
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn wrong_types_are_placed_at_their_line_and_column() {
+        let bad = EXAMPLE.replace("targetPort: 9090", "targetPort: lots");
+        let line = bad.lines().position(|l| l.contains("lots")).unwrap() + 1;
+        let column = bad
+            .lines()
+            .nth(line - 1)
+            .unwrap()
+            .find("targetPort")
+            .unwrap()
+            + 1;
+        let err = ProxyConfig::from_str_checked(&bad).unwrap_err();
+        match &err {
+            ConfigError::Parse {
+                path,
+                message,
+                line: l,
+                column: c,
+            } => {
+                assert_eq!(path, "outbound[0].targetPort");
+                assert!(message.contains("invalid type"), "{message}");
+                assert_eq!((*l, *c), (line, column), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{line}:{column}: outbound[0].targetPort: ")),
+            "{err}"
+        );
+        // Syntax errors are placed too.
+        let err = ProxyConfig::from_str_checked(
+            "apiVersion: meshproxy/v1
+revision: [1
+",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse { line, .. } if line >= 2),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! YAML with positions: one parse of a file into documents of marked nodes, which convert to
-//! `serde_yaml::Value` for typed deserialization and keep every node's line and column so any
-//! field path (`spec.http[0].retries`) can be placed in the file afterwards.
+//! The one YAML reader and writer of the workspace. A file is parsed once into documents of
+//! marked nodes, which convert to [`Value`] for typed deserialization and keep every node's
+//! line and column so any field path (`spec.http[0].retries`) can be placed in the file
+//! afterwards. [`from_str_at`] does both for a single-document file (proxy configs, DNS
+//! records); [`to_string`] writes block-style YAML that reads back to the same value.
 //!
 //! Hostile input is bounded here, before anything else sees it: file size, nesting depth, the
 //! size of one scalar and the number of nodes after alias expansion (alias bombs) all have
@@ -8,10 +10,15 @@
 
 use std::collections::HashMap;
 
-use serde_yaml::{Mapping, Number, Value};
 use thiserror::Error;
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+mod value;
+mod write;
+
+pub use value::{Error, Index, Mapping, Number, Value, from_value};
+pub use write::{emit, to_string, to_value};
 
 /// Limits applied while parsing; the defaults are far above any real mesh file.
 #[derive(Debug, Clone, Copy)]
@@ -142,7 +149,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 None
             }
             Event::StreamStart | Event::DocumentEnd | Event::Nothing => None,
-            Event::Scalar(text, style, anchor, _tag) => {
+            Event::Scalar(text, style, anchor, tag) => {
                 if text.len() > limits.max_scalar {
                     return Err(YamlError::Limit {
                         pos,
@@ -158,7 +165,11 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     pos,
                     kind: NodeKind::Scalar {
                         text,
-                        plain: style == TScalarStyle::Plain,
+                        // `!!str 8080` is the string, as if quoted; other tags are not kept.
+                        plain: style == TScalarStyle::Plain
+                            && !tag.is_some_and(|t| {
+                                t.handle == "tag:yaml.org,2002:" && t.suffix == "str"
+                            }),
                     },
                 };
                 if anchor > 0 {
@@ -291,8 +302,9 @@ fn count(node: &Node) -> usize {
 }
 
 impl Node {
-    /// Converts to a `serde_yaml::Value` (YAML 1.2 core schema for plain scalars), applying
-    /// merge keys (`<<: *defaults`) as compose files use them.
+    /// Converts to a [`Value`] (YAML 1.2 core schema for plain scalars), applying merge keys
+    /// (`<<: *defaults`, or a sequence of them) as compose files use them. A merge of anything
+    /// but mappings stays a `<<` key, so the reader of the value refuses it.
     pub fn to_value(&self) -> Value {
         match &self.kind {
             NodeKind::Scalar { text, plain: true } => resolve_plain(text),
@@ -309,12 +321,19 @@ impl Node {
                     map.insert(k.to_value(), v.to_value());
                 }
                 for merge in merges {
-                    let sources: Vec<&Node> = match &merge.kind {
-                        NodeKind::Seq(items) => items.iter().collect(),
-                        _ => vec![merge],
+                    let value = merge.to_value();
+                    let sources = match &value {
+                        Value::Mapping(_) => vec![value],
+                        Value::Sequence(items) if items.iter().all(Value::is_mapping) => {
+                            items.clone()
+                        }
+                        _ => {
+                            map.insert(Value::String("<<".into()), value);
+                            continue;
+                        }
                     };
                     for source in sources {
-                        if let Value::Mapping(m) = source.to_value() {
+                        if let Value::Mapping(m) = source {
                             for (k, v) in m {
                                 map.entry(k).or_insert(v);
                             }
@@ -392,7 +411,7 @@ impl Node {
     }
 }
 
-/// YAML 1.2 core schema resolution for plain scalars, as serde_yaml does it.
+/// YAML 1.2 core schema resolution for plain scalars.
 fn resolve_plain(text: &str) -> Value {
     match text {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
@@ -449,6 +468,55 @@ fn parse_int(text: &str) -> Option<Number> {
     }
 }
 
+/// Every document of `text` as a [`Value`], merge keys applied; empty documents are skipped.
+pub fn documents(text: &str) -> Result<Vec<Value>, YamlError> {
+    Ok(parse(text, Limits::default())?
+        .iter()
+        .map(|d| d.root.to_value())
+        .collect())
+}
+
+/// Why a one-document YAML text could not be typed: where, at which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{}:{}: {}{message}", .pos.line, .pos.column, if .path.is_empty() { String::new() } else { format!("{}: ", .path) })]
+pub struct ReadError {
+    /// Where the failing node (or the YAML syntax error) is.
+    pub pos: Pos,
+    /// Field path of the failing node (`services[1].vip`), empty at the top.
+    pub path: String,
+    pub message: String,
+}
+
+/// Reads a one-document YAML (or JSON) text as `T`. An error carries the line and column of
+/// the failing node, found from serde's field path; an empty text reads as null.
+pub fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ReadError> {
+    let docs = parse(text, Limits::default()).map_err(|e| ReadError {
+        pos: e.pos(),
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    if let Some(extra) = docs.get(1) {
+        return Err(ReadError {
+            pos: extra.pos,
+            path: String::new(),
+            message: format!("expected one YAML document, found {}", docs.len()),
+        });
+    }
+    let (value, root) = match docs.first() {
+        Some(doc) => (doc.root.to_value(), Some(&doc.root)),
+        None => (Value::Null, None),
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ReadError {
+            pos: root.map_or(Pos { line: 1, column: 1 }, |r| r.locate(&path)),
+            path,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +554,8 @@ mod tests {
         assert_eq!(v["f"], Value::Number(16u64.into()));
         assert_eq!(v["g"], Value::String("1.2.3".into()));
         assert_eq!(v["h"], Value::String("10s".into()));
+        let v = &parse("a: !!str 8080\n", Limits::default()).unwrap()[0].root;
+        assert_eq!(v.to_value()["a"], Value::String("8080".into()));
     }
 
     #[test]

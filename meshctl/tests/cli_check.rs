@@ -76,7 +76,7 @@ fn usage_errors_exit_2() {
 fn config_prints_the_normalized_model() {
     let out = meshctl(&seed(), &["config"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let yaml = String::from_utf8_lossy(&out.stdout);
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(yaml.contains("name: seed"), "{yaml}");
     assert!(yaml.contains("backend.default.svc.cluster.local"), "{yaml}");
 
@@ -84,6 +84,9 @@ fn config_prints_the_normalized_model() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["name"], "seed");
+    // The YAML output reads back as the same document as the JSON one.
+    let read: serde_json::Value = meshapi::yaml::from_str(&yaml).expect("yaml reads back");
+    assert_eq!(read, v, "{yaml}");
     let services = v["mesh"]["services"].as_array().unwrap();
     let backend = services.iter().find(|s| s["name"] == "backend").unwrap();
     assert_eq!(backend["workloads"].as_array().unwrap().len(), 2);

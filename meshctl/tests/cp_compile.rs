@@ -56,6 +56,9 @@ fn seed_frontend_config_is_valid_deterministic_and_minimal() {
     assert_eq!(yaml, again);
     let (_, json, _) = proxy_config(dir.path(), &["frontend", "--json"]);
     assert_eq!(ProxyConfig::from_str_checked(&json).unwrap(), cfg);
+    let as_json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let yaml_read: serde_json::Value = meshapi::yaml::from_str(&yaml).unwrap();
+    assert_eq!(yaml_read, as_json, "{yaml}");
     // A mesh service name picks its first workload.
     let (code, yaml, _) = proxy_config(dir.path(), &["backend"]);
     assert_eq!(code, 0);

@@ -119,7 +119,7 @@ fn compile_docs(yamls: Vec<String>) -> (WorkloadPolicy, Duration) {
         .iter()
         .enumerate()
         .map(|(i, y)| {
-            let v: serde_yaml::Value = serde_yaml::from_str(y).expect("yaml");
+            let v: meshapi::yaml::Value = meshapi::yaml::from_str(y).expect("yaml");
             match IstioResource::from_value("security.istio.io/v1", "AuthorizationPolicy", v) {
                 Ok(IstioResource::AuthorizationPolicy(p)) => p,
                 other => panic!("policy {i}: {other:?}"),

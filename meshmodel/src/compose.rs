@@ -2,7 +2,7 @@
 //! applies to it (interpolation, `.env`, project names, merging `-f a -f b`).
 //!
 //! The loader (`crate::load`) owns files and YAML syntax; this module works on parsed
-//! `serde_yaml::Value`s and reports problems as [`FieldError`](meshapi::diag::FieldError)s with
+//! `yaml::Value`s and reports problems as [`FieldError`](meshapi::diag::FieldError)s with
 //! paths relative to the compose document root. The order is:
 //! [`interpolate`] the document, [`from_value`] to type it, [`merge`] several files,
 //! [`ComposeFile::validate`], then read services through the accessors in [`mesh`].

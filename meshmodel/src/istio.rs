@@ -343,7 +343,7 @@ impl IstioResource {
     pub fn from_value(
         api_version: &str,
         kind: &str,
-        value: serde_yaml::Value,
+        value: meshapi::yaml::Value,
     ) -> Result<Self, FieldError> {
         let k = match kind_of(api_version, kind) {
             KindLookup::Served(k) => k,
@@ -418,7 +418,9 @@ impl IstioResource {
     }
 }
 
-fn deserialize<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, FieldError> {
+fn deserialize<T: serde::de::DeserializeOwned>(
+    value: meshapi::yaml::Value,
+) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_yaml::Value;
+use meshapi::yaml::Value;
 
 use crate::compose::{self, ComposeFile, EnvLookup};
 use crate::istio::{IstioResource, KindLookup};

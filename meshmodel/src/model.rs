@@ -227,9 +227,10 @@ pub fn normalized(mesh: &Mesh) -> Normalized<'_> {
     }
 }
 
-/// YAML text of any serializable model (YAML output lives in this crate with the parsing).
-pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(value)
+/// Block-style YAML text of any serializable model, which [`meshapi::yaml`] reads back to the
+/// same value (YAML output lives in this crate with the parsing).
+pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, meshapi::yaml::Error> {
+    meshapi::yaml::to_string(value)
 }
 
 #[cfg(test)]

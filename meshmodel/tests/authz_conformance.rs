@@ -12,7 +12,6 @@ use meshapi::authz::{HttpAttributes, MeshSecurity, RequestAttributes, WorkloadPo
 use meshmodel::compile::authz::compile_for_workload;
 use meshmodel::istio::{Action, AuthorizationPolicy, IstioResource};
 use meshmodel::model::Workload;
-use serde::Deserialize;
 
 /// The policy files; each test first checks the corpus is there (`meshtest::conformance_dir`).
 fn dir() -> PathBuf {
@@ -24,8 +23,7 @@ fn dir() -> PathBuf {
 fn read(file: &str) -> Vec<AuthorizationPolicy> {
     let text = std::fs::read_to_string(dir().join(file)).unwrap();
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
+    for v in meshapi::yaml::documents(&text).unwrap() {
         if v.is_null() {
             continue;
         }

@@ -11,14 +11,12 @@ use meshapi::authz::{HttpAttributes, MeshSecurity, Reason, RequestAttributes, Wo
 use meshmodel::compile::authz::compile_for_workload;
 use meshmodel::istio::{AuthorizationPolicy, IstioResource};
 use meshmodel::model::Workload;
-use serde::Deserialize;
 
 const FRONTEND: &str = "spiffe://cluster.local/ns/default/sa/frontend-sa";
 
 fn policies(yaml: &str) -> Vec<AuthorizationPolicy> {
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
+    for v in meshapi::yaml::documents(yaml).unwrap() {
         if v.is_null() {
             continue;
         }

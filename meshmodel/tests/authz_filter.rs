@@ -13,7 +13,6 @@ use meshapi::authz::{HttpAttributes, MeshSecurity, RequestAttributes, WorkloadPo
 use meshmodel::compile::authz::compile_for_workload;
 use meshmodel::istio::{AuthorizationPolicy, IstioResource};
 use meshmodel::model::Workload;
-use serde::Deserialize;
 
 const POLICIES: &str = r#"
 apiVersion: security.istio.io/v1
@@ -104,8 +103,7 @@ spec:
 
 fn compile() -> WorkloadPolicy {
     let mut ps = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(POLICIES) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
+    for v in meshapi::yaml::documents(POLICIES).unwrap() {
         let api = v["apiVersion"].as_str().unwrap().to_string();
         let kind = v["kind"].as_str().unwrap().to_string();
         match IstioResource::from_value(&api, &kind, v).unwrap() {

@@ -8,7 +8,7 @@ use meshmodel::compile::{CompileInput, DEFAULT_HOST_BASE_PORT, HostPlacement, Pr
 use meshmodel::compose::{ComposeFile, from_value, merge};
 
 fn parse(yaml: &str) -> Result<ComposeFile, String> {
-    let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let value: meshapi::yaml::Value = meshapi::yaml::from_str(yaml).unwrap();
     from_value(value).map_err(|e| format!("{}: {}", e.path, e.message))
 }
 

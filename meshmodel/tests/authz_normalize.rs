@@ -120,7 +120,7 @@ fn normalization_is_idempotent() {
 }
 
 fn compile(yaml: &str, mode: PathNormalization) -> WorkloadPolicy {
-    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let v: meshapi::yaml::Value = meshapi::yaml::from_str(yaml).unwrap();
     let IstioResource::AuthorizationPolicy(p) =
         IstioResource::from_value("security.istio.io/v1", "AuthorizationPolicy", v).unwrap()
     else {

@@ -15,11 +15,11 @@ use meshmodel::istio::{
     AuthorizationPolicy, ClientTlsSettings, IstioResource, MtlsMode, PeerAuthentication, TlsMode,
 };
 use meshmodel::model::Workload;
-use serde::Deserialize;
 
 fn docs(yaml: &str) -> Vec<IstioResource> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    meshapi::yaml::documents(yaml)
+        .unwrap()
+        .into_iter()
         .filter(|v| !v.is_null())
         .map(|v| {
             let api = v["apiVersion"].as_str().unwrap().to_string();

@@ -113,7 +113,7 @@ fn unset_warns_and_blanks() {
 
 #[test]
 fn document_values_not_keys_with_paths() {
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(
+    let mut doc: meshapi::yaml::Value = meshapi::yaml::from_str(
         r#"
 x-common: ${A}
 services:

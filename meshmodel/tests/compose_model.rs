@@ -5,14 +5,14 @@ use meshmodel::compose::{
 };
 
 fn parse(yaml: &str) -> ComposeFile {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
+    let value: meshapi::yaml::Value =
+        meshapi::yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
     from_value(value).unwrap_or_else(|e| panic!("{yaml}\n{}: {}", e.path, e.message))
 }
 
 fn parse_err(yaml: &str) -> (String, String) {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
+    let value: meshapi::yaml::Value =
+        meshapi::yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
     match from_value(value) {
         Ok(f) => panic!("expected an error for\n{yaml}\ngot {f:?}"),
         Err(e) => (e.path, e.message),
@@ -154,7 +154,8 @@ fn refused_keys_by_path() {
         assert_eq!(p, *path, "{yaml}");
         assert!(m.contains(message) && m.contains(path), "{yaml}: {m}");
     }
-    let value: serde_yaml::Value = serde_yaml::from_str("include: [a.yaml]\nservices: {}").unwrap();
+    let value: meshapi::yaml::Value =
+        meshapi::yaml::from_str("include: [a.yaml]\nservices: {}").unwrap();
     let e = from_value(value).unwrap_err();
     assert_eq!(e.message, "not supported by meshctl yet: include");
     assert_eq!(e.hint.as_deref(), Some("pass the files with -f instead"));
@@ -301,7 +302,7 @@ volumes: {data: }
     assert_eq!(file.warnings().len(), 1);
 
     // The normalized model prints long syntax and reads back to the same model.
-    let printed = serde_yaml::to_string(&file).unwrap();
+    let printed = meshapi::yaml::to_string(&file).unwrap();
     assert!(printed.contains("interval: 1m30s"), "{printed}");
     assert!(printed.contains("stop_grace_period: 1h2m0s"), "{printed}");
     assert!(printed.contains("restart: on-failure:5"), "{printed}");
@@ -405,7 +406,7 @@ fn seed_example_file_loads() {
     let text = std::fs::read_to_string(path).unwrap();
     // The file uses `${FRONTEND_PORT:-3000}`: interpolate with an empty environment first, as
     // the loader does.
-    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut value: meshapi::yaml::Value = meshapi::yaml::from_str(&text).unwrap();
     let env = std::collections::BTreeMap::<String, String>::new();
     let _ = meshmodel::compose::interpolate(&mut value, &env);
     let file = from_value(value).unwrap_or_else(|e| panic!("{}: {}", e.path, e.message));
@@ -468,7 +469,7 @@ fn extensions_print_with_the_model() {
         file.services["web"].command,
         Some(Command::Exec(vec!["sleep".into(), "5".into()]))
     );
-    let printed = serde_yaml::to_string(&file).unwrap();
+    let printed = meshapi::yaml::to_string(&file).unwrap();
     assert!(
         printed.contains("x-top:") && printed.contains("x-note: hi"),
         "{printed}"
@@ -607,14 +608,14 @@ fn odd_shapes_are_errors_not_panics() {
         "services: {web: {image: x, ports: [\"[::1:80\"]}}",
     ];
     for yaml in cases {
-        let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let value: meshapi::yaml::Value = meshapi::yaml::from_str(yaml).unwrap();
         assert!(from_value(value).is_err(), "{yaml}");
     }
 }
 
 #[test]
 fn yaml_merge_keys_are_resolved_as_docker_compose_does() {
-    let value: serde_yaml::Value = serde_yaml::from_str(
+    let value: meshapi::yaml::Value = meshapi::yaml::from_str(
         "x-check: &check\n  test: [\"CMD\", \"/app\", \"healthcheck\"]\n  interval: 2s\n\
          services:\n  api:\n    image: a\n    healthcheck:\n      <<: *check\n      interval: 5s\n",
     )
@@ -625,7 +626,7 @@ fn yaml_merge_keys_are_resolved_as_docker_compose_does() {
     assert!(format!("{:?}", hc.test).contains("healthcheck"), "{hc:?}");
     assert!(format!("{:?}", hc.interval).contains('5'), "{hc:?}");
     // A merge of something that is not a mapping is an error, not silence.
-    let bad: serde_yaml::Value =
-        serde_yaml::from_str("services:\n  api:\n    image: a\n    <<: 3\n").unwrap();
+    let bad: meshapi::yaml::Value =
+        meshapi::yaml::from_str("services:\n  api:\n    image: a\n    <<: 3\n").unwrap();
     assert!(from_value(bad).is_err());
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use meshmodel::compose::{ComposeFile, from_value, merge, project_name};
 
 fn parse(yaml: &str) -> ComposeFile {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
+    let value: meshapi::yaml::Value =
+        meshapi::yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
     from_value(value).unwrap_or_else(|e| panic!("{yaml}\n{}: {}", e.path, e.message))
 }
 
@@ -206,7 +206,7 @@ services:
     );
     let merged = merge(base, over);
     assert_eq!(merged.name.as_deref(), Some("base"));
-    assert_eq!(merged.extensions["x-a"], serde_yaml::Value::from(2));
+    assert_eq!(merged.extensions["x-a"], meshapi::yaml::Value::from(2));
     assert_eq!(
         merged.services.keys().collect::<Vec<_>>(),
         ["cache", "db", "web"]

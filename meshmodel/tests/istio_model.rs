@@ -7,7 +7,6 @@ use meshmodel::istio::{
     Action, HttpRetry, HttpRoute, IstioKind, IstioResource, KindLookup, Percent, RetryCondition,
     RetryPolicy, VirtualService, kind_of,
 };
-use serde::Deserialize;
 
 /// One YAML document of the corpus.
 struct Doc {
@@ -15,7 +14,7 @@ struct Doc {
     api_version: String,
     kind: String,
     name: String,
-    value: serde_yaml::Value,
+    value: meshapi::yaml::Value,
 }
 
 /// The corpus's documents; `None` (the test returns) when it is not there.
@@ -37,13 +36,11 @@ fn corpus() -> Option<Vec<Doc>> {
                     .and_then(|n| n.to_str())
                     .expect("file name")
             );
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                let value =
-                    serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for value in meshapi::yaml::documents(&text).unwrap_or_else(|e| panic!("{file}: {e}")) {
                 if value.is_null() {
                     continue;
                 }
-                let s = |v: Option<&serde_yaml::Value>| {
+                let s = |v: Option<&meshapi::yaml::Value>| {
                     v.and_then(|v| v.as_str()).unwrap_or("").to_string()
                 };
                 docs.push(Doc {
@@ -126,7 +123,7 @@ fn corpus_round_trips_through_serialization() {
         return;
     };
     for (d, r) in served(&docs) {
-        let yaml = serde_yaml::to_value(&r).expect("serialize");
+        let yaml = meshapi::yaml::to_value(&r).expect("serialize");
         let back = IstioResource::from_value(&d.api_version, &d.kind, yaml).unwrap_or_else(|e| {
             panic!("{} {}: re-read: {}: {}", d.file, d.name, e.path, e.message)
         });
@@ -1264,12 +1261,12 @@ fn kind_of_classifies_versions_and_kinds() {
     assert!(matches!(kind_of("", ""), KindLookup::Unknown { .. }));
 }
 
-fn vs_value(spec: &str) -> serde_yaml::Value {
+fn vs_value(spec: &str) -> meshapi::yaml::Value {
     let doc = format!(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: reviews\nspec:\n{}",
         spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
     );
-    serde_yaml::from_str(&doc).expect("test yaml")
+    meshapi::yaml::from_str(&doc).expect("test yaml")
 }
 
 fn load_vs(spec: &str) -> Result<VirtualService, meshapi::diag::FieldError> {
@@ -1308,7 +1305,7 @@ fn unknown_fields_report_the_path_and_serde_message() {
     let mut v = vs_value("hosts: [a]\n");
     v.as_mapping_mut()
         .expect("map")
-        .insert("specs".into(), serde_yaml::Value::Null);
+        .insert("specs".into(), meshapi::yaml::Value::Null);
     let err = IstioResource::from_value("networking.istio.io/v1", "VirtualService", v)
         .expect_err("specs");
     assert_eq!(err.path, "specs");
@@ -1363,7 +1360,7 @@ fn bad_values_report_the_field_path() {
         assert!(err.message.contains(msg), "{spec}: {}", err.message);
     }
     // Enums list their values.
-    let dr: serde_yaml::Value = serde_yaml::from_str(
+    let dr: meshapi::yaml::Value = meshapi::yaml::from_str(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n",
     )
     .expect("yaml");
@@ -1381,7 +1378,7 @@ fn bad_values_report_the_field_path() {
 #[test]
 fn status_is_accepted_and_dropped() {
     let mut v = vs_value("hosts: [r]\nhttp:\n- route: [{destination: {host: r}}]\n");
-    let status: serde_yaml::Value = serde_yaml::from_str(
+    let status: meshapi::yaml::Value = meshapi::yaml::from_str(
         "conditions: [{type: Reconciled, status: 'True'}]\nobservedGeneration: 3\n",
     )
     .expect("yaml");
@@ -1390,14 +1387,14 @@ fn status_is_accepted_and_dropped() {
         .insert("status".into(), status);
     let r =
         IstioResource::from_value("networking.istio.io/v1", "VirtualService", v).expect("loads");
-    let out = serde_yaml::to_string(&r).expect("serialize");
+    let out = meshapi::yaml::to_string(&r).expect("serialize");
     assert!(!out.contains("status"), "{out}");
     assert!(r.validate().is_empty(), "{:?}", r.validate());
 }
 
 #[test]
 fn kubernetes_metadata_fields_are_accepted() {
-    let v: serde_yaml::Value = serde_yaml::from_str(
+    let v: meshapi::yaml::Value = meshapi::yaml::from_str(
         "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: prod\n  uid: 0b8f4f0e-1\n  resourceVersion: '12345'\n  generation: 2\n  creationTimestamp: '2024-01-01T00:00:00Z'\n  labels: {team: a}\n  annotations: {note: x}\n  finalizers: [x]\n  ownerReferences: [{apiVersion: v1, kind: ConfigMap, name: owner, uid: u, controller: true}]\n  managedFields: [{manager: kubectl, operation: Apply}]\nspec:\n  mtls: {mode: STRICT}\n",
     )
     .expect("yaml");
@@ -1408,7 +1405,7 @@ fn kubernetes_metadata_fields_are_accepted() {
     assert_eq!(r.metadata().generation, Some(2));
     assert!(r.validate().is_empty(), "{:?}", r.validate());
     // The namespace is left for the loader to default.
-    let v: serde_yaml::Value = serde_yaml::from_str(
+    let v: meshapi::yaml::Value = meshapi::yaml::from_str(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n",
     )
     .expect("yaml");
@@ -1493,7 +1490,7 @@ fn mirror_and_fault_percentage_defaults() {
     assert_eq!(vs.spec.http[3].mirrors[0].percentage(), Percent::HUNDRED);
     assert_eq!(vs.spec.http[3].mirrors[1].percentage().value(), 5.0);
     // The deprecated snake_case spelling is read and written back as mirrorPercent.
-    let out = serde_yaml::to_string(&vs).expect("serialize");
+    let out = meshapi::yaml::to_string(&vs).expect("serialize");
     assert!(out.contains("mirrorPercent: 30"), "{out}");
 
     let vs = load_vs(

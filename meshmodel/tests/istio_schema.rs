@@ -4,18 +4,16 @@
 //! type), serialize back with every field kept, and an unknown key injected into any object of it
 //! must be refused with that key's path (no struct lets unknown fields through).
 
+use meshapi::yaml::{Mapping, Value};
 use meshmodel::istio::{IstioKind, IstioResource};
-use serde_yaml::{Mapping, Value};
 
 /// (kind, version, schema) for each served kind and version in the CRD file.
 /// `None` (the test returns) when the corpus is not there.
 fn schemas() -> Option<Vec<(IstioKind, String, Value)>> {
-    use serde::Deserialize;
     let crds = meshtest::conformance_dir()?.join("crd-all.gen.yaml");
     let text = std::fs::read_to_string(crds).expect("read crd-all.gen.yaml");
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let crd = Value::deserialize(doc).expect("crd yaml");
+    for crd in meshapi::yaml::documents(&text).expect("crd yaml") {
         let Some(kind) = crd
             .get("spec")
             .and_then(|s| s.get("names"))
@@ -39,7 +37,7 @@ fn schemas() -> Option<Vec<(IstioKind, String, Value)>> {
 fn sample(name: &str, schema: &Value) -> Value {
     let cel = schema
         .get("x-kubernetes-validations")
-        .map(|v| serde_yaml::to_string(v).expect("cel"))
+        .map(|v| meshapi::yaml::to_string(v).expect("cel"))
         .unwrap_or_default();
     if let Some(e) = schema.get("enum").and_then(Value::as_sequence) {
         return e.last().cloned().expect("enum value");
@@ -234,7 +232,7 @@ fn every_schema_field_of_every_served_version_loads_and_serializes() {
         .unwrap_or_else(|e| panic!("{kind} {version}: {}: {}", e.path, e.message));
         assert_eq!(r.kind(), *kind);
         // Serialized back, every field written is still there.
-        let out = serde_yaml::to_value(&r).expect("serialize");
+        let out = meshapi::yaml::to_value(&r).expect("serialize");
         let (mut want, mut got) = (Vec::new(), Vec::new());
         key_paths("", &doc, &mut want);
         key_paths("", &out, &mut got);

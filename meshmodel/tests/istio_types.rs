@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 
 /// Deserializes a YAML scalar the way a field would be read.
 fn read<T: DeserializeOwned>(yaml: &str) -> Result<T, String> {
-    let v: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(|e| format!("yaml: {e}"))?;
-    serde_yaml::from_value(v).map_err(|e| e.to_string())
+    let v: meshapi::yaml::Value =
+        meshapi::yaml::from_str(yaml).map_err(|e| format!("yaml: {e}"))?;
+    meshapi::yaml::from_value(v).map_err(|e| e.to_string())
 }
 
 fn ms(n: u64) -> std::time::Duration {

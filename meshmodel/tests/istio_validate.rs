@@ -11,8 +11,8 @@ fn load(api_version: &str, kind: &str, spec: &str) -> IstioResource {
 fn load_doc(api_version: &str, kind: &str, metadata: &str, spec: &str) -> IstioResource {
     let indented: String = spec.lines().map(|l| format!("  {l}\n")).collect();
     let text = format!("apiVersion: {api_version}\nkind: {kind}\n{metadata}spec:\n{indented}");
-    let v: serde_yaml::Value =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+    let v: meshapi::yaml::Value =
+        meshapi::yaml::from_str(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
     IstioResource::from_value(api_version, kind, v)
         .unwrap_or_else(|e| panic!("{text}\n{}: {}", e.path, e.message))
 }
@@ -652,7 +652,7 @@ fn destination_rule_rules() {
         expect_only(spec, &dr(spec), path, msg);
     }
     // A DestinationRule without spec lacks its host.
-    let v: serde_yaml::Value = serde_yaml::from_str(
+    let v: meshapi::yaml::Value = meshapi::yaml::from_str(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\n",
     )
     .expect("yaml");
@@ -738,7 +738,7 @@ fn peer_authentication_rules() {
             "wildcard not allowed in label key match",
         ),
     ] {
-        let v: serde_yaml::Value = serde_yaml::from_str(&format!(
+        let v: meshapi::yaml::Value = meshapi::yaml::from_str(&format!(
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: a}}\nspec:\n{}",
             spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
         ))
@@ -959,7 +959,7 @@ fn authorization_policy_values_are_checked_while_reading() {
             "unknown variant `PERMIT`, expected one of `ALLOW`, `DENY`, `AUDIT`, `CUSTOM`",
         ),
     ] {
-        let v: serde_yaml::Value = serde_yaml::from_str(&format!(
+        let v: meshapi::yaml::Value = meshapi::yaml::from_str(&format!(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a}}\nspec:\n{}",
             spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
         ))

@@ -18,7 +18,7 @@ use meshmodel::compile::policy::resolve_policy;
 use meshmodel::istio::{DestinationRule, IstioResource};
 
 fn dr(yaml: &str) -> DestinationRule {
-    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let v: meshapi::yaml::Value = meshapi::yaml::from_str(yaml).unwrap();
     match IstioResource::from_value("networking.istio.io/v1", "DestinationRule", v).unwrap() {
         IstioResource::DestinationRule(d) => d,
         other => panic!("{other:?}"),

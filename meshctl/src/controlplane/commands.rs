@@ -269,10 +269,9 @@ pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Re
         serde_json::to_writer_pretty(&mut w, &cfg)?;
         writeln!(w)?;
     } else {
-        // Through JSON: enums print as plain maps (no YAML tags), so the YAML reads back
-        // exactly as the JSON the proxy receives.
-        let value = serde_json::to_value(&cfg)?;
-        w.write_all(meshmodel::model::to_yaml(&value)?.as_bytes())?;
+        // Enums print as one-key maps, so the YAML reads back exactly as the JSON the proxy
+        // receives.
+        w.write_all(meshapi::yaml::to_string(&cfg)?.as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -275,7 +275,7 @@ spec:
         "no DR tls on 9090: auto-mTLS"
     );
     // The whole config round-trips through YAML (the form meshctl pushes) unchanged.
-    let yaml = serde_yaml::to_string(&cfg).unwrap();
+    let yaml = meshapi::yaml::to_string(&cfg).unwrap();
     assert_eq!(ProxyConfig::from_str_checked(&yaml).unwrap(), cfg);
     // The backend itself sees frontend (no PeerAuthentication there): ISTIO_MUTUAL.
     let b = compile_proxy(

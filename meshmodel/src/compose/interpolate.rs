@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_yaml::Value;
+use meshapi::yaml::Value;
 
 use meshapi::diag::{FieldError, join_path};
 
@@ -106,7 +106,6 @@ fn walk(value: &mut Value, env: &dyn EnvLookup, path: &str, out: &mut Interpolat
                 walk(item, env, &join_path(path, &key), out);
             }
         }
-        Value::Tagged(tagged) => walk(&mut tagged.value, env, path, out),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }

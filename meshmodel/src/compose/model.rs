@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use meshapi::yaml::Value;
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
 
 use super::parts::{Build, Command, EnvFileRef, HealthTest, Port, Restart, Volume};
 use super::syntax::{

@@ -144,13 +144,13 @@ pub struct Volume {
     pub read_only: Option<bool>,
     /// Bind options (`propagation`, `create_host_path`, `selinux`), kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bind: Option<serde_yaml::Value>,
+    pub bind: Option<meshapi::yaml::Value>,
     /// Volume options (`nocopy`, `subpath`), kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume: Option<serde_yaml::Value>,
+    pub volume: Option<meshapi::yaml::Value>,
     /// tmpfs options (`size`, `mode`), kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tmpfs: Option<serde_yaml::Value>,
+    pub tmpfs: Option<meshapi::yaml::Value>,
     /// macOS consistency hint, kept as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<String>,
@@ -181,9 +181,9 @@ impl ShortForm for Volume {
                 "ro" => read_only = Some(true),
                 "rw" => read_only = Some(false),
                 "z" | "Z" => {
-                    let mut map = serde_yaml::Mapping::new();
+                    let mut map = meshapi::yaml::Mapping::new();
                     map.insert("selinux".into(), m.into());
-                    bind = Some(serde_yaml::Value::Mapping(map));
+                    bind = Some(meshapi::yaml::Value::Mapping(map));
                 }
                 "nocopy" | "cached" | "delegated" | "consistent" | "shared" | "rshared"
                 | "slave" | "rslave" | "private" | "rprivate" => {}

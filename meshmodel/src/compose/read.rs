@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_yaml::{Mapping, Value};
+use meshapi::yaml::{Mapping, Value};
 
 use super::model::ComposeFile;
 use meshapi::diag::{FieldError, join_path};

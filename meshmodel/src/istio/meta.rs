@@ -62,7 +62,7 @@ pub struct ObjectMeta {
     pub finalizers: Vec<String>,
     /// Server-side-apply bookkeeping; kept verbatim.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub managed_fields: Vec<serde_yaml::Value>,
+    pub managed_fields: Vec<meshapi::yaml::Value>,
 }
 
 /// Kubernetes `OwnerReference`, accepted so exported objects load.
