@@ -3,7 +3,7 @@
 //!
 //! One process runs an HTTP/1.1 backend, a server-side meshproxy and one client-side
 //! meshproxy per path (all on 127.0.0.1 port 0, mTLS with a test CA), each built with
-//! `meshproxy::build` from a config that `meshapi::compile::compile_proxy` compiles from DIR:
+//! `meshproxy::build` from a config that `meshmodel::compile::compile_proxy` compiles from DIR:
 //!
 //! - `plain`: DIR's compose.yaml alone (no VirtualService, no DestinationRule);
 //! - `plain-untabled`: the `plain` config without its `traffic` section, like bench/run
@@ -31,11 +31,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use meshapi::compile::{CompileInput, Placement, ProxyKey, compile_proxy};
 use meshapi::dns::{VipAllocator, VipRange};
-use meshapi::load::{LoadOptions, load};
-use meshapi::model::Inventory;
 use meshapi::proxy::{AdminConfig, PeerAuthMode, ProxyConfig};
+use meshmodel::compile::{CompileInput, Placement, ProxyKey, compile_proxy};
+use meshmodel::load::{LoadOptions, load};
+use meshmodel::model::Inventory;
 use meshtest::TestCa;
 use tokio::net::{TcpListener, TcpStream};
 
