@@ -429,7 +429,6 @@ fn compile_with(
             key,
             ServiceConfig {
                 endpoints,
-                routes: Vec::new(),
                 host: Some(svc.fqdn.clone()),
             },
         );

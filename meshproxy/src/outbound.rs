@@ -19,7 +19,7 @@ use crate::app::Shared;
 use crate::http::{Body, check_framing, splice_upgrade, strip_hop_by_hop, strip_internal};
 use crate::metrics::Direction;
 use crate::rescue::ProxyError;
-use crate::state::RequestFacts;
+use crate::state::{Snapshot, Target};
 use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
@@ -28,6 +28,19 @@ fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
         .original_dst_v4()
         .ok()?
         .as_socket()
+}
+
+/// The endpoint for a TCP connection or an upgrade/CONNECT tunnel to `out`: the route
+/// table's TCP rule, or its HTTP rule for the tunnel's request, then the cluster's balancer.
+fn connection_target(
+    snap: &Snapshot,
+    out: &meshapi::proxy::OutboundService,
+    req: Option<(&http::Method, &Uri, &http::HeaderMap)>,
+) -> Result<Target, ProxyError> {
+    let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
+        target: out.service.clone(),
+    })?;
+    crate::traffic::route_connection(snap, host, out.target_port(), req)
 }
 
 /// Serves one outbound connection; `vip` is the configured VIP of an explicit listener, or
@@ -50,7 +63,7 @@ pub async fn serve(
         return;
     };
     if out.protocol == Protocol::Tcp {
-        let target = match snap.route(out, None) {
+        let target = match connection_target(&snap, out, None) {
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(%dst, error = %e, "TCP connection dropped");
@@ -151,19 +164,14 @@ async fn forward(
         })?;
     let upgrade = crate::http::is_upgrade(&req);
     let tunnel = crate::http::is_tunnel(&req);
-    if !tunnel && let Some((_, host)) = crate::traffic::table_for(&snap, out) {
+    if !tunnel {
+        let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
+            target: out.service.clone(),
+        })?;
         let port = out.target_port();
         return crate::traffic::forward(shared, snap.clone(), host, port, remote, req).await;
     }
-    let target = snap.route(
-        out,
-        Some(RequestFacts {
-            method: req.method(),
-            uri: req.uri(),
-            path: req.uri().path(),
-            headers: req.headers(),
-        }),
-    )?;
+    let target = connection_target(&snap, out, Some((req.method(), req.uri(), req.headers())))?;
     let service = target.service.clone();
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);

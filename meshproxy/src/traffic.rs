@@ -28,7 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 use meshapi::authz::HeaderLookup;
-use meshapi::proxy::{Endpoint, OutboundService, Protocol, ProxyConfig};
+use meshapi::proxy::{Endpoint, Protocol, ProxyConfig};
 use meshapi::traffic::{
     Abort, AttemptOutcome, Balancer, CallResult, CircuitBreaker, Cluster, ClusterPolicy,
     DestinationRef, EndpointState, Forward, HashInput, HeaderOps, OutlierDetector, Pick,
@@ -319,19 +319,17 @@ pub struct EndpointStatus {
     pub times_ejected: u64,
 }
 
-/// Builds the runtime state of every cluster of `cfg.traffic`, reusing `prev`'s state for
+/// Builds the runtime state of every cluster of `table` (the snapshot's), reusing `prev`'s state for
 /// clusters whose endpoints and policy did not change.
 pub fn build_clusters(
     cfg: &ProxyConfig,
+    table: &RouteTable,
     prev: Option<&[Arc<ClusterState>]>,
 ) -> Vec<Arc<ClusterState>> {
-    let Some(table) = &cfg.traffic else {
-        return Vec::new();
-    };
     let by_host: HashMap<&str, (&String, &meshapi::proxy::ServiceConfig)> = cfg
         .services
         .iter()
-        .filter_map(|(k, s)| Some((s.host.as_deref()?, (k, s))))
+        .map(|(k, s)| (s.host.as_deref().unwrap_or(k), (k, s)))
         .collect();
     let protocol_of = |service: &str, port: u16| {
         cfg.outbound
@@ -390,26 +388,15 @@ fn in_cluster(c: &Cluster, e: &Endpoint) -> bool {
     workload_ok && c.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))
 }
 
-/// The route table and the destination host of an outbound service, when traffic management
-/// applies to it.
-pub fn table_for<'a>(
-    snap: &'a Snapshot,
-    out: &OutboundService,
-) -> Option<(&'a RouteTable, &'a str)> {
-    let table = snap.cfg.traffic.as_ref()?;
-    let host = snap.cfg.services.get(&out.service)?.host.as_deref()?;
-    Some((table, host))
-}
-
 /// The endpoint of a TCP connection or an HTTP upgrade to `out` under the route table.
 pub fn route_connection(
     snap: &Snapshot,
-    table: &RouteTable,
     host: &str,
     port: u16,
     req: Option<(&http::Method, &Uri, &HeaderMap)>,
 ) -> Result<Target, ProxyError> {
     let random = rand::random::<u64>();
+    let table = snap.table();
     let dest: DestinationRef = match req {
         None => table
             .route_tcp(host, port, random)
@@ -445,7 +432,7 @@ pub fn route_connection(
         }
     };
     let cluster = snap
-        .cluster(table, &dest, port)
+        .cluster(&dest, port)
         .ok_or_else(|| ProxyError::NoRoute {
             target: format!("{}:{}", dest.host, dest.port_for(port)),
         })?;
@@ -550,11 +537,7 @@ pub async fn forward(
     source: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let Some(table) = snap.cfg.traffic.as_ref() else {
-        return Err(ProxyError::NoRoute {
-            target: host.to_string(),
-        });
-    };
+    let table = snap.table();
     let random = rand::random::<u64>();
     let authority = req
         .uri()
@@ -619,7 +602,7 @@ pub async fn forward(
             }
         };
         let origin = lookup.get("origin").map(str::to_string);
-        let cluster = snap.cluster(table, &f.destination.destination, port);
+        let cluster = snap.cluster(&f.destination.destination, port);
         let hash = cluster.map(|c| {
             c.balancer.hash(&HashInput {
                 headers: &lookup,
@@ -682,15 +665,7 @@ pub async fn forward(
 
     if let ReqBody::Buffered(b) = &body {
         for m in &mirrors {
-            spawn_mirror(
-                shared,
-                &snap,
-                table,
-                &m.destination,
-                port,
-                &upstream,
-                b.clone(),
-            );
+            spawn_mirror(shared, &snap, &m.destination, port, &upstream, b.clone());
         }
     } else if !mirrors.is_empty() {
         tracing::debug!(cluster = %cluster.name, "request body too large to mirror");
@@ -810,13 +785,12 @@ fn abort_response(abort: &Abort) -> Response<Body> {
 fn spawn_mirror(
     shared: &Arc<Shared>,
     snap: &Arc<Snapshot>,
-    table: &RouteTable,
     dest: &DestinationRef,
     port: u16,
     upstream: &Upstream,
     body: Bytes,
 ) {
-    let Some(cluster) = snap.cluster(table, dest, port) else {
+    let Some(cluster) = snap.cluster(dest, port) else {
         tracing::debug!(host = %dest.host, "mirror destination has no cluster");
         return;
     };
