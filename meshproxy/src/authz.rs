@@ -17,7 +17,7 @@ use meshapi::authz::{
 use meshapi::istio::Action;
 use meshapi::proxy::ProxyConfig;
 
-use crate::rescue::ProxyError;
+use crate::reply::ProxyError;
 use crate::state::{HttpFacts, PeerInfo};
 
 /// Request headers as the engine looks them up: repeated headers joined with `,`; values that

@@ -24,7 +24,7 @@ use crate::http::{
     Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop, strip_internal,
 };
 use crate::metrics::Direction;
-use crate::rescue::ProxyError;
+use crate::reply::ProxyError;
 use crate::state::{HttpFacts, PeerInfo};
 use crate::tls;
 

@@ -26,7 +26,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
-pub mod rescue;
+pub mod reply;
 pub mod state;
 pub mod tls;
 pub mod traffic;

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use crate::app::Shared;
 use crate::http::{Body, check_framing, splice_upgrade, strip_hop_by_hop, strip_internal};
 use crate::metrics::Direction;
-use crate::rescue::ProxyError;
+use crate::reply::ProxyError;
 use crate::state::{Snapshot, Target};
 use crate::upstream::Wire;
 
@@ -148,7 +148,8 @@ async fn handle(
     }
 }
 
-/// One outbound request: framing check, sanitize, route decision, send to the endpoint.
+/// One outbound request: framing check, then the route table ([`crate::traffic::forward`]),
+/// or for an upgrade or CONNECT its own stream ([`tunnel`]).
 async fn forward(
     shared: &Arc<Shared>,
     dst: SocketAddr,
@@ -162,17 +163,26 @@ async fn forward(
         .ok_or_else(|| ProxyError::NoRoute {
             target: dst.to_string(),
         })?;
-    let upgrade = crate::http::is_upgrade(&req);
-    let tunnel = crate::http::is_tunnel(&req);
-    if !tunnel {
-        let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
-            target: out.service.clone(),
-        })?;
-        let port = out.target_port();
-        return crate::traffic::forward(shared, snap.clone(), host, port, remote, req).await;
+    if crate::http::is_tunnel(&req) {
+        let target = connection_target(&snap, out, Some((req.method(), req.uri(), req.headers())))?;
+        drop(snap);
+        return tunnel(shared, target, req).await;
     }
-    let target = connection_target(&snap, out, Some((req.method(), req.uri(), req.headers())))?;
-    let service = target.service.clone();
+    let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
+        target: out.service.clone(),
+    })?;
+    let port = out.target_port();
+    crate::traffic::forward(shared, snap.clone(), host, port, remote, req).await
+}
+
+/// An upgrade or CONNECT: its own HTTP/1.1 stream to the endpoint, spliced to the client's
+/// connection once the endpoint opens the tunnel.
+async fn tunnel(
+    shared: &Arc<Shared>,
+    target: Target,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = crate::http::is_upgrade(&req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     strip_internal(&mut parts.headers);
@@ -187,46 +197,29 @@ async fn forward(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| service.clone());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .unwrap_or_else(|| target.service.clone());
     let mut req = Request::from_parts(parts, crate::http::boxed(body));
     let method = req.method().clone();
-    let mut resp = if tunnel {
-        // An upgrade or CONNECT gets its own HTTP/1.1 stream to the endpoint, spliced to the
-        // client's connection once the endpoint opens the tunnel.
-        let down = hyper::upgrade::on(&mut req);
-        if method != http::Method::CONNECT {
-            *req.uri_mut() = pq
-                .parse()
-                .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-        }
-        if !req.headers().contains_key(header::HOST)
-            && let Ok(h) = HeaderValue::from_str(&authority)
-        {
-            req.headers_mut().insert(header::HOST, h);
-        }
-        let tls = crate::upstream::settings(&target);
-        let stream = crate::upstream::connect(shared, &target, &tls, Wire::Http1).await?;
-        let mut resp = crate::http::send_tunnel(stream, req, &service).await?;
-        if crate::http::tunnel_opened(&method, resp.status()) {
-            let up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice_upgrade(down, up));
-        }
-        resp.map(crate::http::boxed)
-    } else {
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(authority.as_str())
-            .path_and_query(pq.as_str())
-            .build()
-            .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
-        req.headers_mut().remove(header::HOST);
-        crate::pool::send_pooled(shared, &target, req).await?
-    };
+    let down = hyper::upgrade::on(&mut req);
+    if method != http::Method::CONNECT {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = pq
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+    }
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(h) = HeaderValue::from_str(&authority)
+    {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    let tls = crate::upstream::settings(&target);
+    let stream = crate::upstream::connect(shared, &target, &tls, Wire::Http1).await?;
+    let mut resp = crate::http::send_tunnel(stream, req, &target.service).await?;
+    if crate::http::tunnel_opened(&method, resp.status()) {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(splice_upgrade(down, up));
+    }
+    let mut resp = resp.map(crate::http::boxed);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     Ok(resp)

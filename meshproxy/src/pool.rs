@@ -30,8 +30,8 @@ use meshapi::proxy::{SpiffeId, UpstreamTls, UpstreamTlsMode};
 
 use crate::app::Shared;
 use crate::body::Tracked;
-use crate::http::Body;
-use crate::rescue::ProxyError;
+use crate::http::{Body, RequestHead};
+use crate::reply::ProxyError;
 use crate::state::Target;
 use crate::tls;
 use crate::upstream::Wire;
@@ -317,12 +317,14 @@ impl From<hyper::client::conn::TrySendError<Request<Body>>> for TryError {
 /// Sends `req` to `target` on a pooled connection (see the module documentation for which
 /// kind). If a pooled connection turned out to be gone before the request was written (peer
 /// restarted, drained, or closed it while idle), the untouched request goes on a fresh
-/// connection; anything already sent is never replayed. The response body holds the
-/// connection's place until it ends.
+/// connection; anything already sent is never replayed, except an idempotent body-less request
+/// whose head the caller kept (`resend`). The response body holds the connection's place
+/// until it ends.
 pub async fn send_pooled(
     shared: &Arc<Shared>,
     target: &Target,
     req: Request<Body>,
+    resend: Option<&RequestHead>,
 ) -> Result<Response<Body>, ProxyError> {
     let pool = &shared.pool;
     let key = Key::of(target);
@@ -333,13 +335,13 @@ pub async fn send_pooled(
         || target.connect.http2
         || req.version() == http::Version::HTTP_2;
     // A live HTTP/2 connection to the destination serves every request, whatever its version.
-    // An idempotent request without a body is kept so that, if the reused connection dies
-    // before any response (peer restarted, GOAWAY), it can go again on a fresh connection, as
+    // An idempotent request without a body whose head the caller kept goes again on a fresh
+    // connection if the reused one dies before any response (peer restarted, GOAWAY), as
     // RFC 9110 section 9.2.2 allows.
-    let mut again: Option<http::request::Parts> = None;
+    let mut again: Option<&RequestHead> = None;
     let reused = if let Some((sender, in_flight)) = pool.h2_get(&key, max) {
         if req.method().is_idempotent() && req.body().is_end_stream() {
-            again = Some(req_parts(&req));
+            again = resend;
         }
         try_h2(&key, sender, in_flight, req).await
     } else if !want_h2 && let Some(conn) = pool.checkout_h1(&key) {
@@ -357,10 +359,10 @@ pub async fn send_pooled(
             *r
         }
         Err(TryError::Sent(e)) => match again {
-            Some(parts) => {
+            Some(head) => {
                 tracing::debug!(service = %target.service, error = %e, "pooled connection died before a response; sending again");
                 pool.h2_remove(&key);
-                Request::from_parts(parts, crate::http::full(bytes::Bytes::new()))
+                head.request(crate::http::full(bytes::Bytes::new()))
             }
             None => return Err(reset(target, &e)),
         },
@@ -378,16 +380,6 @@ pub async fn send_pooled(
         }
         TryError::Sent(e) => reset(target, &e),
     })
-}
-
-/// A copy of a body-less request's head.
-fn req_parts(req: &Request<Body>) -> http::request::Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    r.into_parts().0
 }
 
 fn reset(target: &Target, e: &hyper::Error) -> ProxyError {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use meshapi::proxy::{Endpoint, InboundPort, OutboundService, ProxyConfig, SpiffeId};
 use meshapi::traffic::RouteTable;
 
-use crate::rescue::ProxyError;
+use crate::reply::ProxyError;
 
 /// One config, indexed for the data path. Never mutated after build (cluster state has its
 /// own counters); a new config gives a new snapshot.

@@ -34,7 +34,7 @@ use tokio_rustls::client::TlsStream;
 use crate::app::Shared;
 use crate::http::io_reason;
 use crate::metrics::Direction;
-use crate::rescue::ProxyError;
+use crate::reply::ProxyError;
 use crate::state::Target;
 use crate::tls;
 
