@@ -87,7 +87,7 @@ async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::st
         None => None,
     };
     let tls = crate::upstream::settings(&target);
-    let mut up = match crate::upstream::connect(&shared, &target, &tls, Wire::Tcp).await {
+    let mut up = match crate::upstream::connect(&shared, &target, tls, Wire::Tcp).await {
         Ok(s) => {
             if let Some((c, i)) = &target.cluster {
                 c.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
@@ -197,7 +197,7 @@ async fn tunnel(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| target.service.clone());
+        .unwrap_or_else(|| target.service.to_string());
     let mut req = Request::from_parts(parts, crate::http::boxed(body));
     let method = req.method().clone();
     let down = hyper::upgrade::on(&mut req);
@@ -213,7 +213,7 @@ async fn tunnel(
         req.headers_mut().insert(header::HOST, h);
     }
     let tls = crate::upstream::settings(&target);
-    let stream = crate::upstream::connect(shared, &target, &tls, Wire::Http1).await?;
+    let stream = crate::upstream::connect(shared, &target, tls, Wire::Http1).await?;
     let mut resp = crate::http::send_tunnel(stream, req, &target.service).await?;
     if crate::http::tunnel_opened(&method, resp.status()) {
         let up = hyper::upgrade::on(&mut resp);

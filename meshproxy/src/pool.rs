@@ -46,24 +46,40 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 /// How often idle connections are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    addr: SocketAddr,
-    identity: Option<SpiffeId>,
-    port: u16,
-    tls: UpstreamTls,
+/// Which pooled connections a request may ride: (endpoint address, identity, application
+/// port, upstream TLS). Built once per cluster endpoint when a config is applied
+/// ([`crate::traffic::ClusterState`]) and shared by `Arc`: a request neither copies the SPIFFE
+/// ID nor hashes it (the hash covers address and port), and comparing a key with itself is a
+/// pointer comparison.
+#[derive(Debug)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub identity: Option<SpiffeId>,
+    pub port: u16,
+    /// How connections are made (the cluster's `tls`, else the endpoint's for the port).
+    pub tls: UpstreamTls,
 }
 
-impl Key {
-    fn of(target: &Target) -> Key {
-        Key {
-            addr: target.endpoint.address,
-            identity: target.endpoint.identity.clone(),
-            port: target.target_port,
-            tls: crate::upstream::settings(target),
-        }
+impl PartialEq for PoolKey {
+    fn eq(&self, o: &Self) -> bool {
+        std::ptr::eq(self, o)
+            || (self.addr == o.addr
+                && self.port == o.port
+                && self.identity == o.identity
+                && self.tls == o.tls)
     }
 }
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+        self.port.hash(state);
+    }
+}
+
+type Key = Arc<PoolKey>;
 
 #[derive(Debug)]
 struct H2Conn {
@@ -206,7 +222,7 @@ impl Pool {
             None => h2,
         };
         let fail = |what: &str, e: hyper::Error| ProxyError::UpstreamConnect {
-            service: target.service.clone(),
+            service: target.service.to_string(),
             reason: format!("{what} handshake: {e}"),
         };
         let addr = key.addr;
@@ -327,7 +343,7 @@ pub async fn send_pooled(
     resend: Option<&RequestHead>,
 ) -> Result<Response<Body>, ProxyError> {
     let pool = &shared.pool;
-    let key = Key::of(target);
+    let key = &target.key;
     let max = target.connect.max_requests_per_connection;
     // Between mesh proxies HTTP always multiplexes on HTTP/2 (measured cheaper per request
     // than an HTTP/1.1 pool, see the module documentation).
@@ -339,13 +355,13 @@ pub async fn send_pooled(
     // connection if the reused one dies before any response (peer restarted, GOAWAY), as
     // RFC 9110 section 9.2.2 allows.
     let mut again: Option<&RequestHead> = None;
-    let reused = if let Some((sender, in_flight)) = pool.h2_get(&key, max) {
+    let reused = if let Some((sender, in_flight)) = pool.h2_get(key, max) {
         if req.method().is_idempotent() && req.body().is_end_stream() {
             again = resend;
         }
-        try_h2(&key, sender, in_flight, req).await
-    } else if !want_h2 && let Some(conn) = pool.checkout_h1(&key) {
-        try_h1(pool, target, &key, conn, req).await
+        try_h2(key, sender, in_flight, req).await
+    } else if !want_h2 && let Some(conn) = pool.checkout_h1(key) {
+        try_h1(pool, target, key, conn, req).await
     } else {
         Err(TryError::Unsent(Box::new(req), None))
     };
@@ -354,29 +370,29 @@ pub async fn send_pooled(
         Err(TryError::Unsent(r, e)) => {
             if let Some(e) = e {
                 tracing::debug!(service = %target.service, error = %e, "pooled connection gone; reconnecting");
-                pool.h2_remove(&key);
+                pool.h2_remove(key);
             }
             *r
         }
         Err(TryError::Sent(e)) => match again {
             Some(head) => {
                 tracing::debug!(service = %target.service, error = %e, "pooled connection died before a response; sending again");
-                pool.h2_remove(&key);
+                pool.h2_remove(key);
                 head.request(crate::http::full(bytes::Bytes::new()))
             }
             None => return Err(reset(target, &e)),
         },
     };
-    let res = match pool.open(shared, target, &key, want_h2).await? {
-        Fresh::H2(sender, in_flight) => try_h2(&key, sender, in_flight, req).await,
-        Fresh::H1(conn) => try_h1(pool, target, &key, conn, req).await,
+    let res = match pool.open(shared, target, key, want_h2).await? {
+        Fresh::H2(sender, in_flight) => try_h2(key, sender, in_flight, req).await,
+        Fresh::H1(conn) => try_h1(pool, target, key, conn, req).await,
     };
     res.map_err(|e| match e {
         // A new connection that failed before answering carried the request nowhere: a
         // connect failure (a server requiring mTLS closes a plaintext connection like this).
-        TryError::Unsent(_, e) => refused(target, &key, e.as_ref()),
+        TryError::Unsent(_, e) => refused(target, key, e.as_ref()),
         TryError::Sent(e) if key.tls.mode != UpstreamTlsMode::IstioMutual => {
-            refused(target, &key, Some(&e))
+            refused(target, key, Some(&e))
         }
         TryError::Sent(e) => reset(target, &e),
     })
@@ -384,7 +400,7 @@ pub async fn send_pooled(
 
 fn reset(target: &Target, e: &hyper::Error) -> ProxyError {
     ProxyError::UpstreamReset {
-        service: target.service.clone(),
+        service: target.service.to_string(),
         reason: e.to_string(),
     }
 }
@@ -396,7 +412,7 @@ fn refused(target: &Target, key: &Key, e: Option<&hyper::Error>) -> ProxyError {
         ""
     };
     ProxyError::UpstreamConnect {
-        service: target.service.clone(),
+        service: target.service.to_string(),
         reason: match e {
             Some(e) => format!("connection closed before a response{hint}: {e}"),
             None => format!("connection closed before a response{hint}"),

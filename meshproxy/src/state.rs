@@ -32,9 +32,11 @@ pub struct Snapshot {
 /// Where a request or connection goes: one endpoint and the application port on it.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub service: String,
+    pub service: Arc<str>,
     pub endpoint: Arc<Endpoint>,
     pub target_port: u16,
+    /// The endpoint's pool key, built with the cluster (also says how to connect: its `tls`).
+    pub key: Arc<crate::pool::PoolKey>,
     /// Connection settings from the DestinationRule's `connectionPool.tcp` (none: the config's
     /// `limits.connectTimeout`, no keepalive).
     pub connect: ConnectSettings,

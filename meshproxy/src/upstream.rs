@@ -71,12 +71,8 @@ impl Wire {
 }
 
 /// The TLS settings for connections to `target` (see the module documentation).
-pub fn settings(target: &Target) -> UpstreamTls {
-    target
-        .cluster
-        .as_ref()
-        .and_then(|(c, _)| c.policy.tls.clone())
-        .unwrap_or_else(|| target.endpoint.tls_for(target.target_port))
+pub fn settings(target: &Target) -> &UpstreamTls {
+    &target.key.tls
 }
 
 /// A connected upstream stream, plaintext or TLS.
@@ -207,7 +203,7 @@ pub async fn connect(
     wire: Wire,
 ) -> Result<UpstreamStream, ProxyError> {
     let fail = |reason: String| ProxyError::UpstreamConnect {
-        service: target.service.clone(),
+        service: target.service.to_string(),
         reason,
     };
     let tls_fail = |reason: String| {

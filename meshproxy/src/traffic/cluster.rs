@@ -17,7 +17,13 @@ use meshapi::traffic::{
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::pool::PoolKey;
 use crate::reply::ProxyError;
+
+thread_local! {
+    /// Scratch endpoint states for [`ClusterState::pick`], reused so a pick allocates nothing.
+    static STATES: std::cell::RefCell<Vec<EndpointState>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 use crate::state::Target;
 
 /// Runtime state of one cluster (host, subset, port) of the route table.
@@ -26,10 +32,12 @@ pub struct ClusterState {
     /// Envoy's cluster name: `outbound|<port>|<subset>|<host>`.
     pub name: String,
     /// The `services` key of the host (for messages and the connection pool).
-    pub service: String,
+    pub service: Arc<str>,
     /// Application port on the endpoints.
     pub port: u16,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Each endpoint's pool key, built once.
+    keys: Vec<Arc<PoolKey>>,
     pub policy: ClusterPolicy,
     /// Whether requests multiplex on HTTP/2 upstream (`http2`/`grpc` ports, or
     /// `h2UpgradePolicy: UPGRADE`); otherwise each active request holds one of
@@ -64,9 +72,22 @@ impl ClusterState {
             .min(Semaphore::MAX_PERMITS);
         let n = endpoints.len();
         let now = Instant::now();
+        let keys = endpoints
+            .iter()
+            .map(|e| {
+                let tls = (cluster.policy.tls.clone()).unwrap_or_else(|| e.tls_for(cluster.port));
+                Arc::new(PoolKey {
+                    addr: e.address,
+                    identity: e.identity.clone(),
+                    port: cluster.port,
+                    tls,
+                })
+            })
+            .collect();
         ClusterState {
             name,
-            service,
+            service: Arc::from(service),
+            keys,
             port: cluster.port,
             balancer: Balancer::new(&cluster.policy, &weighted),
             breaker: Arc::new(CircuitBreaker::new(limits)),
@@ -95,20 +116,21 @@ impl ClusterState {
     pub(super) fn pick(&self, hash: Option<u64>, exclude: &[usize], random: u64) -> Pick {
         let now = self.now();
         let warm = self.policy.load_balancer.warmup.is_some();
-        let mut states: Vec<EndpointState> = (0..self.endpoints.len())
-            .map(|i| EndpointState {
+        STATES.with_borrow_mut(|states| {
+            states.clear();
+            states.extend((0..self.endpoints.len()).map(|i| EndpointState {
                 healthy: true,
                 active_requests: self.active[i].load(Ordering::Relaxed),
                 age: warm.then(|| self.joined[i].elapsed()),
-            })
-            .collect();
-        if let Some(o) = &self.outlier
-            && let Ok(mut o) = o.lock()
-        {
-            o.refresh(now);
-            o.apply(now, &mut states);
-        }
-        self.balancer.pick(&states, hash, exclude, random)
+            }));
+            if let Some(o) = &self.outlier
+                && let Ok(mut o) = o.lock()
+            {
+                o.refresh(now);
+                o.apply(now, states);
+            }
+            self.balancer.pick(states, hash, exclude, random)
+        })
     }
 
     /// Records how a call to endpoint `i` ended, for outlier detection.
@@ -130,7 +152,8 @@ impl ClusterState {
     pub(super) fn target(self: &Arc<Self>, i: usize) -> Option<Target> {
         let pool = &self.policy.connection_pool;
         Some(Target {
-            service: self.service.clone(),
+            service: Arc::clone(&self.service),
+            key: Arc::clone(self.keys.get(i)?),
             endpoint: Arc::clone(self.endpoints.get(i)?),
             target_port: self.port,
             connect: crate::state::ConnectSettings {
