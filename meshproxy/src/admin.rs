@@ -69,7 +69,7 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
         (AdminPort::Health, "/healthz/ready") | (AdminPort::Admin, "/ready") => ready(shared),
         (AdminPort::Stats, "/stats/prometheus") => {
             let mut body = shared.metrics.render();
-            crate::traffic::render_metrics(&shared.snapshot.load().cluster_status(), &mut body);
+            crate::traffic::render_metrics(&shared.runtime.load().cluster_status(), &mut body);
             shared.pool.render_metrics(&mut body);
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
@@ -79,7 +79,7 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
             r
         }
         (AdminPort::Admin, "/config_dump") => {
-            let snap = shared.snapshot.load();
+            let snap = shared.runtime.load();
             let cfg = snap.cfg.redacted();
             let dump = serde_json::json!({
                 "config": cfg,

@@ -21,7 +21,7 @@ use crate::drain::Drain;
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::state::Snapshot;
+use crate::runtime::{Runtime, Snapshot};
 use crate::tls::{Credentials, Identity, TlsError};
 
 /// Sets the log filter (`/logging?level=`); installed by `main`.
@@ -47,8 +47,9 @@ pub enum AppError {
 
 /// Everything the data path shares; one per proxy.
 pub struct Shared {
-    /// The config being served; read once per connection or request.
-    pub snapshot: ArcSwap<Snapshot>,
+    /// The config and trust being served ([`Runtime`]); read once per connection or request,
+    /// published with one store.
+    pub runtime: ArcSwap<Runtime>,
     pub identity: Arc<Identity>,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub metrics: Metrics,
@@ -64,7 +65,7 @@ pub struct Shared {
 impl Shared {
     /// Limits of the current config.
     pub fn limits(&self) -> Limits {
-        self.snapshot.load().cfg.limits.clone()
+        self.runtime.load().cfg.limits.clone()
     }
 }
 
@@ -92,7 +93,6 @@ struct VipListener {
 pub struct ProxyHandle {
     shared: Arc<Shared>,
     vips: Arc<Mutex<HashMap<SocketAddr, VipListener>>>,
-    last_roots: Arc<Mutex<Vec<u8>>>,
 }
 
 /// A started proxy with its real bound addresses.
@@ -130,14 +130,12 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
     TcpListener::from_std(std).map_err(err)
 }
 
-fn load_credentials(cfg: &ProxyConfig) -> Result<Option<(Credentials, Vec<u8>)>, TlsError> {
+fn load_credentials(cfg: &ProxyConfig) -> Result<Option<Credentials>, TlsError> {
     let id = &cfg.identity;
     let (Some(cert), Some(key), Some(roots)) = (&id.cert_file, &id.key_file, &id.roots_file) else {
         return Ok(None);
     };
-    let creds = Credentials::from_files(cert, key, roots, &id.spiffe_id)?;
-    let roots_pem = std::fs::read(roots).unwrap_or_default();
-    Ok(Some((creds, roots_pem)))
+    Credentials::from_files(cert, key, roots, &id.spiffe_id).map(Some)
 }
 
 /// Starts a proxy from a config.
@@ -152,16 +150,18 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
         return Err(AppError::Invalid(errs));
     }
     let identity = Arc::new(Identity::default());
-    identity.set_trust_domain_aliases(&cfg.identity.trust_domain_aliases);
-    let mut last_roots = Vec::new();
-    match load_credentials(&cfg) {
-        Ok(Some((creds, roots))) => {
-            identity.set(creds);
-            last_roots = roots;
+    let creds = match load_credentials(&cfg) {
+        Ok(Some(creds)) => Some(creds),
+        Ok(None) => {
+            tracing::info!("no credential files configured; waiting for the CA client");
+            None
         }
-        Ok(None) => tracing::info!("no credential files configured; waiting for the CA client"),
-        Err(e) => tracing::warn!(error = %e, "credentials not loaded; not ready until they are"),
-    }
+        Err(e) => {
+            tracing::warn!(error = %e, "credentials not loaded; not ready until they are");
+            None
+        }
+    };
+    let trust = identity.publish(creds, &cfg.identity.trust_domain_aliases);
     let mut app_h1 = Client::builder(TokioExecutor::new());
     app_h1
         .pool_timer(TokioTimer::new())
@@ -183,7 +183,10 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
         app_h1: app_h1.build(connector.clone()),
         app_h2: app_h2.build(connector),
         log_control: opts.log_control,
-        snapshot: ArcSwap::from_pointee(Snapshot::new(Arc::new(cfg.clone()))),
+        runtime: ArcSwap::from_pointee(Runtime {
+            snapshot: Arc::new(Snapshot::new(Arc::new(cfg.clone()))),
+            trust,
+        }),
     });
     shared
         .metrics
@@ -202,7 +205,6 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     let handle = ProxyHandle {
         shared: shared.clone(),
         vips: Arc::default(),
-        last_roots: Arc::new(Mutex::new(last_roots)),
     };
     let bound = Bound {
         inbound: local(&inbound, cfg.listeners.inbound)?,
@@ -314,33 +316,43 @@ impl ProxyHandle {
             return Err(AppError::Invalid(errs));
         }
         let creds = load_credentials(&cfg)?;
-        let old = self.shared.snapshot.load_full();
+        let old = self.shared.runtime.load_full();
         if old.cfg.listeners.inbound != cfg.listeners.inbound || old.cfg.admin != cfg.admin {
             tracing::warn!("listener address changes take effect at the next restart");
         }
         self.sync_vips(&cfg)?;
-        self.shared
-            .identity
-            .set_trust_domain_aliases(&cfg.identity.trust_domain_aliases);
-        if let Some((creds, roots)) = creds {
-            self.shared.identity.set(creds);
-            if let Ok(mut last) = self.last_roots.lock()
-                && *last != roots
-            {
-                *last = roots;
-                self.shared.pool.clear();
-            }
-        }
         let revision = cfg.revision;
-        self.shared
-            .snapshot
-            .store(Arc::new(Snapshot::build(Arc::new(cfg), Some(&old))));
+        let aliases = cfg.identity.trust_domain_aliases.clone();
+        let snapshot = Arc::new(Snapshot::build(Arc::new(cfg), Some(&old.snapshot)));
+        // The trust state goes to the live identity (inbound handshakes) and, with the config,
+        // into the one runtime value the data path reads. Pooled connections are tagged with
+        // the trust generation, so none made under other roots is handed out.
+        self.shared.identity.publish(creds, &aliases);
+        self.publish(Some(snapshot));
         self.shared
             .metrics
             .config_revision
             .store(revision, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(revision, "config applied");
         Ok(())
+    }
+
+    /// Stores a new runtime: `snapshot` (or the current one) with the identity's current trust,
+    /// in one store; a concurrent credential change is never lost.
+    fn publish(&self, snapshot: Option<Arc<Snapshot>>) {
+        self.shared.runtime.rcu(|cur| Runtime {
+            snapshot: snapshot
+                .clone()
+                .unwrap_or_else(|| Arc::clone(&cur.snapshot)),
+            trust: self.shared.identity.trust(),
+        });
+    }
+
+    /// Installs new credentials (certificate rotation): new inbound handshakes and new
+    /// outbound connections use them; connections pooled under other roots are not reused.
+    pub fn set_credentials(&self, creds: Credentials) {
+        self.shared.identity.set(creds);
+        self.publish(None);
     }
 
     /// Binds listeners for new VIPs first (failing without side effects), then stops removed.
@@ -398,7 +410,7 @@ impl ProxyHandle {
 
     /// The config being served.
     pub fn config(&self) -> Arc<ProxyConfig> {
-        self.shared.snapshot.load().cfg.clone()
+        self.shared.runtime.load().cfg.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -417,7 +429,7 @@ impl ProxyHandle {
     /// Stops accepting, drains in-flight work up to the config's deadline, then closes the
     /// rest. Returns how many connections were forced closed.
     pub async fn shutdown(&self) -> usize {
-        let deadline = self.shared.snapshot.load().cfg.drain_deadline.0;
+        let deadline = self.shared.runtime.load().cfg.drain_deadline.0;
         self.shared.drain.drain(deadline).await
     }
 }

@@ -18,7 +18,7 @@ use meshapi::istio::Action;
 use meshapi::proxy::ProxyConfig;
 
 use crate::reply::ProxyError;
-use crate::state::{HttpFacts, PeerInfo};
+use crate::runtime::{HttpFacts, PeerInfo};
 
 /// Request headers as the engine looks them up: repeated headers joined with `,`; values that
 /// are not visible ASCII match nothing.

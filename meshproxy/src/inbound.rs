@@ -25,7 +25,7 @@ use crate::http::{
 };
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
-use crate::state::{HttpFacts, PeerInfo};
+use crate::runtime::{HttpFacts, PeerInfo};
 use crate::tls;
 
 /// What the first bytes of a connection said.
@@ -80,7 +80,7 @@ fn original_port(stream: &TcpStream) -> Option<u16> {
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
     let _guard = shared.drain.guard();
     shared.metrics.connection(Direction::Inbound);
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let sniffed = if snap.any_plaintext() {
         sniff(&stream, snap.cfg.limits.sniff_timeout.0).await
     } else {
@@ -130,7 +130,7 @@ async fn serve_tls(
     remote: SocketAddr,
     orig_port: Option<u16>,
 ) {
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let local_ip = crate::authz::local_ip(&stream);
     let acceptor = TlsAcceptor::from(shared.server_tls.clone());
     let tls = match tokio::time::timeout(snap.cfg.limits.connect_timeout.0, acceptor.accept(stream))
@@ -210,7 +210,7 @@ async fn serve_tcp<S>(ctx: Arc<ConnCtx>, mut io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let snap = ctx.shared.snapshot.load_full();
+    let snap = ctx.shared.runtime.load_full();
     if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
         // Closed at once, before the application is dialed.
         tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
@@ -271,7 +271,7 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<Bo
 async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     check_framing(req.headers())?;
     // Read per request: a policy change applies to the next request on an open connection.
-    let snap = ctx.shared.snapshot.load_full();
+    let snap = ctx.shared.runtime.load_full();
     let authorized = snap.authorize(
         &ctx.peer,
         Some(HttpFacts {
@@ -360,7 +360,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
 /// application's address), and spliced to the peer once the application answers 2xx.
 async fn connect_tunnel(
     ctx: &ConnCtx,
-    snap: &crate::state::Snapshot,
+    snap: &crate::runtime::Snapshot,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let service = format!("inbound|{}", ctx.peer.port);
@@ -384,7 +384,7 @@ async fn connect_tunnel(
 
 /// A connection to the application behind inbound `port` (its `targetPort` on 127.0.0.1),
 /// within the config's connect timeout.
-async fn connect_app(snap: &crate::state::Snapshot, port: u16) -> Result<TcpStream, ProxyError> {
+async fn connect_app(snap: &crate::runtime::Snapshot, port: u16) -> Result<TcpStream, ProxyError> {
     let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
     let app = SocketAddr::from(([127, 0, 0, 1], app_port));
     let fail = |reason: String| ProxyError::UpstreamConnect {

@@ -27,7 +27,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod reply;
-pub mod state;
+pub mod runtime;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;

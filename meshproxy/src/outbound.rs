@@ -19,7 +19,7 @@ use crate::app::Shared;
 use crate::http::{Body, check_framing, splice_upgrade, strip_hop_by_hop, strip_internal};
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
-use crate::state::{Snapshot, Target};
+use crate::runtime::{Runtime, Snapshot, Target};
 use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
@@ -57,7 +57,7 @@ pub async fn serve(
         tracing::info!(%remote, "captured connection without an original destination");
         return;
     };
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let Some(out) = snap.outbound_for_original_dst(dst) else {
         tracing::info!(%remote, %dst, "no outbound service for destination");
         return;
@@ -70,15 +70,19 @@ pub async fn serve(
                 return;
             }
         };
-        drop(snap);
-        serve_tcp(shared, stream, target).await;
+        serve_tcp(shared, snap, stream, target).await;
     } else {
         drop(snap);
         serve_http(shared, stream, dst, remote).await;
     }
 }
 
-async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::state::Target) {
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    mut stream: TcpStream,
+    target: crate::runtime::Target,
+) {
     let _slot = match &target.cluster {
         Some((c, _)) => match c.tcp_slot() {
             Some(p) => Some(p),
@@ -87,7 +91,7 @@ async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::st
         None => None,
     };
     let tls = crate::upstream::settings(&target);
-    let mut up = match crate::upstream::connect(&shared, &target, tls, Wire::Tcp).await {
+    let mut up = match crate::upstream::connect(&shared, &rt, &target, tls, Wire::Tcp).await {
         Ok(s) => {
             if let Some((c, i)) = &target.cluster {
                 c.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
@@ -157,7 +161,7 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     check_framing(req.headers())?;
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let out = snap
         .outbound_for_original_dst(dst)
         .ok_or_else(|| ProxyError::NoRoute {
@@ -165,8 +169,7 @@ async fn forward(
         })?;
     if crate::http::is_tunnel(&req) {
         let target = connection_target(&snap, out, Some((req.method(), req.uri(), req.headers())))?;
-        drop(snap);
-        return tunnel(shared, target, req).await;
+        return tunnel(shared, &snap, target, req).await;
     }
     let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
         target: out.service.clone(),
@@ -179,6 +182,7 @@ async fn forward(
 /// connection once the endpoint opens the tunnel.
 async fn tunnel(
     shared: &Arc<Shared>,
+    rt: &Runtime,
     target: Target,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -213,7 +217,7 @@ async fn tunnel(
         req.headers_mut().insert(header::HOST, h);
     }
     let tls = crate::upstream::settings(&target);
-    let stream = crate::upstream::connect(shared, &target, tls, Wire::Http1).await?;
+    let stream = crate::upstream::connect(shared, rt, &target, tls, Wire::Http1).await?;
     let mut resp = crate::http::send_tunnel(stream, req, &target.service).await?;
     if crate::http::tunnel_opened(&method, resp.status()) {
         let up = hyper::upgrade::on(&mut resp);

@@ -32,7 +32,7 @@ use crate::app::Shared;
 use crate::body::Tracked;
 use crate::http::{Body, RequestHead};
 use crate::reply::ProxyError;
-use crate::state::Target;
+use crate::runtime::{Runtime, Target};
 use crate::tls;
 use crate::upstream::Wire;
 
@@ -84,6 +84,8 @@ type Key = Arc<PoolKey>;
 #[derive(Debug)]
 struct H2Conn {
     sender: http2::SendRequest<Body>,
+    /// The trust generation it was verified under ([`crate::tls::Trust`]).
+    generation: u64,
     uses: u32,
     last_used: Instant,
     idle_timeout: Duration,
@@ -93,6 +95,7 @@ struct H2Conn {
 #[derive(Debug)]
 struct H1Conn {
     sender: http1::SendRequest<Body>,
+    generation: u64,
     uses: u32,
     idle_since: Instant,
     idle_timeout: Duration,
@@ -163,12 +166,22 @@ impl Pool {
         });
     }
 
-    /// The live HTTP/2 connection for `key` and its in-flight counter, counting one more
-    /// request on it; one that has served `maxRequestsPerConnection` requests is retired.
-    fn h2_get(&self, key: &Key, max: u32) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
+    /// The live HTTP/2 connection for `key` made under trust `generation` and its in-flight
+    /// counter, counting one more request on it; one that has served
+    /// `maxRequestsPerConnection` requests, or was made under other trust, is retired.
+    fn h2_get(
+        &self,
+        key: &Key,
+        generation: u64,
+        max: u32,
+    ) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
         let mut m = self.conns.h2.lock().ok()?;
         match m.get_mut(key) {
-            Some(c) if !c.sender.is_closed() && (max == 0 || c.uses < max) => {
+            Some(c)
+                if !c.sender.is_closed()
+                    && c.generation == generation
+                    && (max == 0 || c.uses < max) =>
+            {
                 c.uses += 1;
                 c.last_used = Instant::now();
                 Some((c.sender.clone(), Arc::clone(&c.in_flight)))
@@ -187,13 +200,17 @@ impl Pool {
         }
     }
 
-    /// An idle HTTP/1.1 connection for `key`, if the pool has a live one.
-    fn checkout_h1(&self, key: &Key) -> Option<H1Conn> {
+    /// An idle HTTP/1.1 connection for `key` made under trust `generation`, if the pool has a
+    /// live one (others met on the way are dropped).
+    fn checkout_h1(&self, key: &Key, generation: u64) -> Option<H1Conn> {
         let mut m = self.conns.h1.lock().ok()?;
         let idle = m.get_mut(key)?;
         let now = Instant::now();
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && now.duration_since(c.idle_since) < c.idle_timeout {
+            if !c.sender.is_closed()
+                && c.generation == generation
+                && now.duration_since(c.idle_since) < c.idle_timeout
+            {
                 return Some(c);
             }
         }
@@ -205,6 +222,7 @@ impl Pool {
     async fn open(
         &self,
         shared: &Arc<Shared>,
+        rt: &Runtime,
         target: &Target,
         key: &Key,
         h2: bool,
@@ -216,7 +234,8 @@ impl Pool {
         } else {
             Wire::Http1
         };
-        let stream = crate::upstream::connect(shared, target, &key.tls, wire).await?;
+        let stream = crate::upstream::connect(shared, rt, target, &key.tls, wire).await?;
+        let generation = rt.trust.generation;
         let use_h2 = match stream.alpn() {
             Some(p) => p == tls::ALPN_H2,
             None => h2,
@@ -234,7 +253,7 @@ impl Pool {
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(4 << 20)
                 .max_header_list_size(
-                    u32::try_from(shared.limits().max_header_bytes).unwrap_or(u32::MAX),
+                    u32::try_from(rt.cfg.limits.max_header_bytes).unwrap_or(u32::MAX),
                 );
             let (sender, conn) = b
                 .handshake(TokioIo::new(stream))
@@ -247,6 +266,7 @@ impl Pool {
                     key.clone(),
                     H2Conn {
                         sender: sender.clone(),
+                        generation,
                         uses: 1,
                         last_used: Instant::now(),
                         idle_timeout,
@@ -263,20 +283,11 @@ impl Pool {
             spawn_conn(addr, conn);
             Ok(Fresh::H1(H1Conn {
                 sender,
+                generation,
                 uses: 0,
                 idle_since: Instant::now(),
                 idle_timeout,
             }))
-        }
-    }
-
-    /// Drops every pooled connection (new requests reconnect), e.g. after new trust roots.
-    pub fn clear(&self) {
-        if let Ok(mut m) = self.conns.h2.lock() {
-            m.clear();
-        }
-        if let Ok(mut m) = self.conns.h1.lock() {
-            m.clear();
         }
     }
 
@@ -338,6 +349,7 @@ impl From<hyper::client::conn::TrySendError<Request<Body>>> for TryError {
 /// until it ends.
 pub async fn send_pooled(
     shared: &Arc<Shared>,
+    rt: &Runtime,
     target: &Target,
     req: Request<Body>,
     resend: Option<&RequestHead>,
@@ -355,12 +367,12 @@ pub async fn send_pooled(
     // connection if the reused one dies before any response (peer restarted, GOAWAY), as
     // RFC 9110 section 9.2.2 allows.
     let mut again: Option<&RequestHead> = None;
-    let reused = if let Some((sender, in_flight)) = pool.h2_get(key, max) {
+    let reused = if let Some((sender, in_flight)) = pool.h2_get(key, rt.trust.generation, max) {
         if req.method().is_idempotent() && req.body().is_end_stream() {
             again = resend;
         }
         try_h2(key, sender, in_flight, req).await
-    } else if !want_h2 && let Some(conn) = pool.checkout_h1(key) {
+    } else if !want_h2 && let Some(conn) = pool.checkout_h1(key, rt.trust.generation) {
         try_h1(pool, target, key, conn, req).await
     } else {
         Err(TryError::Unsent(Box::new(req), None))
@@ -383,7 +395,7 @@ pub async fn send_pooled(
             None => return Err(reset(target, &e)),
         },
     };
-    let res = match pool.open(shared, target, key, want_h2).await? {
+    let res = match pool.open(shared, rt, target, key, want_h2).await? {
         Fresh::H2(sender, in_flight) => try_h2(key, sender, in_flight, req).await,
         Fresh::H1(conn) => try_h1(pool, target, key, conn, req).await,
     };

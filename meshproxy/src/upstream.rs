@@ -35,7 +35,7 @@ use crate::app::Shared;
 use crate::http::io_reason;
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
-use crate::state::Target;
+use crate::runtime::{Runtime, Target};
 use crate::tls;
 
 /// What the caller will speak on the stream.
@@ -153,19 +153,13 @@ impl AsyncWrite for UpstreamStream {
 /// The address to dial: the endpoint's address, except plaintext to a mesh proxy in container
 /// mode (`<pod ip>:<port>`, so the peer's capture keeps the port as original destination)
 /// and an endpoint outside the mesh written with port 0 (its IP at the target port).
-fn dial_addr(shared: &Shared, target: &Target, tls: &UpstreamTls) -> SocketAddr {
+fn dial_addr(rt: &Runtime, target: &Target, tls: &UpstreamTls) -> SocketAddr {
     let a = target.endpoint.address;
     let at_port = SocketAddr::new(a.ip(), target.target_port);
     if target.endpoint.identity.is_none() {
         return if a.port() == 0 { at_port } else { a };
     }
-    let capture = shared
-        .snapshot
-        .load()
-        .cfg
-        .listeners
-        .outbound_capture
-        .is_some();
+    let capture = rt.cfg.listeners.outbound_capture.is_some();
     if tls.mode == UpstreamTlsMode::Disable && capture {
         at_port
     } else {
@@ -198,6 +192,7 @@ async fn tcp_connect(addr: SocketAddr, target: &Target) -> std::io::Result<TcpSt
 /// (the DestinationRule's `connectTimeout`, else the config's).
 pub async fn connect(
     shared: &Arc<Shared>,
+    rt: &Runtime,
     target: &Target,
     tls: &UpstreamTls,
     wire: Wire,
@@ -210,7 +205,7 @@ pub async fn connect(
         shared.metrics.tls_failure(Direction::Outbound);
         fail(reason)
     };
-    let addr = dial_addr(shared, target, tls);
+    let addr = dial_addr(rt, target, tls);
     let work = async {
         let (config, name) = match tls.mode {
             UpstreamTlsMode::Disable => {
@@ -224,7 +219,7 @@ pub async fn connect(
                     fail("ISTIO_MUTUAL to an endpoint without a mesh identity".into())
                 })?;
                 let config =
-                    tls::client_config(shared.identity.clone(), expected, wire.mesh_alpn())
+                    tls::client_config_for(Arc::clone(&rt.trust), expected, wire.mesh_alpn())
                         .map_err(|e| tls_fail(format!("TLS config: {e}")))?;
                 (config, tls::sni_for_port(target.target_port))
             }
@@ -247,7 +242,7 @@ pub async fn connect(
     let timeout = target
         .connect
         .timeout
-        .unwrap_or(shared.limits().connect_timeout.0);
+        .unwrap_or(rt.cfg.limits.connect_timeout.0);
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(fail("connection timeout".into())),

@@ -579,6 +579,60 @@ async fn certificate_rotation_keeps_connections_and_new_roots_apply_to_new_hands
     );
 }
 
+/// New trust roots on the client retire what its pool holds: the next request must not ride a
+/// connection verified under the old roots (it would succeed; a fresh handshake is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_roots_on_the_client_retire_its_pooled_connections() {
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("echo").await;
+    let b = backend_proxy(&mesh, "backend", echo.port(), "http", "STRICT").await;
+    let a_yaml = client_yaml(
+        &mesh.identity_yaml("frontend"),
+        1,
+        VIP,
+        "http",
+        echo.port(),
+        &[(b.inbound, "backend")],
+    );
+    let a = meshproxy::build(parse(&a_yaml)).await.unwrap();
+    let url = format!("http://{}/", a.outbound(vip()).unwrap());
+    let client = http1_client();
+    assert_eq!(get(&client, &url).await.0, 200);
+    let pooled = "meshproxy_upstream_pooled_connections{protocol=\"http2\"} 1";
+    let (_, _, stats) = get(&client, &format!("http://{}/stats/prometheus", a.stats)).await;
+    assert!(stats.contains(pooled), "{stats}");
+
+    // The client moves to a new CA (its own certificate and roots); backend keeps the old one.
+    let new_ca = meshtest::TestCa::new("client-new-root");
+    let roots = new_ca.write_roots(mesh.path(), "client-new-roots.pem");
+    let (cert, key) = new_ca
+        .issue(&spiffe("frontend"))
+        .write(mesh.path(), "frontend-new");
+    let identity = format!(
+        "identity:\n  spiffeId: {}\n  certFile: {}\n  keyFile: {}\n  rootsFile: {}\n",
+        spiffe("frontend"),
+        cert.display(),
+        key.display(),
+        roots.display()
+    );
+    let moved = client_yaml(
+        &identity,
+        2,
+        VIP,
+        "http",
+        echo.port(),
+        &[(b.inbound, "backend")],
+    );
+    a.handle.apply(parse(&moved)).unwrap();
+    let (status, headers, body) = get(&client, &url).await;
+    assert_eq!(
+        status, 503,
+        "a connection verified under the old roots was reused: {body}"
+    );
+    assert_eq!(headers["x-mesh-response-flags"], "UF", "{body}");
+    assert_eq!(echo.completed(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connection_recovers_when_the_peer_proxy_restarts() {
     let mesh = Mesh::new();

@@ -24,7 +24,7 @@ thread_local! {
     /// Scratch endpoint states for [`ClusterState::pick`], reused so a pick allocates nothing.
     static STATES: std::cell::RefCell<Vec<EndpointState>> = const { std::cell::RefCell::new(Vec::new()) };
 }
-use crate::state::Target;
+use crate::runtime::Target;
 
 /// Runtime state of one cluster (host, subset, port) of the route table.
 #[derive(Debug)]
@@ -156,7 +156,7 @@ impl ClusterState {
             key: Arc::clone(self.keys.get(i)?),
             endpoint: Arc::clone(self.endpoints.get(i)?),
             target_port: self.port,
-            connect: crate::state::ConnectSettings {
+            connect: crate::runtime::ConnectSettings {
                 timeout: Some(pool.connect_timeout),
                 keepalive: pool.tcp_keepalive,
                 http2: self.multiplexed,

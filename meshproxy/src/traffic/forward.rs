@@ -23,7 +23,7 @@ use crate::authz::Headers;
 use crate::body::Tracked;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{LocalReply, ProxyError, cors_headers};
-use crate::state::{Snapshot, Target};
+use crate::runtime::{Runtime, Snapshot, Target};
 
 /// The endpoint of a TCP connection or an HTTP upgrade to `out` under the route table.
 pub fn route_connection(
@@ -193,7 +193,7 @@ fn decide<'t>(
 /// the client dialled.
 pub async fn forward(
     shared: &Arc<Shared>,
-    snap: Arc<Snapshot>,
+    snap: Arc<Runtime>,
     host: &str,
     port: u16,
     source: std::net::SocketAddr,
@@ -236,7 +236,7 @@ pub async fn forward(
 
     let deadline = d.f.timeout().map(|t| tokio::time::Instant::now() + t);
     let hash = d.hash.as_ref().and_then(|h| h.hash);
-    let send = send_with_retries(shared, cluster, hash, retries, head, &mut body);
+    let send = send_with_retries(shared, &snap, cluster, hash, retries, head, &mut body);
     let resp = match deadline {
         Some(at) => match tokio::time::timeout_at(at, send).await {
             Ok(r) => with_deadline(r?, at, &cluster.name),
@@ -287,7 +287,7 @@ fn upstream_head(
 /// Fires the drawn mirrors (a buffered body only).
 fn mirror(
     shared: &Arc<Shared>,
-    snap: &Arc<Snapshot>,
+    snap: &Arc<Runtime>,
     f: &Forward<'_>,
     port: u16,
     head: &RequestHead,
@@ -352,7 +352,7 @@ fn upstream_path_and_query(f: &Forward<'_>, uri: &Uri) -> String {
 /// at debug level and never reach the client.
 fn spawn_mirror(
     shared: &Arc<Shared>,
-    snap: &Arc<Snapshot>,
+    snap: &Arc<Runtime>,
     dest: &DestinationRef,
     port: u16,
     head: &RequestHead,
@@ -367,8 +367,9 @@ fn spawn_mirror(
     };
     let req = head.request(full(body));
     let shared = Arc::clone(shared);
+    let rt = Arc::clone(snap);
     tokio::spawn(async move {
-        match crate::pool::send_pooled(&shared, &target, req, None).await {
+        match crate::pool::send_pooled(&shared, &rt, &target, req, None).await {
             Ok(resp) => {
                 let _ = resp.into_body().collect().await;
             }

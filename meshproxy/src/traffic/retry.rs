@@ -90,6 +90,7 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
 
 /// What the retry loop has done so far for one request.
 struct Attempts<'a> {
+    rt: &'a crate::runtime::Runtime,
     cluster: &'a Arc<ClusterState>,
     retries: Option<&'a RetryPolicy>,
     hash: Option<u64>,
@@ -115,7 +116,7 @@ impl Attempts<'_> {
     }
 
     /// The endpoint for the next try, avoiding those tried when the policy says so.
-    fn pick(&self) -> Result<(usize, crate::state::Target), ProxyError> {
+    fn pick(&self) -> Result<(usize, crate::runtime::Target), ProxyError> {
         let exclude: &[usize] = if self.retries.is_some_and(|r| r.retry_ignore_previous_hosts) {
             &self.tried
         } else {
@@ -164,12 +165,12 @@ impl Attempts<'_> {
 /// Sends `req` to `target` once, within `perTryTimeout`.
 async fn try_once(
     shared: &Arc<Shared>,
-    target: &crate::state::Target,
+    target: &crate::runtime::Target,
     req: http::Request<Body>,
     resend: Option<&RequestHead>,
     attempts: &Attempts<'_>,
 ) -> Tried {
-    let send = crate::pool::send_pooled(shared, target, req, resend);
+    let send = crate::pool::send_pooled(shared, attempts.rt, target, req, resend);
     let res = match attempts.retries.and_then(|r| r.per_try_timeout) {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r.map_err(Some),
@@ -257,6 +258,7 @@ fn finish(
 /// per try only while it may be needed again ([`Attempts::may_replay`]).
 pub(super) async fn send_with_retries(
     shared: &Arc<Shared>,
+    rt: &crate::runtime::Runtime,
     cluster: &Arc<ClusterState>,
     hash: Option<u64>,
     retries: Option<&RetryPolicy>,
@@ -265,6 +267,7 @@ pub(super) async fn send_with_retries(
 ) -> Result<Response<Body>, ProxyError> {
     let request = cluster.request_permit()?;
     let mut a = Attempts {
+        rt,
         cluster,
         retries,
         hash,

@@ -1,8 +1,13 @@
-//! The runtime view of one config: an immutable [`Snapshot`] built from a validated
-//! `ProxyConfig`, read once per connection or request: the lookups by VIP and port, the
-//! effective route table (the config's `traffic`, plus the compiler's default entry for every
-//! service it does not name), the runtime state of its clusters, and the authorize step
-//! ([`Snapshot::authorize`]).
+//! What the data path reads: one immutable [`Runtime`] per published config or trust change,
+//! loaded once per connection or request from one `ArcSwap` ([`crate::app::Shared::runtime`]):
+//!
+//! - a [`Snapshot`] of the config: the lookups by VIP and port, the effective route table (the
+//!   config's `traffic`, plus the compiler's default entry for every service it does not
+//!   name), the runtime state of its clusters, and the authorize step
+//!   ([`Snapshot::authorize`]);
+//! - the [`Trust`] (credentials, roots, trust domain aliases, generation) that outbound
+//!   connections are opened under; pooled connections are tagged with its generation, so a
+//!   request never rides a connection verified under other roots.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +17,22 @@ use meshapi::proxy::{Endpoint, InboundPort, OutboundService, ProxyConfig, Spiffe
 use meshapi::traffic::RouteTable;
 
 use crate::reply::ProxyError;
+use crate::tls::Trust;
+
+/// One config and one trust state, published together with one store.
+#[derive(Debug)]
+pub struct Runtime {
+    pub snapshot: Arc<Snapshot>,
+    pub trust: Arc<Trust>,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
 
 /// One config, indexed for the data path. Never mutated after build (cluster state has its
 /// own counters); a new config gives a new snapshot.
