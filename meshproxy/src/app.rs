@@ -1,10 +1,11 @@
-//! Wiring: [`build`] validates a config, loads credentials, binds every listener and returns a
-//! [`Bound`] with the real addresses and a [`ProxyHandle`] to apply new configs and shut down.
-//! Tests run the whole proxy in-process through this module.
+//! Wiring: [`build`] validates a config, loads credentials, builds the shared [`Context`],
+//! binds every listener and starts the components that own them ([`crate::inbound`],
+//! [`crate::outbound`], [`crate::admin`]), and returns a [`Bound`] with the real addresses and
+//! a [`ProxyHandle`] to apply new configs and shut down. Tests run the whole proxy in-process
+//! through this module.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -12,20 +13,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use meshapi::diag::FieldError;
-use meshapi::proxy::{Limits, ProxyConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use meshapi::proxy::ProxyConfig;
 
 use crate::admin::AdminPort;
+use crate::context::Context;
+pub use crate::context::LogControl;
 use crate::drain::Drain;
-use crate::http::Body;
+use crate::listener::{BindError, bind};
 use crate::metrics::Metrics;
+use crate::outbound::VipListeners;
 use crate::pool::Pool;
 use crate::runtime::{Runtime, Snapshot};
 use crate::tls::{Credentials, Identity, TlsError};
-
-/// Sets the log filter (`/logging?level=`); installed by `main`.
-pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Why a proxy could not start or a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -36,37 +35,10 @@ pub enum AppError {
     Credentials(#[from] TlsError),
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Bind(#[from] BindError),
     #[error("{0}")]
     Load(#[from] meshapi::proxy::ConfigError),
-}
-
-/// Everything the data path shares; one per proxy.
-pub struct Shared {
-    /// The config and trust being served ([`Runtime`]); read once per connection or request,
-    /// published with one store.
-    pub runtime: ArcSwap<Runtime>,
-    pub identity: Arc<Identity>,
-    pub server_tls: Arc<rustls::ServerConfig>,
-    pub metrics: Metrics,
-    pub drain: Drain,
-    pub pool: Pool,
-    /// Pooled HTTP/1.1 client to local applications.
-    pub app_h1: Client<HttpConnector, Body>,
-    /// Pooled h2c client to local applications (http2/grpc ports).
-    pub app_h2: Client<HttpConnector, Body>,
-    pub log_control: Option<LogControl>,
-}
-
-impl Shared {
-    /// Limits of the current config.
-    pub fn limits(&self) -> Limits {
-        self.runtime.load().cfg.limits.clone()
-    }
 }
 
 /// Options that do not belong in the config document.
@@ -75,24 +47,11 @@ pub struct Options {
     pub log_control: Option<LogControl>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Role {
-    Inbound,
-    Capture,
-    Vip(SocketAddr),
-    Admin(AdminPort),
-}
-
-struct VipListener {
-    bound: SocketAddr,
-    stop: watch::Sender<bool>,
-}
-
 /// A handle on a running proxy: apply configs, read state, shut down. Cheap to clone.
 #[derive(Clone)]
 pub struct ProxyHandle {
-    shared: Arc<Shared>,
-    vips: Arc<Mutex<HashMap<SocketAddr, VipListener>>>,
+    shared: Arc<Context>,
+    vips: Arc<VipListeners>,
 }
 
 /// A started proxy with its real bound addresses.
@@ -123,13 +82,6 @@ impl Bound {
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    let err = |source| AppError::Bind { addr, source };
-    let std = std::net::TcpListener::bind(addr).map_err(err)?;
-    std.set_nonblocking(true).map_err(err)?;
-    TcpListener::from_std(std).map_err(err)
-}
-
 fn load_credentials(cfg: &ProxyConfig) -> Result<Option<Credentials>, TlsError> {
     let id = &cfg.identity;
     let (Some(cert), Some(key), Some(roots)) = (&id.cert_file, &id.key_file, &id.roots_file) else {
@@ -149,8 +101,44 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     if !errs.is_empty() {
         return Err(AppError::Invalid(errs));
     }
+    let ctx = Arc::new(context(&cfg, opts)?);
+    let (inbound, inbound_addr) = bind(cfg.listeners.inbound)?;
+    let capture = cfg.listeners.outbound_capture.map(bind).transpose()?;
+    let (admin, admin_addr) = bind(cfg.admin.admin)?;
+    let (health, health_addr) = bind(cfg.admin.health)?;
+    let (stats, stats_addr) = bind(cfg.admin.stats)?;
+    let handle = ProxyHandle {
+        shared: Arc::clone(&ctx),
+        vips: Arc::default(),
+    };
+    let bound = Bound {
+        inbound: inbound_addr,
+        outbound_capture: capture.as_ref().map(|(_, a)| *a),
+        admin: admin_addr,
+        health: health_addr,
+        stats: stats_addr,
+        handle: handle.clone(),
+    };
+    crate::inbound::spawn(Arc::clone(&ctx), inbound);
+    if let Some((c, _)) = capture {
+        crate::outbound::spawn_capture(Arc::clone(&ctx), c);
+    }
+    crate::admin::spawn(Arc::clone(&ctx), admin, AdminPort::Admin);
+    crate::admin::spawn(Arc::clone(&ctx), health, AdminPort::Health);
+    crate::admin::spawn(Arc::clone(&ctx), stats, AdminPort::Stats);
+    handle.sync_vips(&cfg)?;
+    tracing::info!(
+        inbound = %bound.inbound, admin = %bound.admin, revision = cfg.revision,
+        identity = %cfg.identity.spiffe_id, "meshproxy started"
+    );
+    Ok(bound)
+}
+
+/// The shared context for `cfg`: credentials (when configured), the first runtime, metrics,
+/// drain, pool and the clients to local applications.
+fn context(cfg: &ProxyConfig, opts: Options) -> Result<Context, AppError> {
     let identity = Arc::new(Identity::default());
-    let creds = match load_credentials(&cfg) {
+    let creds = match load_credentials(cfg) {
         Ok(Some(creds)) => Some(creds),
         Ok(None) => {
             tracing::info!("no credential files configured; waiting for the CA client");
@@ -174,10 +162,14 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(cfg.limits.connect_timeout.0));
-    let shared = Arc::new(Shared {
+    let metrics = Metrics::default();
+    metrics
+        .config_revision
+        .store(cfg.revision, std::sync::atomic::Ordering::Relaxed);
+    Ok(Context {
         server_tls: crate::tls::server_config(identity.clone())?,
         identity,
-        metrics: Metrics::default(),
+        metrics,
         drain: Drain::default(),
         pool: Pool::default(),
         app_h1: app_h1.build(connector.clone()),
@@ -187,106 +179,7 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
             snapshot: Arc::new(Snapshot::new(Arc::new(cfg.clone()))),
             trust,
         }),
-    });
-    shared
-        .metrics
-        .config_revision
-        .store(cfg.revision, std::sync::atomic::Ordering::Relaxed);
-
-    let inbound = bind(cfg.listeners.inbound)?;
-    let capture = cfg.listeners.outbound_capture.map(bind).transpose()?;
-    let admin = bind(cfg.admin.admin)?;
-    let health = bind(cfg.admin.health)?;
-    let stats = bind(cfg.admin.stats)?;
-    let local = |l: &TcpListener, a: SocketAddr| {
-        l.local_addr()
-            .map_err(|source| AppError::Bind { addr: a, source })
-    };
-    let handle = ProxyHandle {
-        shared: shared.clone(),
-        vips: Arc::default(),
-    };
-    let bound = Bound {
-        inbound: local(&inbound, cfg.listeners.inbound)?,
-        outbound_capture: match &capture {
-            Some(l) => Some(local(l, l.local_addr().unwrap_or(cfg.listeners.inbound))?),
-            None => None,
-        },
-        admin: local(&admin, cfg.admin.admin)?,
-        health: local(&health, cfg.admin.health)?,
-        stats: local(&stats, cfg.admin.stats)?,
-        handle: handle.clone(),
-    };
-    let never = watch::channel(false).1;
-    spawn_listener(shared.clone(), inbound, Role::Inbound, never.clone());
-    if let Some(c) = capture {
-        spawn_listener(shared.clone(), c, Role::Capture, never.clone());
-    }
-    spawn_listener(
-        shared.clone(),
-        admin,
-        Role::Admin(AdminPort::Admin),
-        never.clone(),
-    );
-    spawn_listener(
-        shared.clone(),
-        health,
-        Role::Admin(AdminPort::Health),
-        never.clone(),
-    );
-    spawn_listener(shared.clone(), stats, Role::Admin(AdminPort::Stats), never);
-    handle.sync_vips(&cfg)?;
-    tracing::info!(
-        inbound = %bound.inbound, admin = %bound.admin, revision = cfg.revision,
-        identity = %cfg.identity.spiffe_id, "meshproxy started"
-    );
-    Ok(bound)
-}
-
-fn spawn_listener(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    role: Role,
-    mut stop: watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = shared.drain.draining(), if !matches!(role, Role::Admin(_)) => break,
-                _ = shared.drain.forced() => break,
-                _ = stopped(&mut stop) => break,
-                r = listener.accept() => r,
-            };
-            match accepted {
-                Ok((stream, remote)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle_conn(shared.clone(), stream, remote, role));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, ?role, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        tracing::debug!(?role, "listener closed");
-    });
-}
-
-/// Resolves when a listener's stop flag is set; never if its sender is gone.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-async fn handle_conn(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, role: Role) {
-    match role {
-        Role::Inbound => crate::inbound::serve(shared, stream, remote).await,
-        Role::Capture => crate::outbound::serve(shared, stream, remote, None).await,
-        Role::Vip(vip) => crate::outbound::serve(shared, stream, remote, Some(vip)).await,
-        Role::Admin(port) => crate::admin::serve(shared, stream, port).await,
-    }
+    })
 }
 
 impl ProxyHandle {
@@ -355,37 +248,9 @@ impl ProxyHandle {
         self.publish(None);
     }
 
-    /// Binds listeners for new VIPs first (failing without side effects), then stops removed.
+    /// Brings the explicit VIP listeners in step with `cfg`.
     fn sync_vips(&self, cfg: &ProxyConfig) -> Result<(), AppError> {
-        let want: Vec<SocketAddr> = if cfg.listeners.bind_vips {
-            cfg.outbound.iter().map(|o| o.vip).collect()
-        } else {
-            Vec::new()
-        };
-        let Ok(mut vips) = self.vips.lock() else {
-            return Ok(());
-        };
-        let mut fresh = Vec::new();
-        for vip in want.iter().filter(|v| !vips.contains_key(v)) {
-            let l = bind(*vip)?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| AppError::Bind { addr: *vip, source })?;
-            fresh.push((*vip, l, bound));
-        }
-        for (vip, l, bound) in fresh {
-            let (stop, rx) = watch::channel(false);
-            spawn_listener(self.shared.clone(), l, Role::Vip(vip), rx);
-            vips.insert(vip, VipListener { bound, stop });
-        }
-        vips.retain(|vip, l| {
-            let keep = want.contains(vip);
-            if !keep {
-                l.stop.send_replace(true);
-            }
-            keep
-        });
-        Ok(())
+        Ok(self.vips.sync(&self.shared, cfg)?)
     }
 
     /// Reads, validates and applies a config file.
@@ -405,7 +270,7 @@ impl ProxyHandle {
 
     /// The bound address of a configured outbound VIP.
     pub fn outbound_addr(&self, vip: SocketAddr) -> Option<SocketAddr> {
-        self.vips.lock().ok()?.get(&vip).map(|l| l.bound)
+        self.vips.addr(vip)
     }
 
     /// The config being served.

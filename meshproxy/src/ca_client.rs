@@ -16,7 +16,7 @@
 //! let first = fetch_with_backoff(&client, None, &RenewPolicy::default()).await?;
 //! let (tx, rx) = tokio::sync::watch::channel(first);
 //! tokio::spawn(renew_loop(client, tx, RenewPolicy::default()));
-//! // On each change: identity.set(tls::Credentials::from_pem(chain, key, roots, &id)?)
+//! // On each change: handle.set_credentials(tls::Credentials::from_pem(chain, key, roots, &id)?)
 //! ```
 
 use std::future::Future;

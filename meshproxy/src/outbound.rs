@@ -4,19 +4,19 @@
 //! the chosen endpoint (HTTP/2 mTLS to a mesh proxy, or as [`crate::upstream`] decides); TCP
 //! and upgrades get their own stream.
 
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use meshapi::proxy::Protocol;
-use tokio::net::TcpStream;
+use meshapi::proxy::{Protocol, ProxyConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-use crate::app::Shared;
+use crate::context::Context;
 use crate::http::{Body, check_framing, splice_upgrade, strip_hop_by_hop, strip_internal};
+use crate::listener::{BindError, Until, bind};
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{Runtime, Snapshot, Target};
@@ -43,10 +43,79 @@ fn connection_target(
     crate::traffic::route_connection(snap, host, out.target_port(), req)
 }
 
+/// Runs the capture listener (15001): each connection's destination is its original one.
+pub fn spawn_capture(ctx: Arc<Context>, listener: TcpListener) {
+    crate::listener::spawn_accept(
+        ctx,
+        listener,
+        "outbound capture".into(),
+        Until::Draining,
+        None,
+        |ctx, stream, remote| serve(ctx, stream, remote, None),
+    );
+}
+
+/// A running explicit VIP listener (host mode).
+struct VipListener {
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// The explicit VIP:port listeners (host mode, `listeners.bindVips`), kept in step with the
+/// config's `outbound` entries.
+#[derive(Default)]
+pub struct VipListeners {
+    by_vip: Mutex<HashMap<SocketAddr, VipListener>>,
+}
+
+impl VipListeners {
+    /// Binds listeners for new VIPs first (failing without side effects), then stops removed.
+    pub fn sync(&self, ctx: &Arc<Context>, cfg: &ProxyConfig) -> Result<(), BindError> {
+        let want: Vec<SocketAddr> = if cfg.listeners.bind_vips {
+            cfg.outbound.iter().map(|o| o.vip).collect()
+        } else {
+            Vec::new()
+        };
+        let Ok(mut vips) = self.by_vip.lock() else {
+            return Ok(());
+        };
+        let mut fresh = Vec::new();
+        for vip in want.iter().filter(|v| !vips.contains_key(v)) {
+            let (l, bound) = bind(*vip)?;
+            fresh.push((*vip, l, bound));
+        }
+        for (vip, l, bound) in fresh {
+            let (stop, rx) = watch::channel(false);
+            crate::listener::spawn_accept(
+                Arc::clone(ctx),
+                l,
+                format!("outbound {vip}"),
+                Until::Draining,
+                Some(rx),
+                move |ctx, stream, remote| serve(ctx, stream, remote, Some(vip)),
+            );
+            vips.insert(vip, VipListener { bound, stop });
+        }
+        vips.retain(|vip, l| {
+            let keep = want.contains(vip);
+            if !keep {
+                l.stop.send_replace(true);
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// The bound address of a configured outbound VIP.
+    pub fn addr(&self, vip: SocketAddr) -> Option<SocketAddr> {
+        self.by_vip.lock().ok()?.get(&vip).map(|l| l.bound)
+    }
+}
+
 /// Serves one outbound connection; `vip` is the configured VIP of an explicit listener, or
 /// `None` for the capture listener.
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     stream: TcpStream,
     remote: SocketAddr,
     vip: Option<SocketAddr>,
@@ -78,7 +147,7 @@ pub async fn serve(
 }
 
 async fn serve_tcp(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     rt: Arc<Runtime>,
     mut stream: TcpStream,
     target: crate::runtime::Target,
@@ -114,48 +183,19 @@ async fn serve_tcp(
     }
 }
 
-async fn serve_http(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
-    let builder = crate::http::server_builder(&shared.limits());
-    let s = shared.clone();
-    let svc = service_fn(move |req| handle(s.clone(), dst, remote, req));
-    let limits = shared.limits();
-    let io = crate::framing::FramingGuard::new(
-        stream,
-        limits.max_header_bytes,
-        limits.header_read_timeout.0,
-    );
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => { let _ = r; return; }
-        _ = shared.drain.draining() => conn.as_mut().graceful_shutdown(),
-    }
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shared.drain.forced() => {}
-    }
-}
-
-async fn handle(
-    shared: Arc<Shared>,
-    dst: SocketAddr,
-    remote: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    shared.metrics.request(Direction::Outbound);
-    match forward(&shared, dst, remote, req).await {
-        Ok(resp) => Ok(resp),
-        Err(e) => {
-            shared.metrics.local_response(Direction::Outbound);
-            Ok(e.into_response())
-        }
-    }
+async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
+    let shared = Arc::clone(&ctx);
+    crate::listener::serve_http(ctx, stream, Direction::Outbound, move |req| {
+        let ctx = Arc::clone(&shared);
+        async move { forward(&ctx, dst, remote, req).await }
+    })
+    .await;
 }
 
 /// One outbound request: framing check, then the route table ([`crate::traffic::forward`]),
 /// or for an upgrade or CONNECT its own stream ([`tunnel`]).
 async fn forward(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     dst: SocketAddr,
     remote: SocketAddr,
     req: Request<Incoming>,
@@ -181,7 +221,7 @@ async fn forward(
 /// An upgrade or CONNECT: its own HTTP/1.1 stream to the endpoint, spliced to the client's
 /// connection once the endpoint opens the tunnel.
 async fn tunnel(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     rt: &Runtime,
     target: Target,
     req: Request<Incoming>,

@@ -28,8 +28,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshapi::proxy::{SpiffeId, UpstreamTls, UpstreamTlsMode};
 
-use crate::app::Shared;
 use crate::body::Tracked;
+use crate::context::Context;
 use crate::http::{Body, RequestHead};
 use crate::reply::ProxyError;
 use crate::runtime::{Runtime, Target};
@@ -221,7 +221,7 @@ impl Pool {
     /// by ALPN), else HTTP/1.1. An HTTP/2 connection is pooled at once.
     async fn open(
         &self,
-        shared: &Arc<Shared>,
+        shared: &Arc<Context>,
         rt: &Runtime,
         target: &Target,
         key: &Key,
@@ -348,7 +348,7 @@ impl From<hyper::client::conn::TrySendError<Request<Body>>> for TryError {
 /// whose head the caller kept (`resend`). The response body holds the connection's place
 /// until it ends.
 pub async fn send_pooled(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     rt: &Runtime,
     target: &Target,
     req: Request<Body>,

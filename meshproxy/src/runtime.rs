@@ -1,5 +1,5 @@
 //! What the data path reads: one immutable [`Runtime`] per published config or trust change,
-//! loaded once per connection or request from one `ArcSwap` ([`crate::app::Shared::runtime`]):
+//! loaded once per connection or request from one `ArcSwap` ([`crate::context::Context::runtime`]):
 //!
 //! - a [`Snapshot`] of the config: the lookups by VIP and port, the effective route table (the
 //!   config's `traffic`, plus the compiler's default entry for every service it does not

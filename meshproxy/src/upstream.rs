@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use meshapi::proxy::{UpstreamTls, UpstreamTlsMode};
 use rustls_pki_types::ServerName;
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::app::Shared;
+use crate::context::Context;
 use crate::http::io_reason;
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
@@ -95,7 +95,7 @@ impl UpstreamStream {
 impl AsyncRead for UpstreamStream {
     fn poll_read(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
@@ -108,7 +108,7 @@ impl AsyncRead for UpstreamStream {
 impl AsyncWrite for UpstreamStream {
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
@@ -119,7 +119,7 @@ impl AsyncWrite for UpstreamStream {
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
@@ -135,14 +135,20 @@ impl AsyncWrite for UpstreamStream {
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
@@ -191,7 +197,7 @@ async fn tcp_connect(addr: SocketAddr, target: &Target) -> std::io::Result<TcpSt
 /// Opens a stream to `target` of the kind `tls` says, for `wire`, within the connect timeout
 /// (the DestinationRule's `connectTimeout`, else the config's).
 pub async fn connect(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     rt: &Runtime,
     target: &Target,
     tls: &UpstreamTls,

@@ -18,9 +18,9 @@ use meshapi::traffic::{
 
 use super::cluster::ClusterState;
 use super::retry::{ReqBody, buffer, send_with_retries};
-use crate::app::Shared;
 use crate::authz::Headers;
 use crate::body::Tracked;
+use crate::context::Context;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{LocalReply, ProxyError, cors_headers};
 use crate::runtime::{Runtime, Snapshot, Target};
@@ -192,7 +192,7 @@ fn decide<'t>(
 /// tries within the route timeout, response header operations. `port` is the service port
 /// the client dialled.
 pub async fn forward(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     snap: Arc<Runtime>,
     host: &str,
     port: u16,
@@ -286,7 +286,7 @@ fn upstream_head(
 
 /// Fires the drawn mirrors (a buffered body only).
 fn mirror(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     snap: &Arc<Runtime>,
     f: &Forward<'_>,
     port: u16,
@@ -351,7 +351,7 @@ fn upstream_path_and_query(f: &Forward<'_>, uri: &Uri) -> String {
 /// Sends a copy to a mirror destination; the response is read and dropped, errors are logged
 /// at debug level and never reach the client.
 fn spawn_mirror(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     snap: &Arc<Runtime>,
     dest: &DestinationRef,
     port: u16,

@@ -15,8 +15,8 @@ use hyper::body::{Body as _, Incoming};
 use meshapi::traffic::{AttemptOutcome, CallResult, Pick, PoolResource, RetryPolicy};
 
 use super::cluster::{ActiveGuard, ClusterState, slot};
-use crate::app::Shared;
 use crate::body::Tracked;
+use crate::context::Context;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{FLAGS_HEADER, ProxyError};
 use tokio::sync::OwnedSemaphorePermit;
@@ -164,7 +164,7 @@ impl Attempts<'_> {
 
 /// Sends `req` to `target` once, within `perTryTimeout`.
 async fn try_once(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     target: &crate::runtime::Target,
     req: http::Request<Body>,
     resend: Option<&RequestHead>,
@@ -257,7 +257,7 @@ fn finish(
 /// Sends the request to `cluster` under the route's retry policy. The request head is cloned
 /// per try only while it may be needed again ([`Attempts::may_replay`]).
 pub(super) async fn send_with_retries(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     rt: &crate::runtime::Runtime,
     cluster: &Arc<ClusterState>,
     hash: Option<u64>,
