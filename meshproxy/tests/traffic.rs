@@ -1152,13 +1152,42 @@ async fn idle_timeout_closes_a_pooled_connection_and_the_next_request_reconnects
     let stats = admin_get_stats(&f.instances[0].proxy).await;
     assert_eq!(metric(&stats, INBOUND_CONNECTIONS), 2, "{stats}");
 
-    // Istio's default (1h): the connection is still pooled after the same wait.
-    let f = Fixture::new(&pool_dr(""), &[("backend-v1", "v1")]).await;
+    // Istio's default (1h): a connection to the subset without `idleTimeout` stays pooled
+    // while the sweeper closes the idle one next to it (so a sweep demonstrably ran).
+    let policies = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {connectionPool: {http: {idleTimeout: 1s}}}
+  - name: v2
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - match: [{headers: {x-subset: {exact: v2}}}]
+    route: [{destination: {host: backend, subset: v2}}]
+  - route: [{destination: {host: backend, subset: v1}}]
+";
+    let f = Fixture::new(policies, &[("backend-v1", "v1"), ("backend-v2", "v2")]).await;
+    let v2 = [("x-subset", "v2")];
     assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(metric(&admin_get_stats(&f.client).await, POOLED_IDLE), 1);
-    assert_eq!(send(&client, &f.url("/"), &[]).await.0, 200);
-    let stats = admin_get_stats(&f.instances[0].proxy).await;
+    assert_eq!(send(&client, &f.url("/"), &v2).await.0, 200);
+    let stats = admin_get_stats(&f.client).await;
+    assert_eq!(metric(&stats, POOLED_IDLE), 2, "{stats}");
+    assert_eventually!(
+        metric(&admin_get_stats(&f.client).await, POOLED_IDLE) == 1,
+        "the connection idle past its 1 s idleTimeout was never closed"
+    );
+    assert_eq!(send(&client, &f.url("/"), &v2).await.0, 200);
+    let stats = admin_get_stats(&f.instances[1].proxy).await;
     assert_eq!(metric(&stats, INBOUND_CONNECTIONS), 1, "{stats}");
 }
 
