@@ -152,25 +152,18 @@ async fn serve_tcp(
     mut stream: TcpStream,
     target: crate::runtime::Target,
 ) {
-    let _slot = match &target.cluster {
-        Some((c, _)) => match c.tcp_slot() {
-            Some(p) => Some(p),
-            None => return,
-        },
-        None => None,
+    let (cluster, i) = &target.cluster;
+    let Some(_slot) = cluster.tcp_slot() else {
+        return;
     };
     let tls = crate::upstream::settings(&target);
     let mut up = match crate::upstream::connect(&shared, &rt, &target, tls, Wire::Tcp).await {
         Ok(s) => {
-            if let Some((c, i)) = &target.cluster {
-                c.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
-            }
+            cluster.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
             s
         }
         Err(e) => {
-            if let Some((c, i)) = &target.cluster {
-                c.record(*i, meshapi::traffic::CallResult::ConnectFailure);
-            }
+            cluster.record(*i, meshapi::traffic::CallResult::ConnectFailure);
             tracing::info!(error = %e, "TCP upstream failed");
             return;
         }

@@ -46,7 +46,7 @@ pub struct Snapshot {
     table: RouteTable,
     /// The host in `table` of each service of `cfg.services`.
     hosts: HashMap<String, String>,
-    /// Runtime state per cluster of `cfg.traffic`, in the table's cluster order.
+    /// Runtime state per cluster of `table`, in the table's cluster order.
     clusters: Vec<Arc<crate::traffic::ClusterState>>,
 }
 
@@ -58,12 +58,12 @@ pub struct Target {
     pub target_port: u16,
     /// The endpoint's pool key, built with the cluster (also says how to connect: its `tls`).
     pub key: Arc<crate::pool::PoolKey>,
-    /// Connection settings from the DestinationRule's `connectionPool.tcp` (none: the config's
-    /// `limits.connectTimeout`, no keepalive).
+    /// Connection settings from the cluster's `connectionPool` (Istio's defaults when no
+    /// DestinationRule sets them).
     pub connect: ConnectSettings,
-    /// The traffic-management cluster and the endpoint's index in it (TCP connections take a
-    /// connection slot and report connect failures there).
-    pub cluster: Option<(Arc<crate::traffic::ClusterState>, usize)>,
+    /// The cluster and the endpoint's index in it (TCP connections take a connection slot and
+    /// report connect failures there).
+    pub cluster: (Arc<crate::traffic::ClusterState>, usize),
 }
 
 /// How to open a connection to an endpoint.

@@ -163,7 +163,7 @@ impl ClusterState {
                 max_requests_per_connection: pool.max_requests_per_connection,
                 idle_timeout: Some(pool.idle_timeout),
             },
-            cluster: Some((Arc::clone(self), i)),
+            cluster: (Arc::clone(self), i),
         })
     }
 
