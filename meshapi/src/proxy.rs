@@ -44,7 +44,7 @@ pub struct ProxyConfig {
     /// Service ports this proxy captures outbound (one entry per VIP:port). Default none.
     #[serde(default)]
     pub outbound: Vec<OutboundService>,
-    /// Mesh services by name: their endpoints and routes. Default none.
+    /// Mesh services by name: their endpoints and destination host. Default none.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
     /// Whether the inbound side sets `x-forwarded-client-cert` (Envoy's SANITIZE_SET) for mTLS
@@ -78,8 +78,10 @@ pub struct ProxyConfig {
     /// per destination host its ordered HTTP and TCP rules, per (host, subset, port) its
     /// endpoints' policy (load balancer, connection pool, outlier detection). Services are
     /// matched to hosts by their `host`, endpoints to clusters by `workload` and `labels`.
-    /// Default none: the simple `routes` of each service, round robin, no retries. Unknown
-    /// fields are errors at any depth.
+    /// Default none: every service gets the default entry the compiler emits for a service no
+    /// VirtualService or DestinationRule names (all endpoints, Istio's default load balancer
+    /// and retry policy; [`crate::traffic::RouteTable::with_defaults`]); so does a service
+    /// without `host` when a table is given. Unknown fields are errors at any depth.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -301,19 +303,16 @@ impl OutboundService {
     }
 }
 
-/// A mesh service: where it runs and how requests to it are routed.
+/// A mesh service: where it runs and its name in the route table.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceConfig {
     /// Endpoints of the service. Default none (requests get `503 UH`).
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
-    /// Ordered route table; the first match wins. Default none: every request goes to all
-    /// endpoints. Traffic management (VirtualService/DestinationRule) extends this.
-    #[serde(default)]
-    pub routes: Vec<Route>,
     /// The service's FQDN (`backend.default.svc.cluster.local`), its name in `traffic`.
-    /// Default none: `traffic` does not apply to this service.
+    /// Default none: the service is routed by a default entry named by its key (all its
+    /// endpoints, Istio's defaults), whether or not `traffic` is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
 }
@@ -330,7 +329,7 @@ pub struct Endpoint {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<SpiffeId>,
-    /// Labels (`app`, `version`, ...) routes select on. Default none.
+    /// Labels (`app`, `version`, ...) DestinationRule subsets select on. Default none.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// The compose service the endpoint is an instance of (`backend-v1`); a `traffic`
@@ -529,22 +528,6 @@ fn rustls_name_ok(s: &str) -> Result<(), ()> {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
     if ok { Ok(()) } else { Err(()) }
-}
-
-/// One route: requests matching `match` go to the endpoints whose labels include
-/// `endpointLabels`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Route {
-    /// Optional name, for logs. Default none.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Path prefix to match (HTTP only). Default `/` (everything).
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    /// Labels the chosen endpoints must carry. Default none (all endpoints).
-    #[serde(default)]
-    pub endpoint_labels: BTreeMap<String, String>,
 }
 
 /// HTTP and connection limits.
@@ -829,16 +812,6 @@ impl ProxyConfig {
             for (j, e) in svc.endpoints.iter().enumerate() {
                 validate_endpoint_tls(&mut errs, &format!("services.{name}.endpoints[{j}]"), e);
             }
-            for (j, r) in svc.routes.iter().enumerate() {
-                if let Some(p) = &r.path_prefix
-                    && !p.starts_with('/')
-                {
-                    errs.push(FieldError::new(
-                        format!("services.{name}.routes[{j}].pathPrefix"),
-                        "a path prefix starts with `/`",
-                    ));
-                }
-            }
         }
         if let Some(t) = &self.traffic {
             for (i, c) in t.clusters.iter().enumerate() {
@@ -983,8 +956,6 @@ services:
       - address: 127.0.0.1:15106
         identity: spiffe://cluster.local/ns/default/sa/api
         labels: { version: v1 }
-    routes:
-      - { pathPrefix: /v1, endpointLabels: { version: v1 } }
 drainDeadline: 3s
 "#;
 
@@ -1235,7 +1206,6 @@ revision: [1
         let bad = EXAMPLE
             .replace("meshproxy/v1", "meshproxy/v9")
             .replace("service: api,", "service: nope,")
-            .replace("pathPrefix: /v1", "pathPrefix: v1")
             .replace("3s", "0s")
             .replace("  keyFile: /tmp/web.key\n", "");
         let Err(ConfigError::Invalid(errs)) = ProxyConfig::from_str_checked(&bad) else {
@@ -1248,7 +1218,6 @@ revision: [1
                 "apiVersion",
                 "identity",
                 "outbound[0].service",
-                "services.api.routes[0].pathPrefix",
                 "drainDeadline"
             ]
         );

@@ -310,6 +310,65 @@ impl RouteTable {
     }
 }
 
+impl RouteTable {
+    /// A table with no hosts, for `client`.
+    pub fn empty(client: &str) -> RouteTable {
+        RouteTable {
+            version: FORMAT_VERSION,
+            client: client.to_string(),
+            services: Vec::new(),
+            clusters: Vec::new(),
+        }
+    }
+
+    /// Adds, for each `(host, ports)` not in the table yet, what `meshmodel`'s `compile_routes` emits for
+    /// a service no VirtualService or DestinationRule names: one HTTP and one TCP rule to all
+    /// of its endpoints with Istio's default retry policy ([`HttpRule::default_to`],
+    /// [`TcpRule::default_to`]), and per port a cluster with Istio's default policy and no
+    /// workload filter. Keeps the table sorted.
+    pub fn with_defaults(mut self, hosts: impl IntoIterator<Item = (String, Vec<u16>)>) -> Self {
+        for (host, ports) in hosts {
+            if self.service(&host).is_some() {
+                continue;
+            }
+            let dest = DestinationRef {
+                host: host.clone(),
+                subset: None,
+                port: (ports.len() == 1).then(|| ports[0]),
+            };
+            for port in &ports {
+                self.clusters.push(Cluster {
+                    host: host.clone(),
+                    subset: None,
+                    port: *port,
+                    labels: BTreeMap::new(),
+                    workloads: Vec::new(),
+                    policy: ClusterPolicy::default(),
+                });
+            }
+            self.services.push(ServiceRoutes {
+                host,
+                ports,
+                virtual_service: None,
+                destination_rule: None,
+                http: vec![HttpRule::default_to(&dest)],
+                tcp: vec![TcpRule::default_to(&dest)],
+            });
+        }
+        self.services.sort_by(|a, b| a.host.cmp(&b.host));
+        self.clusters.sort_by(|a, b| {
+            (a.host.as_str(), a.subset.as_deref(), a.port).cmp(&(
+                b.host.as_str(),
+                b.subset.as_deref(),
+                b.port,
+            ))
+        });
+        self.clusters
+            .dedup_by(|a, b| a.host == b.host && a.subset == b.subset && a.port == b.port);
+        self
+    }
+}
+
 impl ServiceRoutes {
     /// Decides one request against this host's rules.
     pub fn route<'a>(&'a self, req: &RequestView<'_>) -> RouteDecision<'a> {

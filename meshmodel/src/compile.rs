@@ -431,7 +431,6 @@ fn compile_with(
             key,
             ServiceConfig {
                 endpoints,
-                routes: Vec::new(),
                 host: Some(svc.fqdn.clone()),
             },
         );

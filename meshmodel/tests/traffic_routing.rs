@@ -843,3 +843,36 @@ fn a_destination_rule_in_the_root_namespace_applies_mesh_wide() {
     assert_eq!(lb_for(Some("mesh-root")), LbAlgorithm::Random);
     assert_eq!(lb_for(None), LbAlgorithm::RoundRobin);
 }
+
+/// The default entry a proxy gives a service its table does not route
+/// (`RouteTable::with_defaults`) is exactly what the compiler emits for a service without
+/// VirtualService or DestinationRule: same rules, same cluster policy.
+#[test]
+fn default_entries_are_what_the_compiler_emits_without_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), COMPOSE).unwrap();
+    let compiled = compile_in(dir.path(), "frontend");
+    let db = "db.default.svc.cluster.local";
+    let from_compiler = compiled.service(db).unwrap();
+    let defaults = RouteTable::empty("frontend").with_defaults([
+        (db.to_string(), vec![5432]),
+        (BACKEND.to_string(), vec![8080]),
+    ]);
+    assert_eq!(defaults.services.len(), 2);
+    assert_eq!(defaults.service(db).unwrap(), from_compiler);
+    for c in &defaults.clusters {
+        let compiled_cluster = compiled
+            .clusters
+            .iter()
+            .find(|k| k.host == c.host && k.subset.is_none() && k.port == c.port)
+            .unwrap();
+        assert_eq!(c.policy, compiled_cluster.policy, "{}", c.host);
+        // No workload filter: every endpoint of the service.
+        assert!(c.workloads.is_empty() && c.labels.is_empty());
+    }
+    // A host the table already routes is left alone.
+    let again = compiled
+        .clone()
+        .with_defaults([(db.to_string(), vec![5432])]);
+    assert_eq!(again, compiled);
+}

@@ -8,9 +8,9 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::app::Shared;
+use crate::context::Context;
 use crate::http::{Body, full};
 
 /// Which admin listener a connection came in on.
@@ -21,8 +21,21 @@ pub enum AdminPort {
     Stats,
 }
 
+/// Runs one admin-side listener; it keeps answering while the proxy drains (health says
+/// "draining") and closes when the drain forces the rest.
+pub fn spawn(ctx: Arc<Context>, listener: TcpListener, port: AdminPort) {
+    crate::listener::spawn_accept(
+        ctx,
+        listener,
+        format!("{port:?}").to_lowercase(),
+        crate::listener::Until::Forced,
+        None,
+        move |ctx, stream, _| serve(ctx, stream, port),
+    );
+}
+
 /// Serves one admin-side connection (HTTP/1.1).
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, port: AdminPort) {
+pub async fn serve(shared: Arc<Context>, stream: TcpStream, port: AdminPort) {
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(route(&shared, port, &req)) }
@@ -43,7 +56,7 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
 }
 
 /// Why the proxy is not ready, or `None` when it is.
-pub fn not_ready_reason(shared: &Shared) -> Option<&'static str> {
+pub fn not_ready_reason(shared: &Context) -> Option<&'static str> {
     if shared.drain.is_draining() {
         Some("draining")
     } else if !shared.identity.is_ready() {
@@ -53,7 +66,7 @@ pub fn not_ready_reason(shared: &Shared) -> Option<&'static str> {
     }
 }
 
-fn ready(shared: &Shared) -> Response<Body> {
+fn ready(shared: &Context) -> Response<Body> {
     match not_ready_reason(shared) {
         None => text(StatusCode::OK, "ready\n"),
         Some(why) => text(
@@ -63,13 +76,13 @@ fn ready(shared: &Shared) -> Response<Body> {
     }
 }
 
-fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<Body> {
+fn route(shared: &Context, port: AdminPort, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match (port, path) {
         (AdminPort::Health, "/healthz/ready") | (AdminPort::Admin, "/ready") => ready(shared),
         (AdminPort::Stats, "/stats/prometheus") => {
             let mut body = shared.metrics.render();
-            crate::traffic::render_metrics(&shared.snapshot.load().cluster_status(), &mut body);
+            crate::traffic::render_metrics(&shared.runtime.load().cluster_status(), &mut body);
             shared.pool.render_metrics(&mut body);
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
@@ -79,7 +92,7 @@ fn route(shared: &Shared, port: AdminPort, req: &Request<Incoming>) -> Response<
             r
         }
         (AdminPort::Admin, "/config_dump") => {
-            let snap = shared.snapshot.load();
+            let snap = shared.runtime.load();
             let cfg = snap.cfg.redacted();
             let dump = serde_json::json!({
                 "config": cfg,

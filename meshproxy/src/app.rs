@@ -1,10 +1,11 @@
-//! Wiring: [`build`] validates a config, loads credentials, binds every listener and returns a
-//! [`Bound`] with the real addresses and a [`ProxyHandle`] to apply new configs and shut down.
-//! Tests run the whole proxy in-process through this module.
+//! Wiring: [`build`] validates a config, loads credentials, builds the shared [`Context`],
+//! binds every listener and starts the components that own them ([`crate::inbound`],
+//! [`crate::outbound`], [`crate::admin`]), and returns a [`Bound`] with the real addresses and
+//! a [`ProxyHandle`] to apply new configs and shut down. Tests run the whole proxy in-process
+//! through this module.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -12,20 +13,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use meshapi::diag::FieldError;
-use meshapi::proxy::{Limits, ProxyConfig};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use meshapi::proxy::ProxyConfig;
 
 use crate::admin::AdminPort;
+use crate::context::Context;
+pub use crate::context::LogControl;
 use crate::drain::Drain;
-use crate::http::Body;
+use crate::listener::{BindError, bind};
 use crate::metrics::Metrics;
+use crate::outbound::VipListeners;
 use crate::pool::Pool;
-use crate::state::Snapshot;
+use crate::runtime::{Runtime, Snapshot};
 use crate::tls::{Credentials, Identity, TlsError};
-
-/// Sets the log filter (`/logging?level=`); installed by `main`.
-pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Why a proxy could not start or a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -36,36 +35,10 @@ pub enum AppError {
     Credentials(#[from] TlsError),
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Bind(#[from] BindError),
     #[error("{0}")]
     Load(#[from] meshapi::proxy::ConfigError),
-}
-
-/// Everything the data path shares; one per proxy.
-pub struct Shared {
-    /// The config being served; read once per connection or request.
-    pub snapshot: ArcSwap<Snapshot>,
-    pub identity: Arc<Identity>,
-    pub server_tls: Arc<rustls::ServerConfig>,
-    pub metrics: Metrics,
-    pub drain: Drain,
-    pub pool: Pool,
-    /// Pooled HTTP/1.1 client to local applications.
-    pub app_h1: Client<HttpConnector, Body>,
-    /// Pooled h2c client to local applications (http2/grpc ports).
-    pub app_h2: Client<HttpConnector, Body>,
-    pub log_control: Option<LogControl>,
-}
-
-impl Shared {
-    /// Limits of the current config.
-    pub fn limits(&self) -> Limits {
-        self.snapshot.load().cfg.limits.clone()
-    }
 }
 
 /// Options that do not belong in the config document.
@@ -74,25 +47,11 @@ pub struct Options {
     pub log_control: Option<LogControl>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Role {
-    Inbound,
-    Capture,
-    Vip(SocketAddr),
-    Admin(AdminPort),
-}
-
-struct VipListener {
-    bound: SocketAddr,
-    stop: watch::Sender<bool>,
-}
-
 /// A handle on a running proxy: apply configs, read state, shut down. Cheap to clone.
 #[derive(Clone)]
 pub struct ProxyHandle {
-    shared: Arc<Shared>,
-    vips: Arc<Mutex<HashMap<SocketAddr, VipListener>>>,
-    last_roots: Arc<Mutex<Vec<u8>>>,
+    shared: Arc<Context>,
+    vips: Arc<VipListeners>,
 }
 
 /// A started proxy with its real bound addresses.
@@ -123,21 +82,12 @@ impl Bound {
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
-    let err = |source| AppError::Bind { addr, source };
-    let std = std::net::TcpListener::bind(addr).map_err(err)?;
-    std.set_nonblocking(true).map_err(err)?;
-    TcpListener::from_std(std).map_err(err)
-}
-
-fn load_credentials(cfg: &ProxyConfig) -> Result<Option<(Credentials, Vec<u8>)>, TlsError> {
+fn load_credentials(cfg: &ProxyConfig) -> Result<Option<Credentials>, TlsError> {
     let id = &cfg.identity;
     let (Some(cert), Some(key), Some(roots)) = (&id.cert_file, &id.key_file, &id.roots_file) else {
         return Ok(None);
     };
-    let creds = Credentials::from_files(cert, key, roots, &id.spiffe_id)?;
-    let roots_pem = std::fs::read(roots).unwrap_or_default();
-    Ok(Some((creds, roots_pem)))
+    Credentials::from_files(cert, key, roots, &id.spiffe_id).map(Some)
 }
 
 /// Starts a proxy from a config.
@@ -151,17 +101,55 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     if !errs.is_empty() {
         return Err(AppError::Invalid(errs));
     }
-    let identity = Arc::new(Identity::default());
-    identity.set_trust_domain_aliases(&cfg.identity.trust_domain_aliases);
-    let mut last_roots = Vec::new();
-    match load_credentials(&cfg) {
-        Ok(Some((creds, roots))) => {
-            identity.set(creds);
-            last_roots = roots;
-        }
-        Ok(None) => tracing::info!("no credential files configured; waiting for the CA client"),
-        Err(e) => tracing::warn!(error = %e, "credentials not loaded; not ready until they are"),
+    let ctx = Arc::new(context(&cfg, opts)?);
+    let (inbound, inbound_addr) = bind(cfg.listeners.inbound)?;
+    let capture = cfg.listeners.outbound_capture.map(bind).transpose()?;
+    let (admin, admin_addr) = bind(cfg.admin.admin)?;
+    let (health, health_addr) = bind(cfg.admin.health)?;
+    let (stats, stats_addr) = bind(cfg.admin.stats)?;
+    let handle = ProxyHandle {
+        shared: Arc::clone(&ctx),
+        vips: Arc::default(),
+    };
+    let bound = Bound {
+        inbound: inbound_addr,
+        outbound_capture: capture.as_ref().map(|(_, a)| *a),
+        admin: admin_addr,
+        health: health_addr,
+        stats: stats_addr,
+        handle: handle.clone(),
+    };
+    crate::inbound::spawn(Arc::clone(&ctx), inbound);
+    if let Some((c, _)) = capture {
+        crate::outbound::spawn_capture(Arc::clone(&ctx), c);
     }
+    crate::admin::spawn(Arc::clone(&ctx), admin, AdminPort::Admin);
+    crate::admin::spawn(Arc::clone(&ctx), health, AdminPort::Health);
+    crate::admin::spawn(Arc::clone(&ctx), stats, AdminPort::Stats);
+    handle.sync_vips(&cfg)?;
+    tracing::info!(
+        inbound = %bound.inbound, admin = %bound.admin, revision = cfg.revision,
+        identity = %cfg.identity.spiffe_id, "meshproxy started"
+    );
+    Ok(bound)
+}
+
+/// The shared context for `cfg`: credentials (when configured), the first runtime, metrics,
+/// drain, pool and the clients to local applications.
+fn context(cfg: &ProxyConfig, opts: Options) -> Result<Context, AppError> {
+    let identity = Arc::new(Identity::default());
+    let creds = match load_credentials(cfg) {
+        Ok(Some(creds)) => Some(creds),
+        Ok(None) => {
+            tracing::info!("no credential files configured; waiting for the CA client");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "credentials not loaded; not ready until they are");
+            None
+        }
+    };
+    let trust = identity.publish(creds, &cfg.identity.trust_domain_aliases);
     let mut app_h1 = Client::builder(TokioExecutor::new());
     app_h1
         .pool_timer(TokioTimer::new())
@@ -174,117 +162,24 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(cfg.limits.connect_timeout.0));
-    let shared = Arc::new(Shared {
+    let metrics = Metrics::default();
+    metrics
+        .config_revision
+        .store(cfg.revision, std::sync::atomic::Ordering::Relaxed);
+    Ok(Context {
         server_tls: crate::tls::server_config(identity.clone())?,
         identity,
-        metrics: Metrics::default(),
+        metrics,
         drain: Drain::default(),
         pool: Pool::default(),
         app_h1: app_h1.build(connector.clone()),
         app_h2: app_h2.build(connector),
         log_control: opts.log_control,
-        snapshot: ArcSwap::from_pointee(Snapshot::new(Arc::new(cfg.clone()))),
-    });
-    shared
-        .metrics
-        .config_revision
-        .store(cfg.revision, std::sync::atomic::Ordering::Relaxed);
-
-    let inbound = bind(cfg.listeners.inbound)?;
-    let capture = cfg.listeners.outbound_capture.map(bind).transpose()?;
-    let admin = bind(cfg.admin.admin)?;
-    let health = bind(cfg.admin.health)?;
-    let stats = bind(cfg.admin.stats)?;
-    let local = |l: &TcpListener, a: SocketAddr| {
-        l.local_addr()
-            .map_err(|source| AppError::Bind { addr: a, source })
-    };
-    let handle = ProxyHandle {
-        shared: shared.clone(),
-        vips: Arc::default(),
-        last_roots: Arc::new(Mutex::new(last_roots)),
-    };
-    let bound = Bound {
-        inbound: local(&inbound, cfg.listeners.inbound)?,
-        outbound_capture: match &capture {
-            Some(l) => Some(local(l, l.local_addr().unwrap_or(cfg.listeners.inbound))?),
-            None => None,
-        },
-        admin: local(&admin, cfg.admin.admin)?,
-        health: local(&health, cfg.admin.health)?,
-        stats: local(&stats, cfg.admin.stats)?,
-        handle: handle.clone(),
-    };
-    let never = watch::channel(false).1;
-    spawn_listener(shared.clone(), inbound, Role::Inbound, never.clone());
-    if let Some(c) = capture {
-        spawn_listener(shared.clone(), c, Role::Capture, never.clone());
-    }
-    spawn_listener(
-        shared.clone(),
-        admin,
-        Role::Admin(AdminPort::Admin),
-        never.clone(),
-    );
-    spawn_listener(
-        shared.clone(),
-        health,
-        Role::Admin(AdminPort::Health),
-        never.clone(),
-    );
-    spawn_listener(shared.clone(), stats, Role::Admin(AdminPort::Stats), never);
-    handle.sync_vips(&cfg)?;
-    tracing::info!(
-        inbound = %bound.inbound, admin = %bound.admin, revision = cfg.revision,
-        identity = %cfg.identity.spiffe_id, "meshproxy started"
-    );
-    Ok(bound)
-}
-
-fn spawn_listener(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    role: Role,
-    mut stop: watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = shared.drain.draining(), if !matches!(role, Role::Admin(_)) => break,
-                _ = shared.drain.forced() => break,
-                _ = stopped(&mut stop) => break,
-                r = listener.accept() => r,
-            };
-            match accepted {
-                Ok((stream, remote)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle_conn(shared.clone(), stream, remote, role));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, ?role, "accept failed; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        tracing::debug!(?role, "listener closed");
-    });
-}
-
-/// Resolves when a listener's stop flag is set; never if its sender is gone.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-async fn handle_conn(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, role: Role) {
-    match role {
-        Role::Inbound => crate::inbound::serve(shared, stream, remote).await,
-        Role::Capture => crate::outbound::serve(shared, stream, remote, None).await,
-        Role::Vip(vip) => crate::outbound::serve(shared, stream, remote, Some(vip)).await,
-        Role::Admin(port) => crate::admin::serve(shared, stream, port).await,
-    }
+        runtime: ArcSwap::from_pointee(Runtime {
+            snapshot: Arc::new(Snapshot::new(Arc::new(cfg.clone()))),
+            trust,
+        }),
+    })
 }
 
 impl ProxyHandle {
@@ -314,27 +209,19 @@ impl ProxyHandle {
             return Err(AppError::Invalid(errs));
         }
         let creds = load_credentials(&cfg)?;
-        let old = self.shared.snapshot.load_full();
+        let old = self.shared.runtime.load_full();
         if old.cfg.listeners.inbound != cfg.listeners.inbound || old.cfg.admin != cfg.admin {
             tracing::warn!("listener address changes take effect at the next restart");
         }
         self.sync_vips(&cfg)?;
-        self.shared
-            .identity
-            .set_trust_domain_aliases(&cfg.identity.trust_domain_aliases);
-        if let Some((creds, roots)) = creds {
-            self.shared.identity.set(creds);
-            if let Ok(mut last) = self.last_roots.lock()
-                && *last != roots
-            {
-                *last = roots;
-                self.shared.pool.clear();
-            }
-        }
         let revision = cfg.revision;
-        self.shared
-            .snapshot
-            .store(Arc::new(Snapshot::build(Arc::new(cfg), Some(&old))));
+        let aliases = cfg.identity.trust_domain_aliases.clone();
+        let snapshot = Arc::new(Snapshot::build(Arc::new(cfg), Some(&old.snapshot)));
+        // The trust state goes to the live identity (inbound handshakes) and, with the config,
+        // into the one runtime value the data path reads. Pooled connections are tagged with
+        // the trust generation, so none made under other roots is handed out.
+        self.shared.identity.publish(creds, &aliases);
+        self.publish(Some(snapshot));
         self.shared
             .metrics
             .config_revision
@@ -343,37 +230,27 @@ impl ProxyHandle {
         Ok(())
     }
 
-    /// Binds listeners for new VIPs first (failing without side effects), then stops removed.
-    fn sync_vips(&self, cfg: &ProxyConfig) -> Result<(), AppError> {
-        let want: Vec<SocketAddr> = if cfg.listeners.bind_vips {
-            cfg.outbound.iter().map(|o| o.vip).collect()
-        } else {
-            Vec::new()
-        };
-        let Ok(mut vips) = self.vips.lock() else {
-            return Ok(());
-        };
-        let mut fresh = Vec::new();
-        for vip in want.iter().filter(|v| !vips.contains_key(v)) {
-            let l = bind(*vip)?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| AppError::Bind { addr: *vip, source })?;
-            fresh.push((*vip, l, bound));
-        }
-        for (vip, l, bound) in fresh {
-            let (stop, rx) = watch::channel(false);
-            spawn_listener(self.shared.clone(), l, Role::Vip(vip), rx);
-            vips.insert(vip, VipListener { bound, stop });
-        }
-        vips.retain(|vip, l| {
-            let keep = want.contains(vip);
-            if !keep {
-                l.stop.send_replace(true);
-            }
-            keep
+    /// Stores a new runtime: `snapshot` (or the current one) with the identity's current trust,
+    /// in one store; a concurrent credential change is never lost.
+    fn publish(&self, snapshot: Option<Arc<Snapshot>>) {
+        self.shared.runtime.rcu(|cur| Runtime {
+            snapshot: snapshot
+                .clone()
+                .unwrap_or_else(|| Arc::clone(&cur.snapshot)),
+            trust: self.shared.identity.trust(),
         });
-        Ok(())
+    }
+
+    /// Installs new credentials (certificate rotation): new inbound handshakes and new
+    /// outbound connections use them; connections pooled under other roots are not reused.
+    pub fn set_credentials(&self, creds: Credentials) {
+        self.shared.identity.set(creds);
+        self.publish(None);
+    }
+
+    /// Brings the explicit VIP listeners in step with `cfg`.
+    fn sync_vips(&self, cfg: &ProxyConfig) -> Result<(), AppError> {
+        Ok(self.vips.sync(&self.shared, cfg)?)
     }
 
     /// Reads, validates and applies a config file.
@@ -393,12 +270,12 @@ impl ProxyHandle {
 
     /// The bound address of a configured outbound VIP.
     pub fn outbound_addr(&self, vip: SocketAddr) -> Option<SocketAddr> {
-        self.vips.lock().ok()?.get(&vip).map(|l| l.bound)
+        self.vips.addr(vip)
     }
 
     /// The config being served.
     pub fn config(&self) -> Arc<ProxyConfig> {
-        self.shared.snapshot.load().cfg.clone()
+        self.shared.runtime.load().cfg.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -417,7 +294,7 @@ impl ProxyHandle {
     /// Stops accepting, drains in-flight work up to the config's deadline, then closes the
     /// rest. Returns how many connections were forced closed.
     pub async fn shutdown(&self) -> usize {
-        let deadline = self.shared.snapshot.load().cfg.drain_deadline.0;
+        let deadline = self.shared.runtime.load().cfg.drain_deadline.0;
         self.shared.drain.drain(deadline).await
     }
 }

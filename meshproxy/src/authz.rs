@@ -17,8 +17,8 @@ use meshapi::authz::{
 };
 use meshapi::proxy::ProxyConfig;
 
-use crate::rescue::ProxyError;
-use crate::state::{HttpFacts, PeerInfo};
+use crate::reply::ProxyError;
+use crate::runtime::{HttpFacts, PeerInfo};
 
 /// Request headers as the engine looks them up: repeated headers joined with `,`; values that
 /// are not visible ASCII match nothing.

@@ -16,7 +16,7 @@
 //! let first = fetch_with_backoff(&client, None, &RenewPolicy::default()).await?;
 //! let (tx, rx) = tokio::sync::watch::channel(first);
 //! tokio::spawn(renew_loop(client, tx, RenewPolicy::default()));
-//! // On each change: identity.set(tls::Credentials::from_pem(chain, key, roots, &id)?)
+//! // On each change: handle.set_credentials(tls::Credentials::from_pem(chain, key, roots, &id)?)
 //! ```
 
 use std::future::Future;
@@ -32,9 +32,9 @@ use meshapi::ca_api::{
 };
 use rand::Rng;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::ClientConfig;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 use tokio::net::TcpStream;
@@ -177,7 +177,6 @@ impl CaClient {
             server_verifier: Arc::new(ControlPlaneVerifier {
                 anchors: anchors.clone(),
                 expected: control_plane,
-                provider: provider.clone(),
             }),
             anchors,
             provider,
@@ -403,7 +402,6 @@ pub fn verify_issued(
 pub(crate) struct ControlPlaneVerifier {
     pub(crate) anchors: Arc<Vec<TrustAnchor<'static>>>,
     pub(crate) expected: SpiffeId,
-    pub(crate) provider: Arc<CryptoProvider>,
 }
 
 impl ServerCertVerifier for ControlPlaneVerifier {
@@ -448,39 +446,7 @@ impl ServerCertVerifier for ControlPlaneVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    crate::tls::signature_checks!();
 }
 
 /// Timing of renewals and retries. `Default` gives the documented defaults.

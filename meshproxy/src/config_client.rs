@@ -158,7 +158,6 @@ impl ConfigClient {
             verifier: Arc::new(ControlPlaneVerifier {
                 anchors: Arc::new(anchors),
                 expected,
-                provider: provider.clone(),
             }),
             provider,
             epoch: 0,

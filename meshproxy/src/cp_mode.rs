@@ -144,7 +144,7 @@ fn install(handle: &ProxyHandle, c: &Credentials) -> Result<(), crate::tls::TlsE
         c.root_pem.as_bytes(),
         &c.identity,
     )?;
-    handle.identity().set(tls);
+    handle.set_credentials(tls);
     Ok(())
 }
 

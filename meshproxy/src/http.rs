@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use meshapi::proxy::Limits;
 
-use crate::rescue::ProxyError;
+use crate::reply::ProxyError;
 
 /// Error of a body the proxy sends.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -267,5 +267,33 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         assert!(check_framing(&h).is_err());
+    }
+}
+
+/// A request head prepared once and sent per try: [`RequestHead::request`] copies it for a
+/// try that may be followed by another, [`RequestHead::into_request`] moves it into the last.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: http::Method,
+    /// The client's HTTP version: an HTTP/2 request goes upstream as HTTP/2 whatever the port.
+    pub version: http::Version,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+}
+
+impl RequestHead {
+    /// A request with a copy of this head.
+    pub fn request(&self, body: Body) -> http::Request<Body> {
+        self.clone().into_request(body)
+    }
+
+    /// A request with this head.
+    pub fn into_request(self, body: Body) -> http::Request<Body> {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
     }
 }

@@ -5,27 +5,24 @@
 //! Each connection walks the same small steps: [`sniff`] (only when some port accepts
 //! plaintext), TLS accept, [`pick_port`], mode check, then [`serve_http`] or [`serve_tcp`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use meshapi::proxy::{PeerAuthMode, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::Shared;
+use crate::context::Context;
 use crate::http::{
     Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop, strip_internal,
 };
 use crate::metrics::Direction;
-use crate::rescue::ProxyError;
-use crate::state::{HttpFacts, PeerInfo};
+use crate::reply::ProxyError;
+use crate::runtime::{HttpFacts, PeerInfo};
 use crate::tls;
 
 /// What the first bytes of a connection said.
@@ -60,7 +57,7 @@ pub fn classify(first: u8) -> Sniffed {
 
 /// Per-connection facts every request on it shares.
 struct ConnCtx {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     peer: PeerInfo,
     /// Pre-computed `x-forwarded-client-cert` for an mTLS peer.
     xfcc: Option<HeaderValue>,
@@ -76,11 +73,23 @@ fn original_port(stream: &TcpStream) -> Option<u16> {
     (dst != local).then_some(dst.port())
 }
 
+/// Runs the inbound listener: every accepted connection to [`serve`], until the drain.
+pub fn spawn(ctx: Arc<Context>, listener: TcpListener) {
+    crate::listener::spawn_accept(
+        ctx,
+        listener,
+        "inbound".into(),
+        crate::listener::Until::Draining,
+        None,
+        serve,
+    );
+}
+
 /// Serves one accepted inbound connection.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+pub async fn serve(shared: Arc<Context>, stream: TcpStream, remote: SocketAddr) {
     let _guard = shared.drain.guard();
     shared.metrics.connection(Direction::Inbound);
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let sniffed = if snap.any_plaintext() {
         sniff(&stream, snap.cfg.limits.sniff_timeout.0).await
     } else {
@@ -125,12 +134,12 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
 }
 
 async fn serve_tls(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     stream: TcpStream,
     remote: SocketAddr,
     orig_port: Option<u16>,
 ) {
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let local_ip = crate::authz::local_ip(&stream);
     let acceptor = TlsAcceptor::from(shared.server_tls.clone());
     let tls = match tokio::time::timeout(snap.cfg.limits.connect_timeout.0, acceptor.accept(stream))
@@ -210,7 +219,7 @@ async fn serve_tcp<S>(ctx: Arc<ConnCtx>, mut io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let snap = ctx.shared.snapshot.load_full();
+    let snap = ctx.shared.runtime.load_full();
     if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
         // Closed at once, before the application is dialed.
         tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
@@ -235,43 +244,19 @@ async fn serve_http<S>(ctx: Arc<ConnCtx>, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = crate::http::server_builder(&ctx.shared.limits());
-    let shared = ctx.shared.clone();
-    let svc = service_fn(move |req| handle(ctx.clone(), req));
-    let limits = shared.limits();
-    let io = crate::framing::FramingGuard::new(
-        io,
-        limits.max_header_bytes,
-        limits.header_read_timeout.0,
-    );
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => { let _ = r; return; }
-        _ = shared.drain.draining() => conn.as_mut().graceful_shutdown(),
-    }
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shared.drain.forced() => {}
-    }
-}
-
-async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    ctx.shared.metrics.request(Direction::Inbound);
-    match forward(&ctx, req).await {
-        Ok(resp) => Ok(resp),
-        Err(e) => {
-            ctx.shared.metrics.local_response(Direction::Inbound);
-            Ok(e.into_response())
-        }
-    }
+    let shared = Arc::clone(&ctx.shared);
+    crate::listener::serve_http(shared, io, Direction::Inbound, move |req| {
+        let ctx = Arc::clone(&ctx);
+        async move { forward(&ctx, req).await }
+    })
+    .await;
 }
 
 /// One inbound request: framing check, authorize, sanitize, set xfcc, forward to the app.
 async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     check_framing(req.headers())?;
     // Read per request: a policy change applies to the next request on an open connection.
-    let snap = ctx.shared.snapshot.load_full();
+    let snap = ctx.shared.runtime.load_full();
     let authorized = snap.authorize(
         &ctx.peer,
         Some(HttpFacts {
@@ -360,7 +345,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
 /// application's address), and spliced to the peer once the application answers 2xx.
 async fn connect_tunnel(
     ctx: &ConnCtx,
-    snap: &crate::state::Snapshot,
+    snap: &crate::runtime::Snapshot,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let service = format!("inbound|{}", ctx.peer.port);
@@ -384,7 +369,7 @@ async fn connect_tunnel(
 
 /// A connection to the application behind inbound `port` (its `targetPort` on 127.0.0.1),
 /// within the config's connect timeout.
-async fn connect_app(snap: &crate::state::Snapshot, port: u16) -> Result<TcpStream, ProxyError> {
+async fn connect_app(snap: &crate::runtime::Snapshot, port: u16) -> Result<TcpStream, ProxyError> {
     let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
     let app = SocketAddr::from(([127, 0, 0, 1], app_port));
     let fail = |reason: String| ProxyError::UpstreamConnect {

@@ -1,14 +1,27 @@
-//! meshproxy: the mesh's sidecar / node proxy.
+//! meshproxy: the mesh's sidecar / node proxy, organised by component (as ztunnel and
+//! linkerd2-proxy are).
 //!
-//! Module map (one concern each): [`app`] wires everything and is what tests and `main` call;
-//! [`tls`] is identity and mTLS; [`inbound`] and [`outbound`] are the two listener paths;
-//! [`state`] holds the per-config snapshot with the route-decision and authorize extension
-//! points ([`authz`] evaluates the compiled authorization policy); [`traffic`] carries out
-//! VirtualService and DestinationRule per request (retries, timeouts, faults, mirrors, load
-//! balancing, outlier detection, circuit breaking); [`pool`] connects to peer proxies; [`http`] is shared HTTP plumbing; [`rescue`]
-//! maps every proxy error to a response; [`drain`] is graceful shutdown; [`admin`] and
-//! [`metrics`] are the admin, health and Prometheus endpoints; [`watch`] reloads the config
-//! file; [`capture`] installs the transparent-capture nftables rules (container mode).
+//! - Wiring: [`app`] validates a config, builds the shared [`context::Context`], binds every
+//!   listener and starts the components; it is what tests and `main` call ([`build`],
+//!   [`Bound`], [`ProxyHandle`]). [`listener`] is what every listener shares: binding, the
+//!   accept loop with drain, and the HTTP server of one downstream connection.
+//! - Components, each owning its listeners and accept loop: [`inbound`] (15006:
+//!   PeerAuthentication, mTLS termination, authorization, forwarding to the application),
+//!   [`outbound`] (15001 capture and VIP listeners: the route table, TCP and tunnels),
+//!   [`admin`] (admin, health and Prometheus endpoints, with [`metrics`]).
+//! - What the data path reads: [`runtime`], one immutable value per config and trust state
+//!   (config snapshot, effective route table, cluster state, [`tls::Trust`]) published with
+//!   one store; [`authz`] evaluates the compiled authorization policy.
+//! - Outbound requests: [`traffic`] carries out VirtualService and DestinationRule per
+//!   request (`traffic/forward.rs` the request, `traffic/retry.rs` the retry loop,
+//!   `traffic/cluster.rs` load balancing, outlier detection and circuit breaking); [`pool`]
+//!   keeps connections to endpoints, [`upstream`] opens them.
+//! - Every response the proxy makes itself: [`reply`] (one typed [`reply::LocalReply`],
+//!   rendered in one place). [`http`], [`body`] and [`framing`] are HTTP plumbing.
+//! - Identity: [`tls`] (mTLS, SVID checks, TLS origination); [`ca_client`], [`config_client`]
+//!   and [`cp_mode`] talk to the control plane; [`watch`] reloads the config file; [`drain`]
+//!   is graceful shutdown; [`capture`] installs the transparent-capture nftables rules
+//!   (container mode).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,16 +31,18 @@ pub mod body;
 pub mod ca_client;
 pub mod capture;
 pub mod config_client;
+pub mod context;
 pub mod cp_mode;
 pub mod drain;
 pub mod framing;
 pub mod http;
 pub mod inbound;
+pub mod listener;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;
-pub mod rescue;
-pub mod state;
+pub mod reply;
+pub mod runtime;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;

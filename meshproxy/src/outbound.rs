@@ -4,22 +4,22 @@
 //! the chosen endpoint (HTTP/2 mTLS to a mesh proxy, or as [`crate::upstream`] decides); TCP
 //! and upgrades get their own stream.
 
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use meshapi::proxy::Protocol;
-use tokio::net::TcpStream;
+use meshapi::proxy::{Protocol, ProxyConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-use crate::app::Shared;
+use crate::context::Context;
 use crate::http::{Body, check_framing, splice_upgrade, strip_hop_by_hop, strip_internal};
+use crate::listener::{BindError, Until, bind};
 use crate::metrics::Direction;
-use crate::rescue::ProxyError;
-use crate::state::RequestFacts;
+use crate::reply::ProxyError;
+use crate::runtime::{Runtime, Snapshot, Target};
 use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
@@ -30,10 +30,92 @@ fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
         .as_socket()
 }
 
+/// The endpoint for a TCP connection or an upgrade/CONNECT tunnel to `out`: the route
+/// table's TCP rule, or its HTTP rule for the tunnel's request, then the cluster's balancer.
+fn connection_target(
+    snap: &Snapshot,
+    out: &meshapi::proxy::OutboundService,
+    req: Option<(&http::Method, &Uri, &http::HeaderMap)>,
+) -> Result<Target, ProxyError> {
+    let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
+        target: out.service.clone(),
+    })?;
+    crate::traffic::route_connection(snap, host, out.target_port(), req)
+}
+
+/// Runs the capture listener (15001): each connection's destination is its original one.
+pub fn spawn_capture(ctx: Arc<Context>, listener: TcpListener) {
+    crate::listener::spawn_accept(
+        ctx,
+        listener,
+        "outbound capture".into(),
+        Until::Draining,
+        None,
+        |ctx, stream, remote| serve(ctx, stream, remote, None),
+    );
+}
+
+/// A running explicit VIP listener (host mode).
+struct VipListener {
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// The explicit VIP:port listeners (host mode, `listeners.bindVips`), kept in step with the
+/// config's `outbound` entries.
+#[derive(Default)]
+pub struct VipListeners {
+    by_vip: Mutex<HashMap<SocketAddr, VipListener>>,
+}
+
+impl VipListeners {
+    /// Binds listeners for new VIPs first (failing without side effects), then stops removed.
+    pub fn sync(&self, ctx: &Arc<Context>, cfg: &ProxyConfig) -> Result<(), BindError> {
+        let want: Vec<SocketAddr> = if cfg.listeners.bind_vips {
+            cfg.outbound.iter().map(|o| o.vip).collect()
+        } else {
+            Vec::new()
+        };
+        let Ok(mut vips) = self.by_vip.lock() else {
+            return Ok(());
+        };
+        let mut fresh = Vec::new();
+        for vip in want.iter().filter(|v| !vips.contains_key(v)) {
+            let (l, bound) = bind(*vip)?;
+            fresh.push((*vip, l, bound));
+        }
+        for (vip, l, bound) in fresh {
+            let (stop, rx) = watch::channel(false);
+            crate::listener::spawn_accept(
+                Arc::clone(ctx),
+                l,
+                format!("outbound {vip}"),
+                Until::Draining,
+                Some(rx),
+                move |ctx, stream, remote| serve(ctx, stream, remote, Some(vip)),
+            );
+            vips.insert(vip, VipListener { bound, stop });
+        }
+        vips.retain(|vip, l| {
+            let keep = want.contains(vip);
+            if !keep {
+                l.stop.send_replace(true);
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// The bound address of a configured outbound VIP.
+    pub fn addr(&self, vip: SocketAddr) -> Option<SocketAddr> {
+        self.by_vip.lock().ok()?.get(&vip).map(|l| l.bound)
+    }
+}
+
 /// Serves one outbound connection; `vip` is the configured VIP of an explicit listener, or
 /// `None` for the capture listener.
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     stream: TcpStream,
     remote: SocketAddr,
     vip: Option<SocketAddr>,
@@ -44,47 +126,44 @@ pub async fn serve(
         tracing::info!(%remote, "captured connection without an original destination");
         return;
     };
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let Some(out) = snap.outbound_for_original_dst(dst) else {
         tracing::info!(%remote, %dst, "no outbound service for destination");
         return;
     };
     if out.protocol == Protocol::Tcp {
-        let target = match snap.route(out, None) {
+        let target = match connection_target(&snap, out, None) {
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(%dst, error = %e, "TCP connection dropped");
                 return;
             }
         };
-        drop(snap);
-        serve_tcp(shared, stream, target).await;
+        serve_tcp(shared, snap, stream, target).await;
     } else {
         drop(snap);
         serve_http(shared, stream, dst, remote).await;
     }
 }
 
-async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::state::Target) {
-    let _slot = match &target.cluster {
-        Some((c, _)) => match c.tcp_slot() {
-            Some(p) => Some(p),
-            None => return,
-        },
-        None => None,
+async fn serve_tcp(
+    shared: Arc<Context>,
+    rt: Arc<Runtime>,
+    mut stream: TcpStream,
+    target: crate::runtime::Target,
+) {
+    let (cluster, i) = &target.cluster;
+    let Some(_slot) = cluster.tcp_slot() else {
+        return;
     };
     let tls = crate::upstream::settings(&target);
-    let mut up = match crate::upstream::connect(&shared, &target, &tls, Wire::Tcp).await {
+    let mut up = match crate::upstream::connect(&shared, &rt, &target, tls, Wire::Tcp).await {
         Ok(s) => {
-            if let Some((c, i)) = &target.cluster {
-                c.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
-            }
+            cluster.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
             s
         }
         Err(e) => {
-            if let Some((c, i)) = &target.cluster {
-                c.record(*i, meshapi::traffic::CallResult::ConnectFailure);
-            }
+            cluster.record(*i, meshapi::traffic::CallResult::ConnectFailure);
             tracing::info!(error = %e, "TCP upstream failed");
             return;
         }
@@ -97,74 +176,50 @@ async fn serve_tcp(shared: Arc<Shared>, mut stream: TcpStream, target: crate::st
     }
 }
 
-async fn serve_http(shared: Arc<Shared>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
-    let builder = crate::http::server_builder(&shared.limits());
-    let s = shared.clone();
-    let svc = service_fn(move |req| handle(s.clone(), dst, remote, req));
-    let limits = shared.limits();
-    let io = crate::framing::FramingGuard::new(
-        stream,
-        limits.max_header_bytes,
-        limits.header_read_timeout.0,
-    );
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => { let _ = r; return; }
-        _ = shared.drain.draining() => conn.as_mut().graceful_shutdown(),
-    }
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shared.drain.forced() => {}
-    }
+async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
+    let shared = Arc::clone(&ctx);
+    crate::listener::serve_http(ctx, stream, Direction::Outbound, move |req| {
+        let ctx = Arc::clone(&shared);
+        async move { forward(&ctx, dst, remote, req).await }
+    })
+    .await;
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    dst: SocketAddr,
-    remote: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    shared.metrics.request(Direction::Outbound);
-    match forward(&shared, dst, remote, req).await {
-        Ok(resp) => Ok(resp),
-        Err(e) => {
-            shared.metrics.local_response(Direction::Outbound);
-            Ok(e.into_response())
-        }
-    }
-}
-
-/// One outbound request: framing check, sanitize, route decision, send to the endpoint.
+/// One outbound request: framing check, then the route table ([`crate::traffic::forward`]),
+/// or for an upgrade or CONNECT its own stream ([`tunnel`]).
 async fn forward(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     dst: SocketAddr,
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     check_framing(req.headers())?;
-    let snap = shared.snapshot.load_full();
+    let snap = shared.runtime.load_full();
     let out = snap
         .outbound_for_original_dst(dst)
         .ok_or_else(|| ProxyError::NoRoute {
             target: dst.to_string(),
         })?;
-    let upgrade = crate::http::is_upgrade(&req);
-    let tunnel = crate::http::is_tunnel(&req);
-    if !tunnel && let Some((_, host)) = crate::traffic::table_for(&snap, out) {
-        let port = out.target_port();
-        return crate::traffic::forward(shared, snap.clone(), host, port, remote, req).await;
+    if crate::http::is_tunnel(&req) {
+        let target = connection_target(&snap, out, Some((req.method(), req.uri(), req.headers())))?;
+        return tunnel(shared, &snap, target, req).await;
     }
-    let target = snap.route(
-        out,
-        Some(RequestFacts {
-            method: req.method(),
-            uri: req.uri(),
-            path: req.uri().path(),
-            headers: req.headers(),
-        }),
-    )?;
-    let service = target.service.clone();
+    let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
+        target: out.service.clone(),
+    })?;
+    let port = out.target_port();
+    crate::traffic::forward(shared, snap.clone(), host, port, remote, req).await
+}
+
+/// An upgrade or CONNECT: its own HTTP/1.1 stream to the endpoint, spliced to the client's
+/// connection once the endpoint opens the tunnel.
+async fn tunnel(
+    shared: &Arc<Context>,
+    rt: &Runtime,
+    target: Target,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let upgrade = crate::http::is_upgrade(&req);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     strip_internal(&mut parts.headers);
@@ -179,46 +234,29 @@ async fn forward(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| service.clone());
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+        .unwrap_or_else(|| target.service.to_string());
     let mut req = Request::from_parts(parts, crate::http::boxed(body));
     let method = req.method().clone();
-    let mut resp = if tunnel {
-        // An upgrade or CONNECT gets its own HTTP/1.1 stream to the endpoint, spliced to the
-        // client's connection once the endpoint opens the tunnel.
-        let down = hyper::upgrade::on(&mut req);
-        if method != http::Method::CONNECT {
-            *req.uri_mut() = pq
-                .parse()
-                .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
-        }
-        if !req.headers().contains_key(header::HOST)
-            && let Ok(h) = HeaderValue::from_str(&authority)
-        {
-            req.headers_mut().insert(header::HOST, h);
-        }
-        let tls = crate::upstream::settings(&target);
-        let stream = crate::upstream::connect(shared, &target, &tls, Wire::Http1).await?;
-        let mut resp = crate::http::send_tunnel(stream, req, &service).await?;
-        if crate::http::tunnel_opened(&method, resp.status()) {
-            let up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice_upgrade(down, up));
-        }
-        resp.map(crate::http::boxed)
-    } else {
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(authority.as_str())
-            .path_and_query(pq.as_str())
-            .build()
-            .map_err(|_| ProxyError::BadRequest("unusable request target or Host"))?;
-        req.headers_mut().remove(header::HOST);
-        crate::pool::send_pooled(shared, &target, req).await?
-    };
+    let down = hyper::upgrade::on(&mut req);
+    if method != http::Method::CONNECT {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = pq
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
+    }
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(h) = HeaderValue::from_str(&authority)
+    {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    let tls = crate::upstream::settings(&target);
+    let stream = crate::upstream::connect(shared, rt, &target, tls, Wire::Http1).await?;
+    let mut resp = crate::http::send_tunnel(stream, req, &target.service).await?;
+    if crate::http::tunnel_opened(&method, resp.status()) {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(splice_upgrade(down, up));
+    }
+    let mut resp = resp.map(crate::http::boxed);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     Ok(resp)

@@ -28,11 +28,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshapi::proxy::{SpiffeId, UpstreamTls, UpstreamTlsMode};
 
-use crate::app::Shared;
 use crate::body::Tracked;
-use crate::http::Body;
-use crate::rescue::ProxyError;
-use crate::state::Target;
+use crate::context::Context;
+use crate::http::{Body, RequestHead};
+use crate::reply::ProxyError;
+use crate::runtime::{Runtime, Target};
 use crate::tls;
 use crate::upstream::Wire;
 
@@ -46,28 +46,46 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(3600);
 /// How often idle connections are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    addr: SocketAddr,
-    identity: Option<SpiffeId>,
-    port: u16,
-    tls: UpstreamTls,
+/// Which pooled connections a request may ride: (endpoint address, identity, application
+/// port, upstream TLS). Built once per cluster endpoint when a config is applied
+/// ([`crate::traffic::ClusterState`]) and shared by `Arc`: a request neither copies the SPIFFE
+/// ID nor hashes it (the hash covers address and port), and comparing a key with itself is a
+/// pointer comparison.
+#[derive(Debug)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub identity: Option<SpiffeId>,
+    pub port: u16,
+    /// How connections are made (the cluster's `tls`, else the endpoint's for the port).
+    pub tls: UpstreamTls,
 }
 
-impl Key {
-    fn of(target: &Target) -> Key {
-        Key {
-            addr: target.endpoint.address,
-            identity: target.endpoint.identity.clone(),
-            port: target.target_port,
-            tls: crate::upstream::settings(target),
-        }
+impl PartialEq for PoolKey {
+    fn eq(&self, o: &Self) -> bool {
+        std::ptr::eq(self, o)
+            || (self.addr == o.addr
+                && self.port == o.port
+                && self.identity == o.identity
+                && self.tls == o.tls)
     }
 }
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+        self.port.hash(state);
+    }
+}
+
+type Key = Arc<PoolKey>;
 
 #[derive(Debug)]
 struct H2Conn {
     sender: http2::SendRequest<Body>,
+    /// The trust generation it was verified under ([`crate::tls::Trust`]).
+    generation: u64,
     uses: u32,
     last_used: Instant,
     idle_timeout: Duration,
@@ -77,6 +95,7 @@ struct H2Conn {
 #[derive(Debug)]
 struct H1Conn {
     sender: http1::SendRequest<Body>,
+    generation: u64,
     uses: u32,
     idle_since: Instant,
     idle_timeout: Duration,
@@ -147,12 +166,22 @@ impl Pool {
         });
     }
 
-    /// The live HTTP/2 connection for `key` and its in-flight counter, counting one more
-    /// request on it; one that has served `maxRequestsPerConnection` requests is retired.
-    fn h2_get(&self, key: &Key, max: u32) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
+    /// The live HTTP/2 connection for `key` made under trust `generation` and its in-flight
+    /// counter, counting one more request on it; one that has served
+    /// `maxRequestsPerConnection` requests, or was made under other trust, is retired.
+    fn h2_get(
+        &self,
+        key: &Key,
+        generation: u64,
+        max: u32,
+    ) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
         let mut m = self.conns.h2.lock().ok()?;
         match m.get_mut(key) {
-            Some(c) if !c.sender.is_closed() && (max == 0 || c.uses < max) => {
+            Some(c)
+                if !c.sender.is_closed()
+                    && c.generation == generation
+                    && (max == 0 || c.uses < max) =>
+            {
                 c.uses += 1;
                 c.last_used = Instant::now();
                 Some((c.sender.clone(), Arc::clone(&c.in_flight)))
@@ -171,13 +200,17 @@ impl Pool {
         }
     }
 
-    /// An idle HTTP/1.1 connection for `key`, if the pool has a live one.
-    fn checkout_h1(&self, key: &Key) -> Option<H1Conn> {
+    /// An idle HTTP/1.1 connection for `key` made under trust `generation`, if the pool has a
+    /// live one (others met on the way are dropped).
+    fn checkout_h1(&self, key: &Key, generation: u64) -> Option<H1Conn> {
         let mut m = self.conns.h1.lock().ok()?;
         let idle = m.get_mut(key)?;
         let now = Instant::now();
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && now.duration_since(c.idle_since) < c.idle_timeout {
+            if !c.sender.is_closed()
+                && c.generation == generation
+                && now.duration_since(c.idle_since) < c.idle_timeout
+            {
                 return Some(c);
             }
         }
@@ -188,7 +221,8 @@ impl Pool {
     /// by ALPN), else HTTP/1.1. An HTTP/2 connection is pooled at once.
     async fn open(
         &self,
-        shared: &Arc<Shared>,
+        shared: &Arc<Context>,
+        rt: &Runtime,
         target: &Target,
         key: &Key,
         h2: bool,
@@ -200,13 +234,14 @@ impl Pool {
         } else {
             Wire::Http1
         };
-        let stream = crate::upstream::connect(shared, target, &key.tls, wire).await?;
+        let stream = crate::upstream::connect(shared, rt, target, &key.tls, wire).await?;
+        let generation = rt.trust.generation;
         let use_h2 = match stream.alpn() {
             Some(p) => p == tls::ALPN_H2,
             None => h2,
         };
         let fail = |what: &str, e: hyper::Error| ProxyError::UpstreamConnect {
-            service: target.service.clone(),
+            service: target.service.to_string(),
             reason: format!("{what} handshake: {e}"),
         };
         let addr = key.addr;
@@ -218,7 +253,7 @@ impl Pool {
                 .initial_stream_window_size(1 << 20)
                 .initial_connection_window_size(4 << 20)
                 .max_header_list_size(
-                    u32::try_from(shared.limits().max_header_bytes).unwrap_or(u32::MAX),
+                    u32::try_from(rt.cfg.limits.max_header_bytes).unwrap_or(u32::MAX),
                 );
             let (sender, conn) = b
                 .handshake(TokioIo::new(stream))
@@ -231,6 +266,7 @@ impl Pool {
                     key.clone(),
                     H2Conn {
                         sender: sender.clone(),
+                        generation,
                         uses: 1,
                         last_used: Instant::now(),
                         idle_timeout,
@@ -247,20 +283,11 @@ impl Pool {
             spawn_conn(addr, conn);
             Ok(Fresh::H1(H1Conn {
                 sender,
+                generation,
                 uses: 0,
                 idle_since: Instant::now(),
                 idle_timeout,
             }))
-        }
-    }
-
-    /// Drops every pooled connection (new requests reconnect), e.g. after new trust roots.
-    pub fn clear(&self) {
-        if let Ok(mut m) = self.conns.h2.lock() {
-            m.clear();
-        }
-        if let Ok(mut m) = self.conns.h1.lock() {
-            m.clear();
         }
     }
 
@@ -317,15 +344,18 @@ impl From<hyper::client::conn::TrySendError<Request<Body>>> for TryError {
 /// Sends `req` to `target` on a pooled connection (see the module documentation for which
 /// kind). If a pooled connection turned out to be gone before the request was written (peer
 /// restarted, drained, or closed it while idle), the untouched request goes on a fresh
-/// connection; anything already sent is never replayed. The response body holds the
-/// connection's place until it ends.
+/// connection; anything already sent is never replayed, except an idempotent body-less request
+/// whose head the caller kept (`resend`). The response body holds the connection's place
+/// until it ends.
 pub async fn send_pooled(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
+    rt: &Runtime,
     target: &Target,
     req: Request<Body>,
+    resend: Option<&RequestHead>,
 ) -> Result<Response<Body>, ProxyError> {
     let pool = &shared.pool;
-    let key = Key::of(target);
+    let key = &target.key;
     let max = target.connect.max_requests_per_connection;
     // Between mesh proxies HTTP always multiplexes on HTTP/2 (measured cheaper per request
     // than an HTTP/1.1 pool, see the module documentation).
@@ -333,17 +363,17 @@ pub async fn send_pooled(
         || target.connect.http2
         || req.version() == http::Version::HTTP_2;
     // A live HTTP/2 connection to the destination serves every request, whatever its version.
-    // An idempotent request without a body is kept so that, if the reused connection dies
-    // before any response (peer restarted, GOAWAY), it can go again on a fresh connection, as
+    // An idempotent request without a body whose head the caller kept goes again on a fresh
+    // connection if the reused one dies before any response (peer restarted, GOAWAY), as
     // RFC 9110 section 9.2.2 allows.
-    let mut again: Option<http::request::Parts> = None;
-    let reused = if let Some((sender, in_flight)) = pool.h2_get(&key, max) {
+    let mut again: Option<&RequestHead> = None;
+    let reused = if let Some((sender, in_flight)) = pool.h2_get(key, rt.trust.generation, max) {
         if req.method().is_idempotent() && req.body().is_end_stream() {
-            again = Some(req_parts(&req));
+            again = resend;
         }
-        try_h2(&key, sender, in_flight, req).await
-    } else if !want_h2 && let Some(conn) = pool.checkout_h1(&key) {
-        try_h1(pool, target, &key, conn, req).await
+        try_h2(key, sender, in_flight, req).await
+    } else if !want_h2 && let Some(conn) = pool.checkout_h1(key, rt.trust.generation) {
+        try_h1(pool, target, key, conn, req).await
     } else {
         Err(TryError::Unsent(Box::new(req), None))
     };
@@ -352,47 +382,37 @@ pub async fn send_pooled(
         Err(TryError::Unsent(r, e)) => {
             if let Some(e) = e {
                 tracing::debug!(service = %target.service, error = %e, "pooled connection gone; reconnecting");
-                pool.h2_remove(&key);
+                pool.h2_remove(key);
             }
             *r
         }
         Err(TryError::Sent(e)) => match again {
-            Some(parts) => {
+            Some(head) => {
                 tracing::debug!(service = %target.service, error = %e, "pooled connection died before a response; sending again");
-                pool.h2_remove(&key);
-                Request::from_parts(parts, crate::http::full(bytes::Bytes::new()))
+                pool.h2_remove(key);
+                head.request(crate::http::full(bytes::Bytes::new()))
             }
             None => return Err(reset(target, &e)),
         },
     };
-    let res = match pool.open(shared, target, &key, want_h2).await? {
-        Fresh::H2(sender, in_flight) => try_h2(&key, sender, in_flight, req).await,
-        Fresh::H1(conn) => try_h1(pool, target, &key, conn, req).await,
+    let res = match pool.open(shared, rt, target, key, want_h2).await? {
+        Fresh::H2(sender, in_flight) => try_h2(key, sender, in_flight, req).await,
+        Fresh::H1(conn) => try_h1(pool, target, key, conn, req).await,
     };
     res.map_err(|e| match e {
         // A new connection that failed before answering carried the request nowhere: a
         // connect failure (a server requiring mTLS closes a plaintext connection like this).
-        TryError::Unsent(_, e) => refused(target, &key, e.as_ref()),
+        TryError::Unsent(_, e) => refused(target, key, e.as_ref()),
         TryError::Sent(e) if key.tls.mode != UpstreamTlsMode::IstioMutual => {
-            refused(target, &key, Some(&e))
+            refused(target, key, Some(&e))
         }
         TryError::Sent(e) => reset(target, &e),
     })
 }
 
-/// A copy of a body-less request's head.
-fn req_parts(req: &Request<Body>) -> http::request::Parts {
-    let mut r = Request::new(());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    r.into_parts().0
-}
-
 fn reset(target: &Target, e: &hyper::Error) -> ProxyError {
     ProxyError::UpstreamReset {
-        service: target.service.clone(),
+        service: target.service.to_string(),
         reason: e.to_string(),
     }
 }
@@ -404,7 +424,7 @@ fn refused(target: &Target, key: &Key, e: Option<&hyper::Error>) -> ProxyError {
         ""
     };
     ProxyError::UpstreamConnect {
-        service: target.service.clone(),
+        service: target.service.to_string(),
         reason: match e {
             Some(e) => format!("connection closed before a response{hint}: {e}"),
             None => format!("connection closed before a response{hint}"),

@@ -1,8 +1,10 @@
 //! Mesh identity and mutual TLS 1.3 (rustls, ring provider).
 //!
-//! [`Identity`] holds the current [`Credentials`] (own certificate chain and key, trust roots)
-//! behind an `ArcSwap`, so rotation is one atomic store: new handshakes pick up the new
-//! certificate and roots, established connections are untouched. The verifiers validate the
+//! [`Identity`] holds the current [`Trust`] (own certificate chain and key, trust roots, trust
+//! domain aliases, a generation) behind an `ArcSwap`, so rotation is one atomic store: new
+//! handshakes pick up the new certificate and roots, established connections are untouched.
+//! An outbound connection is opened under one trust state ([`client_config_for`]) and pooled
+//! under its generation. The verifiers validate the
 //! chain with webpki against the *current* roots, then apply the SPIFFE X509-SVID rules
 //! ([`check_svid`]) that webpki cannot: exactly one URI SAN, a strict
 //! `spiffe://<td>/ns/<ns>/sa/<sa>` ID, leaf not a CA, keyUsage with digitalSignature and
@@ -17,17 +19,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use meshapi::proxy::{SYSTEM_CA_FILES, SpiffeId, UpstreamTls, UpstreamTlsMode};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DistinguishedName, OtherError, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -220,57 +221,124 @@ impl Credentials {
     }
 }
 
-/// The live credentials of this proxy, swapped atomically on rotation, and the other trust
-/// domains whose peers it accepts (the mesh's `trustDomainAliases`).
+/// One consistent trust state: our credentials (chain, key, roots) and the other trust
+/// domains whose peers we accept (the mesh's `trustDomainAliases`), with a generation that
+/// changes whenever what peers are verified against changes (roots or aliases; not a leaf
+/// rotation under the same roots). Immutable; a change is a new value.
 #[derive(Debug, Default)]
-pub struct Identity {
-    current: ArcSwapOption<Credentials>,
-    aliases: ArcSwapOption<Vec<String>>,
+pub struct Trust {
+    pub creds: Option<Arc<Credentials>>,
+    pub aliases: Vec<String>,
+    pub generation: u64,
 }
 
-impl Identity {
-    /// Sets the trust domains accepted besides our own (Istio's `trustDomainAliases`); new
-    /// handshakes use them.
-    pub fn set_trust_domain_aliases(&self, aliases: &[String]) {
-        let current = self.aliases.load();
-        if current.as_deref().map_or(&[][..], Vec::as_slice) != aliases {
-            self.aliases
-                .store((!aliases.is_empty()).then(|| Arc::new(aliases.to_vec())));
+impl Trust {
+    /// The next state with `creds` and `aliases`; a new generation when roots or aliases
+    /// differ from this one's.
+    pub fn next(&self, creds: Option<Arc<Credentials>>, aliases: &[String]) -> Trust {
+        let roots = |c: &Option<Arc<Credentials>>| c.as_ref().map(|c| c.roots.clone());
+        let same = roots(&self.creds) == roots(&creds) && self.aliases == aliases;
+        Trust {
+            creds,
+            aliases: aliases.to_vec(),
+            generation: self.generation + u64::from(!same),
         }
     }
 
     /// Whether a peer in trust domain `td` belongs to this mesh: ours or an alias.
     fn accepts_trust_domain(&self, own: &str, td: &str) -> bool {
-        td == own
-            || self
-                .aliases
-                .load()
-                .as_deref()
-                .is_some_and(|a| a.iter().any(|x| x == td))
+        td == own || self.aliases.iter().any(|x| x == td)
+    }
+}
+
+/// The live trust state of this proxy ([`Trust`]), swapped atomically as one value on rotation
+/// or config change: new handshakes pick up the new certificate, roots and aliases together,
+/// established connections are untouched.
+#[derive(Debug, Default)]
+pub struct Identity {
+    trust: ArcSwap<Trust>,
+}
+
+impl Identity {
+    /// The current trust state, read once per handshake.
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.load_full()
+    }
+
+    /// Publishes `creds` (`None`: keep the current ones) and the trust domains accepted
+    /// besides our own (Istio's `trustDomainAliases`) in one store; returns the new state.
+    pub fn publish(&self, creds: Option<Credentials>, aliases: &[String]) -> Arc<Trust> {
+        let creds = creds.map(Arc::new);
+        if let Some(c) = &creds {
+            tracing::info!(identity = %c.id, "credentials installed");
+        }
+        let mut out = None;
+        self.trust.rcu(|cur| {
+            let next = Arc::new(cur.next(creds.clone().or_else(|| cur.creds.clone()), aliases));
+            out = Some(Arc::clone(&next));
+            next
+        });
+        out.unwrap_or_default()
+    }
+
+    /// Sets the trust domains accepted besides our own; new handshakes use them.
+    pub fn set_trust_domain_aliases(&self, aliases: &[String]) {
+        self.publish(None, aliases);
     }
 
     /// Replaces the credentials; new handshakes use them, open connections keep going.
     pub fn set(&self, creds: Credentials) {
-        tracing::info!(identity = %creds.id, "credentials installed");
-        self.current.store(Some(Arc::new(creds)));
+        let aliases = self.trust.load().aliases.clone();
+        self.publish(Some(creds), &aliases);
     }
 
     /// The current credentials, if any were loaded.
     pub fn current(&self) -> Option<Arc<Credentials>> {
-        self.current.load_full()
+        self.trust.load().creds.clone()
     }
 
     /// True once credentials are loaded.
     pub fn is_ready(&self) -> bool {
-        self.current.load().is_some()
+        self.trust.load().creds.is_some()
     }
 }
+
+/// The handshake-signature half of a rustls certificate verifier (TLS 1.2 and 1.3 signatures,
+/// supported schemes), the same for every verifier of the proxy: the ring provider's
+/// algorithms. Expands to the three trait methods inside an `impl ServerCertVerifier` or
+/// `impl ClientCertVerifier`.
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &$crate::tls::algs())
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &$crate::tls::algs())
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            $crate::tls::algs().supported_schemes()
+        }
+    };
+}
+pub(crate) use signature_checks;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn algs() -> WebPkiSupportedAlgorithms {
+pub(crate) fn algs() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
 
@@ -293,14 +361,15 @@ fn webpki_err(e: webpki::Error) -> rustls::Error {
 
 /// Chain to the current roots, then the SVID rules and the trust domain (ours or an alias).
 fn verify_peer(
-    identity: &Identity,
+    trust: &Trust,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     usage: KeyUsage,
 ) -> Result<SpiffeId, rustls::Error> {
-    let creds = identity
-        .current()
+    let creds = trust
+        .creds
+        .as_ref()
         .ok_or(rustls::Error::General("no credentials loaded".into()))?;
     let ee = EndEntityCert::try_from(end_entity).map_err(webpki_err)?;
     ee.verify_for_usage(
@@ -314,7 +383,7 @@ fn verify_peer(
     )
     .map_err(webpki_err)?;
     let id = check_svid(end_entity).map_err(other)?;
-    if !identity.accepts_trust_domain(creds.id.trust_domain(), id.trust_domain()) {
+    if !trust.accepts_trust_domain(creds.id.trust_domain(), id.trust_domain()) {
         return Err(other(SvidError::TrustDomain {
             expected: creds.id.trust_domain().to_string(),
             got: id.trust_domain().to_string(),
@@ -345,7 +414,7 @@ impl ClientCertVerifier for PeerClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         verify_peer(
-            &self.identity,
+            &self.identity.trust(),
             end_entity,
             intermediates,
             now,
@@ -354,33 +423,14 @@ impl ClientCertVerifier for PeerClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algs().supported_schemes()
-    }
+    signature_checks!();
 }
 
-/// Client side: verifies the server as a mesh SVID with exactly the expected SPIFFE ID.
+/// Client side: verifies the server as a mesh SVID with exactly the expected SPIFFE ID, under
+/// the trust state the connection was opened with.
 #[derive(Debug)]
 struct PeerServerVerifier {
-    identity: Arc<Identity>,
+    trust: Arc<Trust>,
     expected: SpiffeId,
 }
 
@@ -394,7 +444,7 @@ impl ServerCertVerifier for PeerServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = verify_peer(
-            &self.identity,
+            &self.trust,
             end_entity,
             intermediates,
             now,
@@ -409,30 +459,10 @@ impl ServerCertVerifier for PeerServerVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algs().supported_schemes()
-    }
+    signature_checks!();
 }
 
-/// Presents whatever certificate is current at handshake time (both sides).
+/// Presents whatever certificate is current at handshake time (server side).
 #[derive(Debug)]
 struct CurrentCert {
     identity: Arc<Identity>,
@@ -444,13 +474,19 @@ impl ResolvesServerCert for CurrentCert {
     }
 }
 
-impl ResolvesClientCert for CurrentCert {
+/// Presents the certificate of the trust state a connection was opened with (client side).
+#[derive(Debug)]
+struct PinnedCert {
+    trust: Arc<Trust>,
+}
+
+impl ResolvesClientCert for PinnedCert {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        self.identity.current().map(|c| c.key.clone())
+        self.trust.creds.as_ref().map(|c| c.key.clone())
     }
 
     fn has_certs(&self) -> bool {
-        self.identity.is_ready()
+        self.trust.creds.is_some()
     }
 }
 
@@ -468,9 +504,20 @@ pub fn server_config(identity: Arc<Identity>) -> Result<Arc<ServerConfig>, rustl
     Ok(Arc::new(cfg))
 }
 
-/// A client config that presents our certificate and accepts only `expected`, offering `alpn`.
+/// A client config that presents our current certificate and accepts only `expected`,
+/// offering `alpn`.
 pub fn client_config(
     identity: Arc<Identity>,
+    expected: SpiffeId,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    client_config_for(identity.trust(), expected, alpn)
+}
+
+/// [`client_config`] under one trust state: its certificate, roots and aliases, whatever is
+/// published meanwhile (a pooled connection is tagged with `trust.generation`).
+pub fn client_config_for(
+    trust: Arc<Trust>,
     expected: SpiffeId,
     alpn: &[u8],
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
@@ -478,10 +525,10 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PeerServerVerifier {
-            identity: identity.clone(),
+            trust: Arc::clone(&trust),
             expected,
         }))
-        .with_client_cert_resolver(Arc::new(CurrentCert { identity }));
+        .with_client_cert_resolver(Arc::new(PinnedCert { trust }));
     cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
@@ -535,27 +582,7 @@ impl ServerCertVerifier for OriginVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algs().supported_schemes()
-    }
+    signature_checks!();
 }
 
 fn read_file(p: &Path) -> Result<Vec<u8>, TlsError> {

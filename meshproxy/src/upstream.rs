@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use meshapi::proxy::{UpstreamTls, UpstreamTlsMode};
 use rustls_pki_types::ServerName;
@@ -31,11 +31,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::app::Shared;
+use crate::context::Context;
 use crate::http::io_reason;
 use crate::metrics::Direction;
-use crate::rescue::ProxyError;
-use crate::state::Target;
+use crate::reply::ProxyError;
+use crate::runtime::{Runtime, Target};
 use crate::tls;
 
 /// What the caller will speak on the stream.
@@ -71,12 +71,8 @@ impl Wire {
 }
 
 /// The TLS settings for connections to `target` (see the module documentation).
-pub fn settings(target: &Target) -> UpstreamTls {
-    target
-        .cluster
-        .as_ref()
-        .and_then(|(c, _)| c.policy.tls.clone())
-        .unwrap_or_else(|| target.endpoint.tls_for(target.target_port))
+pub fn settings(target: &Target) -> &UpstreamTls {
+    &target.key.tls
 }
 
 /// A connected upstream stream, plaintext or TLS.
@@ -99,7 +95,7 @@ impl UpstreamStream {
 impl AsyncRead for UpstreamStream {
     fn poll_read(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
@@ -112,7 +108,7 @@ impl AsyncRead for UpstreamStream {
 impl AsyncWrite for UpstreamStream {
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
@@ -123,7 +119,7 @@ impl AsyncWrite for UpstreamStream {
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
@@ -139,14 +135,20 @@ impl AsyncWrite for UpstreamStream {
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
@@ -157,19 +159,13 @@ impl AsyncWrite for UpstreamStream {
 /// The address to dial: the endpoint's address, except plaintext to a mesh proxy in container
 /// mode (`<pod ip>:<port>`, so the peer's capture keeps the port as original destination)
 /// and an endpoint outside the mesh written with port 0 (its IP at the target port).
-fn dial_addr(shared: &Shared, target: &Target, tls: &UpstreamTls) -> SocketAddr {
+fn dial_addr(rt: &Runtime, target: &Target, tls: &UpstreamTls) -> SocketAddr {
     let a = target.endpoint.address;
     let at_port = SocketAddr::new(a.ip(), target.target_port);
     if target.endpoint.identity.is_none() {
         return if a.port() == 0 { at_port } else { a };
     }
-    let capture = shared
-        .snapshot
-        .load()
-        .cfg
-        .listeners
-        .outbound_capture
-        .is_some();
+    let capture = rt.cfg.listeners.outbound_capture.is_some();
     if tls.mode == UpstreamTlsMode::Disable && capture {
         at_port
     } else {
@@ -201,20 +197,21 @@ async fn tcp_connect(addr: SocketAddr, target: &Target) -> std::io::Result<TcpSt
 /// Opens a stream to `target` of the kind `tls` says, for `wire`, within the connect timeout
 /// (the DestinationRule's `connectTimeout`, else the config's).
 pub async fn connect(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
+    rt: &Runtime,
     target: &Target,
     tls: &UpstreamTls,
     wire: Wire,
 ) -> Result<UpstreamStream, ProxyError> {
     let fail = |reason: String| ProxyError::UpstreamConnect {
-        service: target.service.clone(),
+        service: target.service.to_string(),
         reason,
     };
     let tls_fail = |reason: String| {
         shared.metrics.tls_failure(Direction::Outbound);
         fail(reason)
     };
-    let addr = dial_addr(shared, target, tls);
+    let addr = dial_addr(rt, target, tls);
     let work = async {
         let (config, name) = match tls.mode {
             UpstreamTlsMode::Disable => {
@@ -228,7 +225,7 @@ pub async fn connect(
                     fail("ISTIO_MUTUAL to an endpoint without a mesh identity".into())
                 })?;
                 let config =
-                    tls::client_config(shared.identity.clone(), expected, wire.mesh_alpn())
+                    tls::client_config_for(Arc::clone(&rt.trust), expected, wire.mesh_alpn())
                         .map_err(|e| tls_fail(format!("TLS config: {e}")))?;
                 (config, tls::sni_for_port(target.target_port))
             }
@@ -251,7 +248,7 @@ pub async fn connect(
     let timeout = target
         .connect
         .timeout
-        .unwrap_or(shared.limits().connect_timeout.0);
+        .unwrap_or(rt.cfg.limits.connect_timeout.0);
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(fail("connection timeout".into())),

@@ -207,7 +207,8 @@ async fn connect_failure_is_a_flagged_local_response() {
     .await;
     assert_eq!(status, 503);
     assert_eq!(headers["x-mesh-response-flags"], "UH");
-    assert_eq!(body, "no healthy upstream for backend\n");
+    // The default route table names the cluster (Envoy's `outbound|<port>|<subset>|<host>`).
+    assert_eq!(body, "no healthy upstream for outbound|8080||backend\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,11 +234,13 @@ async fn wrong_server_identity_is_refused() {
     assert_eq!(headers["x-mesh-response-flags"], "UF");
     assert!(body.contains("impostor"), "{body}");
     assert_eq!(echo.completed(), 0);
+    // The default route carries Istio's retry policy (2 retries on connect-failure): the
+    // handshake is refused on every try.
     assert_eq!(
         a.handle
             .metrics()
             .tls_failures(meshproxy::metrics::Direction::Outbound),
-        1
+        3
     );
 }
 
@@ -574,6 +577,60 @@ async fn certificate_rotation_keeps_connections_and_new_roots_apply_to_new_hands
             >= 1,
         "handshake with the old CA was not refused by backend"
     );
+}
+
+/// New trust roots on the client retire what its pool holds: the next request must not ride a
+/// connection verified under the old roots (it would succeed; a fresh handshake is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_roots_on_the_client_retire_its_pooled_connections() {
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("echo").await;
+    let b = backend_proxy(&mesh, "backend", echo.port(), "http", "STRICT").await;
+    let a_yaml = client_yaml(
+        &mesh.identity_yaml("frontend"),
+        1,
+        VIP,
+        "http",
+        echo.port(),
+        &[(b.inbound, "backend")],
+    );
+    let a = meshproxy::build(parse(&a_yaml)).await.unwrap();
+    let url = format!("http://{}/", a.outbound(vip()).unwrap());
+    let client = http1_client();
+    assert_eq!(get(&client, &url).await.0, 200);
+    let pooled = "meshproxy_upstream_pooled_connections{protocol=\"http2\"} 1";
+    let (_, _, stats) = get(&client, &format!("http://{}/stats/prometheus", a.stats)).await;
+    assert!(stats.contains(pooled), "{stats}");
+
+    // The client moves to a new CA (its own certificate and roots); backend keeps the old one.
+    let new_ca = meshtest::TestCa::new("client-new-root");
+    let roots = new_ca.write_roots(mesh.path(), "client-new-roots.pem");
+    let (cert, key) = new_ca
+        .issue(&spiffe("frontend"))
+        .write(mesh.path(), "frontend-new");
+    let identity = format!(
+        "identity:\n  spiffeId: {}\n  certFile: {}\n  keyFile: {}\n  rootsFile: {}\n",
+        spiffe("frontend"),
+        cert.display(),
+        key.display(),
+        roots.display()
+    );
+    let moved = client_yaml(
+        &identity,
+        2,
+        VIP,
+        "http",
+        echo.port(),
+        &[(b.inbound, "backend")],
+    );
+    a.handle.apply(parse(&moved)).unwrap();
+    let (status, headers, body) = get(&client, &url).await;
+    assert_eq!(
+        status, 503,
+        "a connection verified under the old roots was reused: {body}"
+    );
+    assert_eq!(headers["x-mesh-response-flags"], "UF", "{body}");
+    assert_eq!(echo.completed(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ pub struct ClusterPolicy {
     #[serde(default)]
     pub outlier_detection: Option<OutlierConfig>,
     /// Upstream TLS from the DestinationRule. Default none: auto mTLS
-    /// ([`crate::authz::client_tls_for`] decides from the endpoint's PeerAuthentication;
+    /// (`meshmodel::compile::peer::client_tls_for` decides from the endpoint's PeerAuthentication;
     /// ISTIO_MUTUAL towards mesh workloads).
     #[serde(default)]
     pub tls: Option<ClientTls>,

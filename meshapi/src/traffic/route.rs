@@ -305,7 +305,41 @@ pub struct TcpRule {
     pub route: Vec<TcpDestination>,
 }
 
+impl HttpRule {
+    /// The rule for a host no VirtualService routes: everything to `dest`, with Istio's
+    /// default retry policy.
+    pub fn default_to(dest: &DestinationRef) -> HttpRule {
+        HttpRule {
+            name: Some("default".to_string()),
+            matches: Vec::new(),
+            action: Action::Route(vec![WeightedDestination {
+                destination: dest.clone(),
+                weight: 100,
+                headers: HeaderRules::default(),
+            }]),
+            rewrite: None,
+            timeout: None,
+            retries: Some(RetryPolicy::istio_default()),
+            fault: None,
+            mirrors: Vec::new(),
+            cors: None,
+            headers: HeaderRules::default(),
+        }
+    }
+}
+
 impl TcpRule {
+    /// The rule for a host no VirtualService routes: every connection to `dest`.
+    pub fn default_to(dest: &DestinationRef) -> TcpRule {
+        TcpRule {
+            ports: Vec::new(),
+            route: vec![TcpDestination {
+                destination: dest.clone(),
+                weight: 100,
+            }],
+        }
+    }
+
     pub(crate) fn matches(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.iter().any(|p| p.is_none_or(|p| p == port))
     }

@@ -169,7 +169,6 @@ pub(super) fn add_entries(
                 key,
                 ServiceConfig {
                     endpoints,
-                    routes: Vec::new(),
                     host: None,
                 },
             );

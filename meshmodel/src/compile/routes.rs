@@ -241,20 +241,20 @@ pub fn compile_routes(
                     .filter_map(|r| compile_tcp(&ctx, r))
                     .collect();
                 let http = if v.spec.http.is_empty() {
-                    vec![default_http(&default_dest)]
+                    vec![HttpRule::default_to(&default_dest)]
                 } else {
                     http
                 };
                 let tcp = if v.spec.tcp.is_empty() {
-                    vec![default_tcp(&default_dest)]
+                    vec![TcpRule::default_to(&default_dest)]
                 } else {
                     tcp
                 };
                 (http, tcp, Some(ctx.resource))
             }
             None => (
-                vec![default_http(&default_dest)],
-                vec![default_tcp(&default_dest)],
+                vec![HttpRule::default_to(&default_dest)],
+                vec![TcpRule::default_to(&default_dest)],
                 None,
             ),
         };
@@ -359,35 +359,6 @@ fn add_cluster(
             policy: resolve_policy(dr, subset, Some(port)),
         },
     );
-}
-
-fn default_http(dest: &DestinationRef) -> HttpRule {
-    HttpRule {
-        name: Some("default".to_string()),
-        matches: Vec::new(),
-        action: Action::Route(vec![WeightedDestination {
-            destination: dest.clone(),
-            weight: 100,
-            headers: HeaderRules::default(),
-        }]),
-        rewrite: None,
-        timeout: None,
-        retries: Some(RetryPolicy::istio_default()),
-        fault: None,
-        mirrors: Vec::new(),
-        cors: None,
-        headers: HeaderRules::default(),
-    }
-}
-
-fn default_tcp(dest: &DestinationRef) -> TcpRule {
-    TcpRule {
-        ports: Vec::new(),
-        route: vec![TcpDestination {
-            destination: dest.clone(),
-            weight: 100,
-        }],
-    }
 }
 
 /// Whether a match block's source conditions admit this client (decided at compile time).

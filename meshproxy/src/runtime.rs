@@ -1,42 +1,69 @@
-//! The runtime view of one config: an immutable [`Snapshot`] built from a validated
-//! `ProxyConfig`, read once per connection or request, plus the two per-request extension
-//! points: [`Snapshot::route`] (the route decision; traffic management extends it) and
-//! [`Snapshot::authorize`] (authorization policy extends it).
+//! What the data path reads: one immutable [`Runtime`] per published config or trust change,
+//! loaded once per connection or request from one `ArcSwap` ([`crate::context::Context::runtime`]):
+//!
+//! - a [`Snapshot`] of the config: the lookups by VIP and port, the effective route table (the
+//!   config's `traffic`, plus the compiler's default entry for every service it does not
+//!   name), the runtime state of its clusters, and the authorize step
+//!   ([`Snapshot::authorize`]);
+//! - the [`Trust`] (credentials, roots, trust domain aliases, generation) that outbound
+//!   connections are opened under; pooled connections are tagged with its generation, so a
+//!   request never rides a connection verified under other roots.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use meshapi::proxy::{Endpoint, InboundPort, OutboundService, Protocol, ProxyConfig, SpiffeId};
+use meshapi::proxy::{Endpoint, InboundPort, OutboundService, ProxyConfig, SpiffeId};
+use meshapi::traffic::RouteTable;
 
-use crate::rescue::ProxyError;
+use crate::reply::ProxyError;
+use crate::tls::Trust;
 
-/// One config, indexed for the data path. Never mutated after build (except round-robin
-/// cursors); a new config gives a new snapshot.
+/// One config and one trust state, published together with one store.
+#[derive(Debug)]
+pub struct Runtime {
+    pub snapshot: Arc<Snapshot>,
+    pub trust: Arc<Trust>,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
+/// One config, indexed for the data path. Never mutated after build (cluster state has its
+/// own counters); a new config gives a new snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
     pub cfg: Arc<ProxyConfig>,
     outbound_by_vip: HashMap<SocketAddr, usize>,
     outbound_by_port: HashMap<u16, Vec<usize>>,
     inbound_by_port: HashMap<u16, InboundPort>,
-    rr: HashMap<String, AtomicUsize>,
-    /// Runtime state per cluster of `cfg.traffic`, in the table's cluster order.
+    /// `cfg.traffic` with a default entry for every service it does not route.
+    table: RouteTable,
+    /// The host in `table` of each service of `cfg.services`.
+    hosts: HashMap<String, String>,
+    /// Runtime state per cluster of `table`, in the table's cluster order.
     clusters: Vec<Arc<crate::traffic::ClusterState>>,
 }
 
 /// Where a request or connection goes: one endpoint and the application port on it.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub service: String,
+    pub service: Arc<str>,
     pub endpoint: Arc<Endpoint>,
     pub target_port: u16,
-    /// Connection settings from the DestinationRule's `connectionPool.tcp` (none: the config's
-    /// `limits.connectTimeout`, no keepalive).
+    /// The endpoint's pool key, built with the cluster (also says how to connect: its `tls`).
+    pub key: Arc<crate::pool::PoolKey>,
+    /// Connection settings from the cluster's `connectionPool` (Istio's defaults when no
+    /// DestinationRule sets them).
     pub connect: ConnectSettings,
-    /// The traffic-management cluster and the endpoint's index in it, when the route table
-    /// chose it (TCP connections take a connection slot and report connect failures there).
-    pub cluster: Option<(Arc<crate::traffic::ClusterState>, usize)>,
+    /// The cluster and the endpoint's index in it (TCP connections take a connection slot and
+    /// report connect failures there).
+    pub cluster: (Arc<crate::traffic::ClusterState>, usize),
 }
 
 /// How to open a connection to an endpoint.
@@ -60,15 +87,6 @@ pub struct ConnectSettings {
     /// `idleTimeout`: a pooled connection without requests for this long is closed. Default
     /// 1 h (Istio's).
     pub idle_timeout: Option<std::time::Duration>,
-}
-
-/// The HTTP facts a route decision may look at (none for TCP).
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    pub method: &'a http::Method,
-    pub uri: &'a http::Uri,
-    pub path: &'a str,
-    pub headers: &'a http::HeaderMap,
 }
 
 /// The HTTP facts the authorize step looks at (none for TCP).
@@ -105,7 +123,9 @@ impl Snapshot {
     /// A snapshot of `cfg` that keeps `prev`'s cluster state (ejections, active requests,
     /// circuit-breaker counts) for clusters whose endpoints and policy are unchanged.
     pub fn build(cfg: Arc<ProxyConfig>, prev: Option<&Snapshot>) -> Snapshot {
-        let clusters = crate::traffic::build_clusters(&cfg, prev.map(|p| p.clusters.as_slice()));
+        let (table, hosts) = effective_table(&cfg);
+        let clusters =
+            crate::traffic::build_clusters(&cfg, &table, prev.map(|p| p.clusters.as_slice()));
         let mut outbound_by_vip = HashMap::new();
         let mut outbound_by_port: HashMap<u16, Vec<usize>> = HashMap::new();
         for (i, o) in cfg.outbound.iter().enumerate() {
@@ -113,17 +133,13 @@ impl Snapshot {
             outbound_by_port.entry(o.vip.port()).or_default().push(i);
         }
         let inbound_by_port = cfg.inbound.iter().map(|p| (p.port, p.clone())).collect();
-        let rr = cfg
-            .services
-            .keys()
-            .map(|k| (k.clone(), AtomicUsize::new(0)))
-            .collect();
         Snapshot {
             cfg,
             outbound_by_vip,
             outbound_by_port,
             inbound_by_port,
-            rr,
+            table,
+            hosts,
             clusters,
         }
     }
@@ -131,11 +147,21 @@ impl Snapshot {
     /// The runtime state of the cluster `dest` resolves to for a request on `request_port`.
     pub fn cluster(
         &self,
-        table: &meshapi::traffic::RouteTable,
         dest: &meshapi::traffic::DestinationRef,
         request_port: u16,
     ) -> Option<&Arc<crate::traffic::ClusterState>> {
-        self.clusters.get(table.cluster_index(dest, request_port)?)
+        self.clusters
+            .get(self.table.cluster_index(dest, request_port)?)
+    }
+
+    /// The route table in force: `traffic` plus the default entries.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// The route-table host of an outbound service.
+    pub fn host_of(&self, out: &OutboundService) -> Option<&str> {
+        self.hosts.get(&out.service).map(String::as_str)
     }
 
     /// Every cluster's state, for `/config_dump`.
@@ -180,74 +206,6 @@ impl Snapshot {
         self.cfg.inbound.first().map(|p| p.port)
     }
 
-    /// The route decision: picks the endpoint for a request (or a TCP connection when `req`
-    /// is `None`). Today: the first route whose path prefix matches selects endpoints by
-    /// label (no routes: all endpoints), then round robin. Traffic management replaces the
-    /// body of this function, not its callers.
-    pub fn route(
-        &self,
-        out: &OutboundService,
-        req: Option<RequestFacts<'_>>,
-    ) -> Result<Target, ProxyError> {
-        if let Some((table, host)) = crate::traffic::table_for(self, out) {
-            return crate::traffic::route_connection(
-                self,
-                table,
-                host,
-                out.target_port(),
-                req.map(|r| (r.method, r.uri, r.headers)),
-            );
-        }
-        let svc = self
-            .cfg
-            .services
-            .get(&out.service)
-            .ok_or_else(|| ProxyError::NoRoute {
-                target: out.service.clone(),
-            })?;
-        let selected: Vec<&Endpoint> = if svc.routes.is_empty() {
-            svc.endpoints.iter().collect()
-        } else {
-            let path = req.map(|r| r.path).unwrap_or("/");
-            let route = svc
-                .routes
-                .iter()
-                .find(|r| r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)))
-                .ok_or_else(|| ProxyError::NoRoute {
-                    target: format!("{}{path}", out.service),
-                })?;
-            svc.endpoints
-                .iter()
-                .filter(|e| {
-                    route
-                        .endpoint_labels
-                        .iter()
-                        .all(|(k, v)| e.labels.get(k) == Some(v))
-                })
-                .collect()
-        };
-        if selected.is_empty() {
-            return Err(ProxyError::NoHealthyUpstream {
-                service: out.service.clone(),
-            });
-        }
-        let n = self
-            .rr
-            .get(&out.service)
-            .map(|c| c.fetch_add(1, Ordering::Relaxed))
-            .unwrap_or(0);
-        Ok(Target {
-            service: out.service.clone(),
-            endpoint: Arc::new(selected[n % selected.len()].clone()),
-            target_port: out.target_port(),
-            connect: ConnectSettings {
-                http2: matches!(out.protocol, Protocol::Http2 | Protocol::Grpc),
-                ..ConnectSettings::default()
-            },
-            cluster: None,
-        })
-    }
-
     /// The authorize step for inbound requests and connections, after PeerAuthentication:
     /// evaluates the config's compiled authorization policy (none: allow everything) for a
     /// request (`req` set) or a TCP connection, logs and counts the decision. A denial is
@@ -264,4 +222,36 @@ impl Snapshot {
             Some(policy) => crate::authz::check(&self.cfg, policy, peer, req, counters),
         }
     }
+}
+
+/// The config's route table with the compiler's default entry ([`RouteTable::with_defaults`])
+/// for every service the table does not route: all of them without `traffic`, else those
+/// without `host` (named by their key). Returns the table and each service's host in it.
+fn effective_table(cfg: &ProxyConfig) -> (RouteTable, HashMap<String, String>) {
+    let hosts: HashMap<String, String> = cfg
+        .services
+        .iter()
+        .map(|(k, s)| (k.clone(), s.host.clone().unwrap_or_else(|| k.clone())))
+        .collect();
+    let defaults = cfg
+        .services
+        .iter()
+        .filter(|(_, s)| cfg.traffic.is_none() || s.host.is_none())
+        .map(|(k, s)| {
+            let mut ports: Vec<u16> = cfg
+                .outbound
+                .iter()
+                .filter(|o| o.service == *k)
+                .map(OutboundService::target_port)
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            (s.host.clone().unwrap_or_else(|| k.clone()), ports)
+        })
+        .collect::<Vec<_>>();
+    let base = cfg
+        .traffic
+        .clone()
+        .unwrap_or_else(|| RouteTable::empty(&cfg.identity.spiffe_id.to_string()));
+    (base.with_defaults(defaults), hosts)
 }

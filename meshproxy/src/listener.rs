@@ -1,0 +1,140 @@
+//! What every listener shares: binding ([`bind`]), the accept loop with graceful shutdown
+//! ([`spawn_accept`]: select on accept vs drain or a stop signal, back off on accept errors),
+//! and the HTTP server for one downstream connection that inbound and outbound both run
+//! ([`serve_http`]: HTTP/1.1 and HTTP/2 with upgrades, head-size and head-time limits, every
+//! proxy error answered as a local reply and counted, graceful then forced close on drain).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::http::Body;
+use crate::metrics::Direction;
+use crate::reply::ProxyError;
+
+/// A listener address that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds `addr`; returns the listener and the address actually bound (port 0 picks one).
+pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    let err = |source| BindError { addr, source };
+    let std = std::net::TcpListener::bind(addr).map_err(err)?;
+    std.set_nonblocking(true).map_err(err)?;
+    let bound = std.local_addr().map_err(err)?;
+    Ok((TcpListener::from_std(std).map_err(err)?, bound))
+}
+
+/// When an accept loop ends besides its own stop signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// At the start of a drain (data listeners: no new connections).
+    Draining,
+    /// Only when the drain forces the rest closed (admin: health answers "draining").
+    Forced,
+}
+
+/// Runs `listener`'s accept loop until `until` (or `stop` turns true), serving each
+/// connection on its own task with `serve`.
+pub fn spawn_accept<F, Fut>(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    name: String,
+    until: Until,
+    mut stop: Option<watch::Receiver<bool>>,
+    serve: F,
+) where
+    F: Fn(Arc<Context>, TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = ctx.drain.draining(), if until == Until::Draining => break,
+                _ = ctx.drain.forced() => break,
+                _ = stopped(&mut stop) => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve(Arc::clone(&ctx), stream, remote));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = %name, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::debug!(listener = %name, "listener closed");
+    });
+}
+
+/// Resolves when a listener's stop flag is set; never without one or if its sender is gone.
+async fn stopped(rx: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = rx
+        && rx.wait_for(|s| *s).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
+/// Serves HTTP on one downstream connection: each request goes to `forward`; an error is
+/// answered with its local reply and counted for `direction`.
+pub async fn serve_http<S, F, Fut>(ctx: Arc<Context>, io: S, direction: Direction, forward: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
+{
+    let limits = ctx.limits();
+    let builder = crate::http::server_builder(&limits);
+    let counters = Arc::clone(&ctx);
+    let forward = Arc::new(forward);
+    let svc = service_fn(move |req| {
+        let ctx = Arc::clone(&counters);
+        let forward = Arc::clone(&forward);
+        async move {
+            ctx.metrics.request(direction);
+            Ok::<_, Infallible>(match forward(req).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    ctx.metrics.local_response(direction);
+                    e.into_response()
+                }
+            })
+        }
+    });
+    let io = crate::framing::FramingGuard::new(
+        io,
+        limits.max_header_bytes,
+        limits.header_read_timeout.0,
+    );
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { let _ = r; return; }
+        _ = ctx.drain.draining() => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = ctx.drain.forced() => {}
+    }
+}
