@@ -1,5 +1,6 @@
 //! The command line: argument parsing and one function per subcommand. `main.rs` only calls
-//! [`run`]; every command is reachable from tests without spawning a process.
+//! [`main`] (which parses and calls [`run`]); every command is reachable from tests without
+//! spawning a process.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,7 +16,14 @@ pub use crate::project::ProjectArgs;
 /// A service mesh for Docker and bare-VM hosts: mutual TLS, authorization, routing and
 /// resilience from Istio-style YAML, without Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "meshctl", version, propagate_version = true)]
+// `bin_name`: usage and errors say `meshctl` whatever the executable is called (the e2e
+// tests run it as `meshctl-e2e`).
+#[command(
+    name = "meshctl",
+    bin_name = "meshctl",
+    version,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub project: ProjectArgs,
@@ -144,6 +152,18 @@ impl Command {
             | Command::Ps { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
             Command::ControlPlaneDaemon => &[],
+        }
+    }
+}
+
+/// The program: parses the process's arguments, runs them, reports an error with its causes
+/// (exit code 2). Every binary that is meshctl calls this and nothing else.
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshctl: error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

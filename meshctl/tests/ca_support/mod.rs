@@ -1,4 +1,5 @@
-//! Shared helpers of the `ca_*` integration tests: identities, CSRs, a raw API client.
+//! Shared helpers of the `ca_*` and `cp_api` tests here and of `tests/ca_api_server.rs` (the
+//! end-to-end package): identities, CSRs, the API on port 0, a raw API client.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl-e2e");
 
 /// A copy of the seed example under a unique project name; `down -v` on drop.
 pub struct Seed {

@@ -440,7 +440,7 @@ async fn a_policy_directory_replaced_by_a_symlink_swap_is_picked_up() {
 }
 
 fn meshctl(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshctl-e2e"))
         .arg("--project-directory")
         .arg(dir)
         .args(args)

@@ -1,6 +1,8 @@
 //! The CSR API over real TLS on 127.0.0.1, with the real proxy-side client.
 #![allow(clippy::unwrap_used)]
 
+// meshctl's own CA tests' helpers (identities, CSRs, the API on port 0, a raw TLS client).
+#[path = "../meshctl/tests/ca_support/mod.rs"]
 mod ca_support;
 
 use std::sync::Arc;

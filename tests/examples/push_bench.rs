@@ -3,7 +3,7 @@
 //! file save -> every proxy ACKed the new version. As a baseline in the same run it measures
 //! the load + check step alone (what `meshctl check` does), which no push can beat.
 //!
-//! `cargo run --release -p meshctl --example push_bench -- [PROXIES=100] [ITERATIONS=50]
+//! `cargo run --release -p mesh-e2e --example push_bench -- [PROXIES=100] [ITERATIONS=50]
 //! [DEBOUNCE_MS=50]`; bench/push/run wraps it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

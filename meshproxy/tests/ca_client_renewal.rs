@@ -2,19 +2,38 @@
 //! (paused tokio time with a scripted credential source).
 #![allow(clippy::unwrap_used)]
 
-mod ca_support;
-
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use ca_support::*;
+use meshapi::proxy::SpiffeId;
 use meshproxy::ca_client::{
     CaClientError, CredentialSource, Credentials, RenewPolicy, fetch_with_backoff, renew_loop,
     verify_issued,
 };
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, TrustAnchor};
 use tokio::time::Instant;
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "default", sa).unwrap()
+}
+
+fn uri(s: &str) -> SanType {
+    SanType::URI(s.to_string().try_into().unwrap())
+}
+
+/// Trust anchors of a PEM bundle.
+fn anchors(pem: &str) -> Vec<TrustAnchor<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| {
+            webpki::anchor_from_trusted_cert(&c.unwrap())
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
 
 /// A tiny CA for crafting good and bad certificates.
 struct MiniCa {
