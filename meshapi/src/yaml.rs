@@ -1,7 +1,7 @@
 //! The one YAML reader and writer of the workspace. A file is parsed once into documents of
 //! marked nodes, which convert to [`Value`] for typed deserialization and keep every node's
 //! line and column so any field path (`spec.http[0].retries`) can be placed in the file
-//! afterwards. [`from_str_at`] does both for a single-document file (proxy configs, DNS
+//! afterwards. [`from_str`] does both for a single-document file (proxy configs, DNS
 //! records); [`to_string`] writes block-style YAML that reads back to the same value.
 //!
 //! Hostile input is bounded here, before anything else sees it: file size, nesting depth, the
