@@ -495,96 +495,181 @@ fn workloads_and_profiles() {
     assert_eq!(file.enabled_services(&["*"]).len(), 4);
 }
 
+/// Every property of a service in the compose specification's JSON schema
+/// (compose-spec/compose-spec, `schema/compose-spec.json`, `definitions.service.properties`),
+/// written out here from the specification, not from meshctl's code.
+const COMPOSE_SPEC_SERVICE_KEYS: &[&str] = &[
+    "develop",
+    "deploy",
+    "annotations",
+    "attach",
+    "build",
+    "blkio_config",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "command",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_shares",
+    "cpu_quota",
+    "cpu_period",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "label_file",
+    "environment",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "labels",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "network_mode",
+    "models",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "profiles",
+    "provider",
+    "pull_policy",
+    "pull_refresh_after",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "secrets",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "user",
+    "userns_mode",
+    "uts",
+    "volumes",
+    "volumes_from",
+    "working_dir",
+];
+
+/// The properties of `deploy` in the same schema (`definitions.deployment.properties`).
+const COMPOSE_SPEC_DEPLOY_KEYS: &[&str] = &[
+    "mode",
+    "endpoint_mode",
+    "replicas",
+    "labels",
+    "rollback_config",
+    "update_config",
+    "resources",
+    "restart_policy",
+    "placement",
+];
+
+/// What meshctl makes of one key: served (the document reads, or the value's type is wrong),
+/// refused by name, or — the bug this test exists for — unknown, as if it were a typo.
+fn verdict(yaml: &str, path: &str) -> Result<(), String> {
+    let value: meshapi::yaml::Value =
+        meshapi::yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
+    match from_value(value) {
+        Ok(_) => Ok(()),
+        Err(e) if e.message.contains("unknown field") => Err(format!("{path}: {}", e.message)),
+        Err(e) if e.message.contains("not supported by meshctl") => {
+            if e.path == path {
+                Ok(())
+            } else {
+                Err(format!("{path}: refused at {}: {}", e.path, e.message))
+            }
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 #[test]
-fn every_refused_service_key_is_named() {
-    let mesh_owned = ["dns", "dns_search", "dns_opt", "network_mode"];
-    let not_yet = [
-        "annotations",
-        "attach",
-        "blkio_config",
-        "cgroup",
-        "cgroup_parent",
-        "configs",
-        "cpu_count",
-        "cpu_percent",
-        "cpu_period",
-        "cpu_quota",
-        "cpu_rt_period",
-        "cpu_rt_runtime",
-        "cpu_shares",
-        "cpus",
-        "cpuset",
-        "credential_spec",
-        "develop",
-        "device_cgroup_rules",
-        "devices",
-        "domainname",
-        "driver_opts",
-        "extends",
-        "external_links",
-        "gpus",
-        "group_add",
-        "ipc",
-        "isolation",
-        "label_file",
-        "links",
-        "logging",
-        "mac_address",
-        "mem_limit",
-        "mem_reservation",
-        "mem_swappiness",
-        "memswap_limit",
-        "models",
-        "oom_kill_disable",
-        "oom_score_adj",
-        "pid",
-        "pids_limit",
-        "post_start",
-        "pre_stop",
-        "privileged",
-        "provider",
-        "runtime",
-        "scale",
-        "secrets",
-        "security_opt",
-        "shm_size",
-        "storage_opt",
-        "sysctls",
-        "tmpfs",
-        "ulimits",
-        "use_api_socket",
-        "userns_mode",
-        "uts",
-        "volumes_from",
-    ];
-    for key in mesh_owned.iter().chain(&not_yet) {
+fn every_compose_spec_service_key_is_served_or_refused_by_name() {
+    let mut unknown = Vec::new();
+    for key in COMPOSE_SPEC_SERVICE_KEYS.iter().filter(|k| **k != "image") {
+        let yaml = format!("services: {{web: {{image: x, {key}: 1}}}}");
+        if let Err(e) = verdict(&yaml, &format!("services.web.{key}")) {
+            unknown.push(e);
+        }
+    }
+    for key in COMPOSE_SPEC_DEPLOY_KEYS {
+        let yaml = format!("services: {{web: {{image: x, deploy: {{{key}: 1}}}}}}");
+        if let Err(e) = verdict(&yaml, &format!("services.web.deploy.{key}")) {
+            unknown.push(e);
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "compose keys treated as unknown (a user's valid file would get a typo hint):\n{}",
+        unknown.join("\n")
+    );
+    // A key that is not in the specification is still an unknown field.
+    let (path, message) = parse_err("services: {web: {image: x, imagee: 1}}");
+    assert_eq!(path, "services.web.imagee");
+    assert!(message.contains("unknown field `imagee`"), "{message}");
+}
+
+#[test]
+fn keys_the_mesh_owns_are_refused_with_the_reason() {
+    // The sidecar owns the pod's network and DNS: a service cannot set them.
+    for key in ["dns", "dns_search", "dns_opt", "network_mode"] {
         let (path, message) = parse_err(&format!("services: {{web: {{image: x, {key}: 1}}}}"));
         assert_eq!(path, format!("services.web.{key}"));
-        let want = if mesh_owned.contains(key) {
-            format!("not supported by meshctl: services.web.{key}: the ")
-        } else {
-            format!("not supported by meshctl yet: services.web.{key}")
-        };
-        assert!(message.starts_with(&want), "{key}: {message}");
-    }
-    for key in [
-        "mode",
-        "endpoint_mode",
-        "labels",
-        "placement",
-        "restart_policy",
-        "rollback_config",
-        "update_config",
-    ] {
-        let (path, message) = parse_err(&format!(
-            "services: {{web: {{image: x, deploy: {{{key}: 1}}}}}}"
-        ));
-        assert_eq!(path, format!("services.web.deploy.{key}"));
         assert!(
-            message.contains("not supported by meshctl yet"),
+            message.starts_with(&format!(
+                "not supported by meshctl: services.web.{key}: the "
+            )),
             "{key}: {message}"
         );
     }
+    let (path, message) = parse_err("services: {web: {image: x, privileged: true}}");
+    assert_eq!(path, "services.web.privileged");
+    assert!(
+        message.starts_with("not supported by meshctl yet: services.web.privileged"),
+        "{message}"
+    );
 }
 
 #[test]
