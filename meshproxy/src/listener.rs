@@ -117,6 +117,10 @@ where
                 Ok(resp) => resp,
                 Err(e) => {
                     ctx.metrics.local_response(direction);
+                    if e.is_downstream() {
+                        ctx.metrics
+                            .downstream_error(direction, e.status_and_flag().1);
+                    }
                     e.into_response()
                 }
             })
