@@ -145,8 +145,7 @@ fn downstream_errors(direction: &str, flag: &str) -> String {
     format!("meshproxy_downstream_errors_total{{direction=\"{direction}\",flag=\"{flag}\"}}")
 }
 
-const EJECTIONS: &str =
-    "meshproxy_cluster_outlier_ejections_total{cluster=\"outbound|8080||backend.default.svc.cluster.local\"}";
+const EJECTIONS: &str = "meshproxy_cluster_outlier_ejections_total{cluster=\"outbound|8080||backend.default.svc.cluster.local\"}";
 
 /// A well-behaved client sending GETs until stopped; returns (ok, failed).
 fn good_client(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
@@ -224,9 +223,11 @@ async fn a_body_cut_short_is_dc_and_not_the_backends_fault() {
     let f = Fixture::new(OUTLIER).await;
     for i in 0..3 {
         let mut s = tokio::net::TcpStream::connect(f.out).await.unwrap();
-        s.write_all(b"POST / HTTP/1.1\r\nHost: backend\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
-            .await
-            .unwrap();
+        s.write_all(
+            b"POST / HTTP/1.1\r\nHost: backend\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        )
+        .await
+        .unwrap();
         s.shutdown().await.unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
@@ -238,7 +239,10 @@ async fn a_body_cut_short_is_dc_and_not_the_backends_fault() {
         );
     }
     assert_eventually!(
-        metric(&stats(&f.client).await, &downstream_errors("outbound", "DC")) == 3,
+        metric(
+            &stats(&f.client).await,
+            &downstream_errors("outbound", "DC")
+        ) == 3,
         "cut-short bodies not counted as DC"
     );
     let s = stats(&f.client).await;
@@ -332,6 +336,20 @@ async fn http11_without_host_or_with_two_hosts_is_400_dpe_and_never_reaches_the_
             &downstream_errors("inbound", "DPE")
         ),
         3
+    );
+    // A head hyper's own parser refuses (a header line without a colon) is counted too.
+    let resp = raw(
+        f.out,
+        b"GET / HTTP/1.1\r\nHost: backend\r\nno colon here\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert_eventually!(
+        metric(
+            &stats(&f.client).await,
+            &downstream_errors("outbound", "DPE")
+        ) == 4,
+        "parser refusal not counted"
     );
     // HTTP/1.0 may omit Host; one Host is fine.
     let resp = raw(f.out, b"GET / HTTP/1.0\r\n\r\n").await;
