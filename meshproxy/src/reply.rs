@@ -286,6 +286,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_request_body_is_the_downstreams_400() {
+        let bad = std::io::Error::new(std::io::ErrorKind::InvalidInput, "Invalid chunk size");
+        let e = ProxyError::downstream_body(&bad);
+        assert!(e.is_downstream());
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[FLAGS_HEADER], "DPE");
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
+        let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof");
+        let resp = ProxyError::downstream_body(&cut).into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[FLAGS_HEADER], "DC");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"bad request body: early eof\n");
+    }
+
+    #[tokio::test]
     async fn denied_is_envoys_rbac_response() {
         let resp = ProxyError::Denied {
             target: "inbound|8080 rbac_access_denied_matched_policy[none]".into(),
