@@ -1,11 +1,14 @@
 //! A response body that knows when it ends: [`Tracked`] wraps the body of an upstream response
 //! to hold what the request occupies until its last byte (a connection slot, an active-request
 //! count, the connection itself for its pool), to cut it at the route's deadline, and to run
-//! one callback with how it ended.
+//! one callback with how it ended. [`Downstream`] wraps a request body received from a
+//! downstream so that its failure is remembered ([`BodyFault`]): an upstream send that fails
+//! because of it is the downstream's fault, not the endpoint's.
 
 use std::any::Any;
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -13,6 +16,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::http::{Body, BoxError};
+use crate::reply::ProxyError;
 
 /// Runs once when the body ends: `true` after its last frame, `false` when it failed, was cut
 /// at the deadline or was dropped unfinished.
@@ -117,5 +121,68 @@ impl Drop for Tracked {
             let complete = self.inner.is_end_stream();
             self.finish(complete);
         }
+    }
+}
+
+/// Whether (and how) a [`Downstream`] body failed; shared with whoever sent it on.
+#[derive(Debug, Clone, Default)]
+pub struct BodyFault(Arc<OnceLock<ProxyError>>);
+
+impl BodyFault {
+    /// The error to answer when the body failed (`400 DPE` or `400 DC`).
+    pub fn take(&self) -> Option<ProxyError> {
+        self.0.get().cloned()
+    }
+
+    /// Whether the body failed.
+    pub fn failed(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+/// A request body received from a downstream, recording its failure in a [`BodyFault`]
+/// before passing the error on (the upstream send then fails, but not by the upstream).
+pub struct Downstream {
+    inner: hyper::body::Incoming,
+    fault: BodyFault,
+}
+
+impl Downstream {
+    /// `body` as one the proxy sends, and the handle that tells whether it failed.
+    pub fn wrap(body: hyper::body::Incoming) -> (Body, BodyFault) {
+        let fault = BodyFault::default();
+        let b = Downstream {
+            inner: body,
+            fault: fault.clone(),
+        };
+        (http_body_util::BodyExt::boxed(b), fault)
+    }
+}
+
+impl HttpBody for Downstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Err(e)) => {
+                let err = ProxyError::downstream_body(&e);
+                tracing::debug!(error = %err, "downstream request body failed");
+                let _ = self.fault.0.set(err);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            other => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

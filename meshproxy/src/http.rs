@@ -98,8 +98,10 @@ fn connection_tokens(h: &HeaderMap) -> Vec<String> {
 /// hold both Transfer-Encoding and Content-Length, or more than one Content-Length. (hyper's
 /// HTTP/1 parser already refuses differing lengths, obs-fold, non-chunked TE and bad chunk
 /// sizes, and for CL+TE drops the Content-Length and closes the connection after the
-/// response, per RFC 9112 section 6.3.)
-pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
+/// response, per RFC 9112 section 6.3.) An HTTP/1.1 request must carry exactly one `Host`
+/// (RFC 9112 section 3.2: a server responds 400 to none or several); more than one `Host` is
+/// refused in any version.
+pub fn check_framing(version: http::Version, h: &HeaderMap) -> Result<(), ProxyError> {
     if let Some(v) = h.get(crate::framing::MARKER) {
         return Err(ProxyError::BadRequest(
             if v.as_bytes().starts_with(b"both") {
@@ -117,7 +119,13 @@ pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
         return Err(ProxyError::BadRequest("more than one Content-Length"));
     }
-    Ok(())
+    match h.get_all(header::HOST).iter().count() {
+        0 if version == http::Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        0 | 1 => Ok(()),
+        _ => Err(ProxyError::BadRequest("more than one Host")),
+    }
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -255,18 +263,30 @@ mod tests {
 
     #[test]
     fn framing_checks() {
+        let v11 = http::Version::HTTP_11;
         let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("b"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        assert!(check_framing(&h).is_ok());
+        assert!(check_framing(v11, &h).is_ok());
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        assert!(check_framing(&h).is_err());
+        assert!(check_framing(v11, &h).is_err());
         let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("b"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        assert!(check_framing(&h).is_err());
+        assert!(check_framing(v11, &h).is_err());
+        // Host: exactly one in HTTP/1.1; none is fine in HTTP/1.0 and HTTP/2.
+        let mut h = HeaderMap::new();
+        assert!(check_framing(v11, &h).is_err());
+        assert!(check_framing(http::Version::HTTP_10, &h).is_ok());
+        assert!(check_framing(http::Version::HTTP_2, &h).is_ok());
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        assert!(check_framing(v11, &h).is_err());
+        assert!(check_framing(http::Version::HTTP_2, &h).is_err());
     }
 }
 

@@ -254,7 +254,7 @@ where
 
 /// One inbound request: framing check, authorize, sanitize, set xfcc, forward to the app.
 async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
-    check_framing(req.headers())?;
+    check_framing(req.version(), req.headers())?;
     // Read per request: a policy change applies to the next request on an open connection.
     let snap = ctx.shared.runtime.load_full();
     let authorized = snap.authorize(
@@ -309,7 +309,8 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     if h2 {
         parts.headers.remove(header::HOST);
     }
-    let mut req = Request::from_parts(parts, crate::http::boxed(body));
+    let (body, fault) = crate::body::Downstream::wrap(body);
+    let mut req = Request::from_parts(parts, body);
     let down = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client = if h2 {
         &ctx.shared.app_h2
@@ -318,7 +319,11 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     };
     let service = format!("inbound|{port}");
     let mut resp = client.request(req).await.map_err(|e| {
-        if e.is_connect() {
+        if let Some(peer_fault) = fault.take() {
+            // The peer's body failed, not the application: the peer is answered 400, never a
+            // 5xx its proxy would count against this endpoint.
+            peer_fault
+        } else if e.is_connect() {
             let reason = find_io(&e).map(io_reason).unwrap_or_else(|| e.to_string());
             ProxyError::UpstreamConnect {
                 service: service.clone(),

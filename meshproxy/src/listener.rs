@@ -96,6 +96,24 @@ async fn stopped(rx: &mut Option<watch::Receiver<bool>>) {
     std::future::pending::<()>().await
 }
 
+/// Counts a request head hyper's own parser refused (it answers `400`, or `431` for an
+/// oversized head, itself, before any request reaches the proxy and without a flag header)
+/// as a downstream protocol error (`DPE`).
+fn count_refused_head(
+    ctx: &Context,
+    direction: Direction,
+    err: Option<&(dyn std::error::Error + Send + Sync + 'static)>,
+) {
+    let Some(e) = err.and_then(|e| e.downcast_ref::<hyper::Error>()) else {
+        return;
+    };
+    if e.is_parse() {
+        tracing::debug!(error = %e, "request head refused by the HTTP/1 parser (400 DPE)");
+        ctx.metrics.local_response(direction);
+        ctx.metrics.downstream_error(direction, "DPE");
+    }
+}
+
 /// Serves HTTP on one downstream connection: each request goes to `forward`; an error is
 /// answered with its local reply and counted for `direction`.
 pub async fn serve_http<S, F, Fut>(ctx: Arc<Context>, io: S, direction: Direction, forward: F)
@@ -117,6 +135,10 @@ where
                 Ok(resp) => resp,
                 Err(e) => {
                     ctx.metrics.local_response(direction);
+                    if e.is_downstream() {
+                        ctx.metrics
+                            .downstream_error(direction, e.status_and_flag().1);
+                    }
                     e.into_response()
                 }
             })
@@ -130,7 +152,7 @@ where
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => { let _ = r; return; }
+        r = conn.as_mut() => { count_refused_head(&ctx, direction, r.err().as_deref()); return; }
         _ = ctx.drain.draining() => conn.as_mut().graceful_shutdown(),
     }
     tokio::select! {

@@ -28,6 +28,8 @@ pub struct Metrics {
     requests: [AtomicU64; 2],
     tls_failures: [AtomicU64; 2],
     local_responses: [AtomicU64; 2],
+    /// Requests refused for the downstream's fault, by direction and flag (`DPE`, `DC`).
+    downstream_errors: [[AtomicU64; 2]; 2],
     /// Plaintext connections refused by a STRICT port (or TLS refused by DISABLE).
     pub mode_rejected: AtomicU64,
     /// Accepted config reloads.
@@ -55,6 +57,12 @@ impl Metrics {
 
     pub fn local_response(&self, d: Direction) {
         self.local_responses[d.idx()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request refused for the downstream's fault (`flag` `DPE` or `DC`).
+    pub fn downstream_error(&self, d: Direction, flag: &str) {
+        let f = usize::from(flag == "DC");
+        self.downstream_errors[d.idx()][f].fetch_add(1, Ordering::Relaxed);
     }
 
     /// TLS handshake failures so far in one direction (tests and admin).
@@ -94,6 +102,20 @@ impl Metrics {
                     out,
                     "{name}{{direction=\"{d}\"}} {}",
                     v[i].load(Ordering::Relaxed)
+                );
+            }
+        }
+        let name = "meshproxy_downstream_errors_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests refused for the downstream's fault (400 DPE: malformed or ambiguous request; 400 DC: body cut short).\n# TYPE {name} counter"
+        );
+        for (d, i) in [("inbound", 0), ("outbound", 1)] {
+            for (flag, f) in [("DPE", 0), ("DC", 1)] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{d}\",flag=\"{flag}\"}} {}",
+                    self.downstream_errors[i][f].load(Ordering::Relaxed)
                 );
             }
         }

@@ -193,7 +193,7 @@ async fn forward(
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    check_framing(req.headers())?;
+    check_framing(req.version(), req.headers())?;
     let snap = shared.runtime.load_full();
     let out = snap
         .outbound_for_original_dst(dst)

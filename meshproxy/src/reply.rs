@@ -67,7 +67,7 @@ impl LocalReply<'_> {
             LocalReply::Error(e) => {
                 e.log(status, flag.unwrap_or("-"));
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                if matches!(e, ProxyError::BadRequest(_)) {
+                if e.is_downstream() {
                     // The connection's framing can no longer be trusted.
                     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
@@ -131,7 +131,7 @@ pub fn cors_headers(h: &mut HeaderMap, cors: &Cors, origin: &str, preflight: boo
 }
 
 /// Why the proxy answered a request itself.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// UF: could not connect (TCP or TLS) to the chosen endpoint or the application.
     #[error("upstream connect error to {service}: {reason}")]
@@ -154,13 +154,76 @@ pub enum ProxyError {
     /// DPE: the downstream sent a malformed or ambiguous request.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// DPE or DC: the downstream's request body failed while the proxy read it (a malformed
+    /// chunk or length: `DPE`; the peer cut the body short or reset its stream: `DC`). The
+    /// downstream's fault: answered `400`, never retried, never charged to an upstream
+    /// endpoint by outlier detection.
+    #[error("bad request body: {reason}")]
+    DownstreamBody { cause: Downstream, reason: String },
     /// RBAC: the authorize step refused the request. The body is Envoy's, exactly
     /// `RBAC: access denied`; `target` (port and matched policy) goes to the log only.
     #[error("RBAC: access denied")]
     Denied { target: String },
 }
 
+/// How a downstream request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downstream {
+    /// `DPE` (Envoy's downstream protocol error): malformed framing (bad chunk size or
+    /// terminator, a length the body does not match).
+    Protocol,
+    /// `DC` (Envoy's downstream connection termination): the body ended early (connection
+    /// closed mid-body) or the peer reset its stream.
+    Terminated,
+}
+
+impl Downstream {
+    /// Envoy's response flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Downstream::Protocol => "DPE",
+            Downstream::Terminated => "DC",
+        }
+    }
+
+    /// Classifies the error of a received request body: an `InvalidInput`/`InvalidData`
+    /// I/O error is hyper's decoder refusing the framing; anything else (early EOF, a reset
+    /// connection or stream) is the downstream going away.
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Downstream {
+        match crate::http::find_io(e).map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) => {
+                Downstream::Protocol
+            }
+            _ => Downstream::Terminated,
+        }
+    }
+}
+
 impl ProxyError {
+    /// The error for a request body that failed while it was read from the downstream.
+    pub fn downstream_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        let mut reason = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            reason.push_str(": ");
+            reason.push_str(&c.to_string());
+            cur = c.source();
+        }
+        ProxyError::DownstreamBody {
+            cause: Downstream::of(e),
+            reason,
+        }
+    }
+
+    /// Whether the downstream caused this error (its framing can no longer be trusted; the
+    /// connection is closed after the answer).
+    pub fn is_downstream(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::DownstreamBody { .. }
+        )
+    }
+
     /// Status code and Envoy response flag for this error.
     pub fn status_and_flag(&self) -> (StatusCode, &'static str) {
         match self {
@@ -171,6 +234,7 @@ impl ProxyError {
             ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UO"),
             ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, "UR"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "DPE"),
+            ProxyError::DownstreamBody { cause, .. } => (StatusCode::BAD_REQUEST, cause.flag()),
             ProxyError::Denied { .. } => (StatusCode::FORBIDDEN, "RBAC"),
         }
     }
@@ -219,6 +283,23 @@ mod tests {
             &body[..],
             b"upstream connect error to backend: connection refused\n"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_body_is_the_downstreams_400() {
+        let bad = std::io::Error::new(std::io::ErrorKind::InvalidInput, "Invalid chunk size");
+        let e = ProxyError::downstream_body(&bad);
+        assert!(e.is_downstream());
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[FLAGS_HEADER], "DPE");
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
+        let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof");
+        let resp = ProxyError::downstream_body(&cut).into_response();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()[FLAGS_HEADER], "DC");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"bad request body: early eof\n");
     }
 
     #[tokio::test]

@@ -227,7 +227,7 @@ pub async fn forward(
     let mut body = if retries.is_some() || mirrored {
         buffer(body).await?
     } else {
-        ReqBody::Streaming(Some(body))
+        ReqBody::streaming(body)
     };
     let head = upstream_head(&d.f, parts, authority, &path_and_query)?;
     if mirrored {

@@ -15,7 +15,7 @@ use hyper::body::{Body as _, Incoming};
 use meshapi::traffic::{AttemptOutcome, CallResult, Pick, PoolResource, RetryPolicy};
 
 use super::cluster::{ActiveGuard, ClusterState, slot};
-use crate::body::Tracked;
+use crate::body::{BodyFault, Downstream, Tracked};
 use crate::context::Context;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{FLAGS_HEADER, ProxyError};
@@ -28,15 +28,34 @@ pub const RETRY_BUFFER_LIMIT: usize = 64 * 1024;
 /// A request body kept for retries and mirrors, or streamed once.
 pub(super) enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    /// Streamed once; the fault says whether reading it from the downstream failed.
+    Streaming(Option<Incoming>, BodyFault),
 }
 
 impl ReqBody {
+    /// A body streamed from the downstream as it arrives.
+    pub(super) fn streaming(b: Incoming) -> ReqBody {
+        ReqBody::Streaming(Some(b), BodyFault::default())
+    }
+
     /// The body for the next try; `None` when a streamed body was already sent.
     fn take(&mut self) -> Option<Body> {
         match self {
             ReqBody::Buffered(b) => Some(full(b.clone())),
-            ReqBody::Streaming(s) => s.take().map(crate::http::boxed),
+            ReqBody::Streaming(s, fault) => s.take().map(|b| {
+                let (body, f) = Downstream::wrap(b);
+                *fault = f;
+                body
+            }),
+        }
+    }
+
+    /// The downstream's error when reading the streamed body from it failed: a try that
+    /// failed then failed because of the downstream, not the endpoint.
+    fn fault(&self) -> Option<ProxyError> {
+        match self {
+            ReqBody::Streaming(_, f) => f.take(),
+            ReqBody::Buffered(_) => None,
         }
     }
 
@@ -48,7 +67,7 @@ impl ReqBody {
     fn is_empty(&self) -> bool {
         match self {
             ReqBody::Buffered(b) => b.is_empty(),
-            ReqBody::Streaming(s) => s.as_ref().is_none_or(|b| b.is_end_stream()),
+            ReqBody::Streaming(s, _) => s.as_ref().is_none_or(|b| b.is_end_stream()),
         }
     }
 }
@@ -64,10 +83,16 @@ pub(super) async fn buffer(body: Incoming) -> Result<ReqBody, ProxyError> {
             let collected = Limited::new(body, RETRY_BUFFER_LIMIT)
                 .collect()
                 .await
-                .map_err(|_| ProxyError::BadRequest("request body ended early or grew"))?;
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ProxyError::BadRequest("request body longer than announced")
+                    } else {
+                        ProxyError::downstream_body(&*e)
+                    }
+                })?;
             Ok(ReqBody::Buffered(collected.to_bytes()))
         }
-        _ => Ok(ReqBody::Streaming(Some(body))),
+        _ => Ok(ReqBody::streaming(body)),
     }
 }
 
@@ -292,6 +317,14 @@ pub(super) async fn send_with_retries(
                 None => return Err(already_sent(cluster)),
             },
         };
+        if let (Tried::Failed(..), Some(e)) = (&tried, body.fault()) {
+            // The downstream's body failed, not the endpoint: nothing recorded against it,
+            // no retry (the body is gone anyway).
+            if std::mem::take(&mut a.holding_retry) {
+                cluster.breaker_release(PoolResource::Retry);
+            }
+            return Err(e);
+        }
         let (outcome, call) = classify(&tried);
         cluster.record(i, call);
         if std::mem::take(&mut a.holding_retry) {
