@@ -363,6 +363,53 @@ impl Forwarder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use hickory_resolver::proto::rr::RData;
+    use hickory_resolver::proto::rr::rdata::A;
+
+    fn a(name: &str) -> (Name, RecordType, Vec<Record>) {
+        let name = Name::from_ascii(name).unwrap();
+        let record = Record::from_rdata(name.clone(), 300, RData::A(A::new(10, 0, 0, 1)));
+        (name, RecordType::A, vec![record])
+    }
+
+    #[test]
+    fn stale_store_serves_within_the_window_with_a_30s_ttl() {
+        let cache = StaleCache::new(Duration::from_secs(60), 10);
+        let now = Instant::now();
+        let (name, qtype, records) = a("recent.example.");
+        let expired_recently = now.checked_sub(Duration::from_secs(30)).unwrap();
+        cache.insert((name.clone(), qtype), &records, &[], &[], expired_recently);
+        let got = cache.get(&(name, qtype)).unwrap();
+        assert!(got.stale);
+        assert_eq!(got.answers.len(), 1);
+        assert_eq!(got.answers[0].ttl, STALE_TTL);
+
+        let (name, qtype, records) = a("old.example.");
+        let expired_long_ago = now.checked_sub(Duration::from_secs(61)).unwrap();
+        cache.insert((name.clone(), qtype), &records, &[], &[], expired_long_ago);
+        assert!(cache.get(&(name, qtype)).is_none(), "past the window");
+
+        // Disabled: nothing is kept.
+        let off = StaleCache::new(Duration::ZERO, 10);
+        let (name, qtype, records) = a("x.example.");
+        off.insert((name, qtype), &records, &[], &[], now);
+        assert!(off.is_empty());
+    }
+
+    #[test]
+    fn stale_store_is_bounded() {
+        let cache = StaleCache::new(Duration::from_secs(60), 100);
+        let valid = Instant::now() + Duration::from_secs(300);
+        for i in 0..1_000 {
+            let (name, qtype, records) = a(&format!("n{i}.example."));
+            cache.insert((name, qtype), &records, &[], &[], valid);
+            assert!(cache.len() <= 100);
+        }
+        assert_eq!(cache.len(), 100);
+        // The newest entry is always kept.
+        let (name, qtype, _) = a("n999.example.");
+        assert!(cache.get(&(name, qtype)).is_some());
+    }
 
     #[test]
     fn resolv_conf_upstreams_skip_meshdns_itself() {

@@ -15,9 +15,10 @@
 //!
 //! UDP responses are at most `min(client EDNS payload, max_udp_payload)` (512 bytes without
 //! EDNS) and at most [`AMPLIFICATION_FACTOR`] times the size of the query, mesh names
-//! included. An answer over that bound first loses its additional section (optional data,
-//! RFC 2181 section 9: no TC); if still too big it keeps the answer records that fit and is
-//! flagged TC, so the client retries over TCP, where no bound applies.
+//! included (except a mesh reply of a single record, see `single_mesh_record`). A reply over
+//! that bound first loses its additional, then its authority section (optional data, RFC 2181
+//! section 9: no TC); if still too big it keeps the answer records that fit and is flagged
+//! TC, so the client retries over TCP, where no bound applies.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -429,8 +430,9 @@ mod capture {
     }
 
     /// Shrinks an encoded reply (our own) to `max` bytes: without its additional section if
-    /// that fits (no TC, RFC 2181 section 9), else header, question, OPT and the answer
-    /// records that fit, with TC. `None` only if our own reply does not parse back.
+    /// that fits, else without its authority section too (both optional: no TC, RFC 2181
+    /// section 9), else header, question, OPT and the answer records that fit, with TC.
+    /// `None` only if our own reply does not parse back.
     pub fn fit(reply: &[u8], max: usize) -> Option<Vec<u8>> {
         let mut message = match Message::from_vec(reply) {
             Ok(message) => message,
@@ -440,6 +442,14 @@ mod capture {
             }
         };
         message.additionals.clear();
+        let bytes = message.to_vec().ok()?;
+        if bytes.len() <= max {
+            return Some(bytes);
+        }
+        // The authority section is optional too: NS records of a positive answer, or the SOA
+        // of a forwarded negative answer (which then is not cached downstream, RFC 2308
+        // section 5, but costs no TCP retry).
+        message.authorities.clear();
         let bytes = message.to_vec().ok()?;
         if bytes.len() <= max {
             return Some(bytes);

@@ -11,14 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::rdata::{A, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use meshdns::Config;
 use support::*;
 use tokio::net::UdpSocket;
 
 /// A scripted upstream on 127.0.0.1: A queries get 10.9.8.7 with `ttl`, SRV on `wide.example.`
-/// gets 30 records (one UDP datagram), anything else NOERROR with no answer. While `alive` is false it reads
+/// gets 30 records (one UDP datagram), `gone.*` NXDOMAIN with a long SOA, anything else
+/// NOERROR with no answer. While `alive` is false it reads
 /// and ignores every query (a dead or blackholed resolver).
 struct Upstream {
     addr: SocketAddr,
@@ -52,6 +53,24 @@ async fn upstream(ttl: u32, alive: bool) -> Upstream {
             if let Some(query) = q.queries.first() {
                 let name = query.name().clone();
                 match query.query_type() {
+                    _ if name.to_ascii().starts_with("gone.") => {
+                        // NXDOMAIN with a long SOA, as real zones have.
+                        r.metadata.response_code = ResponseCode::NXDomain;
+                        let apex = Name::from_ascii("example.").unwrap();
+                        let soa = SOA::new(
+                            Name::from_ascii("primary-nameserver.hosting-provider.example.")
+                                .unwrap(),
+                            Name::from_ascii("dns-administrators.hosting-provider.example.")
+                                .unwrap(),
+                            2026120701,
+                            7200,
+                            1800,
+                            86400,
+                            300,
+                        );
+                        r.authorities
+                            .push(Record::from_rdata(apex, 300, RData::SOA(soa)));
+                    }
                     RecordType::A => r.answers.push(Record::from_rdata(
                         name,
                         ttl,
@@ -139,6 +158,17 @@ async fn forwarded_srv_is_within_3x_with_tc_and_whole_over_tcp() {
     let m = tcp(s.bound.tcp_addr, &q).await;
     assert!(!m.metadata.truncation);
     assert_eq!(srvs(&m).len(), 30, "TCP carries the whole answer");
+    // A forwarded NXDOMAIN whose SOA would pass 3x loses the SOA, not its meaning: no TC.
+    let q = query("gone.example.", RecordType::A, None);
+    let (m, size) = udp(s.addr(), &q).await;
+    assert!(size <= 3 * wire_len(&q), "{size} bytes");
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(!m.metadata.truncation);
+    let m = tcp(s.bound.tcp_addr, &q).await;
+    assert!(
+        matches!(m.authorities.first().map(|r| &r.data), Some(RData::SOA(_))),
+        "the SOA is there over TCP"
+    );
     // A small forwarded answer is whole over UDP.
     let q = query("small.example.", RecordType::A, None);
     let (m, size) = udp(s.addr(), &q).await;
