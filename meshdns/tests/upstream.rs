@@ -227,3 +227,39 @@ async fn a_name_answered_before_is_served_stale_when_the_upstream_dies() {
     let (m, _) = udp(s.addr(), &query("never.example.", RecordType::A, None)).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 }
+
+#[tokio::test]
+async fn mesh_replies_are_whole_and_small() {
+    // The policy for our own names: a reply of one record (A, AAAA, SOA, or NXDOMAIN/NODATA
+    // with the SOA) is never cut, and is the query plus one record of ours (at most ~80 bytes: the SOA with cluster.local); anything
+    // larger (several SRV records, glue) obeys the same 3x bound as forwarded answers.
+    let s = start(RECORDS, vec![]).await;
+    let cases = [
+        ("backend.", RecordType::A, 1),
+        ("backend.default.svc.cluster.local.", RecordType::AAAA, 1),
+        ("cluster.local.", RecordType::SOA, 1),
+        ("nope.data.svc.", RecordType::A, 0),
+        ("x.cluster.local.", RecordType::A, 0),
+        ("frontend.", RecordType::AAAA, 0),
+        ("_pg._tcp.db.data.", RecordType::SRV, 1),
+    ];
+    for (name, qtype, answers) in cases {
+        for edns in [None, Some(1232)] {
+            let q = query(name, qtype, edns);
+            let (m, size) = udp(s.addr(), &q).await;
+            let qlen = wire_len(&q);
+            assert!(!m.metadata.truncation, "{name} {qtype}");
+            assert_eq!(m.answers.len(), answers, "{name} {qtype}");
+            if answers == 0 {
+                assert!(
+                    matches!(m.authorities.first().map(|r| &r.data), Some(RData::SOA(_))),
+                    "{name} {qtype}: SOA kept"
+                );
+            }
+            assert!(
+                size <= 3 * qlen || size <= qlen + 80,
+                "{name} {qtype} {edns:?}: {size} bytes for {qlen}"
+            );
+        }
+    }
+}
