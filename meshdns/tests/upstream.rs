@@ -239,6 +239,7 @@ async fn mesh_replies_are_whole_and_small() {
         ("backend.default.svc.cluster.local.", RecordType::AAAA, 1),
         ("cluster.local.", RecordType::SOA, 1),
         ("nope.data.svc.", RecordType::A, 0),
+        ("x.data.svc.", RecordType::A, 0),
         ("x.cluster.local.", RecordType::A, 0),
         ("frontend.", RecordType::AAAA, 0),
         ("_pg._tcp.db.data.", RecordType::SRV, 1),
