@@ -397,10 +397,11 @@ mod capture {
                 (Protocol::Udp, None) => 512,
                 _ => usize::from(u16::MAX),
             };
+            let opt = u16::from(response.edns().is_some());
             let mut bytes = Vec::with_capacity(512);
             let mut encoder = BinEncoder::new(&mut bytes);
             let info = response.destructive_emit(&mut encoder)?;
-            let max = if single_mesh_record(&info) {
+            let max = if single_mesh_record(&info, opt) {
                 edns_max
             } else {
                 edns_max.min(self.bound)
@@ -422,11 +423,11 @@ mod capture {
     /// question plus one record of ours, which a client cannot inflate, so the amplification
     /// bound does not cut it (it still obeys the EDNS / 512-byte limit). A reply with glue
     /// (additional records besides OPT) is not one.
-    fn single_mesh_record(info: &ResponseInfo) -> bool {
+    fn single_mesh_record(info: &ResponseInfo, opt: u16) -> bool {
         let counts = info.counts();
         info.authoritative
             && u32::from(counts.answers) + u32::from(counts.authorities) <= 1
-            && counts.additionals <= 1
+            && counts.additionals <= opt
     }
 
     /// Shrinks an encoded reply (our own) to `max` bytes: without its additional section if
