@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{Config, Upstreams};
-use crate::forward::{ForwardError, Forwarder, system_upstreams};
+use crate::forward::{ForwardError, Forwarder, StaleCache, system_upstreams};
 use crate::handler::MeshHandler;
 use crate::reload::{PublishError, RecordsHandle, WatchError, watch_file};
 
@@ -137,7 +137,11 @@ pub async fn build(cfg: Config) -> Result<Bound, AppError> {
     if upstreams.is_empty() {
         warn!("no upstream resolvers: non-mesh names will get SERVFAIL");
     }
-    let forwarder = Forwarder::new(&upstreams, cfg.upstream_timeout)?;
+    let forwarder = Forwarder::with_stale(
+        &upstreams,
+        cfg.upstream_timeout,
+        StaleCache::new(cfg.serve_stale, cfg.stale_entries),
+    )?;
     let handler = MeshHandler::new(records.zone(), forwarder, cfg.max_udp_payload);
 
     let (tx, rx) = watch::channel(false);

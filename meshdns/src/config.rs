@@ -30,8 +30,14 @@ pub struct Config {
     pub max_udp_payload: u16,
     /// A TCP connection that sends no request for this long is closed. Default 10 s.
     pub tcp_idle_timeout: Duration,
-    /// Time to wait for an upstream answer per attempt. Default 2 s.
+    /// Total time to wait for the upstreams for one query (all servers and attempts); then a
+    /// stale answer or SERVFAIL. Default 1.5 s, so a dead upstream is SERVFAIL within 2 s.
     pub upstream_timeout: Duration,
+    /// How long past its TTL a forwarded answer may still be served when the upstreams do not
+    /// answer (RFC 8767, served with a 30 s TTL). Zero disables serve-stale. Default 5 min.
+    pub serve_stale: Duration,
+    /// Most (name, type) answers kept for serve-stale. Default 10,000.
+    pub stale_entries: usize,
     /// Quiet time after the last change event before the records file is re-read, so an
     /// editor's write-rename-chmod burst causes one reload. Default 100 ms.
     pub reload_debounce: Duration,
@@ -45,7 +51,9 @@ impl Default for Config {
             upstreams: Upstreams::System,
             max_udp_payload: 1232,
             tcp_idle_timeout: Duration::from_secs(10),
-            upstream_timeout: Duration::from_secs(2),
+            upstream_timeout: Duration::from_millis(1500),
+            serve_stale: crate::forward::DEFAULT_STALE_WINDOW,
+            stale_entries: crate::forward::DEFAULT_STALE_ENTRIES,
             reload_debounce: Duration::from_millis(100),
         }
     }

@@ -7,12 +7,18 @@
 //! - class other than IN, zone transfers: REFUSED;
 //! - a mesh name: authoritative answer (A, AAAA, SRV + targets in additional, SOA at apexes),
 //!   NODATA or NXDOMAIN with the SOA in the authority section;
-//! - anything else: forwarded upstream, except ANY (NOTIMP, RFC 8482 spirit: an ANY
-//!   answer is the classic amplification vector).
+//! - anything else: forwarded upstream (waiting at most the forwarder's deadline, then a
+//!   stale answer or SERVFAIL);
+//! - ANY (RFC 8482, the classic amplification vector): a mesh name gets one RRset (A, else
+//!   AAAA, else SRV); any other name gets one synthesized `HINFO "RFC8482" ""` and is never
+//!   forwarded.
 //!
-//! UDP responses are sized to `min(client EDNS payload, max_udp_payload)` or 512 bytes
-//! without EDNS; larger answers are cut and flagged TC so the client retries over TCP. The
-//! encoder in hickory-server applies that limit; this module picks it.
+//! UDP responses are at most `min(client EDNS payload, max_udp_payload)` (512 bytes without
+//! EDNS) and at most [`AMPLIFICATION_FACTOR`] times the size of the query, mesh names
+//! included (except a mesh reply of a single record, see `single_mesh_record`). A reply over
+//! that bound first loses its additional, then its authority section (optional data, RFC 2181
+//! section 9: no TC); if still too big it keeps the answer records that fit and is flagged
+//! TC, so the client retries over TCP, where no bound applies.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +29,8 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::{DNSClass, RecordType};
+use hickory_server::proto::rr::rdata::HINFO;
+use hickory_server::proto::rr::{DNSClass, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
@@ -31,6 +38,13 @@ use tracing::{debug, warn};
 
 use crate::forward::{Forwarded, Forwarder};
 use crate::zone::{Lookup, Zone};
+
+/// A UDP response is at most this many times the size of its query.
+pub const AMPLIFICATION_FACTOR: usize = 3;
+
+/// TTL of the synthesized RFC 8482 HINFO answer to ANY (the RFC suggests a long one, so that
+/// clients do not ask again soon).
+pub const RFC8482_TTL: u32 = 86_400;
 
 /// Serves DNS requests from the mesh table and the forwarder.
 #[derive(Debug, Clone)]
@@ -110,10 +124,19 @@ impl MeshHandler {
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         match zone.lookup(query.name()) {
             Lookup::Found { data, soa } if qtype == RecordType::ANY => {
+                // RFC 8482: one RRset is enough.
                 metadata.authoritative = true;
-                let answers = data.a.iter().chain(&data.aaaa).chain(&data.srv);
-                let empty = data.a.is_empty() && data.aaaa.is_empty() && data.srv.is_empty();
-                let msg = builder.build(metadata, answers, empty.then_some(soa), None, None);
+                let answers = [&data.a, &data.aaaa, &data.srv]
+                    .into_iter()
+                    .find(|set| !set.is_empty());
+                let authority = answers.is_none().then_some(soa);
+                let msg = builder.build(
+                    metadata,
+                    answers.into_iter().flatten(),
+                    authority,
+                    None,
+                    None,
+                );
                 finish(response.send_response(msg).await, request)
             }
             Lookup::Found { data, soa } => {
@@ -132,26 +155,26 @@ impl MeshHandler {
                 finish(response.send_response(msg).await, request)
             }
             Lookup::NotOurs if qtype == RecordType::ANY => {
-                send_error(
-                    &mut response,
-                    request,
-                    &request.queries,
-                    edns.as_ref(),
-                    ResponseCode::NotImp,
-                )
-                .await
+                // RFC 8482 section 4.2: one synthesized HINFO, never forwarded.
+                let hinfo = Record::from_rdata(
+                    query.original().name().clone(),
+                    RFC8482_TTL,
+                    RData::HINFO(HINFO::new("RFC8482".to_string(), String::new())),
+                );
+                let msg = builder.build(metadata, [&hinfo], None, None, None);
+                finish(response.send_response(msg).await, request)
             }
             Lookup::NotOurs => {
                 drop(zone);
                 let name = query.original().name().clone();
                 match self.forwarder.forward(&name, qtype).await {
-                    Forwarded::Answer(lookup) => {
+                    Forwarded::Answer(answer) => {
                         let msg = builder.build(
                             metadata,
-                            lookup.answers(),
-                            lookup.authorities(),
+                            &answer.answers,
+                            &answer.authorities,
                             None,
-                            lookup.additionals(),
+                            &answer.additionals,
                         );
                         finish(response.send_response(msg).await, request)
                     }
@@ -284,9 +307,14 @@ impl MeshHandler {
             && matches!(self.zone.load().lookup(q.name()), Lookup::NotOurs)
     }
 
-    /// Answers a parsed request and returns the encoded reply, sized for `protocol`.
+    /// Answers a parsed request and returns the encoded reply, sized for its protocol: over
+    /// UDP, at most [`AMPLIFICATION_FACTOR`] times the query.
     pub async fn answer(&self, request: &Request) -> Option<Vec<u8>> {
-        let capture = capture::Capture::new(request.protocol());
+        let bound = request
+            .as_slice()
+            .len()
+            .saturating_mul(AMPLIFICATION_FACTOR);
+        let capture = capture::Capture::new(request.protocol()).with_bound(bound);
         self.respond(request, capture.clone()).await;
         capture.take()
     }
@@ -314,14 +342,18 @@ mod capture {
 
     use hickory_server::net::NetError;
     use hickory_server::net::xfer::Protocol;
+    use hickory_server::proto::op::Message;
     use hickory_server::proto::rr::Record;
     use hickory_server::proto::serialize::binary::BinEncoder;
     use hickory_server::server::{ResponseHandler, ResponseInfo};
     use hickory_server::zone_handler::MessageResponse;
+    use tracing::warn;
 
     #[derive(Clone)]
     pub struct Capture {
         protocol: Protocol,
+        /// Extra cap on UDP replies (the amplification bound).
+        bound: usize,
         out: Arc<Mutex<Option<Vec<u8>>>>,
     }
 
@@ -329,8 +361,15 @@ mod capture {
         pub fn new(protocol: Protocol) -> Capture {
             Capture {
                 protocol,
+                bound: usize::MAX,
                 out: Arc::new(Mutex::new(None)),
             }
+        }
+
+        /// Caps UDP replies at `bound` bytes too.
+        pub fn with_bound(mut self, bound: usize) -> Capture {
+            self.bound = bound;
+            self
         }
 
         pub fn take(&self) -> Option<Vec<u8>> {
@@ -351,20 +390,80 @@ mod capture {
                 impl Iterator<Item = &'a Record> + Send + 'a,
             >,
         ) -> Result<ResponseInfo, NetError> {
-            // Same limit as hickory-server's encoder: UDP sized by EDNS or 512, TCP unbounded.
-            let max = match (self.protocol, response.edns()) {
-                (Protocol::Udp, Some(edns)) => edns.max_payload(),
+            // UDP: the EDNS size (already capped by the handler) or 512, and the amplification
+            // bound. TCP: unbounded.
+            let edns_max = match (self.protocol, response.edns()) {
+                (Protocol::Udp, Some(edns)) => usize::from(edns.max_payload()),
                 (Protocol::Udp, None) => 512,
-                _ => u16::MAX,
+                _ => usize::from(u16::MAX),
             };
+            let opt = u16::from(response.edns().is_some());
             let mut bytes = Vec::with_capacity(512);
             let mut encoder = BinEncoder::new(&mut bytes);
-            encoder.set_max_size(max);
             let info = response.destructive_emit(&mut encoder)?;
+            let max = if single_mesh_record(&info, opt) {
+                edns_max
+            } else {
+                edns_max.min(self.bound)
+            };
+            let bytes = if bytes.len() <= max {
+                Some(bytes)
+            } else {
+                fit(&bytes, max)
+            };
             if let Ok(mut out) = self.out.lock() {
-                *out = Some(bytes);
+                *out = bytes;
             }
             Ok(info)
         }
+    }
+
+    /// An authoritative (mesh) reply with at most one record in its answer and authority
+    /// sections: one A, AAAA or SOA, or a negative answer with its SOA. Its size is the
+    /// question plus one record of ours, which a client cannot inflate, so the amplification
+    /// bound does not cut it (it still obeys the EDNS / 512-byte limit). A reply with glue
+    /// (additional records besides OPT) is not one.
+    fn single_mesh_record(info: &ResponseInfo, opt: u16) -> bool {
+        let counts = info.counts();
+        info.authoritative
+            && u32::from(counts.answers) + u32::from(counts.authorities) <= 1
+            && counts.additionals <= opt
+    }
+
+    /// Shrinks an encoded reply (our own) to `max` bytes: without its additional section if
+    /// that fits, else without its authority section too (both optional: no TC, RFC 2181
+    /// section 9), else header, question, OPT and the answer records that fit, with TC.
+    /// `None` only if our own reply does not parse back.
+    pub fn fit(reply: &[u8], max: usize) -> Option<Vec<u8>> {
+        let mut message = match Message::from_vec(reply) {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(%error, "cannot re-read an oversized reply; dropping it");
+                return None;
+            }
+        };
+        message.additionals.clear();
+        let bytes = message.to_vec().ok()?;
+        if bytes.len() <= max {
+            return Some(bytes);
+        }
+        // The authority section is optional too: NS records of a positive answer, or the SOA
+        // of a forwarded negative answer (which then is not cached downstream, RFC 2308
+        // section 5, but costs no TCP retry).
+        message.authorities.clear();
+        let bytes = message.to_vec().ok()?;
+        if bytes.len() <= max {
+            return Some(bytes);
+        }
+        let mut cut = message.truncate();
+        let mut best = cut.to_vec().ok()?;
+        for record in message.answers {
+            cut.answers.push(record);
+            match cut.to_vec() {
+                Ok(bytes) if bytes.len() <= max => best = bytes,
+                _ => break,
+            }
+        }
+        Some(best)
     }
 }

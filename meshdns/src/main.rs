@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -27,6 +28,16 @@ struct Args {
     /// Largest UDP response whatever the client advertises.
     #[arg(long, default_value_t = 1232)]
     max_udp_payload: u16,
+    /// Total wait for the upstreams per query, in milliseconds; then stale answer or SERVFAIL.
+    #[arg(long, default_value_t = 1500)]
+    upstream_timeout_ms: u64,
+    /// Serve a forwarded answer up to this many seconds past its TTL when the upstreams do
+    /// not answer (RFC 8767); 0 disables.
+    #[arg(long, default_value_t = 300)]
+    serve_stale_secs: u64,
+    /// Most answers kept for serve-stale.
+    #[arg(long, default_value_t = 10_000)]
+    stale_entries: usize,
     /// Runtime worker threads; 1 runs everything on one current-thread runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -48,6 +59,9 @@ fn main() -> anyhow::Result<()> {
             Upstreams::Static(args.upstreams)
         },
         max_udp_payload: args.max_udp_payload,
+        upstream_timeout: Duration::from_millis(args.upstream_timeout_ms),
+        serve_stale: Duration::from_secs(args.serve_stale_secs),
+        stale_entries: args.stale_entries,
         ..Config::default()
     };
     tracing::info!(?cfg, "starting meshdns");

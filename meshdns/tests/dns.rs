@@ -53,40 +53,47 @@ async fn every_name_form_resolves_to_the_vip() {
 #[tokio::test]
 async fn srv_records_for_declared_ports() {
     let s = start(RECORDS, vec![]).await;
-    let (m, _) = udp(
-        s.addr(),
-        &query(
-            "_http._tcp.backend.default.svc.cluster.local.",
-            RecordType::SRV,
-            None,
-        ),
-    )
-    .await;
+    let http = "_http._tcp.backend.default.svc.cluster.local.";
+    let (m, _) = udp(s.addr(), &query(http, RecordType::SRV, Some(1232))).await;
     assert_eq!(
         srvs(&m),
         vec![(8080, "backend.default.svc.cluster.local.".to_string())]
     );
-    let glue: Vec<_> = m
-        .additionals
-        .iter()
-        .filter_map(|r| r.data.ip_addr())
-        .map(|i| i.to_string())
-        .collect();
-    assert_eq!(glue, vec!["127.240.0.10", "fd00::10"]);
+    let glue = |m: &hickory_proto::op::Message| -> Vec<String> {
+        m.additionals
+            .iter()
+            .filter_map(|r| r.data.ip_addr())
+            .map(|i| i.to_string())
+            .collect()
+    };
+    assert_eq!(glue(&m), vec!["127.240.0.10", "fd00::10"]);
+    // Without EDNS the query is smaller and the glue would take the answer past 3x the
+    // query: the glue is left out (optional data, no TC), the SRV stays.
+    let q = query(http, RecordType::SRV, None);
+    let (m, size) = udp(s.addr(), &q).await;
+    assert!(size <= 3 * q.to_vec().unwrap().len(), "{size} bytes");
+    assert!(!m.metadata.truncation);
+    assert_eq!(srvs(&m).len(), 1);
+    assert!(glue(&m).is_empty());
     let (m, _) = udp(s.addr(), &query("_pg._tcp.db.data.", RecordType::SRV, None)).await;
     assert_eq!(
         srvs(&m),
         vec![(5432, "db.data.svc.cluster.local.".to_string())]
     );
     // All ports on the service name itself, as Kubernetes does.
-    let (m, _) = udp(
-        s.addr(),
-        &query("backend.default.svc.cluster.local.", RecordType::SRV, None),
-    )
-    .await;
+    let name = "backend.default.svc.cluster.local.";
+    let (m, _) = udp(s.addr(), &query(name, RecordType::SRV, Some(1232))).await;
     let mut ports: Vec<u16> = srvs(&m).into_iter().map(|(p, _)| p).collect();
     ports.sort();
     assert_eq!(ports, vec![8080, 9090]);
+    assert!(!m.metadata.truncation);
+    // Without EDNS two SRV records (targets are never compressed) are more than 3x the
+    // query: TC over UDP, the whole answer over TCP.
+    let q = query(name, RecordType::SRV, None);
+    let (m, size) = udp(s.addr(), &q).await;
+    assert!(size <= 3 * q.to_vec().unwrap().len(), "{size} bytes");
+    assert!(m.metadata.truncation);
+    assert_eq!(srvs(&tcp(s.bound.tcp_addr, &q).await).len(), 2);
     // An undeclared port of a mesh service is NXDOMAIN.
     let (m, _) = udp(
         s.addr(),
@@ -166,13 +173,18 @@ async fn other_names_are_forwarded_upstream_and_cached() {
         ResponseCode::ServFail,
         "upstream has no upstream"
     );
-    // ANY for a forwarded name is refused outright (amplification).
+    // ANY for a forwarded name is answered locally with RFC 8482's HINFO, never forwarded.
     let (m, _) = udp(
         s.addr(),
         &query("web.default.svc.upstream.test.", RecordType::ANY, None),
     )
     .await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        matches!(&m.answers[..], [r] if matches!(&r.data, RData::HINFO(h) if &*h.cpu == b"RFC8482")),
+        "{:?}",
+        m.answers
+    );
 
     // The answer is cached: it survives the upstream going away.
     upstream.bound.stop().await.unwrap();

@@ -39,6 +39,16 @@ impl Server {
 
 /// Starts meshdns on 127.0.0.1:0 serving `yaml`, forwarding to `upstreams` (none: SERVFAIL).
 pub async fn start(yaml: &str, upstreams: Vec<SocketAddr>) -> Server {
+    start_with(yaml, upstreams, |_| {}).await
+}
+
+/// As [`start`], with `tweak` applied to the test configuration (500 ms upstream deadline,
+/// 50 ms reload debounce, the rest default).
+pub async fn start_with(
+    yaml: &str,
+    upstreams: Vec<SocketAddr>,
+    tweak: impl FnOnce(&mut Config),
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("records.yaml");
     std::fs::write(&file, yaml).unwrap();
@@ -50,6 +60,8 @@ pub async fn start(yaml: &str, upstreams: Vec<SocketAddr>) -> Server {
         reload_debounce: Duration::from_millis(50),
         ..Config::default()
     };
+    let mut cfg = cfg;
+    tweak(&mut cfg);
     let bound = meshdns::build(cfg).await.unwrap();
     Server { bound, dir, file }
 }
