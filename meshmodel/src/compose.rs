@@ -26,7 +26,7 @@ pub use interpolate::{EnvLookup, Interpolation, Layered, ProcessEnv, interpolate
 pub use merge::merge;
 pub use mesh::{PortProtocol, Workload};
 pub use model::{
-    ComposeFile, DependsCondition, DependsOn, Deploy, Healthcheck, Limits, MeshPort, MeshSettings,
+    ComposeFile, DEFAULT_CERT_LIFETIME, MAX_CERT_LIFETIME, MIN_CERT_LIFETIME, DependsCondition, DependsOn, Deploy, Healthcheck, Limits, MeshPort, MeshSettings,
     NetworkDef, PathNormalizationSetting, Protocol, Resources, Service, ServiceNetwork, VolumeDef,
     XMesh,
 };
