@@ -411,14 +411,35 @@ fn certificate_lifetime_is_read_merged_and_bounded() {
     use std::time::Duration;
     let cases: &[(&str, Result<Option<Duration>, &str>)] = &[
         ("", Ok(None)),
-        ("x-mesh: {certificateLifetime: 24h}\n", Ok(Some(Duration::from_secs(86400)))),
-        ("x-mesh: {certificateLifetime: 1m}\n", Ok(Some(Duration::from_secs(60)))),
-        ("x-mesh: {certificateLifetime: 1h30m}\n", Ok(Some(Duration::from_secs(5400)))),
-        ("x-mesh: {certificateLifetime: 2160h}\n", Ok(Some(Duration::from_secs(90 * 86400)))),
+        (
+            "x-mesh: {certificateLifetime: 24h}\n",
+            Ok(Some(Duration::from_secs(86400))),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 1m}\n",
+            Ok(Some(Duration::from_secs(60))),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 1h30m}\n",
+            Ok(Some(Duration::from_secs(5400))),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 2160h}\n",
+            Ok(Some(Duration::from_secs(90 * 86400))),
+        ),
         // Parsed, then refused by validation.
-        ("x-mesh: {certificateLifetime: 59s}\n", Err("shorter than the minimum")),
-        ("x-mesh: {certificateLifetime: 2161h}\n", Err("longer than the maximum")),
-        ("x-mesh: {certificateLifetime: 0}\n", Err("shorter than the minimum")),
+        (
+            "x-mesh: {certificateLifetime: 59s}\n",
+            Err("shorter than the minimum"),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 2161h}\n",
+            Err("longer than the maximum"),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 0}\n",
+            Err("shorter than the minimum"),
+        ),
     ];
     for (top, want) in cases {
         let c = parse(&format!("{SERVICES}{top}")).unwrap();
@@ -438,7 +459,10 @@ fn certificate_lifetime_is_read_merged_and_bounded() {
     }
     // Not a duration at all: refused while typing, at the field.
     for bad in ["1 day", "24", "-1h", "[24h]"] {
-        let e = parse(&format!("{SERVICES}x-mesh: {{certificateLifetime: {bad}}}\n")).unwrap_err();
+        let e = parse(&format!(
+            "{SERVICES}x-mesh: {{certificateLifetime: {bad}}}\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("x-mesh.certificateLifetime"), "{bad}: {e}");
     }
     // A later file overrides it; one that does not set it keeps it.

@@ -78,7 +78,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Runs the control plane until Ctrl-C.
+/// Runs the control plane until Ctrl-C (SIGINT) or SIGTERM.
 pub fn serve(project: &ProjectArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = ControlPlaneConfig {
         project: project_spec(project),
@@ -92,9 +92,15 @@ pub fn serve(project: &ProjectArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
     runtime()?.block_on(async {
         let cp = ControlPlane::start(config).await?;
         println!("control plane listening on {}", cp.local_addr());
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        // SIGTERM (`kill`, `docker stop`, systemd) stops as cleanly as Ctrl-C: the state file
+        // goes, so the CLI does not try a control plane that is gone.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+        println!("control plane stopping");
         cp.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
