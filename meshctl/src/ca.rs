@@ -381,6 +381,20 @@ impl Ca {
         &self.material.roots
     }
 
+    /// The CA's own certificates, for expiry reports: the trust roots (`root`) and, in plug-in
+    /// mode, the signing and intermediate certificates (`intermediate`).
+    pub fn ca_certificates(&self) -> Vec<(&'static str, &CertificateDer<'static>)> {
+        let mut out: Vec<_> = self.material.roots.iter().map(|c| ("root", c)).collect();
+        out.extend(
+            self.material
+                .chain
+                .iter()
+                .filter(|c| !self.material.roots.contains(c))
+                .map(|c| ("intermediate", c)),
+        );
+        out
+    }
+
     /// Issues a bootstrap token for `identity`, valid for the configured `token_ttl`.
     pub fn issue_token(&self, identity: &SpiffeId) -> Result<BootstrapToken, CaError> {
         self.issue_token_with_ttl(identity, self.config.token_ttl)

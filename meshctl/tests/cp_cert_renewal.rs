@@ -197,3 +197,90 @@ fn serve_removes_its_state_file_on_sigterm() {
     assert!(exit.success(), "{exit:?}");
     assert!(!state.exists(), "state file left behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_warns_about_certificates_near_or_past_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), COMPOSE).unwrap();
+    // What the CA remembers of earlier certificates: web's 24 h certificate has 30 minutes
+    // left (its renewal, due 11.5 h ago, never came); api's expired yesterday.
+    let now = unix_now();
+    std::fs::create_dir_all(dir.path().join(".mesh")).unwrap();
+    let issued = serde_json::json!([
+        {"identity": "spiffe://cluster.local/ns/default/sa/web", "serial": "0a",
+         "notAfterUnix": now + 1800, "issuedAtUnix": now + 1800 - 86_400},
+        {"identity": "spiffe://cluster.local/ns/default/sa/api", "serial": "0b",
+         "notAfterUnix": now - 86_400, "issuedAtUnix": now - 2 * 86_400},
+    ]);
+    std::fs::write(
+        dir.path().join(".mesh/issued.json"),
+        serde_json::to_vec(&issued).unwrap(),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(config(dir.path(), CaConfig::default()))
+        .await
+        .unwrap();
+    let path = dir.path().to_path_buf();
+    let (json, text) = tokio::task::spawn_blocking(move || {
+        (
+            meshctl(&path, &["status", "--json"]),
+            meshctl(&path, &["status"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(json.status.success() && text.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let expiry_of = |sa: &str| {
+        report["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["identity"] == format!("spiffe://cluster.local/ns/{sa}"))
+            .map(|i| (i["expiry"].clone(), i["notAfter"].as_i64().unwrap()))
+            .unwrap_or_else(|| panic!("{sa}: {report}"))
+    };
+    assert_eq!(expiry_of("default/sa/web").0, "expiring");
+    assert_eq!(expiry_of("default/sa/api").0, "expired");
+    let (admin, admin_not_after) = expiry_of("mesh-system/sa/meshctl-admin");
+    assert_eq!(admin, "ok");
+    assert!(admin_not_after > now + 23 * 3600);
+    // The root: 'ok', with its expiry.
+    let root = &report["caCertificates"][0];
+    assert_eq!(root["role"], "root", "{report}");
+    assert_eq!(root["expiry"], "ok", "{report}");
+    assert!(
+        root["notAfter"].as_i64().unwrap() > now + 365 * 86_400,
+        "{report}"
+    );
+    let warnings: Vec<&str> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("sa/web expires in 30m")
+            || warnings[0].contains("sa/web expires in 29m"),
+        "{warnings:?}"
+    );
+    assert!(warnings[1].contains("1 identity"), "{warnings:?}");
+    // The same on stderr, in both forms, and the table says which.
+    for out in [&json, &text] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "warning: the certificate of spiffe://cluster.local/ns/default/sa/web expires in"
+            ),
+            "{stderr}"
+        );
+    }
+    let table = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        table.contains("EXPIRING") && table.contains("EXPIRED"),
+        "{table}"
+    );
+    assert!(table.contains("CA root certificate"), "{table}");
+    cp.shutdown().await;
+}
