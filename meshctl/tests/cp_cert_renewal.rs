@@ -284,3 +284,30 @@ async fn status_warns_about_certificates_near_or_past_expiry() {
     assert!(table.contains("CA root certificate"), "{table}");
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_certificate_nobody_renewed_is_named_as_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), COMPOSE).unwrap();
+    let ca = CaConfig {
+        cert_lifetime: Duration::from_secs(1),
+        ..CaConfig::default()
+    };
+    let cp = ControlPlane::start(config(dir.path(), ca)).await.unwrap();
+    let state = dir.path().join(".mesh/controlplane.json");
+    let saved = std::fs::read(&state).unwrap();
+    cp.shutdown().await;
+    // As if the control plane had stopped renewing (killed -9, its state file left behind).
+    std::fs::write(&state, saved).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || meshctl(&path, &["status"]))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("admin certificate") && stderr.contains("expired"),
+        "{stderr}"
+    );
+}

@@ -42,6 +42,10 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("malformed answer: {0}")]
     BadResponse(String),
+    #[error(
+        "the CLI's admin certificate ({path}) expired {ago}s ago and the control plane did not renew it: is it still running? (restart it with `meshctl serve` or `meshctl up`)"
+    )]
+    AdminExpired { path: String, ago: i64 },
 }
 
 /// A connection factory to the control plane.
@@ -143,6 +147,15 @@ impl AdminClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let now = crate::ca::unix_secs(std::time::SystemTime::now());
+        if let Some(not_after) = self.admin_not_after
+            && not_after <= now
+        {
+            return Err(ClientError::AdminExpired {
+                path: self.state.admin_cert.display().to_string(),
+                ago: now - not_after,
+            });
+        }
         let addr = self.state.address.clone();
         let connect = |source| ClientError::Connect {
             addr: addr.clone(),
