@@ -232,6 +232,8 @@ pub struct Ca {
     tokens: TokenStore,
     limiter: ratelimit::RateLimiter,
     issued: Mutex<BTreeMap<SpiffeId, IssuedInfo>>,
+    /// The mesh files' `x-mesh.certificateLifetime`, when set (else `config.cert_lifetime`).
+    lifetime_override: Mutex<Option<Duration>>,
     /// Where `issued` is kept across restarts (`.mesh/issued.json`), for `meshctl status`.
     issued_file: PathBuf,
 }
@@ -323,6 +325,7 @@ impl Ca {
             material,
             tokens,
             issued: Mutex::new(issued),
+            lifetime_override: Mutex::new(None),
             issued_file,
         })
     }
@@ -330,6 +333,32 @@ impl Ca {
     /// The settings in force.
     pub fn config(&self) -> &CaConfig {
         &self.config
+    }
+
+    /// Lifetime of the certificates issued now: the mesh files' `x-mesh.certificateLifetime`
+    /// when set, else [`CaConfig::cert_lifetime`].
+    pub fn cert_lifetime(&self) -> Duration {
+        self.lifetime_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(self.config.cert_lifetime)
+    }
+
+    /// Sets (or with `None` clears) the lifetime the mesh files ask for; certificates issued
+    /// from now on get it. Values under 1 s are raised to 1 s (the model refuses under 1 min).
+    pub fn set_cert_lifetime(&self, lifetime: Option<Duration>) {
+        let lifetime = lifetime.map(|d| d.max(Duration::from_secs(1)));
+        let mut current = self
+            .lifetime_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *current != lifetime {
+            tracing::info!(
+                lifetime_s = lifetime.unwrap_or(self.config.cert_lifetime).as_secs(),
+                "certificate lifetime set"
+            );
+            *current = lifetime;
+        }
     }
 
     /// The directory the CA files were read from.
@@ -350,6 +379,20 @@ impl Ca {
     /// The trust roots, DER.
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.material.roots
+    }
+
+    /// The CA's own certificates, for expiry reports: the trust roots (`root`) and, in plug-in
+    /// mode, the signing and intermediate certificates (`intermediate`).
+    pub fn ca_certificates(&self) -> Vec<(&'static str, &CertificateDer<'static>)> {
+        let mut out: Vec<_> = self.material.roots.iter().map(|c| ("root", c)).collect();
+        out.extend(
+            self.material
+                .chain
+                .iter()
+                .filter(|c| !self.material.roots.contains(c))
+                .map(|c| ("intermediate", c)),
+        );
+        out
     }
 
     /// Issues a bootstrap token for `identity`, valid for the configured `token_ttl`.
@@ -451,7 +494,7 @@ impl Ca {
             &self.material,
             &request.csr_pem,
             &identity,
-            self.config.cert_lifetime,
+            self.cert_lifetime(),
             self.config.clock_skew,
             now,
         )?;

@@ -181,6 +181,7 @@ pub struct ControlPlane {
     _watcher: Option<watch::FileWatcher>,
     state_file: PathBuf,
     reload_task: tokio::task::JoinHandle<()>,
+    admin_renewal: tokio::task::JoinHandle<()>,
 }
 
 impl ControlPlane {
@@ -193,7 +194,7 @@ impl ControlPlane {
         })?;
         let ca = Arc::new(Ca::open(&config.project.working_dir, config.ca.clone())?);
         let push = Arc::new(PushState::new(config.stale_after, config.print));
-        let mut ctx = reload::ReloadCtx::new(&config, push.clone())?;
+        let mut ctx = reload::ReloadCtx::new(&config, push.clone(), ca.clone())?;
         // The first load happens before anyone can connect: proxies see a full snapshot.
         let first = ctx.reload(None);
         if config.print {
@@ -219,7 +220,9 @@ impl ControlPlane {
         };
         let rewatch = watcher.as_ref().map(watch::FileWatcher::handle);
         let reload_task = tokio::spawn(reload::run(ctx, reload_rx, rewatch));
-        let state_file = admin::write_state(&state_dir, server.local_addr(), &ca, push.epoch())?;
+        let (state_file, admin_cert) =
+            admin::write_state(&state_dir, server.local_addr(), &ca, push.epoch())?;
+        let admin_renewal = tokio::spawn(admin::renew_admin(state_dir, ca.clone(), admin_cert));
         tracing::info!(addr = %server.local_addr(), revision = first.revision, "control plane ready");
         Ok(ControlPlane {
             push,
@@ -229,6 +232,7 @@ impl ControlPlane {
             _watcher: watcher,
             state_file,
             reload_task,
+            admin_renewal,
         })
     }
 
@@ -284,6 +288,7 @@ impl ControlPlane {
     /// Stops watching and serving (in-flight long-polls are answered), removes the state file.
     pub async fn shutdown(self) {
         self.push.close();
+        self.admin_renewal.abort();
         drop(self._watcher);
         drop(self.reload_tx);
         self.server.shutdown().await;

@@ -405,3 +405,108 @@ fn check_scopes_by_the_configured_root_namespace_and_knows_aliased_principals() 
     let with_alias = format!("{THREE}x-mesh: {{trustDomainAliases: [old.example]}}\n");
     assert!(!check_codes(&with_alias, aliased).contains(&"MESH0201"));
 }
+
+#[test]
+fn certificate_lifetime_is_read_merged_and_bounded() {
+    use std::time::Duration;
+    let cases: &[(&str, Result<Option<Duration>, &str>)] = &[
+        ("", Ok(None)),
+        (
+            "x-mesh: {certificateLifetime: 24h}\n",
+            Ok(Some(Duration::from_secs(86400))),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 1m}\n",
+            Ok(Some(Duration::from_secs(60))),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 1h30m}\n",
+            Ok(Some(Duration::from_secs(5400))),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 2160h}\n",
+            Ok(Some(Duration::from_secs(90 * 86400))),
+        ),
+        // Parsed, then refused by validation.
+        (
+            "x-mesh: {certificateLifetime: 59s}\n",
+            Err("shorter than the minimum"),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 2161h}\n",
+            Err("longer than the maximum"),
+        ),
+        (
+            "x-mesh: {certificateLifetime: 0}\n",
+            Err("shorter than the minimum"),
+        ),
+    ];
+    for (top, want) in cases {
+        let c = parse(&format!("{SERVICES}{top}")).unwrap();
+        let errors = c.validate();
+        match want {
+            Ok(d) => {
+                assert!(errors.is_empty(), "{top}: {errors:?}");
+                assert_eq!(c.certificate_lifetime(), *d, "{top}");
+            }
+            Err(frag) => assert!(
+                errors
+                    .iter()
+                    .any(|e| e.path == "x-mesh.certificateLifetime" && e.message.contains(frag)),
+                "{top}: want {frag:?}, got {errors:?}"
+            ),
+        }
+    }
+    // Not a duration at all: refused while typing, at the field.
+    for bad in ["1 day", "24", "-1h", "[24h]"] {
+        let e = parse(&format!(
+            "{SERVICES}x-mesh: {{certificateLifetime: {bad}}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("x-mesh.certificateLifetime"), "{bad}: {e}");
+    }
+    // A later file overrides it; one that does not set it keeps it.
+    let base = parse(&format!("{SERVICES}x-mesh: {{certificateLifetime: 2h}}\n")).unwrap();
+    let unset = parse("x-mesh: {rootNamespace: other}\n").unwrap();
+    let over = parse("x-mesh: {certificateLifetime: 10m}\n").unwrap();
+    let kept = merge(base.clone(), unset);
+    assert_eq!(kept.certificate_lifetime(), Some(Duration::from_secs(7200)));
+    assert_eq!(
+        merge(kept, over).certificate_lifetime(),
+        Some(Duration::from_secs(600))
+    );
+}
+
+#[test]
+fn a_bad_certificate_lifetime_is_reported_at_its_line_and_a_typo_gets_a_suggestion() {
+    let load = |compose: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+        meshmodel::load::load(&meshmodel::load::LoadOptions::new(dir.path().to_path_buf()))
+    };
+    for (value, frag) in [("30s", "minimum"), ("soon", "invalid duration")] {
+        let loaded = load(&format!(
+            "services:\n  backend:\n    image: demo/backend\nx-mesh:\n  certificateLifetime: {value}\n"
+        ));
+        assert!(loaded.has_errors(), "{value}");
+        let d = loaded
+            .diagnostics
+            .iter()
+            .find(|d| d.path == "x-mesh.certificateLifetime")
+            .unwrap_or_else(|| panic!("{value}: {:?}", loaded.diagnostics));
+        assert_eq!(d.location.line, 5, "{d:?}");
+        assert!(d.location.column >= 3, "{d:?}");
+        assert!(d.message.contains(frag), "{d:?}");
+    }
+    let loaded =
+        load("services:\n  backend:\n    image: demo/backend\nx-mesh:\n  certificateLifetme: 1h\n");
+    assert!(loaded.has_errors());
+    let d = loaded
+        .diagnostics
+        .iter()
+        .find(|d| d.message.contains("certificateLifetme"))
+        .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+    assert_eq!(d.location.line, 5, "{d:?}");
+    let text = format!("{} {}", d.message, d.hint.clone().unwrap_or_default());
+    assert!(text.contains("certificateLifetime"), "{d:?}");
+}

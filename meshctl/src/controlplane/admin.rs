@@ -7,11 +7,15 @@
 //! `<project>/.mesh/controlplane.json` with its address, epoch and the paths of the root and
 //! admin credentials. Whoever can read `.mesh/` can administer the mesh, as whoever can read
 //! the CA key there could anyway. The status and reload routes accept only that identity.
+//! [`renew_admin`] re-issues key and certificate at half of their lifetime while the control
+//! plane runs, so the CLI never finds them expired.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use meshapi::ca_api::{CONTROL_PLANE_NAMESPACE, CsrRequest, SpiffeId, SpiffeIdError};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
@@ -72,13 +76,43 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ControlPlaneError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Issues the admin credentials and writes them and the state file; returns its path.
-pub fn write_state(
+/// The admin certificate in force: when it was issued and when it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminCert {
+    /// When it was issued.
+    pub issued_at: SystemTime,
+    /// Its notAfter.
+    pub not_after: SystemTime,
+}
+
+impl AdminCert {
+    /// When to re-issue it: at half of its lifetime, as proxies renew theirs.
+    pub fn renew_at(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.issued_at)
+            .unwrap_or_default();
+        self.issued_at + lifetime / 2
+    }
+}
+
+/// The files of the admin credentials under `<state_dir>/admin/`.
+fn admin_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("root-cert.pem"),
+        dir.join("cert-chain.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+/// Issues a fresh admin key and certificate and writes them (with the roots) under
+/// `<state_dir>/admin/`. The first one is authorized by a one-time token; a renewal
+/// (`renewal`) by the admin identity itself, as a proxy renews with its current certificate.
+pub fn issue_admin(
     state_dir: &Path,
-    addr: SocketAddr,
     ca: &Ca,
-    epoch: u64,
-) -> Result<PathBuf, ControlPlaneError> {
+    renewal: bool,
+) -> Result<AdminCert, ControlPlaneError> {
     let admin = |m: String| ControlPlaneError::Admin(m);
     let dir = state_dir.join("admin");
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -96,17 +130,47 @@ pub fn write_state(
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| admin(e.to_string()))?;
-    let token = ca.issue_token(&id).map_err(|e| admin(e.to_string()))?;
+    let issued_at = SystemTime::now();
+    let (token, peer) = if renewal {
+        (None, Some(&id))
+    } else {
+        let token = ca.issue_token(&id).map_err(|e| admin(e.to_string()))?;
+        (Some(token.as_str().to_string()), None)
+    };
     let issued = ca
         .handle_csr(
             &CsrRequest {
-                token: Some(token.as_str().to_string()),
+                token,
                 identity: id.to_string(),
                 csr_pem,
             },
-            None,
+            peer,
         )
         .map_err(|e| admin(e.to_string()))?;
+    let (root, cert, key_path) = admin_paths(&dir);
+    write_private(&root, issued.root_pem.as_bytes())?;
+    // The CLI checks that key and certificate match and reads again if it caught the two
+    // files between these writes.
+    write_private(&cert, issued.cert_chain_pem.as_bytes())?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    Ok(AdminCert {
+        issued_at,
+        not_after: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(issued.not_after).unwrap_or(0)),
+    })
+}
+
+/// Issues the admin credentials and writes them and the state file; returns its path and the
+/// admin certificate (for [`renew_admin`]).
+pub fn write_state(
+    state_dir: &Path,
+    addr: SocketAddr,
+    ca: &Ca,
+    epoch: u64,
+) -> Result<(PathBuf, AdminCert), ControlPlaneError> {
+    let admin = |m: String| ControlPlaneError::Admin(m);
+    let cert = issue_admin(state_dir, ca, false)?;
+    let (root_cert, admin_cert, admin_key) = admin_paths(&state_dir.join("admin"));
     let state = StateFile {
         address: if addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], addr.port())).to_string()
@@ -115,17 +179,56 @@ pub fn write_state(
         },
         epoch,
         pid: std::process::id(),
-        root_cert: dir.join("root-cert.pem"),
-        admin_cert: dir.join("cert-chain.pem"),
-        admin_key: dir.join("key.pem"),
+        root_cert,
+        admin_cert,
+        admin_key,
     };
-    write_private(&state.root_cert, issued.root_pem.as_bytes())?;
-    write_private(&state.admin_cert, issued.cert_chain_pem.as_bytes())?;
-    write_private(&state.admin_key, key.serialize_pem().as_bytes())?;
     let path = state_dir.join(STATE_FILE);
     let json = serde_json::to_vec_pretty(&state).map_err(|e| admin(e.to_string()))?;
     write_private(&path, &json)?;
-    Ok(path)
+    Ok((path, cert))
+}
+
+/// Longest sleep between two looks at the clock: the monotonic clock stops while a machine
+/// is suspended, so the wall clock is read again at least this often.
+const RENEW_CHECK: Duration = Duration::from_secs(30);
+
+/// Re-issues the admin credentials at half of their lifetime, for as long as the control
+/// plane runs, so `meshctl status` and `apply` keep working across any number of lifetimes.
+/// A failed renewal is retried after a tenth of the lifetime (1 s to 30 s).
+pub async fn renew_admin(state_dir: PathBuf, ca: Arc<Ca>, first: AdminCert) {
+    let mut renew_at = first.renew_at();
+    loop {
+        let now = SystemTime::now();
+        match renew_at.duration_since(now) {
+            Ok(wait) if !wait.is_zero() => {
+                tokio::time::sleep(wait.min(RENEW_CHECK)).await;
+                continue;
+            }
+            _ => {}
+        }
+        let dir = state_dir.clone();
+        let ca2 = ca.clone();
+        let result = tokio::task::spawn_blocking(move || issue_admin(&dir, &ca2, true)).await;
+        match result {
+            Ok(Ok(cert)) => {
+                tracing::info!(
+                    not_after = crate::ca::unix_secs(cert.not_after),
+                    "admin certificate renewed"
+                );
+                renew_at = cert.renew_at();
+            }
+            Ok(Err(e)) => {
+                let retry = (ca.cert_lifetime() / 10).clamp(Duration::from_secs(1), RENEW_CHECK);
+                tracing::error!(error = %e, retry_s = retry.as_secs(), "cannot renew the admin certificate");
+                renew_at = SystemTime::now() + retry;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admin certificate renewal task failed");
+                renew_at = SystemTime::now() + RENEW_CHECK;
+            }
+        }
+    }
 }
 
 /// Reads `<state_dir>/controlplane.json`.

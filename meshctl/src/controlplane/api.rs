@@ -36,6 +36,68 @@ pub struct IdentityStatus {
     /// Expiry of its latest certificate, Unix seconds.
     pub not_after: i64,
     pub serial: String,
+    /// When it was issued, Unix seconds.
+    #[serde(default)]
+    pub issued_at: i64,
+    /// Where it stands against its lifetime (see [`Expiry::of`]).
+    #[serde(default)]
+    pub expiry: Expiry,
+}
+
+/// One of the CA's own certificates (nothing renews them), for status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaCertStatus {
+    /// `root` or `intermediate`.
+    pub role: String,
+    /// Its subject.
+    pub subject: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
+    pub not_after: i64,
+    pub expiry: Expiry,
+}
+
+/// Where a certificate stands against its lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Expiry {
+    /// More than a tenth of its lifetime left.
+    #[default]
+    Ok,
+    /// At most a tenth of its lifetime left. A workload or admin certificate renews at half
+    /// of it, so one here is overdue (its proxy stopped, or renewal keeps failing); a CA
+    /// certificate must be replaced by hand.
+    Expiring,
+    /// Past its notAfter.
+    Expired,
+}
+
+impl Expiry {
+    /// The state at `now` of a certificate valid from `from` to `not_after` (Unix seconds).
+    pub fn of(from: i64, not_after: i64, now: i64) -> Expiry {
+        let left = not_after.saturating_sub(now);
+        let lifetime = not_after.saturating_sub(from).max(0);
+        if left <= 0 {
+            Expiry::Expired
+        } else if left.saturating_mul(10) <= lifetime {
+            Expiry::Expiring
+        } else {
+            Expiry::Ok
+        }
+    }
+}
+
+/// `3d4h`, `5h12m`, `7m`, `42s`: a rough length for messages.
+pub fn rough_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        s if s >= 86_400 => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Answer of `GET /v1/status`.
@@ -47,6 +109,12 @@ pub struct StatusReport {
     pub proxies: Vec<ProxyStatus>,
     pub last_reload: ReloadReport,
     pub identities: Vec<IdentityStatus>,
+    /// The CA's root (and intermediate) certificates.
+    #[serde(default)]
+    pub ca_certificates: Vec<CaCertStatus>,
+    /// Certificates near or past expiry, one sentence each.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Answer of `POST /v1/reload`.
@@ -230,20 +298,95 @@ async fn status(
 
 /// The status report (also used in-process by tests).
 pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
+    let now = unix_secs(std::time::SystemTime::now());
+    let identities: Vec<IdentityStatus> = ca
+        .issued()
+        .into_iter()
+        .map(|(id, info)| {
+            let (issued_at, not_after) = (unix_secs(info.issued_at), unix_secs(info.not_after));
+            IdentityStatus {
+                identity: id.to_string(),
+                not_after,
+                serial: info.serial,
+                issued_at,
+                expiry: Expiry::of(issued_at, not_after, now),
+            }
+        })
+        .collect();
+    let ca_certificates: Vec<CaCertStatus> = ca
+        .ca_certificates()
+        .into_iter()
+        .filter_map(|(role, der)| {
+            use x509_parser::prelude::{FromDer, X509Certificate};
+            let (_, x) = X509Certificate::from_der(der).ok()?;
+            let (not_before, not_after) = (
+                x.validity().not_before.timestamp(),
+                x.validity().not_after.timestamp(),
+            );
+            Some(CaCertStatus {
+                role: role.to_string(),
+                subject: x.subject().to_string(),
+                not_before,
+                not_after,
+                expiry: Expiry::of(not_before, not_after, now),
+            })
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    for c in &ca_certificates {
+        match c.expiry {
+            Expiry::Ok => {}
+            Expiry::Expiring => warnings.push(format!(
+                "the CA's {} certificate ({}) expires in {}: replace it (nothing renews it) before every proxy loses trust",
+                c.role,
+                c.subject,
+                rough_duration(c.not_after - now)
+            )),
+            Expiry::Expired => warnings.push(format!(
+                "the CA's {} certificate ({}) has expired: no certificate it signed verifies",
+                c.role, c.subject
+            )),
+        }
+    }
+    let admin = admin::admin_id(&ca.config().trust_domain)
+        .ok()
+        .map(|a| a.to_string());
+    let mut expired = 0;
+    for i in &identities {
+        let is_admin = admin.as_deref() == Some(i.identity.as_str());
+        match i.expiry {
+            Expiry::Ok => {}
+            Expiry::Expiring => warnings.push(format!(
+                "the certificate of {} expires in {}: its renewal is overdue{}",
+                i.identity,
+                rough_duration(i.not_after - now),
+                if is_admin {
+                    " (see the control plane's log)"
+                } else {
+                    " (is its proxy running and able to reach the control plane?)"
+                }
+            )),
+            Expiry::Expired if is_admin => warnings.push(format!(
+                "the CLI's admin certificate ({}) has expired",
+                i.identity
+            )),
+            Expiry::Expired => expired += 1,
+        }
+    }
+    if expired > 0 {
+        warnings.push(format!(
+            "{expired} identit{} hold only an expired certificate (their proxies are stopped or not renewing)",
+            if expired == 1 { "y" } else { "ies" }
+        ));
+    }
     StatusReport {
         epoch: push.epoch(),
         revision: push.revision(),
         proxies: push.status(),
         last_reload: push.last_reload(),
-        identities: ca
-            .issued()
-            .into_iter()
-            .map(|(id, info)| IdentityStatus {
-                identity: id.to_string(),
-                not_after: unix_secs(info.not_after),
-                serial: info.serial,
-            })
-            .collect(),
+        identities,
+        ca_certificates,
+        warnings,
     }
 }
 
@@ -291,6 +434,20 @@ async fn reload_now(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_is_judged_against_the_lifetime() {
+        // 24 h certificate, renewed at 12 h: fine until the last 2.4 h.
+        assert_eq!(Expiry::of(0, 86_400, 43_200), Expiry::Ok);
+        assert_eq!(Expiry::of(0, 86_400, 77_759), Expiry::Ok);
+        assert_eq!(Expiry::of(0, 86_400, 77_760), Expiry::Expiring);
+        assert_eq!(Expiry::of(0, 86_400, 86_400), Expiry::Expired);
+        assert_eq!(Expiry::of(0, 86_400, 90_000), Expiry::Expired);
+        assert_eq!(rough_duration(90_061), "1d1h");
+        assert_eq!(rough_duration(3_700), "1h1m");
+        assert_eq!(rough_duration(61), "1m");
+        assert_eq!(rough_duration(-5), "0s");
+    }
 
     #[test]
     fn queries_parse_and_bad_ones_are_refused() {

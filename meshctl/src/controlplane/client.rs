@@ -42,6 +42,10 @@ pub enum ClientError {
     Refused { status: u16, message: String },
     #[error("malformed answer: {0}")]
     BadResponse(String),
+    #[error(
+        "the CLI's admin certificate ({path}) expired {ago}s ago and the control plane did not renew it: is it still running? (restart it with `meshctl serve` or `meshctl up`)"
+    )]
+    AdminExpired { path: String, ago: i64 },
 }
 
 /// A connection factory to the control plane.
@@ -49,11 +53,37 @@ pub enum ClientError {
 pub struct AdminClient {
     state: StateFile,
     tls: Arc<ClientConfig>,
+    admin_not_after: Option<i64>,
+}
+
+/// How often a credentials read caught mid-renewal is retried (25 ms apart).
+const RETRIES: u32 = 40;
+
+/// notAfter of a DER certificate, Unix seconds.
+pub fn not_after_of(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(der).ok()?;
+    Some(x509.validity().not_after.timestamp())
 }
 
 impl AdminClient {
     /// Reads the state file under `state_dir` (`<project>/.mesh`) and the admin credentials.
+    /// The control plane re-issues them at half of their lifetime; a read that catches the
+    /// new certificate with the old key (or the reverse) is retried.
     pub fn from_state_dir(state_dir: &Path) -> Result<AdminClient, ClientError> {
+        let mut attempt = 0;
+        loop {
+            match Self::read(state_dir) {
+                Err(ClientError::Tls(_)) if attempt < RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn read(state_dir: &Path) -> Result<AdminClient, ClientError> {
         let state = read_state(state_dir).map_err(ClientError::State)?;
         let tls = |e: String| ClientError::Tls(e);
         let read = |p: &Path| {
@@ -70,7 +100,9 @@ impl AdminClient {
             .map_err(|e| tls(e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(&read(&state.admin_key)?)
             .map_err(|e| tls(e.to_string()))?;
+        let admin_not_after = chain.first().and_then(|c| not_after_of(c));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Refuses a key that does not match the certificate (caught mid-renewal).
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(e.to_string()))?
@@ -81,7 +113,13 @@ impl AdminClient {
         Ok(AdminClient {
             state,
             tls: Arc::new(config),
+            admin_not_after,
         })
+    }
+
+    /// Expiry of the admin certificate this client presents, Unix seconds.
+    pub fn admin_not_after(&self) -> Option<i64> {
+        self.admin_not_after
     }
 
     /// The control plane's address.
@@ -109,6 +147,15 @@ impl AdminClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let now = crate::ca::unix_secs(std::time::SystemTime::now());
+        if let Some(not_after) = self.admin_not_after
+            && not_after <= now
+        {
+            return Err(ClientError::AdminExpired {
+                path: self.state.admin_cert.display().to_string(),
+                ago: now - not_after,
+            });
+        }
         let addr = self.state.address.clone();
         let connect = |source| ClientError::Connect {
             addr: addr.clone(),

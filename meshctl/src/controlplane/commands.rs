@@ -15,7 +15,7 @@ use meshapi::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
 use meshmodel::compile::{self, CompileInput, HostPlacement, ProxyKey};
 use meshmodel::model::Inventory;
 
-use super::api::{ReloadResponse, StatusReport};
+use super::api::{Expiry, ReloadResponse, StatusReport, rough_duration};
 use super::client::AdminClient;
 use super::{ControlPlane, ControlPlaneConfig, ProjectSpec};
 use crate::api::ApiConfig;
@@ -78,7 +78,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Runs the control plane until Ctrl-C.
+/// Runs the control plane until Ctrl-C (SIGINT) or SIGTERM.
 pub fn serve(project: &ProjectArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = ControlPlaneConfig {
         project: project_spec(project),
@@ -92,9 +92,15 @@ pub fn serve(project: &ProjectArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
     runtime()?.block_on(async {
         let cp = ControlPlane::start(config).await?;
         println!("control plane listening on {}", cp.local_addr());
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        // SIGTERM (`kill`, `docker stop`, systemd) stops as cleanly as Ctrl-C: the state file
+        // goes, so the CLI does not try a control plane that is gone.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+        println!("control plane stopping");
         cp.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
@@ -109,6 +115,8 @@ pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         serde_json::to_writer_pretty(&mut w, &report)?;
         writeln!(w)?;
+        drop(w);
+        print_warnings(&report.warnings);
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(
@@ -156,15 +164,44 @@ pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
             if p.connected { "yes" } else { "no" },
         )?;
     }
+    let now = crate::ca::unix_secs(SystemTime::now());
+    let state = |e: Expiry| match e {
+        Expiry::Ok => "ok",
+        Expiry::Expiring => "EXPIRING",
+        Expiry::Expired => "EXPIRED",
+    };
     if !report.identities.is_empty() {
-        writeln!(w, "\n{:<56} EXPIRES IN", "IDENTITY")?;
-        let now = crate::ca::unix_secs(SystemTime::now());
+        writeln!(w, "\n{:<56} {:<11} STATE", "IDENTITY", "EXPIRES IN")?;
         for i in &report.identities {
-            let left = i.not_after - now;
-            writeln!(w, "{:<56} {}m", i.identity, left / 60)?;
+            writeln!(
+                w,
+                "{:<56} {:<11} {}",
+                i.identity,
+                rough_duration(i.not_after - now),
+                state(i.expiry)
+            )?;
         }
     }
+    for c in &report.ca_certificates {
+        writeln!(
+            w,
+            "CA {} certificate ({}): expires in {} ({})",
+            c.role,
+            c.subject,
+            rough_duration(c.not_after - now),
+            state(c.expiry)
+        )?;
+    }
+    drop(w);
+    print_warnings(&report.warnings);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `warning: ...` lines on stderr.
+fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// Asks the running control plane to reload now, optionally waiting for ACKs.

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::push::PushState;
 use super::watch::Rewatch;
 use super::{ControlPlaneConfig, ControlPlaneError, PlacementSpec, ProjectSpec, ReloadCmd, diff};
+use crate::ca::Ca;
 
 /// The outcome of one reload.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -65,12 +66,14 @@ pub(crate) struct ReloadCtx {
     compiled: BTreeMap<ProxyKey, ProxyConfig>,
     model: diff::Model,
     push: Arc<PushState>,
+    ca: Arc<Ca>,
 }
 
 impl ReloadCtx {
     pub(crate) fn new(
         config: &ControlPlaneConfig,
         push: Arc<PushState>,
+        ca: Arc<Ca>,
     ) -> Result<Self, ControlPlaneError> {
         let state = config.state_dir();
         let vips_path = state.join("vips.json");
@@ -89,6 +92,7 @@ impl ReloadCtx {
             compiled: BTreeMap::new(),
             model: diff::Model::default(),
             push,
+            ca,
         })
     }
 
@@ -136,6 +140,9 @@ impl ReloadCtx {
             return report;
         }
         let mesh = loaded.mesh;
+        // `x-mesh.certificateLifetime` applies to every certificate issued from now on.
+        self.ca
+            .set_cert_lifetime(mesh.compose.as_ref().and_then(|c| c.certificate_lifetime()));
         let inventory = Inventory::from_compose(mesh.compose.as_ref());
         let before = self.vips.clone();
         if let Err(e) = self.vips.sync(

@@ -341,6 +341,9 @@ pub struct PsRow {
     pub identity: String,
     /// Expiry of the pod's current certificate (RFC 3339), when the control plane answers.
     pub cert_expires: Option<String>,
+    /// Where that certificate stands against its lifetime (`expiring` means its renewal is
+    /// overdue), when the control plane answers.
+    pub cert_expiry: Option<crate::controlplane::api::Expiry>,
     pub ports: Vec<String>,
 }
 
@@ -371,14 +374,40 @@ pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
             r.state,
             if r.health.is_empty() { "-" } else { &r.health },
             r.identity,
-            r.cert_expires
-                .as_deref()
-                .map(|e| e.get(11..16).unwrap_or(e))
-                .unwrap_or("-"),
+            cert_cell(r),
             r.ports.join(", ")
         )?;
     }
+    for r in &rows {
+        use crate::controlplane::api::Expiry;
+        match (r.cert_expiry, &r.cert_expires) {
+            (Some(Expiry::Expiring), Some(at)) => eprintln!(
+                "warning: the certificate of {} ({}) expires at {at}: its renewal is overdue",
+                r.name, r.identity
+            ),
+            (Some(Expiry::Expired), Some(at)) => eprintln!(
+                "warning: the certificate of {} ({}) expired at {at}",
+                r.name, r.identity
+            ),
+            _ => {}
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The CERT column: the expiry's `HH:MM`, with `!` when it is near, `EXPIRED` when past.
+fn cert_cell(r: &PsRow) -> String {
+    use crate::controlplane::api::Expiry;
+    let at = r
+        .cert_expires
+        .as_deref()
+        .map(|e| e.get(11..16).unwrap_or(e))
+        .unwrap_or("-");
+    match r.cert_expiry {
+        Some(Expiry::Expiring) => format!("{at}!"),
+        Some(Expiry::Expired) => "EXPIRED".into(),
+        _ => at.to_string(),
+    }
 }
 
 /// The rows of `ps`: app containers (and with `all`, sidecars and meshdns).
@@ -440,7 +469,8 @@ pub async fn ps_rows(project: &Project, all: bool) -> anyhow::Result<Vec<PsRow>>
             status: c.status.clone(),
             image: c.image.clone(),
             ip: c.label(LABEL_IP).to_string(),
-            cert_expires: expiry.get(&identity).cloned(),
+            cert_expires: expiry.get(&identity).map(|e| e.0.clone()),
+            cert_expiry: expiry.get(&identity).map(|e| e.1),
             identity,
             ports,
         });
@@ -477,7 +507,9 @@ async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
 
 /// Certificate expiry per identity from the running control plane (empty when it does not
 /// answer).
-async fn cert_expiry(state_dir: &std::path::Path) -> BTreeMap<String, String> {
+async fn cert_expiry(
+    state_dir: &std::path::Path,
+) -> BTreeMap<String, (String, crate::controlplane::api::Expiry)> {
     let Ok(client) = crate::controlplane::client::AdminClient::from_state_dir(state_dir) else {
         return BTreeMap::new();
     };
@@ -497,7 +529,7 @@ async fn cert_expiry(state_dir: &std::path::Path) -> BTreeMap<String, String> {
             let s = t
                 .format(&time::format_description::well_known::Rfc3339)
                 .ok()?;
-            Some((i.identity, s))
+            Some((i.identity, (s, i.expiry)))
         })
         .collect()
 }

@@ -201,7 +201,14 @@ pub async fn up(
         path: project.state_dir.clone(),
         source,
     })?;
-    let ca_config = CaConfig::default();
+    // The control plane applies `x-mesh.certificateLifetime` at each reload; the same value
+    // here keeps this CA (tokens, roots) configured as the one that signs.
+    let ca_config = CaConfig {
+        cert_lifetime: compose
+            .certificate_lifetime()
+            .unwrap_or(CaConfig::default().cert_lifetime),
+        ..CaConfig::default()
+    };
     let root_pem = Ca::open(&project.spec.working_dir, ca_config.clone())
         .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?
         .root_pem()

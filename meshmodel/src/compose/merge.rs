@@ -30,6 +30,10 @@ pub fn merge(base: ComposeFile, over: ComposeFile) -> ComposeFile {
         );
         set(&mut base_mesh.root_namespace, over_mesh.root_namespace);
         set(&mut base_mesh.trust_domain, over_mesh.trust_domain);
+        set(
+            &mut base_mesh.certificate_lifetime,
+            over_mesh.certificate_lifetime,
+        );
         // A list set in the later file replaces the earlier one, as Istio's MeshConfig
         // overlays do.
         if !over_mesh.trust_domain_aliases.is_empty() {

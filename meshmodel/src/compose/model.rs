@@ -69,7 +69,20 @@ pub struct MeshSettings {
     /// migrates to another trust domain. Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_domain_aliases: Vec<String>,
+    /// Lifetime of the workload certificates the mesh CA issues (Istio's
+    /// `DEFAULT_WORKLOAD_CERT_TTL`), a compose duration such as `24h` or `90m`. Default 24 h,
+    /// Istio's default; between [`MIN_CERT_LIFETIME`] and [`MAX_CERT_LIFETIME`]. Proxies and
+    /// the CLI renew at half of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_lifetime: Option<ComposeDuration>,
 }
+
+/// Default of `x-mesh.certificateLifetime`: 24 h, Istio's.
+pub const DEFAULT_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Shortest `x-mesh.certificateLifetime`: 1 minute.
+pub const MIN_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest `x-mesh.certificateLifetime`: 90 days.
+pub const MAX_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
 
 /// MeshConfig's `pathNormalization: {normalization: ...}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +119,15 @@ impl ComposeFile {
             .as_ref()
             .and_then(|m| m.trust_domain.as_deref())
             .unwrap_or(crate::model::DEFAULT_TRUST_DOMAIN)
+    }
+
+    /// The workload certificate lifetime set by `x-mesh.certificateLifetime`, `None` when not
+    /// set (the CA's own setting, 24 h by default, applies).
+    pub fn certificate_lifetime(&self) -> Option<std::time::Duration> {
+        self.x_mesh
+            .as_ref()
+            .and_then(|m| m.certificate_lifetime)
+            .map(|d| d.0)
     }
 
     /// The trust domain aliases (`x-mesh.trustDomainAliases`), none when not set.

@@ -78,6 +78,26 @@ impl ComposeFile {
                 );
             }
         }
+        if let Some(lifetime) = m.certificate_lifetime {
+            use super::model::{MAX_CERT_LIFETIME, MIN_CERT_LIFETIME};
+            let d = lifetime.0;
+            let problem = if d < MIN_CERT_LIFETIME {
+                Some("is shorter than the minimum, 1m")
+            } else if d > MAX_CERT_LIFETIME {
+                Some("is longer than the maximum, 90 days (2160h)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                errors.push(
+                    FieldError::new(
+                        "x-mesh.certificateLifetime",
+                        format!("certificate lifetime {lifetime} {problem}"),
+                    )
+                    .with_hint("a duration between 1m and 2160h, e.g. 24h (Istio's default)"),
+                );
+            }
+        }
         let own = self.trust_domain();
         for (i, alias) in m.trust_domain_aliases.iter().enumerate() {
             let at = format!("x-mesh.trustDomainAliases[{i}]");
