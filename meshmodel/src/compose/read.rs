@@ -86,6 +86,7 @@ const REFUSED_SERVICE: &[&str] = &[
     "pre_stop",
     "privileged",
     "provider",
+    "pull_refresh_after",
     "runtime",
     "scale",
     "secrets",
