@@ -20,26 +20,20 @@
 //! ```
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::cp_tls::{ControlPlaneTls, CpConnectError};
 use ::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use meshapi::ca_api::{
-    ApiErrorBody, CSR_PATH, CsrRequest, CsrResponse, SpiffeId, control_plane_id,
-};
+use meshapi::ca_api::{ApiErrorBody, CSR_PATH, CsrRequest, CsrResponse, SpiffeId};
 use rand::Rng;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
-use rustls::ClientConfig;
-use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
-use tokio::net::TcpStream;
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use tokio::sync::watch;
-use tokio_rustls::TlsConnector;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -139,9 +133,7 @@ pub struct CaClient {
     identity: SpiffeId,
     token: Mutex<Option<String>>,
     roots_pem: String,
-    anchors: Arc<Vec<TrustAnchor<'static>>>,
-    server_verifier: Arc<ControlPlaneVerifier>,
-    provider: Arc<CryptoProvider>,
+    tls: ControlPlaneTls,
     request_timeout: Duration,
 }
 
@@ -154,32 +146,14 @@ impl CaClient {
         expected_identity: SpiffeId,
         roots_pem: &str,
     ) -> Result<Self, CaClientError> {
-        let roots = CertificateDer::pem_slice_iter(roots_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CaClientError::Config(format!("trust roots: {e}")))?;
-        if roots.is_empty() {
-            return Err(CaClientError::Config("no trust root certificate".into()));
-        }
-        let anchors = roots
-            .iter()
-            .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CaClientError::Config(format!("trust root unusable: {e}")))?;
-        let anchors = Arc::new(anchors);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let control_plane = control_plane_id(expected_identity.trust_domain())
-            .map_err(|e| CaClientError::Config(e.to_string()))?;
+        let tls = ControlPlaneTls::new(roots_pem, expected_identity.trust_domain())
+            .map_err(CaClientError::Config)?;
         Ok(Self {
             endpoint: endpoint.into(),
             identity: expected_identity,
             token: Mutex::new(token),
             roots_pem: roots_pem.to_owned(),
-            server_verifier: Arc::new(ControlPlaneVerifier {
-                anchors: anchors.clone(),
-                expected: control_plane,
-            }),
-            anchors,
-            provider,
+            tls,
             request_timeout: Duration::from_secs(10),
         })
     }
@@ -221,7 +195,7 @@ impl CaClient {
             &answer.cert_chain_pem,
             key.public_key_raw(),
             &self.identity,
-            &self.anchors,
+            self.tls.anchors(),
             SystemTime::now(),
         )?;
         if body.token.is_some() {
@@ -237,29 +211,6 @@ impl CaClient {
         })
     }
 
-    fn tls_config(&self, client_cert: Option<&Credentials>) -> Result<ClientConfig, CaClientError> {
-        let builder = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| CaClientError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(self.server_verifier.clone());
-        let mut config = match client_cert {
-            Some(c) => {
-                let chain = CertificateDer::pem_slice_iter(c.cert_chain_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| CaClientError::Config(format!("current certificate: {e}")))?;
-                let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
-                    .map_err(|e| CaClientError::Config(format!("current key: {e}")))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| CaClientError::Config(format!("current credentials: {e}")))?
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(config)
-    }
-
     async fn post(
         &self,
         body: &CsrRequest,
@@ -269,14 +220,11 @@ impl CaClient {
             endpoint: self.endpoint.clone(),
             source,
         };
-        let connector = TlsConnector::from(Arc::new(self.tls_config(client_cert)?));
-        let tcp = TcpStream::connect(&self.endpoint)
-            .await
-            .map_err(connect_err)?;
-        let tls = connector
-            .connect(server_name(&self.endpoint)?, tcp)
-            .await
-            .map_err(connect_err)?;
+        let tls = match self.tls.connect(&self.endpoint, client_cert).await {
+            Ok(tls) => tls,
+            Err(CpConnectError::Config(m)) => return Err(CaClientError::Config(m)),
+            Err(CpConnectError::Io(e)) => return Err(connect_err(e)),
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         let conn = tokio::spawn(conn);
         let json = serde_json::to_vec(body).map_err(|e| CaClientError::Config(e.to_string()))?;
@@ -313,16 +261,6 @@ impl CredentialSource for CaClient {
     ) -> impl Future<Output = Result<Credentials, CaClientError>> + Send {
         CaClient::fetch(self, current)
     }
-}
-
-fn server_name(endpoint: &str) -> Result<ServerName<'static>, CaClientError> {
-    let host = endpoint
-        .rsplit_once(':')
-        .map_or(endpoint, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| CaClientError::Config(format!("endpoint host {host:?}: {e}")))
 }
 
 /// Checks a certificate chain returned by the CA: unexpired, exactly one URI SAN equal to
@@ -393,60 +331,6 @@ pub fn verify_issued(
         .map_err(|e| reject(format!("does not chain to the trust roots: {e:?}")))?;
     }
     Ok(not_after)
-}
-
-/// Verifies the API server: chains to the mesh roots and names the control plane's SPIFFE ID.
-/// The host name used to connect is not checked, so meshctl is reachable under any address.
-/// Shared with the config client, which talks to the same API.
-#[derive(Debug)]
-pub(crate) struct ControlPlaneVerifier {
-    pub(crate) anchors: Arc<Vec<TrustAnchor<'static>>>,
-    pub(crate) expected: SpiffeId,
-}
-
-impl ServerCertVerifier for ControlPlaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| rustls::Error::General(format!("server certificate: {e:?}")))?;
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| rustls::Error::General(format!("server certificate does not chain: {e:?}")))?;
-        let (_, x509) = X509Certificate::from_der(end_entity)
-            .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
-        let expected = self.expected.to_string();
-        let names_us = x509
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .is_some_and(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .any(|n| matches!(n, GeneralName::URI(u) if *u == expected))
-            });
-        if !names_us {
-            return Err(rustls::Error::General(format!(
-                "server certificate does not name {expected}"
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    crate::tls::signature_checks!();
 }
 
 /// Timing of renewals and retries. `Default` gives the documented defaults.

@@ -25,19 +25,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use meshapi::ca_api::{ApiErrorBody, SpiffeId, control_plane_id};
+use meshapi::ca_api::{ApiErrorBody, SpiffeId};
 use meshapi::proxy::ProxyConfig;
 use meshapi::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse};
 use rand::Rng;
-use rustls::ClientConfig;
-use rustls::crypto::CryptoProvider;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_rustls::TlsConnector;
 
-use crate::ca_client::{ControlPlaneVerifier, Credentials};
+use crate::ca_client::Credentials;
+use crate::cp_tls::{ControlPlaneTls, CpConnectError};
 
 /// Largest config answer accepted.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -121,8 +116,7 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct ConfigClient {
     settings: ConfigClientSettings,
-    verifier: Arc<ControlPlaneVerifier>,
-    provider: Arc<CryptoProvider>,
+    tls: ControlPlaneTls,
     epoch: u64,
     version: u64,
     conn: Option<SendRequest<Full<Bytes>>>,
@@ -139,27 +133,11 @@ impl ConfigClient {
         roots_pem: &str,
         trust_domain: &str,
     ) -> Result<Self, ConfigClientError> {
-        let cfg = |m: String| ConfigClientError::Config(m);
-        let roots = CertificateDer::pem_slice_iter(roots_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| cfg(format!("trust roots: {e}")))?;
-        if roots.is_empty() {
-            return Err(cfg("no trust root certificate".into()));
-        }
-        let anchors = roots
-            .iter()
-            .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| cfg(format!("trust root unusable: {e}")))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let expected = control_plane_id(trust_domain).map_err(|e| cfg(e.to_string()))?;
+        let tls =
+            ControlPlaneTls::new(roots_pem, trust_domain).map_err(ConfigClientError::Config)?;
         Ok(ConfigClient {
             settings,
-            verifier: Arc::new(ControlPlaneVerifier {
-                anchors: Arc::new(anchors),
-                expected,
-            }),
-            provider,
+            tls,
             epoch: 0,
             version: 0,
             conn: None,
@@ -240,24 +218,6 @@ impl ConfigClient {
         }
     }
 
-    fn tls_config(&self, c: &Credentials) -> Result<ClientConfig, ConfigClientError> {
-        let cfg = |m: String| ConfigClientError::Config(m);
-        let chain = CertificateDer::pem_slice_iter(c.cert_chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| cfg(format!("certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
-            .map_err(|e| cfg(format!("key: {e}")))?;
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| cfg(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(self.verifier.clone())
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| cfg(format!("credentials: {e}")))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(config)
-    }
-
     /// The kept connection, or a new one (also after a certificate rotation).
     async fn sender(
         &mut self,
@@ -275,19 +235,13 @@ impl ConfigClient {
             endpoint: endpoint.clone(),
             source,
         };
-        let connector = TlsConnector::from(Arc::new(self.tls_config(&c)?));
         let timeout = self.settings.connect_timeout;
-        let connect = async {
-            let tcp = TcpStream::connect(&endpoint).await.map_err(connect_err)?;
-            let _ = tcp.set_nodelay(true);
-            connector
-                .connect(server_name(&endpoint)?, tcp)
-                .await
-                .map_err(connect_err)
+        let tls = match tokio::time::timeout(timeout, self.tls.connect(&endpoint, Some(&c))).await {
+            Err(_) => return Err(connect_err(std::io::ErrorKind::TimedOut.into())),
+            Ok(Err(CpConnectError::Config(m))) => return Err(ConfigClientError::Config(m)),
+            Ok(Err(CpConnectError::Io(e))) => return Err(connect_err(e)),
+            Ok(Ok(tls)) => tls,
         };
-        let tls = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))??;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -434,16 +388,6 @@ pub fn check(raw: serde_json::Value, identity: &SpiffeId) -> Result<ProxyConfig,
 
 fn same_content(a: &ProxyConfig, b: &ProxyConfig) -> bool {
     a.same_content(b)
-}
-
-fn server_name(endpoint: &str) -> Result<ServerName<'static>, ConfigClientError> {
-    let host = endpoint
-        .rsplit_once(':')
-        .map_or(endpoint, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    ServerName::try_from(host.to_owned())
-        .map_err(|e| ConfigClientError::Config(format!("endpoint host {host:?}: {e}")))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //! - Every response the proxy makes itself: [`reply`] (one typed [`reply::LocalReply`],
 //!   rendered in one place). [`http`], [`body`] and [`framing`] are HTTP plumbing.
 //! - Identity: [`tls`] (mTLS, SVID checks, TLS origination); [`ca_client`], [`config_client`]
-//!   and [`cp_mode`] talk to the control plane; [`watch`] reloads the config file; [`drain`]
+//!   and [`cp_mode`] talk to the control plane, through one TLS setup ([`cp_tls`]); [`watch`]
+//!   reloads the config file; [`drain`]
 //!   is graceful shutdown; [`capture`] installs the transparent-capture nftables rules
 //!   (container mode).
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod capture;
 pub mod config_client;
 pub mod context;
 pub mod cp_mode;
+pub mod cp_tls;
 pub mod drain;
 pub mod framing;
 pub mod http;
