@@ -597,11 +597,17 @@ fn resolve_inputs(opts: &LoadOptions, out: &mut Loaded) -> Inputs {
             }
             inputs.files.push(path);
         } else {
-            out.diagnostics.push(file_diag(
-                codes::UNREADABLE,
-                &path,
-                "no such file or directory".into(),
-            ));
+            // `exists()` is false for a dangling link or a link loop too: say which, from the
+            // error the file system gives (ELOOP: "Too many levels of symbolic links").
+            let why = match std::fs::metadata(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => e.to_string(),
+                _ if std::fs::symlink_metadata(&path).is_ok() => {
+                    "a symbolic link to a file that does not exist".to_string()
+                }
+                _ => "no such file or directory".to_string(),
+            };
+            out.diagnostics
+                .push(file_diag(codes::UNREADABLE, &path, why));
         }
     }
     inputs

@@ -307,6 +307,29 @@ fn no_files_is_an_error() {
 }
 
 #[test]
+fn a_missing_file_a_dangling_link_and_a_link_loop_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let looped = dir.path().join("loop.yaml");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let dangling = dir.path().join("dangling.yaml");
+    std::os::unix::fs::symlink(dir.path().join("gone.yaml"), &dangling).unwrap();
+    let missing = dir.path().join("missing.yaml");
+    for (path, want) in [
+        (&looped, "symbolic links"),
+        (&dangling, "a symbolic link to a file that does not exist"),
+        (&missing, "no such file or directory"),
+    ] {
+        let mut opts = LoadOptions::new(dir.path());
+        opts.files = vec![path.clone()];
+        opts.env = Box::new(BTreeMap::<String, String>::new());
+        let loaded = load(&opts);
+        let d = only_error(&loaded);
+        assert_eq!(d.code, "MESH0008", "{d}");
+        assert!(d.message.contains(want), "{}: {d}", path.display());
+    }
+}
+
+#[test]
 fn check_text_places_compose_validation_errors() {
     let text = "services:\n  web:\n    image: web\n    depends_on: [db]\n";
     let found = meshmodel::check::check_text("compose.yaml", text);
