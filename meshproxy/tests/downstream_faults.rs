@@ -8,16 +8,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use meshmodel::compile::routes::compile_routes;
-use meshmodel::load::{LoadOptions, load};
-use meshmodel::model::Inventory;
 use meshproxy::Bound;
 use meshtest::{EchoServer, assert_eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,20 +48,7 @@ const BAD_CHUNKED: &[u8] = b"POST /upload HTTP/1.1\r\nHost: backend\r\nTransfer-
 
 /// The frontend's route table compiled from `policies`, as the control plane does.
 fn route_table(policies: &str) -> meshapi::traffic::RouteTable {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("compose.yaml"), COMPOSE).unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), policies).unwrap();
-    let mut opts = LoadOptions::new(dir.path());
-    opts.env = Box::new(BTreeMap::<String, String>::new());
-    let loaded = load(&opts);
-    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
-    let inv = Inventory::from_compose(loaded.mesh.compose.as_ref());
-    let me = inv
-        .workloads
-        .iter()
-        .find(|w| w.compose_name == "frontend")
-        .unwrap();
-    compile_routes(&loaded.mesh, &inv, me).unwrap()
+    compiled_route_table(COMPOSE, policies, "frontend")
 }
 
 /// A client proxy (frontend) in front of one backend instance (echo app + server proxy).

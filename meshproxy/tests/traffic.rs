@@ -21,9 +21,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use meshapi::proxy::ProxyConfig;
-use meshmodel::compile::routes::compile_routes;
-use meshmodel::load::{LoadOptions, load};
-use meshmodel::model::Inventory;
 use meshproxy::Bound;
 use meshtest::assert_eventually;
 use tokio::net::TcpListener;
@@ -183,20 +180,7 @@ services:
 
 /// Compiles `policies` for the frontend, as the control plane does.
 fn route_table(policies: &str) -> meshapi::traffic::RouteTable {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("compose.yaml"), COMPOSE).unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), policies).unwrap();
-    let mut opts = LoadOptions::new(dir.path());
-    opts.env = Box::new(BTreeMap::<String, String>::new());
-    let loaded = load(&opts);
-    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
-    let inv = Inventory::from_compose(loaded.mesh.compose.as_ref());
-    let me = inv
-        .workloads
-        .iter()
-        .find(|w| w.compose_name == "frontend")
-        .unwrap();
-    compile_routes(&loaded.mesh, &inv, me).unwrap()
+    compiled_route_table(COMPOSE, policies, "frontend")
 }
 
 /// One backend instance: its app and its server proxy.

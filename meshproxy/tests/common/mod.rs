@@ -216,3 +216,27 @@ pub async fn mtls_connect(
         .await
         .ok()
 }
+
+/// The route table of compose service `client`, compiled from a compose file and Istio
+/// `policies` by the real compiler, as the control plane does.
+pub fn compiled_route_table(
+    compose: &str,
+    policies: &str,
+    client: &str,
+) -> meshapi::traffic::RouteTable {
+    use meshmodel::load::{LoadOptions, load};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), policies).unwrap();
+    let mut opts = LoadOptions::new(dir.path());
+    opts.env = Box::new(std::collections::BTreeMap::<String, String>::new());
+    let loaded = load(&opts);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    let inv = meshmodel::model::Inventory::from_compose(loaded.mesh.compose.as_ref());
+    let me = inv
+        .workloads
+        .iter()
+        .find(|w| w.compose_name == client)
+        .unwrap();
+    meshmodel::compile::routes::compile_routes(&loaded.mesh, &inv, me).unwrap()
+}
