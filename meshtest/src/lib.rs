@@ -42,8 +42,8 @@ macro_rules! assert_eventually {
 /// test whose dependency is missing fails in CI instead of skipping.
 pub const REQUIRE_ENV: &str = "MESHCTL_REQUIRE";
 
-/// The environment variable pointing at Istio's conformance corpus (`shared/conformance` beside
-/// the repository); `.ci/run` sets it. Tests never read outside the repository otherwise.
+/// The environment variable pointing at Istio's conformance corpus, which is not part of the
+/// repository; `.ci/run` sets it. Tests never read outside the repository otherwise.
 pub const CONFORMANCE_ENV: &str = "MESHCTL_CONFORMANCE_DIR";
 
 /// Whether `dependency` is named in [`REQUIRE_ENV`].
@@ -79,8 +79,8 @@ pub fn conformance_dir() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os(CONFORMANCE_ENV).map(std::path::PathBuf::from);
     let present = dir.as_ref().is_some_and(|d| d.join("istio").is_dir());
     let why = format!(
-        "set {CONFORMANCE_ENV} to the folder holding istio/ (the repository's ../shared/conformance) \
-         to run the Istio corpus tests"
+        "set {CONFORMANCE_ENV} to the folder holding the Istio corpus (its istio/ folder) to run \
+         the Istio corpus tests"
     );
     if skip_unless("conformance", present, &why) {
         return None;
