@@ -133,11 +133,6 @@ impl BodyFault {
     pub fn take(&self) -> Option<ProxyError> {
         self.0.get().cloned()
     }
-
-    /// Whether the body failed.
-    pub fn failed(&self) -> bool {
-        self.0.get().is_some()
-    }
 }
 
 /// A request body received from a downstream, recording its failure in a [`BodyFault`]
@@ -148,14 +143,9 @@ pub struct Downstream {
 }
 
 impl Downstream {
-    /// `body` as one the proxy sends, and the handle that tells whether it failed.
-    pub fn wrap(body: hyper::body::Incoming) -> (Body, BodyFault) {
-        let fault = BodyFault::default();
-        let b = Downstream {
-            inner: body,
-            fault: fault.clone(),
-        };
-        (http_body_util::BodyExt::boxed(b), fault)
+    /// `body` as one the proxy sends, recording its failure in `fault`.
+    pub fn wrap(body: hyper::body::Incoming, fault: BodyFault) -> Body {
+        http_body_util::BodyExt::boxed(Downstream { inner: body, fault })
     }
 }
 

@@ -234,6 +234,34 @@ pub fn find_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::
     None
 }
 
+/// A request head prepared once and sent per try: [`RequestHead::request`] copies it for a
+/// try that may be followed by another, [`RequestHead::into_request`] moves it into the last.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: http::Method,
+    /// The client's HTTP version: an HTTP/2 request goes upstream as HTTP/2 whatever the port.
+    pub version: http::Version,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+}
+
+impl RequestHead {
+    /// A request with a copy of this head.
+    pub fn request(&self, body: Body) -> http::Request<Body> {
+        self.clone().into_request(body)
+    }
+
+    /// A request with this head.
+    pub fn into_request(self, body: Body) -> http::Request<Body> {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -287,33 +315,5 @@ mod tests {
         h.append(header::HOST, HeaderValue::from_static("a"));
         assert!(check_framing(v11, &h).is_err());
         assert!(check_framing(http::Version::HTTP_2, &h).is_err());
-    }
-}
-
-/// A request head prepared once and sent per try: [`RequestHead::request`] copies it for a
-/// try that may be followed by another, [`RequestHead::into_request`] moves it into the last.
-#[derive(Debug, Clone)]
-pub struct RequestHead {
-    pub method: http::Method,
-    /// The client's HTTP version: an HTTP/2 request goes upstream as HTTP/2 whatever the port.
-    pub version: http::Version,
-    pub uri: http::Uri,
-    pub headers: http::HeaderMap,
-}
-
-impl RequestHead {
-    /// A request with a copy of this head.
-    pub fn request(&self, body: Body) -> http::Request<Body> {
-        self.clone().into_request(body)
-    }
-
-    /// A request with this head.
-    pub fn into_request(self, body: Body) -> http::Request<Body> {
-        let mut req = http::Request::new(body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
-        req
     }
 }

@@ -309,7 +309,8 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     if h2 {
         parts.headers.remove(header::HOST);
     }
-    let (body, fault) = crate::body::Downstream::wrap(body);
+    let fault = crate::body::BodyFault::default();
+    let body = crate::body::Downstream::wrap(body, fault.clone());
     let mut req = Request::from_parts(parts, body);
     let down = upgrade.then(|| hyper::upgrade::on(&mut req));
     let client = if h2 {
@@ -317,7 +318,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     } else {
         &ctx.shared.app_h1
     };
-    let service = format!("inbound|{port}");
+    let service = || format!("inbound|{port}");
     let mut resp = client.request(req).await.map_err(|e| {
         if let Some(peer_fault) = fault.take() {
             // The peer's body failed, not the application: the peer is answered 400, never a
@@ -326,12 +327,12 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         } else if e.is_connect() {
             let reason = find_io(&e).map(io_reason).unwrap_or_else(|| e.to_string());
             ProxyError::UpstreamConnect {
-                service: service.clone(),
+                service: service(),
                 reason,
             }
         } else {
             ProxyError::UpstreamReset {
-                service: service.clone(),
+                service: service(),
                 reason: e.to_string(),
             }
         }

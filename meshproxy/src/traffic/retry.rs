@@ -42,11 +42,7 @@ impl ReqBody {
     fn take(&mut self) -> Option<Body> {
         match self {
             ReqBody::Buffered(b) => Some(full(b.clone())),
-            ReqBody::Streaming(s, fault) => s.take().map(|b| {
-                let (body, f) = Downstream::wrap(b);
-                *fault = f;
-                body
-            }),
+            ReqBody::Streaming(s, fault) => s.take().map(|b| Downstream::wrap(b, fault.clone())),
         }
     }
 
