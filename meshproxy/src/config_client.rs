@@ -306,7 +306,7 @@ impl ConfigClient {
         let checked = check(answer.config, &identity);
         let (outcome, publish) = match checked {
             Ok(cfg) => {
-                let same = current.is_some_and(|tx| same_content(&tx.borrow(), &cfg));
+                let same = current.is_some_and(|tx| tx.borrow().same_content(&cfg));
                 if same {
                     (Outcome::Unchanged(answer.version), None)
                 } else {
@@ -384,10 +384,6 @@ pub fn check(raw: serde_json::Value, identity: &SpiffeId) -> Result<ProxyConfig,
         ));
     }
     Ok(cfg)
-}
-
-fn same_content(a: &ProxyConfig, b: &ProxyConfig) -> bool {
-    a.same_content(b)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! connection pool, outlier detection, TLS) replaces the whole field; then the subset's own
 //! `portLevelSettings` for the port replace fields again. Fields are replaced, never deep-merged.
 
-use meshapi::authz::ClientTls;
 use meshapi::traffic::{
     ClusterPolicy, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MAX_EJECTION_TIME, DEFAULT_MIN_RING_SIZE,
     HashKey, LbAlgorithm, LbPolicy, OutlierConfig, PoolLimits, WarmupConfig,
@@ -105,7 +104,7 @@ pub fn resolve_policy(
         load_balancer: f.lb.map(lb_policy).unwrap_or_default(),
         connection_pool: f.pool.map(pool_limits).unwrap_or_default(),
         outlier_detection: f.outlier.map(outlier_config),
-        tls: f.tls.and_then(tls),
+        tls: f.tls.and_then(crate::compile::upstream_tls),
     }
 }
 
@@ -214,8 +213,4 @@ fn pool_limits(p: &ConnectionPoolSettings) -> PoolLimits {
         );
     }
     out
-}
-
-fn tls(t: &ClientTlsSettings) -> Option<ClientTls> {
-    crate::compile::upstream_tls(t)
 }
