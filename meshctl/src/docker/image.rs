@@ -13,9 +13,14 @@ use super::engine::Engine;
 use super::progress::Progress;
 use super::{DockerError, LABEL_PROJECT, is_not_found, runtime};
 
-/// The default sidecar/meshdns image: this meshctl's version.
+/// The default sidecar/meshdns image: `MESHCTL_RUNTIME_IMAGE` when set (so two checkouts
+/// with different binaries can share one engine without retagging each other's image), else
+/// this meshctl's version.
 pub fn runtime_image() -> String {
-    format!("meshctl/runtime:{}", env!("CARGO_PKG_VERSION"))
+    std::env::var("MESHCTL_RUNTIME_IMAGE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("meshctl/runtime:{}", env!("CARGO_PKG_VERSION")))
 }
 
 /// Label on images meshctl builds from static binaries: hash of the binaries inside.
