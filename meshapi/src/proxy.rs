@@ -90,6 +90,10 @@ pub struct ProxyConfig {
         deserialize_with = "de_via_json"
     )]
     pub traffic: Option<crate::traffic::RouteTable>,
+    /// Metrics, access logs and tracing ([`crate::telemetry::TelemetryConfig`]). Default:
+    /// Istio's defaults.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Writes an engine section (`authorization`, `traffic`) through `serde_json::Value`, so it

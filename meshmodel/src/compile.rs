@@ -472,6 +472,7 @@ fn compile_with(
                 message: e.to_string(),
             }
         })?),
+        telemetry: Default::default(),
     })
 }
 
