@@ -803,11 +803,6 @@ const AP_CASES: &[(&str, &str, &str)] = &[
         "cross namespace",
     ),
     (
-        "action: DENY",
-        "spec.rules",
-        "a DENY policy without rules never matches",
-    ),
-    (
         "rules: [{from: [{source: {principals: [a], serviceAccounts: [b]}}]}]",
         "spec.rules[0].from[0].source",
         "cannot set serviceAccounts with namespaces or principals",
