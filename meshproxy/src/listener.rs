@@ -22,6 +22,7 @@ use crate::context::Context;
 use crate::http::Body;
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
+use crate::telemetry::Side;
 
 /// A listener address that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +116,10 @@ fn count_refused_head(
 }
 
 /// Serves HTTP on one downstream connection: each request goes to `forward`; an error is
-/// answered with its local reply and counted for `direction`.
-pub async fn serve_http<S, F, Fut>(ctx: Arc<Context>, io: S, direction: Direction, forward: F)
+/// answered with its local reply and counted for the side's direction. Every request is
+/// recorded once, when its response ends ([`crate::telemetry`]), with the parties `side`
+/// says.
+pub async fn serve_http<S, F, Fut>(ctx: Arc<Context>, io: S, side: Side, forward: F)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -125,13 +128,16 @@ where
     let limits = ctx.limits();
     let builder = crate::http::server_builder(&limits);
     let counters = Arc::clone(&ctx);
+    let direction = side.direction();
     let forward = Arc::new(forward);
-    let svc = service_fn(move |req| {
+    let side = Arc::new(side);
+    let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&counters);
         let forward = Arc::clone(&forward);
+        let pending = side.start(&ctx, &req);
         async move {
             ctx.metrics.request(direction);
-            Ok::<_, Infallible>(match forward(req).await {
+            let resp = match forward(req).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     ctx.metrics.local_response(direction);
@@ -141,7 +147,8 @@ where
                     }
                     e.into_response()
                 }
-            })
+            };
+            Ok::<_, Infallible>(pending.respond(resp))
         }
     });
     let io = crate::framing::FramingGuard::new(
