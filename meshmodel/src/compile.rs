@@ -19,6 +19,8 @@
 //!
 //! - Routes: the client's VirtualServices and DestinationRules ([`routes::compile_routes`],
 //!   DestinationRule policy merging in [`policy`]).
+//! - Telemetry: metrics labels and overrides, access logs, tracing, from the top-level
+//!   `x-mesh` and Telemetry resources ([`telemetry::telemetry_of`]).
 //!
 //! Output is deterministic: the same mesh, VIPs, placement and revision give the same bytes
 //! (every collection is ordered), so a textual diff between two revisions is meaningful.
@@ -208,6 +210,8 @@ pub enum CompileError {
     Traffic { workload: String, message: String },
     #[error("ServiceEntry host {host}: {message}")]
     ServiceEntry { host: String, message: String },
+    #[error("telemetry of {workload:?}: {message}")]
+    Telemetry { workload: String, message: String },
 }
 
 /// The key of a service in [`ProxyConfig::services`]: `<name>.<namespace>`.
@@ -472,7 +476,7 @@ fn compile_with(
                 message: e.to_string(),
             }
         })?),
-        telemetry: Default::default(),
+        telemetry: telemetry::telemetry_of(input.mesh, me)?,
     })
 }
 
@@ -578,5 +582,6 @@ mod entries;
 pub mod peer;
 pub mod policy;
 pub mod routes;
+pub mod telemetry;
 
 pub use entries::{service_entry_hosts, vip_services};
