@@ -156,7 +156,14 @@ pub struct CompileInput<'a> {
     pub revision: u64,
     /// Trust domain of identities. Default `cluster.local`.
     pub trust_domain: &'a str,
+    /// The start epoch each proxy reported once it served (the control plane's record), put
+    /// into its endpoint ([`Endpoint::epoch`]) so clients take a restarted endpoint back.
+    /// Default none.
+    pub epochs: &'a BTreeMap<ProxyKey, u64>,
 }
+
+/// No proxy epochs known ([`CompileInput::epochs`]'s default).
+pub static NO_EPOCHS: BTreeMap<ProxyKey, u64> = BTreeMap::new();
 
 impl std::fmt::Debug for CompileInput<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,6 +190,7 @@ impl<'a> CompileInput<'a> {
             placement,
             revision,
             trust_domain: DEFAULT_TRUST_DOMAIN,
+            epochs: &NO_EPOCHS,
         }
     }
 }
@@ -427,6 +435,13 @@ fn compile_with(
                         labels: w.labels.clone(),
                         workload: Some(w.compose_name.clone()),
                         tls: tls.clone(),
+                        epoch: input
+                            .epochs
+                            .get(&ProxyKey {
+                                workload: w.compose_name.clone(),
+                                instance: i,
+                            })
+                            .copied(),
                     });
                 }
             }

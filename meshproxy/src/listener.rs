@@ -35,10 +35,18 @@ pub struct BindError {
 /// Binds `addr`; returns the listener and the address actually bound (port 0 picks one).
 pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
     let err = |source| BindError { addr, source };
-    let std = std::net::TcpListener::bind(addr).map_err(err)?;
-    std.set_nonblocking(true).map_err(err)?;
-    let bound = std.local_addr().map_err(err)?;
-    Ok((TcpListener::from_std(std).map_err(err)?, bound))
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    // A restarted proxy binds its ports again at once, even while connections of its previous
+    // run linger in TIME_WAIT (SO_REUSEADDR; two live listeners on one port still conflict).
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(1024).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 /// When an accept loop ends besides its own stop signal.
