@@ -495,8 +495,10 @@ fn compile_with(
     })
 }
 
-/// The compiled AuthorizationPolicies that apply to `me`; `None` when none does (the proxy
-/// then allows everything and forwards paths as received).
+/// The compiled AuthorizationPolicies that apply to `me`; `None` when none does and the path
+/// normalization is Istio's default (the proxy then allows everything and normalizes paths
+/// with `BASE`). A mesh-wide `pathNormalization` other than `BASE` gives every workload a
+/// section, so the option applies whether or not a policy selects it.
 fn authorization_of(
     input: &CompileInput<'_>,
     me: &Workload,
@@ -509,7 +511,9 @@ fn authorization_of(
             message: e.to_string(),
         }
     })?;
-    Ok((!compiled.is_empty()).then_some(compiled))
+    let default_normalization =
+        compiled.path_normalization == meshapi::authz::PathNormalization::Base;
+    Ok((!compiled.is_empty() || !default_normalization).then_some(compiled))
 }
 
 /// The settings of a DestinationRule `tls` block that sets a mode (`None`: no mode, so

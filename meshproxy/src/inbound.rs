@@ -18,7 +18,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::context::Context;
 use crate::http::{
-    Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop, strip_internal,
+    Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop,
+    strip_internal, strip_reserved,
 };
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
@@ -361,6 +362,8 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
+    // The application cannot flag its response as the proxy's.
+    strip_reserved(resp.headers_mut());
     Ok(resp.map(crate::http::boxed))
 }
 
@@ -388,6 +391,7 @@ async fn connect_tunnel(
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
+    strip_reserved(resp.headers_mut());
     Ok(resp.map(crate::http::boxed))
 }
 

@@ -280,5 +280,8 @@ async fn tunnel(
     let mut resp = resp.map(crate::http::boxed);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
+    if !target.is_verified_peer() {
+        crate::http::strip_reserved(resp.headers_mut());
+    }
     Ok(resp)
 }

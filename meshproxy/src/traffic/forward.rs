@@ -75,22 +75,23 @@ pub fn route_connection(
     cluster.pick_target(rand::random())
 }
 
+/// Applies header operations; `Host` / `:authority` are left out: they rewrite the authority
+/// ([`Forward::upstream_authority`]), not a header.
 fn apply_ops(h: &mut HeaderMap, ops: &HeaderOps) {
-    for (k, v) in &ops.set {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            h.insert(k, v);
+    let valid = |(k, v): &(String, String)| {
+        if meshapi::traffic::is_authority_header(k) {
+            return None;
         }
+        Some((
+            HeaderName::try_from(k.as_str()).ok()?,
+            HeaderValue::try_from(v.as_str()).ok()?,
+        ))
+    };
+    for (k, v) in ops.set.iter().filter_map(valid) {
+        h.insert(k, v);
     }
-    for (k, v) in &ops.add {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            h.append(k, v);
-        }
+    for (k, v) in ops.add.iter().filter_map(valid) {
+        h.append(k, v);
     }
     for k in &ops.remove {
         h.remove(k.as_str());
