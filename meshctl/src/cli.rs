@@ -118,7 +118,7 @@ pub enum Command {
     Logs(crate::docker::commands::LogsArgs),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
-    ControlPlaneDaemon,
+    ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -151,7 +151,7 @@ impl Command {
             | Command::Down { file, .. }
             | Command::Ps { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
-            Command::ControlPlaneDaemon => &[],
+            Command::ControlPlaneDaemon(_) => &[],
         }
     }
 }
@@ -184,7 +184,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down { args, .. } => docker::down(&project, &args),
         Command::Ps { args, .. } => docker::ps(&project, &args),
         Command::Logs(args) => docker::logs(&project, &args),
-        Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
+        Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
     }
 }
 

@@ -233,12 +233,25 @@ where
             return;
         }
     };
+    let mut record = crate::telemetry::ConnectionOutcome::start(
+        Direction::Inbound,
+        Arc::new(crate::telemetry::peer_party(
+            ctx.peer.identity.as_ref(),
+            None,
+        )),
+        snap.telemetry.local.party.clone(),
+        snap.telemetry.local.service.clone(),
+    );
+    record.mtls = ctx.peer.identity.is_some();
+    crate::telemetry::connection_opened(&ctx.shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
             tracing::debug!(result = ?r, "inbound TCP stream ended");
+            record.bytes(r.ok());
         }
         _ = ctx.shared.drain.forced() => {}
     }
+    crate::telemetry::record_connection(&ctx.shared, &record.finish());
 }
 
 async fn serve_http<S>(ctx: Arc<ConnCtx>, io: S)
@@ -246,7 +259,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&ctx.shared);
-    crate::listener::serve_http(shared, io, Direction::Inbound, move |req| {
+    let side = crate::telemetry::Side::Inbound {
+        identity: ctx.peer.identity.clone(),
+        mtls: ctx.peer.identity.is_some(),
+        peers: Default::default(),
+    };
+    crate::listener::serve_http(shared, io, side, move |req| {
         let ctx = Arc::clone(&ctx);
         async move { forward(&ctx, req).await }
     })

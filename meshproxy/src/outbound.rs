@@ -20,6 +20,7 @@ use crate::listener::{BindError, Until, bind};
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{Runtime, Snapshot, Target};
+use crate::telemetry::ServiceLabels;
 use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
@@ -168,17 +169,37 @@ async fn serve_tcp(
             return;
         }
     };
+    let upstream = crate::telemetry::Upstream {
+        cluster: Arc::clone(cluster),
+        endpoint: *i,
+    };
+    let mut record = crate::telemetry::ConnectionOutcome::start(
+        Direction::Outbound,
+        rt.telemetry.local.party.clone(),
+        upstream.party(),
+        rt.service_labels(&target.service),
+    );
+    record.upstream = Some(upstream);
+    crate::telemetry::connection_opened(&shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
             tracing::debug!(result = ?r, service = %target.service, "outbound TCP stream ended");
+            record.bytes(r.ok());
         }
         _ = shared.drain.forced() => {}
     }
+    crate::telemetry::record_connection(&shared, &record.finish());
 }
 
 async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
     let shared = Arc::clone(&ctx);
-    crate::listener::serve_http(ctx, stream, Direction::Outbound, move |req| {
+    let service = {
+        let snap = ctx.runtime.load();
+        snap.outbound_for_original_dst(dst)
+            .map_or_else(ServiceLabels::unknown, |o| snap.service_labels(&o.service))
+    };
+    let side = crate::telemetry::Side::Outbound { service };
+    crate::listener::serve_http(ctx, stream, side, move |req| {
         let ctx = Arc::clone(&shared);
         async move { forward(&ctx, dst, remote, req).await }
     })

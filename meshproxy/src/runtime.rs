@@ -48,6 +48,10 @@ pub struct Snapshot {
     hosts: HashMap<String, String>,
     /// Runtime state per cluster of `table`, in the table's cluster order.
     clusters: Vec<Arc<crate::traffic::ClusterState>>,
+    /// This proxy's party and the metric shapes (`telemetry.metrics`).
+    pub telemetry: crate::metrics::TelemetryState,
+    /// `destination_service*` of each service of `cfg.services`, by its key.
+    service_labels: HashMap<String, Arc<crate::telemetry::ServiceLabels>>,
 }
 
 /// Where a request or connection goes: one endpoint and the application port on it.
@@ -143,7 +147,20 @@ impl Snapshot {
             outbound_by_port.entry(o.vip.port()).or_default().push(i);
         }
         let inbound_by_port = cfg.inbound.iter().map(|p| (p.port, p.clone())).collect();
+        let service_labels = cfg
+            .services
+            .keys()
+            .map(|k| {
+                let host = hosts.get(k).map_or(k.as_str(), String::as_str);
+                (
+                    k.clone(),
+                    Arc::new(crate::telemetry::ServiceLabels::of_host(host)),
+                )
+            })
+            .collect();
         Snapshot {
+            telemetry: crate::metrics::TelemetryState::new(&cfg),
+            service_labels,
             cfg,
             outbound_by_vip,
             outbound_by_port,
@@ -162,6 +179,14 @@ impl Snapshot {
     ) -> Option<&Arc<crate::traffic::ClusterState>> {
         self.clusters
             .get(self.table.cluster_index(dest, request_port)?)
+    }
+
+    /// `destination_service*` of the service `key` of `cfg.services`.
+    pub fn service_labels(&self, key: &str) -> Arc<crate::telemetry::ServiceLabels> {
+        self.service_labels
+            .get(key)
+            .cloned()
+            .unwrap_or_else(crate::telemetry::ServiceLabels::unknown)
     }
 
     /// The route table in force: `traffic` plus the default entries.

@@ -230,7 +230,14 @@ pub async fn forward(
     } else {
         ReqBody::streaming(body)
     };
-    let head = upstream_head(&d.f, parts, authority, &path_and_query)?;
+    let mut head = upstream_head(&d.f, parts, authority, &path_and_query)?;
+    if cluster.to_mesh {
+        // Istio's metadata exchange: the server side labels its metrics with our workload.
+        head.headers.insert(
+            HeaderName::from_static(crate::telemetry::PEER_HEADER),
+            snap.telemetry.local.header.clone(),
+        );
+    }
     if mirrored {
         mirror(shared, &snap, &d.f, port, &head, &body, cluster);
     }

@@ -335,7 +335,12 @@ pub(super) async fn send_with_retries(
             cluster.breaker_release(PoolResource::Retry);
         }
         if head.is_none() || !a.retry_allowed(&outcome, body) {
-            return finish(tried, (permit, active, request), a.exhausted(&outcome));
+            let mut resp = finish(tried, (permit, active, request), a.exhausted(&outcome))?;
+            resp.extensions_mut().insert(crate::telemetry::Upstream {
+                cluster: Arc::clone(cluster),
+                endpoint: i,
+            });
+            return Ok(resp);
         }
         drop((permit, active));
         if let Tried::Response(r) = tried {
