@@ -17,8 +17,13 @@ pub const RESPONSE_FLAGS: &str = "x-meshctl-response-flags";
 /// proxy; never sent anywhere.
 pub const FRAMING_ERROR: &str = "x-meshctl-framing-error";
 
+/// The client proxy's workload (`workload=..,namespace=..,app=..,version=..`), sent to mesh
+/// endpoints so the server side labels its metrics with it (Istio's metadata exchange); read
+/// only from an mTLS peer.
+pub const PEER: &str = "x-meshctl-peer";
+
 /// Every reserved name, lower case.
-pub const RESERVED: [&str; 2] = [RESPONSE_FLAGS, FRAMING_ERROR];
+pub const RESERVED: [&str; 3] = [RESPONSE_FLAGS, FRAMING_ERROR, PEER];
 
 /// Whether `name` is a reserved header (ASCII case-insensitively, as HTTP field names compare).
 pub fn is_reserved(name: &str) -> bool {
@@ -33,6 +38,7 @@ mod tests {
     fn only_the_exact_names_are_reserved() {
         assert!(is_reserved("x-meshctl-response-flags"));
         assert!(is_reserved("X-Meshctl-Framing-Error"));
+        assert!(is_reserved("x-meshctl-peer"));
         for free in [
             "x-mesh-anything",
             "x-mesh-response-flags",

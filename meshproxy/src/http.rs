@@ -28,9 +28,10 @@ pub fn boxed(b: hyper::body::Incoming) -> Body {
 /// `x-forwarded-client-cert`.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// The reserved headers ([`meshapi::headers::RESERVED`]) as header names.
-const RESERVED: [HeaderName; 2] = [
-    HeaderName::from_static(meshapi::headers::RESPONSE_FLAGS),
-    HeaderName::from_static(meshapi::headers::FRAMING_ERROR),
+const RESERVED: [HeaderName; meshapi::headers::RESERVED.len()] = [
+    HeaderName::from_static(meshapi::headers::RESERVED[0]),
+    HeaderName::from_static(meshapi::headers::RESERVED[1]),
+    HeaderName::from_static(meshapi::headers::RESERVED[2]),
 ];
 
 /// A body from bytes.
@@ -291,6 +292,7 @@ mod tests {
         h.insert(XFCC, HeaderValue::from_static("By=evil"));
         h.insert("x-meshctl-response-flags", HeaderValue::from_static("UF"));
         h.insert("x-meshctl-framing-error", HeaderValue::from_static("both"));
+        h.insert("x-meshctl-peer", HeaderValue::from_static("workload=admin"));
         h.insert("x-mesh-anything", HeaderValue::from_static("kept"));
         strip_internal(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
