@@ -23,6 +23,7 @@ use crate::http::{
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{HttpFacts, PeerInfo};
+use crate::telemetry::{ConnectionRecord, Downstream, Upstream};
 use crate::tls;
 
 /// What the first bytes of a connection said.
@@ -61,6 +62,18 @@ struct ConnCtx {
     peer: PeerInfo,
     /// Pre-computed `x-forwarded-client-cert` for an mTLS peer.
     xfcc: Option<HeaderValue>,
+}
+
+impl ConnCtx {
+    /// The connection as telemetry records it.
+    fn downstream(&self) -> Downstream {
+        Downstream {
+            remote: self.peer.remote,
+            local: Some(SocketAddr::new(self.peer.local_ip, self.peer.port)),
+            peer: self.peer.identity.clone(),
+            sni: self.peer.sni.clone(),
+        }
+    }
 }
 
 /// The original destination port when the kernel redirected this connection.
@@ -220,24 +233,35 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snap = ctx.shared.runtime.load_full();
+    let mut record = ConnectionRecord::start(Direction::Inbound, ctx.downstream());
+    let port = ctx.peer.port;
+    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
+    record.upstream(|u| {
+        u.cluster = Some(format!("inbound|{port}||"));
+        u.host = Some(SocketAddr::from(([127, 0, 0, 1], app_port)));
+    });
     if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
         // Closed at once, before the application is dialed.
         tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
+        record.finish(&ctx.shared, "RBAC", 0, 0);
         return;
     }
     let mut upstream = match connect_app(&snap, ctx.peer.port).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, "application connect failed");
+            record.finish(&ctx.shared, "UF", 0, 0);
             return;
         }
     };
-    tokio::select! {
+    let (received, sent) = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
             tracing::debug!(result = ?r, "inbound TCP stream ended");
+            r.unwrap_or_default()
         }
-        _ = ctx.shared.drain.forced() => {}
-    }
+        _ = ctx.shared.drain.forced() => (0, 0),
+    };
+    record.finish(&ctx.shared, "-", received, sent);
 }
 
 async fn serve_http<S>(ctx: Arc<ConnCtx>, io: S)
@@ -245,7 +269,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&ctx.shared);
-    crate::listener::serve_http(shared, io, Direction::Inbound, move |req| {
+    let downstream = ctx.downstream();
+    crate::listener::serve_http(shared, io, Direction::Inbound, downstream, move |req| {
         let ctx = Arc::clone(&ctx);
         async move { forward(&ctx, req).await }
     })
@@ -255,6 +280,7 @@ where
 /// One inbound request: framing check, authorize, sanitize, set xfcc, forward to the app.
 async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     check_framing(req.version(), req.headers())?;
+    let slot = Upstream::of(&req);
     // Read per request: a policy change applies to the next request on an open connection.
     let snap = ctx.shared.runtime.load_full();
     let authorized = snap.authorize(
@@ -295,6 +321,12 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
             .unwrap_or("/"),
     };
     let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
+    if let Some(s) = &slot {
+        s.set(|u| {
+            u.cluster = Some(format!("inbound|{port}||"));
+            u.host = Some(SocketAddr::from(([127, 0, 0, 1], app_port)));
+        });
+    }
     parts.uri = format!("http://127.0.0.1:{app_port}{pq}")
         .parse()
         .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
@@ -319,7 +351,12 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         &ctx.shared.app_h1
     };
     let service = || format!("inbound|{port}");
-    let mut resp = client.request(req).await.map_err(|e| {
+    let sent_at = std::time::Instant::now();
+    let resp = client.request(req).await;
+    if let Some(s) = &slot {
+        s.set(|u| u.service_time = Some(sent_at.elapsed()));
+    }
+    let mut resp = resp.map_err(|e| {
         if let Some(peer_fault) = fault.take() {
             // The peer's body failed, not the application: the peer is answered 400, never a
             // 5xx its proxy would count against this endpoint.

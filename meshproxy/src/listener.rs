@@ -22,6 +22,7 @@ use crate::context::Context;
 use crate::http::Body;
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
+use crate::telemetry::{Downstream, RequestRecord};
 
 /// A listener address that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -114,10 +115,16 @@ fn count_refused_head(
     }
 }
 
-/// Serves HTTP on one downstream connection: each request goes to `forward`; an error is
-/// answered with its local reply and counted for `direction`.
-pub async fn serve_http<S, F, Fut>(ctx: Arc<Context>, io: S, direction: Direction, forward: F)
-where
+/// Serves HTTP on one downstream connection: each request is recorded
+/// ([`RequestRecord`]: request id, trace context, access log line, span) and goes to
+/// `forward`; an error is answered with its local reply and counted for `direction`.
+pub async fn serve_http<S, F, Fut>(
+    ctx: Arc<Context>,
+    io: S,
+    direction: Direction,
+    downstream: Downstream,
+    forward: F,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
@@ -126,22 +133,26 @@ where
     let builder = crate::http::server_builder(&limits);
     let counters = Arc::clone(&ctx);
     let forward = Arc::new(forward);
-    let svc = service_fn(move |req| {
+    let downstream = Arc::new(downstream);
+    let svc = service_fn(move |mut req| {
         let ctx = Arc::clone(&counters);
         let forward = Arc::clone(&forward);
+        let record = RequestRecord::start(&ctx, direction, &downstream, &mut req);
         async move {
             ctx.metrics.request(direction);
-            Ok::<_, Infallible>(match forward(req).await {
-                Ok(resp) => resp,
+            let (resp, local) = match forward(req).await {
+                Ok(resp) => (resp, None),
                 Err(e) => {
                     ctx.metrics.local_response(direction);
                     if e.is_downstream() {
                         ctx.metrics
                             .downstream_error(direction, e.status_and_flag().1);
                     }
-                    e.into_response()
+                    let details = e.details();
+                    (e.into_response(), Some(details))
                 }
-            })
+            };
+            Ok::<_, Infallible>(record.finish(resp, local))
         }
     });
     let io = crate::framing::FramingGuard::new(

@@ -20,6 +20,7 @@ use crate::listener::{BindError, Until, bind};
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{Runtime, Snapshot, Target};
+use crate::telemetry::{ConnectionRecord, Downstream, Upstream, UpstreamFacts};
 use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
@@ -132,14 +133,16 @@ pub async fn serve(
         return;
     };
     if out.protocol == Protocol::Tcp {
+        let record = ConnectionRecord::start(Direction::Outbound, downstream(remote, dst));
         let target = match connection_target(&snap, out, None) {
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(%dst, error = %e, "TCP connection dropped");
+                record.finish(&shared, e.status_and_flag().1, 0, 0);
                 return;
             }
         };
-        serve_tcp(shared, snap, stream, target).await;
+        serve_tcp(shared, snap, stream, target, record).await;
     } else {
         drop(snap);
         serve_http(shared, stream, dst, remote).await;
@@ -151,9 +154,12 @@ async fn serve_tcp(
     rt: Arc<Runtime>,
     mut stream: TcpStream,
     target: crate::runtime::Target,
+    mut record: ConnectionRecord,
 ) {
     let (cluster, i) = &target.cluster;
+    record.upstream(|u| upstream_facts(u, &target));
     let Some(_slot) = cluster.tcp_slot() else {
+        record.finish(&shared, "UO", 0, 0);
         return;
     };
     let tls = crate::upstream::settings(&target);
@@ -165,20 +171,41 @@ async fn serve_tcp(
         Err(e) => {
             cluster.record(*i, meshapi::traffic::CallResult::ConnectFailure);
             tracing::info!(error = %e, "TCP upstream failed");
+            record.finish(&shared, "UF", 0, 0);
             return;
         }
     };
-    tokio::select! {
+    let (received, sent) = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
             tracing::debug!(result = ?r, service = %target.service, "outbound TCP stream ended");
+            r.unwrap_or_default()
         }
-        _ = shared.drain.forced() => {}
+        _ = shared.drain.forced() => (0, 0),
+    };
+    record.finish(&shared, "-", received, sent);
+}
+
+/// The outbound connection as telemetry records it.
+fn downstream(remote: SocketAddr, dst: SocketAddr) -> Downstream {
+    Downstream {
+        remote,
+        local: Some(dst),
+        peer: None,
+        sni: None,
     }
+}
+
+/// What telemetry records of the endpoint `target` picked.
+pub fn upstream_facts(u: &mut UpstreamFacts, target: &Target) {
+    u.host = Some(target.endpoint.address);
+    u.cluster = Some(target.cluster.0.name.clone());
+    u.peer = target.endpoint.identity.as_ref().map(|p| p.to_string());
 }
 
 async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
     let shared = Arc::clone(&ctx);
-    crate::listener::serve_http(ctx, stream, Direction::Outbound, move |req| {
+    let down = downstream(remote, dst);
+    crate::listener::serve_http(ctx, stream, Direction::Outbound, down, move |req| {
         let ctx = Arc::clone(&shared);
         async move { forward(&ctx, dst, remote, req).await }
     })
@@ -202,6 +229,9 @@ async fn forward(
         })?;
     if crate::http::is_tunnel(&req) {
         let target = connection_target(&snap, out, Some((req.method(), req.uri(), req.headers())))?;
+        if let Some(slot) = Upstream::of(&req) {
+            slot.set(|u| upstream_facts(u, &target));
+        }
         return tunnel(shared, &snap, target, req).await;
     }
     let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {

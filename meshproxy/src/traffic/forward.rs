@@ -24,6 +24,7 @@ use crate::context::Context;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{LocalReply, ProxyError, cors_headers};
 use crate::runtime::{Runtime, Snapshot, Target};
+use crate::telemetry::Upstream;
 
 /// The endpoint of a TCP connection or an HTTP upgrade to `out` under the route table.
 pub fn route_connection(
@@ -200,6 +201,7 @@ pub async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = request_authority(&req, host);
+    let slot = Upstream::of(&req);
     let d = match decide(&snap, host, port, source, &authority, &req)? {
         Decision::Reply(r) => return Ok(r.render()),
         Decision::Forward(d) => d,
@@ -222,6 +224,12 @@ pub async fn forward(
             d.f.destination.destination.port_for(port)
         ),
     })?;
+    if let Some(s) = &slot {
+        s.set(|u| {
+            u.cluster = Some(cluster.name.clone());
+            u.route = d.f.rule.name.clone();
+        });
+    }
     let retries = d.f.retries();
     let mirrored = d.f.mirrors().next().is_some();
     let mut body = if retries.is_some() || mirrored {
@@ -236,7 +244,14 @@ pub async fn forward(
 
     let deadline = d.f.timeout().map(|t| tokio::time::Instant::now() + t);
     let hash = d.hash.as_ref().and_then(|h| h.hash);
-    let send = send_with_retries(shared, &snap, cluster, hash, retries, head, &mut body);
+    let sent_at = std::time::Instant::now();
+    let plan = super::retry::Plan {
+        cluster,
+        hash,
+        retries,
+        upstream: slot.as_deref(),
+    };
+    let send = send_with_retries(shared, &snap, plan, head, &mut body);
     let resp = match deadline {
         Some(at) => match tokio::time::timeout_at(at, send).await {
             Ok(r) => with_deadline(r?, at, &cluster.name),
@@ -248,6 +263,9 @@ pub async fn forward(
         },
         None => send.await?,
     };
+    if let Some(s) = &slot {
+        s.set(|u| u.service_time = Some(sent_at.elapsed()));
+    }
     Ok(finish_response(resp, &d))
 }
 

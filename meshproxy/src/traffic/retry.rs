@@ -19,6 +19,7 @@ use crate::body::{BodyFault, Downstream, Tracked};
 use crate::context::Context;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{FLAGS_HEADER, ProxyError};
+use crate::telemetry::Upstream;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Request bodies up to this size are buffered so a retry or a mirror can send them again;
@@ -275,17 +276,30 @@ fn finish(
     }
 }
 
+/// Where and how one request is sent: the cluster, its consistent-hash value, the route's
+/// retry policy and the telemetry slot the endpoint of each try is written to.
+pub(super) struct Plan<'a> {
+    pub cluster: &'a Arc<ClusterState>,
+    pub hash: Option<u64>,
+    pub retries: Option<&'a RetryPolicy>,
+    pub upstream: Option<&'a Upstream>,
+}
+
 /// Sends the request to `cluster` under the route's retry policy. The request head is cloned
 /// per try only while it may be needed again ([`Attempts::may_replay`]).
 pub(super) async fn send_with_retries(
     shared: &Arc<Context>,
     rt: &crate::runtime::Runtime,
-    cluster: &Arc<ClusterState>,
-    hash: Option<u64>,
-    retries: Option<&RetryPolicy>,
+    plan: Plan<'_>,
     head: RequestHead,
     body: &mut ReqBody,
 ) -> Result<Response<Body>, ProxyError> {
+    let Plan {
+        cluster,
+        hash,
+        retries,
+        upstream,
+    } = plan;
     let request = cluster.request_permit()?;
     let mut a = Attempts {
         rt,
@@ -304,6 +318,9 @@ pub(super) async fn send_with_retries(
         };
         let (i, target) = a.pick()?;
         a.tried.push(i);
+        if let Some(s) = upstream {
+            s.set(|u| crate::outbound::upstream_facts(u, &target));
+        }
         let permit = slot(cluster).await?;
         let active = ActiveGuard::new(cluster, i);
         let tried = match (replay, head.as_ref()) {
