@@ -132,8 +132,10 @@ pub async fn serve(
         tracing::info!(%remote, %dst, "no outbound service for destination");
         return;
     };
+    // The listener's own address for an explicit VIP listener (bound on port 0 in tests).
+    let local = vip.and_then(|_| stream.local_addr().ok()).unwrap_or(dst);
     if out.protocol == Protocol::Tcp {
-        let record = ConnectionRecord::start(Direction::Outbound, downstream(remote, dst));
+        let record = ConnectionRecord::start(Direction::Outbound, downstream(remote, local));
         let target = match connection_target(&snap, out, None) {
             Ok(t) => t,
             Err(e) => {
@@ -145,7 +147,7 @@ pub async fn serve(
         serve_tcp(shared, snap, stream, target, record).await;
     } else {
         drop(snap);
-        serve_http(shared, stream, dst, remote).await;
+        serve_http(shared, stream, dst, remote, local).await;
     }
 }
 
@@ -186,10 +188,10 @@ async fn serve_tcp(
 }
 
 /// The outbound connection as telemetry records it.
-fn downstream(remote: SocketAddr, dst: SocketAddr) -> Downstream {
+fn downstream(remote: SocketAddr, local: SocketAddr) -> Downstream {
     Downstream {
         remote,
-        local: Some(dst),
+        local: Some(local),
         peer: None,
         sni: None,
     }
@@ -202,9 +204,15 @@ pub fn upstream_facts(u: &mut UpstreamFacts, target: &Target) {
     u.peer = target.endpoint.identity.as_ref().map(|p| p.to_string());
 }
 
-async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
+async fn serve_http(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    dst: SocketAddr,
+    remote: SocketAddr,
+    local: SocketAddr,
+) {
     let shared = Arc::clone(&ctx);
-    let down = downstream(remote, dst);
+    let down = downstream(remote, local);
     crate::listener::serve_http(ctx, stream, Direction::Outbound, down, move |req| {
         let ctx = Arc::clone(&shared);
         async move { forward(&ctx, dst, remote, req).await }
