@@ -303,6 +303,10 @@ async fn each_request_is_one_access_log_line_on_both_proxies_in_json_and_text() 
     assert_eq!(f[15], format!("127.0.0.1:{}", echo.port()));
     assert_eq!(f[16], format!("inbound|{}||", echo.port()));
     assert_eq!(f[22], spiffe("frontend"), "the verified peer: {f:?}");
+    // What `meshctl top` reads back.
+    let parsed = meshapi::telemetry::access_log::AccessLogLine::parse(&b_log.lines()[0]).unwrap();
+    assert_eq!(parsed.response_code, 200);
+    assert_eq!(parsed.downstream_peer_uri_san, Some(spiffe("frontend")));
 
     // A client's own request id is kept.
     let (status, _) = send(
