@@ -31,6 +31,7 @@ pub mod plan;
 pub mod pod;
 pub mod progress;
 pub mod runtime;
+pub mod top;
 pub mod up;
 
 use std::path::PathBuf;
