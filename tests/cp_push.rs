@@ -148,13 +148,20 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
         (frontend_status(&cp).acked == Some(1)).then_some(())
     })
     .await;
+    // Serving, the proxy reported its start epoch: revision 2 carries it to its clients
+    // (backend-v1), not to the frontend itself.
+    eventually("revision 2 with the frontend's epoch", || {
+        (frontend_status(&cp).proxy_epoch.is_some() && cp.revision() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.config.borrow().revision, 1);
 
-    // An edit: version 2 reaches the proxy and its ACK shows in status (over the admin API).
+    // An edit: version 3 reaches the proxy and its ACK shows in status (over the admin API).
     std::fs::write(pa_path(dir.path()), peer_auth("PERMISSIVE")).unwrap();
     let cfg_rx = proxy.config.clone();
-    eventually("version 2 at the proxy", || {
+    eventually("version 3 at the proxy", || {
         let c = cfg_rx.borrow();
-        (c.revision == 2 && mode(&c) == PeerAuthMode::Permissive).then_some(())
+        (c.revision == 3 && mode(&c) == PeerAuthMode::Permissive).then_some(())
     })
     .await;
     let admin = AdminClient::from_state_dir(&dir.path().join(".mesh")).unwrap();
@@ -166,7 +173,7 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
             .iter()
             .find(|p| p.proxy == "frontend/0")
             .unwrap();
-        if p.acked == Some(2) && p.connected {
+        if p.acked == Some(3) && p.connected {
             acked = true;
             assert!(status.last_reload.ok);
             assert!(
@@ -188,7 +195,7 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(acked, "ACK of version 2 never showed in status");
+    assert!(acked, "ACK of version 3 never showed in status");
 
     // An invalid edit: nothing is pushed, the error is placed at file:line:column.
     std::fs::write(
@@ -207,8 +214,8 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
             .any(|e| e.contains("peer-authentication.yaml:7:")),
         "{errors:?}"
     );
-    assert_eq!(cp.revision(), 2);
-    assert_eq!(proxy.config.borrow().revision, 2);
+    assert_eq!(cp.revision(), 3);
+    assert_eq!(proxy.config.borrow().revision, 3);
 
     // A save landing half-written is refused; the completed save applies.
     let refused_at = cp.last_reload().at_unix_ms;
@@ -222,12 +229,12 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
         (r.at_unix_ms > refused_at && !r.ok).then_some(())
     })
     .await;
-    assert_eq!(cp.revision(), 2);
-    assert_eq!(proxy.config.borrow().revision, 2);
+    assert_eq!(cp.revision(), 3);
+    assert_eq!(proxy.config.borrow().revision, 3);
     std::fs::write(pa_path(dir.path()), peer_auth("STRICT")).unwrap();
-    eventually("version 3 after the completed save", || {
+    eventually("version 4 after the completed save", || {
         let c = cfg_rx.borrow();
-        (c.revision == 3 && mode(&c) == PeerAuthMode::Strict).then_some(())
+        (c.revision == 4 && mode(&c) == PeerAuthMode::Strict).then_some(())
     })
     .await;
 

@@ -121,7 +121,7 @@ pub enum Command {
     Top(crate::docker::top::TopArgs),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
-    ControlPlaneDaemon,
+    ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -155,7 +155,7 @@ impl Command {
             | Command::Ps { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
             Command::Top(args) => &args.files,
-            Command::ControlPlaneDaemon => &[],
+            Command::ControlPlaneDaemon(_) => &[],
         }
     }
 }
@@ -189,7 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ps { args, .. } => docker::ps(&project, &args),
         Command::Logs(args) => docker::logs(&project, &args),
         Command::Top(args) => crate::docker::top::top(&project, &args),
-        Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
+        Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
     }
 }
 

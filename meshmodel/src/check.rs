@@ -143,7 +143,7 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             IstioResource::AuthorizationPolicy(_) => authorization_policy(&mut cx, r, has_services),
             IstioResource::PeerAuthentication(_) => peer_authentication(&mut cx, r, has_services),
             // Checked by its own validate(); its hosts are destinations (see `destination`).
-            IstioResource::ServiceEntry(_) => {}
+            IstioResource::ServiceEntry(_) | IstioResource::Telemetry(_) => {}
         }
     }
     conflicts(&mut cx);

@@ -8,7 +8,6 @@
 use std::any::Any;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
@@ -36,8 +35,6 @@ pub struct Tracked {
     deadline: Option<(Pin<Box<Sleep>>, String)>,
     on_end: Vec<OnEnd>,
     held: Vec<Box<dyn Any + Send + Sync>>,
-    /// Data bytes passed through so far are added here.
-    counter: Option<Arc<AtomicU64>>,
 }
 
 impl Tracked {
@@ -47,14 +44,7 @@ impl Tracked {
             deadline: None,
             on_end: Vec::new(),
             held: Vec::new(),
-            counter: None,
         }
-    }
-
-    /// Adds the number of data bytes that pass through to `counter`.
-    pub fn count_into(mut self, counter: Arc<AtomicU64>) -> Tracked {
-        self.counter = Some(counter);
-        self
     }
 
     /// Fails the body (the client sees a reset, not a short success) if it has not ended by
@@ -106,11 +96,6 @@ impl HttpBody for Tracked {
             return Poll::Ready(Some(Err(Box::new(BodyTimeout { service }))));
         }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let (Some(Ok(f)), Some(c)) = (&frame, &this.counter)
-            && let Some(d) = f.data_ref()
-        {
-            c.fetch_add(d.len() as u64, Ordering::Relaxed);
-        }
         match &frame {
             None => this.finish(true),
             Some(Err(_)) => this.finish(false),

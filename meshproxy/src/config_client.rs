@@ -8,7 +8,9 @@
 //! NACKed with the reason and the previous config stays. When the control plane is down the
 //! last good config keeps serving and the client reconnects with exponential backoff and
 //! jitter; after a control-plane restart (a new epoch) it receives the full config again and
-//! only publishes it if the content differs.
+//! only publishes it if the content differs. Once the proxy serves ([`ConfigClient::run`]),
+//! every poll carries the proxy's own start epoch: its readiness report, which the control
+//! plane passes to the proxy's clients so they take it back from outlier ejection.
 //!
 //! ```ignore
 //! let client = ConfigClient::new(settings, &roots_pem)?;
@@ -27,7 +29,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use meshapi::ca_api::{ApiErrorBody, SpiffeId};
 use meshapi::proxy::ProxyConfig;
-use meshapi::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse};
+use meshapi::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse, PROXY_EPOCH_PARAM};
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -54,6 +56,10 @@ pub struct ConfigClientSettings {
     pub backoff_initial: Duration,
     /// Largest reconnect delay. Default 10 s.
     pub backoff_max: Duration,
+    /// This proxy's start epoch, reported on every poll once it serves
+    /// ([`meshapi::wire::PROXY_EPOCH_PARAM`]). Default: random, drawn by `new` (so at each
+    /// proxy start).
+    pub proxy_epoch: u64,
 }
 
 impl ConfigClientSettings {
@@ -67,6 +73,7 @@ impl ConfigClientSettings {
             connect_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            proxy_epoch: rand::random::<u64>() >> 11,
         }
     }
 
@@ -277,7 +284,7 @@ impl ConfigClient {
         current: Option<&watch::Sender<Arc<ProxyConfig>>>,
     ) -> Result<Option<(Outcome, Option<Arc<ProxyConfig>>)>, ConfigClientError> {
         let s = &self.settings;
-        let uri = format!(
+        let mut uri = format!(
             "{CONFIG_PATH}?workload={}&instance={}&epoch={}&version={}&waitMs={}",
             s.workload,
             s.instance,
@@ -285,6 +292,10 @@ impl ConfigClient {
             self.version,
             s.poll_wait.as_millis()
         );
+        // `run` (not `first`) polls for a proxy that serves: say so, with its epoch.
+        if current.is_some() {
+            uri.push_str(&format!("&{PROXY_EPOCH_PARAM}={}", s.proxy_epoch));
+        }
         let req = Request::builder()
             .method(Method::GET)
             .uri(uri)

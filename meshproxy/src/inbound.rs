@@ -18,12 +18,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::context::Context;
 use crate::http::{
-    Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop, strip_internal,
+    Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop,
+    strip_internal, strip_reserved,
 };
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{HttpFacts, PeerInfo};
-use crate::telemetry::{ConnectionRecord, Downstream, Upstream};
+use crate::telemetry::{Downstream, UpstreamFacts};
 use crate::tls;
 
 /// What the first bytes of a connection said.
@@ -65,7 +66,7 @@ struct ConnCtx {
 }
 
 impl ConnCtx {
-    /// The connection as telemetry records it.
+    /// The connection as access logs and spans tell it.
     fn downstream(&self) -> Downstream {
         Downstream {
             remote: self.peer.remote,
@@ -73,6 +74,16 @@ impl ConnCtx {
             peer: self.peer.identity.clone(),
             sni: self.peer.sni.clone(),
         }
+    }
+}
+
+/// The application an inbound port forwards to, as access logs tell it.
+fn app_facts(snap: &crate::runtime::Snapshot, port: u16) -> UpstreamFacts {
+    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
+    UpstreamFacts {
+        host: Some(SocketAddr::from(([127, 0, 0, 1], app_port))),
+        cluster: Some(format!("inbound|{port}||")),
+        ..Default::default()
     }
 }
 
@@ -233,35 +244,39 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snap = ctx.shared.runtime.load_full();
-    let mut record = ConnectionRecord::start(Direction::Inbound, ctx.downstream());
-    let port = ctx.peer.port;
-    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
-    record.upstream(|u| {
-        u.cluster = Some(format!("inbound|{port}||"));
-        u.host = Some(SocketAddr::from(([127, 0, 0, 1], app_port)));
-    });
     if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
         // Closed at once, before the application is dialed.
         tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
-        record.finish(&ctx.shared, "RBAC", 0, 0);
         return;
     }
     let mut upstream = match connect_app(&snap, ctx.peer.port).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, "application connect failed");
-            record.finish(&ctx.shared, "UF", 0, 0);
             return;
         }
     };
-    let (received, sent) = tokio::select! {
+    let mut record = crate::telemetry::ConnectionOutcome::start(
+        Direction::Inbound,
+        Arc::new(crate::telemetry::peer_party(
+            ctx.peer.identity.as_ref(),
+            None,
+        )),
+        snap.telemetry.local.party.clone(),
+        snap.telemetry.local.service.clone(),
+    );
+    record.mtls = ctx.peer.identity.is_some();
+    record.downstream = Some(Arc::new(ctx.downstream()));
+    record.facts = app_facts(&snap, ctx.peer.port);
+    crate::telemetry::connection_opened(&ctx.shared, &record);
+    tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
             tracing::debug!(result = ?r, "inbound TCP stream ended");
-            r.unwrap_or_default()
+            record.bytes(r.ok());
         }
-        _ = ctx.shared.drain.forced() => (0, 0),
-    };
-    record.finish(&ctx.shared, "-", received, sent);
+        _ = ctx.shared.drain.forced() => {}
+    }
+    crate::telemetry::record_connection(&ctx.shared, &record.finish());
 }
 
 async fn serve_http<S>(ctx: Arc<ConnCtx>, io: S)
@@ -269,8 +284,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&ctx.shared);
+    let side = crate::telemetry::Side::Inbound {
+        identity: ctx.peer.identity.clone(),
+        mtls: ctx.peer.identity.is_some(),
+        peers: Default::default(),
+    };
     let downstream = ctx.downstream();
-    crate::listener::serve_http(shared, io, Direction::Inbound, downstream, move |req| {
+    crate::listener::serve_http(shared, io, side, downstream, move |req| {
         let ctx = Arc::clone(&ctx);
         async move { forward(&ctx, req).await }
     })
@@ -280,7 +300,6 @@ where
 /// One inbound request: framing check, authorize, sanitize, set xfcc, forward to the app.
 async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     check_framing(req.version(), req.headers())?;
-    let slot = Upstream::of(&req);
     // Read per request: a policy change applies to the next request on an open connection.
     let snap = ctx.shared.runtime.load_full();
     let authorized = snap.authorize(
@@ -321,12 +340,6 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
             .unwrap_or("/"),
     };
     let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
-    if let Some(s) = &slot {
-        s.set(|u| {
-            u.cluster = Some(format!("inbound|{port}||"));
-            u.host = Some(SocketAddr::from(([127, 0, 0, 1], app_port)));
-        });
-    }
     parts.uri = format!("http://127.0.0.1:{app_port}{pq}")
         .parse()
         .map_err(|_| ProxyError::BadRequest("unusable request target"))?;
@@ -353,9 +366,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     let service = || format!("inbound|{port}");
     let sent_at = std::time::Instant::now();
     let resp = client.request(req).await;
-    if let Some(s) = &slot {
-        s.set(|u| u.service_time = Some(sent_at.elapsed()));
-    }
+    let service_time = sent_at.elapsed();
     let mut resp = resp.map_err(|e| {
         if let Some(peer_fault) = fault.take() {
             // The peer's body failed, not the application: the peer is answered 400, never a
@@ -380,6 +391,12 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
+    // The application cannot flag its response as the proxy's.
+    strip_reserved(resp.headers_mut());
+    resp.extensions_mut().insert(UpstreamFacts {
+        service_time: Some(service_time),
+        ..app_facts(&snap, port)
+    });
     Ok(resp.map(crate::http::boxed))
 }
 
@@ -407,6 +424,7 @@ async fn connect_tunnel(
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
+    strip_reserved(resp.headers_mut());
     Ok(resp.map(crate::http::boxed))
 }
 

@@ -20,7 +20,7 @@ use crate::listener::{BindError, Until, bind};
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{Runtime, Snapshot, Target};
-use crate::telemetry::{ConnectionRecord, Downstream, Upstream, UpstreamFacts};
+use crate::telemetry::{Downstream, ServiceLabels};
 use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
@@ -135,19 +135,17 @@ pub async fn serve(
     // The listener's own address for an explicit VIP listener (bound on port 0 in tests).
     let local = vip.and_then(|_| stream.local_addr().ok()).unwrap_or(dst);
     if out.protocol == Protocol::Tcp {
-        let record = ConnectionRecord::start(Direction::Outbound, downstream(remote, local));
         let target = match connection_target(&snap, out, None) {
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(%dst, error = %e, "TCP connection dropped");
-                record.finish(&shared, e.status_and_flag().1, 0, 0);
                 return;
             }
         };
-        serve_tcp(shared, snap, stream, target, record).await;
+        serve_tcp(shared, snap, stream, target, downstream(remote, local)).await;
     } else {
         drop(snap);
-        serve_http(shared, stream, dst, remote, local).await;
+        serve_http(shared, stream, dst, downstream(remote, local)).await;
     }
 }
 
@@ -156,12 +154,10 @@ async fn serve_tcp(
     rt: Arc<Runtime>,
     mut stream: TcpStream,
     target: crate::runtime::Target,
-    mut record: ConnectionRecord,
+    down: Downstream,
 ) {
     let (cluster, i) = &target.cluster;
-    record.upstream(|u| upstream_facts(u, &target));
     let Some(_slot) = cluster.tcp_slot() else {
-        record.finish(&shared, "UO", 0, 0);
         return;
     };
     let tls = crate::upstream::settings(&target);
@@ -173,21 +169,33 @@ async fn serve_tcp(
         Err(e) => {
             cluster.record(*i, meshapi::traffic::CallResult::ConnectFailure);
             tracing::info!(error = %e, "TCP upstream failed");
-            record.finish(&shared, "UF", 0, 0);
             return;
         }
     };
-    let (received, sent) = tokio::select! {
+    let upstream = crate::telemetry::Upstream {
+        cluster: Arc::clone(cluster),
+        endpoint: *i,
+    };
+    let mut record = crate::telemetry::ConnectionOutcome::start(
+        Direction::Outbound,
+        rt.telemetry.local.party.clone(),
+        upstream.party(),
+        rt.service_labels(&target.service),
+    );
+    record.upstream = Some(upstream);
+    record.downstream = Some(Arc::new(down));
+    crate::telemetry::connection_opened(&shared, &record);
+    tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
             tracing::debug!(result = ?r, service = %target.service, "outbound TCP stream ended");
-            r.unwrap_or_default()
+            record.bytes(r.ok());
         }
-        _ = shared.drain.forced() => (0, 0),
-    };
-    record.finish(&shared, "-", received, sent);
+        _ = shared.drain.forced() => {}
+    }
+    crate::telemetry::record_connection(&shared, &record.finish());
 }
 
-/// The outbound connection as telemetry records it.
+/// The outbound connection as access logs and spans tell it.
 fn downstream(remote: SocketAddr, local: SocketAddr) -> Downstream {
     Downstream {
         remote,
@@ -197,23 +205,16 @@ fn downstream(remote: SocketAddr, local: SocketAddr) -> Downstream {
     }
 }
 
-/// What telemetry records of the endpoint `target` picked.
-pub fn upstream_facts(u: &mut UpstreamFacts, target: &Target) {
-    u.host = Some(target.endpoint.address);
-    u.cluster = Some(target.cluster.0.name.clone());
-    u.peer = target.endpoint.identity.as_ref().map(|p| p.to_string());
-}
-
-async fn serve_http(
-    ctx: Arc<Context>,
-    stream: TcpStream,
-    dst: SocketAddr,
-    remote: SocketAddr,
-    local: SocketAddr,
-) {
+async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, down: Downstream) {
+    let remote = down.remote;
     let shared = Arc::clone(&ctx);
-    let down = downstream(remote, local);
-    crate::listener::serve_http(ctx, stream, Direction::Outbound, down, move |req| {
+    let service = {
+        let snap = ctx.runtime.load();
+        snap.outbound_for_original_dst(dst)
+            .map_or_else(ServiceLabels::unknown, |o| snap.service_labels(&o.service))
+    };
+    let side = crate::telemetry::Side::Outbound { service };
+    crate::listener::serve_http(ctx, stream, side, down, move |req| {
         let ctx = Arc::clone(&shared);
         async move { forward(&ctx, dst, remote, req).await }
     })
@@ -237,9 +238,6 @@ async fn forward(
         })?;
     if crate::http::is_tunnel(&req) {
         let target = connection_target(&snap, out, Some((req.method(), req.uri(), req.headers())))?;
-        if let Some(slot) = Upstream::of(&req) {
-            slot.set(|u| upstream_facts(u, &target));
-        }
         return tunnel(shared, &snap, target, req).await;
     }
     let host = snap.host_of(out).ok_or_else(|| ProxyError::NoRoute {
@@ -297,5 +295,8 @@ async fn tunnel(
     let mut resp = resp.map(crate::http::boxed);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
+    if !target.is_verified_peer() {
+        crate::http::strip_reserved(resp.headers_mut());
+    }
     Ok(resp)
 }

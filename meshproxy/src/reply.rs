@@ -1,6 +1,6 @@
 //! Every response the proxy makes itself, rendered in one place ([`LocalReply::render`]):
 //! errors ([`ProxyError`]: a status code, an Envoy-style response flag in
-//! `x-mesh-response-flags` and a one-line body naming what happened and to which service;
+//! `x-meshctl-response-flags` and a one-line body naming what happened and to which service;
 //! never a bare 503), and the answers a route gives without an upstream (direct response,
 //! redirect, CORS preflight, injected fault abort).
 
@@ -10,8 +10,8 @@ use meshapi::traffic::{Abort, Cors};
 
 use crate::http::{Body, full};
 
-/// Header carrying the Envoy response flag of a locally generated response.
-pub const FLAGS_HEADER: &str = "x-mesh-response-flags";
+/// Header carrying the Envoy response flag of a locally generated response (a reserved name).
+pub const FLAGS_HEADER: &str = meshapi::headers::RESPONSE_FLAGS;
 
 /// A response the proxy makes itself.
 #[derive(Debug)]

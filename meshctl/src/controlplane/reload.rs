@@ -166,6 +166,7 @@ impl ReloadCtx {
             PlacementSpec::Fixed(f) => Box::new(f.clone()),
             PlacementSpec::Container(f) => Box::new(super::ContainerPlacement(f.clone())),
         };
+        let epochs = self.push.epochs();
         let input = CompileInput {
             mesh: &mesh,
             inventory: &inventory,
@@ -173,6 +174,7 @@ impl ReloadCtx {
             placement: placement.as_ref(),
             revision: self.push.revision() + 1,
             trust_domain: &self.trust_domain,
+            epochs: &epochs,
         };
         let compiled = match compile::compile_all(&input) {
             Ok(c) => c,
@@ -309,6 +311,9 @@ pub(crate) async fn run(
         ctx = back;
         let push = ctx.push.clone();
         if push.print {
+            if let Some(note) = &cmd.note {
+                println!("{note}");
+            }
             print_report(&report);
         }
         // Newly watched paths (a new directory, a symlink swap): anything written there

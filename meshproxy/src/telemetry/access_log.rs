@@ -1,4 +1,5 @@
-//! Access log lines: the fields of one [`Outcome`] as a [`AccessLogLine`] (Istio's default
+//! Access log lines: the fields of one [`RequestOutcome`] or [`ConnectionOutcome`] as an
+//! [`AccessLogLine`] (Istio's default
 //! text format plus the peer identities, or the same fields as one JSON object per line with
 //! Istio's `accessLogEncoding: JSON` keys; the format lives in `meshapi` so `meshctl top`
 //! reads exactly what the proxy writes).
@@ -11,11 +12,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use meshapi::telemetry::access_log::{AccessLogEncoding, AccessLogLine};
+use meshapi::telemetry::access_log::AccessLogLine;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::{Outcome, TelemetryCounters};
+use super::{
+    ConnectionOutcome, Downstream, RequestOutcome, TelemetryCounters, Upstream, UpstreamFacts,
+};
 
 /// Where access log lines go: the proxy's stdout unless a test gives another writer.
 pub type Sink = Pin<Box<dyn AsyncWrite + Send>>;
@@ -76,11 +79,6 @@ async fn drain(mut sink: Sink, mut rx: mpsc::Receiver<String>, counters: Arc<Tel
     }
 }
 
-/// The line for `o` in `encoding`, newline included.
-pub fn format(o: &Outcome, encoding: AccessLogEncoding) -> String {
-    line_of(o).render(encoding)
-}
-
 /// RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`.
 pub fn start_time(t: std::time::SystemTime) -> String {
     let d = time::OffsetDateTime::from(t);
@@ -100,33 +98,108 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The access log fields of `o`.
-pub fn line_of(o: &Outcome) -> AccessLogLine {
-    let r = o.request.as_ref();
-    let u = &o.upstream;
-    AccessLogLine {
+fn text(v: &Option<http::HeaderValue>) -> Option<String> {
+    v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// `UPSTREAM_HOST`, `UPSTREAM_CLUSTER` and the upstream's identity: the endpoint that
+/// answered, else what the path recorded (inbound: the application).
+fn upstream(
+    up: Option<&Upstream>,
+    facts: &UpstreamFacts,
+) -> (Option<String>, Option<String>, Option<String>) {
+    match up {
+        Some(u) => (
+            u.host().map(|h| h.to_string()),
+            Some(u.cluster.name.clone()),
+            u.cluster
+                .endpoints
+                .get(u.endpoint)
+                .and_then(|e| e.identity.as_ref())
+                .map(|i| i.to_string()),
+        ),
+        None => (
+            facts.host.map(|h| h.to_string()),
+            facts.cluster.clone(),
+            None,
+        ),
+    }
+}
+
+fn downstream(line: &mut AccessLogLine, d: &Downstream) {
+    line.downstream_local_address = d.local.map(|a| a.to_string());
+    line.downstream_remote_address = Some(d.remote.to_string());
+    line.requested_server_name = d.sni.as_deref().map(str::to_string);
+    line.downstream_peer_uri_san = d.peer.as_ref().map(|p| p.to_string());
+}
+
+/// The access log fields of a finished request.
+pub fn request_line(o: &RequestOutcome) -> AccessLogLine {
+    let r = &o.request;
+    let (upstream_host, upstream_cluster, upstream_peer_uri_san) =
+        upstream(o.upstream.as_ref(), &o.facts);
+    let mut line = AccessLogLine {
         start_time: start_time(o.start),
-        method: r.map(|r| r.method.clone()),
-        path: r.map(|r| r.path.clone()),
-        protocol: o.protocol.to_string(),
-        response_code: o.response_code,
-        response_flags: o.response_flags.clone(),
-        response_code_details: o.response_code_details.to_string(),
+        method: Some(o.method.as_str().to_string()),
+        path: Some(
+            r.uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        ),
+        protocol: protocol(o.version).to_string(),
+        response_code: o.status,
+        response_flags: o.response_flags.to_string(),
+        response_code_details: o.details.to_string(),
         bytes_received: o.bytes_received,
         bytes_sent: o.bytes_sent,
         duration: millis(o.duration),
-        upstream_service_time: u.service_time.map(millis),
-        x_forwarded_for: r.and_then(|r| r.x_forwarded_for.clone()),
-        user_agent: r.and_then(|r| r.user_agent.clone()),
-        request_id: r.and_then(|r| r.request_id.clone()),
-        authority: r.and_then(|r| r.authority.clone()),
-        upstream_host: u.host.map(|h| h.to_string()),
-        upstream_cluster: u.cluster.clone(),
-        downstream_local_address: o.downstream.local.map(|a| a.to_string()),
-        downstream_remote_address: Some(o.downstream.remote.to_string()),
-        requested_server_name: o.downstream.sni.as_deref().map(str::to_string),
-        route_name: u.route.clone(),
-        downstream_peer_uri_san: o.downstream.peer.as_ref().map(|p| p.to_string()),
-        upstream_peer_uri_san: u.peer.clone(),
+        upstream_service_time: o.facts.service_time.map(millis),
+        x_forwarded_for: text(&r.forwarded_for),
+        user_agent: text(&r.user_agent),
+        request_id: text(&r.request_id),
+        authority: r
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| text(&r.authority)),
+        upstream_host,
+        upstream_cluster,
+        route_name: o.facts.route.clone(),
+        upstream_peer_uri_san,
+        ..Default::default()
+    };
+    downstream(&mut line, &o.downstream);
+    line
+}
+
+/// The access log fields of a closed TCP connection.
+pub fn connection_line(o: &ConnectionOutcome) -> AccessLogLine {
+    let (upstream_host, upstream_cluster, upstream_peer_uri_san) =
+        upstream(o.upstream.as_ref(), &o.facts);
+    let mut line = AccessLogLine {
+        start_time: start_time(o.start),
+        protocol: "TCP".into(),
+        response_flags: o.response_flags.to_string(),
+        response_code_details: "-".into(),
+        bytes_received: o.bytes_received,
+        bytes_sent: o.bytes_sent,
+        duration: millis(o.duration),
+        upstream_host,
+        upstream_cluster,
+        upstream_peer_uri_san,
+        ..Default::default()
+    };
+    if let Some(d) = &o.downstream {
+        downstream(&mut line, d);
     }
+    line
 }

@@ -17,8 +17,9 @@ use meshapi::telemetry::tracing::CustomTag;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, Status, span, status};
 
-use super::Outcome;
+use super::RequestOutcome;
 use crate::metrics::Direction;
+use meshapi::telemetry::access_log::AccessLogLine;
 
 pub const REQUEST_ID: &str = "x-request-id";
 const TRACEPARENT: &str = "traceparent";
@@ -305,41 +306,50 @@ fn nanos(t: std::time::SystemTime) -> u64 {
 /// The OTLP span of one hop with Istio's attributes: `component: proxy`, `node_id`,
 /// `upstream_cluster`, `http.method`, `http.url`, `http.protocol`, `http.status_code`,
 /// `response_flags`, `request_size`, `response_size`, `guid:x-request-id`, `user_agent`,
-/// `peer.address`, the peer identities and the custom tags.
-pub fn to_otlp(o: &Outcome, ids: &SpanIds, node: &Node, cfg: &TracingConfig) -> Span {
-    let r = o.request.clone().unwrap_or_default();
-    let u = &o.upstream;
-    let authority = r.authority.clone().unwrap_or_else(|| "-".into());
+/// `peer.address`, the peer identities and the custom tags; its fields are those of the
+/// request's access log `line`.
+pub fn to_otlp(
+    o: &RequestOutcome,
+    line: &AccessLogLine,
+    ids: &SpanIds,
+    node: &Node,
+    cfg: &TracingConfig,
+) -> Span {
+    let authority = line.authority.clone().unwrap_or_else(|| "-".into());
+    let path = line.path.clone().unwrap_or_default();
     let mut attrs = vec![
         kv("component", "proxy"),
         kv("node_id", node.id.clone()),
         kv("istio.canonical_service", node.service.clone()),
         kv("istio.namespace", node.namespace.clone()),
-        kv("http.method", r.method.clone()),
-        kv("http.url", format!("http://{authority}{}", r.path)),
-        kv("http.protocol", o.protocol),
-        kv("http.status_code", o.response_code.to_string()),
-        kv("response_flags", o.response_flags.clone()),
+        kv("http.method", line.method.clone().unwrap_or_default()),
+        kv("http.url", format!("http://{authority}{path}")),
+        kv("http.protocol", line.protocol.clone()),
+        kv("http.status_code", o.status.to_string()),
+        kv("response_flags", o.response_flags),
         kv("request_size", o.bytes_received.to_string()),
         kv("response_size", o.bytes_sent.to_string()),
         kv("peer.address", o.downstream.remote.ip().to_string()),
     ];
     let opt = [
-        ("upstream_cluster", u.cluster.clone()),
-        ("upstream_cluster.name", u.cluster.clone()),
-        ("upstream_host", u.host.map(|h| h.to_string())),
-        ("guid:x-request-id", r.request_id.clone()),
-        ("user_agent", r.user_agent.clone()),
+        ("upstream_cluster", line.upstream_cluster.clone()),
+        ("upstream_cluster.name", line.upstream_cluster.clone()),
+        ("upstream_host", line.upstream_host.clone()),
+        ("guid:x-request-id", line.request_id.clone()),
+        ("user_agent", line.user_agent.clone()),
         (
             "downstream_peer.principal",
-            o.downstream.peer.as_ref().map(|p| p.to_string()),
+            line.downstream_peer_uri_san.clone(),
         ),
-        ("upstream_peer.principal", u.peer.clone()),
+        (
+            "upstream_peer.principal",
+            line.upstream_peer_uri_san.clone(),
+        ),
     ];
     attrs.extend(opt.into_iter().filter_map(|(k, v)| Some(kv(k, v?))));
-    attrs.extend(custom_tags(cfg, &r.tag_headers));
+    attrs.extend(custom_tags(cfg, &o.request.tag_headers));
     let end = o.start + o.duration;
-    let error = o.response_code >= 500 || o.response_code == 0;
+    let error = o.status >= 500 || o.status == 0;
     Span {
         trace_id: ids.trace_id.to_vec(),
         span_id: ids.span_id.to_vec(),

@@ -24,7 +24,6 @@ use crate::context::Context;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{LocalReply, ProxyError, cors_headers};
 use crate::runtime::{Runtime, Snapshot, Target};
-use crate::telemetry::Upstream;
 
 /// The endpoint of a TCP connection or an HTTP upgrade to `out` under the route table.
 pub fn route_connection(
@@ -76,22 +75,23 @@ pub fn route_connection(
     cluster.pick_target(rand::random())
 }
 
+/// Applies header operations; `Host` / `:authority` are left out: they rewrite the authority
+/// ([`Forward::upstream_authority`]), not a header.
 fn apply_ops(h: &mut HeaderMap, ops: &HeaderOps) {
-    for (k, v) in &ops.set {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            h.insert(k, v);
+    let valid = |(k, v): &(String, String)| {
+        if meshapi::traffic::is_authority_header(k) {
+            return None;
         }
+        Some((
+            HeaderName::try_from(k.as_str()).ok()?,
+            HeaderValue::try_from(v.as_str()).ok()?,
+        ))
+    };
+    for (k, v) in ops.set.iter().filter_map(valid) {
+        h.insert(k, v);
     }
-    for (k, v) in &ops.add {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            h.append(k, v);
-        }
+    for (k, v) in ops.add.iter().filter_map(valid) {
+        h.append(k, v);
     }
     for k in &ops.remove {
         h.remove(k.as_str());
@@ -201,7 +201,6 @@ pub async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let authority = request_authority(&req, host);
-    let slot = Upstream::of(&req);
     let d = match decide(&snap, host, port, source, &authority, &req)? {
         Decision::Reply(r) => return Ok(r.render()),
         Decision::Forward(d) => d,
@@ -224,12 +223,6 @@ pub async fn forward(
             d.f.destination.destination.port_for(port)
         ),
     })?;
-    if let Some(s) = &slot {
-        s.set(|u| {
-            u.cluster = Some(cluster.name.clone());
-            u.route = d.f.rule.name.clone();
-        });
-    }
     let retries = d.f.retries();
     let mirrored = d.f.mirrors().next().is_some();
     let mut body = if retries.is_some() || mirrored {
@@ -237,7 +230,14 @@ pub async fn forward(
     } else {
         ReqBody::streaming(body)
     };
-    let head = upstream_head(&d.f, parts, authority, &path_and_query)?;
+    let mut head = upstream_head(&d.f, parts, authority, &path_and_query)?;
+    if cluster.to_mesh {
+        // Istio's metadata exchange: the server side labels its metrics with our workload.
+        head.headers.insert(
+            HeaderName::from_static(crate::telemetry::PEER_HEADER),
+            snap.telemetry.local.header.clone(),
+        );
+    }
     if mirrored {
         mirror(shared, &snap, &d.f, port, &head, &body, cluster);
     }
@@ -245,13 +245,7 @@ pub async fn forward(
     let deadline = d.f.timeout().map(|t| tokio::time::Instant::now() + t);
     let hash = d.hash.as_ref().and_then(|h| h.hash);
     let sent_at = std::time::Instant::now();
-    let plan = super::retry::Plan {
-        cluster,
-        hash,
-        retries,
-        upstream: slot.as_deref(),
-    };
-    let send = send_with_retries(shared, &snap, plan, head, &mut body);
+    let send = send_with_retries(shared, &snap, cluster, hash, retries, head, &mut body);
     let resp = match deadline {
         Some(at) => match tokio::time::timeout_at(at, send).await {
             Ok(r) => with_deadline(r?, at, &cluster.name),
@@ -263,10 +257,14 @@ pub async fn forward(
         },
         None => send.await?,
     };
-    if let Some(s) = &slot {
-        s.set(|u| u.service_time = Some(sent_at.elapsed()));
-    }
-    Ok(finish_response(resp, &d))
+    let mut resp = finish_response(resp, &d);
+    resp.extensions_mut()
+        .insert(crate::telemetry::UpstreamFacts {
+            route: d.f.rule.name.clone(),
+            service_time: Some(sent_at.elapsed()),
+            ..Default::default()
+        });
+    Ok(resp)
 }
 
 /// The head to send upstream: hop-by-hop and internal headers stripped, the rule's request

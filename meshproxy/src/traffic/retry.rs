@@ -19,7 +19,6 @@ use crate::body::{BodyFault, Downstream, Tracked};
 use crate::context::Context;
 use crate::http::{Body, RequestHead, full};
 use crate::reply::{FLAGS_HEADER, ProxyError};
-use crate::telemetry::Upstream;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Request bodies up to this size are buffered so a retry or a mirror can send them again;
@@ -99,8 +98,10 @@ enum Tried {
     Failed(ProxyError, AttemptOutcome),
 }
 
-/// A `503 UF` from the endpoint's own proxy (an authenticated mesh peer): it could not connect
-/// to its application, so nothing was processed.
+/// A `503 UF` from the endpoint's own proxy: it could not connect to its application, so
+/// nothing was processed. The flag can only be there from a verified peer proxy: [`try_once`]
+/// removes reserved headers from every other response, and the peer's inbound side removes
+/// them from its application's.
 fn peer_could_not_connect(r: &Response<Body>) -> bool {
     r.status() == StatusCode::SERVICE_UNAVAILABLE
         && r.headers().get(FLAGS_HEADER).is_some_and(|v| v == "UF")
@@ -201,7 +202,13 @@ async fn try_once(
         None => send.await.map_err(Some),
     };
     match res {
-        Ok(resp) => Tried::Response(resp),
+        Ok(mut resp) => {
+            if !target.is_verified_peer() {
+                // An application or a host outside the mesh cannot flag its own response.
+                crate::http::strip_reserved(resp.headers_mut());
+            }
+            Tried::Response(resp)
+        }
         Err(None) => Tried::Failed(
             ProxyError::Timeout {
                 service: attempts.cluster.name.clone(),
@@ -276,30 +283,17 @@ fn finish(
     }
 }
 
-/// Where and how one request is sent: the cluster, its consistent-hash value, the route's
-/// retry policy and the telemetry slot the endpoint of each try is written to.
-pub(super) struct Plan<'a> {
-    pub cluster: &'a Arc<ClusterState>,
-    pub hash: Option<u64>,
-    pub retries: Option<&'a RetryPolicy>,
-    pub upstream: Option<&'a Upstream>,
-}
-
 /// Sends the request to `cluster` under the route's retry policy. The request head is cloned
 /// per try only while it may be needed again ([`Attempts::may_replay`]).
 pub(super) async fn send_with_retries(
     shared: &Arc<Context>,
     rt: &crate::runtime::Runtime,
-    plan: Plan<'_>,
+    cluster: &Arc<ClusterState>,
+    hash: Option<u64>,
+    retries: Option<&RetryPolicy>,
     head: RequestHead,
     body: &mut ReqBody,
 ) -> Result<Response<Body>, ProxyError> {
-    let Plan {
-        cluster,
-        hash,
-        retries,
-        upstream,
-    } = plan;
     let request = cluster.request_permit()?;
     let mut a = Attempts {
         rt,
@@ -318,9 +312,6 @@ pub(super) async fn send_with_retries(
         };
         let (i, target) = a.pick()?;
         a.tried.push(i);
-        if let Some(s) = upstream {
-            s.set(|u| crate::outbound::upstream_facts(u, &target));
-        }
         let permit = slot(cluster).await?;
         let active = ActiveGuard::new(cluster, i);
         let tried = match (replay, head.as_ref()) {
@@ -344,7 +335,12 @@ pub(super) async fn send_with_retries(
             cluster.breaker_release(PoolResource::Retry);
         }
         if head.is_none() || !a.retry_allowed(&outcome, body) {
-            return finish(tried, (permit, active, request), a.exhausted(&outcome));
+            let mut resp = finish(tried, (permit, active, request), a.exhausted(&outcome))?;
+            resp.extensions_mut().insert(crate::telemetry::Upstream {
+                cluster: Arc::clone(cluster),
+                endpoint: i,
+            });
+            return Ok(resp);
         }
         drop((permit, active));
         if let Tried::Response(r) = tried {
