@@ -17,9 +17,9 @@ pub const RESPONSE_FLAGS: &str = "x-meshctl-response-flags";
 /// proxy; never sent anywhere.
 pub const FRAMING_ERROR: &str = "x-meshctl-framing-error";
 
-/// The client proxy's workload (`workload=..,namespace=..,app=..,version=..`), sent to mesh
-/// endpoints so the server side labels its metrics with it (Istio's metadata exchange); read
-/// only from an mTLS peer.
+/// The calling workload's labels (name, namespace, app, version), sent by a client proxy to
+/// a peer proxy so the server side labels its metrics with them (Istio's metadata
+/// exchange); believed only from a verified peer proxy.
 pub const PEER: &str = "x-meshctl-peer";
 
 /// Every reserved name, lower case.

@@ -244,6 +244,27 @@ impl ProxyError {
         }
     }
 
+    /// Envoy's `RESPONSE_CODE_DETAILS` for the local reply of this error (access logs).
+    pub fn details(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamConnect { .. } => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::NoRoute { .. } => "route_not_found",
+            ProxyError::NoCluster { .. } => "cluster_not_found",
+            ProxyError::Timeout { .. } => "upstream_response_timeout",
+            ProxyError::UpstreamReset { .. } => "upstream_reset_before_response_started",
+            ProxyError::Overflow { .. } => "upstream_reset_before_response_started{overflow}",
+            ProxyError::BadRequest(_) => "downstream_protocol_error",
+            ProxyError::DownstreamBody { cause, .. } => match cause {
+                Downstream::Protocol => "downstream_protocol_error",
+                Downstream::Terminated => "downstream_remote_disconnect",
+            },
+            ProxyError::Denied { .. } => "rbac_access_denied",
+        }
+    }
+
     /// The one-line body: Envoy's exact `RBAC: access denied` for a denial, else the error
     /// and a newline.
     fn body(&self) -> String {

@@ -244,6 +244,7 @@ pub async fn forward(
 
     let deadline = d.f.timeout().map(|t| tokio::time::Instant::now() + t);
     let hash = d.hash.as_ref().and_then(|h| h.hash);
+    let sent_at = std::time::Instant::now();
     let send = send_with_retries(shared, &snap, cluster, hash, retries, head, &mut body);
     let resp = match deadline {
         Some(at) => match tokio::time::timeout_at(at, send).await {
@@ -256,7 +257,14 @@ pub async fn forward(
         },
         None => send.await?,
     };
-    Ok(finish_response(resp, &d))
+    let mut resp = finish_response(resp, &d);
+    resp.extensions_mut()
+        .insert(crate::telemetry::UpstreamFacts {
+            route: d.f.rule.name.clone(),
+            service_time: Some(sent_at.elapsed()),
+            ..Default::default()
+        });
+    Ok(resp)
 }
 
 /// The head to send upstream: hop-by-hop and internal headers stripped, the rule's request
