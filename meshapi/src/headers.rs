@@ -17,8 +17,13 @@ pub const RESPONSE_FLAGS: &str = "x-meshctl-response-flags";
 /// proxy; never sent anywhere.
 pub const FRAMING_ERROR: &str = "x-meshctl-framing-error";
 
+/// The calling workload's labels (name, namespace, app, version), sent by a client proxy to
+/// a peer proxy so the server side labels its metrics with them (Istio's metadata
+/// exchange); believed only from a verified peer proxy.
+pub const PEER: &str = "x-meshctl-peer";
+
 /// Every reserved name, lower case.
-pub const RESERVED: [&str; 2] = [RESPONSE_FLAGS, FRAMING_ERROR];
+pub const RESERVED: [&str; 3] = [RESPONSE_FLAGS, FRAMING_ERROR, PEER];
 
 /// Whether `name` is a reserved header (ASCII case-insensitively, as HTTP field names compare).
 pub fn is_reserved(name: &str) -> bool {

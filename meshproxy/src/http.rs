@@ -28,9 +28,10 @@ pub fn boxed(b: hyper::body::Incoming) -> Body {
 /// `x-forwarded-client-cert`.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// The reserved headers ([`meshapi::headers::RESERVED`]) as header names.
-const RESERVED: [HeaderName; 2] = [
+const RESERVED: [HeaderName; 3] = [
     HeaderName::from_static(meshapi::headers::RESPONSE_FLAGS),
     HeaderName::from_static(meshapi::headers::FRAMING_ERROR),
+    HeaderName::from_static(meshapi::headers::PEER),
 ];
 
 /// A body from bytes.

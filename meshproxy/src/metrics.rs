@@ -292,42 +292,42 @@ impl IstioMetrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "istio_requests",
-            "Requests, by source and destination workload, response code and flags.",
+            "Requests, by source and destination workload, response code and flags",
             self.requests.clone(),
         );
         r.register(
             "istio_request_duration_milliseconds",
-            "Time from the request's arrival to the response's last byte, in milliseconds.",
+            "Time from the request's arrival to the response's last byte, in milliseconds",
             self.duration.clone(),
         );
         r.register(
             "istio_request_bytes",
-            "Request body sizes, in bytes.",
+            "Request body sizes, in bytes",
             self.request_bytes.clone(),
         );
         r.register(
             "istio_response_bytes",
-            "Response body sizes, in bytes.",
+            "Response body sizes, in bytes",
             self.response_bytes.clone(),
         );
         r.register(
             "istio_tcp_sent_bytes",
-            "Bytes sent to the downstream on TCP connections.",
+            "Bytes sent to the downstream on TCP connections",
             self.tcp_sent.clone(),
         );
         r.register(
             "istio_tcp_received_bytes",
-            "Bytes received from the downstream on TCP connections.",
+            "Bytes received from the downstream on TCP connections",
             self.tcp_received.clone(),
         );
         r.register(
             "istio_tcp_connections_opened",
-            "TCP connections opened.",
+            "TCP connections opened",
             self.tcp_opened.clone(),
         );
         r.register(
             "istio_tcp_connections_closed",
-            "TCP connections closed.",
+            "TCP connections closed",
             self.tcp_closed.clone(),
         );
     }

@@ -142,6 +142,10 @@ pub enum ProxyError {
     /// NR: nothing is configured for this destination or request.
     #[error("no route to {target}")]
     NoRoute { target: String },
+    /// NR with 503: the route names a destination that has no cluster (a subset no
+    /// DestinationRule defines: applied with a `meshctl check` finding, as Istio does).
+    #[error("no cluster for {target}")]
+    NoCluster { target: String },
     /// UT: the upstream did not answer in time.
     #[error("upstream request timeout to {service}")]
     Timeout { service: String },
@@ -230,6 +234,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
             ProxyError::NoHealthyUpstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UH"),
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "NR"),
+            ProxyError::NoCluster { .. } => (StatusCode::SERVICE_UNAVAILABLE, "NR"),
             ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UT"),
             ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UO"),
             ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, "UR"),
@@ -239,8 +244,6 @@ impl ProxyError {
         }
     }
 
-    /// The one-line body: Envoy's exact `RBAC: access denied` for a denial, else the error
-    /// and a newline.
     /// Envoy's `RESPONSE_CODE_DETAILS` for the local reply of this error (access logs).
     pub fn details(&self) -> &'static str {
         match self {
@@ -249,6 +252,7 @@ impl ProxyError {
             }
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::NoRoute { .. } => "route_not_found",
+            ProxyError::NoCluster { .. } => "cluster_not_found",
             ProxyError::Timeout { .. } => "upstream_response_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset_before_response_started",
             ProxyError::Overflow { .. } => "upstream_reset_before_response_started{overflow}",
@@ -261,6 +265,8 @@ impl ProxyError {
         }
     }
 
+    /// The one-line body: Envoy's exact `RBAC: access denied` for a denial, else the error
+    /// and a newline.
     fn body(&self) -> String {
         match self {
             ProxyError::Denied { .. } => meshapi::authz::DENIED_BODY.to_string(),

@@ -34,9 +34,9 @@ use crate::http::{Body, BoxError};
 use crate::metrics::Direction;
 
 /// The request header a client proxy sends its own workload in, to mesh endpoints only (a
-/// `x-mesh-` header: removed from every request that enters a proxy from outside, and before
+/// reserved header: removed from every request that enters a proxy from outside, and before
 /// the application sees it). Read only from an mTLS peer whose principal's namespace matches.
-pub const PEER_HEADER: &str = "x-mesh-peer";
+pub const PEER_HEADER: &str = meshapi::headers::PEER;
 
 /// Longest label value taken from a peer's [`PEER_HEADER`] (longer ones read `unknown`).
 const MAX_PEER_VALUE: usize = 128;

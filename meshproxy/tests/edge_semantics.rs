@@ -504,3 +504,39 @@ async fn mesh_wide_path_normalization_applies_without_a_policy() {
         assert_eq!(f.app.last().path_and_query, want, "{sent}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_istio_accepts_and_analyze_flags_behaves_as_on_istio() {
+    // A route to a subset no DestinationRule defines (MESH0102) and a DENY policy without rules
+    // (MESH0205), compiled as the control plane applies them.
+    let policies = format!(
+        "{}---\n{}",
+        vs("  - match: [{uri: {prefix: /v3-port}}]
+    route:
+    - destination: {host: backend, subset: v3, port: {number: 80}}
+  - match: [{uri: {prefix: /v3}}]
+    route:
+    - destination: {host: backend, subset: v3}
+  - route:
+    - destination: {host: backend}
+"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {name: deny-nothing, namespace: default}\n\
+         spec:\n  selector: {matchLabels: {app: backend}}\n  action: DENY\n"
+    );
+    let deny = compiled_authorization(COMPOSE, &policies, "backend").expect("a section");
+    assert_eq!(deny.deny.len(), 1, "the policy is applied, not dropped");
+    let f = Fixture::mesh(COMPOSE, &policies).await;
+    for path in ["/v3", "/v3-port/x"] {
+        let before = f.app.requests();
+        let (s, h, body) = f.send("GET", path, &[]).await;
+        assert_eq!(s, 503, "{path}: {body}");
+        assert_eq!(h[meshapi::headers::RESPONSE_FLAGS], "NR", "{path}");
+        assert_eq!(f.app.requests(), before, "{path} reached the app");
+    }
+    // The rule-less DENY policy is inert: every request passes.
+    for path in ["/", "/admin", "/anything"] {
+        let (s, _, body) = f.send("GET", path, &[]).await;
+        assert_eq!(s, 200, "{path}: {body}");
+    }
+}

@@ -216,7 +216,7 @@ pub async fn forward(
         return Ok(LocalReply::FaultAbort(abort).render());
     }
 
-    let cluster = d.cluster.ok_or_else(|| ProxyError::NoRoute {
+    let cluster = d.cluster.ok_or_else(|| ProxyError::NoCluster {
         target: format!(
             "{}:{}",
             d.f.destination.destination.host,
