@@ -33,6 +33,7 @@ pub mod pod;
 pub mod progress;
 pub mod runtime;
 pub mod supervise;
+pub mod top;
 pub mod up;
 
 use std::path::PathBuf;

@@ -146,6 +146,9 @@ pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
     for e in &r.errors {
         writeln!(w, "  {e}")?;
     }
+    for f in &r.findings {
+        writeln!(w, "  {f}")?;
+    }
     writeln!(
         w,
         "\n{:<28} {:<8} {:<8} {:<10} STATE",

@@ -87,7 +87,7 @@ pub struct LogsArgs {
     pub services: Vec<String>,
 }
 
-fn spec(args: &ProjectArgs) -> ProjectSpec {
+pub(super) fn spec(args: &ProjectArgs) -> ProjectSpec {
     ProjectSpec {
         files: args.files.clone(),
         working_dir: args
