@@ -244,8 +244,6 @@ impl ProxyError {
         }
     }
 
-    /// The one-line body: Envoy's exact `RBAC: access denied` for a denial, else the error
-    /// and a newline.
     /// Envoy's `RESPONSE_CODE_DETAILS` for the local reply of this error (access logs).
     pub fn details(&self) -> &'static str {
         match self {
@@ -254,6 +252,7 @@ impl ProxyError {
             }
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::NoRoute { .. } => "route_not_found",
+            ProxyError::NoCluster { .. } => "cluster_not_found",
             ProxyError::Timeout { .. } => "upstream_response_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset_before_response_started",
             ProxyError::Overflow { .. } => "upstream_reset_before_response_started{overflow}",
@@ -266,6 +265,8 @@ impl ProxyError {
         }
     }
 
+    /// The one-line body: Envoy's exact `RBAC: access denied` for a denial, else the error
+    /// and a newline.
     fn body(&self) -> String {
         match self {
             ProxyError::Denied { .. } => meshapi::authz::DENIED_BODY.to_string(),
