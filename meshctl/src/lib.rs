@@ -7,3 +7,4 @@ pub mod cli;
 pub mod controlplane;
 pub mod docker;
 pub mod project;
+pub mod term;
