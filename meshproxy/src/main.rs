@@ -172,7 +172,7 @@ fn main() -> anyhow::Result<()> {
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer())
+        .with(tracing_subscriber::fmt::layer().with_ansi(ansi_logs()))
         .init();
     let log_control: meshproxy::app::LogControl = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
@@ -232,4 +232,11 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Colour in log lines only on a terminal and without `NO_COLOR`: in a container (no TTY),
+/// under `docker logs`, or redirected to a file, lines stay plain text.
+fn ansi_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
