@@ -149,6 +149,18 @@ pub enum Command {
     Ls(crate::docker::lifecycle::LsArgs),
     /// Show meshctl's version.
     Version(VersionArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages: meshctl.1 on stdout, or every page (meshctl-<command>.1) into
+    /// --dir.
+    Man {
+        /// Directory to write every page into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
     ControlPlaneDaemon,
@@ -216,7 +228,11 @@ impl Command {
             | Command::Build { file }
             | Command::Ps { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
-            Command::Ls(_) | Command::Version(_) | Command::ControlPlaneDaemon => &[],
+            Command::Ls(_)
+            | Command::Version(_)
+            | Command::Completion { .. }
+            | Command::Man { .. }
+            | Command::ControlPlaneDaemon => &[],
         }
     }
 }
@@ -269,6 +285,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ls(args) => lifecycle::ls(&args),
         Command::Build { .. } => docker::build(&project),
         Command::Version(args) => version_cmd(&args),
+        Command::Completion { shell } => {
+            std::io::stdout()
+                .lock()
+                .write_all(&crate::shell::completion(shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => crate::shell::man(dir.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
     }
 }
