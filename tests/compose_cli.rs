@@ -400,3 +400,42 @@ fn failures_exit_1_usage_exits_2_and_a_closed_pipe_is_quiet() {
         "a closed pipe is not an error to report"
     );
 }
+
+/// A `build:` whose base image cannot be pulled (a registry name that does not resolve): `up`
+/// exits 1 naming the image and how to provide it without a registry.
+#[test]
+fn a_base_image_that_cannot_be_pulled_is_named_with_how_to_provide_it() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  app:\n    build: .\n",
+    )
+    .unwrap();
+    let base = "h18-no-such-registry.invalid/base:1";
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {base}\nCMD [\"true\"]\n"),
+    )
+    .unwrap();
+    let project = format!("t{}h18pull", std::process::id());
+    let up = run_in(
+        dir.path(),
+        MESHCTL,
+        &["-p", &project, "up", "-d"],
+        &[("CI", "1")],
+    );
+    let _ = run_in(dir.path(), MESHCTL, &["-p", &project, "down"], &[]);
+    let err = text(&up.stderr);
+    assert_eq!(up.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("the base image {base} could not be pulled")),
+        "{err}"
+    );
+    assert!(
+        err.contains("docker load") && err.contains("registry-mirrors"),
+        "{err}"
+    );
+}
