@@ -161,9 +161,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The busiest paths, live, from the sidecars' access logs: source, destination, method,
+    /// path, count, best, worst and last duration, success rate (access logs must be on).
+    Top(crate::docker::top::TopArgs),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
-    ControlPlaneDaemon,
+    ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
 }
 
 /// `meshctl config`: compose's flags.
@@ -232,7 +235,8 @@ impl Command {
             | Command::Version(_)
             | Command::Completion { .. }
             | Command::Man { .. }
-            | Command::ControlPlaneDaemon => &[],
+            | Command::ControlPlaneDaemon(_) => &[],
+            Command::Top(args) => &args.files,
         }
     }
 }
@@ -292,7 +296,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => crate::shell::man(dir.as_deref()).map(|()| ExitCode::SUCCESS),
-        Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
+        Command::Top(args) => crate::docker::top::top(&project, &args),
+        Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
     }
 }
 

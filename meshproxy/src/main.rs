@@ -172,7 +172,13 @@ fn main() -> anyhow::Result<()> {
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_ansi(ansi_logs()))
+        // Diagnostics on stderr: stdout carries the access log (as Envoy's), and a stalled
+        // stdout must only cost access log lines, never block a log call in the data path.
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi_logs()),
+        )
         .init();
     let log_control: meshproxy::app::LogControl = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
@@ -195,6 +201,7 @@ fn main() -> anyhow::Result<()> {
     };
     let opts = meshproxy::app::Options {
         log_control: Some(log_control),
+        ..Default::default()
     };
     rt.block_on(async {
         match (args.config, cp) {
@@ -234,9 +241,9 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// Colour in log lines only on a terminal and without `NO_COLOR`: in a container (no TTY),
-/// under `docker logs`, or redirected to a file, lines stay plain text.
+/// Colour in diagnostics (stderr) only on a terminal and without `NO_COLOR`: in a container
+/// (no TTY), under `docker logs`, or redirected to a file, lines stay plain text.
 fn ansi_logs() -> bool {
     use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

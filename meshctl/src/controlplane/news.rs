@@ -141,6 +141,8 @@ mod tests {
             connected: true,
             connected_since_ms: None,
             remote: None,
+            proxy_epoch: None,
+            ready_since_ms: None,
         };
         let n = news(&status(clean, vec![nack]));
         assert_eq!(n.len(), 1);

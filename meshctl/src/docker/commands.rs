@@ -68,7 +68,7 @@ pub struct DownArgs {
     pub remove_orphans: bool,
 }
 
-fn spec(args: &ProjectArgs) -> ProjectSpec {
+pub(super) fn spec(args: &ProjectArgs) -> ProjectSpec {
     args.spec()
 }
 
@@ -140,11 +140,16 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         );
         let heal = tokio::spawn(super::heal::watch(project.name().to_string()));
         let style = super::logs::LogStyle::follow_all();
+        let deaths = tokio::spawn(super::heal::watch_deaths(
+            project.name().to_string(),
+            |line| eprintln!("{line}"),
+        ));
         tokio::select! {
             // A closed stdout ends the stream; the project is stopped as on Ctrl-C.
             _ = super::logs::stream(&engine, &outcome.apps, &style) => {}
             _ = &mut interrupted => {}
         }
+        deaths.abort();
         stop_project(&engine, project.name(), &progress).await?;
         heal.abort();
         if let Some(cp) = outcome.control_plane {
@@ -282,6 +287,14 @@ pub fn build(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `meshctl __control-plane` (started by `up -d`).
-pub fn control_plane_daemon(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
-    super::cp::daemon(&spec(project))
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Serve the control plane in this process (the supervisor's child); without it, supervise.
+    #[arg(long)]
+    pub serve: bool,
+}
+
+/// `meshctl __control-plane` (started by `up -d`).
+pub fn control_plane_daemon(project: &ProjectArgs, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
+    super::cp::daemon(&spec(project), args.serve)
 }

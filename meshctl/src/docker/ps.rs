@@ -59,6 +59,11 @@ pub struct PsRow {
     pub instance: Option<u32>,
     pub version: String,
     pub state: String,
+    /// Times Docker restarted the container by its restart policy (compose's `restart:`).
+    pub restarts: i64,
+    /// Exit code of its last run, while it is not running (exited, or waiting to be restarted:
+    /// Docker resets it at each start).
+    pub exit_code: Option<i64>,
     /// `healthy`, `unhealthy`, `starting` or empty (no healthcheck).
     pub health: String,
     pub status: String,
@@ -87,7 +92,7 @@ pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let rows = rt.block_on(ps_rows(&target, proxy))?;
+    let (rows, ca_warnings) = rt.block_on(ps_rows(&target, proxy))?;
     let rows: Vec<PsRow> = rows
         .into_iter()
         .filter(|r| all || r.state == "running" || !args.status.is_empty())
@@ -119,6 +124,9 @@ pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     if format == Format::Json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
+        for w in &ca_warnings {
+            eprintln!("warning: {w}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -131,6 +139,7 @@ pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                 r.mesh_service.clone(),
                 or_dash(&r.version),
                 r.state.clone(),
+                r.restarts.to_string(),
                 or_dash(&r.health),
                 or_dash(&r.identity),
                 cert_cell(r, now),
@@ -141,11 +150,31 @@ pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     write_table(
         &mut out,
         &[
-            "NAME", "SERVICE", "MESH", "VERSION", "STATE", "HEALTH", "IDENTITY", "CERT", "PORTS",
+            "NAME", "SERVICE", "MESH", "VERSION", "STATE", "RESTARTS", "HEALTH", "IDENTITY",
+            "CERT", "PORTS",
         ],
         &table,
     )?;
+    for w in &ca_warnings {
+        eprintln!("warning: {w}");
+    }
     for r in &rows {
+        if r.state == "restarting" || (r.restarts > 0 && r.state != "running") {
+            eprintln!(
+                "warning: {} keeps dying: exited with code {}, restarted {} times by its restart policy (`meshctl logs {}`)",
+                r.name,
+                r.exit_code.map_or("?".to_string(), |c| c.to_string()),
+                r.restarts,
+                r.service
+            );
+        } else if r.restarts > 0 {
+            eprintln!(
+                "warning: {} died and was restarted by its restart policy ({} restart{})",
+                r.name,
+                r.restarts,
+                if r.restarts == 1 { "" } else { "s" }
+            );
+        }
         match (r.cert_expiry, &r.cert_expires) {
             (Some(Expiry::Expiring), Some(at)) => eprintln!(
                 "warning: the certificate of {} ({}) expires at {at}: its renewal is overdue",
@@ -194,8 +223,9 @@ pub fn relative(secs: i64) -> String {
     }
 }
 
-/// The rows of `ps`: app containers (and with `proxy`, sidecars and meshdns), every state.
-pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<Vec<PsRow>> {
+/// The rows of `ps`: app containers (and with `proxy`, sidecars and meshdns), every state;
+/// and a warning per CA certificate near or past expiry.
+pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<(Vec<PsRow>, Vec<String>)> {
     let engine = Engine::connect().await?;
     let containers = target.containers(&engine).await?;
     let expiry = cert_expiry(&target.state_dir_on(&containers)).await;
@@ -229,6 +259,13 @@ pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<Vec<PsRow>>
             .map(|h| h.to_string())
             .filter(|h| h != "none" && !h.is_empty())
             .unwrap_or_default();
+        let restarts = inspect.as_ref().and_then(|i| i.restart_count).unwrap_or(0);
+        // Docker resets the exit code when it starts the container again, so it is known
+        // only while the container is not running (exited, or waiting to be restarted).
+        let exit_code = inspect.as_ref().and_then(|i| {
+            let st = i.state.as_ref()?;
+            (st.running != Some(true) || st.restarting == Some(true)).then_some(st.exit_code?)
+        });
         let identity = c.label(LABEL_IDENTITY).to_string();
         let ports = match role {
             Some(Role::App) => sidecar_ports
@@ -237,7 +274,7 @@ pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<Vec<PsRow>>
                 .unwrap_or_default(),
             _ => ports_of(&engine, &c.id).await,
         };
-        let cert = expiry.get(&identity);
+        let cert = expiry.identities.get(&identity);
         rows.push(PsRow {
             name: c.name.clone(),
             id: c.id.chars().take(12).collect(),
@@ -247,6 +284,8 @@ pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<Vec<PsRow>>
             instance: c.label(LABEL_INSTANCE).parse().ok(),
             version: c.label("version").to_string(),
             state: c.state.clone(),
+            restarts,
+            exit_code,
             health,
             status: c.status.clone(),
             image: c.image.clone(),
@@ -258,7 +297,7 @@ pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<Vec<PsRow>>
             ports,
         });
     }
-    Ok(rows)
+    Ok((rows, expiry.ca_warnings))
 }
 
 async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
@@ -288,11 +327,19 @@ async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
     out
 }
 
-/// Certificate expiry per identity from the running control plane (empty when it does not
-/// answer): RFC 3339, Unix seconds, and where it stands.
-async fn cert_expiry(state_dir: &std::path::Path) -> BTreeMap<String, (String, i64, Expiry)> {
+/// What `ps` shows of the running control plane's certificates: expiry per identity (RFC
+/// 3339, Unix seconds, where it stands), and a warning per CA certificate near or past expiry
+/// (empty when it does not answer).
+#[derive(Debug, Default)]
+struct CertReport {
+    identities: BTreeMap<String, (String, i64, Expiry)>,
+    ca_warnings: Vec<String>,
+}
+
+/// The certificates of the running control plane, for `ps`.
+async fn cert_expiry(state_dir: &std::path::Path) -> CertReport {
     let Ok(client) = crate::controlplane::client::AdminClient::from_state_dir(state_dir) else {
-        return BTreeMap::new();
+        return CertReport::default();
     };
     let asked = tokio::time::timeout(
         Duration::from_secs(3),
@@ -300,19 +347,23 @@ async fn cert_expiry(state_dir: &std::path::Path) -> BTreeMap<String, (String, i
     )
     .await;
     let Ok(Ok(status)) = asked else {
-        return BTreeMap::new();
+        return CertReport::default();
     };
-    status
-        .identities
-        .into_iter()
-        .filter_map(|i| {
-            let t = time::OffsetDateTime::from_unix_timestamp(i.not_after).ok()?;
-            let s = t
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok()?;
-            Some((i.identity, (s, i.not_after, i.expiry)))
-        })
-        .collect()
+    let now = crate::ca::unix_secs(std::time::SystemTime::now());
+    CertReport {
+        ca_warnings: crate::controlplane::api::ca_warnings(&status.ca_certificates, now),
+        identities: status
+            .identities
+            .into_iter()
+            .filter_map(|i| {
+                let t = time::OffsetDateTime::from_unix_timestamp(i.not_after).ok()?;
+                let s = t
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok()?;
+                Some((i.identity, (s, i.not_after, i.expiry)))
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
