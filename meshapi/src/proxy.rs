@@ -65,8 +65,9 @@ pub struct ProxyConfig {
     /// The compiled authorization policy of this workload ([`crate::authz::WorkloadPolicy`],
     /// as `meshmodel::compile::authz::compile_for_workload` makes it), including its
     /// `path_normalization` option. Evaluated per HTTP request and per TCP connection after
-    /// PeerAuthentication. Default none: everything that passed PeerAuthentication is allowed
-    /// and paths are forwarded as received. Unknown fields are errors at any depth.
+    /// PeerAuthentication. Default none: everything that passed PeerAuthentication is allowed,
+    /// and HTTP paths are still normalized with Istio's default (`BASE`) before forwarding.
+    /// Unknown fields are errors at any depth.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -1,6 +1,7 @@
 //! The Istio resources meshctl reads, typed field by field after Istio's CRD schema
 //! (`crd-all.gen.yaml`): VirtualService, DestinationRule and ServiceEntry (networking.istio.io
-//! v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy (security.istio.io v1beta1, v1).
+//! v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy (security.istio.io v1beta1, v1),
+//! Telemetry (telemetry.istio.io v1, v1alpha1).
 //!
 //! - Every struct refuses unknown fields, so a typo or a misplaced field is an error with the
 //!   field's path, never silently dropped.
@@ -21,6 +22,7 @@ pub mod matchers;
 pub mod meta;
 pub mod peer_authentication;
 pub mod service_entry;
+pub mod telemetry;
 pub mod types;
 mod validate;
 mod validate_dr;
@@ -58,6 +60,8 @@ pub use virtual_service::{
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 /// The API group of PeerAuthentication and AuthorizationPolicy.
 pub const SECURITY_GROUP: &str = "security.istio.io";
+/// The API group of Telemetry.
+pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
 
 /// The Istio kinds meshctl serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,15 +71,17 @@ pub enum IstioKind {
     PeerAuthentication,
     AuthorizationPolicy,
     ServiceEntry,
+    Telemetry,
 }
 
 impl IstioKind {
-    pub const ALL: [IstioKind; 5] = [
+    pub const ALL: [IstioKind; 6] = [
         IstioKind::VirtualService,
         IstioKind::DestinationRule,
         IstioKind::PeerAuthentication,
         IstioKind::AuthorizationPolicy,
         IstioKind::ServiceEntry,
+        IstioKind::Telemetry,
     ];
 
     /// The `kind:` value.
@@ -86,6 +92,7 @@ impl IstioKind {
             IstioKind::PeerAuthentication => "PeerAuthentication",
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
             IstioKind::ServiceEntry => "ServiceEntry",
+            IstioKind::Telemetry => "Telemetry",
         }
     }
 
@@ -95,6 +102,7 @@ impl IstioKind {
                 NETWORKING_GROUP
             }
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => SECURITY_GROUP,
+            IstioKind::Telemetry => TELEMETRY_GROUP,
         }
     }
 
@@ -105,6 +113,7 @@ impl IstioKind {
                 &["v1", "v1beta1", "v1alpha3"]
             }
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => &["v1", "v1beta1"],
+            IstioKind::Telemetry => &["v1", "v1alpha1"],
         }
     }
 
@@ -180,11 +189,6 @@ const UNSERVED: &[(&str, &str, &str)] = &[
         SECURITY_GROUP,
         "RequestAuthentication",
         "JWT request authentication is not served yet",
-    ),
-    (
-        "telemetry.istio.io",
-        "Telemetry",
-        "telemetry is configured by meshctl, not by resources",
     ),
     (
         "extensions.istio.io",
@@ -331,6 +335,7 @@ pub enum IstioResource {
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
     ServiceEntry(ServiceEntry),
+    Telemetry(telemetry::Telemetry),
 }
 
 impl IstioResource {
@@ -364,6 +369,7 @@ impl IstioResource {
                 deserialize(value).map(IstioResource::AuthorizationPolicy)
             }
             IstioKind::ServiceEntry => deserialize(value).map(IstioResource::ServiceEntry),
+            IstioKind::Telemetry => deserialize(value).map(IstioResource::Telemetry),
         }
     }
 
@@ -374,6 +380,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(_) => IstioKind::PeerAuthentication,
             IstioResource::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
             IstioResource::ServiceEntry(_) => IstioKind::ServiceEntry,
+            IstioResource::Telemetry(_) => IstioKind::Telemetry,
         }
     }
 
@@ -384,6 +391,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => &r.metadata,
             IstioResource::AuthorizationPolicy(r) => &r.metadata,
             IstioResource::ServiceEntry(r) => &r.metadata,
+            IstioResource::Telemetry(r) => &r.metadata,
         }
     }
 
@@ -394,6 +402,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => &mut r.metadata,
             IstioResource::AuthorizationPolicy(r) => &mut r.metadata,
             IstioResource::ServiceEntry(r) => &mut r.metadata,
+            IstioResource::Telemetry(r) => &mut r.metadata,
         }
     }
 
@@ -414,6 +423,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => r.validate(),
             IstioResource::AuthorizationPolicy(r) => r.validate(),
             IstioResource::ServiceEntry(r) => r.validate(),
+            IstioResource::Telemetry(r) => r.validate(),
         }
     }
 }

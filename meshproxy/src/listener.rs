@@ -22,6 +22,7 @@ use crate::context::Context;
 use crate::http::Body;
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
+use crate::telemetry::{Downstream, Side};
 
 /// A listener address that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -123,9 +124,16 @@ fn count_refused_head(
 }
 
 /// Serves HTTP on one downstream connection: each request goes to `forward`; an error is
-/// answered with its local reply and counted for `direction`.
-pub async fn serve_http<S, F, Fut>(ctx: Arc<Context>, io: S, direction: Direction, forward: F)
-where
+/// answered with its local reply and counted for the side's direction. Every request is
+/// recorded once, when its response ends ([`crate::telemetry`]), with the parties `side`
+/// says.
+pub async fn serve_http<S, F, Fut>(
+    ctx: Arc<Context>,
+    io: S,
+    side: Side,
+    downstream: Downstream,
+    forward: F,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
@@ -133,23 +141,29 @@ where
     let limits = ctx.limits();
     let builder = crate::http::server_builder(&limits);
     let counters = Arc::clone(&ctx);
+    let direction = side.direction();
     let forward = Arc::new(forward);
-    let svc = service_fn(move |req| {
+    let side = Arc::new(side);
+    let downstream = Arc::new(downstream);
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = Arc::clone(&counters);
         let forward = Arc::clone(&forward);
+        let pending = side.start(&ctx, &downstream, &mut req);
         async move {
             ctx.metrics.request(direction);
-            Ok::<_, Infallible>(match forward(req).await {
-                Ok(resp) => resp,
+            let (resp, local) = match forward(req).await {
+                Ok(resp) => (resp, None),
                 Err(e) => {
                     ctx.metrics.local_response(direction);
                     if e.is_downstream() {
                         ctx.metrics
                             .downstream_error(direction, e.status_and_flag().1);
                     }
-                    e.into_response()
+                    let details = e.details();
+                    (e.into_response(), Some(details))
                 }
-            })
+            };
+            Ok::<_, Infallible>(pending.respond(resp, local))
         }
     });
     let io = crate::framing::FramingGuard::new(

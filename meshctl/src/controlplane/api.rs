@@ -60,6 +60,27 @@ pub struct CaCertStatus {
     pub expiry: Expiry,
 }
 
+/// One warning per CA certificate near or past expiry (`now` in Unix seconds): what `meshctl
+/// status` and `meshctl ps` print ahead of the root's expiry.
+pub fn ca_warnings(ca_certificates: &[CaCertStatus], now: i64) -> Vec<String> {
+    ca_certificates
+        .iter()
+        .filter_map(|c| match c.expiry {
+            Expiry::Ok => None,
+            Expiry::Expiring => Some(format!(
+                "the CA's {} certificate ({}) expires in {}: replace it (nothing renews it) before every proxy loses trust",
+                c.role,
+                c.subject,
+                rough_duration(c.not_after - now)
+            )),
+            Expiry::Expired => Some(format!(
+                "the CA's {} certificate ({}) has expired: no certificate it signed verifies",
+                c.role, c.subject
+            )),
+        })
+        .collect()
+}
+
 /// Where a certificate stands against its lifetime.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -353,22 +374,7 @@ pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
             })
         })
         .collect();
-    let mut warnings = Vec::new();
-    for c in &ca_certificates {
-        match c.expiry {
-            Expiry::Ok => {}
-            Expiry::Expiring => warnings.push(format!(
-                "the CA's {} certificate ({}) expires in {}: replace it (nothing renews it) before every proxy loses trust",
-                c.role,
-                c.subject,
-                rough_duration(c.not_after - now)
-            )),
-            Expiry::Expired => warnings.push(format!(
-                "the CA's {} certificate ({}) has expired: no certificate it signed verifies",
-                c.role, c.subject
-            )),
-        }
-    }
+    let mut warnings = ca_warnings(&ca_certificates, now);
     let admin = admin::admin_id(&ca.config().trust_domain)
         .ok()
         .map(|a| a.to_string());

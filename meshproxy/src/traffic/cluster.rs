@@ -40,6 +40,11 @@ pub struct ClusterState {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Each endpoint's pool key, built once.
     keys: Vec<Arc<PoolKey>>,
+    /// Whether the endpoints are mesh proxies (have an identity): requests to them carry
+    /// this proxy's workload ([`crate::telemetry::PEER_HEADER`]).
+    pub to_mesh: bool,
+    /// Each endpoint as a destination in metric labels, built once.
+    parties: Vec<Arc<crate::telemetry::Party>>,
     pub policy: ClusterPolicy,
     /// Whether requests multiplex on HTTP/2 upstream (`http2`/`grpc` ports, or
     /// `h2UpgradePolicy: UPGRADE`); otherwise each active request holds one of
@@ -86,10 +91,16 @@ impl ClusterState {
                 })
             })
             .collect();
+        let parties = endpoints
+            .iter()
+            .map(|e| Arc::new(crate::telemetry::Party::of_endpoint(e)))
+            .collect();
         ClusterState {
+            to_mesh: endpoints.iter().any(|e| e.identity.is_some()),
             name,
             service: Arc::from(service),
             keys,
+            parties,
             port: cluster.port,
             balancer: Balancer::new(&cluster.policy, &weighted),
             breaker: Arc::new(CircuitBreaker::new(limits)),
@@ -110,6 +121,11 @@ impl ClusterState {
             retries: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
         }
+    }
+
+    /// Endpoint `i` as a destination in metric labels.
+    pub fn party(&self, i: usize) -> Option<Arc<crate::telemetry::Party>> {
+        self.parties.get(i).cloned()
     }
 
     fn now(&self) -> Duration {
