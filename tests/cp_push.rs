@@ -543,13 +543,18 @@ async fn analyzer_findings_are_applied_and_shown_api_server_rejections_are_refus
         (frontend_status(&cp).acked == Some(1)).then_some(())
     })
     .await;
+    // Serving, the proxy reported its start epoch: revision 2 (its clients' configs).
+    eventually("revision 2 with the frontend's epoch", || {
+        (frontend_status(&cp).proxy_epoch.is_some() && cp.revision() == 2).then_some(())
+    })
+    .await;
     let flagged = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\n\
                    spec:\n  hosts: [backend]\n  http:\n  - route:\n    - destination: {host: backend, subset: v3}\n\
                    ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
                    metadata: {name: deny-nothing}\nspec:\n  selector: {matchLabels: {app: backend}}\n  action: DENY\n";
     std::fs::write(dir.path().join("mesh/flagged.yaml"), flagged).unwrap();
     let cfg_rx = proxy.config.clone();
-    eventually("the flagged files applied as version 2", || {
+    eventually("the flagged files applied as version 3", || {
         let c = cfg_rx.borrow();
         let routed = c.traffic.as_ref().is_some_and(|t| {
             t.services.iter().any(|s| {
@@ -561,7 +566,7 @@ async fn analyzer_findings_are_applied_and_shown_api_server_rejections_are_refus
                 })
             })
         });
-        (c.revision == 2 && routed).then_some(())
+        (c.revision == 3 && routed).then_some(())
     })
     .await;
     let report = cp.last_reload();
@@ -607,8 +612,8 @@ async fn analyzer_findings_are_applied_and_shown_api_server_rejections_are_refus
             .any(|e| e.contains("flagged.yaml:9:") && e.contains("MESH0004")),
         "{errors:?}"
     );
-    assert_eq!(cp.revision(), 2);
-    assert_eq!(proxy.config.borrow().revision, 2);
+    assert_eq!(cp.revision(), 3);
+    assert_eq!(proxy.config.borrow().revision, 3);
     proxy.stop.send_replace(true);
     cp.shutdown().await;
 }
