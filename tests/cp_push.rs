@@ -543,6 +543,11 @@ async fn analyzer_findings_are_applied_and_shown_api_server_rejections_are_refus
         (frontend_status(&cp).acked == Some(1)).then_some(())
     })
     .await;
+    // Serving, the proxy reported its start epoch: revision 2 (its clients' configs).
+    eventually("revision 2 with the frontend's epoch", || {
+        (frontend_status(&cp).proxy_epoch.is_some() && cp.revision() == 2).then_some(())
+    })
+    .await;
     let flagged = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\n\
                    spec:\n  hosts: [backend]\n  http:\n  - route:\n    - destination: {host: backend, subset: v3}\n\
                    ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\

@@ -985,6 +985,54 @@ async fn an_endpoint_whose_app_is_gone_is_retried_elsewhere_by_the_default_polic
     }
 }
 
+/// `minHealthPercent` as Envoy's healthy panic threshold (Istio sets it from the field): with
+/// one of two endpoints ejected (50% healthy), a cluster at 60% balances over both, ejected one
+/// included; at 0 (the default) the ejected endpoint gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_min_health_percent_the_ejected_endpoint_still_gets_traffic() {
+    for (min_health, expect_traffic) in [(60, true), (0, false)] {
+        let dr = format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend}}
+spec:
+  host: backend
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 30s, baseEjectionTime: 60s, maxEjectionPercent: 100, minHealthPercent: {min_health}}}
+"
+        );
+        let f = Fixture::new(&dr, &[("backend-v1", "v1"), ("backend-v1", "v1")]).await;
+        let bad = &f.instances[0].app;
+        bad.b.always.store(500, Ordering::SeqCst);
+        let client = http1_client();
+        let mut n = 0;
+        while bad.requests() < 1 {
+            send(&client, &f.url("/"), &[]).await;
+            n += 1;
+            assert!(n < 20, "bad endpoint never reached");
+        }
+        let dump = admin_get(&f.client, "/config_dump").await;
+        assert!(dump.contains("\"ejected\": true"), "{dump}");
+        let before = bad.requests();
+        for _ in 0..20 {
+            send(&client, &f.url("/"), &[]).await;
+        }
+        let got = bad.requests() - before;
+        if expect_traffic {
+            assert!(
+                got >= 5,
+                "minHealthPercent {min_health}: the ejected endpoint got {got} of 20"
+            );
+        } else {
+            assert_eq!(
+                got, 0,
+                "minHealthPercent 0: the ejected endpoint got {got} of 20"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_leaves_a_cluster_unchanged_keeps_its_ejections() {
     const DR: &str = "apiVersion: networking.istio.io/v1
