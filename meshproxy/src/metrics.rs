@@ -32,6 +32,14 @@ pub struct Metrics {
     downstream_errors: [[AtomicU64; 2]; 2],
     /// Plaintext connections refused by a STRICT port (or TLS refused by DISABLE).
     pub mode_rejected: AtomicU64,
+    /// Connections to published ports from outside the mesh (the edge listener).
+    pub edge_connections: AtomicU64,
+    /// Captured outbound connections to destinations outside the registry passed through
+    /// (`ALLOW_ANY`).
+    pub passthrough: AtomicU64,
+    /// Captured outbound connections to destinations outside the registry refused
+    /// (`REGISTRY_ONLY`).
+    pub registry_blocked: AtomicU64,
     /// Accepted config reloads.
     pub reloads_ok: AtomicU64,
     /// Refused (invalid) config reloads.
@@ -125,6 +133,24 @@ impl Metrics {
                 "counter",
                 "Connections refused by PeerAuthentication mode.",
                 &self.mode_rejected,
+            ),
+            (
+                "meshproxy_edge_connections_total",
+                "counter",
+                "Plaintext connections to published ports from outside the mesh (edge listener).",
+                &self.edge_connections,
+            ),
+            (
+                "meshproxy_outbound_passthrough_total",
+                "counter",
+                "Outbound connections to destinations outside the registry, passed through (ALLOW_ANY).",
+                &self.passthrough,
+            ),
+            (
+                "meshproxy_outbound_registry_blocked_total",
+                "counter",
+                "Outbound connections to destinations outside the registry, refused (REGISTRY_ONLY).",
+                &self.registry_blocked,
             ),
             (
                 "meshproxy_config_reloads_total{result=\"ok\"}",

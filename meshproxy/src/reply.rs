@@ -160,6 +160,10 @@ pub enum ProxyError {
     /// endpoint by outlier detection.
     #[error("bad request body: {reason}")]
     DownstreamBody { cause: Downstream, reason: String },
+    /// NR (502): `outboundTrafficPolicy` is `REGISTRY_ONLY` and `host` is neither a mesh
+    /// service nor a ServiceEntry of this proxy (Istio's `BlackHoleCluster`).
+    #[error("{host} is not in the mesh registry (outboundTrafficPolicy REGISTRY_ONLY)")]
+    NotInRegistry { host: String },
     /// RBAC: the authorize step refused the request. The body is Envoy's, exactly
     /// `RBAC: access denied`; `target` (port and matched policy) goes to the log only.
     #[error("RBAC: access denied")]
@@ -230,6 +234,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
             ProxyError::NoHealthyUpstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UH"),
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "NR"),
+            ProxyError::NotInRegistry { .. } => (StatusCode::BAD_GATEWAY, "NR"),
             ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UT"),
             ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UO"),
             ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, "UR"),

@@ -34,6 +34,10 @@ pub fn merge(base: ComposeFile, over: ComposeFile) -> ComposeFile {
             &mut base_mesh.certificate_lifetime,
             over_mesh.certificate_lifetime,
         );
+        set(
+            &mut base_mesh.outbound_traffic_policy,
+            over_mesh.outbound_traffic_policy,
+        );
         // A list set in the later file replaces the earlier one, as Istio's MeshConfig
         // overlays do.
         if !over_mesh.trust_domain_aliases.is_empty() {
