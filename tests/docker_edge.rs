@@ -166,7 +166,7 @@ async fn published_ports_enter_through_the_proxy_and_egress_follows_the_sidecar(
     assert_eq!(code, "502", "{text}");
     assert!(
         text.to_ascii_lowercase()
-            .contains("x-mesh-response-flags: nr"),
+            .contains("x-meshctl-response-flags: nr"),
         "{text}"
     );
     assert!(text.contains(&format!("{outside}:8080")), "{text}");

@@ -1,6 +1,7 @@
 //! The Istio resources meshctl reads, typed field by field after Istio's CRD schema
 //! (`crd-all.gen.yaml`): VirtualService, DestinationRule, ServiceEntry and Sidecar
-//! (networking.istio.io v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy (security.istio.io v1beta1, v1).
+//! (networking.istio.io v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy
+//! (security.istio.io v1beta1, v1), Telemetry (telemetry.istio.io v1, v1alpha1).
 //!
 //! - Every struct refuses unknown fields, so a typo or a misplaced field is an error with the
 //!   field's path, never silently dropped.
@@ -22,6 +23,7 @@ pub mod meta;
 pub mod peer_authentication;
 pub mod service_entry;
 pub mod sidecar;
+pub mod telemetry;
 pub mod types;
 mod validate;
 mod validate_dr;
@@ -60,6 +62,8 @@ pub use virtual_service::{
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 /// The API group of PeerAuthentication and AuthorizationPolicy.
 pub const SECURITY_GROUP: &str = "security.istio.io";
+/// The API group of Telemetry.
+pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
 
 /// The Istio kinds meshctl serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,16 +74,18 @@ pub enum IstioKind {
     AuthorizationPolicy,
     ServiceEntry,
     Sidecar,
+    Telemetry,
 }
 
 impl IstioKind {
-    pub const ALL: [IstioKind; 6] = [
+    pub const ALL: [IstioKind; 7] = [
         IstioKind::VirtualService,
         IstioKind::DestinationRule,
         IstioKind::PeerAuthentication,
         IstioKind::AuthorizationPolicy,
         IstioKind::ServiceEntry,
         IstioKind::Sidecar,
+        IstioKind::Telemetry,
     ];
 
     /// The `kind:` value.
@@ -91,6 +97,7 @@ impl IstioKind {
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
             IstioKind::ServiceEntry => "ServiceEntry",
             IstioKind::Sidecar => "Sidecar",
+            IstioKind::Telemetry => "Telemetry",
         }
     }
 
@@ -101,6 +108,7 @@ impl IstioKind {
             | IstioKind::ServiceEntry
             | IstioKind::Sidecar => NETWORKING_GROUP,
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => SECURITY_GROUP,
+            IstioKind::Telemetry => TELEMETRY_GROUP,
         }
     }
 
@@ -112,6 +120,7 @@ impl IstioKind {
             | IstioKind::ServiceEntry
             | IstioKind::Sidecar => &["v1", "v1beta1", "v1alpha3"],
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => &["v1", "v1beta1"],
+            IstioKind::Telemetry => &["v1", "v1alpha1"],
         }
     }
 
@@ -182,11 +191,6 @@ const UNSERVED: &[(&str, &str, &str)] = &[
         SECURITY_GROUP,
         "RequestAuthentication",
         "JWT request authentication is not served yet",
-    ),
-    (
-        "telemetry.istio.io",
-        "Telemetry",
-        "telemetry is configured by meshctl, not by resources",
     ),
     (
         "extensions.istio.io",
@@ -334,6 +338,7 @@ pub enum IstioResource {
     AuthorizationPolicy(AuthorizationPolicy),
     ServiceEntry(ServiceEntry),
     Sidecar(Sidecar),
+    Telemetry(telemetry::Telemetry),
 }
 
 impl IstioResource {
@@ -368,6 +373,7 @@ impl IstioResource {
             }
             IstioKind::ServiceEntry => deserialize(value).map(IstioResource::ServiceEntry),
             IstioKind::Sidecar => deserialize(value).map(IstioResource::Sidecar),
+            IstioKind::Telemetry => deserialize(value).map(IstioResource::Telemetry),
         }
     }
 
@@ -379,6 +385,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
             IstioResource::ServiceEntry(_) => IstioKind::ServiceEntry,
             IstioResource::Sidecar(_) => IstioKind::Sidecar,
+            IstioResource::Telemetry(_) => IstioKind::Telemetry,
         }
     }
 
@@ -390,6 +397,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => &r.metadata,
             IstioResource::ServiceEntry(r) => &r.metadata,
             IstioResource::Sidecar(r) => &r.metadata,
+            IstioResource::Telemetry(r) => &r.metadata,
         }
     }
 
@@ -401,6 +409,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => &mut r.metadata,
             IstioResource::ServiceEntry(r) => &mut r.metadata,
             IstioResource::Sidecar(r) => &mut r.metadata,
+            IstioResource::Telemetry(r) => &mut r.metadata,
         }
     }
 
@@ -422,6 +431,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => r.validate(),
             IstioResource::ServiceEntry(r) => r.validate(),
             IstioResource::Sidecar(r) => r.validate(),
+            IstioResource::Telemetry(r) => r.validate(),
         }
     }
 }

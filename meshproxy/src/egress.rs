@@ -22,6 +22,12 @@ use tokio::net::TcpStream;
 use crate::context::Context;
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
+use crate::telemetry::{ConnectionOutcome, Downstream, Party, ServiceLabels, Side};
+
+/// Istio's destination service name for traffic passed through under `ALLOW_ANY`.
+const PASSTHROUGH: &str = "PassthroughCluster";
+/// Istio's destination service name for traffic refused under `REGISTRY_ONLY`.
+const BLACKHOLE: &str = "BlackHoleCluster";
 
 /// How long to wait between two looks at a client's first bytes while they trickle in.
 const PEEK_PAUSE: Duration = Duration::from_millis(5);
@@ -35,7 +41,7 @@ pub async fn serve(shared: Arc<Context>, stream: TcpStream, dst: SocketAddr, rem
     match mode {
         OutboundMode::AllowAny => {
             shared.metrics.passthrough.fetch_add(1, Ordering::Relaxed);
-            passthrough(shared, stream, dst, limits.connect_timeout.0).await;
+            passthrough(shared, stream, dst, remote, limits.connect_timeout.0).await;
         }
         OutboundMode::RegistryOnly => {
             shared
@@ -44,7 +50,7 @@ pub async fn serve(shared: Arc<Context>, stream: TcpStream, dst: SocketAddr, rem
                 .fetch_add(1, Ordering::Relaxed);
             if looks_like_http(&stream, limits.sniff_timeout.0).await {
                 tracing::info!(%remote, %dst, "REGISTRY_ONLY: HTTP to a destination outside the registry, answered 502");
-                refuse_http(shared, stream, dst).await;
+                refuse_http(shared, stream, dst, remote).await;
             } else {
                 tracing::info!(%remote, %dst, "REGISTRY_ONLY: connection to a destination outside the registry closed");
             }
@@ -53,11 +59,12 @@ pub async fn serve(shared: Arc<Context>, stream: TcpStream, dst: SocketAddr, rem
 }
 
 /// `ALLOW_ANY`: a byte copy to the original destination, on a marked socket (never captured
-/// again).
+/// again), recorded as a TCP connection to Istio's `PassthroughCluster`.
 async fn passthrough(
     shared: Arc<Context>,
     mut stream: TcpStream,
     dst: SocketAddr,
+    remote: SocketAddr,
     timeout: Duration,
 ) {
     let mut up = match tokio::time::timeout(timeout, crate::capture::connect(dst)).await {
@@ -73,17 +80,42 @@ async fn passthrough(
     };
     let _ = up.set_nodelay(true);
     tracing::debug!(%dst, "passthrough (ALLOW_ANY)");
+    let local = shared.runtime.load().telemetry.local.party.clone();
+    let mut record = ConnectionOutcome::start(
+        Direction::Outbound,
+        local,
+        Party::unknown(),
+        Arc::new(ServiceLabels::of_host(PASSTHROUGH)),
+    );
+    record.downstream = Some(Arc::new(downstream(remote, dst)));
+    crate::telemetry::connection_opened(&shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
             tracing::debug!(result = ?r, %dst, "passthrough stream ended");
+            record.bytes(r.ok());
         }
         _ = shared.drain.forced() => {}
+    }
+    crate::telemetry::record_connection(&shared, &record.finish());
+}
+
+/// The connection as access logs and spans tell it.
+fn downstream(remote: SocketAddr, dst: SocketAddr) -> Downstream {
+    Downstream {
+        remote,
+        local: Some(dst),
+        peer: None,
+        sni: None,
     }
 }
 
 /// Every request on the connection gets [`ProxyError::NotInRegistry`].
-async fn refuse_http(shared: Arc<Context>, stream: TcpStream, dst: SocketAddr) {
-    crate::listener::serve_http(shared, stream, Direction::Outbound, move |req| async move {
+async fn refuse_http(shared: Arc<Context>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
+    let side = Side::Outbound {
+        service: Arc::new(ServiceLabels::of_host(BLACKHOLE)),
+    };
+    let down = downstream(remote, dst);
+    crate::listener::serve_http(shared, stream, side, down, move |req| async move {
         Err::<http::Response<crate::http::Body>, _>(ProxyError::NotInRegistry {
             host: request_host(&req).unwrap_or_else(|| dst.to_string()),
         })

@@ -549,7 +549,7 @@ async fn published_ports_enter_through_the_edge_and_egress_follows_the_outbound_
     assert_eq!(code, "502", "{text}");
     assert!(
         text.to_ascii_lowercase()
-            .contains("x-mesh-response-flags: nr"),
+            .contains("x-meshctl-response-flags: nr"),
         "{text}"
     );
     assert!(text.contains(&format!("{CLIENT_IP}:9090")), "{text}");

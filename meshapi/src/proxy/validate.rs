@@ -180,6 +180,7 @@ impl ProxyConfig {
                 )),
             );
         }
+        errs.extend(self.telemetry.metrics.validate());
         errs
     }
 

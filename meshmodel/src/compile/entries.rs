@@ -166,6 +166,7 @@ pub(super) fn add_entries(
                             .map(|t| UpstreamTls { port: None, ..t })
                             .into_iter()
                             .collect(),
+                        epoch: None,
                     })
                 })
                 .collect();
