@@ -650,7 +650,7 @@ fn sidecar_conflicts(cx: &mut Ctx<'_>) {
                 .filter(|r| match &r.resource {
                     IstioResource::Sidecar(sc) => {
                         let labels = sc.selector_labels();
-                        (!labels.is_empty()) == with_selector && w.matches(&labels)
+                        labels.is_empty() != with_selector && w.matches(&labels)
                     }
                     _ => false,
                 })
