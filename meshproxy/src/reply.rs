@@ -249,8 +249,6 @@ impl ProxyError {
         }
     }
 
-    /// The one-line body: Envoy's exact `RBAC: access denied` for a denial, else the error
-    /// and a newline.
     /// Envoy's `RESPONSE_CODE_DETAILS` for the local reply of this error (access logs).
     pub fn details(&self) -> &'static str {
         match self {
@@ -273,6 +271,8 @@ impl ProxyError {
         }
     }
 
+    /// The one-line body: Envoy's exact `RBAC: access denied` for a denial, else the error
+    /// and a newline.
     fn body(&self) -> String {
         match self {
             ProxyError::Denied { .. } => meshapi::authz::DENIED_BODY.to_string(),
