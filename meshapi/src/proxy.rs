@@ -95,6 +95,50 @@ pub struct ProxyConfig {
     /// Istio's defaults.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// What the outbound capture listener does with a connection to a destination that is
+    /// not in `outbound` (Istio's `outboundTrafficPolicy`). Default `ALLOW_ANY`.
+    #[serde(default, skip_serializing_if = "OutboundTrafficPolicy::is_default")]
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `outboundTrafficPolicy`: what happens to captured traffic for a destination the
+/// proxy does not know (neither a mesh service nor a ServiceEntry in its `outbound`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` or `REGISTRY_ONLY`. Default `ALLOW_ANY`, Istio's default.
+    #[serde(default)]
+    pub mode: OutboundMode,
+}
+
+impl OutboundTrafficPolicy {
+    /// Whether this is the default (`ALLOW_ANY`), left out when written.
+    pub fn is_default(&self) -> bool {
+        *self == OutboundTrafficPolicy::default()
+    }
+}
+
+/// `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// Unknown destinations are passed through (a TCP byte copy to the original
+    /// destination, counted as passthrough). Istio's default.
+    #[default]
+    AllowAny,
+    /// Unknown destinations are refused: an HTTP request gets `502` with the response flag
+    /// `NR` and the host in the body, any other connection is closed; both are counted.
+    RegistryOnly,
+}
+
+impl OutboundMode {
+    /// The name as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundMode::AllowAny => "ALLOW_ANY",
+            OutboundMode::RegistryOnly => "REGISTRY_ONLY",
+        }
+    }
 }
 
 /// Writes an engine section (`authorization`, `traffic`) through `serde_json::Value`, so it
@@ -209,6 +253,11 @@ pub struct ListenerConfig {
     /// Whether to bind one explicit listener per `outbound[].vip` (host mode). Default true.
     #[serde(default = "default_true")]
     pub bind_vips: bool,
+    /// The edge listener: plaintext from outside the mesh to a published port (container
+    /// mode: the capture rules redirect it here), served with the port's protocol and the
+    /// workload's AuthorizationPolicy, without a principal. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<SocketAddr>,
 }
 
 fn default_inbound_addr() -> SocketAddr {
@@ -221,6 +270,7 @@ impl Default for ListenerConfig {
             inbound: default_inbound_addr(),
             outbound_capture: None,
             bind_vips: true,
+            edge: None,
         }
     }
 }

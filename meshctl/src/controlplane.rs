@@ -90,6 +90,11 @@ pub struct ContainerPlacement(pub meshmodel::compile::FixedPlacement);
 pub const CONTAINER_CAPTURE_ADDR: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15001);
 
+/// The edge listener of a container-mode proxy: published ports reached from outside the
+/// project network are redirected to it by the capture rules.
+pub const CONTAINER_EDGE_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 15007);
+
 impl meshmodel::compile::Placement for ContainerPlacement {
     fn inbound(&self, workload: &str, instance: u32) -> Option<std::net::SocketAddr> {
         self.0.inbound(workload, instance)
@@ -97,6 +102,10 @@ impl meshmodel::compile::Placement for ContainerPlacement {
 
     fn outbound_capture(&self, _workload: &str, _instance: u32) -> Option<std::net::SocketAddr> {
         Some(CONTAINER_CAPTURE_ADDR)
+    }
+
+    fn edge(&self, _workload: &str, _instance: u32) -> Option<std::net::SocketAddr> {
+        Some(CONTAINER_EDGE_ADDR)
     }
 }
 

@@ -43,6 +43,9 @@ pub mod codes {
     pub const SELECTS_NOTHING: &str = "MESH0203";
     /// STRICT mTLS on a workload whose callers are told to send plaintext.
     pub const STRICT_WITHOUT_MTLS_CALLERS: &str = "MESH0204";
+    /// More than one Sidecar applies to one workload (Istio's IST0109/IST0110): only the
+    /// first (file order) does.
+    pub const CONFLICTING_SIDECARS: &str = "MESH0112";
     /// A DENY AuthorizationPolicy without rules: it matches nothing, so it denies nothing.
     pub const DENY_WITHOUT_RULES: &str = "MESH0205";
 }
@@ -146,8 +149,19 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             IstioResource::PeerAuthentication(_) => peer_authentication(&mut cx, r, has_services),
             // Checked by its own validate(); its hosts are destinations (see `destination`).
             IstioResource::ServiceEntry(_) | IstioResource::Telemetry(_) => {}
+            IstioResource::Sidecar(sc) => {
+                if has_services {
+                    selector(
+                        &mut cx,
+                        r,
+                        &sc.selector_labels(),
+                        "spec.workloadSelector.labels",
+                    );
+                }
+            }
         }
     }
+    sidecar_conflicts(&mut cx);
     conflicts(&mut cx);
     cx.out
 }
@@ -621,6 +635,52 @@ fn plaintext_tls_mode(spec: &DestinationRuleSpec) -> Option<&'static str> {
 }
 
 /// More than one VirtualService, or DestinationRule without a workload selector, for a host.
+/// Two Sidecars for one workload: two with selectors that both match it, or two without a
+/// selector in its namespace. The first in file order applies
+/// (`crate::compile::sidecar_for`).
+fn sidecar_conflicts(cx: &mut Ctx<'_>) {
+    let mut found = Vec::new();
+    for w in &cx.inv.workloads {
+        for with_selector in [true, false] {
+            let list: Vec<&Resource> = cx
+                .mesh
+                .resources
+                .iter()
+                .filter(|r| r.id.namespace == w.namespace)
+                .filter(|r| match &r.resource {
+                    IstioResource::Sidecar(sc) => {
+                        let labels = sc.selector_labels();
+                        labels.is_empty() != with_selector && w.matches(&labels)
+                    }
+                    _ => false,
+                })
+                .collect();
+            for r in list.iter().skip(1) {
+                let first = list[0];
+                let message = format!(
+                    "workload {} is already selected by Sidecar {} at {}; only that one applies",
+                    w.compose_name,
+                    first.id.name,
+                    first.origin.locate("metadata.name")
+                );
+                if !found.iter().any(|(f, _): &(Resource, String)| f.id == r.id) {
+                    found.push(((*r).clone(), message));
+                }
+            }
+        }
+    }
+    for (r, message) in found {
+        cx.push(
+            &r,
+            codes::CONFLICTING_SIDECARS,
+            Severity::Warning,
+            "metadata.name",
+            message,
+            "give each workload one Sidecar: one per namespace without a selector, selectors that do not overlap",
+        );
+    }
+}
+
 fn conflicts(cx: &mut Ctx<'_>) {
     let mut vs_hosts: BTreeMap<String, Vec<(&Resource, usize)>> = BTreeMap::new();
     let mut dr_hosts: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();

@@ -6,7 +6,7 @@
 //! - Outbound: the mesh services it may call, one entry per service VIP:port (VIPs from the
 //!   [`VipAllocator`]), with the port protocol declared in `x-mesh` (or derived as Istio does).
 //!   Without a Sidecar resource Istio gives every proxy every service; meshctl does the same
-//!   minus the proxy's own service.
+//!   minus the proxy's own service. A Sidecar's `egress` narrows that list.
 //! - Services: the endpoints of those services only, placed by a [`Placement`] (where each
 //!   workload instance's proxy accepts mTLS), each with Istio's auto-mTLS decision per port
 //!   (plaintext where the endpoint's PeerAuthentication is DISABLE, ISTIO_MUTUAL elsewhere);
@@ -14,6 +14,9 @@
 //! - ServiceEntries (`resolution: STATIC`): one service per (host, port) on the host's VIP,
 //!   endpoints without identity, plaintext or the DestinationRule's TLS origination
 //!   ([`service_entry_hosts`]; VIPs for them come from [`vip_services`]).
+//! - Egress: a `Sidecar` narrows the services and ServiceEntries a proxy receives to its
+//!   `egress[].hosts`, and sets (with the mesh's `x-mesh.outboundTrafficPolicy`) what the
+//!   proxy does with anything else ([`egress`]).
 //! - Authorization: the AuthorizationPolicies that apply to the workload, compiled by
 //!   [`authz::compile_for_workload`] (none apply: no section).
 //!
@@ -72,6 +75,12 @@ pub trait Placement {
     /// redirected to it by the capture rules), which then binds no per-VIP listeners.
     /// Default none: one listener per outbound VIP:port (host mode).
     fn outbound_capture(&self, _workload: &str, _instance: u32) -> Option<SocketAddr> {
+        None
+    }
+
+    /// The edge listener of that proxy (container mode: published ports reached from outside
+    /// the project network are redirected to it). Default none.
+    fn edge(&self, _workload: &str, _instance: u32) -> Option<SocketAddr> {
         None
     }
 }
@@ -394,10 +403,12 @@ fn compile_with(
 
     let mut outbound = Vec::new();
     let mut services = BTreeMap::new();
+    let egress = egress::egress_of(input.mesh, me);
     let mut targets: Vec<&crate::model::MeshService> = inv
         .services
         .iter()
         .filter(|s| !(s.name == me.service && s.namespace == me.namespace))
+        .filter(|s| egress.imports(&s.namespace, &s.fqdn))
         .collect();
     targets.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
     for svc in targets {
@@ -455,7 +466,7 @@ fn compile_with(
         );
     }
 
-    entries::add_entries(input, me, &mut outbound, &mut services)?;
+    entries::add_entries(input, me, &egress, &mut outbound, &mut services)?;
 
     Ok(ProxyConfig {
         api_version: API_VERSION.to_string(),
@@ -475,6 +486,7 @@ fn compile_with(
                 inbound: inbound_addr,
                 outbound_capture: capture,
                 bind_vips: capture.is_none(),
+                edge: input.placement.edge(&proxy.workload, proxy.instance),
             }
         },
         inbound,
@@ -492,6 +504,7 @@ fn compile_with(
             }
         })?),
         telemetry: telemetry::telemetry_of(input.mesh, me)?,
+        outbound_traffic_policy: egress.policy,
     })
 }
 
@@ -597,6 +610,7 @@ fn proto_name(p: Protocol) -> &'static str {
 mod tests;
 
 pub mod authz;
+pub mod egress;
 mod entries;
 pub mod peer;
 pub mod policy;

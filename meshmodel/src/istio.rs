@@ -1,7 +1,7 @@
 //! The Istio resources meshctl reads, typed field by field after Istio's CRD schema
-//! (`crd-all.gen.yaml`): VirtualService, DestinationRule and ServiceEntry (networking.istio.io
-//! v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy (security.istio.io v1beta1, v1),
-//! Telemetry (telemetry.istio.io v1, v1alpha1).
+//! (`crd-all.gen.yaml`): VirtualService, DestinationRule, ServiceEntry and Sidecar
+//! (networking.istio.io v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy
+//! (security.istio.io v1beta1, v1), Telemetry (telemetry.istio.io v1, v1alpha1).
 //!
 //! - Every struct refuses unknown fields, so a typo or a misplaced field is an error with the
 //!   field's path, never silently dropped.
@@ -10,7 +10,7 @@
 //! - `validate()` on each kind applies Istio's cross-field rules (oneofs, required fields,
 //!   minimums) and refuses by name what meshctl does not serve yet
 //!   (`not supported by meshctl: ...`).
-//! - [`kind_of`] tells served kinds from known-but-unserved ones (Gateway, Sidecar,
+//! - [`kind_of`] tells served kinds from known-but-unserved ones (Gateway,
 //!   Kubernetes objects, ...) and unknown ones; [`IstioResource::from_value`] reads one document.
 //!
 //! Istio's defaults are documented on the fields and exposed as consts and accessors, e.g.
@@ -22,6 +22,7 @@ pub mod matchers;
 pub mod meta;
 pub mod peer_authentication;
 pub mod service_entry;
+pub mod sidecar;
 pub mod telemetry;
 pub mod types;
 mod validate;
@@ -45,6 +46,7 @@ pub use destination_rule::{
 pub use meta::{Ignored, ObjectMeta, PolicyTargetReference, WorkloadSelector};
 pub use peer_authentication::{Mtls, MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
 pub use service_entry::{ServiceEntry, ServiceEntrySpec};
+pub use sidecar::{EgressHost, Sidecar, SidecarSpec};
 pub use types::{
     Duration, IntPercent, IpBlock, Labels, Percent, Percentage, Port, PortString, Principal,
     RetryCondition, RetryOn, ServiceAccountRef, SpiffeParts, TrustDomain, Wildcard, WildcardMatch,
@@ -71,16 +73,18 @@ pub enum IstioKind {
     PeerAuthentication,
     AuthorizationPolicy,
     ServiceEntry,
+    Sidecar,
     Telemetry,
 }
 
 impl IstioKind {
-    pub const ALL: [IstioKind; 6] = [
+    pub const ALL: [IstioKind; 7] = [
         IstioKind::VirtualService,
         IstioKind::DestinationRule,
         IstioKind::PeerAuthentication,
         IstioKind::AuthorizationPolicy,
         IstioKind::ServiceEntry,
+        IstioKind::Sidecar,
         IstioKind::Telemetry,
     ];
 
@@ -92,15 +96,17 @@ impl IstioKind {
             IstioKind::PeerAuthentication => "PeerAuthentication",
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
             IstioKind::ServiceEntry => "ServiceEntry",
+            IstioKind::Sidecar => "Sidecar",
             IstioKind::Telemetry => "Telemetry",
         }
     }
 
     pub fn group(self) -> &'static str {
         match self {
-            IstioKind::VirtualService | IstioKind::DestinationRule | IstioKind::ServiceEntry => {
-                NETWORKING_GROUP
-            }
+            IstioKind::VirtualService
+            | IstioKind::DestinationRule
+            | IstioKind::ServiceEntry
+            | IstioKind::Sidecar => NETWORKING_GROUP,
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => SECURITY_GROUP,
             IstioKind::Telemetry => TELEMETRY_GROUP,
         }
@@ -109,9 +115,10 @@ impl IstioKind {
     /// The versions served, newest first; all have the same schema.
     pub fn versions(self) -> &'static [&'static str] {
         match self {
-            IstioKind::VirtualService | IstioKind::DestinationRule | IstioKind::ServiceEntry => {
-                &["v1", "v1beta1", "v1alpha3"]
-            }
+            IstioKind::VirtualService
+            | IstioKind::DestinationRule
+            | IstioKind::ServiceEntry
+            | IstioKind::Sidecar => &["v1", "v1beta1", "v1alpha3"],
             IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => &["v1", "v1beta1"],
             IstioKind::Telemetry => &["v1", "v1alpha1"],
         }
@@ -159,11 +166,6 @@ const UNSERVED: &[(&str, &str, &str)] = &[
         NETWORKING_GROUP,
         "Gateway",
         "meshctl has no ingress/egress gateways yet; publish a service with compose `ports:`",
-    ),
-    (
-        NETWORKING_GROUP,
-        "Sidecar",
-        "every meshctl proxy already sees only the services it needs",
     ),
     (
         NETWORKING_GROUP,
@@ -335,6 +337,7 @@ pub enum IstioResource {
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
     ServiceEntry(ServiceEntry),
+    Sidecar(Sidecar),
     Telemetry(telemetry::Telemetry),
 }
 
@@ -369,6 +372,7 @@ impl IstioResource {
                 deserialize(value).map(IstioResource::AuthorizationPolicy)
             }
             IstioKind::ServiceEntry => deserialize(value).map(IstioResource::ServiceEntry),
+            IstioKind::Sidecar => deserialize(value).map(IstioResource::Sidecar),
             IstioKind::Telemetry => deserialize(value).map(IstioResource::Telemetry),
         }
     }
@@ -380,6 +384,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(_) => IstioKind::PeerAuthentication,
             IstioResource::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
             IstioResource::ServiceEntry(_) => IstioKind::ServiceEntry,
+            IstioResource::Sidecar(_) => IstioKind::Sidecar,
             IstioResource::Telemetry(_) => IstioKind::Telemetry,
         }
     }
@@ -391,6 +396,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => &r.metadata,
             IstioResource::AuthorizationPolicy(r) => &r.metadata,
             IstioResource::ServiceEntry(r) => &r.metadata,
+            IstioResource::Sidecar(r) => &r.metadata,
             IstioResource::Telemetry(r) => &r.metadata,
         }
     }
@@ -402,6 +408,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => &mut r.metadata,
             IstioResource::AuthorizationPolicy(r) => &mut r.metadata,
             IstioResource::ServiceEntry(r) => &mut r.metadata,
+            IstioResource::Sidecar(r) => &mut r.metadata,
             IstioResource::Telemetry(r) => &mut r.metadata,
         }
     }
@@ -423,6 +430,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => r.validate(),
             IstioResource::AuthorizationPolicy(r) => r.validate(),
             IstioResource::ServiceEntry(r) => r.validate(),
+            IstioResource::Sidecar(r) => r.validate(),
             IstioResource::Telemetry(r) => r.validate(),
         }
     }

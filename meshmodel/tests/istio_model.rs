@@ -1192,6 +1192,10 @@ fn kind_of_classifies_versions_and_kinds() {
             kind_of(&format!("networking.istio.io/{v}"), "DestinationRule"),
             KindLookup::Served(IstioKind::DestinationRule)
         );
+        assert_eq!(
+            kind_of(&format!("networking.istio.io/{v}"), "Sidecar"),
+            KindLookup::Served(IstioKind::Sidecar)
+        );
     }
     for v in ["v1", "v1beta1"] {
         assert_eq!(
@@ -1223,7 +1227,6 @@ fn kind_of_classifies_versions_and_kinds() {
 
     let unserved = [
         ("networking.istio.io/v1", "Gateway"),
-        ("networking.istio.io/v1", "Sidecar"),
         ("networking.istio.io/v1", "WorkloadEntry"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1beta1", "ProxyConfig"),

@@ -60,6 +60,8 @@ pub struct ProxyHandle {
 pub struct Bound {
     pub inbound: SocketAddr,
     pub outbound_capture: Option<SocketAddr>,
+    /// The edge listener (published ports from outside the mesh), when configured.
+    pub edge: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub health: SocketAddr,
     pub stats: SocketAddr,
@@ -106,6 +108,7 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     let ctx = Arc::new(context(&cfg, opts)?);
     let (inbound, inbound_addr) = bind(cfg.listeners.inbound)?;
     let capture = cfg.listeners.outbound_capture.map(bind).transpose()?;
+    let edge = cfg.listeners.edge.map(bind).transpose()?;
     let (admin, admin_addr) = bind(cfg.admin.admin)?;
     let (health, health_addr) = bind(cfg.admin.health)?;
     let (stats, stats_addr) = bind(cfg.admin.stats)?;
@@ -116,6 +119,7 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     let bound = Bound {
         inbound: inbound_addr,
         outbound_capture: capture.as_ref().map(|(_, a)| *a),
+        edge: edge.as_ref().map(|(_, a)| *a),
         admin: admin_addr,
         health: health_addr,
         stats: stats_addr,
@@ -124,6 +128,9 @@ pub async fn build_with(cfg: ProxyConfig, opts: Options) -> Result<Bound, AppErr
     crate::inbound::spawn(Arc::clone(&ctx), inbound);
     if let Some((c, _)) = capture {
         crate::outbound::spawn_capture(Arc::clone(&ctx), c);
+    }
+    if let Some((e, _)) = edge {
+        crate::inbound::spawn_edge(Arc::clone(&ctx), e);
     }
     crate::admin::spawn(Arc::clone(&ctx), admin, AdminPort::Admin);
     crate::admin::spawn(Arc::clone(&ctx), health, AdminPort::Health);

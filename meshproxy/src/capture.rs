@@ -9,16 +9,33 @@
 //!         type nat hook prerouting priority -100; policy accept;
 //!         iifname "lo" return          # local traffic (proxy -> app on 127.0.0.1) is never touched
 //!         tcp dport 15006 return       # one per proxy port (15006 15001 15000 15021 15090, extras)
+//!         ip saddr 172.30.5.1 tcp dport 8080 redirect to :15007    # edge: a published port,
+//!         ip saddr 172.30.5.0/24 meta l4proto tcp redirect to :15006  # reached from outside
+//!         tcp dport 8080 redirect to :15007                        # the project network
 //!         meta l4proto tcp redirect to :15006
 //!     }
-//!     chain output {                  # outbound: from this netns to the mesh VIPs
+//!     chain output {                  # outbound: everything this netns opens
 //!         type nat hook output priority -100; policy accept;
 //!         meta skuid 1337 return       # only when the proxy runs as a non-root user
+//!         meta mark 0x00000539 return  # the proxy's own connections (SO_MARK, see [`connect`])
 //!         tcp dport 15006 return       # same proxy ports
 //!         ip daddr 127.240.0.0/16 meta l4proto tcp redirect to :15001
+//!         ip daddr 127.0.0.0/8 return  # the pod's own loopback
+//!         ip daddr 172.30.5.2 return   # excluded destinations (meshdns)
+//!         meta l4proto tcp redirect to :15001
 //!     }
 //! }
 //! ```
+//!
+//! The edge rules exist only for published ports ([`Edge`]): a connection to one of them from
+//! an edge source (the project network's gateway: the host through Docker's port proxy or
+//! hairpin NAT) or from outside the project network (other machines, through Docker's DNAT,
+//! source preserved) goes to the edge listener, which accepts plaintext and applies the
+//! workload's AuthorizationPolicy without a principal. From inside the project network the
+//! same port goes to the inbound listener like every other port (mTLS under STRICT).
+//!
+//! Outbound, every TCP connection is redirected (so `outboundTrafficPolicy` sees it: passed
+//! through or refused), except the proxy's own, which carry the mark [`PROXY_MARK`].
 //!
 //! [`install`] replaces the table in one nf_tables transaction (create-if-missing, delete,
 //! create with every chain and rule), so a restart never duplicates rules and no packet sees a
@@ -30,6 +47,10 @@ mod netlink;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpSocket, TcpStream};
 
 use meshapi::dns::VipRange;
 use meshapi::proxy::{AdminConfig, ListenerConfig, ProxyConfig};
@@ -43,6 +64,32 @@ pub const DEFAULT_TABLE: &str = "meshctl";
 const NAT_PRIORITY: i32 = -100;
 /// Upper bound on excluded ports and uids (each is one rule per chain).
 const MAX_EXCLUSIONS: usize = 256;
+/// The socket mark (`SO_MARK`) of the proxy's own outbound connections, which the output
+/// chain never redirects (Istio's 1337).
+pub const PROXY_MARK: u32 = 0x539;
+/// The edge listener's default port, where published ports reached from outside the project
+/// network are redirected.
+pub const DEFAULT_EDGE_PORT: u16 = 15007;
+
+/// Set once capture rules are installed in this process: from then on [`connect`] marks
+/// every socket so the output chain lets it pass.
+static MARK_SOCKETS: AtomicBool = AtomicBool::new(false);
+
+/// Opens a TCP connection from the proxy itself: with capture installed, the socket carries
+/// [`PROXY_MARK`] so the output chain does not send it back to the proxy. Every outbound
+/// connection of the proxy (upstreams, passthrough, control plane) goes through here.
+pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    if !MARK_SOCKETS.load(Ordering::Relaxed) {
+        return TcpStream::connect(addr).await;
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket2::SockRef::from(&socket).set_mark(PROXY_MARK)?;
+    socket.connect(addr).await
+}
 
 /// Why the capture rules could not be installed or removed.
 #[derive(Debug, thiserror::Error)]
@@ -115,17 +162,81 @@ impl fmt::Display for Rule {
                 Expr::IifName(name) => format!("iifname \"{name}\""),
                 Expr::SkUid(uid) => format!("meta skuid {uid}"),
                 Expr::TcpDport(p) => format!("tcp dport {p}"),
-                Expr::Ip4Daddr { net, mask } => {
-                    let prefix: u32 = mask.iter().map(|b| b.count_ones()).sum();
-                    let [a, b, c, d] = net;
-                    format!("ip daddr {a}.{b}.{c}.{d}/{prefix}")
-                }
+                Expr::Mark(m) => format!("meta mark 0x{m:08x}"),
+                Expr::Ip4Daddr { net, mask } => format!("ip daddr {}", cidr(net, mask)),
+                Expr::Ip4Saddr { net, mask } => format!("ip saddr {}", cidr(net, mask)),
                 Expr::Return => "return".to_string(),
                 Expr::RedirectTo(p) => format!("redirect to :{p}"),
             });
         }
         f.write_str(&words.join(" "))
     }
+}
+
+/// `a.b.c.d/prefix` as nft prints it (no prefix for a single address).
+fn cidr(net: &[u8; 4], mask: &[u8; 4]) -> String {
+    let prefix: u32 = mask.iter().map(|b| b.count_ones()).sum();
+    let [a, b, c, d] = net;
+    if prefix == 32 {
+        format!("{a}.{b}.{c}.{d}")
+    } else {
+        format!("{a}.{b}.{c}.{d}/{prefix}")
+    }
+}
+
+/// `(net, mask)` of a prefix, for the address expressions.
+fn net_mask(base: Ipv4Addr, prefix: u8) -> ([u8; 4], [u8; 4]) {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    ((u32::from(base) & mask).to_be_bytes(), mask.to_be_bytes())
+}
+
+/// An IPv4 address or CIDR range in a capture rule (`172.30.5.1`, `172.30.5.0/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net4 {
+    pub base: Ipv4Addr,
+    /// 0 to 32.
+    pub prefix: u8,
+}
+
+impl Net4 {
+    fn net_mask(&self) -> ([u8; 4], [u8; 4]) {
+        net_mask(self.base, self.prefix)
+    }
+}
+
+impl fmt::Display for Net4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Net4 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Net4, String> {
+        let bad = || format!("{s:?} is not an IPv4 address or CIDR range (172.30.5.0/24)");
+        let (ip, prefix) = s.split_once('/').unwrap_or((s, "32"));
+        let base = ip.trim().parse().map_err(|_| bad())?;
+        let prefix = prefix.trim().parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(bad());
+        }
+        Ok(Net4 { base, prefix })
+    }
+}
+
+/// Published ports: the project's edge. See the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Edge {
+    /// The application ports compose publishes (container ports).
+    pub ports: BTreeSet<u16>,
+    /// The project network: sources in it are mesh-internal (their connections go to the
+    /// inbound listener), except `sources`.
+    pub mesh_network: Vec<Net4>,
+    /// Sources inside `mesh_network` that are the edge nevertheless (the network's gateway,
+    /// which is how the host and Docker's port proxy reach a pod).
+    pub sources: Vec<Net4>,
 }
 
 /// What to capture and where to send it. Build with [`CaptureSpec::from_config`] (file mode)
@@ -146,6 +257,17 @@ pub struct CaptureSpec {
     /// Outbound traffic of these users is never redirected (the proxy's own user when it
     /// is not root, Istio's 1337 convention).
     pub excluded_uids: BTreeSet<u32>,
+    /// Outbound: every TCP connection is redirected, not only the VIP ranges (container
+    /// mode, so `outboundTrafficPolicy` applies to everything the application opens).
+    /// Default: true when there is an outbound port.
+    pub capture_all_outbound: bool,
+    /// Outbound destinations never redirected (meshdns, `--capture-exclude-outbound`).
+    pub excluded_outbound: Vec<Net4>,
+    /// The edge listener's port (`listeners.edge`, else [`DEFAULT_EDGE_PORT`]).
+    pub edge_port: u16,
+    /// Published ports and who reaches them as the edge. Default none: every port goes to
+    /// the inbound listener.
+    pub edge: Option<Edge>,
 }
 
 impl CaptureSpec {
@@ -154,6 +276,10 @@ impl CaptureSpec {
     pub fn for_listeners(listeners: &ListenerConfig, admin: &AdminConfig) -> CaptureSpec {
         let inbound = listeners.inbound.port();
         let outbound = listeners.outbound_capture.map(|a| a.port());
+        let edge_port = listeners.edge.map_or(DEFAULT_EDGE_PORT, |a| a.port());
+        // The edge listener is not excluded: it may only be reached through the edge rules'
+        // redirect (a direct connection to it from the network goes to the inbound listener,
+        // which has no such port).
         let excluded = [
             Some(inbound),
             outbound,
@@ -177,6 +303,10 @@ impl CaptureSpec {
             inbound_port: Some(inbound),
             excluded_ports: excluded,
             excluded_uids: BTreeSet::new(),
+            capture_all_outbound: outbound.is_some(),
+            excluded_outbound: Vec::new(),
+            edge_port,
+            edge: None,
         }
     }
 
@@ -204,6 +334,19 @@ impl CaptureSpec {
     /// VIPs is not known; `main` re-installs from the first config ([`Self::from_config`]).
     pub fn control_plane_defaults() -> CaptureSpec {
         CaptureSpec::for_listeners(&ListenerConfig::default(), &AdminConfig::default())
+    }
+
+    /// Sends `edge.ports` (published ports) from outside `edge.mesh_network` (or from
+    /// `edge.sources`) to the edge listener. No ports: no edge rules.
+    pub fn with_edge(mut self, edge: Edge) -> CaptureSpec {
+        self.edge = (!edge.ports.is_empty()).then_some(edge);
+        self
+    }
+
+    /// Adds outbound destinations that must never be redirected.
+    pub fn exclude_outbound(mut self, ranges: impl IntoIterator<Item = Net4>) -> CaptureSpec {
+        self.excluded_outbound.extend(ranges);
+        self
     }
 
     /// Adds ports that must never be redirected.
@@ -241,7 +384,25 @@ impl CaptureSpec {
                 ));
             }
         }
-        if self.excluded_ports.len() + self.excluded_uids.len() > MAX_EXCLUSIONS {
+        if let Some(e) = &self.edge {
+            if self.edge_port == 0 {
+                return bad("the edge listener is on port 0; capture needs a fixed port".into());
+            }
+            if let Some(p) = e.ports.iter().find(|p| self.excluded_ports.contains(p)) {
+                return bad(format!(
+                    "port {p} is both published (edge) and excluded from capture"
+                ));
+            }
+        }
+        let edge_rules = self.edge.as_ref().map_or(0, |e| {
+            e.ports.len() * (e.sources.len() + 1) + e.mesh_network.len()
+        });
+        if self.excluded_ports.len()
+            + self.excluded_uids.len()
+            + self.excluded_outbound.len()
+            + edge_rules
+            > MAX_EXCLUSIONS
+        {
             return bad(format!(
                 "at most {MAX_EXCLUSIONS} excluded ports and users (one rule each)"
             ));
@@ -262,35 +423,77 @@ impl CaptureSpec {
                 })
         };
         if let Some(inbound) = self.inbound_port {
-            rules.push(Rule {
+            let pre = |exprs| Rule {
                 chain: Chain::Prerouting,
-                exprs: vec![Expr::IifName("lo".to_string()), Expr::Return],
-            });
+                exprs,
+            };
+            rules.push(pre(vec![Expr::IifName("lo".to_string()), Expr::Return]));
             rules.extend(port_returns(Chain::Prerouting));
-            rules.push(Rule {
-                chain: Chain::Prerouting,
-                exprs: vec![Expr::L4ProtoTcp, Expr::RedirectTo(inbound)],
-            });
+            if let Some(edge) = &self.edge {
+                let to_edge = |from: Option<&Net4>, port: u16| {
+                    let mut exprs = Vec::new();
+                    if let Some(r) = from {
+                        let (net, mask) = r.net_mask();
+                        exprs.push(Expr::Ip4Saddr { net, mask });
+                    }
+                    exprs.extend([
+                        Expr::L4ProtoTcp,
+                        Expr::TcpDport(port),
+                        Expr::RedirectTo(self.edge_port),
+                    ]);
+                    pre(exprs)
+                };
+                for port in &edge.ports {
+                    for src in &edge.sources {
+                        rules.push(to_edge(Some(src), *port));
+                    }
+                }
+                for r in &edge.mesh_network {
+                    let (net, mask) = r.net_mask();
+                    rules.push(pre(vec![
+                        Expr::Ip4Saddr { net, mask },
+                        Expr::L4ProtoTcp,
+                        Expr::RedirectTo(inbound),
+                    ]));
+                }
+                for port in &edge.ports {
+                    rules.push(to_edge(None, *port));
+                }
+            }
+            rules.push(pre(vec![Expr::L4ProtoTcp, Expr::RedirectTo(inbound)]));
         }
         if let Some(outbound) = self.outbound_port {
-            rules.extend(self.excluded_uids.iter().map(|u| Rule {
+            let out = |exprs| Rule {
                 chain: Chain::Output,
-                exprs: vec![Expr::SkUid(*u), Expr::Return],
-            }));
+                exprs,
+            };
+            rules.extend(
+                self.excluded_uids
+                    .iter()
+                    .map(|u| out(vec![Expr::SkUid(*u), Expr::Return])),
+            );
+            if self.capture_all_outbound {
+                rules.push(out(vec![Expr::Mark(PROXY_MARK), Expr::Return]));
+            }
             rules.extend(port_returns(Chain::Output));
             for range in &self.vip_ranges {
-                let mask = (u32::MAX << (32 - u32::from(range.prefix()))).to_be_bytes();
-                rules.push(Rule {
-                    chain: Chain::Output,
-                    exprs: vec![
-                        Expr::Ip4Daddr {
-                            net: range.base().octets(),
-                            mask,
-                        },
-                        Expr::L4ProtoTcp,
-                        Expr::RedirectTo(outbound),
-                    ],
-                });
+                let (net, mask) = net_mask(range.base(), range.prefix());
+                rules.push(out(vec![
+                    Expr::Ip4Daddr { net, mask },
+                    Expr::L4ProtoTcp,
+                    Expr::RedirectTo(outbound),
+                ]));
+            }
+            if self.capture_all_outbound {
+                let loopback = Net4 {
+                    base: Ipv4Addr::new(127, 0, 0, 0),
+                    prefix: 8,
+                };
+                for range in std::iter::once(&loopback).chain(&self.excluded_outbound) {
+                    let (net, mask) = range.net_mask();
+                    rules.push(out(vec![Expr::Ip4Daddr { net, mask }, Expr::Return]));
+                }
+                rules.push(out(vec![Expr::L4ProtoTcp, Expr::RedirectTo(outbound)]));
             }
         }
         rules
@@ -404,6 +607,7 @@ pub fn install(spec: &CaptureSpec) -> Result<(), CaptureError> {
         tx.note(format!("rule `{r}` in chain {}", r.chain.name()));
     }
     tx.commit()?;
+    MARK_SOCKETS.store(spec.capture_all_outbound, Ordering::Relaxed);
     tracing::info!(
         table = %format!("ip {table}"),
         rules = rules.len(),
@@ -480,12 +684,15 @@ mod tests {
                 "tcp dport 15021 return",
                 "tcp dport 15090 return",
                 "meta l4proto tcp redirect to :15006",
+                "meta mark 0x00000539 return",
                 "tcp dport 15000 return",
                 "tcp dport 15001 return",
                 "tcp dport 15006 return",
                 "tcp dport 15021 return",
                 "tcp dport 15090 return",
                 "ip daddr 127.240.0.0/16 meta l4proto tcp redirect to :15001",
+                "ip daddr 127.0.0.0/8 return",
+                "meta l4proto tcp redirect to :15001",
             ]
         );
         let nft = spec.to_nft();
@@ -494,6 +701,49 @@ mod tests {
             "{nft}"
         );
         assert!(nft.contains("type nat hook output priority -100; policy accept;"));
+    }
+
+    #[test]
+    fn published_ports_from_outside_the_network_go_to_the_edge_listener() {
+        let c = cfg(&format!(
+            "{BASE}listeners:\n  outboundCapture: 127.0.0.1:15001\n  edge: 0.0.0.0:15007\n"
+        ));
+        let spec = CaptureSpec::from_config(&c)
+            .with_edge(Edge {
+                ports: [8080].into(),
+                mesh_network: vec!["172.30.5.0/24".parse().unwrap()],
+                sources: vec!["172.30.5.1".parse().unwrap()],
+            })
+            .exclude_outbound(["172.30.5.2".parse().unwrap()]);
+        spec.validate().unwrap();
+        let text: Vec<String> = spec.rules().iter().map(|r| r.to_string()).collect();
+        let pre: Vec<&str> = text[6..10].iter().map(String::as_str).collect();
+        assert_eq!(
+            pre,
+            vec![
+                "ip saddr 172.30.5.1 tcp dport 8080 redirect to :15007",
+                "ip saddr 172.30.5.0/24 meta l4proto tcp redirect to :15006",
+                "tcp dport 8080 redirect to :15007",
+                "meta l4proto tcp redirect to :15006",
+            ]
+        );
+        let out = &text[text.len() - 3..];
+        assert_eq!(
+            out,
+            [
+                "ip daddr 127.0.0.0/8 return",
+                "ip daddr 172.30.5.2 return",
+                "meta l4proto tcp redirect to :15001",
+            ]
+        );
+        // The edge listener itself is not a passage around capture.
+        assert!(!spec.excluded_ports.contains(&15007));
+        // A port both published and excluded is a contradiction, refused.
+        let both = spec.clone().exclude_ports([8080]);
+        assert!(matches!(both.validate(), Err(CaptureError::Invalid(_))));
+        // No published ports: no edge rules at all.
+        let none = CaptureSpec::from_config(&c).with_edge(Edge::default());
+        assert_eq!(none.edge, None);
     }
 
     #[test]

@@ -104,10 +104,28 @@ impl ControlPlaneTls {
             self.client_config(creds).map_err(CpConnectError::Config)?,
         ));
         let name = server_name(endpoint).map_err(CpConnectError::Config)?;
-        let tcp = TcpStream::connect(endpoint).await?;
+        let tcp = connect_tcp(endpoint).await?;
         let _ = tcp.set_nodelay(true);
         Ok(connector.connect(name, tcp).await?)
     }
+}
+
+/// TCP to `host:port`, each resolved address in turn, through [`crate::capture::connect`]
+/// (so a captured pod's proxy reaches the control plane directly).
+async fn connect_tcp(endpoint: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(endpoint).await? {
+        match crate::capture::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{endpoint}: no address"),
+        )
+    }))
 }
 
 fn server_name(endpoint: &str) -> Result<ServerName<'static>, String> {

@@ -109,6 +109,57 @@ pub fn spawn(ctx: Arc<Context>, listener: TcpListener) {
     );
 }
 
+/// Runs the edge listener: connections to published ports from outside the mesh, which the
+/// capture rules redirect here ([`serve_edge`]), until the drain.
+pub fn spawn_edge(ctx: Arc<Context>, listener: TcpListener) {
+    crate::listener::spawn_accept(
+        ctx,
+        listener,
+        "edge".into(),
+        crate::listener::Until::Draining,
+        None,
+        serve_edge,
+    );
+}
+
+/// Serves one connection to a published port from outside the mesh (the project's edge, as
+/// an ingress gateway would be): plaintext whatever the port's PeerAuthentication mode, no
+/// peer identity (a policy's `principals` never match; `ipBlocks`/`remoteIpBlocks` see the
+/// client address the kernel gives), then the same authorize and forward steps as any
+/// inbound connection. Only connections the capture rules redirected are served: one made
+/// to the edge listener directly has no original destination port and is closed.
+pub async fn serve_edge(shared: Arc<Context>, stream: TcpStream, remote: SocketAddr) {
+    let _guard = shared.drain.guard();
+    shared.metrics.connection(Direction::Inbound);
+    shared
+        .metrics
+        .edge_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Some(port) = original_port(&stream) else {
+        tracing::info!(%remote, "edge connection that was not redirected: closed");
+        return;
+    };
+    let snap = shared.runtime.load_full();
+    let Some(p) = snap.inbound_port(port) else {
+        tracing::info!(%remote, port, "edge connection for an unknown port");
+        return;
+    };
+    tracing::debug!(%remote, port, "edge connection (plaintext, no principal)");
+    let ctx = ConnCtx {
+        shared: shared.clone(),
+        peer: PeerInfo {
+            identity: None,
+            remote,
+            port,
+            local_ip: crate::authz::local_ip(&stream),
+            sni: None,
+            authz_filter: Default::default(),
+        },
+        xfcc: None,
+    };
+    dispatch(Arc::new(ctx), stream, p.protocol).await;
+}
+
 /// Serves one accepted inbound connection.
 pub async fn serve(shared: Arc<Context>, stream: TcpStream, remote: SocketAddr) {
     let _guard = shared.drain.guard();

@@ -15,7 +15,8 @@
 //! - Outbound requests: [`traffic`] carries out VirtualService and DestinationRule per
 //!   request (`traffic/forward.rs` the request, `traffic/retry.rs` the retry loop,
 //!   `traffic/cluster.rs` load balancing, outlier detection and circuit breaking); [`pool`]
-//!   keeps connections to endpoints, [`upstream`] opens them.
+//!   keeps connections to endpoints, [`upstream`] opens them. [`egress`] handles captured
+//!   connections to destinations outside the registry (`outboundTrafficPolicy`).
 //! - Every response the proxy makes itself: [`reply`] (one typed [`reply::LocalReply`],
 //!   rendered in one place). [`http`], [`body`] and [`framing`] are HTTP plumbing.
 //! - Identity: [`tls`] (mTLS, SVID checks, TLS origination); [`ca_client`], [`config_client`]
@@ -36,6 +37,7 @@ pub mod context;
 pub mod cp_mode;
 pub mod cp_tls;
 pub mod drain;
+pub mod egress;
 pub mod framing;
 pub mod http;
 pub mod inbound;

@@ -63,6 +63,24 @@ struct Args {
     /// `MESH_CAPTURE_EXCLUDE_PORTS`.
     #[arg(long, value_delimiter = ',', value_name = "PORTS")]
     capture_exclude_ports: Vec<u16>,
+    /// With capture: published application ports (the project's edge), comma-separated:
+    /// reached from outside `--capture-mesh-network` (or from `--capture-edge-sources`) they
+    /// go to the edge listener (plaintext, AuthorizationPolicy without a principal); from
+    /// inside, to the inbound listener like every port. Default `MESH_CAPTURE_EDGE_PORTS`.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    capture_edge_ports: Vec<u16>,
+    /// With capture: the project network (CIDR ranges, comma-separated), whose sources are
+    /// mesh-internal. Default `MESH_CAPTURE_MESH_NETWORK`.
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    capture_mesh_network: Vec<capture::Net4>,
+    /// With capture: sources inside the project network that reach published ports as the
+    /// edge (its gateway: the host). Default `MESH_CAPTURE_EDGE_SOURCES`.
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    capture_edge_sources: Vec<capture::Net4>,
+    /// With capture: outbound destinations never redirected (meshdns), comma-separated.
+    /// Default `MESH_CAPTURE_EXCLUDE_OUTBOUND`.
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    capture_exclude_outbound: Vec<capture::Net4>,
     /// Remove the capture rules (table `ip meshctl`) and exit.
     #[arg(long, conflicts_with_all = ["config", "capture"])]
     capture_remove: bool,
@@ -130,28 +148,61 @@ fn cp_settings(args: &Args) -> anyhow::Result<ControlPlaneSettings> {
     ))
 }
 
-/// Ports to exclude when capture is on (`--capture` or `MESH_CAPTURE`), else `None`.
-fn capture_settings(args: &Args) -> anyhow::Result<Option<Vec<u16>>> {
+/// What the command line and environment add to the capture rules of a config.
+#[derive(Debug, Clone, Default)]
+struct CaptureArgs {
+    exclude_ports: Vec<u16>,
+    exclude_outbound: Vec<capture::Net4>,
+    edge: capture::Edge,
+}
+
+/// A comma-separated list from the environment variable `name`, added to `into`.
+fn env_list<T: std::str::FromStr>(name: &str, into: &mut Vec<T>) -> anyhow::Result<()>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some(v) = env(name) {
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            into.push(
+                p.parse()
+                    .map_err(|e| anyhow::anyhow!("{name}: {p:?}: {e}"))?,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Capture additions when capture is on (`--capture` or `MESH_CAPTURE`), else `None`.
+fn capture_settings(args: &Args) -> anyhow::Result<Option<CaptureArgs>> {
     let on = args.capture
         || env("MESH_CAPTURE").is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
     if !on {
         return Ok(None);
     }
-    let mut ports = args.capture_exclude_ports.clone();
-    if let Some(v) = env("MESH_CAPTURE_EXCLUDE_PORTS") {
-        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            ports.push(
-                p.parse()
-                    .with_context(|| format!("MESH_CAPTURE_EXCLUDE_PORTS: {p:?} is not a port"))?,
-            );
-        }
-    }
-    Ok(Some(ports))
+    let mut c = CaptureArgs {
+        exclude_ports: args.capture_exclude_ports.clone(),
+        exclude_outbound: args.capture_exclude_outbound.clone(),
+        edge: capture::Edge {
+            ports: args.capture_edge_ports.iter().copied().collect(),
+            mesh_network: args.capture_mesh_network.clone(),
+            sources: args.capture_edge_sources.clone(),
+        },
+    };
+    env_list("MESH_CAPTURE_EXCLUDE_PORTS", &mut c.exclude_ports)?;
+    env_list("MESH_CAPTURE_EXCLUDE_OUTBOUND", &mut c.exclude_outbound)?;
+    let mut edge_ports: Vec<u16> = Vec::new();
+    env_list("MESH_CAPTURE_EDGE_PORTS", &mut edge_ports)?;
+    c.edge.ports.extend(edge_ports);
+    env_list("MESH_CAPTURE_MESH_NETWORK", &mut c.edge.mesh_network)?;
+    env_list("MESH_CAPTURE_EDGE_SOURCES", &mut c.edge.sources)?;
+    Ok(Some(c))
 }
 
-fn install_capture(spec: CaptureSpec, exclude: &[u16]) -> anyhow::Result<()> {
+fn install_capture(spec: CaptureSpec, extra: &CaptureArgs) -> anyhow::Result<()> {
     let spec = spec
-        .exclude_ports(exclude.iter().copied())
+        .exclude_ports(extra.exclude_ports.iter().copied())
+        .exclude_outbound(extra.exclude_outbound.iter().copied())
+        .with_edge(extra.edge.clone())
         .exclude_own_uid();
     capture::install(&spec).context("installing the capture rules")
 }

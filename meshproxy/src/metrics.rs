@@ -427,6 +427,14 @@ pub struct Health {
     downstream_errors: [[AtomicU64; 2]; 2],
     /// Plaintext connections refused by a STRICT port (or TLS refused by DISABLE).
     pub mode_rejected: AtomicU64,
+    /// Connections to published ports from outside the mesh (the edge listener).
+    pub edge_connections: AtomicU64,
+    /// Captured outbound connections to destinations outside the registry passed through
+    /// (`ALLOW_ANY`).
+    pub passthrough: AtomicU64,
+    /// Captured outbound connections to destinations outside the registry refused
+    /// (`REGISTRY_ONLY`).
+    pub registry_blocked: AtomicU64,
     /// Accepted config reloads.
     pub reloads_ok: AtomicU64,
     /// Refused (invalid) config reloads.
@@ -622,12 +630,35 @@ impl Collector for HealthCollector {
                 (Kv(DE[3]), load(&de[1][1])),
             ],
         )?;
-        ConstCounter::new(load(&h.mode_rejected)).encode(enc.encode_descriptor(
-            "meshproxy_peer_auth_rejected",
-            "Connections refused by PeerAuthentication mode.",
-            None,
-            MetricType::Counter,
-        )?)?;
+        for (name, help, v) in [
+            (
+                "meshproxy_peer_auth_rejected",
+                "Connections refused by PeerAuthentication mode.",
+                &h.mode_rejected,
+            ),
+            (
+                "meshproxy_edge_connections",
+                "Plaintext connections to published ports from outside the mesh (edge listener).",
+                &h.edge_connections,
+            ),
+            (
+                "meshproxy_outbound_passthrough",
+                "Outbound connections to destinations outside the registry, passed through (ALLOW_ANY).",
+                &h.passthrough,
+            ),
+            (
+                "meshproxy_outbound_registry_blocked",
+                "Outbound connections to destinations outside the registry, refused (REGISTRY_ONLY).",
+                &h.registry_blocked,
+            ),
+        ] {
+            ConstCounter::new(load(v)).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
         counter_series(
             &mut enc,
             "meshproxy_config_reloads",

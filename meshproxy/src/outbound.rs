@@ -129,7 +129,12 @@ pub async fn serve(
     };
     let snap = shared.runtime.load_full();
     let Some(out) = snap.outbound_for_original_dst(dst) else {
-        tracing::info!(%remote, %dst, "no outbound service for destination");
+        if vip.is_none() {
+            drop(snap);
+            crate::egress::serve(shared, stream, dst, remote).await;
+        } else {
+            tracing::info!(%remote, %dst, "no outbound service for destination");
+        }
         return;
     };
     // The listener's own address for an explicit VIP listener (bound on port 0 in tests).

@@ -164,6 +164,10 @@ pub enum ProxyError {
     /// endpoint by outlier detection.
     #[error("bad request body: {reason}")]
     DownstreamBody { cause: Downstream, reason: String },
+    /// NR (502): `outboundTrafficPolicy` is `REGISTRY_ONLY` and `host` is neither a mesh
+    /// service nor a ServiceEntry of this proxy (Istio's `BlackHoleCluster`).
+    #[error("{host} is not in the mesh registry (outboundTrafficPolicy REGISTRY_ONLY)")]
+    NotInRegistry { host: String },
     /// RBAC: the authorize step refused the request. The body is Envoy's, exactly
     /// `RBAC: access denied`; `target` (port and matched policy) goes to the log only.
     #[error("RBAC: access denied")]
@@ -234,6 +238,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
             ProxyError::NoHealthyUpstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UH"),
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "NR"),
+            ProxyError::NotInRegistry { .. } => (StatusCode::BAD_GATEWAY, "NR"),
             ProxyError::NoCluster { .. } => (StatusCode::SERVICE_UNAVAILABLE, "NR"),
             ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UT"),
             ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UO"),
@@ -253,6 +258,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::NoRoute { .. } => "route_not_found",
             ProxyError::NoCluster { .. } => "cluster_not_found",
+            ProxyError::NotInRegistry { .. } => "registry_only_blackhole",
             ProxyError::Timeout { .. } => "upstream_response_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset_before_response_started",
             ProxyError::Overflow { .. } => "upstream_reset_before_response_started{overflow}",

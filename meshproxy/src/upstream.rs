@@ -174,7 +174,7 @@ fn dial_addr(rt: &Runtime, target: &Target, tls: &UpstreamTls) -> SocketAddr {
 }
 
 async fn tcp_connect(addr: SocketAddr, target: &Target) -> std::io::Result<TcpStream> {
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = crate::capture::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     if let Some((time, interval, probes)) = target.connect.keepalive {
         let mut ka = socket2::TcpKeepalive::new();

@@ -5,7 +5,10 @@
 //! network to a STRICT port is refused and the app never sees it; (c) a PERMISSIVE port works
 //! end to end (the proxy -> 127.0.0.1 hop is not redirected again); (d) a restart (after
 //! SIGKILL) gives the identical table; (e) SIGTERM removes it; `--capture-remove` removes a
-//! table left behind; without CAP_NET_ADMIN the error says so.
+//! table left behind; without CAP_NET_ADMIN the error says so; (f) a published port is the
+//! edge only from outside the project network (plaintext, AuthorizationPolicy without a
+//! principal) and the app's own calls on its number stay captured; (g) egress to an outside
+//! address: REGISTRY_ONLY answers `502 NR` or closes, ALLOW_ANY passes it through.
 //!
 //! Needs root, `ip`, `nft`, `curl` and `python3` (the app); skipped loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -142,8 +145,13 @@ impl Pair {
     }
 
     fn spawn_in_pod(&mut self, args: &[&str]) -> usize {
+        let pod = self.pod.clone();
+        self.spawn_in(&pod, args)
+    }
+
+    fn spawn_in(&mut self, ns: &str, args: &[&str]) -> usize {
         let child = self
-            .exec(&self.pod, args)
+            .exec(ns, args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -154,10 +162,14 @@ impl Pair {
 
     /// `curl` from a netns: (HTTP code, "000" when no response, body).
     fn curl(&self, ns: &str, url: &str) -> (String, String) {
-        let out = self
-            .exec(ns, &["curl", "-s", "-m", "3", "-w", "\n%{http_code}", url])
-            .output()
-            .unwrap();
+        self.curl_args(ns, &[url])
+    }
+
+    /// [`Pair::curl`] with more arguments (`-D -` puts the response head before the body).
+    fn curl_args(&self, ns: &str, args: &[&str]) -> (String, String) {
+        let mut all = vec!["curl", "-s", "-m", "3", "-w", "\n%{http_code}"];
+        all.extend_from_slice(args);
+        let out = self.exec(ns, &all).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.to_string(), body.to_string())
@@ -182,7 +194,14 @@ impl Pair {
 
     /// Starts `meshproxy --config FILE --capture` in the pod and waits until it is ready.
     async fn start_proxy(&mut self, config: &str) -> usize {
-        let i = self.spawn_in_pod(&[BIN, "--config", config, "--capture", "--threads", "1"]);
+        self.start_proxy_with(config, &[]).await
+    }
+
+    /// [`Pair::start_proxy`] with more arguments.
+    async fn start_proxy_with(&mut self, config: &str, extra: &[&str]) -> usize {
+        let mut args = vec![BIN, "--config", config, "--capture", "--threads", "1"];
+        args.extend_from_slice(extra);
+        let i = self.spawn_in_pod(&args);
         assert_eventually!(
             self.ready(),
             timeout = Duration::from_secs(15),
@@ -396,4 +415,218 @@ async fn capture_remove_cleans_up_and_missing_cap_net_admin_is_named() {
         run(&mut pair.exec(&pair.pod, &[BIN, "--capture-remove"]));
         assert_eq!(pair.table(), None);
     }
+}
+
+/// A server outside the pod (in the client netns): HTTP on 0.0.0.0:9090 answering
+/// `outside PATH`; a raw TCP connection that sends anything else gets Python's error page.
+const OUTSIDE: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = f"outside {self.path}".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 9090), H).serve_forever()
+"#;
+
+/// Opens TCP to argv[1]:argv[2], sends bytes that are not HTTP, prints what comes back
+/// (`closed` when the peer closes or resets without a byte).
+const RAW_TCP: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+try:
+    s.sendall(b"\x00\x01 not http\r\n\r\n")
+    data = s.recv(100)
+except ConnectionResetError:
+    data = b""
+print("closed" if not data else "data " + data.decode("latin-1").split("\r\n")[0])
+"#;
+
+/// The pod's config: app port 8080 (HTTP, STRICT, published), an AuthorizationPolicy that
+/// denies `/admin` to callers without a principal (compiled by the real compiler), the
+/// `pod` service on the VIP 127.240.0.7:8080 (the app calling a mesh service on the same
+/// port number as the published one), and the given outbound mode.
+fn edge_config(mesh: &Mesh, mode: &str) -> String {
+    let policy: meshmodel::istio::AuthorizationPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": { "name": "admin-needs-identity", "namespace": "default" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "pod" } },
+            "action": "DENY",
+            "rules": [{
+                "from": [{ "source": { "notPrincipals": ["*"] } }],
+                "to": [{ "operation": { "paths": ["/admin"] } }],
+            }],
+        }
+    }))
+    .unwrap();
+    let workload = meshmodel::model::Workload {
+        compose_name: "pod".into(),
+        service: "pod".into(),
+        namespace: "default".into(),
+        service_account: "pod".into(),
+        labels: [("app".to_string(), "pod".to_string())].into(),
+        replicas: 1,
+        ports: vec![8080],
+    };
+    let authz = meshmodel::compile::authz::compile_for_workload(
+        &[&policy],
+        &workload,
+        &meshapi::authz::MeshSecurity::default(),
+    )
+    .unwrap();
+    let yaml = format!(
+        "apiVersion: meshproxy/v1\n{}listeners:\n  inbound: 0.0.0.0:15006\n  outboundCapture: 127.0.0.1:15001\n  edge: 0.0.0.0:15007\n  bindVips: false\n\
+         inbound:\n  - {{ port: 8080, protocol: http, mode: STRICT }}\n\
+         outbound:\n  - {{ service: pod, vip: \"127.240.0.7:8080\", protocol: http }}\n\
+         services:\n  pod:\n    endpoints:\n      - {{ address: \"127.0.0.1:15006\", identity: \"{}\" }}\n\
+         outboundTrafficPolicy: {{ mode: {mode} }}\n\
+         drainDeadline: 1s\n",
+        mesh.identity_yaml("pod"),
+        spiffe("pod"),
+    );
+    let mut cfg = parse(&yaml);
+    cfg.authorization = Some(authz);
+    assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+    meshapi::yaml::to_string(&cfg).unwrap()
+}
+
+/// (f) A published port: from inside the project network it stays mTLS-only (STRICT refuses
+/// plaintext); from an edge source it reaches the app in plaintext through the edge listener,
+/// with the AuthorizationPolicy applied (no principal: `/admin` is 403). The app's own call
+/// to a mesh service on that same port number is captured (the VIP answers). (g) Egress:
+/// REGISTRY_ONLY answers HTTP to an outside address `502 NR` naming it and closes other TCP;
+/// ALLOW_ANY (after a live config change) passes both through.
+#[tokio::test]
+async fn published_ports_enter_through_the_edge_and_egress_follows_the_outbound_policy() {
+    if skip() {
+        return;
+    }
+    let mesh = Mesh::new();
+    let mut pair = Pair::new();
+    let log = mesh.path().join("app.log");
+    std::fs::write(&log, "").unwrap();
+    let app = write_file(mesh.path(), "app.py", APP);
+    pair.spawn_in_pod(&["python3", app.to_str().unwrap(), log.to_str().unwrap()]);
+    let outside = write_file(mesh.path(), "outside.py", OUTSIDE);
+    let client = pair.client.clone();
+    pair.spawn_in(&client, &["python3", outside.to_str().unwrap()]);
+    let raw = write_file(mesh.path(), "raw.py", RAW_TCP);
+    let app_log = || std::fs::read_to_string(&log).unwrap();
+    assert_eventually!(
+        pair.curl(&pair.client, "http://127.0.0.1:9090/up").0 == "200",
+        timeout = Duration::from_secs(10),
+        "the outside server never answered"
+    );
+    let config = write_file(
+        mesh.path(),
+        "pod.yaml",
+        &edge_config(&mesh, "REGISTRY_ONLY"),
+    );
+    let config = config.to_str().unwrap();
+    let network = "--capture-mesh-network=169.254.213.0/30";
+
+    // The client is inside the project network and not an edge source: a mesh peer.
+    let proxy = pair
+        .start_proxy_with(config, &["--capture-edge-ports=8080", network])
+        .await;
+    let (code, _) = pair.curl(&pair.client, &format!("http://{POD_IP}:8080/inside-probe"));
+    assert_eq!(
+        code, "000",
+        "plaintext from the project network got an answer"
+    );
+    assert!(!app_log().contains("/inside-probe"), "{}", app_log());
+
+    // (g) REGISTRY_ONLY: HTTP to an outside address is answered by the proxy, flagged.
+    let outside_url = format!("http://{CLIENT_IP}:9090/blocked");
+    let (code, text) = pair.curl_args(&pair.pod, &["-D", "-", &outside_url]);
+    assert_eq!(code, "502", "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("x-meshctl-response-flags: nr"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{CLIENT_IP}:9090")), "{text}");
+    let tcp = |pair: &Pair| {
+        let out = pair
+            .exec(
+                &pair.pod,
+                &["python3", raw.to_str().unwrap(), CLIENT_IP, "9090"],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(tcp(&pair), "closed");
+    let stats = pair
+        .curl(&pair.pod, "http://127.0.0.1:15090/stats/prometheus")
+        .1;
+    assert!(
+        stat(&stats, "meshproxy_outbound_registry_blocked_total") >= 2,
+        "{stats}"
+    );
+    // The app's own call on port 8080 (the published port's number) to a mesh VIP is captured.
+    let (code, body) = pair.curl(&pair.pod, "http://127.240.0.7:8080/via-vip");
+    assert_eq!((code.as_str(), body.as_str()), ("200", "app 8080 /via-vip"));
+
+    pair.signal(proxy, "-TERM");
+    assert!(pair.wait_exit(proxy).await.success());
+
+    // (f) The client is now the network's gateway (how the host and Docker's port proxy
+    // arrive): the published port is the edge.
+    let edge_source = format!("--capture-edge-sources={CLIENT_IP}");
+    pair.start_proxy_with(
+        config,
+        &["--capture-edge-ports=8080", network, &edge_source],
+    )
+    .await;
+    let (code, body) = pair.curl(&pair.client, &format!("http://{POD_IP}:8080/hello"));
+    assert_eq!((code.as_str(), body.as_str()), ("200", "app 8080 /hello"));
+    let (code, body) = pair.curl(&pair.client, &format!("http://{POD_IP}:8080/admin"));
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("403", "RBAC: access denied")
+    );
+    assert!(!app_log().contains("/admin"), "{}", app_log());
+    // The edge listener cannot be reached directly, around the published port.
+    let (code, _) = pair.curl(&pair.client, &format!("http://{POD_IP}:15007/direct-edge"));
+    assert_eq!(code, "000");
+    let stats = pair
+        .curl(&pair.pod, "http://127.0.0.1:15090/stats/prometheus")
+        .1;
+    assert!(
+        stat(&stats, "meshproxy_edge_connections_total") >= 2,
+        "{stats}"
+    );
+    // Every request the app saw came from the proxy.
+    assert!(!app_log().contains(CLIENT_IP), "{}", app_log());
+
+    // (g) ALLOW_ANY, applied live: outside HTTP and TCP pass through the proxy.
+    std::fs::write(config, edge_config(&mesh, "ALLOW_ANY")).unwrap();
+    assert_eventually!(
+        pair.curl(&pair.pod, &format!("http://{CLIENT_IP}:9090/passed"))
+            .1
+            == "outside /passed",
+        timeout = Duration::from_secs(10),
+        "ALLOW_ANY never passed the request through"
+    );
+    // The outside server's own answer (an error page for bytes that are not HTTP) came back.
+    let answer = tcp(&pair);
+    assert!(
+        answer.starts_with("data ") && answer.contains("Error"),
+        "{answer}"
+    );
+    let stats = pair
+        .curl(&pair.pod, "http://127.0.0.1:15090/stats/prometheus")
+        .1;
+    assert!(
+        stat(&stats, "meshproxy_outbound_passthrough_total") >= 2,
+        "{stats}"
+    );
 }

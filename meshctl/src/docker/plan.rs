@@ -27,11 +27,11 @@ pub const HEALTH_PORT: u16 = 15021;
 
 /// Run the sidecar with `MESH_CAPTURE=1`: meshproxy installs the nftables rules that send
 /// every inbound TCP connection to its inbound listener (15006), so nothing reaches the app
-/// from the network without passing the sidecar (published ports excepted, see
-/// `sidecar_body`), and the app's connections to service VIPs to the outbound capture
-/// listener (15001; the control plane compiles container-mode proxies with it and without
-/// per-VIP listeners, which would collide with an app listening on `0.0.0.0` on the same
-/// port). Off only for a meshproxy without capture.
+/// from the network without passing the sidecar (published ports reached from outside the
+/// project network go to its edge listener, see `sidecar_body`), and every connection the
+/// app opens to the outbound capture listener (15001; the control plane compiles
+/// container-mode proxies with it and without per-VIP listeners, which would collide with an
+/// app listening on `0.0.0.0` on the same port). Off only for a meshproxy without capture.
 pub const SIDECAR_CAPTURE: bool = true;
 
 /// What the plan is made from.
@@ -326,8 +326,11 @@ fn sidecar_body(
     }
     if SIDECAR_CAPTURE {
         env.push("MESH_CAPTURE=1".into());
-        // Published ports are the project's edge (as an ingress gateway would be): traffic
-        // from the host to them goes straight to the app instead of to the mTLS listener.
+        // Published ports are the project's edge (as an ingress gateway would be): reached
+        // from the host (through the network's gateway) or from other machines (Docker's
+        // DNAT keeps their address), they go to the sidecar's edge listener: plaintext, the
+        // workload's AuthorizationPolicy without a principal. From inside the project
+        // network the same port is an mTLS port like any other.
         let mut edge: Vec<String> = svc
             .ports
             .iter()
@@ -337,8 +340,22 @@ fn sidecar_body(
         edge.sort();
         edge.dedup();
         if !edge.is_empty() {
-            env.push(format!("MESH_CAPTURE_EXCLUDE_PORTS={}", edge.join(",")));
+            env.push(format!("MESH_CAPTURE_EDGE_PORTS={}", edge.join(",")));
+            env.push(format!(
+                "MESH_CAPTURE_MESH_NETWORK={}/24",
+                input.network.subnet
+            ));
+            env.push(format!(
+                "MESH_CAPTURE_EDGE_SOURCES={}",
+                input.network.gateway
+            ));
         }
+        // The app's every outbound connection is captured (outboundTrafficPolicy), except
+        // DNS to meshdns.
+        env.push(format!(
+            "MESH_CAPTURE_EXCLUDE_OUTBOUND={}",
+            input.network.dns_ip()
+        ));
     }
     let ns = svc
         .x_mesh

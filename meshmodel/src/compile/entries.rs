@@ -105,10 +105,14 @@ fn destination_rule<'a>(
 pub(super) fn add_entries(
     input: &CompileInput<'_>,
     client: &Workload,
+    egress: &super::egress::Egress,
     outbound: &mut Vec<OutboundService>,
     services: &mut BTreeMap<String, ServiceConfig>,
 ) -> Result<(), CompileError> {
     for (host, (ns, se)) in service_entry_hosts(input.mesh) {
+        if !egress.imports(ns, host) {
+            continue;
+        }
         let vip = input
             .vips
             .get(ns, host)

@@ -34,6 +34,10 @@ pub fn merge(base: ComposeFile, over: ComposeFile) -> ComposeFile {
             &mut base_mesh.certificate_lifetime,
             over_mesh.certificate_lifetime,
         );
+        set(
+            &mut base_mesh.outbound_traffic_policy,
+            over_mesh.outbound_traffic_policy,
+        );
         set(&mut base_mesh.access_log_file, over_mesh.access_log_file);
         set(
             &mut base_mesh.access_log_encoding,

@@ -75,6 +75,13 @@ pub struct MeshSettings {
     /// the CLI renew at half of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_lifetime: Option<ComposeDuration>,
+    /// What proxies do with outbound traffic to a destination that is neither a mesh
+    /// service nor a ServiceEntry (MeshConfig `outboundTrafficPolicy: {mode: ...}`):
+    /// `ALLOW_ANY` passes it through, `REGISTRY_ONLY` refuses it (HTTP `502` with the flag
+    /// `NR`, other TCP closed). A `Sidecar`'s `outboundTrafficPolicy` overrides it for the
+    /// workloads it selects. Default `ALLOW_ANY`, Istio's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<meshapi::proxy::OutboundTrafficPolicy>,
     /// Where proxies write access logs (MeshConfig `accessLogFile`): `/dev/stdout` turns them
     /// on for every proxy, empty or absent leaves them off (Istio's default); no other file.
     /// Telemetry `accessLogging` turns them off or on per workload.
@@ -148,6 +155,14 @@ impl ComposeFile {
             .as_ref()
             .and_then(|m| m.certificate_lifetime)
             .map(|d| d.0)
+    }
+
+    /// The mesh-wide `x-mesh.outboundTrafficPolicy`, `ALLOW_ANY` when not set.
+    pub fn outbound_traffic_policy(&self) -> meshapi::proxy::OutboundTrafficPolicy {
+        self.x_mesh
+            .as_ref()
+            .and_then(|m| m.outbound_traffic_policy)
+            .unwrap_or_default()
     }
 
     /// The trust domain aliases (`x-mesh.trustDomainAliases`), none when not set.

@@ -75,6 +75,7 @@ const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 const NFT_RETURN: i32 = -5;
 const NFT_CMP_EQ: u32 = 0;
+const NFT_META_MARK: u32 = 3;
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_SKUID: u32 = 10;
 const NFT_META_L4PROTO: u32 = 16;
@@ -100,8 +101,12 @@ pub enum Expr {
     SkUid(u32),
     /// `tcp dport PORT` (needs [`Expr::L4ProtoTcp`] before it).
     TcpDport(u16),
+    /// `meta mark MARK` (the socket mark the proxy puts on its own connections).
+    Mark(u32),
     /// `ip daddr NET/PREFIX`.
     Ip4Daddr { net: [u8; 4], mask: [u8; 4] },
+    /// `ip saddr NET/PREFIX`.
+    Ip4Saddr { net: [u8; 4], mask: [u8; 4] },
     /// `return`.
     Return,
     /// `redirect to :PORT`.
@@ -216,6 +221,22 @@ impl Attrs {
         });
     }
 
+    /// The IPv4 address at `offset` in the network header (12 source, 16 destination)
+    /// within `net/mask`; a full mask compares without the bitwise step, as nft does.
+    fn ip4_addr(&mut self, offset: u32, net: &[u8; 4], mask: &[u8; 4]) {
+        self.payload(NFT_PAYLOAD_NETWORK_HEADER, offset, 4);
+        if *mask != [0xff; 4] {
+            self.expr("bitwise", |a| {
+                a.u32(NFTA_BITWISE_SREG, NFT_REG_1);
+                a.u32(NFTA_BITWISE_DREG, NFT_REG_1);
+                a.u32(NFTA_BITWISE_LEN, 4);
+                a.data(NFTA_BITWISE_MASK, mask);
+                a.data(NFTA_BITWISE_XOR, &[0; 4]);
+            });
+        }
+        self.cmp(NFT_CMP_EQ, net);
+    }
+
     fn rule_expr(&mut self, e: &Expr) {
         match e {
             Expr::L4ProtoTcp => {
@@ -238,17 +259,13 @@ impl Attrs {
                 self.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
                 self.cmp(NFT_CMP_EQ, &port.to_be_bytes());
             }
-            Expr::Ip4Daddr { net, mask } => {
-                self.payload(NFT_PAYLOAD_NETWORK_HEADER, 16, 4);
-                self.expr("bitwise", |a| {
-                    a.u32(NFTA_BITWISE_SREG, NFT_REG_1);
-                    a.u32(NFTA_BITWISE_DREG, NFT_REG_1);
-                    a.u32(NFTA_BITWISE_LEN, 4);
-                    a.data(NFTA_BITWISE_MASK, mask);
-                    a.data(NFTA_BITWISE_XOR, &[0; 4]);
-                });
-                self.cmp(NFT_CMP_EQ, net);
+            Expr::Mark(mark) => {
+                self.meta(NFT_META_MARK);
+                // The mark is compared in host byte order.
+                self.cmp(NFT_CMP_EQ, &mark.to_ne_bytes());
             }
+            Expr::Ip4Daddr { net, mask } => self.ip4_addr(16, net, mask),
+            Expr::Ip4Saddr { net, mask } => self.ip4_addr(12, net, mask),
             Expr::Return => self.expr("immediate", |a| {
                 a.u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
                 a.nested(NFTA_IMMEDIATE_DATA, |d| {
