@@ -116,6 +116,22 @@ pub enum Command {
     /// docker compose; give files before the subcommand (`meshctl -f a.yaml logs -f`) or
     /// with `--file`.
     Logs(crate::docker::commands::LogsArgs),
+    /// Print a Prometheus scrape config (or a file_sd target file) listing every proxy's
+    /// metrics endpoint: the Docker sidecars, or with --host the proxies of `meshctl serve`.
+    PrometheusConfig {
+        #[command(flatten)]
+        args: crate::observe::PrometheusConfigArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Per mesh service and version: success rate, requests per second, p50/p95/p99 latency
+    /// and TCP connections over a window, read from the proxies (like `linkerd viz stat`).
+    Stats {
+        #[command(flatten)]
+        args: crate::observe::stats::StatsArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
     ControlPlaneDaemon,
@@ -149,7 +165,9 @@ impl Command {
             | Command::ProxyConfig { file, .. }
             | Command::Up { file, .. }
             | Command::Down { file, .. }
-            | Command::Ps { file, .. } => &file.files,
+            | Command::Ps { file, .. }
+            | Command::PrometheusConfig { file, .. }
+            | Command::Stats { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
             Command::ControlPlaneDaemon => &[],
         }
@@ -184,6 +202,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down { args, .. } => docker::down(&project, &args),
         Command::Ps { args, .. } => docker::ps(&project, &args),
         Command::Logs(args) => docker::logs(&project, &args),
+        Command::PrometheusConfig { args, .. } => {
+            crate::observe::prometheus_config(&project, &args)
+        }
+        Command::Stats { args, .. } => crate::observe::stats::stats(&project, &args),
         Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
     }
 }

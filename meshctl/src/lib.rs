@@ -6,4 +6,5 @@ pub mod ca;
 pub mod cli;
 pub mod controlplane;
 pub mod docker;
+pub mod observe;
 pub mod project;

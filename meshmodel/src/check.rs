@@ -43,6 +43,8 @@ pub mod codes {
     pub const SELECTS_NOTHING: &str = "MESH0203";
     /// STRICT mTLS on a workload whose callers are told to send plaintext.
     pub const STRICT_WITHOUT_MTLS_CALLERS: &str = "MESH0204";
+    /// A Telemetry tracing provider that no `x-mesh.extensionProviders` entry names.
+    pub const UNKNOWN_PROVIDER: &str = "MESH0301";
 }
 
 struct Ctx<'a> {
@@ -143,7 +145,8 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             IstioResource::AuthorizationPolicy(_) => authorization_policy(&mut cx, r, has_services),
             IstioResource::PeerAuthentication(_) => peer_authentication(&mut cx, r, has_services),
             // Checked by its own validate(); its hosts are destinations (see `destination`).
-            IstioResource::ServiceEntry(_) | IstioResource::Telemetry(_) => {}
+            IstioResource::ServiceEntry(_) => {}
+            IstioResource::Telemetry(t) => telemetry(&mut cx, r, t, has_services),
         }
     }
     conflicts(&mut cx);
@@ -461,6 +464,41 @@ fn selector(cx: &mut Ctx<'_>, r: &Resource, labels: &BTreeMap<String, String>, a
             format!("the selector {labels:?} selects no workload in namespace `{ns}`"),
             "check the labels against the compose services' `labels:` (`meshctl config` lists them)",
         );
+    }
+}
+
+fn telemetry(
+    cx: &mut Ctx<'_>,
+    r: &Resource,
+    t: &crate::istio::telemetry::Telemetry,
+    has_services: bool,
+) {
+    for (i, tr) in t.spec.tracing.iter().enumerate() {
+        for (j, p) in tr.providers.iter().enumerate() {
+            let known = cx
+                .mesh
+                .compose
+                .as_ref()
+                .and_then(|c| c.extension_provider(&p.name))
+                .is_some();
+            if !known {
+                cx.push(
+                    r,
+                    codes::UNKNOWN_PROVIDER,
+                    Severity::Error,
+                    &format!("spec.tracing[{i}].providers[{j}].name"),
+                    format!("no extension provider is named {:?}", p.name),
+                    "add it to the top-level x-mesh.extensionProviders (an opentelemetry entry with http)",
+                );
+            }
+        }
+    }
+    if !has_services {
+        return;
+    }
+    if let Some(sel) = &t.spec.selector {
+        let labels = sel.match_labels.clone().into_inner();
+        selector(cx, r, &labels, "spec.selector.matchLabels");
     }
 }
 

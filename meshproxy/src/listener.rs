@@ -148,7 +148,10 @@ where
                     e.into_response()
                 }
             };
-            Ok::<_, Infallible>(pending.respond(resp))
+            Ok::<_, Infallible>(match pending {
+                Some(p) => p.respond(resp),
+                None => resp,
+            })
         }
     });
     let io = crate::framing::FramingGuard::new(

@@ -460,13 +460,17 @@ impl Side {
         }
     }
 
-    /// The record of a request as it arrives (the response fills in the rest).
+    /// The record of a request as it arrives (the response fills in the rest); `None` when
+    /// nothing consumes records ([`crate::metrics::TelemetryState::off`]).
     pub fn start(
         &self,
         ctx: &Arc<Context>,
         req: &http::Request<hyper::body::Incoming>,
-    ) -> Box<Pending> {
+    ) -> Option<Box<Pending>> {
         let rt = ctx.runtime.load();
+        if rt.telemetry.off {
+            return None;
+        }
         let local = &rt.telemetry.local;
         let (source, destination, service, mtls) = match self {
             Side::Outbound { service } => (
@@ -490,7 +494,7 @@ impl Side {
         let grpc = h
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        Box::new(Pending {
+        Some(Box::new(Pending {
             ctx: Arc::clone(ctx),
             started: Instant::now(),
             outcome: RequestOutcome {
@@ -518,7 +522,7 @@ impl Side {
                     forwarded_for: h.get("x-forwarded-for").cloned(),
                 },
             },
-        })
+        }))
     }
 }
 

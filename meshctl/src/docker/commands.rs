@@ -87,7 +87,7 @@ pub struct LogsArgs {
     pub services: Vec<String>,
 }
 
-fn spec(args: &ProjectArgs) -> ProjectSpec {
+pub(crate) fn spec(args: &ProjectArgs) -> ProjectSpec {
     ProjectSpec {
         files: args.files.clone(),
         working_dir: args
@@ -98,7 +98,7 @@ fn spec(args: &ProjectArgs) -> ProjectSpec {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -328,10 +328,13 @@ pub(super) async fn send_with_retries(
         }
         if head.is_none() || !a.retry_allowed(&outcome, body) {
             let mut resp = finish(tried, (permit, active, request), a.exhausted(&outcome))?;
-            resp.extensions_mut().insert(crate::telemetry::Upstream {
-                cluster: Arc::clone(cluster),
-                endpoint: i,
-            });
+            if !rt.telemetry.off {
+                // Who answered, for the request's telemetry record.
+                resp.extensions_mut().insert(crate::telemetry::Upstream {
+                    cluster: Arc::clone(cluster),
+                    endpoint: i,
+                });
+            }
             return Ok(resp);
         }
         drop((permit, active));
