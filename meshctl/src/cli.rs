@@ -132,9 +132,12 @@ pub enum Command {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// The busiest paths, live, from the sidecars' access logs: source, destination, method,
+    /// path, count, best, worst and last duration, success rate (access logs must be on).
+    Top(crate::docker::top::TopArgs),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
-    ControlPlaneDaemon,
+    ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -169,7 +172,8 @@ impl Command {
             | Command::PrometheusConfig { file, .. }
             | Command::Stats { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
-            Command::ControlPlaneDaemon => &[],
+            Command::Top(args) => &args.files,
+            Command::ControlPlaneDaemon(_) => &[],
         }
     }
 }
@@ -206,7 +210,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::observe::prometheus_config(&project, &args)
         }
         Command::Stats { args, .. } => crate::observe::stats::stats(&project, &args),
-        Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
+        Command::Top(args) => crate::docker::top::top(&project, &args),
+        Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
     }
 }
 

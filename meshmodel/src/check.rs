@@ -45,6 +45,8 @@ pub mod codes {
     pub const STRICT_WITHOUT_MTLS_CALLERS: &str = "MESH0204";
     /// A Telemetry tracing provider that no `x-mesh.extensionProviders` entry names.
     pub const UNKNOWN_PROVIDER: &str = "MESH0301";
+    /// A DENY AuthorizationPolicy without rules: it matches nothing, so it denies nothing.
+    pub const DENY_WITHOUT_RULES: &str = "MESH0205";
 }
 
 struct Ctx<'a> {
@@ -336,7 +338,7 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
             cx.push(
                 r,
                 codes::UNKNOWN_SUBSET,
-                Severity::Error,
+                Severity::Warning,
                 &format!("{at}.subset"),
                 format!("subset `{subset}` of `{}` is defined in no DestinationRule; requests routed there fail with 503 (NR)", service.name),
                 &hint,
@@ -506,6 +508,19 @@ fn authorization_policy(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
     let IstioResource::AuthorizationPolicy(ap) = &r.resource else {
         return;
     };
+    // Istio accepts it and its analyzer flags it; the policy is inert.
+    if ap.spec.action() == crate::istio::authorization_policy::Action::Deny
+        && ap.spec.rules.is_empty()
+    {
+        cx.push(
+            r,
+            codes::DENY_WITHOUT_RULES,
+            Severity::Warning,
+            "spec.rules",
+            "a DENY policy without rules matches nothing: it denies no request".into(),
+            "add an empty rule `rules: [{}]` to deny every request, or delete the policy",
+        );
+    }
     if !has_services {
         return;
     }

@@ -282,18 +282,13 @@ impl Default for IstioMetrics {
 pub struct TelemetryState {
     pub local: crate::telemetry::Local,
     pub shapes: Shapes,
-    /// Nothing consumes a request record (every metric disabled, access logs off): requests
-    /// skip it entirely.
-    pub off: bool,
 }
 
 impl TelemetryState {
     pub fn new(cfg: &meshapi::proxy::ProxyConfig) -> TelemetryState {
-        let shapes = Shapes::new(&cfg.telemetry.metrics);
         TelemetryState {
             local: crate::telemetry::Local::new(cfg),
-            off: shapes.all_disabled() && !cfg.telemetry.access_log.enabled,
-            shapes,
+            shapes: Shapes::new(&cfg.telemetry.metrics),
         }
     }
 }

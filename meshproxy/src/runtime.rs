@@ -70,6 +70,16 @@ pub struct Target {
     pub cluster: (Arc<crate::traffic::ClusterState>, usize),
 }
 
+impl Target {
+    /// Whether connections to this target reach a verified peer proxy: mutual TLS with the
+    /// endpoint's mesh identity checked (ISTIO_MUTUAL). Only such a peer's reserved response
+    /// headers ([`meshapi::headers`]) are believed.
+    pub fn is_verified_peer(&self) -> bool {
+        self.key.tls.mode == meshapi::proxy::UpstreamTlsMode::IstioMutual
+            && self.key.identity.is_some()
+    }
+}
+
 /// How to open a connection to an endpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConnectSettings {
@@ -235,16 +245,18 @@ impl Snapshot {
     /// evaluates the config's compiled authorization policy (none: allow everything) for a
     /// request (`req` set) or a TCP connection, logs and counts the decision. A denial is
     /// [`ProxyError::Denied`]; a path the normalization refuses is a bad request. An allowed
-    /// request carries the normalized path to forward.
+    /// request carries the normalized path to forward: every HTTP request is normalized,
+    /// with Istio's default (`BASE`) when no policy section is given.
     pub fn authorize(
         &self,
         peer: &PeerInfo,
         req: Option<HttpFacts<'_>>,
         counters: &crate::authz::AuthzCounters,
     ) -> Result<crate::authz::Authorized, ProxyError> {
-        match &self.cfg.authorization {
-            None => Ok(crate::authz::Authorized::default()),
-            Some(policy) => crate::authz::check(&self.cfg, policy, peer, req, counters),
+        match (&self.cfg.authorization, req) {
+            (None, None) => Ok(crate::authz::Authorized::default()),
+            (None, Some(req)) => crate::authz::normalize_only(peer, &req),
+            (Some(policy), req) => crate::authz::check(&self.cfg, policy, peer, req, counters),
         }
     }
 }

@@ -9,7 +9,17 @@
 //! [`crate::listener::serve_http`] starts the record when a request arrives and wraps the
 //! response body in [`Recorded`], which counts the bytes sent and records once when the body
 //! ends, fails or is dropped.
+//!
+//! Besides the metrics, the hook writes the access log line ([`access_log`]) and the trace
+//! span ([`trace`], exported over OTLP/HTTP by [`otlp`]) through [`Telemetry`], whose bounded
+//! queues never let either slow a request.
 
+pub mod access_log;
+pub mod otlp;
+pub mod trace;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,9 +34,9 @@ use crate::http::{Body, BoxError};
 use crate::metrics::Direction;
 
 /// The request header a client proxy sends its own workload in, to mesh endpoints only (a
-/// `x-mesh-` header: removed from every request that enters a proxy from outside, and before
+/// reserved header: removed from every request that enters a proxy from outside, and before
 /// the application sees it). Read only from an mTLS peer whose principal's namespace matches.
-pub const PEER_HEADER: &str = "x-mesh-peer";
+pub const PEER_HEADER: &str = meshapi::headers::PEER;
 
 /// Longest label value taken from a peer's [`PEER_HEADER`] (longer ones read `unknown`).
 const MAX_PEER_VALUE: usize = 128;
@@ -312,6 +322,35 @@ pub struct RequestFacts {
     pub user_agent: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
     pub forwarded_for: Option<HeaderValue>,
+    /// Values of the request headers custom span tags name (sampled requests only).
+    pub tag_headers: Vec<(String, String)>,
+}
+
+/// What the access log and the span say about the upstream beyond [`Upstream`]: the route
+/// rule's name and the upstream service time (outbound, set by the route), or the application
+/// an inbound request went to. Carried in the response's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamFacts {
+    /// `UPSTREAM_HOST` when there is no [`Upstream`] (inbound: the application).
+    pub host: Option<SocketAddr>,
+    /// `UPSTREAM_CLUSTER` when there is no [`Upstream`] (inbound: `inbound|<port>||`).
+    pub cluster: Option<String>,
+    /// The name of the route rule that matched (`ROUTE_NAME`).
+    pub route: Option<String>,
+    /// From sending upstream to the response head (`x-envoy-upstream-service-time`).
+    pub service_time: Option<Duration>,
+}
+
+/// Facts of the downstream connection a request or connection came on.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub remote: SocketAddr,
+    /// The address the connection was made to (the VIP outbound, the pod's port inbound).
+    pub local: Option<SocketAddr>,
+    /// The verified peer identity (inbound mTLS).
+    pub peer: Option<SpiffeId>,
+    /// TLS server name asked for (inbound mTLS).
+    pub sni: Option<Arc<str>>,
 }
 
 /// The endpoint a request or connection went to.
@@ -363,6 +402,12 @@ pub struct RequestOutcome {
     /// The endpoint (client side, once one answered).
     pub upstream: Option<Upstream>,
     pub request: RequestFacts,
+    /// Envoy's `RESPONSE_CODE_DETAILS` (`via_upstream`, `route_not_found`, ...).
+    pub details: &'static str,
+    pub facts: UpstreamFacts,
+    pub downstream: Arc<Downstream>,
+    /// This hop's span, when the trace is sampled.
+    pub span: Option<trace::SpanIds>,
 }
 
 /// One closed TCP connection.
@@ -379,6 +424,9 @@ pub struct ConnectionOutcome {
     pub service: Arc<ServiceLabels>,
     pub mtls: bool,
     pub upstream: Option<Upstream>,
+    /// For the access log: the downstream connection and, inbound, the application.
+    pub downstream: Option<Arc<Downstream>>,
+    pub facts: UpstreamFacts,
 }
 
 impl ConnectionOutcome {
@@ -401,6 +449,8 @@ impl ConnectionOutcome {
             service,
             mtls: false,
             upstream: None,
+            downstream: None,
+            facts: UpstreamFacts::default(),
         }
     }
 
@@ -420,9 +470,109 @@ impl ConnectionOutcome {
     }
 }
 
+/// Counters of what telemetry itself could not deliver (exported on `/stats/prometheus`).
+#[derive(Debug, Default)]
+pub struct TelemetryCounters {
+    /// Access log lines written to the sink.
+    pub access_log_written: AtomicU64,
+    /// Access log lines dropped because the sink was slower than the traffic.
+    pub access_log_dropped: AtomicU64,
+    /// Spans the collector accepted.
+    pub spans_exported: AtomicU64,
+    /// Spans lost: the export queue was full, or the collector was down, slow or refused them.
+    pub spans_dropped: AtomicU64,
+}
+
+impl TelemetryCounters {
+    /// Prometheus text exposition of the counters.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows = [
+            (
+                "meshproxy_access_log_lines_total",
+                "Access log lines written.",
+                &self.access_log_written,
+            ),
+            (
+                "meshproxy_access_log_dropped_total",
+                "Access log lines dropped because stdout was slower than the traffic.",
+                &self.access_log_dropped,
+            ),
+            (
+                "meshproxy_trace_spans_exported_total",
+                "Trace spans accepted by the OTLP collector.",
+                &self.spans_exported,
+            ),
+            (
+                "meshproxy_trace_spans_dropped_total",
+                "Trace spans lost (export queue full, collector down, slow or refusing).",
+                &self.spans_dropped,
+            ),
+        ];
+        for (name, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// The telemetry sinks of one proxy: the access log writer and the span exporter, both fed
+/// through bounded queues so that neither can slow a request.
+pub struct Telemetry {
+    pub counters: Arc<TelemetryCounters>,
+    access_log: access_log::Writer,
+    spans: otlp::Exporter,
+    /// This proxy, as spans name it.
+    pub node: Arc<trace::Node>,
+}
+
+impl Telemetry {
+    /// Starts the writer and exporter tasks; access log lines go to `sink` (stdout when
+    /// `None`).
+    pub fn start(cfg: &meshapi::proxy::ProxyConfig, sink: Option<access_log::Sink>) -> Telemetry {
+        let counters = Arc::new(TelemetryCounters::default());
+        let sink = sink.unwrap_or_else(|| Box::pin(tokio::io::stdout()));
+        Telemetry {
+            access_log: access_log::Writer::spawn(sink, Arc::clone(&counters)),
+            spans: otlp::Exporter::spawn(Arc::clone(&counters)),
+            node: Arc::new(trace::Node::new(&cfg.identity.spiffe_id)),
+            counters,
+        }
+    }
+
+    /// A request finished: its access log line and span, as `cfg` says.
+    pub fn request(&self, cfg: &meshapi::telemetry::TelemetryConfig, o: &RequestOutcome) {
+        let span = o.span.zip(cfg.tracing.collector.as_ref());
+        if !cfg.access_log.enabled && span.is_none() {
+            return;
+        }
+        let line = access_log::request_line(o);
+        if cfg.access_log.enabled {
+            self.access_log.write(line.render(cfg.access_log.encoding));
+        }
+        if let Some((ids, collector)) = span {
+            let s = trace::to_otlp(o, &line, &ids, &self.node, &cfg.tracing);
+            self.spans.submit(collector, s, &self.node);
+        }
+    }
+
+    /// A TCP connection closed: its access log line.
+    pub fn connection(&self, cfg: &meshapi::telemetry::TelemetryConfig, o: &ConnectionOutcome) {
+        if cfg.access_log.enabled {
+            let line = access_log::connection_line(o);
+            self.access_log.write(line.render(cfg.access_log.encoding));
+        }
+    }
+}
+
 /// The hook: a request finished.
 pub fn record_request(ctx: &Context, o: &RequestOutcome) {
-    ctx.metrics.istio.request(&ctx.runtime.load().telemetry, o);
+    let rt = ctx.runtime.load();
+    ctx.metrics.istio.request(&rt.telemetry, o);
+    ctx.telemetry.request(&rt.cfg.telemetry, o);
 }
 
 /// The hook: a TCP connection opened (Istio counts opened connections at once).
@@ -434,9 +584,9 @@ pub fn connection_opened(ctx: &Context, o: &ConnectionOutcome) {
 
 /// The hook: a TCP connection closed.
 pub fn record_connection(ctx: &Context, o: &ConnectionOutcome) {
-    ctx.metrics
-        .istio
-        .tcp_closed(&ctx.runtime.load().telemetry, o);
+    let rt = ctx.runtime.load();
+    ctx.metrics.istio.tcp_closed(&rt.telemetry, o);
+    ctx.telemetry.connection(&rt.cfg.telemetry, o);
 }
 
 /// What one downstream connection tells about the parties of its requests.
@@ -460,17 +610,28 @@ impl Side {
         }
     }
 
-    /// The record of a request as it arrives (the response fills in the rest); `None` when
-    /// nothing consumes records ([`crate::metrics::TelemetryState::off`]).
+    /// The record of a request as it arrives (the response fills in the rest): creates its
+    /// `x-request-id` when absent and takes or starts its trace context, rewriting the
+    /// propagation headers for this hop's span ([`trace::begin`]).
     pub fn start(
         &self,
         ctx: &Arc<Context>,
-        req: &http::Request<hyper::body::Incoming>,
-    ) -> Option<Box<Pending>> {
+        downstream: &Arc<Downstream>,
+        req: &mut http::Request<hyper::body::Incoming>,
+    ) -> Box<Pending> {
         let rt = ctx.runtime.load();
-        if rt.telemetry.off {
-            return None;
+        let tracing = &rt.cfg.telemetry.tracing;
+        let headers = req.headers_mut();
+        if !headers.contains_key(trace::REQUEST_ID)
+            && let Ok(v) = HeaderValue::from_str(&trace::new_request_id())
+        {
+            headers.insert(trace::REQUEST_ID, v);
         }
+        let span = trace::begin(headers, tracing.sampling_percent);
+        let tag_headers = match span {
+            Some(_) => trace::tag_headers(headers, tracing),
+            None => Vec::new(),
+        };
         let local = &rt.telemetry.local;
         let (source, destination, service, mtls) = match self {
             Side::Outbound { service } => (
@@ -494,7 +655,7 @@ impl Side {
         let grpc = h
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        Some(Box::new(Pending {
+        Box::new(Pending {
             ctx: Arc::clone(ctx),
             started: Instant::now(),
             outcome: RequestOutcome {
@@ -518,25 +679,52 @@ impl Side {
                     uri: req.uri().clone(),
                     authority: h.get(http::header::HOST).cloned(),
                     user_agent: h.get(http::header::USER_AGENT).cloned(),
-                    request_id: h.get("x-request-id").cloned(),
+                    request_id: h.get(trace::REQUEST_ID).cloned(),
                     forwarded_for: h.get("x-forwarded-for").cloned(),
+                    tag_headers,
                 },
+                details: "-",
+                facts: UpstreamFacts::default(),
+                downstream: Arc::clone(downstream),
+                span,
             },
-        }))
+        })
     }
 }
 
 impl Pending {
     /// Takes the response's facts (status, flags, gRPC status, the endpoint) and wraps its
-    /// body so the request is recorded when the body ends.
-    pub fn respond(mut self: Box<Self>, mut resp: http::Response<Body>) -> http::Response<Body> {
+    /// body so the request is recorded when the body ends. `local` is the response code
+    /// details of a local reply made for an error.
+    pub fn respond(
+        mut self: Box<Self>,
+        mut resp: http::Response<Body>,
+        local: Option<&'static str>,
+    ) -> http::Response<Body> {
         let o = &mut self.outcome;
         o.status = resp.status().as_u16();
-        o.response_flags = intern_flags(resp.headers().get(crate::reply::FLAGS_HEADER));
+        let flags = resp.headers().get(crate::reply::FLAGS_HEADER);
+        o.response_flags = intern_flags(flags);
+        let injected = flags.is_some_and(|f| f == "FI");
         o.grpc_status = grpc_status(resp.headers());
         if let Some(up) = resp.extensions_mut().remove::<Upstream>() {
             o.destination = up.party();
             o.upstream = Some(up);
+        }
+        if let Some(f) = resp.extensions_mut().remove::<UpstreamFacts>() {
+            o.facts = f;
+        }
+        o.details = match local {
+            Some(details) => details,
+            None if injected => "fault_filter_abort",
+            _ if o.upstream.is_some() || o.facts.host.is_some() => "via_upstream",
+            _ => "direct_response",
+        };
+        if let Some(t) = o.facts.service_time
+            && let Ok(v) = HeaderValue::try_from(t.as_millis().to_string())
+        {
+            resp.headers_mut()
+                .insert("x-envoy-upstream-service-time", v);
         }
         resp.map(|b| Recorded::wrap(b, self))
     }
