@@ -360,7 +360,7 @@ fn unserved_kinds_are_errors_by_name_except_those_being_made_served() {
         ),
         ("apps/v1", "Deployment", Severity::Error),
         ("v1", "Service", Severity::Error),
-        // Being made served in parallel (issue 15; Telemetry, issue 14, is served).
+        // Being made served in parallel (issue 15).
         ("networking.istio.io/v1", "Sidecar", Severity::Warning),
         (
             "security.istio.io/v1",
