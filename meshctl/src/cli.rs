@@ -161,6 +161,22 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Print a Prometheus scrape config (or a file_sd target file) listing every proxy's
+    /// metrics endpoint: the Docker sidecars, or with --host the proxies of `meshctl serve`.
+    PrometheusConfig {
+        #[command(flatten)]
+        args: crate::observe::PrometheusConfigArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Per mesh service and version: success rate, requests per second, p50/p95/p99 latency
+    /// and TCP connections over a window, read from the proxies (like `linkerd viz stat`).
+    Stats {
+        #[command(flatten)]
+        args: crate::observe::stats::StatsArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// The busiest paths, live, from the sidecars' access logs: source, destination, method,
     /// path, count, best, worst and last duration, success rate (access logs must be on).
     Top(crate::docker::top::TopArgs),
@@ -229,7 +245,9 @@ impl Command {
             | Command::Start { file, .. }
             | Command::Restart { file, .. }
             | Command::Build { file }
-            | Command::Ps { file, .. } => &file.files,
+            | Command::Ps { file, .. }
+            | Command::PrometheusConfig { file, .. }
+            | Command::Stats { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
             Command::Ls(_)
             | Command::Version(_)
@@ -296,6 +314,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => crate::shell::man(dir.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::PrometheusConfig { args, .. } => {
+            crate::observe::prometheus_config(&project, &args)
+        }
+        Command::Stats { args, .. } => crate::observe::stats::stats(&project, &args),
         Command::Top(args) => crate::docker::top::top(&project, &args),
         Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
     }

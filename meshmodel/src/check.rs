@@ -46,6 +46,8 @@ pub mod codes {
     /// More than one Sidecar applies to one workload (Istio's IST0109/IST0110): only the
     /// first (file order) does.
     pub const CONFLICTING_SIDECARS: &str = "MESH0112";
+    /// A Telemetry tracing provider that no `x-mesh.extensionProviders` entry names.
+    pub const UNKNOWN_PROVIDER: &str = "MESH0301";
     /// A DENY AuthorizationPolicy without rules: it matches nothing, so it denies nothing.
     pub const DENY_WITHOUT_RULES: &str = "MESH0205";
 }
@@ -148,7 +150,8 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             IstioResource::AuthorizationPolicy(_) => authorization_policy(&mut cx, r, has_services),
             IstioResource::PeerAuthentication(_) => peer_authentication(&mut cx, r, has_services),
             // Checked by its own validate(); its hosts are destinations (see `destination`).
-            IstioResource::ServiceEntry(_) | IstioResource::Telemetry(_) => {}
+            IstioResource::ServiceEntry(_) => {}
+            IstioResource::Telemetry(t) => telemetry(&mut cx, r, t, has_services),
             IstioResource::Sidecar(sc) => {
                 if has_services {
                     selector(
@@ -477,6 +480,41 @@ fn selector(cx: &mut Ctx<'_>, r: &Resource, labels: &BTreeMap<String, String>, a
             format!("the selector {labels:?} selects no workload in namespace `{ns}`"),
             "check the labels against the compose services' `labels:` (`meshctl config` lists them)",
         );
+    }
+}
+
+fn telemetry(
+    cx: &mut Ctx<'_>,
+    r: &Resource,
+    t: &crate::istio::telemetry::Telemetry,
+    has_services: bool,
+) {
+    for (i, tr) in t.spec.tracing.iter().enumerate() {
+        for (j, p) in tr.providers.iter().enumerate() {
+            let known = cx
+                .mesh
+                .compose
+                .as_ref()
+                .and_then(|c| c.extension_provider(&p.name))
+                .is_some();
+            if !known {
+                cx.push(
+                    r,
+                    codes::UNKNOWN_PROVIDER,
+                    Severity::Error,
+                    &format!("spec.tracing[{i}].providers[{j}].name"),
+                    format!("no extension provider is named {:?}", p.name),
+                    "add it to the top-level x-mesh.extensionProviders (an opentelemetry entry with http)",
+                );
+            }
+        }
+    }
+    if !has_services {
+        return;
+    }
+    if let Some(sel) = &t.spec.selector {
+        let labels = sel.match_labels.clone().into_inner();
+        selector(cx, r, &labels, "spec.selector.matchLabels");
     }
 }
 

@@ -289,3 +289,21 @@ fn istio_rules_and_meshctl_refusals_by_name() {
         assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:#?}");
     }
 }
+
+#[test]
+fn check_names_an_unknown_tracing_provider_at_its_line() {
+    let doc = BACKEND.replace(
+        "    - randomSamplingPercentage: 50\n",
+        "    - randomSamplingPercentage: 50\n      providers: [{ name: zipkin }]\n",
+    );
+    let (_d, loaded) = load_mesh(COMPOSE, &doc);
+    assert!(errors(&loaded).is_empty(), "{:?}", loaded.diagnostics);
+    let found = meshmodel::check::analyze(&loaded.mesh);
+    let d = found
+        .iter()
+        .find(|d| d.code == "MESH0301")
+        .unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(d.path, "spec.tracing[0].providers[0].name");
+    assert_eq!(d.location.line, 14, "{d}");
+    assert!(d.message.contains("\"zipkin\""), "{d}");
+}

@@ -141,6 +141,11 @@ impl Shapes {
         }
     }
 
+    /// Whether every metric is disabled for both reporters.
+    pub fn all_disabled(&self) -> bool {
+        self.by.iter().flatten().all(Option::is_none)
+    }
+
     fn get(&self, metric: usize, reporter: Reporter) -> Option<&Arc<Shape>> {
         let r = match reporter {
             Reporter::Source => 0,
@@ -682,6 +687,45 @@ impl Collector for HealthCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_apply_in_order_per_metric_and_side() {
+        use meshapi::telemetry::metrics::MetricOverride;
+        let o = |metric, mode, disabled| MetricOverride {
+            metric,
+            mode,
+            disabled,
+            remove_tags: vec!["source_app".into()],
+            tags: Default::default(),
+        };
+        let cfg = MetricsConfig {
+            overrides: vec![
+                o(
+                    MetricName::AllMetrics,
+                    ReporterMode::ClientAndServer,
+                    Some(true),
+                ),
+                o(MetricName::RequestCount, ReporterMode::Server, Some(false)),
+            ],
+            ..Default::default()
+        };
+        let s = Shapes::new(&cfg);
+        assert!(!s.all_disabled());
+        assert!(s.get(0, Reporter::Source).is_none());
+        let back = s.get(0, Reporter::Destination).expect("re-enabled");
+        // Re-enabled by the second override, which also removes source_app.
+        assert!(back.removed[4]);
+        assert!(s.get(1, Reporter::Destination).is_none());
+        let all_off = MetricsConfig {
+            overrides: vec![o(
+                MetricName::AllMetrics,
+                ReporterMode::ClientAndServer,
+                Some(true),
+            )],
+            ..Default::default()
+        };
+        assert!(Shapes::new(&all_off).all_disabled());
+    }
 
     #[test]
     fn label_values_are_escaped() {

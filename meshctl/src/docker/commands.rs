@@ -68,11 +68,11 @@ pub struct DownArgs {
     pub remove_orphans: bool,
 }
 
-pub(super) fn spec(args: &ProjectArgs) -> ProjectSpec {
+pub(crate) fn spec(args: &ProjectArgs) -> ProjectSpec {
     args.spec()
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
