@@ -144,6 +144,16 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             IstioResource::PeerAuthentication(_) => peer_authentication(&mut cx, r, has_services),
             // Checked by its own validate(); its hosts are destinations (see `destination`).
             IstioResource::ServiceEntry(_) => {}
+            IstioResource::RequestAuthentication(ra) => {
+                if has_services && let Some(sel) = &ra.spec.selector {
+                    selector(
+                        &mut cx,
+                        r,
+                        &sel.match_labels.clone().into_inner(),
+                        "spec.selector.matchLabels",
+                    );
+                }
+            }
         }
     }
     conflicts(&mut cx);

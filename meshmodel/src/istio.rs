@@ -1,6 +1,7 @@
 //! The Istio resources meshctl reads, typed field by field after Istio's CRD schema
 //! (`crd-all.gen.yaml`): VirtualService, DestinationRule and ServiceEntry (networking.istio.io
-//! v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy (security.istio.io v1beta1, v1).
+//! v1alpha3, v1beta1, v1), PeerAuthentication, AuthorizationPolicy and RequestAuthentication
+//! (security.istio.io v1beta1, v1).
 //!
 //! - Every struct refuses unknown fields, so a typo or a misplaced field is an error with the
 //!   field's path, never silently dropped.
@@ -20,6 +21,7 @@ pub mod destination_rule;
 pub mod matchers;
 pub mod meta;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod service_entry;
 pub mod types;
 mod validate;
@@ -42,6 +44,7 @@ pub use destination_rule::{
 };
 pub use meta::{Ignored, ObjectMeta, PolicyTargetReference, WorkloadSelector};
 pub use peer_authentication::{Mtls, MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
+pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};
 pub use service_entry::{ServiceEntry, ServiceEntrySpec};
 pub use types::{
     Duration, IntPercent, IpBlock, Labels, Percent, Percentage, Port, PortString, Principal,
@@ -56,7 +59,7 @@ pub use virtual_service::{
 
 /// The API group of VirtualService and DestinationRule.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
-/// The API group of PeerAuthentication and AuthorizationPolicy.
+/// The API group of PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
 pub const SECURITY_GROUP: &str = "security.istio.io";
 
 /// The Istio kinds meshctl serves.
@@ -67,15 +70,17 @@ pub enum IstioKind {
     PeerAuthentication,
     AuthorizationPolicy,
     ServiceEntry,
+    RequestAuthentication,
 }
 
 impl IstioKind {
-    pub const ALL: [IstioKind; 5] = [
+    pub const ALL: [IstioKind; 6] = [
         IstioKind::VirtualService,
         IstioKind::DestinationRule,
         IstioKind::PeerAuthentication,
         IstioKind::AuthorizationPolicy,
         IstioKind::ServiceEntry,
+        IstioKind::RequestAuthentication,
     ];
 
     /// The `kind:` value.
@@ -86,6 +91,7 @@ impl IstioKind {
             IstioKind::PeerAuthentication => "PeerAuthentication",
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
             IstioKind::ServiceEntry => "ServiceEntry",
+            IstioKind::RequestAuthentication => "RequestAuthentication",
         }
     }
 
@@ -94,7 +100,9 @@ impl IstioKind {
             IstioKind::VirtualService | IstioKind::DestinationRule | IstioKind::ServiceEntry => {
                 NETWORKING_GROUP
             }
-            IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => SECURITY_GROUP,
+            IstioKind::PeerAuthentication
+            | IstioKind::AuthorizationPolicy
+            | IstioKind::RequestAuthentication => SECURITY_GROUP,
         }
     }
 
@@ -104,7 +112,9 @@ impl IstioKind {
             IstioKind::VirtualService | IstioKind::DestinationRule | IstioKind::ServiceEntry => {
                 &["v1", "v1beta1", "v1alpha3"]
             }
-            IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => &["v1", "v1beta1"],
+            IstioKind::PeerAuthentication
+            | IstioKind::AuthorizationPolicy
+            | IstioKind::RequestAuthentication => &["v1", "v1beta1"],
         }
     }
 
@@ -175,11 +185,6 @@ const UNSERVED: &[(&str, &str, &str)] = &[
         NETWORKING_GROUP,
         "ProxyConfig",
         "proxy settings come from meshctl itself",
-    ),
-    (
-        SECURITY_GROUP,
-        "RequestAuthentication",
-        "JWT request authentication is not served yet",
     ),
     (
         "telemetry.istio.io",
@@ -331,6 +336,7 @@ pub enum IstioResource {
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
     ServiceEntry(ServiceEntry),
+    RequestAuthentication(RequestAuthentication),
 }
 
 impl IstioResource {
@@ -364,6 +370,9 @@ impl IstioResource {
                 deserialize(value).map(IstioResource::AuthorizationPolicy)
             }
             IstioKind::ServiceEntry => deserialize(value).map(IstioResource::ServiceEntry),
+            IstioKind::RequestAuthentication => {
+                deserialize(value).map(IstioResource::RequestAuthentication)
+            }
         }
     }
 
@@ -374,6 +383,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(_) => IstioKind::PeerAuthentication,
             IstioResource::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
             IstioResource::ServiceEntry(_) => IstioKind::ServiceEntry,
+            IstioResource::RequestAuthentication(_) => IstioKind::RequestAuthentication,
         }
     }
 
@@ -384,6 +394,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => &r.metadata,
             IstioResource::AuthorizationPolicy(r) => &r.metadata,
             IstioResource::ServiceEntry(r) => &r.metadata,
+            IstioResource::RequestAuthentication(r) => &r.metadata,
         }
     }
 
@@ -394,6 +405,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => &mut r.metadata,
             IstioResource::AuthorizationPolicy(r) => &mut r.metadata,
             IstioResource::ServiceEntry(r) => &mut r.metadata,
+            IstioResource::RequestAuthentication(r) => &mut r.metadata,
         }
     }
 
@@ -414,6 +426,7 @@ impl IstioResource {
             IstioResource::PeerAuthentication(r) => r.validate(),
             IstioResource::AuthorizationPolicy(r) => r.validate(),
             IstioResource::ServiceEntry(r) => r.validate(),
+            IstioResource::RequestAuthentication(r) => r.validate(),
         }
     }
 }

@@ -101,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
                 host: "app",
                 path: n.as_str(),
                 headers: &(),
+                auth: None,
             }),
         };
         let d = wp.evaluate(&attrs);
