@@ -719,6 +719,12 @@ const EXPECTED_CORPUS_ERRORS: &[(&str, &str, &str, &str)] = &[
         r#"not supported by meshctl: gateway "foo-gateway""#,
     ),
     (
+        "analyzer-inputs/virtualservice_jwtclaimroute.yaml",
+        "VirtualService/foo",
+        "spec.http[0].match[0].headers.@request.auth.claims.foo",
+        r#"not supported by meshctl: header "@request.auth.claims.foo""#,
+    ),
+    (
         "analyzer-inputs/virtualservice_kubernetes_gateways.yaml",
         "VirtualService/my-vs",
         "spec.gateways[0]",

@@ -241,8 +241,11 @@ pub(crate) fn verify(rule: &JwtRule, keys: &KeySet, token: &str) -> Result<Verif
 #[derive(Debug)]
 pub(crate) struct TokenCache {
     capacity: usize,
-    map: Mutex<HashMap<Box<str>, (Arc<Verified>, u64)>>,
+    map: Mutex<HashMap<Box<str>, Entry>>,
 }
+
+/// A verified token and the generation of the key set that verified it.
+type Entry = (Arc<Verified>, u64);
 
 impl TokenCache {
     pub(crate) fn new(capacity: usize) -> Self {
@@ -284,5 +287,42 @@ impl TokenCache {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verified(exp: Option<u64>) -> Arc<Verified> {
+        Arc::new(Verified {
+            principal: "iss/sub".into(),
+            audiences: Vec::new(),
+            presenter: None,
+            claims: Map::new(),
+            payload_b64: String::new(),
+            exp,
+        })
+    }
+
+    #[test]
+    fn the_cache_is_bounded_keyed_by_key_set_and_honours_exp() {
+        let keys = KeySet::empty();
+        let rotated = KeySet::empty();
+        let now = now_secs();
+        let cache = TokenCache::new(2);
+        cache.insert("a", &keys, verified(Some(now + 600)));
+        cache.insert("b", &keys, verified(None));
+        cache.insert("c", &keys, verified(Some(now + 600)));
+        assert_eq!(cache.len(), 2, "never more than its capacity");
+        assert!(cache.get("c", &keys, now).is_some());
+        assert!(cache.get("c", &rotated, now).is_none(), "other keys");
+        cache.insert("old", &keys, verified(Some(now - 10)));
+        assert!(cache.get("old", &keys, now).is_some(), "within the skew");
+        assert!(
+            cache.get("old", &keys, now + CLOCK_SKEW_SECS).is_none(),
+            "expired past the skew"
+        );
+        assert!(cache.get("missing", &keys, now).is_none());
     }
 }
