@@ -42,8 +42,9 @@ services:
 
 const STRICT: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n";
 
-/// A host-placement base port whose inbound/admin/health/stats ports for two proxies are free.
-fn free_base() -> u16 {
+/// A host-placement base port whose inbound/admin/health/stats ports for `proxies` proxies are
+/// free.
+fn free_base(proxies: u16) -> u16 {
     // Tests in this binary run in parallel: each call starts from its own offset, so two
     // tests never pick the same free-looking base before either has bound it.
     static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
@@ -51,7 +52,7 @@ fn free_base() -> u16 {
     let mut base = 20000 + ((std::process::id() as u16 % 20000) + call * 97) % 20000;
     loop {
         let all_free = [0u16, 1000, 2000, 3000].iter().all(|off| {
-            (0..2).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + off + k)).is_ok())
+            (0..proxies).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + off + k)).is_ok())
         });
         if all_free {
             return base;
@@ -67,6 +68,10 @@ fn id(sa: &str) -> SpiffeId {
 }
 
 async fn start_proxy(cp: &ControlPlane, workload: &str, sa: &str) -> CpProxy {
+    start_instance(cp, workload, sa, 0).await
+}
+
+async fn start_instance(cp: &ControlPlane, workload: &str, sa: &str, instance: u32) -> CpProxy {
     let identity = id(sa);
     let token = cp.ca().issue_token(&identity).unwrap();
     let mut s = ControlPlaneSettings::new(
@@ -75,7 +80,7 @@ async fn start_proxy(cp: &ControlPlane, workload: &str, sa: &str) -> CpProxy {
         identity,
         cp.ca().root_pem(),
         workload,
-        0,
+        instance,
     );
     s.renew = RenewPolicy {
         backoff_initial: Duration::from_millis(50),
@@ -157,7 +162,7 @@ async fn requests_flow_through_control_plane_mode_proxies_across_certificate_rot
             ..CaConfig::default()
         },
         placement: PlacementSpec::Host {
-            base_port: free_base(),
+            base_port: free_base(2),
         },
         watch: false,
         ..ControlPlaneConfig::default()
@@ -284,7 +289,7 @@ async fn requests_keep_flowing_while_the_control_plane_restarts_and_proxies_resy
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let base = free_base();
+    let base = free_base(2);
     let cp = ControlPlane::start(restart_config(dir.path(), api, base))
         .await
         .unwrap();
@@ -292,7 +297,6 @@ async fn requests_keep_flowing_while_the_control_plane_restarts_and_proxies_resy
     let client = start_proxy(&cp, "client", "client-sa").await;
     let vip = client.config.borrow().outbound[0].vip;
     let out = client.bound.outbound(vip).expect("outbound VIP listener");
-    let first = cp.revision();
 
     // Requests flow the whole time, in a bounded loop, until told to stop.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -333,10 +337,12 @@ async fn requests_keep_flowing_while_the_control_plane_restarts_and_proxies_resy
     let cp = ControlPlane::start(restart_config(dir.path(), api, base))
         .await
         .unwrap();
+    // Revisions count again from the restart (and a proxy reporting in makes one).
+    let before = cp.revision();
     std::fs::write(&pa, STRICT.replace("STRICT", "PERMISSIVE")).unwrap();
     let report = cp.reload().await.unwrap();
     assert!(report.ok, "{:?}", report.errors);
-    assert!(report.revision > first, "a new revision after the edit");
+    assert!(report.revision > before, "a new revision after the edit");
     let deadline = Instant::now() + DEADLINE;
     loop {
         let acks = cp.wait_acks(report.revision, Duration::from_secs(1)).await;
@@ -361,5 +367,146 @@ async fn requests_keep_flowing_while_the_control_plane_restarts_and_proxies_resy
     );
     client.shutdown().await;
     server.shutdown().await;
+    cp.shutdown().await;
+}
+
+/// One GET on a fresh connection to an admin or stats port; the body.
+async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    text.split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_string())
+}
+
+/// Whether the client's `/config_dump` shows the endpoint at `addr` ejected.
+async fn ejected(client: &CpProxy, addr: SocketAddr) -> bool {
+    let dump: serde_json::Value =
+        serde_json::from_str(&admin_get(client.bound.admin, "/config_dump").await).unwrap();
+    dump["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["endpoints"].as_array().unwrap())
+        .any(|e| e["address"] == addr.to_string() && e["ejected"] == true)
+}
+
+/// HTTP requests a proxy's inbound listener received (its Prometheus counter).
+async fn inbound_requests(p: &CpProxy) -> u64 {
+    let stats = admin_get(p.bound.stats, "/stats/prometheus").await;
+    stats
+        .lines()
+        .find(|l| l.starts_with("meshproxy_requests_total{") && l.contains("inbound"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_endpoint_proxy_is_taken_back_from_ejection_as_soon_as_it_serves() {
+    let echo = meshtest::echo::EchoServer::start("server").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two server replicas on one host. The client serves no port, so the replicas have no VIP
+    // of it to bind (two proxies on one host cannot both bind one VIP:port).
+    let compose = compose(echo.port())
+        .replace("      ports: [{ port: 9999, protocol: http }]\n", "")
+        .replace(
+            "    image: demo/server\n",
+            "    image: demo/server\n    deploy: { replicas: 2 }\n",
+        );
+    std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+    std::fs::create_dir(dir.path().join("mesh")).unwrap();
+    std::fs::write(dir.path().join("mesh/peer-authentication.yaml"), STRICT).unwrap();
+    // One failure ejects for a minute: only the restart can bring the endpoint back sooner.
+    std::fs::write(
+        dir.path().join("mesh/destination-rule.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: server}\n\
+         spec:\n  host: server\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1, \
+         interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n",
+    )
+    .unwrap();
+    let api: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let cp = ControlPlane::start(restart_config(dir.path(), api, free_base(3)))
+        .await
+        .unwrap();
+    let server0 = start_instance(&cp, "server", "server-sa", 0).await;
+    let server1 = start_instance(&cp, "server", "server-sa", 1).await;
+    let client = start_proxy(&cp, "client", "client-sa").await;
+    let vip = client.config.borrow().outbound[0].vip;
+    let out = client.bound.outbound(vip).expect("outbound VIP listener");
+    let addr0 = server0.bound.inbound;
+
+    // Steady load for the whole test: nothing may fail, the stop of a replica included (no
+    // request is in flight on it: it drains first), thanks to the default retry elsewhere.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            for n in 0..100_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                match request(out, n).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+    // Both replicas serve, and the control plane knows each one's epoch.
+    meshtest::assert_eventually!(
+        inbound_requests(&server0).await > 0 && inbound_requests(&server1).await > 0,
+        timeout = DEADLINE,
+        "both replicas should get requests"
+    );
+
+    // Replica 0 stops: the client fails to connect to it, retries elsewhere and ejects it.
+    server0.shutdown().await;
+    meshtest::assert_eventually!(
+        ejected(&client, addr0).await,
+        timeout = DEADLINE,
+        "the stopped replica should be ejected"
+    );
+    // Started again on the same address: serving, it reports its new epoch, the client takes
+    // it back (not after the 60 s ejection).
+    let server0 = start_instance(&cp, "server", "server-sa", 0).await;
+    let ready = Instant::now();
+    meshtest::assert_eventually!(
+        inbound_requests(&server0).await > 0,
+        timeout = DEADLINE,
+        "the restarted replica should get requests again"
+    );
+    let back = ready.elapsed();
+    assert!(!ejected(&client, addr0).await);
+    assert!(
+        back < Duration::from_secs(2),
+        "served again {back:?} after its proxy was ready"
+    );
+    let st = cp.push_state().status();
+    let s0 = st.iter().find(|p| p.proxy == "server/0").unwrap();
+    assert!(
+        s0.proxy_epoch.is_some() && s0.ready_since_ms.is_some(),
+        "{s0:?}"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    client.shutdown().await;
+    server0.shutdown().await;
+    server1.shutdown().await;
     cp.shutdown().await;
 }

@@ -148,13 +148,20 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
         (frontend_status(&cp).acked == Some(1)).then_some(())
     })
     .await;
+    // Serving, the proxy reported its start epoch: revision 2 carries it to its clients
+    // (backend-v1), not to the frontend itself.
+    eventually("revision 2 with the frontend's epoch", || {
+        (frontend_status(&cp).proxy_epoch.is_some() && cp.revision() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(proxy.config.borrow().revision, 1);
 
-    // An edit: version 2 reaches the proxy and its ACK shows in status (over the admin API).
+    // An edit: version 3 reaches the proxy and its ACK shows in status (over the admin API).
     std::fs::write(pa_path(dir.path()), peer_auth("PERMISSIVE")).unwrap();
     let cfg_rx = proxy.config.clone();
-    eventually("version 2 at the proxy", || {
+    eventually("version 3 at the proxy", || {
         let c = cfg_rx.borrow();
-        (c.revision == 2 && mode(&c) == PeerAuthMode::Permissive).then_some(())
+        (c.revision == 3 && mode(&c) == PeerAuthMode::Permissive).then_some(())
     })
     .await;
     let admin = AdminClient::from_state_dir(&dir.path().join(".mesh")).unwrap();
@@ -166,7 +173,7 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
             .iter()
             .find(|p| p.proxy == "frontend/0")
             .unwrap();
-        if p.acked == Some(2) && p.connected {
+        if p.acked == Some(3) && p.connected {
             acked = true;
             assert!(status.last_reload.ok);
             assert!(
@@ -188,7 +195,7 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(acked, "ACK of version 2 never showed in status");
+    assert!(acked, "ACK of version 3 never showed in status");
 
     // An invalid edit: nothing is pushed, the error is placed at file:line:column.
     std::fs::write(
@@ -207,8 +214,8 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
             .any(|e| e.contains("peer-authentication.yaml:7:")),
         "{errors:?}"
     );
-    assert_eq!(cp.revision(), 2);
-    assert_eq!(proxy.config.borrow().revision, 2);
+    assert_eq!(cp.revision(), 3);
+    assert_eq!(proxy.config.borrow().revision, 3);
 
     // A save landing half-written is refused; the completed save applies.
     let refused_at = cp.last_reload().at_unix_ms;
@@ -222,12 +229,12 @@ async fn edit_pushes_a_new_version_and_bad_edits_push_nothing() {
         (r.at_unix_ms > refused_at && !r.ok).then_some(())
     })
     .await;
-    assert_eq!(cp.revision(), 2);
-    assert_eq!(proxy.config.borrow().revision, 2);
+    assert_eq!(cp.revision(), 3);
+    assert_eq!(proxy.config.borrow().revision, 3);
     std::fs::write(pa_path(dir.path()), peer_auth("STRICT")).unwrap();
-    eventually("version 3 after the completed save", || {
+    eventually("version 4 after the completed save", || {
         let c = cfg_rx.borrow();
-        (c.revision == 3 && mode(&c) == PeerAuthMode::Strict).then_some(())
+        (c.revision == 4 && mode(&c) == PeerAuthMode::Strict).then_some(())
     })
     .await;
 
@@ -521,4 +528,87 @@ async fn cli_status_and_apply_wait_exit_codes() {
         .unwrap();
     assert_eq!(code, 2);
     assert!(out.contains("meshctl serve"), "{out}");
+}
+
+/// Issue 15's reload rule: what Istio's API server rejects is refused (the last good config
+/// keeps serving); what Istio accepts and `istioctl analyze` flags is applied, with the
+/// finding in the reload report, `meshctl status`, `meshctl apply` and `meshctl check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyzer_findings_are_applied_and_shown_api_server_rejections_are_refused() {
+    let dir = project();
+    let cp = start(dir.path(), 0).await;
+    let addr = cp.local_addr().to_string();
+    let proxy = connect_proxy(&cp, &addr).await;
+    eventually("ACK of version 1", || {
+        (frontend_status(&cp).acked == Some(1)).then_some(())
+    })
+    .await;
+    let flagged = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\n\
+                   spec:\n  hosts: [backend]\n  http:\n  - route:\n    - destination: {host: backend, subset: v3}\n\
+                   ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                   metadata: {name: deny-nothing}\nspec:\n  selector: {matchLabels: {app: backend}}\n  action: DENY\n";
+    std::fs::write(dir.path().join("mesh/flagged.yaml"), flagged).unwrap();
+    let cfg_rx = proxy.config.clone();
+    eventually("the flagged files applied as version 2", || {
+        let c = cfg_rx.borrow();
+        let routed = c.traffic.as_ref().is_some_and(|t| {
+            t.services.iter().any(|s| {
+                s.http.iter().any(|r| match &r.action {
+                    meshapi::traffic::Action::Route(ds) => ds
+                        .iter()
+                        .any(|d| d.destination.subset.as_deref() == Some("v3")),
+                    _ => false,
+                })
+            })
+        });
+        (c.revision == 2 && routed).then_some(())
+    })
+    .await;
+    let report = cp.last_reload();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.warnings, 2, "{:?}", report.findings);
+    for code in ["MESH0102", "MESH0205"] {
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.contains(code) && f.contains("flagged.yaml:")),
+            "{code}: {:?}",
+            report.findings
+        );
+    }
+    // Shown where a user looks: status, apply (the reload output) and check.
+    for args in [&["status"][..], &["apply"], &["check"]] {
+        let d = dir.path().to_path_buf();
+        let (code, out) = tokio::task::spawn_blocking(move || meshctl(&d, args))
+            .await
+            .unwrap();
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(
+            out.contains("MESH0102") && out.contains("MESH0205"),
+            "{args:?}: {out}"
+        );
+    }
+
+    // What the API server rejects (a weight out of range) is refused; version 2 keeps serving.
+    std::fs::write(
+        dir.path().join("mesh/flagged.yaml"),
+        flagged.replace("subset: v3}\n", "subset: v3}\n      weight: -5\n"),
+    )
+    .unwrap();
+    let errors = eventually("refused reload", || {
+        let r = cp.last_reload();
+        (!r.ok).then_some(r.errors)
+    })
+    .await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("flagged.yaml:9:") && e.contains("MESH0004")),
+        "{errors:?}"
+    );
+    assert_eq!(cp.revision(), 2);
+    assert_eq!(proxy.config.borrow().revision, 2);
+    proxy.stop.send_replace(true);
+    cp.shutdown().await;
 }

@@ -7,6 +7,7 @@
 //! - [`traffic`]: the compiled route table and its matcher, load balancers, outlier detection,
 //!   retry and circuit-breaker logic; [`authz`]: compiled authorization policies and their
 //!   evaluation. Both are pure data plus functions, with no clock or I/O.
+//! - [`headers`]: the HTTP header names the proxies reserve for themselves.
 //! - [`telemetry`]: what a proxy reports (metrics, access logs, tracing).
 //! - [`yaml`]: the one YAML reader of the workspace (positions on every node), [`diag`]: the
 //!   field errors it reports; [`values`]: value types shared with the Istio model.
@@ -20,6 +21,7 @@ pub mod authz;
 pub mod ca_api;
 pub mod diag;
 pub mod dns;
+pub mod headers;
 pub mod proxy;
 pub mod telemetry;
 pub mod traffic;

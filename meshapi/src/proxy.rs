@@ -65,8 +65,9 @@ pub struct ProxyConfig {
     /// The compiled authorization policy of this workload ([`crate::authz::WorkloadPolicy`],
     /// as `meshmodel::compile::authz::compile_for_workload` makes it), including its
     /// `path_normalization` option. Evaluated per HTTP request and per TCP connection after
-    /// PeerAuthentication. Default none: everything that passed PeerAuthentication is allowed
-    /// and paths are forwarded as received. Unknown fields are errors at any depth.
+    /// PeerAuthentication. Default none: everything that passed PeerAuthentication is allowed,
+    /// and HTTP paths are still normalized with Istio's default (`BASE`) before forwarding.
+    /// Unknown fields are errors at any depth.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -360,9 +361,33 @@ pub struct Endpoint {
     /// `traffic` cluster's `policy.tls` (a DestinationRule's `tls`) overrides this.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<UpstreamTls>,
+    /// The start epoch of the endpoint's proxy: a random number its proxy draws at each start
+    /// and reports to the control plane once it serves. A client that sees a new epoch for an
+    /// endpoint it ejected (outlier detection) takes it back at once, as Istio on Kubernetes
+    /// does for a new pod address. Default none: not known (not started yet, not a mesh proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl Endpoint {
+    /// Whether `other` is this endpoint at the same place with the same settings, whatever
+    /// the epochs: a restarted proxy is the same endpoint.
+    pub fn same_but_epoch(&self, other: &Endpoint) -> bool {
+        let Endpoint {
+            address,
+            identity,
+            labels,
+            workload,
+            tls,
+            epoch: _,
+        } = self;
+        *address == other.address
+            && *identity == other.identity
+            && *labels == other.labels
+            && *workload == other.workload
+            && *tls == other.tls
+    }
+
     /// The TLS settings for connections to `port` on this endpoint (see [`Endpoint::tls`]).
     pub fn tls_for(&self, port: u16) -> UpstreamTls {
         self.tls

@@ -44,7 +44,7 @@ pub use retry::{AttemptOutcome, DEFAULT_BASE_BACKOFF, RetryPolicy, backoff};
 pub use route::{
     Abort, Action, Body, Cors, DestinationRef, DirectResponse, Fault, FaultDraw, HeaderOps,
     HeaderRules, HttpRule, Mirror, Redirect, RedirectPort, Rewrite, TcpDestination, TcpRule,
-    WeightedDestination, per_million, pick_weighted, sampled, sub_random,
+    WeightedDestination, is_authority_header, per_million, pick_weighted, sampled, sub_random,
 };
 
 use matcher::MatchInput;
@@ -239,9 +239,16 @@ impl<'a> Forward<'a> {
         }
     }
 
-    /// The authority to send upstream, when rewritten.
+    /// The authority to send upstream, when rewritten: a `Host` / `:authority` header
+    /// operation of the route, else of the destination (the route level wins, as in Istio),
+    /// else the rule's `rewrite.authority` (validation allows only one of rewrite and headers).
     pub fn upstream_authority(&self) -> Option<&'a str> {
-        self.rule.rewrite.as_ref()?.authority.as_deref()
+        self.rule
+            .headers
+            .request
+            .authority()
+            .or_else(|| self.destination.headers.request.authority())
+            .or_else(|| self.rule.rewrite.as_ref()?.authority.as_deref())
     }
 
     /// Request header operations, in application order (destination, then route, so the

@@ -7,6 +7,12 @@
 //! `T` ms. The proxy then reports `POST /v1/config/ack` with an [`AckRequest`] (xDS's
 //! ACK/NACK): a NACKed version is not sent again, the next one is. Every request must carry
 //! the client certificate of the workload's identity.
+//!
+//! Once the proxy serves (listeners bound, first config applied) its polls also carry
+//! `proxyEpoch=P` ([`PROXY_EPOCH_PARAM`]), a random number drawn at each proxy start: that is
+//! its readiness report. The control plane puts `P` into the proxy's endpoint in every client's
+//! config ([`crate::proxy::Endpoint::epoch`]); a new `P` (the proxy restarted) makes every
+//! client take the endpoint back from outlier ejection.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +24,8 @@ pub const ACK_PATH: &str = "/v1/config/ack";
 pub const STATUS_PATH: &str = "/v1/status";
 /// Reload the mesh files now, optionally waiting for ACKs (POST, admin identity only).
 pub const RELOAD_PATH: &str = "/v1/reload";
+/// The poll parameter of a proxy that serves: its start epoch (see the module doc).
+pub const PROXY_EPOCH_PARAM: &str = "proxyEpoch";
 /// Longest long-poll the server holds, in milliseconds.
 pub const MAX_WAIT_MS: u64 = 60_000;
 

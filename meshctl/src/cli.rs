@@ -116,9 +116,12 @@ pub enum Command {
     /// docker compose; give files before the subcommand (`meshctl -f a.yaml logs -f`) or
     /// with `--file`.
     Logs(crate::docker::commands::LogsArgs),
+    /// The busiest paths, live, from the sidecars' access logs: source, destination, method,
+    /// path, count, best, worst and last duration, success rate (access logs must be on).
+    Top(crate::docker::top::TopArgs),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
-    ControlPlaneDaemon,
+    ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -151,7 +154,8 @@ impl Command {
             | Command::Down { file, .. }
             | Command::Ps { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
-            Command::ControlPlaneDaemon => &[],
+            Command::Top(args) => &args.files,
+            Command::ControlPlaneDaemon(_) => &[],
         }
     }
 }
@@ -184,7 +188,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Down { args, .. } => docker::down(&project, &args),
         Command::Ps { args, .. } => docker::ps(&project, &args),
         Command::Logs(args) => docker::logs(&project, &args),
-        Command::ControlPlaneDaemon => docker::control_plane_daemon(&project),
+        Command::Top(args) => crate::docker::top::top(&project, &args),
+        Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
     }
 }
 

@@ -169,6 +169,8 @@ pub struct ReloadCmd {
     pub(crate) reply: Option<oneshot::Sender<ReloadReport>>,
     /// Instant of the file event that caused it (for latency logs).
     pub(crate) trigger: Option<std::time::Instant>,
+    /// Why, when it is not a file change or a request (printed above the report).
+    pub(crate) note: Option<String>,
 }
 
 /// A running control plane.
@@ -263,6 +265,7 @@ impl ControlPlane {
             .send(ReloadCmd {
                 reply: Some(tx),
                 trigger: None,
+                note: None,
             })
             .await
             .map_err(|_| ControlPlaneError::Stopped)?;

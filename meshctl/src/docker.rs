@@ -5,7 +5,8 @@
 //! - one bridge network `<project>_mesh` whose /24 subnet meshctl chooses, so every address is
 //!   known before anything starts (`network`);
 //! - the control plane on the host (in-process for a foreground `up`, a detached
-//!   `meshctl __control-plane` for `up -d`), listening on the network's gateway:15012 (`cp`);
+//!   `meshctl __control-plane` for `up -d`, restarted by its supervisor after a crash:
+//!   `supervise`), listening on the network's gateway:15012 (`cp`);
 //! - a meshdns container at `.2` (`dns`);
 //! - per replica of each compose service a pod: a sidecar container that owns the network
 //!   namespace (static IP, hostname, published ports, DNS pointed at meshdns, NET_ADMIN) and
@@ -31,6 +32,8 @@ pub mod plan;
 pub mod pod;
 pub mod progress;
 pub mod runtime;
+pub mod supervise;
+pub mod top;
 pub mod up;
 
 use std::path::PathBuf;
@@ -127,6 +130,15 @@ pub enum DockerError {
     Exited {
         container: String,
         code: i64,
+        logs: String,
+    },
+    #[error(
+        "container {container} keeps dying: exited with code {code}, restarted {restarts} times by its restart policy; its last log lines:\n{logs}"
+    )]
+    KeepsDying {
+        container: String,
+        code: i64,
+        restarts: i64,
         logs: String,
     },
     #[error("timed out after {secs} s waiting for {what}")]

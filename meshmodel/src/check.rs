@@ -43,6 +43,8 @@ pub mod codes {
     pub const SELECTS_NOTHING: &str = "MESH0203";
     /// STRICT mTLS on a workload whose callers are told to send plaintext.
     pub const STRICT_WITHOUT_MTLS_CALLERS: &str = "MESH0204";
+    /// A DENY AuthorizationPolicy without rules: it matches nothing, so it denies nothing.
+    pub const DENY_WITHOUT_RULES: &str = "MESH0205";
 }
 
 struct Ctx<'a> {
@@ -143,7 +145,7 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
             IstioResource::AuthorizationPolicy(_) => authorization_policy(&mut cx, r, has_services),
             IstioResource::PeerAuthentication(_) => peer_authentication(&mut cx, r, has_services),
             // Checked by its own validate(); its hosts are destinations (see `destination`).
-            IstioResource::ServiceEntry(_) => {}
+            IstioResource::ServiceEntry(_) | IstioResource::Telemetry(_) => {}
             IstioResource::RequestAuthentication(ra) => {
                 if has_services && let Some(sel) = &ra.spec.selector {
                     selector(
@@ -343,7 +345,7 @@ fn destination(cx: &mut Ctx<'_>, r: &Resource, dest: &Destination, at: &str, has
             cx.push(
                 r,
                 codes::UNKNOWN_SUBSET,
-                Severity::Error,
+                Severity::Warning,
                 &format!("{at}.subset"),
                 format!("subset `{subset}` of `{}` is defined in no DestinationRule; requests routed there fail with 503 (NR)", service.name),
                 &hint,
@@ -478,6 +480,19 @@ fn authorization_policy(cx: &mut Ctx<'_>, r: &Resource, has_services: bool) {
     let IstioResource::AuthorizationPolicy(ap) = &r.resource else {
         return;
     };
+    // Istio accepts it and its analyzer flags it; the policy is inert.
+    if ap.spec.action() == crate::istio::authorization_policy::Action::Deny
+        && ap.spec.rules.is_empty()
+    {
+        cx.push(
+            r,
+            codes::DENY_WITHOUT_RULES,
+            Severity::Warning,
+            "spec.rules",
+            "a DENY policy without rules matches nothing: it denies no request".into(),
+            "add an empty rule `rules: [{}]` to deny every request, or delete the policy",
+        );
+    }
     if !has_services {
         return;
     }

@@ -19,6 +19,8 @@
 //!
 //! - Routes: the client's VirtualServices and DestinationRules ([`routes::compile_routes`],
 //!   DestinationRule policy merging in [`policy`]).
+//! - Telemetry: metrics labels and overrides, access logs, tracing, from the top-level
+//!   `x-mesh` and Telemetry resources ([`telemetry::telemetry_of`]).
 //!
 //! Output is deterministic: the same mesh, VIPs, placement and revision give the same bytes
 //! (every collection is ordered), so a textual diff between two revisions is meaningful.
@@ -154,7 +156,14 @@ pub struct CompileInput<'a> {
     pub revision: u64,
     /// Trust domain of identities. Default `cluster.local`.
     pub trust_domain: &'a str,
+    /// The start epoch each proxy reported once it served (the control plane's record), put
+    /// into its endpoint ([`Endpoint::epoch`]) so clients take a restarted endpoint back.
+    /// Default none.
+    pub epochs: &'a BTreeMap<ProxyKey, u64>,
 }
+
+/// No proxy epochs known ([`CompileInput::epochs`]'s default).
+pub static NO_EPOCHS: BTreeMap<ProxyKey, u64> = BTreeMap::new();
 
 impl std::fmt::Debug for CompileInput<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,6 +190,7 @@ impl<'a> CompileInput<'a> {
             placement,
             revision,
             trust_domain: DEFAULT_TRUST_DOMAIN,
+            epochs: &NO_EPOCHS,
         }
     }
 }
@@ -208,6 +218,8 @@ pub enum CompileError {
     Traffic { workload: String, message: String },
     #[error("ServiceEntry host {host}: {message}")]
     ServiceEntry { host: String, message: String },
+    #[error("telemetry of {workload:?}: {message}")]
+    Telemetry { workload: String, message: String },
 }
 
 /// The key of a service in [`ProxyConfig::services`]: `<name>.<namespace>`.
@@ -423,6 +435,13 @@ fn compile_with(
                         labels: w.labels.clone(),
                         workload: Some(w.compose_name.clone()),
                         tls: tls.clone(),
+                        epoch: input
+                            .epochs
+                            .get(&ProxyKey {
+                                workload: w.compose_name.clone(),
+                                instance: i,
+                            })
+                            .copied(),
                     });
                 }
             }
@@ -477,12 +496,14 @@ fn compile_with(
                 message: e.to_string(),
             }
         })?),
-        telemetry: Default::default(),
+        telemetry: telemetry::telemetry_of(input.mesh, me)?,
     })
 }
 
-/// The compiled AuthorizationPolicies that apply to `me`; `None` when none does (the proxy
-/// then allows everything and forwards paths as received).
+/// The compiled AuthorizationPolicies that apply to `me`; `None` when none does and the path
+/// normalization is Istio's default (the proxy then allows everything and normalizes paths
+/// with `BASE`). A mesh-wide `pathNormalization` other than `BASE` gives every workload a
+/// section, so the option applies whether or not a policy selects it.
 fn authorization_of(
     input: &CompileInput<'_>,
     me: &Workload,
@@ -495,7 +516,9 @@ fn authorization_of(
             message: e.to_string(),
         }
     })?;
-    Ok((!compiled.is_empty()).then_some(compiled))
+    let default_normalization =
+        compiled.path_normalization == meshapi::authz::PathNormalization::Base;
+    Ok((!compiled.is_empty() || !default_normalization).then_some(compiled))
 }
 
 /// The settings of a DestinationRule `tls` block that sets a mode (`None`: no mode, so
@@ -584,5 +607,6 @@ mod entries;
 pub mod peer;
 pub mod policy;
 pub mod routes;
+pub mod telemetry;
 
 pub use entries::{service_entry_hosts, vip_services};

@@ -15,6 +15,7 @@ mod interpolate;
 mod merge;
 pub mod mesh;
 mod model;
+pub mod observability;
 mod parts;
 mod project;
 mod read;

@@ -1,7 +1,7 @@
 //! The Istio resources meshctl reads, typed field by field after Istio's CRD schema
 //! (`crd-all.gen.yaml`): VirtualService, DestinationRule and ServiceEntry (networking.istio.io
 //! v1alpha3, v1beta1, v1), PeerAuthentication, AuthorizationPolicy and RequestAuthentication
-//! (security.istio.io v1beta1, v1).
+//! (security.istio.io v1beta1, v1), Telemetry (telemetry.istio.io v1, v1alpha1).
 //!
 //! - Every struct refuses unknown fields, so a typo or a misplaced field is an error with the
 //!   field's path, never silently dropped.
@@ -23,6 +23,7 @@ pub mod meta;
 pub mod peer_authentication;
 pub mod request_authentication;
 pub mod service_entry;
+pub mod telemetry;
 pub mod types;
 mod validate;
 mod validate_dr;
@@ -61,6 +62,8 @@ pub use virtual_service::{
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 /// The API group of PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
 pub const SECURITY_GROUP: &str = "security.istio.io";
+/// The API group of Telemetry.
+pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
 
 /// The Istio kinds meshctl serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,16 +74,18 @@ pub enum IstioKind {
     AuthorizationPolicy,
     ServiceEntry,
     RequestAuthentication,
+    Telemetry,
 }
 
 impl IstioKind {
-    pub const ALL: [IstioKind; 6] = [
+    pub const ALL: [IstioKind; 7] = [
         IstioKind::VirtualService,
         IstioKind::DestinationRule,
         IstioKind::PeerAuthentication,
         IstioKind::AuthorizationPolicy,
         IstioKind::ServiceEntry,
         IstioKind::RequestAuthentication,
+        IstioKind::Telemetry,
     ];
 
     /// The `kind:` value.
@@ -92,6 +97,7 @@ impl IstioKind {
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
             IstioKind::ServiceEntry => "ServiceEntry",
             IstioKind::RequestAuthentication => "RequestAuthentication",
+            IstioKind::Telemetry => "Telemetry",
         }
     }
 
@@ -103,6 +109,7 @@ impl IstioKind {
             IstioKind::PeerAuthentication
             | IstioKind::AuthorizationPolicy
             | IstioKind::RequestAuthentication => SECURITY_GROUP,
+            IstioKind::Telemetry => TELEMETRY_GROUP,
         }
     }
 
@@ -115,6 +122,7 @@ impl IstioKind {
             IstioKind::PeerAuthentication
             | IstioKind::AuthorizationPolicy
             | IstioKind::RequestAuthentication => &["v1", "v1beta1"],
+            IstioKind::Telemetry => &["v1", "v1alpha1"],
         }
     }
 
@@ -185,11 +193,6 @@ const UNSERVED: &[(&str, &str, &str)] = &[
         NETWORKING_GROUP,
         "ProxyConfig",
         "proxy settings come from meshctl itself",
-    ),
-    (
-        "telemetry.istio.io",
-        "Telemetry",
-        "telemetry is configured by meshctl, not by resources",
     ),
     (
         "extensions.istio.io",
@@ -337,6 +340,7 @@ pub enum IstioResource {
     AuthorizationPolicy(AuthorizationPolicy),
     ServiceEntry(ServiceEntry),
     RequestAuthentication(RequestAuthentication),
+    Telemetry(telemetry::Telemetry),
 }
 
 impl IstioResource {
@@ -373,6 +377,7 @@ impl IstioResource {
             IstioKind::RequestAuthentication => {
                 deserialize(value).map(IstioResource::RequestAuthentication)
             }
+            IstioKind::Telemetry => deserialize(value).map(IstioResource::Telemetry),
         }
     }
 
@@ -384,6 +389,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
             IstioResource::ServiceEntry(_) => IstioKind::ServiceEntry,
             IstioResource::RequestAuthentication(_) => IstioKind::RequestAuthentication,
+            IstioResource::Telemetry(_) => IstioKind::Telemetry,
         }
     }
 
@@ -395,6 +401,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => &r.metadata,
             IstioResource::ServiceEntry(r) => &r.metadata,
             IstioResource::RequestAuthentication(r) => &r.metadata,
+            IstioResource::Telemetry(r) => &r.metadata,
         }
     }
 
@@ -406,6 +413,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => &mut r.metadata,
             IstioResource::ServiceEntry(r) => &mut r.metadata,
             IstioResource::RequestAuthentication(r) => &mut r.metadata,
+            IstioResource::Telemetry(r) => &mut r.metadata,
         }
     }
 
@@ -427,6 +435,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => r.validate(),
             IstioResource::ServiceEntry(r) => r.validate(),
             IstioResource::RequestAuthentication(r) => r.validate(),
+            IstioResource::Telemetry(r) => r.validate(),
         }
     }
 }

@@ -862,7 +862,16 @@ fn cases() -> Vec<Case> {
         ),
         c("notPorts same", DENY_NOT_PORTS, get("/"), true, None),
         // hosts.
-        c("host with port", HOSTS, get("/"), true, Some("hosts")),
+        // The whole authority is compared, port included (Istio): `backend` is not
+        // `backend:8080`.
+        c("host with port", HOSTS, get("/"), false, None),
+        c(
+            "host without port",
+            HOSTS,
+            get("/").host("backend"),
+            true,
+            Some("hosts"),
+        ),
         c(
             "host case",
             HOSTS,
@@ -873,9 +882,16 @@ fn cases() -> Vec<Case> {
         c(
             "host suffix",
             HOSTS,
-            get("/").host("api.example.com:443"),
+            get("/").host("api.example.com"),
             true,
             Some("hosts"),
+        ),
+        c(
+            "host suffix with port",
+            HOSTS,
+            get("/").host("api.example.com:443"),
+            false,
+            None,
         ),
         c("host other", HOSTS, get("/").host("evil.test"), false, None),
         // headers.

@@ -131,6 +131,28 @@ fn compiled_proxies_carry_the_option() {
 }
 
 #[test]
+fn the_option_reaches_workloads_no_policy_selects() {
+    // Istio normalizes every request with the mesh's option; a workload without a policy
+    // gets a section carrying the option alone. With the default (BASE) none is written: the
+    // proxy's default is BASE.
+    let compose = "services:\n  frontend:\n    image: demo/frontend\n    expose: [\"8080\"]\n";
+    for (setting, want) in [
+        ("MERGE_SLASHES", Some(PathNormalization::MergeSlashes)),
+        ("NONE", Some(PathNormalization::None)),
+        ("BASE", None),
+    ] {
+        let with =
+            format!("{compose}x-mesh:\n  pathNormalization:\n    normalization: {setting}\n");
+        let proxies = compile_project(&with, "", &["frontend"]);
+        let section = proxies[0].authorization.as_ref();
+        assert_eq!(section.map(|a| a.path_normalization), want, "{setting}");
+        assert!(section.is_none_or(|a| a.is_empty()), "{setting}: no policy");
+    }
+    let proxies = compile_project(compose, "", &["frontend"]);
+    assert!(proxies[0].authorization.is_none());
+}
+
+#[test]
 fn a_bad_setting_is_reported_at_its_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

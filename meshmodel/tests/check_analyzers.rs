@@ -81,7 +81,8 @@ fn cases() -> Vec<Case> {
             name: "subset defined in no DestinationRule",
             policies: vs("  - route:\n    - destination: {host: backend, subset: v3}\n"),
             code: "MESH0102",
-            severity: Severity::Error,
+            // Istio accepts it (analyze flags it): applied, requests there get 503 NR.
+            severity: Severity::Warning,
             line: 8,
             path: "spec.http[0].route[0].destination.subset",
         },
@@ -181,6 +182,14 @@ fn cases() -> Vec<Case> {
             severity: Severity::Error,
             line: 5,
             path: "spec.mtls.mode",
+        },
+        Case {
+            name: "DENY policy without rules",
+            policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  selector:\n    matchLabels: {app: backend}\n  action: DENY\n".into(),
+            code: "MESH0205",
+            severity: Severity::Warning,
+            line: 4,
+            path: "spec.rules",
         },
     ]
 }

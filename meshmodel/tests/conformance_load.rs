@@ -47,6 +47,7 @@ fn assert_only_known_refusals(loaded: &Loaded, allowed: &[&str]) {
         .filter(|d| d.severity == Severity::Error)
     {
         let ok = (d.code == "MESH0005" && d.message.starts_with("not supported by meshctl"))
+            || (d.code == "MESH0006" && d.message.contains("is not served by meshctl"))
             || d.code == "MESH0009"
             || allowed.iter().any(|a| d.to_string().contains(a));
         assert!(ok, "unexpected error: {d}");
@@ -69,12 +70,13 @@ fn samples_load() {
     };
     assert!(kinds(|r| matches!(r, IstioResource::VirtualService(_))) >= 10);
     assert!(kinds(|r| matches!(r, IstioResource::DestinationRule(_))) >= 5);
-    // Gateways, ServiceEntries and Kubernetes objects are reported as not served, never errors.
+    // Gateways and Kubernetes objects are refused by name: errors, as a resource read and not
+    // enforced would mislead its author.
     assert!(
         loaded
             .diagnostics
             .iter()
-            .any(|d| d.code == "MESH0006" && d.severity == Severity::Warning),
+            .any(|d| d.code == "MESH0006" && d.severity == Severity::Error),
         "{:#?}",
         loaded.diagnostics
     );

@@ -987,7 +987,6 @@ fn kind_of_classifies_versions_and_kinds() {
         ("networking.istio.io/v1", "WorkloadEntry"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
         ("networking.istio.io/v1beta1", "ProxyConfig"),
-        ("telemetry.istio.io/v1", "Telemetry"),
         ("extensions.istio.io/v1alpha1", "WasmPlugin"),
         ("v1", "Service"),
         ("v1", "Namespace"),

@@ -334,6 +334,16 @@ const VS_CASES: &[(&str, &str, &str)] = &[
         "cannot be removed",
     ),
     (
+        "{headers: {response: {set: {x-meshctl-response-flags: UF}}}, ROUTE}",
+        "spec.http[0].headers.response.set.x-meshctl-response-flags",
+        "reserved by meshctl",
+    ),
+    (
+        "{route: [{destination: {host: reviews}, headers: {request: {add: {X-Meshctl-Framing-Error: x}}}}]}",
+        "spec.http[0].route[0].headers.request.add.X-Meshctl-Framing-Error",
+        "reserved by meshctl",
+    ),
+    (
         "{headers: {request: {add: {x-a: \"a\\u0001\"}}}, ROUTE}",
         "spec.http[0].headers.request.add.x-a",
         "control characters",
@@ -801,11 +811,6 @@ const AP_CASES: &[(&str, &str, &str)] = &[
         "targetRef: {kind: Service, name: a, namespace: other}\nrules: [{}]",
         "spec.targetRef.namespace",
         "cross namespace",
-    ),
-    (
-        "action: DENY",
-        "spec.rules",
-        "a DENY policy without rules never matches",
     ),
     (
         "rules: [{from: [{source: {principals: [a], serviceAccounts: [b]}}]}]",

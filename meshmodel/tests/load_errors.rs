@@ -341,3 +341,44 @@ fn check_text_places_compose_validation_errors() {
     assert!(d.message.contains("db"), "{d}");
     assert_eq!(d.resource.as_deref(), Some("service/web"), "{d}");
 }
+
+#[test]
+fn unserved_kinds_are_errors_by_name_except_those_being_made_served() {
+    // A resource that is read and not enforced would make its author believe it holds.
+    let cases = [
+        ("networking.istio.io/v1", "Gateway", Severity::Error),
+        (
+            "networking.istio.io/v1alpha3",
+            "EnvoyFilter",
+            Severity::Error,
+        ),
+        ("networking.istio.io/v1", "WorkloadEntry", Severity::Error),
+        (
+            "extensions.istio.io/v1alpha1",
+            "WasmPlugin",
+            Severity::Error,
+        ),
+        ("apps/v1", "Deployment", Severity::Error),
+        ("v1", "Service", Severity::Error),
+        // Being made served in parallel (issues 14 and 15).
+        ("networking.istio.io/v1", "Sidecar", Severity::Warning),
+        (
+            "security.istio.io/v1",
+            "RequestAuthentication",
+            Severity::Warning,
+        ),
+        ("telemetry.istio.io/v1", "Telemetry", Severity::Warning),
+    ];
+    for (api_version, kind, want) in cases {
+        let text = format!("apiVersion: {api_version}\nkind: {kind}\nmetadata:\n  name: x\n");
+        let loaded = meshmodel::load::load_single_text("mesh.yaml", &text);
+        let d = loaded
+            .diagnostics
+            .iter()
+            .find(|d| d.code == "MESH0006")
+            .unwrap_or_else(|| panic!("{kind}: {:?}", loaded.diagnostics));
+        assert_eq!(d.severity, want, "{kind}: {d}");
+        assert!(d.message.contains(kind), "{kind}: {d}");
+        assert!(loaded.mesh.resources.is_empty(), "{kind} must not load");
+    }
+}

@@ -84,6 +84,7 @@ fn route(shared: &Context, port: AdminPort, req: &Request<Incoming>) -> Response
             let mut body = shared.metrics.render();
             crate::traffic::render_metrics(&shared.runtime.load().cluster_status(), &mut body);
             shared.pool.render_metrics(&mut body);
+            shared.telemetry.counters.render(&mut body);
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

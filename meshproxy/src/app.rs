@@ -42,9 +42,11 @@ pub enum AppError {
 }
 
 /// Options that do not belong in the config document.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct Options {
     pub log_control: Option<LogControl>,
+    /// Where access log lines go. Default: the proxy's stdout.
+    pub access_log: Option<crate::telemetry::access_log::Sink>,
 }
 
 /// A handle on a running proxy: apply configs, read state, shut down. Cheap to clone.
@@ -172,6 +174,7 @@ fn context(cfg: &ProxyConfig, opts: Options) -> Result<Context, AppError> {
         server_tls: crate::tls::server_config(identity.clone())?,
         identity,
         metrics,
+        telemetry: crate::telemetry::Telemetry::start(cfg, opts.access_log),
         drain: Drain::default(),
         pool: Pool::default(),
         app_h1: app_h1.build(connector.clone()),

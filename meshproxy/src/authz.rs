@@ -13,7 +13,8 @@ use http::HeaderMap;
 use meshapi::authz::Action;
 use meshapi::authz::{
     ConnectionFilter, Decision, HeaderLookup, HttpAttributes, MatchedPolicy, NormalizeError,
-    RequestAttributes, WorkloadPolicy, check_method, normalize_path,
+    NormalizedPath, PathNormalization, RequestAttributes, WorkloadPolicy, check_method,
+    normalize_path,
 };
 use meshapi::proxy::ProxyConfig;
 
@@ -152,12 +153,7 @@ pub fn check(
         };
     };
     let method = req.method.as_str();
-    check_method(method).map_err(|e| bad_path(&e))?;
-    let raw = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let normalized = normalize_path(raw, policy.path_normalization).map_err(|e| {
-        tracing::info!(remote = %peer.remote, port = peer.port, error = %e, "request path refused");
-        bad_path(&e)
-    })?;
+    let normalized = normalized(peer, &req, policy.path_normalization)?;
     let host = req
         .uri
         .authority()
@@ -187,6 +183,31 @@ pub fn check(
         path_and_query: normalized
             .is_changed()
             .then(|| normalized.as_str().to_string()),
+    })
+}
+
+/// What every inbound HTTP request gets, whether or not a policy selects the workload: the
+/// method check and path normalization with `mode` (a config without `authorization` has
+/// Istio's default, `BASE`). A refused path is a bad request.
+fn normalized<'r>(
+    peer: &PeerInfo,
+    req: &HttpFacts<'r>,
+    mode: PathNormalization,
+) -> Result<NormalizedPath<'r>, ProxyError> {
+    check_method(req.method.as_str()).map_err(|e| bad_path(&e))?;
+    let raw = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    normalize_path(raw, mode).map_err(|e| {
+        tracing::info!(remote = %peer.remote, port = peer.port, error = %e, "request path refused");
+        bad_path(&e)
+    })
+}
+
+/// An inbound HTTP request on a workload no policy selects: allowed, its path normalized
+/// with Istio's default (`BASE`).
+pub fn normalize_only(peer: &PeerInfo, req: &HttpFacts<'_>) -> Result<Authorized, ProxyError> {
+    let n = normalized(peer, req, PathNormalization::Base)?;
+    Ok(Authorized {
+        path_and_query: n.is_changed().then(|| n.as_str().to_string()),
     })
 }
 

@@ -8,7 +8,9 @@
 //! NACKed with the reason and the previous config stays. When the control plane is down the
 //! last good config keeps serving and the client reconnects with exponential backoff and
 //! jitter; after a control-plane restart (a new epoch) it receives the full config again and
-//! only publishes it if the content differs.
+//! only publishes it if the content differs. Once the proxy serves ([`ConfigClient::run`]),
+//! every poll carries the proxy's own start epoch: its readiness report, which the control
+//! plane passes to the proxy's clients so they take it back from outlier ejection.
 //!
 //! ```ignore
 //! let client = ConfigClient::new(settings, &roots_pem)?;
@@ -27,7 +29,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use meshapi::ca_api::{ApiErrorBody, SpiffeId};
 use meshapi::proxy::ProxyConfig;
-use meshapi::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse};
+use meshapi::wire::{ACK_PATH, AckRequest, CONFIG_PATH, ConfigResponse, PROXY_EPOCH_PARAM};
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -54,6 +56,10 @@ pub struct ConfigClientSettings {
     pub backoff_initial: Duration,
     /// Largest reconnect delay. Default 10 s.
     pub backoff_max: Duration,
+    /// This proxy's start epoch, reported on every poll once it serves
+    /// ([`meshapi::wire::PROXY_EPOCH_PARAM`]). Default: random, drawn by `new` (so at each
+    /// proxy start).
+    pub proxy_epoch: u64,
 }
 
 impl ConfigClientSettings {
@@ -67,6 +73,7 @@ impl ConfigClientSettings {
             connect_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            proxy_epoch: rand::random::<u64>() >> 11,
         }
     }
 
@@ -123,6 +130,9 @@ pub struct ConfigClient {
     conn_for: Option<String>,
     /// The last outcome (tests and logs).
     outcomes: watch::Sender<Option<Outcome>>,
+    /// Whether the proxy serves (its application answers too); `None`: as soon as `run`
+    /// polls. Polls carry the proxy's epoch only then.
+    serving: Option<watch::Receiver<bool>>,
 }
 
 impl ConfigClient {
@@ -143,7 +153,16 @@ impl ConfigClient {
             conn: None,
             conn_for: None,
             outcomes: watch::Sender::new(None),
+            serving: None,
         })
+    }
+
+    /// Reports the proxy's epoch (readiness) only once `serving` is true, instead of from
+    /// the first poll of [`ConfigClient::run`]. A change cuts the poll in progress short so the
+    /// report goes out at once.
+    pub fn report_ready_when(mut self, serving: watch::Receiver<bool>) -> Self {
+        self.serving = Some(serving);
+        self
     }
 
     /// A receiver of each outcome (ACK, unchanged, NACK).
@@ -159,7 +178,7 @@ impl ConfigClient {
     ) -> Result<(Arc<ProxyConfig>, ConfigClient), ConfigClientError> {
         let mut attempt = 0;
         loop {
-            match self.poll_once(creds, None).await {
+            match self.poll_once(creds, None, false).await {
                 Ok(Some((Outcome::Applied(_), Some(cfg)))) => return Ok((cfg, self)),
                 Ok(_) => attempt = 0,
                 // Bad settings, or the control plane says this identity may not have this
@@ -188,13 +207,20 @@ impl ConfigClient {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut attempt: u32 = 0;
+        let mut serving = self.serving.clone();
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let ready = serving.as_mut().is_none_or(|rx| *rx.borrow_and_update());
             let result = tokio::select! {
-                r = self.poll_once(&creds, Some(&tx)) => r,
+                r = self.poll_once(&creds, Some(&tx), ready) => r,
                 _ = shutdown.changed() => return,
+                _ = turned_ready(serving.as_mut()), if !ready => {
+                    // The poll was cut mid-request: its connection is unusable.
+                    self.conn = None;
+                    continue;
+                }
             };
             match result {
                 Ok(_) => attempt = 0,
@@ -270,14 +296,16 @@ impl ConfigClient {
         Ok((status, body))
     }
 
-    /// One poll: `None` when nothing new came before the server's wait ended.
+    /// One poll: `None` when nothing new came before the server's wait ended. `ready`: the
+    /// proxy serves, the poll says so with its epoch.
     async fn poll_once(
         &mut self,
         creds: &watch::Receiver<Credentials>,
         current: Option<&watch::Sender<Arc<ProxyConfig>>>,
+        ready: bool,
     ) -> Result<Option<(Outcome, Option<Arc<ProxyConfig>>)>, ConfigClientError> {
         let s = &self.settings;
-        let uri = format!(
+        let mut uri = format!(
             "{CONFIG_PATH}?workload={}&instance={}&epoch={}&version={}&waitMs={}",
             s.workload,
             s.instance,
@@ -285,6 +313,9 @@ impl ConfigClient {
             self.version,
             s.poll_wait.as_millis()
         );
+        if ready {
+            uri.push_str(&format!("&{PROXY_EPOCH_PARAM}={}", s.proxy_epoch));
+        }
         let req = Request::builder()
             .method(Method::GET)
             .uri(uri)
@@ -352,6 +383,18 @@ impl ConfigClient {
             return Err(refused(status, &body));
         }
         Ok(Some((outcome, publish)))
+    }
+}
+
+/// Resolves when `serving` turns true (never without one, or once its sender is gone).
+async fn turned_ready(serving: Option<&mut watch::Receiver<bool>>) {
+    match serving {
+        Some(rx) => {
+            if rx.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -16,6 +16,7 @@ use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::runtime::Runtime;
+use crate::telemetry::Telemetry;
 use crate::tls::Identity;
 
 /// Sets the log filter (`/logging?level=`); installed by `main`.
@@ -30,6 +31,8 @@ pub struct Context {
     pub identity: Arc<Identity>,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub metrics: Metrics,
+    /// Access logs and trace spans ([`Telemetry::complete`], the one completion hook).
+    pub telemetry: Telemetry,
     pub drain: Drain,
     pub pool: Pool,
     /// Pooled HTTP/1.1 client to local applications.

@@ -6,7 +6,9 @@
 //! config, starts the proxy with both, then keeps two loops running:
 //! - renewals: each new certificate is installed with [`crate::tls::Identity::set`]; new
 //!   handshakes use it, open connections keep going;
-//! - config: each accepted config is applied with [`ProxyHandle::apply`].
+//! - config: each accepted config is applied with [`ProxyHandle::apply`]; once the
+//!   application accepts connections on its inbound ports, the config client's polls report
+//!   the proxy serving (its start epoch: its clients take it back from outlier ejection).
 //!
 //! When the control plane is down both clients back off and retry; the proxy keeps serving on
 //! the last certificate and config. The bootstrap token is never logged.
@@ -44,6 +46,11 @@ pub struct ControlPlaneSettings {
     pub config_backoff: (Duration, Duration),
     /// Give up on the first certificate and config after this long. Default 5 min.
     pub startup_timeout: Duration,
+    /// The proxy reports itself serving (its start epoch, which takes it back from ejection
+    /// at its clients) once its application accepts connections on every inbound port, as a
+    /// Kubernetes endpoint waits for its pod to be ready; after this long it reports anyway.
+    /// Default 60 s.
+    pub app_ready_timeout: Duration,
 }
 
 impl std::fmt::Debug for ControlPlaneSettings {
@@ -78,6 +85,7 @@ impl ControlPlaneSettings {
             renew: RenewPolicy::default(),
             config_backoff: (Duration::from_millis(100), Duration::from_secs(10)),
             startup_timeout: Duration::from_secs(300),
+            app_ready_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -219,6 +227,18 @@ pub async fn run_with_control_plane(
             }
         }
     }));
+    let (serving_tx, serving_rx) = watch::channel(false);
+    let app_ports: Vec<u16> = (cfg_rx.borrow().inbound.iter())
+        .map(|p| p.app_port())
+        .collect();
+    let timeout = settings.app_ready_timeout;
+    tasks.push(tokio::spawn(async move {
+        wait_for_app(&app_ports, timeout).await;
+        serving_tx.send_replace(true);
+        // Held until the proxy stops, so the config client never sees the sender gone.
+        std::future::pending::<()>().await;
+    }));
+    let client = client.report_ready_when(serving_rx);
     tasks.push(tokio::spawn(client.run(creds_rx.clone(), cfg_tx, stop_rx)));
     let mut rx = cfg_rx.clone();
     let h = handle.clone();
@@ -239,4 +259,28 @@ pub async fn run_with_control_plane(
         stop,
         tasks,
     })
+}
+
+/// Waits until the application accepts TCP connections on each of `ports` on 127.0.0.1 (where
+/// the inbound path forwards), or `timeout`.
+async fn wait_for_app(ports: &[u16], timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for &port in ports {
+        loop {
+            let connect = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port));
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    port,
+                    waited_s = timeout.as_secs(),
+                    "the application does not accept connections; reporting the proxy serving anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tracing::info!(?ports, "application answers: reporting the proxy serving");
 }

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Header of the marker request that replaces an ambiguous head.
-pub const MARKER: &str = "x-mesh-internal-framing-error";
+/// Header of the marker request that replaces an ambiguous head (a reserved name).
+pub const MARKER: &str = meshapi::headers::FRAMING_ERROR;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

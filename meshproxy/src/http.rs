@@ -27,8 +27,12 @@ pub fn boxed(b: hyper::body::Incoming) -> Body {
 
 /// `x-forwarded-client-cert`.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-/// Prefix of the mesh's internal headers; never accepted from a client.
-pub const INTERNAL_PREFIX: &str = "x-mesh-";
+/// The reserved headers ([`meshapi::headers::RESERVED`]) as header names.
+const RESERVED: [HeaderName; 3] = [
+    HeaderName::from_static(meshapi::headers::RESPONSE_FLAGS),
+    HeaderName::from_static(meshapi::headers::FRAMING_ERROR),
+    HeaderName::from_static(meshapi::headers::PEER),
+];
 
 /// A body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
@@ -170,16 +174,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Removes identity and internal headers a client may not set itself.
+/// Removes from a request the headers no application or peer may set: the identity header
+/// (`x-forwarded-client-cert`, set by the inbound proxy itself) and the reserved ones.
 pub fn strip_internal(h: &mut HeaderMap) {
     h.remove(XFCC);
-    let internal: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with(INTERNAL_PREFIX))
-        .cloned()
-        .collect();
-    for k in internal {
-        h.remove(k);
+    strip_reserved(h);
+}
+
+/// Removes the reserved headers ([`meshapi::headers`]): from a response of an application
+/// or of anything but a verified peer proxy, so only a proxy can flag a response.
+pub fn strip_reserved(h: &mut HeaderMap) {
+    for name in &RESERVED {
+        h.remove(name);
     }
 }
 
@@ -284,9 +290,12 @@ mod tests {
         assert!(h.contains_key("x-keep"));
         let mut h = HeaderMap::new();
         h.insert(XFCC, HeaderValue::from_static("By=evil"));
-        h.insert("x-mesh-response-flags", HeaderValue::from_static("UF"));
+        h.insert("x-meshctl-response-flags", HeaderValue::from_static("UF"));
+        h.insert("x-meshctl-framing-error", HeaderValue::from_static("both"));
+        h.insert("x-mesh-anything", HeaderValue::from_static("kept"));
         strip_internal(&mut h);
-        assert!(h.is_empty());
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-mesh-anything"], "kept");
     }
 
     #[test]

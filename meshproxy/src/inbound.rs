@@ -18,11 +18,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::context::Context;
 use crate::http::{
-    Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop, strip_internal,
+    Body, XFCC, check_framing, find_io, io_reason, splice_upgrade, strip_hop_by_hop,
+    strip_internal, strip_reserved,
 };
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{HttpFacts, PeerInfo};
+use crate::telemetry::{Downstream, UpstreamFacts};
 use crate::tls;
 
 /// What the first bytes of a connection said.
@@ -61,6 +63,28 @@ struct ConnCtx {
     peer: PeerInfo,
     /// Pre-computed `x-forwarded-client-cert` for an mTLS peer.
     xfcc: Option<HeaderValue>,
+}
+
+impl ConnCtx {
+    /// The connection as access logs and spans tell it.
+    fn downstream(&self) -> Downstream {
+        Downstream {
+            remote: self.peer.remote,
+            local: Some(SocketAddr::new(self.peer.local_ip, self.peer.port)),
+            peer: self.peer.identity.clone(),
+            sni: self.peer.sni.clone(),
+        }
+    }
+}
+
+/// The application an inbound port forwards to, as access logs tell it.
+fn app_facts(snap: &crate::runtime::Snapshot, port: u16) -> UpstreamFacts {
+    let app_port = snap.inbound_port(port).map_or(port, |p| p.app_port());
+    UpstreamFacts {
+        host: Some(SocketAddr::from(([127, 0, 0, 1], app_port))),
+        cluster: Some(format!("inbound|{port}||")),
+        ..Default::default()
+    }
 }
 
 /// The original destination port when the kernel redirected this connection.
@@ -232,12 +256,27 @@ where
             return;
         }
     };
+    let mut record = crate::telemetry::ConnectionOutcome::start(
+        Direction::Inbound,
+        Arc::new(crate::telemetry::peer_party(
+            ctx.peer.identity.as_ref(),
+            None,
+        )),
+        snap.telemetry.local.party.clone(),
+        snap.telemetry.local.service.clone(),
+    );
+    record.mtls = ctx.peer.identity.is_some();
+    record.downstream = Some(Arc::new(ctx.downstream()));
+    record.facts = app_facts(&snap, ctx.peer.port);
+    crate::telemetry::connection_opened(&ctx.shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
             tracing::debug!(result = ?r, "inbound TCP stream ended");
+            record.bytes(r.ok());
         }
         _ = ctx.shared.drain.forced() => {}
     }
+    crate::telemetry::record_connection(&ctx.shared, &record.finish());
 }
 
 async fn serve_http<S>(ctx: Arc<ConnCtx>, io: S)
@@ -245,7 +284,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&ctx.shared);
-    crate::listener::serve_http(shared, io, Direction::Inbound, move |req| {
+    let side = crate::telemetry::Side::Inbound {
+        identity: ctx.peer.identity.clone(),
+        mtls: ctx.peer.identity.is_some(),
+        peers: Default::default(),
+    };
+    let downstream = ctx.downstream();
+    crate::listener::serve_http(shared, io, side, downstream, move |req| {
         let ctx = Arc::clone(&ctx);
         async move { forward(&ctx, req).await }
     })
@@ -327,7 +372,10 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         &ctx.shared.app_h1
     };
     let service = || format!("inbound|{port}");
-    let mut resp = client.request(req).await.map_err(|e| {
+    let sent_at = std::time::Instant::now();
+    let resp = client.request(req).await;
+    let service_time = sent_at.elapsed();
+    let mut resp = resp.map_err(|e| {
         if let Some(peer_fault) = fault.take() {
             // The peer's body failed, not the application: the peer is answered 400, never a
             // 5xx its proxy would count against this endpoint.
@@ -351,6 +399,12 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
+    // The application cannot flag its response as the proxy's.
+    strip_reserved(resp.headers_mut());
+    resp.extensions_mut().insert(UpstreamFacts {
+        service_time: Some(service_time),
+        ..app_facts(&snap, port)
+    });
     Ok(resp.map(crate::http::boxed))
 }
 
@@ -378,6 +432,7 @@ async fn connect_tunnel(
         tokio::spawn(splice_upgrade(down, up));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
+    strip_reserved(resp.headers_mut());
     Ok(resp.map(crate::http::boxed))
 }
 

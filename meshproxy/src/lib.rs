@@ -46,6 +46,7 @@ pub mod outbound;
 pub mod pool;
 pub mod reply;
 pub mod runtime;
+pub mod telemetry;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;

@@ -22,6 +22,7 @@ use crate::context::Context;
 use crate::http::Body;
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
+use crate::telemetry::{Downstream, Side};
 
 /// A listener address that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +35,18 @@ pub struct BindError {
 /// Binds `addr`; returns the listener and the address actually bound (port 0 picks one).
 pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
     let err = |source| BindError { addr, source };
-    let std = std::net::TcpListener::bind(addr).map_err(err)?;
-    std.set_nonblocking(true).map_err(err)?;
-    let bound = std.local_addr().map_err(err)?;
-    Ok((TcpListener::from_std(std).map_err(err)?, bound))
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    // A restarted proxy binds its ports again at once, even while connections of its previous
+    // run linger in TIME_WAIT (SO_REUSEADDR; two live listeners on one port still conflict).
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(1024).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 /// When an accept loop ends besides its own stop signal.
@@ -115,9 +124,16 @@ fn count_refused_head(
 }
 
 /// Serves HTTP on one downstream connection: each request goes to `forward`; an error is
-/// answered with its local reply and counted for `direction`.
-pub async fn serve_http<S, F, Fut>(ctx: Arc<Context>, io: S, direction: Direction, forward: F)
-where
+/// answered with its local reply and counted for the side's direction. Every request is
+/// recorded once, when its response ends ([`crate::telemetry`]), with the parties `side`
+/// says.
+pub async fn serve_http<S, F, Fut>(
+    ctx: Arc<Context>,
+    io: S,
+    side: Side,
+    downstream: Downstream,
+    forward: F,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
@@ -125,23 +141,29 @@ where
     let limits = ctx.limits();
     let builder = crate::http::server_builder(&limits);
     let counters = Arc::clone(&ctx);
+    let direction = side.direction();
     let forward = Arc::new(forward);
-    let svc = service_fn(move |req| {
+    let side = Arc::new(side);
+    let downstream = Arc::new(downstream);
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = Arc::clone(&counters);
         let forward = Arc::clone(&forward);
+        let pending = side.start(&ctx, &downstream, &mut req);
         async move {
             ctx.metrics.request(direction);
-            Ok::<_, Infallible>(match forward(req).await {
-                Ok(resp) => resp,
+            let (resp, local) = match forward(req).await {
+                Ok(resp) => (resp, None),
                 Err(e) => {
                     ctx.metrics.local_response(direction);
                     if e.is_downstream() {
                         ctx.metrics
                             .downstream_error(direction, e.status_and_flag().1);
                     }
-                    e.into_response()
+                    let details = e.details();
+                    (e.into_response(), Some(details))
                 }
-            })
+            };
+            Ok::<_, Infallible>(pending.respond(resp, local))
         }
     });
     let io = crate::framing::FramingGuard::new(

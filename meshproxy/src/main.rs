@@ -172,7 +172,9 @@ fn main() -> anyhow::Result<()> {
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer())
+        // Diagnostics on stderr: stdout carries the access log (as Envoy's), and a stalled
+        // stdout must only cost access log lines, never block a log call in the data path.
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let log_control: meshproxy::app::LogControl = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
@@ -195,6 +197,7 @@ fn main() -> anyhow::Result<()> {
     };
     let opts = meshproxy::app::Options {
         log_control: Some(log_control),
+        ..Default::default()
     };
     rt.block_on(async {
         match (args.config, cp) {

@@ -20,6 +20,7 @@ use crate::listener::{BindError, Until, bind};
 use crate::metrics::Direction;
 use crate::reply::ProxyError;
 use crate::runtime::{Runtime, Snapshot, Target};
+use crate::telemetry::{Downstream, ServiceLabels};
 use crate::upstream::Wire;
 
 /// The original destination of a redirected connection.
@@ -131,6 +132,8 @@ pub async fn serve(
         tracing::info!(%remote, %dst, "no outbound service for destination");
         return;
     };
+    // The listener's own address for an explicit VIP listener (bound on port 0 in tests).
+    let local = vip.and_then(|_| stream.local_addr().ok()).unwrap_or(dst);
     if out.protocol == Protocol::Tcp {
         let target = match connection_target(&snap, out, None) {
             Ok(t) => t,
@@ -139,10 +142,10 @@ pub async fn serve(
                 return;
             }
         };
-        serve_tcp(shared, snap, stream, target).await;
+        serve_tcp(shared, snap, stream, target, downstream(remote, local)).await;
     } else {
         drop(snap);
-        serve_http(shared, stream, dst, remote).await;
+        serve_http(shared, stream, dst, downstream(remote, local)).await;
     }
 }
 
@@ -151,6 +154,7 @@ async fn serve_tcp(
     rt: Arc<Runtime>,
     mut stream: TcpStream,
     target: crate::runtime::Target,
+    down: Downstream,
 ) {
     let (cluster, i) = &target.cluster;
     let Some(_slot) = cluster.tcp_slot() else {
@@ -168,17 +172,49 @@ async fn serve_tcp(
             return;
         }
     };
+    let upstream = crate::telemetry::Upstream {
+        cluster: Arc::clone(cluster),
+        endpoint: *i,
+    };
+    let mut record = crate::telemetry::ConnectionOutcome::start(
+        Direction::Outbound,
+        rt.telemetry.local.party.clone(),
+        upstream.party(),
+        rt.service_labels(&target.service),
+    );
+    record.upstream = Some(upstream);
+    record.downstream = Some(Arc::new(down));
+    crate::telemetry::connection_opened(&shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut up) => {
             tracing::debug!(result = ?r, service = %target.service, "outbound TCP stream ended");
+            record.bytes(r.ok());
         }
         _ = shared.drain.forced() => {}
     }
+    crate::telemetry::record_connection(&shared, &record.finish());
 }
 
-async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, remote: SocketAddr) {
+/// The outbound connection as access logs and spans tell it.
+fn downstream(remote: SocketAddr, local: SocketAddr) -> Downstream {
+    Downstream {
+        remote,
+        local: Some(local),
+        peer: None,
+        sni: None,
+    }
+}
+
+async fn serve_http(ctx: Arc<Context>, stream: TcpStream, dst: SocketAddr, down: Downstream) {
+    let remote = down.remote;
     let shared = Arc::clone(&ctx);
-    crate::listener::serve_http(ctx, stream, Direction::Outbound, move |req| {
+    let service = {
+        let snap = ctx.runtime.load();
+        snap.outbound_for_original_dst(dst)
+            .map_or_else(ServiceLabels::unknown, |o| snap.service_labels(&o.service))
+    };
+    let side = crate::telemetry::Side::Outbound { service };
+    crate::listener::serve_http(ctx, stream, side, down, move |req| {
         let ctx = Arc::clone(&shared);
         async move { forward(&ctx, dst, remote, req).await }
     })
@@ -259,5 +295,8 @@ async fn tunnel(
     let mut resp = resp.map(crate::http::boxed);
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
+    if !target.is_verified_peer() {
+        crate::http::strip_reserved(resp.headers_mut());
+    }
     Ok(resp)
 }

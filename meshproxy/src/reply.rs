@@ -1,6 +1,6 @@
 //! Every response the proxy makes itself, rendered in one place ([`LocalReply::render`]):
 //! errors ([`ProxyError`]: a status code, an Envoy-style response flag in
-//! `x-mesh-response-flags` and a one-line body naming what happened and to which service;
+//! `x-meshctl-response-flags` and a one-line body naming what happened and to which service;
 //! never a bare 503), and the answers a route gives without an upstream (direct response,
 //! redirect, CORS preflight, injected fault abort).
 
@@ -10,8 +10,8 @@ use meshapi::traffic::{Abort, Cors};
 
 use crate::http::{Body, full};
 
-/// Header carrying the Envoy response flag of a locally generated response.
-pub const FLAGS_HEADER: &str = "x-mesh-response-flags";
+/// Header carrying the Envoy response flag of a locally generated response (a reserved name).
+pub const FLAGS_HEADER: &str = meshapi::headers::RESPONSE_FLAGS;
 
 /// A response the proxy makes itself.
 #[derive(Debug)]
@@ -148,6 +148,10 @@ pub enum ProxyError {
     /// NR: nothing is configured for this destination or request.
     #[error("no route to {target}")]
     NoRoute { target: String },
+    /// NR with 503: the route names a destination that has no cluster (a subset no
+    /// DestinationRule defines: applied with a `meshctl check` finding, as Istio does).
+    #[error("no cluster for {target}")]
+    NoCluster { target: String },
     /// UT: the upstream did not answer in time.
     #[error("upstream request timeout to {service}")]
     Timeout { service: String },
@@ -244,6 +248,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
             ProxyError::NoHealthyUpstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UH"),
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "NR"),
+            ProxyError::NoCluster { .. } => (StatusCode::SERVICE_UNAVAILABLE, "NR"),
             ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "UT"),
             ProxyError::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UO"),
             ProxyError::UpstreamReset { .. } => (StatusCode::BAD_GATEWAY, "UR"),
@@ -251,6 +256,28 @@ impl ProxyError {
             ProxyError::DownstreamBody { cause, .. } => (StatusCode::BAD_REQUEST, cause.flag()),
             ProxyError::Denied { .. } => (StatusCode::FORBIDDEN, "RBAC"),
             ProxyError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "-"),
+        }
+    }
+
+    /// Envoy's `RESPONSE_CODE_DETAILS` for the local reply of this error (access logs).
+    pub fn details(&self) -> &'static str {
+        match self {
+            ProxyError::UpstreamConnect { .. } => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::NoRoute { .. } => "route_not_found",
+            ProxyError::NoCluster { .. } => "cluster_not_found",
+            ProxyError::Timeout { .. } => "upstream_response_timeout",
+            ProxyError::UpstreamReset { .. } => "upstream_reset_before_response_started",
+            ProxyError::Overflow { .. } => "upstream_reset_before_response_started{overflow}",
+            ProxyError::BadRequest(_) => "downstream_protocol_error",
+            ProxyError::DownstreamBody { cause, .. } => match cause {
+                Downstream::Protocol => "downstream_protocol_error",
+                Downstream::Terminated => "downstream_remote_disconnect",
+            },
+            ProxyError::Denied { .. } => "rbac_access_denied",
+            ProxyError::Unauthenticated { .. } => "jwt_authn_access_denied",
         }
     }
 

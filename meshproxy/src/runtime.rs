@@ -51,6 +51,10 @@ pub struct Snapshot {
     /// The config's RequestAuthentication rules with their keys and token caches; `None`
     /// without rules.
     pub authn: Option<Arc<meshapi::authn::Authenticator>>,
+    /// This proxy's party and the metric shapes (`telemetry.metrics`).
+    pub telemetry: crate::metrics::TelemetryState,
+    /// `destination_service*` of each service of `cfg.services`, by its key.
+    service_labels: HashMap<String, Arc<crate::telemetry::ServiceLabels>>,
 }
 
 /// Where a request or connection goes: one endpoint and the application port on it.
@@ -67,6 +71,16 @@ pub struct Target {
     /// The cluster and the endpoint's index in it (TCP connections take a connection slot and
     /// report connect failures there).
     pub cluster: (Arc<crate::traffic::ClusterState>, usize),
+}
+
+impl Target {
+    /// Whether connections to this target reach a verified peer proxy: mutual TLS with the
+    /// endpoint's mesh identity checked (ISTIO_MUTUAL). Only such a peer's reserved response
+    /// headers ([`meshapi::headers`]) are believed.
+    pub fn is_verified_peer(&self) -> bool {
+        self.key.tls.mode == meshapi::proxy::UpstreamTlsMode::IstioMutual
+            && self.key.identity.is_some()
+    }
 }
 
 /// How to open a connection to an endpoint.
@@ -138,7 +152,20 @@ impl Snapshot {
             outbound_by_port.entry(o.vip.port()).or_default().push(i);
         }
         let inbound_by_port = cfg.inbound.iter().map(|p| (p.port, p.clone())).collect();
+        let service_labels = cfg
+            .services
+            .keys()
+            .map(|k| {
+                let host = hosts.get(k).map_or(k.as_str(), String::as_str);
+                (
+                    k.clone(),
+                    Arc::new(crate::telemetry::ServiceLabels::of_host(host)),
+                )
+            })
+            .collect();
         Snapshot {
+            telemetry: crate::metrics::TelemetryState::new(&cfg),
+            service_labels,
             cfg,
             outbound_by_vip,
             outbound_by_port,
@@ -164,6 +191,14 @@ impl Snapshot {
     ) -> Option<&Arc<crate::traffic::ClusterState>> {
         self.clusters
             .get(self.table.cluster_index(dest, request_port)?)
+    }
+
+    /// `destination_service*` of the service `key` of `cfg.services`.
+    pub fn service_labels(&self, key: &str) -> Arc<crate::telemetry::ServiceLabels> {
+        self.service_labels
+            .get(key)
+            .cloned()
+            .unwrap_or_else(crate::telemetry::ServiceLabels::unknown)
     }
 
     /// The route table in force: `traffic` plus the default entries.
@@ -222,16 +257,18 @@ impl Snapshot {
     /// evaluates the config's compiled authorization policy (none: allow everything) for a
     /// request (`req` set) or a TCP connection, logs and counts the decision. A denial is
     /// [`ProxyError::Denied`]; a path the normalization refuses is a bad request. An allowed
-    /// request carries the normalized path to forward.
+    /// request carries the normalized path to forward: every HTTP request is normalized,
+    /// with Istio's default (`BASE`) when no policy section is given.
     pub fn authorize(
         &self,
         peer: &PeerInfo,
         req: Option<HttpFacts<'_>>,
         counters: &crate::authz::AuthzCounters,
     ) -> Result<crate::authz::Authorized, ProxyError> {
-        match &self.cfg.authorization {
-            None => Ok(crate::authz::Authorized::default()),
-            Some(policy) => crate::authz::check(&self.cfg, policy, peer, req, counters),
+        match (&self.cfg.authorization, req) {
+            (None, None) => Ok(crate::authz::Authorized::default()),
+            (None, Some(req)) => crate::authz::normalize_only(peer, &req),
+            (Some(policy), req) => crate::authz::check(&self.cfg, policy, peer, req, counters),
         }
     }
 }

@@ -147,7 +147,7 @@ async fn only_frontend_sa_may_call_backend() {
         assert_eq!(status, want, "{sa}: {body}");
         if want == 403 {
             assert_eq!(body, want_body, "{sa}");
-            assert_eq!(headers["x-mesh-response-flags"], "RBAC", "{sa}");
+            assert_eq!(headers["x-meshctl-response-flags"], "RBAC", "{sa}");
             assert_eq!(
                 echo.completed(),
                 before,
@@ -258,11 +258,14 @@ async fn deny_path_rule_sees_the_normalized_path_and_the_app_gets_it() {
             }
             403 => {
                 assert_eq!(body, "RBAC: access denied", "{norm:?} {path}");
-                assert_eq!(headers["x-mesh-response-flags"], "RBAC");
+                assert_eq!(headers["x-meshctl-response-flags"], "RBAC");
                 assert_eq!(echo.completed(), before, "{norm:?} {path} reached the app");
             }
             _ => {
-                assert_eq!(headers["x-mesh-response-flags"], "DPE", "{norm:?} {path}");
+                assert_eq!(
+                    headers["x-meshctl-response-flags"], "DPE",
+                    "{norm:?} {path}"
+                );
                 assert_eq!(echo.completed(), before, "{norm:?} {path} reached the app");
             }
         }

@@ -388,12 +388,20 @@ fn table() -> Vec<Set> {
             vec![ap(
                 "allow-hosts",
                 "ALLOW",
-                r#"[{to: [{operation: {hosts: ["backend.example", "*.internal"]}}]}]"#,
+                r#"[{to: [{operation: {hosts: ["backend.example", "*.internal", "web:*"]}}]}]"#,
             )],
             vec![
                 req(Fe, "/").header("host", "backend.example"),
-                req(Fe, "/").header("host", "BACKEND.example:8080"),
+                req(Fe, "/").header("host", "BACKEND.Example"),
+                // The whole authority is compared, port included (Istio).
+                req(Fe, "/")
+                    .header("host", "backend.example:8080")
+                    .is(Denied),
                 req(Fe, "/").header("host", "api.internal"),
+                req(Fe, "/").header("host", "api.internal:80").is(Denied),
+                req(Fe, "/").header("host", "web:80"),
+                req(Fe, "/").header("host", "WEB:8080"),
+                req(Fe, "/").header("host", "web").is(Denied),
                 req(Fe, "/").header("host", "other.example").is(Denied),
                 // An ALLOW rule with an HTTP-only field allows no TCP connection.
                 tcp(Fe).is(Denied),
@@ -408,6 +416,7 @@ fn table() -> Vec<Set> {
             )],
             vec![
                 req(Fe, "/").header("host", "admin.example").is(Denied),
+                req(Fe, "/").header("host", "ADMIN.example:80").is(Denied),
                 req(Fe, "/").header("host", "backend"),
             ],
         ),
@@ -957,7 +966,7 @@ impl Harness {
                 .unwrap_or(0);
             let flags = resp
                 .lines()
-                .find_map(|l| l.strip_prefix("x-mesh-response-flags: "))
+                .find_map(|l| l.strip_prefix("x-meshctl-response-flags: "))
                 .unwrap_or("")
                 .to_string();
             let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
@@ -979,7 +988,7 @@ impl Harness {
             let body = body.collect().await.unwrap().to_bytes();
             let flags = parts
                 .headers
-                .get("x-mesh-response-flags")
+                .get("x-meshctl-response-flags")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();

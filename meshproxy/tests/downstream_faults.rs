@@ -141,7 +141,10 @@ fn good_client(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u
             if s == 200 {
                 ok.fetch_add(1, Ordering::Relaxed);
             } else {
-                failed.push(format!("{s} {:?} {body}", h.get("x-mesh-response-flags")));
+                failed.push(format!(
+                    "{s} {:?} {body}",
+                    h.get("x-meshctl-response-flags")
+                ));
             }
         }
         (ok.into_inner(), failed)
@@ -159,7 +162,7 @@ async fn malformed_chunked_bodies_get_400_from_the_clients_proxy_and_never_eject
         assert!(resp.starts_with("HTTP/1.1 400"), "request {i}: {resp}");
         assert!(
             resp.to_ascii_lowercase()
-                .contains("x-mesh-response-flags: dpe"),
+                .contains("x-meshctl-response-flags: dpe"),
             "request {i}: {resp}"
         );
     }
@@ -257,7 +260,7 @@ async fn a_peer_sending_a_garbage_body_gets_400_from_the_server_proxy() {
         assert!(resp.starts_with("HTTP/1.1 400"), "request {i}: {resp}");
         assert!(
             resp.to_ascii_lowercase()
-                .contains("x-mesh-response-flags: dpe"),
+                .contains("x-meshctl-response-flags: dpe"),
             "request {i}: {resp}"
         );
     }
@@ -295,14 +298,14 @@ async fn http11_without_host_or_with_two_hosts_is_400_dpe_and_never_reaches_the_
         assert!(resp.starts_with("HTTP/1.1 400"), "outbound {name}: {resp}");
         assert!(
             resp.to_ascii_lowercase()
-                .contains("x-mesh-response-flags: dpe"),
+                .contains("x-meshctl-response-flags: dpe"),
             "outbound {name}: {resp}"
         );
         let resp = as_peer(&f, req).await;
         assert!(resp.starts_with("HTTP/1.1 400"), "inbound {name}: {resp}");
         assert!(
             resp.to_ascii_lowercase()
-                .contains("x-mesh-response-flags: dpe"),
+                .contains("x-meshctl-response-flags: dpe"),
             "inbound {name}: {resp}"
         );
     }

@@ -191,7 +191,7 @@ async fn connect_failure_is_a_flagged_local_response() {
     )
     .await;
     assert_eq!(status, 503);
-    assert_eq!(headers["x-mesh-response-flags"], "UF");
+    assert_eq!(headers["x-meshctl-response-flags"], "UF");
     assert_eq!(
         body,
         "upstream connect error to backend: connection refused\n"
@@ -206,7 +206,7 @@ async fn connect_failure_is_a_flagged_local_response() {
     )
     .await;
     assert_eq!(status, 503);
-    assert_eq!(headers["x-mesh-response-flags"], "UH");
+    assert_eq!(headers["x-meshctl-response-flags"], "UH");
     // The default route table names the cluster (Envoy's `outbound|<port>|<subset>|<host>`).
     assert_eq!(body, "no healthy upstream for outbound|8080||backend\n");
 }
@@ -231,7 +231,7 @@ async fn wrong_server_identity_is_refused() {
     )
     .await;
     assert_eq!(status, 503);
-    assert_eq!(headers["x-mesh-response-flags"], "UF");
+    assert_eq!(headers["x-meshctl-response-flags"], "UF");
     assert!(body.contains("impostor"), "{body}");
     assert_eq!(echo.completed(), 0);
     // The default route carries Istio's retry policy (2 retries on connect-failure): the
@@ -569,7 +569,7 @@ async fn certificate_rotation_keeps_connections_and_new_roots_apply_to_new_hands
     let url4 = format!("http://{}/", old_roots_client.outbound(vip()).unwrap());
     let (status, headers, _) = get(&client, &url4).await;
     assert_eq!(status, 503);
-    assert_eq!(headers["x-mesh-response-flags"], "UF");
+    assert_eq!(headers["x-meshctl-response-flags"], "UF");
     assert_eventually!(
         b.handle
             .metrics()
@@ -629,7 +629,7 @@ async fn new_roots_on_the_client_retire_its_pooled_connections() {
         status, 503,
         "a connection verified under the old roots was reused: {body}"
     );
-    assert_eq!(headers["x-mesh-response-flags"], "UF", "{body}");
+    assert_eq!(headers["x-meshctl-response-flags"], "UF", "{body}");
     assert_eq!(echo.completed(), 1);
 }
 
@@ -756,7 +756,7 @@ async fn connect_passes_through_to_a_forward_proxy_in_the_mesh() {
     assert!(out.starts_with("HTTP/1.1 503"), "{out}");
     assert!(
         out.to_ascii_lowercase()
-            .contains("x-mesh-response-flags: uf"),
+            .contains("x-meshctl-response-flags: uf"),
         "{out}"
     );
 }

@@ -434,7 +434,7 @@ async fn a_backend_failing_twice_succeeds_with_three_attempts_and_fails_with_one
     b.fail_next.store(2, Ordering::SeqCst);
     let (s, h, _) = send(&client, &f.url("/"), &[]).await;
     assert_eq!(s, 503);
-    assert_eq!(h["x-mesh-response-flags"], "URX");
+    assert_eq!(h["x-meshctl-response-flags"], "URX");
     assert_eq!(f.instances[0].app.requests(), 2, "one try and one retry");
 }
 
@@ -479,7 +479,7 @@ async fn per_try_timeout_and_route_timeout_answer_504_ut_at_the_right_time() {
     let (s, h, body) = send(&client, &f.url("/"), &[]).await;
     let took = t.elapsed();
     assert_eq!(s, 504, "{body}");
-    assert_eq!(h["x-mesh-response-flags"], "UT");
+    assert_eq!(h["x-meshctl-response-flags"], "UT");
     assert!(
         took >= Duration::from_millis(300),
         "three tries of 100 ms: {took:?}"
@@ -504,7 +504,7 @@ async fn per_try_timeout_and_route_timeout_answer_504_ut_at_the_right_time() {
     let (s, h, body) = send(&client, &f.url("/"), &[]).await;
     let took = t.elapsed();
     assert_eq!(s, 504, "{body}");
-    assert_eq!(h["x-mesh-response-flags"], "UT");
+    assert_eq!(h["x-meshctl-response-flags"], "UT");
     assert!(body.contains("timeout"), "{body}");
     assert!(took >= Duration::from_millis(200), "{took:?}");
     assert!(took < Duration::from_millis(2_000), "{took:?}");
@@ -527,7 +527,7 @@ async fn abort_50_percent_lands_within_three_points() {
     for _ in 0..n {
         let (s, h, _) = send(&client, &f.url("/"), &[]).await;
         if s == 418 {
-            assert_eq!(h["x-mesh-response-flags"], "FI");
+            assert_eq!(h["x-meshctl-response-flags"], "FI");
             aborted += 1;
         } else {
             assert_eq!(s, 200);
@@ -684,7 +684,7 @@ spec:
     let t = Instant::now();
     let (s, h, body) = send(&http1_client(), &f.url("/"), &[]).await;
     assert_eq!(s, 503, "{body}");
-    assert_eq!(h["x-mesh-response-flags"], "UO");
+    assert_eq!(h["x-meshctl-response-flags"], "UO");
     assert!(
         t.elapsed() < Duration::from_millis(1_000),
         "overflow is immediate: {:?}",
@@ -1270,7 +1270,7 @@ spec:
     let (s, h, body) = send(&http1_client(), &f.url("/"), &[]).await;
     let took = t.elapsed();
     assert_eq!(s, 503, "{body}");
-    assert_eq!(h["x-mesh-response-flags"], "UF", "{body}");
+    assert_eq!(h["x-meshctl-response-flags"], "UF", "{body}");
     assert!(body.contains("connection timeout"), "{body}");
     // Istio's default would have waited 10 s.
     assert!(

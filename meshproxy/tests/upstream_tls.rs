@@ -31,7 +31,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
-const FLAGS: &str = "x-mesh-response-flags";
+const FLAGS: &str = "x-meshctl-response-flags";
 
 // ---------------------------------------------------------------------------------------------
 // Compiled meshes: the client's config comes from meshapi's compiler, as meshctl pushes it.

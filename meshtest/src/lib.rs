@@ -1,5 +1,5 @@
-//! Test support shared by the workspace's tests: a test CA, in-process echo servers and
-//! `assert_eventually!`.
+//! Test support shared by the workspace's tests: a test CA, in-process echo servers, replay of
+//! fuzz inputs (`fuzz`) and `assert_eventually!`.
 //!
 //! Everything binds 127.0.0.1 port 0 and lives as long as the test's tokio runtime.
 #![forbid(unsafe_code)]
@@ -7,6 +7,7 @@
 
 pub mod ca;
 pub mod echo;
+pub mod fuzz;
 
 pub use ca::{LeafOptions, TestCa, Workload};
 pub use echo::{EchoServer, TcpEcho};

@@ -1,12 +1,8 @@
-//! Fuzz the whole loader on one file: YAML parsing with limits, document classification,
-//! compose interpolation and typed deserialization, validation, then the mesh analysis. Any
-//! input must give diagnostics, never a panic, and finish quickly with bounded memory.
+//! Fuzz target `load`: see `../checks/load.rs` (also replayed on stable by the
+//! regression test over `fuzz/seeds/load` and `fuzz/regressions/load`).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/load.rs"]
+mod checks;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = meshmodel::check::check_text("fuzz.yaml", text);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check(data));

@@ -62,20 +62,10 @@ impl StrMatch {
     }
 }
 
-/// Istio's host match: case-insensitive, and a `:port` suffix on the request's authority is
-/// ignored (`(?i)<pattern>(:[0-9]+)?`).
+/// Istio's `hosts` / `notHosts` match: the whole authority as received, port included,
+/// ASCII case-insensitively (`web` does not match `web:80`; `web:*` does).
 pub(crate) fn host_matches(m: &StrMatch, authority: &str) -> bool {
-    if m.matches_ignore_case(authority) {
-        return true;
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port))
-            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() =>
-        {
-            m.matches_ignore_case(host)
-        }
-        _ => false,
-    }
+    m.matches_ignore_case(authority)
 }
 
 /// One segment of a path template.
@@ -237,11 +227,23 @@ mod tests {
     }
 
     #[test]
-    fn hosts_ignore_case_and_port() {
-        let m = StrMatch::parse("*.example.com");
-        assert!(host_matches(&m, "A.Example.com:8080"));
-        assert!(!host_matches(&m, "example.com"));
-        assert!(host_matches(&StrMatch::parse("prefix.*"), "prefix.x:1"));
+    fn hosts_compare_the_whole_authority_ignoring_case() {
+        let cases = [
+            ("web", "web", true),
+            ("web", "WEB", true),
+            ("web", "web:80", false),
+            ("web:*", "web:80", true),
+            ("web:*", "web", false),
+            ("web:80", "Web:80", true),
+            ("*.example.com", "A.Example.com", true),
+            ("*.example.com", "a.example.com:8080", false),
+            ("*.example.com", "example.com", false),
+            ("prefix.*", "prefix.x:1", true),
+        ];
+        for (pattern, authority, want) in cases {
+            let got = host_matches(&StrMatch::parse(pattern), authority);
+            assert_eq!(got, want, "{pattern} vs {authority}");
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! - every option: `%00`, a `%` not followed by two hex digits, control characters, spaces,
 //!   non-ASCII bytes and `#` are refused (the proxy answers 400); the path must start with `/`;
 //! - `BASE`: percent-encoded unreserved characters (`%2d - %2e . %30-%39 %41-%5a %5f _ %61-%7a
-//!   %7e ~`) are decoded, once (no double decoding: `%252e` stays); other escapes are kept with
-//!   upper-case hex; `\` becomes `/`; `.` and `..` segments are resolved (RFC 3986 5.2.4);
+//!   %7e ~`) are decoded, once (no double decoding: `%252e` stays); other escapes are kept
+//!   exactly as sent (hex case unchanged); `\` becomes `/`; `.` and `..` segments are
+//!   resolved (RFC 3986 5.2.4);
 //! - `MERGE_SLASHES`: `BASE`, then runs of `/` become one;
 //! - `DECODE_AND_MERGE_SLASHES`: `%2F` and `%5C` (any case) are decoded first, then
 //!   `MERGE_SLASHES`.
@@ -159,9 +160,8 @@ pub fn normalize_path(
             } else if decode_slashes && (v == b'/' || v == b'\\') {
                 decoded.push('/');
             } else {
-                decoded.push('%');
-                decoded.push(char::from(bytes[i + 1].to_ascii_uppercase()));
-                decoded.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+                // Kept exactly as sent: no change of hex case.
+                decoded.push_str(&path[i..i + 3]);
             }
             i += 3;
             continue;

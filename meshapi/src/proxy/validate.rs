@@ -188,6 +188,7 @@ impl ProxyConfig {
                 ));
             }
         }
+        errs.extend(self.telemetry.metrics.validate());
         errs
     }
 

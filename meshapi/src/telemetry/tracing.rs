@@ -38,7 +38,11 @@ fn default_sampling() -> f64 {
 
 /// Where a custom tag's value comes from (Istio's Telemetry `customTags` kinds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum CustomTag {
     /// A fixed value.
     Literal {

@@ -110,8 +110,11 @@ pub struct NamedCond {
     pub name: String,
     /// What the value must satisfy; [`StrCond::Present`] for `{}`.
     pub cond: StrCond,
-    /// `withoutHeaders`: the condition holds when the header does NOT match (an absent header
-    /// does not match, so it satisfies a `withoutHeaders` entry).
+    /// `withoutHeaders`: the condition holds when the header does NOT match. An absent
+    /// header is matched as the empty value before inverting, as Istio configures Envoy
+    /// (`treat_missing_header_as_empty`): `withoutHeaders: {x: {regex: ".*"}}` does not hold
+    /// for a request without `x`, `withoutHeaders: {x: {exact: a}}` does. `{}` (present)
+    /// inverted holds exactly when the header is absent.
     #[serde(default)]
     pub invert: bool,
 }
@@ -119,7 +122,12 @@ pub struct NamedCond {
 impl NamedCond {
     /// Evaluates against a value, `None` when absent.
     pub fn matches(&self, value: Option<&str>) -> bool {
-        let hit = value.is_some_and(|v| self.cond.matches(v));
+        let hit = match (value, &self.cond) {
+            (None, StrCond::Present) => false,
+            (None, c) if self.invert => c.matches(""),
+            (None, _) => false,
+            (Some(v), c) => c.matches(v),
+        };
         hit != self.invert
     }
 }

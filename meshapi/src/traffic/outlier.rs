@@ -12,6 +12,9 @@
 //!   may always be ejected (Envoy's rule).
 //! - meshctl returns an endpoint exactly when its time is up (Envoy waits for the next
 //!   `interval` sweep); panic mode (`minHealthPercent`) lives in [`super::Balancer::pick`].
+//! - A restarted endpoint is a new host: when the endpoint's proxy reports a new start epoch
+//!   ([`OutlierDetector::observe_epoch`]) its ejection, streaks and multiplier are cleared, as
+//!   a new pod address starts clean in Istio on Kubernetes.
 
 use std::time::Duration;
 
@@ -47,6 +50,8 @@ struct Host {
     /// When it last came back (multiplier decay).
     returned_at: Option<Duration>,
     times_ejected: u64,
+    /// The start epoch of the endpoint's proxy, when known.
+    epoch: Option<u64>,
 }
 
 /// One endpoint's state, for metrics and `/config_dump`.
@@ -131,6 +136,31 @@ impl OutlierDetector {
                 h.returned_at = Some(t);
             }
         }
+    }
+
+    /// Records the start epoch of `endpoint`'s proxy. A different epoch than the one known
+    /// means the proxy restarted and serves again: the endpoint starts clean (no ejection, no
+    /// streak, multiplier 0; `times_ejected` is kept for metrics). Returns `true` when this
+    /// took an ejected endpoint back. An epoch seen for the first time (or none) changes
+    /// nothing: the control plane learns epochs as proxies report in, which is no restart.
+    pub fn observe_epoch(&mut self, endpoint: usize, epoch: Option<u64>, now: Duration) -> bool {
+        let Some(h) = self.hosts.get_mut(endpoint) else {
+            return false;
+        };
+        let restarted = matches!((h.epoch, epoch), (Some(old), Some(new)) if old != new);
+        if epoch.is_some() {
+            h.epoch = epoch;
+        }
+        if !restarted {
+            return false;
+        }
+        let was_ejected = h.until.is_some_and(|t| now < t);
+        *h = Host {
+            times_ejected: h.times_ejected,
+            epoch,
+            ..Host::default()
+        };
+        was_ejected
     }
 
     fn is_error(&self, status: u16) -> bool {
@@ -227,5 +257,112 @@ impl OutlierDetector {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::{Balancer, ClusterPolicy, EndpointState, LbAlgorithm, LbPolicy, Pick};
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn cfg(min_health_percent: u32) -> OutlierConfig {
+        OutlierConfig {
+            consecutive_5xx: Some(5),
+            consecutive_gateway: None,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin: 5,
+            interval: S(10),
+            base_ejection_time: S(30),
+            max_ejection_time: S(300),
+            max_ejection_percent: 100,
+            min_health_percent,
+            error_codes: vec![],
+        }
+    }
+
+    fn eject(d: &mut OutlierDetector, endpoint: usize, at: Duration) {
+        for _ in 0..5 {
+            d.record(endpoint, CallResult::ConnectFailure, at);
+        }
+        assert!(d.is_ejected(endpoint, at));
+    }
+
+    #[test]
+    fn a_new_epoch_takes_an_ejected_endpoint_back_at_once() {
+        let mut d = OutlierDetector::new(cfg(0), 2);
+        assert!(
+            !d.observe_epoch(0, Some(7), S(0)),
+            "first epoch: nothing to clear"
+        );
+        eject(&mut d, 0, S(1));
+        // The same epoch again (a config push about something else) changes nothing.
+        assert!(!d.observe_epoch(0, Some(7), S(2)));
+        assert!(!d.observe_epoch(0, None, S(2)), "no epoch is no news");
+        assert!(d.is_ejected(0, S(2)));
+        // The proxy restarted: back now, not at 31s.
+        assert!(d.observe_epoch(0, Some(8), S(3)));
+        assert!(!d.is_ejected(0, S(3)));
+        let snap = d.snapshot(S(3));
+        assert_eq!(
+            (
+                snap[0].ejected,
+                snap[0].times_ejected,
+                snap[0].consecutive_5xx
+            ),
+            (false, 1, 0)
+        );
+        // A new host: its next ejection lasts baseEjectionTime, not twice that.
+        eject(&mut d, 0, S(4));
+        assert!(d.is_ejected(0, S(33)));
+        assert!(!d.is_ejected(0, S(34)));
+        // An endpoint's epoch is its own: the other one is untouched.
+        eject(&mut d, 1, S(40));
+        assert!(!d.observe_epoch(0, Some(9), S(41)), "0 was not ejected");
+        assert!(d.is_ejected(1, S(41)));
+    }
+
+    #[test]
+    fn a_new_epoch_clears_a_streak_in_progress() {
+        let mut d = OutlierDetector::new(cfg(0), 1);
+        d.observe_epoch(0, Some(1), S(0));
+        for _ in 0..4 {
+            d.record(0, CallResult::Status(503), S(0));
+        }
+        d.observe_epoch(0, Some(2), S(1));
+        // Four more after the restart do not reach five.
+        for _ in 0..4 {
+            assert!(!d.record(0, CallResult::Status(503), S(1)));
+        }
+        assert!(d.record(0, CallResult::Status(503), S(1)));
+    }
+
+    #[test]
+    fn below_min_health_percent_the_balancer_uses_ejected_endpoints_too() {
+        let policy = |min| ClusterPolicy {
+            load_balancer: LbPolicy {
+                algorithm: LbAlgorithm::RoundRobin,
+                warmup: None,
+            },
+            outlier_detection: Some(cfg(min)),
+            ..ClusterPolicy::default()
+        };
+        let keys = [("a", 1), ("b", 1)];
+        let mut d = OutlierDetector::new(cfg(60), 2);
+        eject(&mut d, 0, S(0));
+        let mut states = vec![EndpointState::default(); 2];
+        d.apply(S(0), &mut states);
+        let picks = |b: &Balancer| -> std::collections::BTreeSet<Pick> {
+            (0..8).map(|r| b.pick(&states, None, &[], r)).collect()
+        };
+        // 1 of 2 healthy is 50%: under 60% the cluster panics and balances over both (Envoy's
+        // healthy panic threshold, which Istio's minHealthPercent sets).
+        assert_eq!(picks(&Balancer::new(&policy(60), &keys)).len(), 2);
+        // At 50% it is not under the threshold; at 0 panic is off.
+        for min in [50, 0] {
+            let only = picks(&Balancer::new(&policy(min), &keys));
+            assert_eq!(only.into_iter().collect::<Vec<_>>(), [Pick::Endpoint(1)]);
+        }
     }
 }

@@ -83,6 +83,21 @@ impl HeaderOps {
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
+
+    /// The authority a `set` (else an `add`) of `Host` or `:authority` gives: Istio turns such
+    /// an operation into an authority rewrite, not a header.
+    pub fn authority(&self) -> Option<&str> {
+        self.set
+            .iter()
+            .chain(&self.add)
+            .find(|(k, _)| is_authority_header(k))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Whether a header operation's name is the request's authority (`Host`, `:authority`).
+pub fn is_authority_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority")
 }
 
 /// Request and response header operations.
@@ -432,9 +447,12 @@ impl Redirect {
             RedirectPort::FromProtocolDefault => None,
             RedirectPort::FromRequestPort => Some(r.port),
         };
-        let default_port = match scheme {
-            "https" => Some(443),
-            "http" => Some(80),
+        // `FROM_REQUEST_PORT` is Envoy's `port_redirect` with the port the request came in on:
+        // written as is, even a scheme's default port.
+        let default_port = match (scheme, &self.port) {
+            (_, RedirectPort::FromRequestPort) => None,
+            ("https", _) => Some(443),
+            ("http", _) => Some(80),
             _ => None,
         };
         let path: Cow<'_, str> = match (&self.uri, &self.prefix_rewrite) {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use meshapi::wire::{
-    ACK_PATH, AckRequest, CONFIG_PATH, MAX_WAIT_MS, RELOAD_PATH, ReloadRequest, STATUS_PATH,
+    ACK_PATH, AckRequest, CONFIG_PATH, MAX_WAIT_MS, PROXY_EPOCH_PARAM, RELOAD_PATH, ReloadRequest,
+    STATUS_PATH,
 };
 use meshmodel::compile::ProxyKey;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,27 @@ pub struct CaCertStatus {
     /// Unix seconds.
     pub not_after: i64,
     pub expiry: Expiry,
+}
+
+/// One warning per CA certificate near or past expiry (`now` in Unix seconds): what `meshctl
+/// status` and `meshctl ps` print ahead of the root's expiry.
+pub fn ca_warnings(ca_certificates: &[CaCertStatus], now: i64) -> Vec<String> {
+    ca_certificates
+        .iter()
+        .filter_map(|c| match c.expiry {
+            Expiry::Ok => None,
+            Expiry::Expiring => Some(format!(
+                "the CA's {} certificate ({}) expires in {}: replace it (nothing renews it) before every proxy loses trust",
+                c.role,
+                c.subject,
+                rough_duration(c.not_after - now)
+            )),
+            Expiry::Expired => Some(format!(
+                "the CA's {} certificate ({}) has expired: no certificate it signed verifies",
+                c.role, c.subject
+            )),
+        })
+        .collect()
 }
 
 /// Where a certificate stands against its lifetime.
@@ -135,8 +157,9 @@ pub fn router(
 ) -> Router {
     let (p1, p2, p3, p4) = (push.clone(), push.clone(), push.clone(), push);
     let ca2 = ca.clone();
+    let reload2 = reload.clone();
     base.route(Method::GET, CONFIG_PATH, move |req, peer| {
-        poll(p1.clone(), req, peer)
+        poll(p1.clone(), reload2.clone(), req, peer)
     })
     .route(Method::POST, ACK_PATH, move |req, peer| {
         ack(p2.clone(), req, peer)
@@ -155,6 +178,8 @@ struct PollQuery {
     epoch: u64,
     version: u64,
     wait_ms: u64,
+    /// The proxy's start epoch, sent once it serves.
+    proxy_epoch: Option<u64>,
 }
 
 fn parse_query(q: Option<&str>) -> Result<PollQuery, String> {
@@ -173,6 +198,7 @@ fn parse_query(q: Option<&str>) -> Result<PollQuery, String> {
             "epoch" => out.epoch = num(v)?,
             "version" => out.version = num(v)?,
             "waitMs" => out.wait_ms = num(v)?.min(MAX_WAIT_MS),
+            PROXY_EPOCH_PARAM => out.proxy_epoch = Some(num(v)?),
             _ => return Err(format!("unknown parameter {k:?}")),
         }
     }
@@ -197,7 +223,12 @@ fn empty(status: StatusCode) -> Response<ApiBody> {
     resp
 }
 
-async fn poll(push: Arc<PushState>, req: Request<Incoming>, peer: PeerInfo) -> Response<ApiBody> {
+async fn poll(
+    push: Arc<PushState>,
+    reload: mpsc::Sender<ReloadCmd>,
+    req: Request<Incoming>,
+    peer: PeerInfo,
+) -> Response<ApiBody> {
     let identity = match peer.require_identity() {
         Ok(id) => id.clone(),
         Err(resp) => return resp,
@@ -225,6 +256,17 @@ async fn poll(push: Arc<PushState>, req: Request<Incoming>, peer: PeerInfo) -> R
         Some(_) => {}
     }
     let _guard = push.poll_started(&key, peer.remote_addr);
+    if let Some(e) = query.proxy_epoch
+        && push.report_ready(&key, e)
+    {
+        // The proxy (re)started and serves: recompile so its clients see the new epoch. A
+        // full queue already holds a reload, which reads the epochs when it runs.
+        let _ = reload.try_send(ReloadCmd {
+            reply: None,
+            trigger: Some(std::time::Instant::now()),
+            note: Some(format!("{key} serves (proxy started)")),
+        });
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms);
     loop {
         let current = rx.borrow_and_update().proxies.get(&key).cloned();
@@ -332,22 +374,7 @@ pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
             })
         })
         .collect();
-    let mut warnings = Vec::new();
-    for c in &ca_certificates {
-        match c.expiry {
-            Expiry::Ok => {}
-            Expiry::Expiring => warnings.push(format!(
-                "the CA's {} certificate ({}) expires in {}: replace it (nothing renews it) before every proxy loses trust",
-                c.role,
-                c.subject,
-                rough_duration(c.not_after - now)
-            )),
-            Expiry::Expired => warnings.push(format!(
-                "the CA's {} certificate ({}) has expired: no certificate it signed verifies",
-                c.role, c.subject
-            )),
-        }
-    }
+    let mut warnings = ca_warnings(&ca_certificates, now);
     let admin = admin::admin_id(&ca.config().trust_domain)
         .ok()
         .map(|a| a.to_string());
@@ -408,6 +435,7 @@ async fn reload_now(
     let cmd = ReloadCmd {
         reply: Some(reply),
         trigger: None,
+        note: None,
     };
     if tx.send(cmd).await.is_err() {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
@@ -417,8 +445,13 @@ async fn reload_now(
     };
     let acks = if body.wait && report.ok {
         let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS));
-        // Nothing changed: wait for the revision in force (are all proxies on it?).
-        Some(push.wait_acks(report.revision, timeout).await)
+        if report.changed.is_empty() {
+            // Nothing changed: is every proxy on its current config? (The revision in force
+            // may be a proxy restart's, which changed only that proxy's clients.)
+            Some(push.wait_sync(timeout).await)
+        } else {
+            Some(push.wait_acks(report.revision, timeout).await)
+        }
     } else {
         None
     };
@@ -457,6 +490,10 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(q.key.as_ref().map(|k| k.instance), Some(2));
         assert_eq!((q.epoch, q.version, q.wait_ms), (5, 7, MAX_WAIT_MS));
+        assert_eq!(q.proxy_epoch, None);
+        let q = parse_query(Some("workload=web&proxyEpoch=42")).unwrap_or_default();
+        assert_eq!(q.proxy_epoch, Some(42));
+        assert!(parse_query(Some("workload=web&proxyEpoch=-1")).is_err());
         assert!(parse_query(Some("instance=1")).is_err());
         assert!(parse_query(Some("workload=a&version=x")).is_err());
         assert!(parse_query(Some("workload=a&evil=1")).is_err());

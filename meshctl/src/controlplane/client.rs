@@ -59,6 +59,56 @@ pub struct AdminClient {
 /// How often a credentials read caught mid-renewal is retried (25 ms apart).
 const RETRIES: u32 = 40;
 
+/// Longest a CLI command waits for a control plane that its supervisor is restarting.
+pub const RECONNECT_BUDGET: Duration = Duration::from_secs(20);
+
+/// Connects to the control plane of `state_dir` and runs `call`. When it cannot be reached
+/// (no state file, connection refused or reset) while its supervisor is alive, that is, the
+/// control plane is being restarted after a crash (`docker::supervise`), the state file is
+/// read again (new address, epoch and admin credentials) and the call retried with
+/// exponential backoff (100 ms doubling to 2 s, jitter ½–1×) for up to `budget`. Without a
+/// supervisor (`meshctl serve`, a foreground `up`) the first error is returned.
+pub async fn call_with_backoff<T, F, Fut>(
+    state_dir: &Path,
+    budget: Duration,
+    call: F,
+) -> Result<(AdminClient, T), ClientError>
+where
+    F: Fn(AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    use rand::Rng;
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut attempt = 0u32;
+    loop {
+        let result = match AdminClient::from_state_dir(state_dir) {
+            Ok(client) => call(client.clone()).await.map(|t| (client, t)),
+            Err(e) => Err(e),
+        };
+        let retriable = matches!(
+            result,
+            Err(ClientError::State(_) | ClientError::Connect { .. } | ClientError::Http(_))
+        );
+        if !retriable
+            || tokio::time::Instant::now() >= deadline
+            || crate::docker::supervise::pid(state_dir).is_none()
+        {
+            return result;
+        }
+        let base = Duration::from_millis(100)
+            .saturating_mul(2u32.saturating_pow(attempt.min(8)))
+            .min(Duration::from_secs(2));
+        attempt += 1;
+        let delay = base.mul_f64(rand::rng().random_range(0.5..=1.0));
+        tracing::debug!(
+            attempt,
+            ?delay,
+            "control plane unreachable; its supervisor is restarting it"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// notAfter of a DER certificate, Unix seconds.
 pub fn not_after_of(der: &[u8]) -> Option<i64> {
     use x509_parser::prelude::{FromDer, X509Certificate};

@@ -16,7 +16,7 @@ use meshmodel::compile::{self, CompileInput, HostPlacement, ProxyKey};
 use meshmodel::model::Inventory;
 
 use super::api::{Expiry, ReloadResponse, StatusReport, rough_duration};
-use super::client::AdminClient;
+use super::client::{RECONNECT_BUDGET, call_with_backoff};
 use super::{ControlPlane, ControlPlaneConfig, ProjectSpec};
 use crate::api::ApiConfig;
 use crate::project::ProjectArgs;
@@ -108,8 +108,11 @@ pub fn serve(project: &ProjectArgs, args: &ServeArgs) -> anyhow::Result<ExitCode
 
 /// Prints the running control plane's status.
 pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::from_state_dir(&state_dir(project))?;
-    let report: StatusReport = runtime()?.block_on(client.get(STATUS_PATH))?;
+    let (client, report) = runtime()?.block_on(call_with_backoff(
+        &state_dir(project),
+        RECONNECT_BUDGET,
+        |c| async move { c.get::<StatusReport>(STATUS_PATH).await },
+    ))?;
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
     if json {
@@ -142,6 +145,9 @@ pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
     )?;
     for e in &r.errors {
         writeln!(w, "  {e}")?;
+    }
+    for f in &r.findings {
+        writeln!(w, "  {f}")?;
     }
     writeln!(
         w,
@@ -206,12 +212,18 @@ fn print_warnings(warnings: &[String]) {
 
 /// Asks the running control plane to reload now, optionally waiting for ACKs.
 pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::from_state_dir(&state_dir(project))?;
     let body = ReloadRequest {
         wait: args.wait,
         timeout_ms: Some(args.timeout.saturating_mul(1000)),
     };
-    let resp: ReloadResponse = runtime()?.block_on(client.post(RELOAD_PATH, &body))?;
+    let (_, resp) = runtime()?.block_on(call_with_backoff(
+        &state_dir(project),
+        RECONNECT_BUDGET,
+        |c| {
+            let body = body.clone();
+            async move { c.post::<_, ReloadResponse>(RELOAD_PATH, &body).await }
+        },
+    ))?;
     let ok = resp.reload.ok && resp.acks.as_ref().is_none_or(|a| a.all_acked());
     let stdout = std::io::stdout();
     let mut w = stdout.lock();

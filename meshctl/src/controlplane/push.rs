@@ -59,6 +59,12 @@ pub struct ProxyStatus {
     pub connected_since_ms: Option<u64>,
     /// Address it polls from.
     pub remote: Option<String>,
+    /// The start epoch the proxy reported once serving (changes at each proxy restart).
+    #[serde(default)]
+    pub proxy_epoch: Option<u64>,
+    /// When it first reported that epoch (it served from then on), Unix ms.
+    #[serde(default)]
+    pub ready_since_ms: Option<u64>,
 }
 
 /// Result of waiting for ACKs of a revision.
@@ -97,6 +103,8 @@ struct Track {
     sent: Option<u64>,
     acked: Option<u64>,
     nack: Option<(u64, String)>,
+    /// The proxy's start epoch and when it was first reported.
+    ready: Option<(u64, SystemTime)>,
 }
 
 /// Shared push state of the control plane.
@@ -229,6 +237,29 @@ impl PushState {
         }
     }
 
+    /// Records that proxy `key` serves with start epoch `epoch` (its polls say so once it
+    /// serves). `true` when the epoch is new: the proxy (re)started, and its clients' configs
+    /// must carry the new epoch (see [`PushState::epochs`]).
+    pub fn report_ready(&self, key: &ProxyKey, epoch: u64) -> bool {
+        let mut tracks = self.tracks();
+        let t = tracks.entry(key.clone()).or_default();
+        if t.ready.is_some_and(|(e, _)| e == epoch) {
+            return false;
+        }
+        tracing::info!(proxy = %key, proxy_epoch = epoch, "proxy serving with a new start epoch");
+        t.ready = Some((epoch, SystemTime::now()));
+        true
+    }
+
+    /// The start epoch each proxy last reported, for the compiler
+    /// (`meshmodel::compile::CompileInput::epochs`).
+    pub fn epochs(&self) -> BTreeMap<ProxyKey, u64> {
+        self.tracks()
+            .iter()
+            .filter_map(|(k, t)| Some((k.clone(), t.ready?.0)))
+            .collect()
+    }
+
     /// Records that `version` was sent to `key`.
     pub fn mark_sent(&self, key: &ProxyKey, version: u64) {
         if let Some(t) = self.tracks().get_mut(key) {
@@ -293,6 +324,8 @@ impl PushState {
                         .filter(|_| connected)
                         .and_then(|t| t.connected_since.map(unix_ms)),
                     remote: t.and_then(|t| t.remote.map(|r| r.to_string())),
+                    proxy_epoch: t.and_then(|t| t.ready.map(|r| r.0)),
+                    ready_since_ms: t.and_then(|t| t.ready.map(|r| unix_ms(r.1))),
                 }
             })
             .collect()
@@ -300,6 +333,19 @@ impl PushState {
 
     /// Where each proxy affected by `revision` (its version is `revision` or later) stands.
     pub fn ack_report(&self, revision: u64) -> AckReport {
+        self.report_with(revision, |version| {
+            (version >= revision).then_some(revision)
+        })
+    }
+
+    /// Where every proxy stands against its own current version (is the mesh in sync?).
+    pub fn sync_report(&self) -> AckReport {
+        self.report_with(self.revision(), Some)
+    }
+
+    /// The report of `revision`, where `need(version)` is the version a proxy whose config is
+    /// at `version` must have ACKed, or `None` when it is not waited for.
+    fn report_with(&self, revision: u64, need: impl Fn(u64) -> Option<u64>) -> AckReport {
         let snap = self.snapshot();
         let tracks = self.tracks();
         let now = Instant::now();
@@ -308,17 +354,17 @@ impl PushState {
             ..AckReport::default()
         };
         for (key, p) in &snap.proxies {
-            if p.version < revision {
+            let Some(need) = need(p.version) else {
                 continue;
-            }
+            };
             let name = key.to_string();
             let Some(t) = tracks.get(key).filter(|t| self.connected(t, now)) else {
                 report.not_connected.push(name);
                 continue;
             };
-            let acked = t.acked.is_some_and(|a| a >= revision);
+            let acked = t.acked.is_some_and(|a| a >= need);
             match &t.nack {
-                Some((v, why)) if *v >= revision && t.acked.is_none_or(|a| a < *v) => {
+                Some((v, why)) if *v >= need && t.acked.is_none_or(|a| a < *v) => {
                     report.refused.push((name, why.clone()));
                 }
                 _ if acked => report.acked.push(name),
@@ -330,12 +376,22 @@ impl PushState {
 
     /// Waits until no connected proxy affected by `revision` is pending, or `timeout`.
     pub async fn wait_acks(&self, revision: u64, timeout: Duration) -> AckReport {
+        self.wait_report(timeout, || self.ack_report(revision))
+            .await
+    }
+
+    /// Waits until no connected proxy is pending on its current version, or `timeout`.
+    pub async fn wait_sync(&self, timeout: Duration) -> AckReport {
+        self.wait_report(timeout, || self.sync_report()).await
+    }
+
+    async fn wait_report(&self, timeout: Duration, report: impl Fn() -> AckReport) -> AckReport {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.acks.subscribe();
         loop {
             rx.borrow_and_update();
-            let mut report = self.ack_report(revision);
+            let mut report = report();
             let done = report.pending.is_empty();
             if done || tokio::time::Instant::now() >= deadline {
                 report.timed_out = !done;

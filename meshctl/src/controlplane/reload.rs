@@ -1,7 +1,9 @@
 //! One reload: load every file, check (the same code as `meshctl check`), compile every
 //! proxy, publish the ones whose content changed, write meshdns's records and the VIP table.
 //! An invalid mesh publishes nothing: the errors (file:line:column) go into the report that
-//! `meshctl status` shows, and the last good snapshot keeps serving.
+//! `meshctl status` shows, and the last good snapshot keeps serving. Warnings (what Istio's
+//! API server accepts and `istioctl analyze` flags) never block: the mesh is applied and the
+//! findings are in the report, the reload output and `meshctl status`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,10 @@ pub struct ReloadReport {
     pub errors: Vec<String>,
     /// Number of warnings.
     pub warnings: usize,
+    /// Every warning (what Istio accepts and `istioctl analyze` flags: applied all the same),
+    /// as `file:line:column: warning[CODE]: ...`, as `meshctl check` prints it.
+    #[serde(default)]
+    pub findings: Vec<String>,
     /// What changed in the model (`+`, `-`, `~` lines).
     pub diff: Vec<String>,
     /// Proxies whose config changed.
@@ -126,10 +132,12 @@ impl ReloadCtx {
         report.load_check_ms = t0.elapsed().as_secs_f64() * 1000.0;
         report.watched_files = loaded.mesh.files.clone();
         report.watched_dirs = loaded.mesh.dirs.clone();
-        report.warnings = diags
+        report.findings = diags
             .iter()
             .filter(|d| d.severity == Severity::Warning)
-            .count();
+            .map(|d| d.render(false))
+            .collect();
+        report.warnings = report.findings.len();
         report.errors = diags
             .iter()
             .filter(|d| d.severity == Severity::Error)
@@ -166,6 +174,7 @@ impl ReloadCtx {
             PlacementSpec::Fixed(f) => Box::new(f.clone()),
             PlacementSpec::Container(f) => Box::new(super::ContainerPlacement(f.clone())),
         };
+        let epochs = self.push.epochs();
         let input = CompileInput {
             mesh: &mesh,
             inventory: &inventory,
@@ -173,6 +182,7 @@ impl ReloadCtx {
             placement: placement.as_ref(),
             revision: self.push.revision() + 1,
             trust_domain: &self.trust_domain,
+            epochs: &epochs,
         };
         let compiled = match compile::compile_all(&input) {
             Ok(c) => c,
@@ -265,6 +275,10 @@ pub fn print_report(r: &ReloadReport) {
     for line in &r.diff {
         println!("{line}");
     }
+    // Applied, as Istio applies them; shown so nobody mistakes them for enforced intent.
+    for f in &r.findings {
+        println!("  {f}");
+    }
     if r.changed.is_empty() {
         println!("revision {}: no proxy config changed", r.revision);
     } else {
@@ -309,6 +323,9 @@ pub(crate) async fn run(
         ctx = back;
         let push = ctx.push.clone();
         if push.print {
+            if let Some(note) = &cmd.note {
+                println!("{note}");
+            }
             print_report(&report);
         }
         // Newly watched paths (a new directory, a symlink swap): anything written there

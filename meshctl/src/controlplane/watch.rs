@@ -209,6 +209,7 @@ async fn debounce_loop(
         let cmd = ReloadCmd {
             reply: None,
             trigger: Some(first),
+            note: None,
         };
         if reload.send(cmd).await.is_err() {
             return;

@@ -87,7 +87,7 @@ pub struct LogsArgs {
     pub services: Vec<String>,
 }
 
-fn spec(args: &ProjectArgs) -> ProjectSpec {
+pub(super) fn spec(args: &ProjectArgs) -> ProjectSpec {
     ProjectSpec {
         files: args.files.clone(),
         working_dir: args
@@ -157,10 +157,15 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(130));
         };
         let heal = tokio::spawn(super::heal::watch(project.name().to_string()));
+        let deaths = tokio::spawn(super::heal::watch_deaths(
+            project.name().to_string(),
+            |line| eprintln!("{line}"),
+        ));
         tokio::select! {
             _ = follow_logs(&engine, &outcome.apps, "all") => {}
             _ = &mut interrupted => {}
         }
+        deaths.abort();
         stop_project(&engine, project.name(), &progress).await?;
         heal.abort();
         if let Some(cp) = outcome.control_plane {
@@ -333,6 +338,11 @@ pub struct PsRow {
     pub instance: Option<u32>,
     pub version: String,
     pub state: String,
+    /// Times Docker restarted the container by its restart policy (compose's `restart:`).
+    pub restarts: i64,
+    /// Exit code of its last run, while it is not running (exited, or waiting to be restarted:
+    /// Docker resets it at each start).
+    pub exit_code: Option<i64>,
     /// `healthy`, `unhealthy`, `starting` or empty (no healthcheck).
     pub health: String,
     pub status: String,
@@ -351,34 +361,57 @@ pub struct PsRow {
 pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let spec = spec(project);
     let project = Project::load(&spec)?;
-    let rows = runtime()?.block_on(ps_rows(&project, args.all || args.json))?;
+    let (rows, ca_warnings) = runtime()?.block_on(ps_rows(&project, args.all || args.json))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
+        for w in &ca_warnings {
+            eprintln!("warning: {w}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(
         out,
-        "{:<30} {:<12} {:<10} {:<8} {:<10} {:<10} {:<46} {:<10} PORTS",
-        "NAME", "SERVICE", "MESH", "VERSION", "STATE", "HEALTH", "IDENTITY", "CERT"
+        "{:<30} {:<12} {:<10} {:<8} {:<10} {:<8} {:<10} {:<46} {:<10} PORTS",
+        "NAME", "SERVICE", "MESH", "VERSION", "STATE", "RESTARTS", "HEALTH", "IDENTITY", "CERT"
     )?;
     for r in &rows {
         writeln!(
             out,
-            "{:<30} {:<12} {:<10} {:<8} {:<10} {:<10} {:<46} {:<10} {}",
+            "{:<30} {:<12} {:<10} {:<8} {:<10} {:<8} {:<10} {:<46} {:<10} {}",
             r.name,
             r.service,
             r.mesh_service,
             r.version,
             r.state,
+            r.restarts,
             if r.health.is_empty() { "-" } else { &r.health },
             r.identity,
             cert_cell(r),
             r.ports.join(", ")
         )?;
     }
+    for w in &ca_warnings {
+        eprintln!("warning: {w}");
+    }
     for r in &rows {
+        if r.state == "restarting" || (r.restarts > 0 && r.state != "running") {
+            eprintln!(
+                "warning: {} keeps dying: exited with code {}, restarted {} times by its restart policy (`meshctl logs {}`)",
+                r.name,
+                r.exit_code.map_or("?".to_string(), |c| c.to_string()),
+                r.restarts,
+                r.service
+            );
+        } else if r.restarts > 0 {
+            eprintln!(
+                "warning: {} died and was restarted by its restart policy ({} restart{})",
+                r.name,
+                r.restarts,
+                if r.restarts == 1 { "" } else { "s" }
+            );
+        }
         use crate::controlplane::api::Expiry;
         match (r.cert_expiry, &r.cert_expires) {
             (Some(Expiry::Expiring), Some(at)) => eprintln!(
@@ -410,8 +443,9 @@ fn cert_cell(r: &PsRow) -> String {
     }
 }
 
-/// The rows of `ps`: app containers (and with `all`, sidecars and meshdns).
-pub async fn ps_rows(project: &Project, all: bool) -> anyhow::Result<Vec<PsRow>> {
+/// The rows of `ps`: app containers (and with `all`, sidecars and meshdns); and a warning per
+/// CA certificate near or past expiry.
+pub async fn ps_rows(project: &Project, all: bool) -> anyhow::Result<(Vec<PsRow>, Vec<String>)> {
     let engine = Engine::connect().await?;
     let containers = engine.containers(project.name()).await?;
     let expiry = cert_expiry(&project.state_dir).await;
@@ -448,6 +482,13 @@ pub async fn ps_rows(project: &Project, all: bool) -> anyhow::Result<Vec<PsRow>>
             .map(|h| h.to_string())
             .filter(|h| h != "none" && !h.is_empty())
             .unwrap_or_default();
+        let restarts = inspect.as_ref().and_then(|i| i.restart_count).unwrap_or(0);
+        // Docker resets the exit code when it starts the container again, so it is known
+        // only while the container is not running (exited, or waiting to be restarted).
+        let exit_code = inspect.as_ref().and_then(|i| {
+            let st = i.state.as_ref()?;
+            (st.running != Some(true) || st.restarting == Some(true)).then_some(st.exit_code?)
+        });
         let identity = c.label(LABEL_IDENTITY).to_string();
         let ports = match role {
             Some(Role::App) => sidecar_ports
@@ -465,17 +506,19 @@ pub async fn ps_rows(project: &Project, all: bool) -> anyhow::Result<Vec<PsRow>>
             instance: c.label(LABEL_INSTANCE).parse().ok(),
             version: c.label("version").to_string(),
             state: c.state.clone(),
+            restarts,
+            exit_code,
             health,
             status: c.status.clone(),
             image: c.image.clone(),
             ip: c.label(LABEL_IP).to_string(),
-            cert_expires: expiry.get(&identity).map(|e| e.0.clone()),
-            cert_expiry: expiry.get(&identity).map(|e| e.1),
+            cert_expires: expiry.identities.get(&identity).map(|e| e.0.clone()),
+            cert_expiry: expiry.identities.get(&identity).map(|e| e.1),
             identity,
             ports,
         });
     }
-    Ok(rows)
+    Ok((rows, expiry.ca_warnings))
 }
 
 async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
@@ -505,13 +548,18 @@ async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
     out
 }
 
-/// Certificate expiry per identity from the running control plane (empty when it does not
-/// answer).
-async fn cert_expiry(
-    state_dir: &std::path::Path,
-) -> BTreeMap<String, (String, crate::controlplane::api::Expiry)> {
+/// What `ps` shows of the running control plane's certificates: expiry per identity, and a
+/// warning per CA certificate near or past expiry (empty when it does not answer).
+#[derive(Debug, Default)]
+struct CertReport {
+    identities: BTreeMap<String, (String, crate::controlplane::api::Expiry)>,
+    ca_warnings: Vec<String>,
+}
+
+/// The certificates of the running control plane, for `ps`.
+async fn cert_expiry(state_dir: &std::path::Path) -> CertReport {
     let Ok(client) = crate::controlplane::client::AdminClient::from_state_dir(state_dir) else {
-        return BTreeMap::new();
+        return CertReport::default();
     };
     let asked = tokio::time::timeout(
         Duration::from_secs(3),
@@ -519,19 +567,23 @@ async fn cert_expiry(
     )
     .await;
     let Ok(Ok(status)) = asked else {
-        return BTreeMap::new();
+        return CertReport::default();
     };
-    status
-        .identities
-        .into_iter()
-        .filter_map(|i| {
-            let t = time::OffsetDateTime::from_unix_timestamp(i.not_after).ok()?;
-            let s = t
-                .format(&time::format_description::well_known::Rfc3339)
-                .ok()?;
-            Some((i.identity, (s, i.expiry)))
-        })
-        .collect()
+    let now = crate::ca::unix_secs(std::time::SystemTime::now());
+    CertReport {
+        ca_warnings: crate::controlplane::api::ca_warnings(&status.ca_certificates, now),
+        identities: status
+            .identities
+            .into_iter()
+            .filter_map(|i| {
+                let t = time::OffsetDateTime::from_unix_timestamp(i.not_after).ok()?;
+                let s = t
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok()?;
+                Some((i.identity, (s, i.expiry)))
+            })
+            .collect(),
+    }
 }
 
 /// `meshctl logs`.
@@ -589,6 +641,14 @@ pub fn logs(project: &ProjectArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> 
 }
 
 /// `meshctl __control-plane` (started by `up -d`).
-pub fn control_plane_daemon(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
-    super::cp::daemon(&spec(project))
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Serve the control plane in this process (the supervisor's child); without it, supervise.
+    #[arg(long)]
+    pub serve: bool,
+}
+
+/// `meshctl __control-plane` (started by `up -d`).
+pub fn control_plane_daemon(project: &ProjectArgs, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
+    super::cp::daemon(&spec(project), args.serve)
 }

@@ -113,8 +113,15 @@ pub async fn start_in_process(
         .map_err(|e| DockerError::ControlPlane(e.to_string()))
 }
 
-/// The pid of the process serving this project's control plane, if one is alive.
+/// The pid of the background control plane's supervisor, or else of the process serving this
+/// project's control plane, if one is alive. A supervisor whose control plane is being
+/// restarted counts as running.
 pub fn running(state_dir: &Path) -> Option<u32> {
+    super::supervise::pid(state_dir).or_else(|| serving(state_dir))
+}
+
+/// The pid of the process serving this project's control plane (the state file's), if alive.
+pub fn serving(state_dir: &Path) -> Option<u32> {
     let state = crate::controlplane::admin::read_state(state_dir).ok()?;
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", state.pid)).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
@@ -122,8 +129,9 @@ pub fn running(state_dir: &Path) -> Option<u32> {
     cmdline.contains("meshctl").then_some(state.pid)
 }
 
-/// Stops the project's control plane (SIGTERM, then SIGKILL after 10 s). Returns whether one
-/// was running.
+/// Stops the project's control plane (SIGTERM to its supervisor, which stops the control plane
+/// and exits, or to the control plane itself; SIGKILL after 10 s). Returns whether one was
+/// running.
 pub fn stop(state_dir: &Path) -> bool {
     let Some(pid) = running(state_dir) else {
         return false;
@@ -217,7 +225,10 @@ pub fn spawn_background(
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             )));
         }
-        if crate::controlplane::admin::read_state(&state_dir).is_ok_and(|s| s.pid == pid) {
+        // The state file is written by the supervisor's child, the control plane itself.
+        if crate::controlplane::admin::read_state(&state_dir)
+            .is_ok_and(|s| s.pid == pid || parent_of(s.pid) == Some(pid))
+        {
             // Not waited for: it outlives us. Dropping `child` does not kill it.
             return Ok(pid);
         }
@@ -231,6 +242,13 @@ pub fn spawn_background(
     }
 }
 
+/// The parent pid of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn absolute(dir: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -239,12 +257,23 @@ fn absolute(dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// `meshctl __control-plane`: the background control plane of `up -d`. Reads the placement
-/// file, serves until SIGTERM or SIGINT.
-pub fn daemon(project: &ProjectSpec) -> anyhow::Result<std::process::ExitCode> {
-    use anyhow::Context;
+/// `meshctl __control-plane`: the background control plane of `up -d`, run under its
+/// supervisor (`supervise`), which starts `meshctl __control-plane --serve` and again after a
+/// crash.
+pub fn daemon(project: &ProjectSpec, serve: bool) -> anyhow::Result<std::process::ExitCode> {
     let state_dir = project.working_dir.join(".mesh");
-    let placement = PlacementFile::read(&state_dir)
+    if !serve {
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        args.push("--serve".into());
+        return super::supervise::run(&state_dir, args);
+    }
+    serve_daemon(project, &state_dir)
+}
+
+/// `meshctl __control-plane --serve`: reads the placement file, serves until SIGTERM or SIGINT.
+fn serve_daemon(project: &ProjectSpec, state_dir: &Path) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    let placement = PlacementFile::read(state_dir)
         .with_context(|| format!("no readable {}", state_dir.join(PLACEMENT_FILE).display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -257,7 +286,12 @@ pub fn daemon(project: &ProjectSpec) -> anyhow::Result<std::process::ExitCode> {
             .context("starting the control plane")?;
         println!("control plane listening on {}", cp.local_addr());
         let heal = match super::up::Project::load(project) {
-            Ok(p) => Some(tokio::spawn(super::heal::watch(p.name().to_string()))),
+            Ok(p) => {
+                tokio::spawn(super::heal::watch_deaths(p.name().to_string(), |line| {
+                    println!("{line}")
+                }));
+                Some(tokio::spawn(super::heal::watch(p.name().to_string())))
+            }
             Err(e) => {
                 println!("not watching for restarted sidecars: {e}");
                 None

@@ -163,3 +163,75 @@ pub async fn watch(project: String) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// Watches the engine for deaths of the project's app containers and calls `report` with one
+/// line per death, as compose's foreground `up` prints `<name> exited with code N`: the exit
+/// code, and whether its restart policy restarts it (with the count, and `keeps dying` from
+/// [`super::pod::KEEPS_DYING`] restarts on). Runs until dropped; reconnects to the engine.
+pub async fn watch_deaths(project: String, report: impl Fn(String)) {
+    loop {
+        if let Ok(engine) = Engine::connect().await {
+            let filters = HashMap::from([
+                ("type", vec!["container".to_string()]),
+                ("event", vec!["die".to_string()]),
+                (
+                    "label",
+                    vec![
+                        format!("{LABEL_PROJECT}={project}"),
+                        format!("{LABEL_ROLE}={}", Role::App.as_str()),
+                    ],
+                ),
+            ]);
+            let opts = EventsOptionsBuilder::new().filters(&filters).build();
+            let mut events = engine.docker.events(Some(opts));
+            while let Some(Ok(event)) = events.next().await {
+                let attrs = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                let (Some(name), Some(code)) = (attrs.get("name"), attrs.get("exitCode")) else {
+                    continue;
+                };
+                report(death_line(&engine, name, code).await);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The line for container `name` that exited with `code`.
+async fn death_line(engine: &Engine, name: &str, code: &str) -> String {
+    let inspect = engine
+        .docker
+        .inspect_container(
+            name,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok();
+    let restarts = inspect.as_ref().and_then(|i| i.restart_count).unwrap_or(0);
+    let policy = inspect
+        .as_ref()
+        .and_then(|i| {
+            let name = i
+                .host_config
+                .as_ref()?
+                .restart_policy
+                .as_ref()?
+                .name
+                .as_ref()?;
+            Some(name.to_string())
+        })
+        .unwrap_or_default();
+    let restarting = inspect
+        .as_ref()
+        .and_then(|i| i.state.as_ref()?.restarting)
+        .unwrap_or(false);
+    if !restarting {
+        return format!("{name} exited with code {code}");
+    }
+    if restarts >= super::pod::KEEPS_DYING {
+        format!(
+            "{name} keeps dying: exited with code {code}, restarted {restarts} times by its restart policy ({policy})"
+        )
+    } else {
+        format!("{name} exited with code {code}; restarting it per its restart policy ({policy})")
+    }
+}

@@ -63,10 +63,22 @@ pub async fn create_and_start(
     Ok(created.id)
 }
 
+/// Restarts by its restart policy after which an app that still dies is reported as dying
+/// (`up` fails instead of waiting out its timeout).
+pub const KEEPS_DYING: i64 = 3;
+
 /// State of a container as start-up cares about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Life {
-    Running { health: Option<HealthStatusEnum> },
+    Running {
+        health: Option<HealthStatusEnum>,
+    },
+    /// Exited with `code` and about to be started again by its restart policy, which has
+    /// done so `restarts` times.
+    Restarting {
+        code: i64,
+        restarts: i64,
+    },
     Exited(i64),
     Other(String),
 }
@@ -82,7 +94,13 @@ pub async fn life(engine: &Engine, id: &str) -> Result<Life, DockerError> {
         .await
         .map_err(DockerError::api(format!("inspecting container {id}")))?;
     let state = c.state.unwrap_or_default();
-    if state.running == Some(true) && state.restarting != Some(true) {
+    if state.restarting == Some(true) {
+        return Ok(Life::Restarting {
+            code: state.exit_code.unwrap_or(-1),
+            restarts: c.restart_count.unwrap_or(0),
+        });
+    }
+    if state.running == Some(true) {
         return Ok(Life::Running {
             health: state.health.and_then(|h| h.status),
         });
@@ -164,7 +182,8 @@ pub enum Ready {
 }
 
 /// Waits until the container reaches `want`; an exit (other than a wanted completion) is an
-/// error with its last log lines.
+/// error with its last log lines, and so is an app its restart policy has restarted
+/// [`KEEPS_DYING`] times and that died again (exit code and restart count).
 pub async fn wait_app(
     engine: &Engine,
     name: &str,
@@ -177,6 +196,14 @@ pub async fn wait_app(
         match (life(engine, id).await?, want) {
             (Life::Exited(0), Ready::Completed) => return Ok(()),
             (Life::Exited(code), _) => return Err(exited(engine, name, id, code).await),
+            (Life::Restarting { code, restarts }, _) if restarts >= KEEPS_DYING => {
+                return Err(DockerError::KeepsDying {
+                    container: name.to_string(),
+                    code,
+                    restarts,
+                    logs: engine.tail_logs(id, 20).await,
+                });
+            }
             (Life::Running { .. }, Ready::Started) => return Ok(()),
             (Life::Running { health: None }, Ready::Healthy)
             | (

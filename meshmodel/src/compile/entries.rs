@@ -162,6 +162,7 @@ pub(super) fn add_entries(
                             .map(|t| UpstreamTls { port: None, ..t })
                             .into_iter()
                             .collect(),
+                        epoch: None,
                     })
                 })
                 .collect();

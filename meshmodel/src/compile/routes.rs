@@ -306,6 +306,13 @@ pub fn compile_routes(
             .iter()
             .find(|(ns, dr)| host_rank(&dr.spec.host, ns, &d.host).is_some())
             .map(|(_, dr)| &dr.spec);
+        if let Some(s) = &d.subset
+            && dr.and_then(|dr| dr.subset(s)).is_none()
+        {
+            // A subset no DestinationRule defines has no cluster: requests there get 503 NR,
+            // as on Istio (`meshctl check` reports MESH0102).
+            continue;
+        }
         add_cluster(
             &mut clusters,
             inventory,

@@ -34,10 +34,23 @@ pub fn merge(base: ComposeFile, over: ComposeFile) -> ComposeFile {
             &mut base_mesh.certificate_lifetime,
             over_mesh.certificate_lifetime,
         );
+        set(&mut base_mesh.access_log_file, over_mesh.access_log_file);
+        set(
+            &mut base_mesh.access_log_encoding,
+            over_mesh.access_log_encoding,
+        );
+        set(&mut base_mesh.default_config, over_mesh.default_config);
+        set(
+            &mut base_mesh.default_providers,
+            over_mesh.default_providers,
+        );
         // A list set in the later file replaces the earlier one, as Istio's MeshConfig
         // overlays do.
         if !over_mesh.trust_domain_aliases.is_empty() {
             base_mesh.trust_domain_aliases = over_mesh.trust_domain_aliases;
+        }
+        if !over_mesh.extension_providers.is_empty() {
+            base_mesh.extension_providers = over_mesh.extension_providers;
         }
     }
     out.extensions.extend(over.extensions);

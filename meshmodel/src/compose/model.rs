@@ -75,6 +75,26 @@ pub struct MeshSettings {
     /// the CLI renew at half of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_lifetime: Option<ComposeDuration>,
+    /// Where proxies write access logs (MeshConfig `accessLogFile`): `/dev/stdout` turns them
+    /// on for every proxy, empty or absent leaves them off (Istio's default); no other file.
+    /// Telemetry `accessLogging` turns them off or on per workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_file: Option<String>,
+    /// Access log line format (MeshConfig `accessLogEncoding`): `TEXT` (default) or `JSON`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_encoding: Option<meshapi::telemetry::access_log::AccessLogEncoding>,
+    /// MeshConfig `defaultConfig`: only `tracing.sampling` (percentage of new traces sampled,
+    /// default 1) is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<super::observability::ProxyDefaults>,
+    /// MeshConfig `extensionProviders`: `opentelemetry` entries exporting over OTLP/HTTP
+    /// (`http:` required). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension_providers: Vec<super::observability::ExtensionProvider>,
+    /// MeshConfig `defaultProviders`: `tracing` names the extension provider every workload
+    /// exports spans to (Telemetry `tracing.providers` overrides). Default none: no export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_providers: Option<super::observability::DefaultProviders>,
 }
 
 /// Default of `x-mesh.certificateLifetime`: 24 h, Istio's.

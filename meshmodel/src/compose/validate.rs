@@ -115,6 +115,7 @@ impl ComposeFile {
                 errors.push(FieldError::new(at, format!("{alias:?} is listed twice")));
             }
         }
+        super::observability::validate(m, &mut errors);
         errors
     }
 

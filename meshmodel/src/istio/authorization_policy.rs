@@ -345,13 +345,6 @@ impl AuthorizationPolicy {
                 "it names the external authorizer of a CUSTOM policy, and CUSTOM is not supported",
             );
         }
-        if action == Action::Deny && spec.rules.is_empty() {
-            r.error_hint(
-                "spec.rules",
-                "a DENY policy without rules never matches",
-                "add an empty rule `rules: [{}]` to deny every request",
-            );
-        }
         if let Some(v) = self.metadata.annotations.get(DRY_RUN_ANNOTATION) {
             let p = format!("metadata.annotations.{DRY_RUN_ANNOTATION}");
             if parse_bool(v).is_none() {

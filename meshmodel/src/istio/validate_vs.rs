@@ -395,8 +395,7 @@ fn validate_headers(r: &mut Report, p: &str, h: &Headers) {
 }
 
 fn check_header_ops(r: &mut Report, p: &str, ops: &HeaderOperations, request: bool) {
-    let is_authority =
-        |n: &str| n.eq_ignore_ascii_case(":authority") || n.eq_ignore_ascii_case("host");
+    use meshapi::traffic::is_authority_header as is_authority;
     for (op, map) in [("set", &ops.set), ("add", &ops.add)] {
         for (name, value) in map {
             let hp = format!("{p}.{op}.{name}");
@@ -404,6 +403,12 @@ fn check_header_ops(r: &mut Report, p: &str, ops: &HeaderOperations, request: bo
                 r.error(&hp, "header name must not be empty");
             } else if request && is_authority(name) {
                 // Rewriting the authority through headers is allowed on requests.
+            } else if meshapi::headers::is_reserved(name) {
+                r.error_hint(
+                    &hp,
+                    format!("header {name:?} is reserved by meshctl's proxies"),
+                    "the proxies set and strip it themselves; use another name (x-mesh-* is free)",
+                );
             } else if name.starts_with(':') {
                 r.error(
                     &hp,

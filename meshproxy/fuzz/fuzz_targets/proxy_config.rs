@@ -1,11 +1,8 @@
-//! The config loader must refuse, never panic, whatever the file holds.
+//! Fuzz target `proxy_config`: see `../checks/proxy_config.rs` (also replayed on stable by the
+//! regression test over `fuzz/seeds/proxy_config` and `fuzz/regressions/proxy_config`).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        if let Ok(cfg) = meshapi::proxy::ProxyConfig::from_str_checked(s) {
-            let _ = cfg.redacted();
-        }
-    }
-});
+#[path = "../checks/proxy_config.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check(data));

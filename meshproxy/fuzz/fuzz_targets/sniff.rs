@@ -1,12 +1,8 @@
-//! The protocol sniffer and SNI port parser must never panic on peer-controlled bytes.
+//! Fuzz target `sniff`: see `../checks/sniff.rs` (also replayed on stable by the
+//! regression test over `fuzz/seeds/sniff` and `fuzz/regressions/sniff`).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Some(first) = data.first() {
-        let _ = meshproxy::inbound::classify(*first);
-    }
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = meshproxy::tls::port_from_sni(s);
-    }
-});
+#[path = "../checks/sniff.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check(data));

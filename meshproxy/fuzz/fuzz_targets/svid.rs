@@ -1,7 +1,8 @@
-//! The SVID checker parses peer certificates: arbitrary DER must be refused, never panic.
+//! Fuzz target `svid`: see `../checks/svid.rs` (also replayed on stable by the
+//! regression test over `fuzz/seeds/svid` and `fuzz/regressions/svid`).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = meshproxy::tls::check_svid(data);
-});
+#[path = "../checks/svid.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check(data));

@@ -2,7 +2,9 @@
 //! requests (LEAST_REQUEST), outlier detection (ejections), the connection-pool circuit
 //! breaker and connection slots, and what `/config_dump` and `/stats/prometheus` show of them.
 //! Built per config from the route table; a cluster whose endpoints and policy did not change
-//! keeps its state across a reload.
+//! keeps its state across a reload. An endpoint whose proxy reports a new start epoch
+//! ([`Endpoint::epoch`]) is the same endpoint restarted: its cluster keeps its state, and the
+//! endpoint is taken back from outlier ejection at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -38,6 +40,11 @@ pub struct ClusterState {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Each endpoint's pool key, built once.
     keys: Vec<Arc<PoolKey>>,
+    /// Whether the endpoints are mesh proxies (have an identity): requests to them carry
+    /// this proxy's workload ([`crate::telemetry::PEER_HEADER`]).
+    pub to_mesh: bool,
+    /// Each endpoint as a destination in metric labels, built once.
+    parties: Vec<Arc<crate::telemetry::Party>>,
     pub policy: ClusterPolicy,
     /// Whether requests multiplex on HTTP/2 upstream (`http2`/`grpc` ports, or
     /// `h2UpgradePolicy: UPGRADE`); otherwise each active request holds one of
@@ -84,19 +91,27 @@ impl ClusterState {
                 })
             })
             .collect();
+        let parties = endpoints
+            .iter()
+            .map(|e| Arc::new(crate::telemetry::Party::of_endpoint(e)))
+            .collect();
         ClusterState {
+            to_mesh: endpoints.iter().any(|e| e.identity.is_some()),
             name,
             service: Arc::from(service),
             keys,
+            parties,
             port: cluster.port,
             balancer: Balancer::new(&cluster.policy, &weighted),
             breaker: Arc::new(CircuitBreaker::new(limits)),
             slots: Arc::new(Semaphore::new(slots)),
-            outlier: cluster
-                .policy
-                .outlier_detection
-                .clone()
-                .map(|o| Mutex::new(OutlierDetector::new(o, n))),
+            outlier: cluster.policy.outlier_detection.clone().map(|o| {
+                let mut d = OutlierDetector::new(o, n);
+                for (i, e) in endpoints.iter().enumerate() {
+                    d.observe_epoch(i, e.epoch, Duration::ZERO);
+                }
+                Mutex::new(d)
+            }),
             active: (0..n).map(|_| AtomicU32::new(0)).collect(),
             joined: vec![now; n],
             epoch: now,
@@ -106,6 +121,11 @@ impl ClusterState {
             retries: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
         }
+    }
+
+    /// Endpoint `i` as a destination in metric labels.
+    pub fn party(&self, i: usize) -> Option<Arc<crate::telemetry::Party>> {
+        self.parties.get(i).cloned()
     }
 
     fn now(&self) -> Duration {
@@ -146,6 +166,23 @@ impl ClusterState {
                 endpoint = %self.endpoints.get(i).map(|e| e.address.to_string()).unwrap_or_default(),
                 "outlier detection ejected an endpoint"
             );
+        }
+    }
+
+    /// Takes in the start epochs of `endpoints` (this cluster's list, in a new config): an
+    /// ejected endpoint whose proxy restarted is taken back at once.
+    fn observe_epochs(&self, endpoints: &[Arc<Endpoint>]) {
+        let Some(o) = &self.outlier else { return };
+        let now = self.now();
+        let Ok(mut o) = o.lock() else { return };
+        for (i, e) in endpoints.iter().enumerate() {
+            if o.observe_epoch(i, e.epoch, now) {
+                tracing::info!(
+                    cluster = %self.name,
+                    endpoint = %e.address,
+                    "endpoint's proxy restarted: taken back from outlier ejection"
+                );
+            }
         }
     }
 
@@ -381,9 +418,11 @@ pub fn build_clusters(
                 None => (c.host.clone(), Vec::new()),
             };
             if let Some(old) = prev.get(name.as_str())
-                && old.endpoints == endpoints
+                && old.endpoints.len() == endpoints.len()
+                && (old.endpoints.iter().zip(&endpoints)).all(|(a, b)| a.same_but_epoch(b))
                 && old.policy == c.policy
             {
+                old.observe_epochs(&endpoints);
                 return Arc::clone(old);
             }
             let multiplexed = matches!(

@@ -75,22 +75,23 @@ pub fn route_connection(
     cluster.pick_target(rand::random())
 }
 
+/// Applies header operations; `Host` / `:authority` are left out: they rewrite the authority
+/// ([`Forward::upstream_authority`]), not a header.
 fn apply_ops(h: &mut HeaderMap, ops: &HeaderOps) {
-    for (k, v) in &ops.set {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            h.insert(k, v);
+    let valid = |(k, v): &(String, String)| {
+        if meshapi::traffic::is_authority_header(k) {
+            return None;
         }
+        Some((
+            HeaderName::try_from(k.as_str()).ok()?,
+            HeaderValue::try_from(v.as_str()).ok()?,
+        ))
+    };
+    for (k, v) in ops.set.iter().filter_map(valid) {
+        h.insert(k, v);
     }
-    for (k, v) in &ops.add {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
-        ) {
-            h.append(k, v);
-        }
+    for (k, v) in ops.add.iter().filter_map(valid) {
+        h.append(k, v);
     }
     for k in &ops.remove {
         h.remove(k.as_str());
@@ -215,7 +216,7 @@ pub async fn forward(
         return Ok(LocalReply::FaultAbort(abort).render());
     }
 
-    let cluster = d.cluster.ok_or_else(|| ProxyError::NoRoute {
+    let cluster = d.cluster.ok_or_else(|| ProxyError::NoCluster {
         target: format!(
             "{}:{}",
             d.f.destination.destination.host,
@@ -229,13 +230,21 @@ pub async fn forward(
     } else {
         ReqBody::streaming(body)
     };
-    let head = upstream_head(&d.f, parts, authority, &path_and_query)?;
+    let mut head = upstream_head(&d.f, parts, authority, &path_and_query)?;
+    if cluster.to_mesh {
+        // Istio's metadata exchange: the server side labels its metrics with our workload.
+        head.headers.insert(
+            HeaderName::from_static(crate::telemetry::PEER_HEADER),
+            snap.telemetry.local.header.clone(),
+        );
+    }
     if mirrored {
         mirror(shared, &snap, &d.f, port, &head, &body, cluster);
     }
 
     let deadline = d.f.timeout().map(|t| tokio::time::Instant::now() + t);
     let hash = d.hash.as_ref().and_then(|h| h.hash);
+    let sent_at = std::time::Instant::now();
     let send = send_with_retries(shared, &snap, cluster, hash, retries, head, &mut body);
     let resp = match deadline {
         Some(at) => match tokio::time::timeout_at(at, send).await {
@@ -248,7 +257,14 @@ pub async fn forward(
         },
         None => send.await?,
     };
-    Ok(finish_response(resp, &d))
+    let mut resp = finish_response(resp, &d);
+    resp.extensions_mut()
+        .insert(crate::telemetry::UpstreamFacts {
+            route: d.f.rule.name.clone(),
+            service_time: Some(sent_at.elapsed()),
+            ..Default::default()
+        });
+    Ok(resp)
 }
 
 /// The head to send upstream: hop-by-hop and internal headers stripped, the rule's request

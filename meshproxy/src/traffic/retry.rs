@@ -98,8 +98,10 @@ enum Tried {
     Failed(ProxyError, AttemptOutcome),
 }
 
-/// A `503 UF` from the endpoint's own proxy (an authenticated mesh peer): it could not connect
-/// to its application, so nothing was processed.
+/// A `503 UF` from the endpoint's own proxy: it could not connect to its application, so
+/// nothing was processed. The flag can only be there from a verified peer proxy: [`try_once`]
+/// removes reserved headers from every other response, and the peer's inbound side removes
+/// them from its application's.
 fn peer_could_not_connect(r: &Response<Body>) -> bool {
     r.status() == StatusCode::SERVICE_UNAVAILABLE
         && r.headers().get(FLAGS_HEADER).is_some_and(|v| v == "UF")
@@ -200,7 +202,13 @@ async fn try_once(
         None => send.await.map_err(Some),
     };
     match res {
-        Ok(resp) => Tried::Response(resp),
+        Ok(mut resp) => {
+            if !target.is_verified_peer() {
+                // An application or a host outside the mesh cannot flag its own response.
+                crate::http::strip_reserved(resp.headers_mut());
+            }
+            Tried::Response(resp)
+        }
         Err(None) => Tried::Failed(
             ProxyError::Timeout {
                 service: attempts.cluster.name.clone(),
@@ -327,7 +335,12 @@ pub(super) async fn send_with_retries(
             cluster.breaker_release(PoolResource::Retry);
         }
         if head.is_none() || !a.retry_allowed(&outcome, body) {
-            return finish(tried, (permit, active, request), a.exhausted(&outcome));
+            let mut resp = finish(tried, (permit, active, request), a.exhausted(&outcome))?;
+            resp.extensions_mut().insert(crate::telemetry::Upstream {
+                cluster: Arc::clone(cluster),
+                endpoint: i,
+            });
+            return Ok(resp);
         }
         drop((permit, active));
         if let Tried::Response(r) = tried {

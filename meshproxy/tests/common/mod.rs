@@ -217,13 +217,8 @@ pub async fn mtls_connect(
         .ok()
 }
 
-/// The route table of compose service `client`, compiled from a compose file and Istio
-/// `policies` by the real compiler, as the control plane does.
-pub fn compiled_route_table(
-    compose: &str,
-    policies: &str,
-    client: &str,
-) -> meshapi::traffic::RouteTable {
+/// Loads a compose file and Istio `policies` as the control plane does (no errors allowed).
+fn load_project(compose: &str, policies: &str) -> meshmodel::load::Loaded {
     use meshmodel::load::{LoadOptions, load};
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
@@ -232,6 +227,17 @@ pub fn compiled_route_table(
     opts.env = Box::new(std::collections::BTreeMap::<String, String>::new());
     let loaded = load(&opts);
     assert!(!loaded.has_errors(), "{:#?}", loaded.diagnostics);
+    loaded
+}
+
+/// The route table of compose service `client`, compiled from a compose file and Istio
+/// `policies` by the real compiler, as the control plane does.
+pub fn compiled_route_table(
+    compose: &str,
+    policies: &str,
+    client: &str,
+) -> meshapi::traffic::RouteTable {
+    let loaded = load_project(compose, policies);
     let inv = meshmodel::model::Inventory::from_compose(loaded.mesh.compose.as_ref());
     let me = inv
         .workloads
@@ -239,4 +245,33 @@ pub fn compiled_route_table(
         .find(|w| w.compose_name == client)
         .unwrap();
     meshmodel::compile::routes::compile_routes(&loaded.mesh, &inv, me).unwrap()
+}
+
+/// The `authorization` section the compiler writes into compose service `workload`'s
+/// config (`None` when it writes none).
+pub fn compiled_authorization(
+    compose: &str,
+    policies: &str,
+    workload: &str,
+) -> Option<meshapi::authz::WorkloadPolicy> {
+    use meshmodel::compile::{CompileInput, DEFAULT_HOST_BASE_PORT, HostPlacement, ProxyKey};
+    let loaded = load_project(compose, policies);
+    let mesh = loaded.mesh;
+    let inv = meshmodel::model::Inventory::from_compose(mesh.compose.as_ref());
+    let mut vips = meshapi::dns::VipAllocator::new(meshapi::dns::VipRange::default());
+    vips.sync(
+        inv.services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str())),
+    )
+    .unwrap();
+    let placement = HostPlacement::new(&inv, DEFAULT_HOST_BASE_PORT);
+    let input = CompileInput::new(&mesh, &inv, &vips, &placement, 1);
+    let key = ProxyKey {
+        workload: workload.into(),
+        instance: 0,
+    };
+    meshmodel::compile::compile_proxy(&input, &key)
+        .unwrap()
+        .authorization
 }
