@@ -98,6 +98,27 @@ fn bad_rules_are_refused_at_their_line_and_column() {
             "not supported by meshctl: timeout",
         ),
         (
+            "  jwtRules:\n  - issuer: a\n    jwksUri: http://k/j\n    jwks: '{}'\n",
+            "spec.jwtRules[0]",
+            6,
+            5,
+            "only one of jwks or jwksUri can be set",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    jwks_uri: http://k/j\n    presence: REQUIRED\n",
+            "spec.jwtRules[0].presence",
+            8,
+            5,
+            "not supported by meshctl: presence REQUIRED",
+        ),
+        (
+            "  jwtRules:\n  - issuer: a\n    jwks_uri: http://k/j\n    spaceDelimitedClaims: [scope]\n",
+            "spec.jwtRules[0].spaceDelimitedClaims",
+            8,
+            5,
+            "not supported by meshctl: spaceDelimitedClaims",
+        ),
+        (
             "  selector: {matchLabels: {app: backend}}\n  targetRef: {kind: Service, name: backend}\n",
             "spec",
             4,
@@ -184,7 +205,7 @@ fn rules_reach_the_workloads_they_select_with_defaults_written_out() {
         "apiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata: {{name: mesh-wide, namespace: istio-system}}\n\
          spec:\n  jwtRules:\n  - issuer: mesh\n    jwksUri: http://keys.internal/jwks\n---\n\
          apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: backend-only, namespace: default}}\n\
-         spec:\n  selector: {{matchLabels: {{app: backend}}}}\n  jwtRules:\n  - issuer: local\n    jwks: '{JWKS}'\n    jwksUri: http://ignored/jwks\n\
+         spec:\n  selector: {{matchLabels: {{app: backend}}}}\n  jwtRules:\n  - issuer: local\n    jwks: '{JWKS}'\n\
          \x20   fromHeaders: [{{name: X-Token}}]\n    outputClaimToHeaders: [{{header: X-Sub, claim: sub}}]\n"
     );
     let configs = compile(&policies);
@@ -213,7 +234,7 @@ fn rules_reach_the_workloads_they_select_with_defaults_written_out() {
     let local = &be[1];
     assert!(
         local.jwks.is_some() && local.jwks_uri.is_none(),
-        "inline jwks wins"
+        "inline keys stay inline"
     );
     assert_eq!(local.from_headers[0].name, "x-token");
     assert_eq!(local.from_headers[0].prefix, "");

@@ -104,12 +104,12 @@ fn compile_rule(j: &ra::JwtRule, source: String) -> JwtRule {
         source,
         issuer: j.issuer.clone(),
         audiences: j.audiences.clone(),
-        // Inline keys win over a URI, as in Istio.
+        // Validation lets at most one of them through.
         jwks: j.jwks.clone(),
         jwks_uri: if j.jwks.is_some() {
             None
         } else {
-            j.jwks_uri.clone()
+            j.uri().map(str::to_string)
         },
         from_headers,
         from_params,

@@ -60,8 +60,11 @@ pub struct JwtRule {
     /// Where the proxy fetches the public keys (JWKS), `http://` or `https://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
-    /// The public keys inline (a JWKS JSON document); used instead of `jwksUri` when both are
-    /// set, as Istio does.
+    /// The legacy spelling of `jwksUri`, still in Istio's schema.
+    #[serde(default, rename = "jwks_uri", skip_serializing_if = "Option::is_none")]
+    pub jwks_uri_legacy: Option<String>,
+    /// The public keys inline (a JWKS JSON document). At most one of `jwks`, `jwksUri` and
+    /// `jwks_uri`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<String>,
     /// Headers with the token. Default (with `fromParams` and `fromCookies` empty):
@@ -86,6 +89,28 @@ pub struct JwtRule {
     /// The JWKS fetch timeout. Not supported by meshctl.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// `OPTIONAL` (default: a request without a token passes) or `REQUIRED`. `REQUIRED` is not
+    /// supported by meshctl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Presence>,
+    /// Claims read as space-delimited lists. Not supported by meshctl.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub space_delimited_claims: Vec<String>,
+}
+
+/// `presence` of a jwtRule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Presence {
+    Optional,
+    Required,
+}
+
+impl JwtRule {
+    /// `jwksUri`, or its legacy spelling `jwks_uri`.
+    pub fn uri(&self) -> Option<&str> {
+        self.jwks_uri.as_deref().or(self.jwks_uri_legacy.as_deref())
+    }
 }
 
 /// A header a token is read from.
@@ -162,10 +187,16 @@ fn validate_rule(r: &mut Report, p: &str, rule: &JwtRule) {
             r.error(format!("{p}.audiences[{i}]"), "audience must not be empty");
         }
     }
-    if let Some(u) = &rule.jwks_uri {
+    let set = usize::from(rule.jwks.is_some())
+        + usize::from(rule.jwks_uri.is_some())
+        + usize::from(rule.jwks_uri_legacy.is_some());
+    if set > 1 {
+        r.error(p, "only one of jwks or jwksUri can be set");
+    }
+    if let Some(u) = rule.uri() {
         if let Err(e) = check_jwks_uri(u) {
             r.error(format!("{p}.jwksUri"), e);
-        } else if u.starts_with("https://") && rule.jwks.is_none() {
+        } else if u.starts_with("https://") {
             r.unsupported(
                 format!("{p}.jwksUri"),
                 "an https jwksUri",
@@ -179,7 +210,7 @@ fn validate_rule(r: &mut Report, p: &str, rule: &JwtRule) {
                 r.error(format!("{p}.jwks"), e.to_string());
             }
         }
-        None if rule.jwks_uri.is_none() => r.unsupported(
+        None if rule.uri().is_none() => r.unsupported(
             format!("{p}.jwksUri"),
             "a jwtRule without jwks or jwksUri",
             "the keys would come from the issuer's OpenID discovery document; give jwksUri or jwks",
@@ -224,6 +255,20 @@ fn validate_rule(r: &mut Report, p: &str, rule: &JwtRule) {
         if c.claim.is_empty() {
             r.error(format!("{cp}.claim"), "claim must be set");
         }
+    }
+    if rule.presence == Some(Presence::Required) {
+        r.unsupported(
+            format!("{p}.presence"),
+            "presence REQUIRED",
+            "a request without a token passes authentication; require one with an AuthorizationPolicy `requestPrincipals: [\"*\"]`",
+        );
+    }
+    if !rule.space_delimited_claims.is_empty() {
+        r.unsupported(
+            format!("{p}.spaceDelimitedClaims"),
+            "spaceDelimitedClaims",
+            "claims are matched as strings or lists of strings",
+        );
     }
     if rule.timeout.is_some() {
         r.unsupported(
