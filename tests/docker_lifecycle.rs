@@ -108,7 +108,7 @@ async fn a_killed_app_is_restarted_by_its_policy_and_serves_through_the_mesh_aga
 
     // Docker restarts it into its sidecar's namespace: v1 answers through the mesh (STRICT
     // mTLS via both sidecars) again, so the restarted app is still behind its sidecar.
-    let mut last = String::new();
+    let mut last: String;
     meshtest::assert_eventually!(
         {
             let r = get(seed.port, "/").await;
@@ -207,7 +207,7 @@ async fn a_killed_control_plane_comes_back_by_itself_and_no_request_fails() {
 
     // No user command: the supervisor restarts it; `status` works again and shows every
     // proxy resynced (ACK of its version) in the new epoch.
-    let mut last = serde_json::Value::Null;
+    let mut last: serde_json::Value;
     meshtest::assert_eventually!(
         {
             let seed_ref = &seed;

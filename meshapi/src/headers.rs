@@ -38,6 +38,7 @@ mod tests {
     fn only_the_exact_names_are_reserved() {
         assert!(is_reserved("x-meshctl-response-flags"));
         assert!(is_reserved("X-Meshctl-Framing-Error"));
+        assert!(is_reserved("x-meshctl-peer"));
         for free in [
             "x-mesh-anything",
             "x-mesh-response-flags",

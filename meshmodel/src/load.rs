@@ -33,10 +33,10 @@ pub const MESH_FILE_NAME: &str = "mesh.yaml";
 pub const MESH_DIR_NAME: &str = "mesh";
 
 /// Unserved kinds still reported as a warning, not an error, while they are being made
-/// served (issue 15: Sidecar; issue 14: Telemetry). Every other kind
+/// served (issue 15: Sidecar). Every other kind
 /// meshctl does not enforce is an error with its name: a resource that is read and then not
 /// enforced would make its author believe it holds.
-const BEING_SERVED: [&str; 2] = ["Sidecar", "Telemetry"];
+const BEING_SERVED: [&str; 1] = ["Sidecar"];
 
 /// Stable codes of load problems; analysis codes live in [`crate::check`].
 pub mod codes {

@@ -360,8 +360,7 @@ fn unserved_kinds_are_errors_by_name_except_those_being_made_served() {
         ),
         ("apps/v1", "Deployment", Severity::Error),
         ("v1", "Service", Severity::Error),
-        // Being made served in parallel (issue 15); RequestAuthentication and Telemetry are
-        // served now.
+        // Being made served in parallel (issue 15); RequestAuthentication is served now.
         ("networking.istio.io/v1", "Sidecar", Severity::Warning),
     ];
     for (api_version, kind, want) in cases {

@@ -292,6 +292,7 @@ mod tests {
         h.insert(XFCC, HeaderValue::from_static("By=evil"));
         h.insert("x-meshctl-response-flags", HeaderValue::from_static("UF"));
         h.insert("x-meshctl-framing-error", HeaderValue::from_static("both"));
+        h.insert("x-meshctl-peer", HeaderValue::from_static("workload=admin"));
         h.insert("x-mesh-anything", HeaderValue::from_static("kept"));
         strip_internal(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");

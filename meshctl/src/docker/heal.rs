@@ -10,6 +10,10 @@
 //! start events of the project's sidecars ([`watch`]), and `up` checks every pod it keeps
 //! ([`stale_app`]). The restarted sidecar gets its certificate again with its pod token
 //! (`ca::token`).
+//!
+//! Apps that die are restarted by Docker per compose's `restart:`; [`watch_deaths`] reports
+//! each death (exit code, restarts, `keeps dying`) for a foreground `up` and the background
+//! control plane's log.
 
 use std::collections::HashMap;
 use std::time::Duration;

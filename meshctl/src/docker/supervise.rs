@@ -7,7 +7,9 @@
 //! doubling to 10 s; back to 200 ms once a child has served a minute), as Docker's `always`
 //! restart policy or systemd's `Restart=on-failure` would. The restarted control plane reads
 //! the same state (`.mesh/ca/`, `.mesh/tokens.json`, `.mesh/vips.json`, the placement file),
-//! listens on the same address, and its new epoch makes every proxy resync.
+//! listens on the same address, and its new epoch makes every proxy resync. A first start
+//! that fails before serving is not retried: the supervisor exits 1 and `up -d` reports the
+//! log's last lines.
 //!
 //! SIGTERM or SIGINT to the supervisor is passed to the child; the supervisor exits once the
 //! child has stopped. A child that exits 0 (stopped with SIGTERM by someone else) ends the
@@ -61,14 +63,19 @@ pub fn run(state_dir: &Path, child_args: Vec<std::ffi::OsString>) -> anyhow::Res
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(supervise(exe, child_args))
+    rt.block_on(supervise(state_dir, exe, child_args))
 }
 
-async fn supervise(exe: PathBuf, args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
+async fn supervise(
+    state_dir: &Path,
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut attempt = 0u32;
+    let mut first = true;
     loop {
         let started = Instant::now();
         let mut child = tokio::process::Command::new(&exe)
@@ -89,6 +96,16 @@ async fn supervise(exe: PathBuf, args: Vec<std::ffi::OsString>) -> anyhow::Resul
             println!("supervisor: the control plane stopped; exiting");
             return Ok(ExitCode::SUCCESS);
         }
+        // A first start that never got ready (its state file names it once it serves) is a
+        // configuration error, not a crash: restarting would only hide it from `up`, which
+        // reports this log's last lines when the supervisor exits.
+        let served = crate::controlplane::admin::read_state(state_dir)
+            .is_ok_and(|s| Some(s.pid) == child_pid);
+        if first && !served {
+            println!("supervisor: the control plane failed to start ({status}); exiting");
+            return Ok(ExitCode::FAILURE);
+        }
+        first = false;
         if started.elapsed() >= HEALTHY_RUN {
             attempt = 0;
         }
