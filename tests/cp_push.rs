@@ -521,12 +521,12 @@ async fn cli_status_and_apply_wait_exit_codes() {
     assert_eq!(status.proxies[1].nacked, Some(version));
     proxy.stop.send_replace(true);
     cp.shutdown().await;
-    // Without a running control plane the CLI says how to start one.
+    // Without a running control plane the CLI says how to start one (a failure: exit 1).
     let d = dir.path().to_path_buf();
     let (code, out) = tokio::task::spawn_blocking(move || meshctl(&d, &["status"]))
         .await
         .unwrap();
-    assert_eq!(code, 2);
+    assert_eq!(code, 1);
     assert!(out.contains("meshctl serve"), "{out}");
 }
 

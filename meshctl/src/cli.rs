@@ -53,7 +53,7 @@ pub enum Command {
     /// Print the merged, normalized model (like `docker compose config`).
     Config {
         #[command(flatten)]
-        out: OutputArgs,
+        args: ConfigArgs,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -105,23 +105,96 @@ pub enum Command {
         file: FileArgs,
     },
     /// List the project's containers: service, mesh service, version, state, health,
-    /// identity and certificate expiry, published ports.
+    /// identity and certificate expiry, published ports. Works by the project's labels, with
+    /// broken files or none (`-p NAME`).
     Ps {
         #[command(flatten)]
-        args: crate::docker::commands::PsArgs,
+        args: crate::docker::ps::PsArgs,
         #[command(flatten)]
         file: FileArgs,
     },
     /// Show the apps' logs (with --proxy, the sidecars' too). `-f` is `--follow` here, as in
     /// docker compose; give files before the subcommand (`meshctl -f a.yaml logs -f`) or
     /// with `--file`.
-    Logs(crate::docker::commands::LogsArgs),
+    Logs(crate::docker::logs::LogsArgs),
+    /// Stop the project's containers without removing them (apps, then their sidecars);
+    /// `start` starts them again. The control plane keeps running.
+    Stop {
+        #[command(flatten)]
+        args: crate::docker::lifecycle::StopArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Start the project's stopped containers (meshdns, each sidecar until ready, the apps).
+    Start {
+        #[command(flatten)]
+        args: crate::docker::lifecycle::StartArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Stop, then start the project's containers (or those of the named services).
+    Restart {
+        #[command(flatten)]
+        args: crate::docker::lifecycle::RestartArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Build (or rebuild) every image `up` needs: compose `build:`, the sidecar runtime image,
+    /// the workspace's demo images.
+    Build {
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// List the projects on this Docker engine (from the containers' labels).
+    Ls(crate::docker::lifecycle::LsArgs),
+    /// Show meshctl's version.
+    Version(VersionArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages: meshctl.1 on stdout, or every page (meshctl-<command>.1) into
+    /// --dir.
+    Man {
+        /// Directory to write every page into.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The busiest paths, live, from the sidecars' access logs: source, destination, method,
     /// path, count, best, worst and last duration, success rate (access logs must be on).
     Top(crate::docker::top::TopArgs),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
     ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
+}
+
+/// `meshctl config`: compose's flags.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Print JSON (same as `--format json`).
+    #[arg(long)]
+    pub json: bool,
+    /// `yaml` or `json`.
+    #[arg(long, value_parser = ["yaml", "json"], default_value = "yaml")]
+    pub format: String,
+    /// Only the services' names, one per line.
+    #[arg(long)]
+    pub services: bool,
+    /// Only validate: print nothing, exit 1 when there are errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `meshctl version`.
+#[derive(Debug, Clone, Args)]
+pub struct VersionArgs {
+    /// Only the version number.
+    #[arg(long)]
+    pub short: bool,
+    /// `pretty` or `json`.
+    #[arg(long, value_parser = ["pretty", "json"], default_value = "pretty")]
+    pub format: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -152,42 +225,77 @@ impl Command {
             | Command::ProxyConfig { file, .. }
             | Command::Up { file, .. }
             | Command::Down { file, .. }
+            | Command::Stop { file, .. }
+            | Command::Start { file, .. }
+            | Command::Restart { file, .. }
+            | Command::Build { file }
             | Command::Ps { file, .. } => &file.files,
             Command::Logs(args) => &args.files,
+            Command::Ls(_)
+            | Command::Version(_)
+            | Command::Completion { .. }
+            | Command::Man { .. }
+            | Command::ControlPlaneDaemon(_) => &[],
             Command::Top(args) => &args.files,
-            Command::ControlPlaneDaemon(_) => &[],
         }
     }
 }
 
-/// The program: parses the process's arguments, runs them, reports an error with its causes
-/// (exit code 2). Every binary that is meshctl calls this and nothing else.
+/// The program: parses the process's arguments (a usage error exits 2, clap's way), runs
+/// them, reports a failure with its causes (exit 1). A closed stdout (`meshctl ps | head -1`)
+/// ends it quietly with 141, the status of a process SIGPIPE killed, as other tools do.
+/// Every binary that is meshctl calls this and nothing else.
 pub fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    crate::term::init(cli.project.ansi, cli.project.progress);
+    match run(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             eprintln!("meshctl: error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
+}
+
+/// True when `e` comes from writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     use crate::controlplane::commands;
     use crate::docker::commands as docker;
+    use crate::docker::lifecycle;
     let project = cli.project_args();
     match cli.command {
         Command::Check { out, .. } => check_cmd(project.load()?, &out),
-        Command::Config { out, .. } => config_cmd(project.load()?, &out),
+        Command::Config { args, .. } => config_cmd(project.load()?, &args),
         Command::Serve { args, .. } => commands::serve(&project, &args),
         Command::Status { out, .. } => commands::status(&project, out.json),
         Command::Apply { args, .. } => commands::apply(&project, &args),
         Command::ProxyConfig { args, .. } => commands::proxy_config(&project, &args),
         Command::Up { args, .. } => docker::up(&project, &args),
         Command::Down { args, .. } => docker::down(&project, &args),
-        Command::Ps { args, .. } => docker::ps(&project, &args),
-        Command::Logs(args) => docker::logs(&project, &args),
+        Command::Ps { args, .. } => crate::docker::ps::ps(&project, &args),
+        Command::Logs(args) => crate::docker::logs::logs(&project, &args),
+        Command::Stop { args, .. } => lifecycle::stop(&project, &args),
+        Command::Start { args, .. } => lifecycle::start(&project, &args),
+        Command::Restart { args, .. } => lifecycle::restart(&project, &args),
+        Command::Ls(args) => lifecycle::ls(&args),
+        Command::Build { .. } => docker::build(&project),
+        Command::Version(args) => version_cmd(&args),
+        Command::Completion { shell } => {
+            std::io::stdout()
+                .lock()
+                .write_all(&crate::shell::completion(shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => crate::shell::man(dir.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Top(args) => crate::docker::top::top(&project, &args),
         Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
     }
@@ -217,7 +325,7 @@ fn check_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer_pretty(&mut w, &report)?;
         writeln!(w)?;
     } else {
-        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let color = crate::term::color(std::io::stdout().is_terminal());
         for d in &diagnostics {
             writeln!(w, "{}", d.render(color))?;
         }
@@ -240,11 +348,11 @@ fn check_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
+fn config_cmd(loaded: Loaded, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     if loaded.has_errors() {
         let stderr = std::io::stderr();
         let mut e = stderr.lock();
-        let color = stderr.is_terminal();
+        let color = crate::term::color(stderr.is_terminal());
         for d in loaded
             .diagnostics
             .iter()
@@ -254,14 +362,41 @@ fn config_cmd(loaded: Loaded, out: &OutputArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let model = meshmodel::model::normalized(&loaded.mesh);
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
-    if out.json {
+    if args.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.services {
+        for name in loaded.mesh.compose.iter().flat_map(|c| c.services.keys()) {
+            writeln!(w, "{name}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let model = meshmodel::model::normalized(&loaded.mesh);
+    if args.json || args.format == "json" {
         serde_json::to_writer_pretty(&mut w, &model)?;
         writeln!(w)?;
     } else {
         w.write_all(meshmodel::model::to_yaml(&model)?.as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn version_cmd(args: &VersionArgs) -> anyhow::Result<ExitCode> {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut w = std::io::stdout().lock();
+    if args.short {
+        writeln!(w, "{version}")?;
+    } else if args.format == "json" {
+        let v = serde_json::json!({
+            "version": version,
+            "runtimeImage": crate::docker::image::runtime_image(),
+        });
+        writeln!(w, "{v}")?;
+    } else {
+        writeln!(w, "meshctl version {version}")?;
+        writeln!(w, "sidecar image {}", crate::docker::image::runtime_image())?;
     }
     Ok(ExitCode::SUCCESS)
 }

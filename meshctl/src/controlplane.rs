@@ -21,6 +21,7 @@ pub mod api;
 pub mod client;
 pub mod commands;
 pub mod diff;
+pub mod news;
 pub mod push;
 pub mod reload;
 pub mod watch;
@@ -47,6 +48,22 @@ pub struct ProjectSpec {
     pub working_dir: PathBuf,
     /// Project name override. Default none.
     pub project_name: Option<String>,
+    /// `--profile`: active compose profiles. Default none (`COMPOSE_PROFILES` then applies).
+    pub profiles: Vec<String>,
+    /// `--env-file`: env files read instead of the project's `.env`. Default none.
+    pub env_files: Vec<PathBuf>,
+}
+
+impl ProjectSpec {
+    /// How to load these files, with the process environment.
+    pub fn load_options(&self) -> meshmodel::load::LoadOptions {
+        let mut opts = meshmodel::load::LoadOptions::new(self.working_dir.clone());
+        opts.files = self.files.clone();
+        opts.project_name = self.project_name.clone();
+        opts.profiles = self.profiles.clone();
+        opts.env_files = self.env_files.clone();
+        opts
+    }
 }
 
 /// Where proxies listen (see `meshmodel::compile::Placement`).

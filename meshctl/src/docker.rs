@@ -27,10 +27,13 @@ pub mod dns;
 pub mod engine;
 pub mod heal;
 pub mod image;
+pub mod lifecycle;
+pub mod logs;
 pub mod network;
 pub mod plan;
 pub mod pod;
 pub mod progress;
+pub mod ps;
 pub mod runtime;
 pub mod supervise;
 pub mod top;
@@ -110,6 +113,10 @@ pub enum DockerError {
         "image {image} of service {service} is not on this engine and the service has no `build:`; build or pull it first (no registry is used)"
     )]
     ImageMissing { service: String, image: String },
+    #[error(
+        "image {image} of service {service} is not on this engine and --no-build forbids building it; run `meshctl build` first, or `up` without --no-build"
+    )]
+    NotBuilt { service: String, image: String },
     #[error("building image {image}: {message}")]
     Build { image: String, message: String },
     #[error("static runtime binaries: {0}")]

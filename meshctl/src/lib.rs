@@ -7,3 +7,5 @@ pub mod cli;
 pub mod controlplane;
 pub mod docker;
 pub mod project;
+pub mod shell;
+pub mod term;

@@ -76,11 +76,13 @@ fn seed_frontend_config_is_valid_deterministic_and_minimal() {
 #[test]
 fn unknown_service_and_invalid_files_fail() {
     let dir = seed_copy();
+    // A name the files do not have is a failure (1), as compose's "no such service"; 2 is
+    // for usage errors only.
     let (code, _, err) = proxy_config(dir.path(), &["nope"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("nope"), "{err}");
     let (code, _, err) = proxy_config(dir.path(), &["frontend", "--instance", "3"]);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "{err}");
     std::fs::write(dir.path().join("mesh/broken.yaml"), "kind: [\n").unwrap();
     let (code, _, err) = proxy_config(dir.path(), &["frontend"]);
     assert_eq!(code, 1);

@@ -46,6 +46,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
+        .with_ansi(ansi_logs())
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             EnvFilter::new("info,hickory_server=warn,hickory_net=warn,hickory_resolver=warn")
         }))
@@ -88,4 +89,11 @@ fn main() -> anyhow::Result<()> {
         bound.wait_termination().await?;
         Ok(())
     })
+}
+
+/// Colour in log lines only on a terminal and without `NO_COLOR`: in a container (no TTY),
+/// under `docker logs`, or redirected to a file, lines stay plain text.
+fn ansi_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

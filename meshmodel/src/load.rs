@@ -62,8 +62,15 @@ pub struct LoadOptions {
     pub working_dir: PathBuf,
     /// `-p`: the project name, overriding `COMPOSE_PROJECT_NAME` and the compose `name:`.
     pub project_name: Option<String>,
-    /// The environment for interpolation; the project's `.env` file is layered under it.
+    /// The environment for interpolation; the project's `.env` file (or the `--env-file`
+    /// files) is layered under it.
     pub env: Box<dyn EnvLookup>,
+    /// `--profile`: the active profiles. Empty: `COMPOSE_PROFILES` (comma-separated, from the
+    /// environment or the `.env` file), as compose does. Services whose `profiles` name none
+    /// of them are left out of the mesh.
+    pub profiles: Vec<String>,
+    /// `--env-file`: read these instead of the project directory's `.env` (later files win).
+    pub env_files: Vec<PathBuf>,
 }
 
 impl fmt::Debug for LoadOptions {
@@ -72,6 +79,8 @@ impl fmt::Debug for LoadOptions {
             .field("files", &self.files)
             .field("working_dir", &self.working_dir)
             .field("project_name", &self.project_name)
+            .field("profiles", &self.profiles)
+            .field("env_files", &self.env_files)
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +93,8 @@ impl LoadOptions {
             working_dir: working_dir.into(),
             project_name: None,
             env: Box::new(compose::ProcessEnv),
+            profiles: Vec::new(),
+            env_files: Vec::new(),
         }
     }
 }
@@ -111,7 +122,15 @@ pub fn load(opts: &LoadOptions) -> Loaded {
         .compose_dir
         .clone()
         .unwrap_or_else(|| opts.working_dir.clone());
-    let dotenv = read_dotenv(&project_dir, &mut out.diagnostics);
+    let dotenv = if opts.env_files.is_empty() {
+        read_dotenv(&project_dir.join(".env"), false, &mut out.diagnostics)
+    } else {
+        let mut all = BTreeMap::new();
+        for f in &opts.env_files {
+            all.extend(read_dotenv(f, true, &mut out.diagnostics));
+        }
+        all
+    };
     let env = compose::Layered {
         over: EnvRef(opts.env.as_ref()),
         under: dotenv,
@@ -147,7 +166,11 @@ pub fn load(opts: &LoadOptions) -> Loaded {
         load_text(file, &text, &env, &mut composes, &mut seen, &mut out);
     }
 
-    let merged = composes.into_iter().reduce(compose::merge);
+    let mut merged = composes.into_iter().reduce(compose::merge);
+    if let Some(compose) = &mut merged {
+        let active = active_profiles(opts, &env);
+        apply_profiles(compose, &active, &mut out);
+    }
     let name_field = merged.as_ref().and_then(|c| c.name.clone());
     match compose::project_name(
         opts.project_name.as_deref(),
@@ -650,11 +673,24 @@ fn collect_yaml(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>, d
     }
 }
 
-/// The project's `.env` file, as compose reads it (missing is fine).
-fn read_dotenv(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<String, String> {
-    let path = dir.join(".env");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return BTreeMap::new();
+/// An env file as compose reads `.env`: a missing project `.env` is fine, a missing
+/// `--env-file` (`required`) is an error, as in compose.
+fn read_dotenv(
+    path: &Path,
+    required: bool,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if required => {
+            let mut d = file_diag(codes::UNREADABLE, path, format!("--env-file: {e}"));
+            d.hint = Some(
+                "give the path of an existing file (relative to the current directory)".into(),
+            );
+            diagnostics.push(d);
+            return BTreeMap::new();
+        }
+        Err(_) => return BTreeMap::new(),
     };
     match compose::parse_env_file(&text) {
         Ok(entries) => entries
@@ -662,10 +698,73 @@ fn read_dotenv(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> BTreeMap<String
             .filter_map(|(k, v)| Some((k, v?)))
             .collect(),
         Err(e) => {
-            let mut d = file_diag(codes::INVALID_VALUE, &path, e.to_string());
+            let mut d = file_diag(codes::INVALID_VALUE, path, e.to_string());
             d.location.line = e.line;
             diagnostics.push(d);
             BTreeMap::new()
         }
+    }
+}
+
+/// `--profile`, else `COMPOSE_PROFILES` (comma-separated; the environment over `.env`).
+fn active_profiles(opts: &LoadOptions, env: &dyn EnvLookup) -> Vec<String> {
+    if !opts.profiles.is_empty() {
+        return opts.profiles.clone();
+    }
+    env.get("COMPOSE_PROFILES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Leaves out the services no active profile enables, as compose does: they are not created,
+/// not compiled and not shown by `config`. An enabled service that requires one of them is
+/// an error naming the profile to activate (compose refuses the same).
+fn apply_profiles(compose: &mut ComposeFile, active: &[String], out: &mut Loaded) {
+    let active: Vec<&str> = active.iter().map(String::as_str).collect();
+    let enabled: std::collections::BTreeSet<String> = compose
+        .enabled_services(&active)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let disabled: BTreeMap<String, Vec<String>> = compose
+        .services
+        .iter()
+        .filter(|(name, _)| !enabled.contains(*name))
+        .map(|(name, s)| (name.clone(), s.profiles.clone()))
+        .collect();
+    if disabled.is_empty() {
+        return;
+    }
+    compose.services.retain(|name, _| enabled.contains(name));
+    for (name, service) in &mut compose.services {
+        service.depends_on.retain(|dep, d| {
+            let Some(profiles) = disabled.get(dep) else {
+                return true;
+            };
+            if d.required {
+                let path = format!("services.{name}.depends_on.{dep}");
+                let origins = &out.mesh.compose_origins;
+                if let Some(location) = locate_compose(origins, &path) {
+                    let e = FieldError::new(
+                        path.clone(),
+                        format!(
+                            "depends on service {dep:?}, which no active profile enables (its profiles: {})",
+                            profiles.join(", ")
+                        ),
+                    );
+                    let mut diag = field_diag(&e, location, service_of(&path));
+                    diag.hint = Some(format!(
+                        "activate one with `--profile {}` or COMPOSE_PROFILES, or add `required: false` to the dependency",
+                        profiles.first().map_or("NAME", String::as_str)
+                    ));
+                    out.diagnostics.push(diag);
+                }
+            }
+            false
+        });
     }
 }

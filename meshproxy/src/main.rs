@@ -174,7 +174,11 @@ fn main() -> anyhow::Result<()> {
         .with(filter)
         // Diagnostics on stderr: stdout carries the access log (as Envoy's), and a stalled
         // stdout must only cost access log lines, never block a log call in the data path.
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi_logs()),
+        )
         .init();
     let log_control: meshproxy::app::LogControl = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
@@ -235,4 +239,11 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Colour in diagnostics (stderr) only on a terminal and without `NO_COLOR`: in a container
+/// (no TTY), under `docker logs`, or redirected to a file, lines stay plain text.
+fn ansi_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

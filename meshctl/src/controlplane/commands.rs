@@ -57,14 +57,7 @@ pub struct ProxyConfigArgs {
 }
 
 fn project_spec(args: &ProjectArgs) -> ProjectSpec {
-    ProjectSpec {
-        files: args.files.clone(),
-        working_dir: args
-            .project_directory
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".")),
-        project_name: args.project_name.clone(),
-    }
+    args.spec()
 }
 
 fn state_dir(args: &ProjectArgs) -> PathBuf {

@@ -15,8 +15,7 @@ use meshapi::dns::{Records, VipAllocator, VipRange};
 use meshapi::proxy::ProxyConfig;
 use meshmodel::check;
 use meshmodel::compile::{self, CompileInput, HostPlacement, Placement, ProxyKey};
-use meshmodel::compose::ProcessEnv;
-use meshmodel::load::{self, LoadOptions};
+use meshmodel::load;
 use meshmodel::model::Inventory;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -120,13 +119,7 @@ impl ReloadCtx {
                 .unwrap_or(0),
             ..ReloadReport::default()
         };
-        let opts = LoadOptions {
-            files: self.project.files.clone(),
-            working_dir: self.project.working_dir.clone(),
-            project_name: self.project.project_name.clone(),
-            env: Box::new(ProcessEnv),
-        };
-        let loaded = load::load(&opts);
+        let loaded = load::load(&self.project.load_options());
         let mut diags = loaded.diagnostics.clone();
         diags.extend(check::analyze(&loaded.mesh));
         report.load_check_ms = t0.elapsed().as_secs_f64() * 1000.0;

@@ -1,17 +1,11 @@
 //! The Docker subcommands of the CLI: `up`, `down`, `ps`, `logs`, and the hidden
 //! `__control-plane` that `up -d` starts in the background.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use bollard::query_parameters::LogsOptionsBuilder;
 use clap::Args;
-use futures_util::StreamExt;
-use serde::Serialize;
 
 use super::engine::Engine;
 use super::progress::Progress;
@@ -27,8 +21,17 @@ pub struct UpArgs {
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Build images (compose `build:`, the runtime and demo images) before starting.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_build")]
     pub build: bool,
+    /// Never build: a missing image is an error naming it.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Recreate every container, even those whose configuration did not change.
+    #[arg(long)]
+    pub force_recreate: bool,
+    /// Only the named services, not what they depend on.
+    #[arg(long, requires = "services")]
+    pub no_deps: bool,
     /// Wait until every service is running and healthy.
     #[arg(long)]
     pub wait: bool,
@@ -55,47 +58,18 @@ pub struct DownArgs {
     /// Remove images: `local` removes the images built for services without an `image:` name.
     #[arg(long, value_name = "TYPE", value_parser = ["local", "all"])]
     pub rmi: Option<String>,
-}
-
-/// `meshctl ps`.
-#[derive(Debug, Clone, Args)]
-pub struct PsArgs {
-    /// Print JSON.
+    /// Stop containers with this grace (seconds after SIGTERM) before removing them (default:
+    /// remove at once).
+    #[arg(short = 't', long = "timeout", value_name = "SECONDS")]
+    pub timeout: Option<i32>,
+    /// Accepted for compose's habit: `down` removes every container with the project's
+    /// label, orphans included.
     #[arg(long)]
-    pub json: bool,
-    /// Also list sidecars and meshdns as their own rows.
-    #[arg(short = 'a', long)]
-    pub all: bool,
-}
-
-/// `meshctl logs`.
-#[derive(Debug, Clone, Args)]
-pub struct LogsArgs {
-    /// Follow the output.
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-    /// Compose file, Istio resource file or directory (repeatable; `-f` before `logs` too).
-    #[arg(long = "file", value_name = "PATH")]
-    pub files: Vec<std::path::PathBuf>,
-    /// Lines from the end of each log (`all` for everything).
-    #[arg(long, default_value = "all")]
-    pub tail: String,
-    /// Include the sidecars' (meshproxy) logs.
-    #[arg(long)]
-    pub proxy: bool,
-    /// Only these services.
-    pub services: Vec<String>,
+    pub remove_orphans: bool,
 }
 
 pub(super) fn spec(args: &ProjectArgs) -> ProjectSpec {
-    ProjectSpec {
-        files: args.files.clone(),
-        working_dir: args
-            .project_directory
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".")),
-        project_name: args.project_name.clone(),
-    }
+    args.spec()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -104,9 +78,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("cannot start the async runtime")
 }
-
-/// Seconds a container gets to stop after SIGTERM before SIGKILL (compose's default).
-const STOP_GRACE_SECS: i32 = 10;
 
 /// `meshctl up`.
 pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
@@ -119,12 +90,16 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         services: args.services.clone(),
         remove_orphans: args.remove_orphans,
         proxy_image: args.proxy_image.clone(),
+        no_build: args.no_build,
+        force_recreate: args.force_recreate,
+        no_deps: args.no_deps,
     };
     let progress = Progress::new();
     runtime()?.block_on(async {
         let started = std::time::Instant::now();
         if args.detach {
             let outcome = super::up::up(&project, &opts, &progress).await?;
+            crate::controlplane::news::print_unseen(&project.state_dir).await;
             eprintln!(
                 "mesh {} up in {:.1} s: {} pod(s) on {} ({}/24)",
                 project.name(),
@@ -156,13 +131,22 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             stop_project(&engine, project.name(), &progress).await?;
             return Ok(ExitCode::from(130));
         };
+        eprintln!(
+            "mesh {} ready in {:.1} s: {} pod(s) on {}; Ctrl-C stops it",
+            project.name(),
+            started.elapsed().as_secs_f64(),
+            outcome.plan.pods.len(),
+            outcome.network.name
+        );
         let heal = tokio::spawn(super::heal::watch(project.name().to_string()));
+        let style = super::logs::LogStyle::follow_all();
         let deaths = tokio::spawn(super::heal::watch_deaths(
             project.name().to_string(),
             |line| eprintln!("{line}"),
         ));
         tokio::select! {
-            _ = follow_logs(&engine, &outcome.apps, "all") => {}
+            // A closed stdout ends the stream; the project is stopped as on Ctrl-C.
+            _ = super::logs::stream(&engine, &outcome.apps, &style) => {}
             _ = &mut interrupted => {}
         }
         deaths.abort();
@@ -175,37 +159,19 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Stops every running container of the project: apps first, in parallel with compose's 10 s
-/// grace each (in-flight requests finish through their sidecars), then sidecars (meshproxy
-/// drains within its config's `drainDeadline`, 5 s) and meshdns, in parallel.
+/// Stops every running container of the project (apps, then sidecars and meshdns), with
+/// a line for the start and the total.
 async fn stop_project(engine: &Engine, project: &str, progress: &Progress) -> anyhow::Result<()> {
     let stopping = std::time::Instant::now();
     eprintln!("\nstopping {project}");
-    // A second look: a start request already on its way when start-up was interrupted may
-    // land after the first listing.
-    for _ in 0..3 {
-        let containers = engine.containers(project).await?;
-        if !containers.iter().any(|c| c.state == "running") {
-            break;
-        }
-        for wave in [true, false] {
-            let stops = containers
-                .iter()
-                .filter(|c| c.state == "running" && (c.role() == Some(Role::App)) == wave)
-                .map(|c| async move {
-                    let label = format!("Container {}", c.name);
-                    progress.line(&label, "Stopping");
-                    let opts = bollard::query_parameters::StopContainerOptionsBuilder::new()
-                        .t(STOP_GRACE_SECS)
-                        .build();
-                    match engine.docker.stop_container(&c.id, Some(opts)).await {
-                        Ok(()) => progress.line(&label, "Stopped"),
-                        Err(e) => progress.line(&label, &format!("not stopped: {e}")),
-                    }
-                });
-            futures_util::future::join_all(stops).await;
-        }
-    }
+    super::lifecycle::stop_containers(
+        engine,
+        project,
+        &[],
+        super::lifecycle::STOP_GRACE_SECS,
+        progress,
+    )
+    .await?;
     eprintln!(
         "stopped {project} in {:.1} s",
         stopping.elapsed().as_secs_f64()
@@ -213,58 +179,28 @@ async fn stop_project(engine: &Engine, project: &str, progress: &Progress) -> an
     Ok(())
 }
 
-/// Streams the logs of `containers` (name -> ID), each line prefixed with the name.
-async fn follow_logs(engine: &Engine, containers: &BTreeMap<String, String>, tail: &str) {
-    let width = containers.keys().map(String::len).max().unwrap_or(0);
-    let streams = containers.iter().map(|(name, id)| {
-        let opts = LogsOptionsBuilder::new()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .tail(tail)
-            .build();
-        let prefix = format!("{name:<width$} | ");
-        engine
-            .docker
-            .logs(id, Some(opts))
-            .map(move |chunk| (prefix.clone(), chunk))
-            .boxed()
-    });
-    let mut all = futures_util::stream::select_all(streams);
-    let mut partial: BTreeMap<String, String> = BTreeMap::new();
-    while let Some((prefix, chunk)) = all.next().await {
-        let Ok(chunk) = chunk else { continue };
-        let text = String::from_utf8_lossy(&chunk.into_bytes()).to_string();
-        let buf = partial.entry(prefix.clone()).or_default();
-        buf.push_str(&text);
-        let mut out = std::io::stdout().lock();
-        while let Some(i) = buf.find('\n') {
-            let line: String = buf.drain(..=i).collect();
-            let _ = write!(out, "{prefix}{line}");
-        }
-        let _ = out.flush();
-    }
-}
-
-/// `meshctl down`.
+/// `meshctl down`: by the engine's labels, so it works with broken files or none (`-p`).
 pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
-    let spec = spec(project);
-    let project = Project::load(&spec)?;
-    let name = project.name().to_string();
+    let target = super::lifecycle::Target::resolve(project)?;
+    let name = target.name.clone();
     let progress = Progress::new();
-    if super::cp::stop(&project.state_dir) {
-        progress.line("Control plane", "Stopped");
-    }
-    // Every pod token dies with its container.
-    let tokens = project.state_dir.join("tokens.json");
-    if tokens.exists() {
-        crate::ca::token::TokenStore::open(&tokens)
-            .and_then(|t| t.revoke_holders(|_| true, std::time::SystemTime::now()))
-            .with_context(|| format!("revoking the pod tokens in {}", tokens.display()))?;
-    }
-    let _ = std::fs::remove_file(project.state_dir.join(super::cp::PLACEMENT_FILE));
     runtime()?.block_on(async {
         let engine = Engine::connect().await?;
+        let state_dir = target.state_dir_on(&engine.containers(&name).await?);
+        if super::cp::stop(&state_dir) {
+            progress.line("Control plane", "Stopped");
+        }
+        // Every pod token dies with its container.
+        let tokens = state_dir.join("tokens.json");
+        if tokens.exists() {
+            crate::ca::token::TokenStore::open(&tokens)
+                .and_then(|t| t.revoke_holders(|_| true, std::time::SystemTime::now()))
+                .with_context(|| format!("revoking the pod tokens in {}", tokens.display()))?;
+        }
+        let _ = std::fs::remove_file(state_dir.join(super::cp::PLACEMENT_FILE));
+        if let Some(grace) = args.timeout {
+            super::lifecycle::stop_containers(&engine, &name, &[], grace, &progress).await?;
+        }
         let mut containers = engine.containers(&name).await?;
         containers.sort_by_key(|c| c.role() != Some(Role::App));
         for c in &containers {
@@ -298,8 +234,11 @@ pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> 
                 }
             }
         }
+        if args.rmi.is_some() && target.project.is_none() {
+            eprintln!("warning: --rmi needs loadable files (it removes the images they name); no image removed");
+        }
         if let Some(kind) = &args.rmi
-            && let Some(compose) = &project.mesh.compose
+            && let Some(compose) = target.project.as_ref().and_then(|p| p.mesh.compose.as_ref())
         {
             for (svc_name, svc) in &compose.services {
                 let image = match (&svc.image, kind.as_str()) {
@@ -321,321 +260,28 @@ pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> 
                 }
             }
         }
+        if args.volumes && state_dir.join("ca").exists() {
+            eprintln!(
+                "kept {}: the project's CA and its key (certificates stay valid for the next `up`); delete the directory to start over with a new CA",
+                state_dir.display()
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// One row of `ps`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PsRow {
-    pub name: String,
-    pub id: String,
-    /// `app`, `sidecar` or `dns`.
-    pub role: String,
-    pub service: String,
-    pub mesh_service: String,
-    pub instance: Option<u32>,
-    pub version: String,
-    pub state: String,
-    /// Times Docker restarted the container by its restart policy (compose's `restart:`).
-    pub restarts: i64,
-    /// Exit code of its last run, while it is not running (exited, or waiting to be restarted:
-    /// Docker resets it at each start).
-    pub exit_code: Option<i64>,
-    /// `healthy`, `unhealthy`, `starting` or empty (no healthcheck).
-    pub health: String,
-    pub status: String,
-    pub image: String,
-    pub ip: String,
-    pub identity: String,
-    /// Expiry of the pod's current certificate (RFC 3339), when the control plane answers.
-    pub cert_expires: Option<String>,
-    /// Where that certificate stands against its lifetime (`expiring` means its renewal is
-    /// overdue), when the control plane answers.
-    pub cert_expiry: Option<crate::controlplane::api::Expiry>,
-    pub ports: Vec<String>,
-}
-
-/// `meshctl ps`.
-pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
-    let spec = spec(project);
-    let project = Project::load(&spec)?;
-    let (rows, ca_warnings) = runtime()?.block_on(ps_rows(&project, args.all || args.json))?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &rows)?;
-        writeln!(out)?;
-        for w in &ca_warnings {
-            eprintln!("warning: {w}");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    writeln!(
-        out,
-        "{:<30} {:<12} {:<10} {:<8} {:<10} {:<8} {:<10} {:<46} {:<10} PORTS",
-        "NAME", "SERVICE", "MESH", "VERSION", "STATE", "RESTARTS", "HEALTH", "IDENTITY", "CERT"
-    )?;
-    for r in &rows {
-        writeln!(
-            out,
-            "{:<30} {:<12} {:<10} {:<8} {:<10} {:<8} {:<10} {:<46} {:<10} {}",
-            r.name,
-            r.service,
-            r.mesh_service,
-            r.version,
-            r.state,
-            r.restarts,
-            if r.health.is_empty() { "-" } else { &r.health },
-            r.identity,
-            cert_cell(r),
-            r.ports.join(", ")
-        )?;
-    }
-    for w in &ca_warnings {
-        eprintln!("warning: {w}");
-    }
-    for r in &rows {
-        if r.state == "restarting" || (r.restarts > 0 && r.state != "running") {
-            eprintln!(
-                "warning: {} keeps dying: exited with code {}, restarted {} times by its restart policy (`meshctl logs {}`)",
-                r.name,
-                r.exit_code.map_or("?".to_string(), |c| c.to_string()),
-                r.restarts,
-                r.service
-            );
-        } else if r.restarts > 0 {
-            eprintln!(
-                "warning: {} died and was restarted by its restart policy ({} restart{})",
-                r.name,
-                r.restarts,
-                if r.restarts == 1 { "" } else { "s" }
-            );
-        }
-        use crate::controlplane::api::Expiry;
-        match (r.cert_expiry, &r.cert_expires) {
-            (Some(Expiry::Expiring), Some(at)) => eprintln!(
-                "warning: the certificate of {} ({}) expires at {at}: its renewal is overdue",
-                r.name, r.identity
-            ),
-            (Some(Expiry::Expired), Some(at)) => eprintln!(
-                "warning: the certificate of {} ({}) expired at {at}",
-                r.name, r.identity
-            ),
-            _ => {}
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The CERT column: the expiry's `HH:MM`, with `!` when it is near, `EXPIRED` when past.
-fn cert_cell(r: &PsRow) -> String {
-    use crate::controlplane::api::Expiry;
-    let at = r
-        .cert_expires
-        .as_deref()
-        .map(|e| e.get(11..16).unwrap_or(e))
-        .unwrap_or("-");
-    match r.cert_expiry {
-        Some(Expiry::Expiring) => format!("{at}!"),
-        Some(Expiry::Expired) => "EXPIRED".into(),
-        _ => at.to_string(),
-    }
-}
-
-/// The rows of `ps`: app containers (and with `all`, sidecars and meshdns); and a warning per
-/// CA certificate near or past expiry.
-pub async fn ps_rows(project: &Project, all: bool) -> anyhow::Result<(Vec<PsRow>, Vec<String>)> {
-    let engine = Engine::connect().await?;
-    let containers = engine.containers(project.name()).await?;
-    let expiry = cert_expiry(&project.state_dir).await;
-    let sidecar_ports: BTreeMap<String, Vec<String>> = {
-        let mut m = BTreeMap::new();
-        for c in containers
-            .iter()
-            .filter(|c| c.role() == Some(Role::Sidecar))
-        {
-            m.insert(
-                c.label(LABEL_IDENTITY).to_string() + c.label(LABEL_IP),
-                ports_of(&engine, &c.id).await,
-            );
-        }
-        m
+/// `meshctl build`: builds every image `up` would build (compose `build:`, the sidecar
+/// runtime image and the workspace's demo images), whether or not they exist.
+pub fn build(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
+    let project = Project::load(&spec(project))?;
+    let opts = UpOptions {
+        build: true,
+        ..UpOptions::default()
     };
-    let mut rows = Vec::new();
-    for c in &containers {
-        let role = c.role();
-        if !all && role != Some(Role::App) {
-            continue;
-        }
-        let inspect = engine
-            .docker
-            .inspect_container(
-                &c.id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .ok();
-        let health = inspect
-            .as_ref()
-            .and_then(|i| i.state.as_ref()?.health.as_ref()?.status)
-            .map(|h| h.to_string())
-            .filter(|h| h != "none" && !h.is_empty())
-            .unwrap_or_default();
-        let restarts = inspect.as_ref().and_then(|i| i.restart_count).unwrap_or(0);
-        // Docker resets the exit code when it starts the container again, so it is known
-        // only while the container is not running (exited, or waiting to be restarted).
-        let exit_code = inspect.as_ref().and_then(|i| {
-            let st = i.state.as_ref()?;
-            (st.running != Some(true) || st.restarting == Some(true)).then_some(st.exit_code?)
-        });
-        let identity = c.label(LABEL_IDENTITY).to_string();
-        let ports = match role {
-            Some(Role::App) => sidecar_ports
-                .get(&(identity.clone() + c.label(LABEL_IP)))
-                .cloned()
-                .unwrap_or_default(),
-            _ => ports_of(&engine, &c.id).await,
-        };
-        rows.push(PsRow {
-            name: c.name.clone(),
-            id: c.id.chars().take(12).collect(),
-            role: c.label(LABEL_ROLE).to_string(),
-            service: c.label(LABEL_COMPOSE_SERVICE).to_string(),
-            mesh_service: c.label(LABEL_MESH_SERVICE).to_string(),
-            instance: c.label(LABEL_INSTANCE).parse().ok(),
-            version: c.label("version").to_string(),
-            state: c.state.clone(),
-            restarts,
-            exit_code,
-            health,
-            status: c.status.clone(),
-            image: c.image.clone(),
-            ip: c.label(LABEL_IP).to_string(),
-            cert_expires: expiry.identities.get(&identity).map(|e| e.0.clone()),
-            cert_expiry: expiry.identities.get(&identity).map(|e| e.1),
-            identity,
-            ports,
-        });
-    }
-    Ok((rows, expiry.ca_warnings))
-}
-
-async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
-    let Ok(i) = engine
-        .docker
-        .inspect_container(
-            id,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-    else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Some(ports) = i.network_settings.and_then(|n| n.ports) {
-        for (port, bindings) in ports {
-            for b in bindings.into_iter().flatten() {
-                out.push(format!(
-                    "{}:{}->{port}",
-                    b.host_ip.unwrap_or_default(),
-                    b.host_port.unwrap_or_default()
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// What `ps` shows of the running control plane's certificates: expiry per identity, and a
-/// warning per CA certificate near or past expiry (empty when it does not answer).
-#[derive(Debug, Default)]
-struct CertReport {
-    identities: BTreeMap<String, (String, crate::controlplane::api::Expiry)>,
-    ca_warnings: Vec<String>,
-}
-
-/// The certificates of the running control plane, for `ps`.
-async fn cert_expiry(state_dir: &std::path::Path) -> CertReport {
-    let Ok(client) = crate::controlplane::client::AdminClient::from_state_dir(state_dir) else {
-        return CertReport::default();
-    };
-    let asked = tokio::time::timeout(
-        Duration::from_secs(3),
-        client.get::<crate::controlplane::api::StatusReport>(meshapi::wire::STATUS_PATH),
-    )
-    .await;
-    let Ok(Ok(status)) = asked else {
-        return CertReport::default();
-    };
-    let now = crate::ca::unix_secs(std::time::SystemTime::now());
-    CertReport {
-        ca_warnings: crate::controlplane::api::ca_warnings(&status.ca_certificates, now),
-        identities: status
-            .identities
-            .into_iter()
-            .filter_map(|i| {
-                let t = time::OffsetDateTime::from_unix_timestamp(i.not_after).ok()?;
-                let s = t
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .ok()?;
-                Some((i.identity, (s, i.expiry)))
-            })
-            .collect(),
-    }
-}
-
-/// `meshctl logs`.
-pub fn logs(project: &ProjectArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let spec = spec(project);
-    let project = Project::load(&spec)?;
+    let progress = Progress::new();
     runtime()?.block_on(async {
         let engine = Engine::connect().await?;
-        let containers = engine.containers(project.name()).await?;
-        let chosen: BTreeMap<String, String> = containers
-            .iter()
-            .filter(|c| match c.role() {
-                Some(Role::App) => true,
-                Some(Role::Sidecar) => args.proxy,
-                _ => false,
-            })
-            .filter(|c| {
-                args.services.is_empty()
-                    || args
-                        .services
-                        .iter()
-                        .any(|s| c.label(LABEL_SERVICE) == s || c.label(LABEL_MESH_SERVICE) == s)
-            })
-            .map(|c| (c.name.clone(), c.id.clone()))
-            .collect();
-        if args.follow {
-            follow_logs(&engine, &chosen, &args.tail).await;
-        } else {
-            let width = chosen.keys().map(String::len).max().unwrap_or(0);
-            let mut out = std::io::stdout().lock();
-            for (name, id) in &chosen {
-                let opts = LogsOptionsBuilder::new()
-                    .stdout(true)
-                    .stderr(true)
-                    .tail(&args.tail)
-                    .build();
-                let mut s = engine.docker.logs(id, Some(opts));
-                let mut text = String::new();
-                while let Some(chunk) = s.next().await {
-                    match chunk {
-                        Ok(c) => text.push_str(&String::from_utf8_lossy(&c.into_bytes())),
-                        Err(e) => {
-                            text.push_str(&format!("(logs unavailable: {e})\n"));
-                            break;
-                        }
-                    }
-                }
-                for line in text.lines() {
-                    writeln!(out, "{name:<width$} | {line}")?;
-                }
-            }
-        }
+        super::up::ensure_images(&engine, &project, &opts, &progress).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -200,6 +200,16 @@ pub fn spawn_background(
     for f in &project.files {
         cmd.arg("--file").arg(absolute(&workdir, f));
     }
+    for p in &project.profiles {
+        cmd.args(["--profile", p]);
+    }
+    for f in &project.env_files {
+        let f = std::path::absolute(f).map_err(|source| DockerError::Io {
+            path: f.clone(),
+            source,
+        })?;
+        cmd.arg("--env-file").arg(f);
+    }
     cmd.arg("__control-plane")
         .stdin(Stdio::null())
         .stdout(log)

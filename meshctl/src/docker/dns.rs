@@ -19,12 +19,15 @@ pub fn name(project: &str) -> String {
     format!("{project}-meshdns")
 }
 
-/// The create body and its config hash.
+/// The create body and its config hash. Its labels also say where the project lives (the
+/// state directory and the files, absolute), so commands given only the project name find it;
+/// they are not part of the hash.
 pub fn body(
     project: &str,
     network: &ProjectNetwork,
     image: (&str, &str),
     state_dir: &Path,
+    files: &[std::path::PathBuf],
 ) -> (ContainerCreateBody, String) {
     let ip = network.dns_ip();
     let mut body = ContainerCreateBody {
@@ -76,6 +79,19 @@ pub fn body(
         (LABEL_ROLE.into(), Role::Dns.as_str().into()),
         (LABEL_IP.into(), ip.to_string()),
         (LABEL_CONFIG_HASH.into(), hash.clone()),
+        (
+            lifecycle::LABEL_STATE_DIR.into(),
+            state_dir.display().to_string(),
+        ),
+        (
+            lifecycle::LABEL_CONFIG_FILES.into(),
+            files
+                .iter()
+                .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
     ]));
     (body, hash)
 }

@@ -146,16 +146,86 @@ pub async fn build_context(
                 .map(|v| (k.clone(), v))
         })
         .collect();
+    let dockerfile = spec.dockerfile.as_deref().unwrap_or("Dockerfile");
+    let bases = std::fs::read_to_string(context.join(dockerfile))
+        .map(|text| base_images(&text))
+        .unwrap_or_default();
     build(
         engine,
         tag,
         tar,
-        spec.dockerfile.as_deref().unwrap_or("Dockerfile"),
+        dockerfile,
         &args,
         spec.target.as_deref(),
         progress,
     )
     .await
+    .map_err(|e| match e {
+        DockerError::Build { image, message } if looks_like_pull_failure(&message) => {
+            DockerError::Build {
+                image,
+                message: format!(
+                    "{message}\n  hint: the base image {} could not be pulled. Provide it without a registry: on a machine that has it, `docker save IMAGE -o image.tar`, then here `docker load -i image.tar`; or point the engine at a registry mirror (`registry-mirrors` in /etc/docker/daemon.json)",
+                    if bases.is_empty() {
+                        "(see the FROM lines)".to_string()
+                    } else {
+                        bases.join(", ")
+                    }
+                ),
+            }
+        }
+        other => other,
+    })
+}
+
+/// The images a Dockerfile's `FROM` lines name, without the names of its own stages and
+/// `scratch`.
+pub fn base_images(dockerfile: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut bases = Vec::new();
+    for line in dockerfile.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+        {
+            continue;
+        }
+        let mut rest = words[1..].iter().filter(|w| !w.starts_with("--"));
+        let Some(image) = rest.next() else { continue };
+        if let (Some(as_kw), Some(name)) = (rest.next(), rest.next())
+            && as_kw.eq_ignore_ascii_case("AS")
+        {
+            stages.push(name.to_lowercase());
+        }
+        let image = image.to_string();
+        if image != "scratch"
+            && !stages[..].contains(&image.to_lowercase())
+            && !bases.contains(&image)
+        {
+            bases.push(image);
+        }
+    }
+    bases
+}
+
+/// True when a build failed on pulling an image (no registry, unknown name, no network).
+fn looks_like_pull_failure(message: &str) -> bool {
+    let m = message.to_lowercase();
+    [
+        "pull access denied",
+        "manifest unknown",
+        "manifest for",
+        "no such host",
+        "dial tcp",
+        "i/o timeout",
+        "tls handshake timeout",
+        "repository does not exist",
+        "error pulling image",
+        "failed to resolve",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 async fn build(
@@ -234,4 +304,26 @@ fn tar_dir(dir: &PathBuf) -> std::io::Result<Vec<u8>> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_images_are_the_from_lines_but_stages_and_scratch() {
+        let dockerfile = "\
+# syntax
+FROM --platform=linux/amd64 rust:1.85 AS build
+RUN cargo build
+from debian:bookworm-slim as runtime
+FROM build AS again
+FROM scratch
+COPY --from=runtime /x /x
+";
+        assert_eq!(
+            base_images(dockerfile),
+            ["rust:1.85", "debian:bookworm-slim"]
+        );
+    }
 }

@@ -21,13 +21,14 @@ struct Lines {
 }
 
 impl Progress {
-    /// Live lines when stderr is a terminal (and `NO_COLOR`/`CI` do not say otherwise).
+    /// As `--progress` and `--ansi` say ([`crate::term::progress_mode`]): live lines when
+    /// stderr is a terminal (and `NO_COLOR`/`CI` do not say otherwise).
     pub fn new() -> Progress {
-        use std::io::IsTerminal;
-        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        use crate::term::ProgressMode;
+        let mode = crate::term::progress_mode();
         Progress {
-            tty,
-            quiet: false,
+            tty: mode == ProgressMode::Tty,
+            quiet: mode == ProgressMode::Quiet,
             state: Mutex::new(Lines::default()),
         }
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use meshapi::diag::Severity;
 use meshmodel::compose::DependsCondition;
-use meshmodel::load::{self, LoadOptions};
+use meshmodel::load;
 use meshmodel::model::Mesh;
 
 use super::cp::{self, PlacementFile};
@@ -50,6 +50,12 @@ pub struct UpOptions {
     pub remove_orphans: bool,
     /// Sidecar and meshdns image instead of the built runtime image.
     pub proxy_image: Option<String>,
+    /// `--no-build`: a missing image is an error, never built.
+    pub no_build: bool,
+    /// `--force-recreate`: recreate every planned container.
+    pub force_recreate: bool,
+    /// `--no-deps`: only the named services, not their dependencies.
+    pub no_deps: bool,
 }
 
 impl Default for UpOptions {
@@ -62,6 +68,9 @@ impl Default for UpOptions {
             services: Vec::new(),
             remove_orphans: false,
             proxy_image: None,
+            no_build: false,
+            force_recreate: false,
+            no_deps: false,
         }
     }
 }
@@ -77,10 +86,7 @@ pub struct Project {
 impl Project {
     /// Loads and checks the files; any error refuses.
     pub fn load(spec: &ProjectSpec) -> Result<Project, DockerError> {
-        let mut opts = LoadOptions::new(spec.working_dir.clone());
-        opts.files = spec.files.clone();
-        opts.project_name = spec.project_name.clone();
-        let loaded = load::load(&opts);
+        let loaded = load::load(&spec.load_options());
         let mut diags = loaded.diagnostics.clone();
         diags.extend(meshmodel::check::analyze(&loaded.mesh));
         let errors: Vec<String> = diags
@@ -129,59 +135,7 @@ pub async fn up(
         .ok_or_else(|| DockerError::Invalid("no compose file found".into()))?;
     let engine = Engine::connect().await?;
 
-    // Images.
-    let proxy_image = match &opts.proxy_image {
-        Some(img) => {
-            let id =
-                image::image_id(&engine, img)
-                    .await?
-                    .ok_or_else(|| DockerError::ImageMissing {
-                        service: "(--proxy-image)".into(),
-                        image: img.clone(),
-                    })?;
-            (img.clone(), id)
-        }
-        None => {
-            let tag = image::runtime_image();
-            let id = image::ensure_static_image(
-                &engine,
-                &tag,
-                &["meshproxy", "meshdns"],
-                opts.build,
-                progress,
-            )
-            .await?;
-            (tag, id)
-        }
-    };
-    let mut images = BTreeMap::new();
-    for w in compose.workloads() {
-        let svc = w.service;
-        let tag = svc
-            .image
-            .clone()
-            .unwrap_or_else(|| format!("{name}-{}", w.name));
-        let existing = image::image_id(&engine, &tag).await?;
-        let id = match (&svc.build, existing) {
-            (Some(_), Some(id)) if !opts.build => id,
-            (Some(b), _) => {
-                image::build_context(&engine, &tag, b, &project.mesh.project_dir, progress).await?
-            }
-            (None, existing) => match (image::workspace_image(&tag), existing) {
-                (Some(bin), _) => {
-                    image::ensure_static_image(&engine, &tag, &[bin], opts.build, progress).await?
-                }
-                (None, Some(id)) => id,
-                (None, None) => {
-                    return Err(DockerError::ImageMissing {
-                        service: w.name.to_string(),
-                        image: tag,
-                    });
-                }
-            },
-        };
-        images.insert(w.name.to_string(), (tag, id));
-    }
+    let (proxy_image, images) = ensure_images(&engine, project, opts, progress).await?;
 
     // Network.
     let (network, created) = network::ensure(&engine, &name).await?;
@@ -226,7 +180,7 @@ pub async fn up(
     })
     .map_err(|e| DockerError::Invalid(e.to_string()))?;
     if !opts.services.is_empty() {
-        restrict(&mut plan, &opts.services)?;
+        restrict(&mut plan, &opts.services, !opts.no_deps)?;
     }
 
     // Compare with what runs.
@@ -240,8 +194,10 @@ pub async fn up(
     let mut remove: Vec<&Owned> = Vec::new();
     for p in &plan.pods {
         let sc = by_name.get(p.sidecar_name.as_str());
-        let sidecar_ok = sc
-            .is_some_and(|c| c.label(LABEL_CONFIG_HASH) == p.sidecar_hash && c.state == "running");
+        let sidecar_ok = !opts.force_recreate
+            && sc.is_some_and(|c| {
+                c.label(LABEL_CONFIG_HASH) == p.sidecar_hash && c.state == "running"
+            });
         let app = by_name.get(p.app_name.as_str());
         if !sidecar_ok {
             if let Some(c) = sc {
@@ -370,6 +326,7 @@ pub async fn up(
         &network,
         (&proxy_image.0, &proxy_image.1),
         &state_abs,
+        &project.mesh.files,
     );
     let dns_ok = by_name
         .get(dns_name.as_str())
@@ -531,6 +488,89 @@ pub async fn up(
     })
 }
 
+/// The sidecar image and each service's image (tag, ID): found on the engine, built from a
+/// compose `build:` (always with `opts.build`, else when missing), or built from the
+/// workspace's static binaries. `up` and `build` share it.
+pub async fn ensure_images(
+    engine: &Engine,
+    project: &Project,
+    opts: &UpOptions,
+    progress: &Progress,
+) -> Result<((String, String), BTreeMap<String, (String, String)>), DockerError> {
+    let name = project.name();
+    let compose = project
+        .mesh
+        .compose
+        .as_ref()
+        .ok_or_else(|| DockerError::Invalid("no compose file found".into()))?;
+    let proxy_image = match &opts.proxy_image {
+        Some(img) => {
+            let id =
+                image::image_id(engine, img)
+                    .await?
+                    .ok_or_else(|| DockerError::ImageMissing {
+                        service: "(--proxy-image)".into(),
+                        image: img.clone(),
+                    })?;
+            (img.clone(), id)
+        }
+        None => {
+            let tag = image::runtime_image();
+            if opts.no_build && image::image_id(engine, &tag).await?.is_none() {
+                return Err(DockerError::NotBuilt {
+                    service: "(sidecars and meshdns)".into(),
+                    image: tag,
+                });
+            }
+            let id = image::ensure_static_image(
+                engine,
+                &tag,
+                &["meshproxy", "meshdns"],
+                opts.build,
+                progress,
+            )
+            .await?;
+            (tag, id)
+        }
+    };
+    let mut images = BTreeMap::new();
+    for w in compose.workloads() {
+        let svc = w.service;
+        let tag = svc
+            .image
+            .clone()
+            .unwrap_or_else(|| format!("{name}-{}", w.name));
+        let existing = image::image_id(engine, &tag).await?;
+        if opts.no_build && existing.is_none() {
+            return Err(DockerError::NotBuilt {
+                service: w.name.to_string(),
+                image: tag,
+            });
+        }
+        let id = match (&svc.build, existing) {
+            (Some(_), Some(id)) if !opts.build => id,
+            (Some(b), _) => {
+                image::build_context(engine, &tag, b, &project.mesh.project_dir, progress).await?
+            }
+            (None, existing) => match (image::workspace_image(&tag), existing) {
+                (Some(bin), _) => {
+                    image::ensure_static_image(engine, &tag, &[bin], opts.build, progress).await?
+                }
+                (None, Some(id)) => id,
+                (None, None) => {
+                    return Err(DockerError::ImageMissing {
+                        service: w.name.to_string(),
+                        image: tag,
+                    });
+                }
+            },
+        };
+        images.insert(w.name.to_string(), (tag, id));
+    }
+
+    Ok((proxy_image, images))
+}
+
 /// The placement of the planned pods plus, for a partial `up SERVICE...`, the pods left alone.
 fn full_placement(plan: &Plan, existing: &[Owned]) -> meshmodel::compile::FixedPlacement {
     let mut p = plan.placement();
@@ -543,8 +583,8 @@ fn full_placement(plan: &Plan, existing: &[Owned]) -> meshmodel::compile::FixedP
     p
 }
 
-/// Keeps only the named services and what they depend on.
-fn restrict(plan: &mut Plan, services: &[String]) -> Result<(), DockerError> {
+/// Keeps only the named services and (with `deps`) what they depend on.
+fn restrict(plan: &mut Plan, services: &[String], deps: bool) -> Result<(), DockerError> {
     let mut keep: BTreeSet<String> = BTreeSet::new();
     let mut todo: Vec<String> = services.to_vec();
     while let Some(s) = todo.pop() {
@@ -553,7 +593,7 @@ fn restrict(plan: &mut Plan, services: &[String]) -> Result<(), DockerError> {
                 "no service {s:?} in the files"
             )));
         }
-        if keep.insert(s.clone()) {
+        if keep.insert(s.clone()) && deps {
             for (d, _) in plan.depends.get(&s).into_iter().flatten() {
                 todo.push(d.clone());
             }
