@@ -175,6 +175,9 @@ pub struct HttpAttributes<'a> {
     /// The normalized path ([`NormalizedPath::as_str`]); a query is ignored by matching.
     pub path: &'a str,
     pub headers: &'a dyn HeaderLookup,
+    /// The token a RequestAuthentication rule verified on this request (`requestPrincipals`,
+    /// `request.auth.*`); `None`: the request carries no request principal.
+    pub auth: Option<&'a crate::authn::Verified>,
 }
 
 impl<'a> HttpAttributes<'a> {

@@ -16,6 +16,7 @@
 //! compiles it into the types here; `meshproxy` and `meshdns` depend on this crate only.
 #![forbid(unsafe_code)]
 
+pub mod authn;
 pub mod authz;
 pub mod ca_api;
 pub mod diag;

@@ -75,6 +75,19 @@ pub struct ProxyConfig {
         deserialize_with = "de_via_json"
     )]
     pub authorization: Option<crate::authz::WorkloadPolicy>,
+    /// The compiled RequestAuthentications of this workload
+    /// ([`crate::authn::RequestAuthentication`], as
+    /// `meshmodel::compile::authn::compile_for_workload` makes it): JWT rules checked on every
+    /// inbound HTTP request before authorization. A token no rule verifies is answered 401; a
+    /// request without a token passes with no request principal. Default none: tokens are
+    /// not looked at. Unknown fields are errors at any depth.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_via_json",
+        deserialize_with = "de_via_json"
+    )]
+    pub request_authentication: Option<crate::authn::RequestAuthentication>,
     /// The compiled traffic management of this client ([`crate::traffic::RouteTable`], as
     /// `meshmodel::compile::routes::compile_routes` makes it from VirtualServices and DestinationRules):
     /// per destination host its ordered HTTP and TCP rules, per (host, subset, port) its

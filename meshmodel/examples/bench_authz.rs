@@ -227,6 +227,7 @@ fn run(wp: &WorkloadPolicy, reqs: &[Req]) -> (Duration, usize) {
                 host: "backend:8080",
                 path,
                 headers: &r.headers,
+                auth: None,
             }),
         };
         if black_box(wp.evaluate(black_box(&attrs))).allowed {
@@ -336,6 +337,7 @@ fn main() {
                         host: "127.0.0.1:19002",
                         path: "/",
                         headers: &headers,
+                        auth: None,
                     }),
                     ..conn
                 };

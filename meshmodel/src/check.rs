@@ -162,6 +162,16 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
                     );
                 }
             }
+            IstioResource::RequestAuthentication(ra) => {
+                if has_services && let Some(sel) = &ra.spec.selector {
+                    selector(
+                        &mut cx,
+                        r,
+                        &sel.match_labels.clone().into_inner(),
+                        "spec.selector.matchLabels",
+                    );
+                }
+            }
         }
     }
     sidecar_conflicts(&mut cx);

@@ -497,6 +497,11 @@ fn compile_with(
         limits: Default::default(),
         admin: input.placement.admin(&proxy.workload, proxy.instance),
         authorization: authorization_of(input, me)?,
+        request_authentication: authn::compile_for_workload(
+            &authn::request_authentications(input.mesh),
+            me,
+            &security.root_namespace,
+        ),
         traffic: Some(routes::compile_routes(input.mesh, inv, me).map_err(|e| {
             CompileError::Traffic {
                 workload: me.compose_name.clone(),
@@ -609,6 +614,7 @@ fn proto_name(p: Protocol) -> &'static str {
 #[cfg(test)]
 mod tests;
 
+pub mod authn;
 pub mod authz;
 pub mod egress;
 mod entries;

@@ -1,6 +1,7 @@
 //! The Istio resources meshctl reads, typed field by field after Istio's CRD schema
 //! (`crd-all.gen.yaml`): VirtualService, DestinationRule, ServiceEntry and Sidecar
-//! (networking.istio.io v1alpha3, v1beta1, v1), PeerAuthentication and AuthorizationPolicy
+//! (networking.istio.io v1alpha3, v1beta1, v1), PeerAuthentication, AuthorizationPolicy and
+//! RequestAuthentication
 //! (security.istio.io v1beta1, v1), Telemetry (telemetry.istio.io v1, v1alpha1).
 //!
 //! - Every struct refuses unknown fields, so a typo or a misplaced field is an error with the
@@ -21,6 +22,7 @@ pub mod destination_rule;
 pub mod matchers;
 pub mod meta;
 pub mod peer_authentication;
+pub mod request_authentication;
 pub mod service_entry;
 pub mod sidecar;
 pub mod telemetry;
@@ -45,6 +47,7 @@ pub use destination_rule::{
 };
 pub use meta::{Ignored, ObjectMeta, PolicyTargetReference, WorkloadSelector};
 pub use peer_authentication::{Mtls, MtlsMode, PeerAuthentication, PeerAuthenticationSpec};
+pub use request_authentication::{RequestAuthentication, RequestAuthenticationSpec};
 pub use service_entry::{ServiceEntry, ServiceEntrySpec};
 pub use sidecar::{EgressHost, Sidecar, SidecarSpec};
 pub use types::{
@@ -60,7 +63,7 @@ pub use virtual_service::{
 
 /// The API group of VirtualService and DestinationRule.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
-/// The API group of PeerAuthentication and AuthorizationPolicy.
+/// The API group of PeerAuthentication, AuthorizationPolicy and RequestAuthentication.
 pub const SECURITY_GROUP: &str = "security.istio.io";
 /// The API group of Telemetry.
 pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
@@ -74,17 +77,19 @@ pub enum IstioKind {
     AuthorizationPolicy,
     ServiceEntry,
     Sidecar,
+    RequestAuthentication,
     Telemetry,
 }
 
 impl IstioKind {
-    pub const ALL: [IstioKind; 7] = [
+    pub const ALL: [IstioKind; 8] = [
         IstioKind::VirtualService,
         IstioKind::DestinationRule,
         IstioKind::PeerAuthentication,
         IstioKind::AuthorizationPolicy,
         IstioKind::ServiceEntry,
         IstioKind::Sidecar,
+        IstioKind::RequestAuthentication,
         IstioKind::Telemetry,
     ];
 
@@ -97,6 +102,7 @@ impl IstioKind {
             IstioKind::AuthorizationPolicy => "AuthorizationPolicy",
             IstioKind::ServiceEntry => "ServiceEntry",
             IstioKind::Sidecar => "Sidecar",
+            IstioKind::RequestAuthentication => "RequestAuthentication",
             IstioKind::Telemetry => "Telemetry",
         }
     }
@@ -107,7 +113,9 @@ impl IstioKind {
             | IstioKind::DestinationRule
             | IstioKind::ServiceEntry
             | IstioKind::Sidecar => NETWORKING_GROUP,
-            IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => SECURITY_GROUP,
+            IstioKind::PeerAuthentication
+            | IstioKind::AuthorizationPolicy
+            | IstioKind::RequestAuthentication => SECURITY_GROUP,
             IstioKind::Telemetry => TELEMETRY_GROUP,
         }
     }
@@ -119,7 +127,9 @@ impl IstioKind {
             | IstioKind::DestinationRule
             | IstioKind::ServiceEntry
             | IstioKind::Sidecar => &["v1", "v1beta1", "v1alpha3"],
-            IstioKind::PeerAuthentication | IstioKind::AuthorizationPolicy => &["v1", "v1beta1"],
+            IstioKind::PeerAuthentication
+            | IstioKind::AuthorizationPolicy
+            | IstioKind::RequestAuthentication => &["v1", "v1beta1"],
             IstioKind::Telemetry => &["v1", "v1alpha1"],
         }
     }
@@ -186,11 +196,6 @@ const UNSERVED: &[(&str, &str, &str)] = &[
         NETWORKING_GROUP,
         "ProxyConfig",
         "proxy settings come from meshctl itself",
-    ),
-    (
-        SECURITY_GROUP,
-        "RequestAuthentication",
-        "JWT request authentication is not served yet",
     ),
     (
         "extensions.istio.io",
@@ -338,6 +343,7 @@ pub enum IstioResource {
     AuthorizationPolicy(AuthorizationPolicy),
     ServiceEntry(ServiceEntry),
     Sidecar(Sidecar),
+    RequestAuthentication(RequestAuthentication),
     Telemetry(telemetry::Telemetry),
 }
 
@@ -373,6 +379,9 @@ impl IstioResource {
             }
             IstioKind::ServiceEntry => deserialize(value).map(IstioResource::ServiceEntry),
             IstioKind::Sidecar => deserialize(value).map(IstioResource::Sidecar),
+            IstioKind::RequestAuthentication => {
+                deserialize(value).map(IstioResource::RequestAuthentication)
+            }
             IstioKind::Telemetry => deserialize(value).map(IstioResource::Telemetry),
         }
     }
@@ -385,6 +394,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(_) => IstioKind::AuthorizationPolicy,
             IstioResource::ServiceEntry(_) => IstioKind::ServiceEntry,
             IstioResource::Sidecar(_) => IstioKind::Sidecar,
+            IstioResource::RequestAuthentication(_) => IstioKind::RequestAuthentication,
             IstioResource::Telemetry(_) => IstioKind::Telemetry,
         }
     }
@@ -397,6 +407,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => &r.metadata,
             IstioResource::ServiceEntry(r) => &r.metadata,
             IstioResource::Sidecar(r) => &r.metadata,
+            IstioResource::RequestAuthentication(r) => &r.metadata,
             IstioResource::Telemetry(r) => &r.metadata,
         }
     }
@@ -409,6 +420,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => &mut r.metadata,
             IstioResource::ServiceEntry(r) => &mut r.metadata,
             IstioResource::Sidecar(r) => &mut r.metadata,
+            IstioResource::RequestAuthentication(r) => &mut r.metadata,
             IstioResource::Telemetry(r) => &mut r.metadata,
         }
     }
@@ -431,6 +443,7 @@ impl IstioResource {
             IstioResource::AuthorizationPolicy(r) => r.validate(),
             IstioResource::ServiceEntry(r) => r.validate(),
             IstioResource::Sidecar(r) => r.validate(),
+            IstioResource::RequestAuthentication(r) => r.validate(),
             IstioResource::Telemetry(r) => r.validate(),
         }
     }

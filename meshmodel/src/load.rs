@@ -32,12 +32,6 @@ pub const MESH_FILE_NAME: &str = "mesh.yaml";
 /// The policy directory looked up beside the compose file (every YAML file under it).
 pub const MESH_DIR_NAME: &str = "mesh";
 
-/// Unserved kinds still reported as a warning, not an error, while they are being made
-/// served (issue 15: RequestAuthentication). Every other kind
-/// meshctl does not enforce is an error with its name: a resource that is read and then not
-/// enforced would make its author believe it holds.
-const BEING_SERVED: [&str; 1] = ["RequestAuthentication"];
-
 /// Stable codes of load problems; analysis codes live in [`crate::check`].
 pub mod codes {
     pub const YAML_SYNTAX: &str = "MESH0001";
@@ -407,9 +401,6 @@ fn load_resource(
         other => {
             let message = other.message().unwrap_or("not served").to_string();
             let mut d = doc_diag(&origin, codes::UNSERVED_KIND, message);
-            if matches!(other, KindLookup::Unserved { .. }) && BEING_SERVED.contains(&kind) {
-                d.severity = Severity::Warning;
-            }
             d.resource = Some(label);
             d.location = origin.locate("kind");
             out.diagnostics.push(d);

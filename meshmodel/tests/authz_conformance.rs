@@ -100,6 +100,7 @@ fn allowed(wp: &WorkloadPolicy, q: Q) -> bool {
         host,
         path,
         headers: &q.headers,
+        auth: None,
     });
     let attrs = RequestAttributes {
         peer_principal: q.peer,
@@ -496,6 +497,7 @@ fn dry_run_files_report_without_enforcing() {
             host: "httpbin",
             path: "/deny",
             headers: &(),
+            auth: None,
         }),
     };
     let d = wp.evaluate(&attrs);

@@ -136,6 +136,7 @@ impl R {
             host,
             path,
             headers: &self.headers,
+            auth: None,
         });
         let attrs = RequestAttributes {
             peer_principal: self.peer,
@@ -1135,7 +1136,7 @@ fn cases() -> Vec<Case> {
             false,
             Some("tcp-deny"),
         ),
-        // JWT fields without request authentication.
+        // JWT fields on a request that carries no verified token.
         c("requestPrincipals never match", JWT, get("/"), false, None),
         c(
             "notRequestPrincipals always match",

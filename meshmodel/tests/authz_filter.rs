@@ -202,6 +202,7 @@ fn filtered_evaluation_decides_exactly_as_the_full_one() {
                                     host,
                                     path,
                                     headers: &headers,
+                                    auth: None,
                                 }),
                                 ..conn
                             };

@@ -160,6 +160,7 @@ fn proxy_allows(wp: &WorkloadPolicy, raw: &str) -> Option<bool> {
             host: "app",
             path: np.as_str(),
             headers: &(),
+            auth: None,
         }),
     };
     Some(wp.evaluate(&attrs).allowed)

@@ -349,6 +349,7 @@ spec:
                 host: "backend:8080",
                 path: "/",
                 headers: &(),
+                auth: None,
             }),
         };
         wp.evaluate(&attrs).allowed

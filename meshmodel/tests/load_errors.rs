@@ -343,7 +343,7 @@ fn check_text_places_compose_validation_errors() {
 }
 
 #[test]
-fn unserved_kinds_are_errors_by_name_except_those_being_made_served() {
+fn unserved_kinds_are_errors_by_name() {
     // A resource that is read and not enforced would make its author believe it holds.
     let cases = [
         ("networking.istio.io/v1", "Gateway", Severity::Error),
@@ -360,12 +360,6 @@ fn unserved_kinds_are_errors_by_name_except_those_being_made_served() {
         ),
         ("apps/v1", "Deployment", Severity::Error),
         ("v1", "Service", Severity::Error),
-        // Being made served in parallel (issue 15).
-        (
-            "security.istio.io/v1",
-            "RequestAuthentication",
-            Severity::Warning,
-        ),
     ];
     for (api_version, kind, want) in cases {
         let text = format!("apiVersion: {api_version}\nkind: {kind}\nmetadata:\n  name: x\n");

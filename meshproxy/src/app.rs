@@ -172,6 +172,8 @@ fn context(cfg: &ProxyConfig, opts: Options) -> Result<Context, AppError> {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(cfg.limits.connect_timeout.0));
     let metrics = Metrics::default();
+    let jwks = crate::authn::JwksStore::default();
+    let authn = jwks.authenticator(cfg);
     metrics
         .config_revision
         .store(cfg.revision, std::sync::atomic::Ordering::Relaxed);
@@ -185,8 +187,9 @@ fn context(cfg: &ProxyConfig, opts: Options) -> Result<Context, AppError> {
         app_h1: app_h1.build(connector.clone()),
         app_h2: app_h2.build(connector),
         log_control: opts.log_control,
+        jwks,
         runtime: ArcSwap::from_pointee(Runtime {
-            snapshot: Arc::new(Snapshot::new(Arc::new(cfg.clone()))),
+            snapshot: Arc::new(Snapshot::new(Arc::new(cfg.clone())).with_authn(authn)),
             trust,
         }),
     })
@@ -226,7 +229,9 @@ impl ProxyHandle {
         self.sync_vips(&cfg)?;
         let revision = cfg.revision;
         let aliases = cfg.identity.trust_domain_aliases.clone();
-        let snapshot = Arc::new(Snapshot::build(Arc::new(cfg), Some(&old.snapshot)));
+        let authn = self.shared.jwks.authenticator(&cfg);
+        let snapshot =
+            Arc::new(Snapshot::build(Arc::new(cfg), Some(&old.snapshot)).with_authn(authn));
         // The trust state goes to the live identity (inbound handshakes) and, with the config,
         // into the one runtime value the data path reads. Pooled connections are tagged with
         // the trust generation, so none made under other roots is handed out.

@@ -172,6 +172,7 @@ pub fn check(
         host,
         path: normalized.as_str(),
         headers: &headers,
+        auth: req.auth,
     });
     let d = policy.evaluate_on(&attrs, &filter);
     record(&d, peer, Some((method, normalized.as_str())), counters);

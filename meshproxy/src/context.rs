@@ -40,6 +40,8 @@ pub struct Context {
     /// Pooled h2c client to local applications (http2/grpc ports).
     pub app_h2: Client<HttpConnector, Body>,
     pub log_control: Option<LogControl>,
+    /// The JWKS fetchers of the config's RequestAuthentication rules.
+    pub jwks: crate::authn::JwksStore,
 }
 
 impl Context {

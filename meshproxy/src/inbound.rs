@@ -353,12 +353,17 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     check_framing(req.version(), req.headers())?;
     // Read per request: a policy change applies to the next request on an open connection.
     let snap = ctx.shared.runtime.load_full();
+    let authn = match &snap.authn {
+        Some(a) => crate::authn::authenticate(a, req.uri(), req.headers())?,
+        None => None,
+    };
     let authorized = snap.authorize(
         &ctx.peer,
         Some(HttpFacts {
             method: req.method(),
             uri: req.uri(),
             headers: req.headers(),
+            auth: authn.as_ref().map(|a| &*a.verified),
         }),
         &ctx.shared.metrics.authz,
     )?;
@@ -369,6 +374,9 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     strip_internal(&mut parts.headers);
+    if let Some(a) = &snap.authn {
+        crate::authn::rewrite_headers(a, authn.as_ref(), &mut parts.headers);
+    }
     if let (true, Some(v)) = (snap.cfg.xfcc, &ctx.xfcc) {
         parts.headers.insert(XFCC, v.clone());
     }

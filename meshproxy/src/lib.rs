@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod ca_client;

@@ -60,11 +60,17 @@ impl LocalReply<'_> {
         let mut r = Response::new(full(body));
         *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let h = r.headers_mut();
-        if let Some(flag) = flag {
+        if let Some(flag) = flag.filter(|f| *f != "-") {
             h.insert(FLAGS_HEADER, HeaderValue::from_static(flag));
         }
         match self {
             LocalReply::Error(e) => {
+                if let ProxyError::Unauthenticated { realm, .. } = &e {
+                    let v = format!("Bearer realm=\"{realm}\", error=\"invalid_token\"");
+                    if let Ok(v) = HeaderValue::try_from(v) {
+                        h.insert(header::WWW_AUTHENTICATE, v);
+                    }
+                }
                 e.log(status, flag.unwrap_or("-"));
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 if e.is_downstream() {
@@ -172,6 +178,14 @@ pub enum ProxyError {
     /// `RBAC: access denied`; `target` (port and matched policy) goes to the log only.
     #[error("RBAC: access denied")]
     Denied { target: String },
+    /// 401: the request brought a token no RequestAuthentication rule verifies. The body is
+    /// Envoy's `jwt_authn` text (`Jwt is expired`, ...), with `www-authenticate: Bearer
+    /// realm="<url>", error="invalid_token"`; no response flag, as Envoy sets none.
+    #[error("{reason}")]
+    Unauthenticated {
+        reason: meshapi::authn::AuthnError,
+        realm: String,
+    },
 }
 
 /// How a downstream request body failed.
@@ -246,6 +260,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "DPE"),
             ProxyError::DownstreamBody { cause, .. } => (StatusCode::BAD_REQUEST, cause.flag()),
             ProxyError::Denied { .. } => (StatusCode::FORBIDDEN, "RBAC"),
+            ProxyError::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "-"),
         }
     }
 
@@ -268,6 +283,7 @@ impl ProxyError {
                 Downstream::Terminated => "downstream_remote_disconnect",
             },
             ProxyError::Denied { .. } => "rbac_access_denied",
+            ProxyError::Unauthenticated { .. } => "jwt_authn_access_denied",
         }
     }
 
@@ -276,6 +292,7 @@ impl ProxyError {
     fn body(&self) -> String {
         match self {
             ProxyError::Denied { .. } => meshapi::authz::DENIED_BODY.to_string(),
+            ProxyError::Unauthenticated { reason, .. } => reason.to_string(),
             _ => format!("{self}\n"),
         }
     }

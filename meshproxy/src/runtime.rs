@@ -48,6 +48,9 @@ pub struct Snapshot {
     hosts: HashMap<String, String>,
     /// Runtime state per cluster of `table`, in the table's cluster order.
     clusters: Vec<Arc<crate::traffic::ClusterState>>,
+    /// The config's RequestAuthentication rules with their keys and token caches; `None`
+    /// without rules.
+    pub authn: Option<Arc<meshapi::authn::Authenticator>>,
     /// This proxy's party and the metric shapes (`telemetry.metrics`).
     pub telemetry: crate::metrics::TelemetryState,
     /// `destination_service*` of each service of `cfg.services`, by its key.
@@ -110,6 +113,8 @@ pub struct HttpFacts<'a> {
     /// The request target as received (path and query, or absolute form).
     pub uri: &'a http::Uri,
     pub headers: &'a http::HeaderMap,
+    /// The token request authentication verified, if any.
+    pub auth: Option<&'a meshapi::authn::Verified>,
 }
 
 /// What the authorize step knows about the downstream peer.
@@ -168,7 +173,14 @@ impl Snapshot {
             table,
             hosts,
             clusters,
+            authn: None,
         }
+    }
+
+    /// This snapshot with the request authentication built for its config.
+    pub fn with_authn(mut self, authn: Option<Arc<meshapi::authn::Authenticator>>) -> Snapshot {
+        self.authn = authn;
+        self
     }
 
     /// The runtime state of the cluster `dest` resolves to for a request on `request_port`.

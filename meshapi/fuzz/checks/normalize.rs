@@ -106,6 +106,7 @@ pub fn check(data: &[u8]) {
                 host: "app",
                 path: n.as_str(),
                 headers: &(),
+                auth: None,
             }),
         };
         let d = wp.evaluate(&attrs);

@@ -46,8 +46,20 @@ pub enum Cond {
     Path(Vec<PathMatch>),
     /// `request.headers[name]`; the name is lower case. HTTP only.
     Header { name: String, values: Vec<StrMatch> },
-    /// An attribute meshctl never has (JWT request principals and claims, Envoy filter
-    /// metadata): no value matches, as in Istio without a RequestAuthentication.
+    /// `requestPrincipals`, `request.auth.principal`: `<iss>/<sub>` of the verified JWT.
+    /// HTTP only.
+    RequestPrincipal(Vec<StrMatch>),
+    /// `request.auth.audiences`: any `aud` of the verified JWT. HTTP only.
+    RequestAudience(Vec<StrMatch>),
+    /// `request.auth.presenter`: `azp` of the verified JWT. HTTP only.
+    RequestPresenter(Vec<StrMatch>),
+    /// `request.auth.claims[a][b]`: a claim of the verified JWT by path; a list claim matches
+    /// when any of its strings does. HTTP only.
+    RequestClaim {
+        path: Vec<String>,
+        values: Vec<StrMatch>,
+    },
+    /// An attribute meshctl never has (Envoy filter metadata): no value matches.
     Absent { key: String, http_only: bool },
 }
 
@@ -62,7 +74,14 @@ impl Cond {
     /// Whether Istio drops this attribute on a TCP port (`"..." is HTTP only`).
     pub fn http_only(&self) -> bool {
         match self {
-            Cond::Host(_) | Cond::Method(_) | Cond::Path(_) | Cond::Header { .. } => true,
+            Cond::Host(_)
+            | Cond::Method(_)
+            | Cond::Path(_)
+            | Cond::Header { .. }
+            | Cond::RequestPrincipal(_)
+            | Cond::RequestAudience(_)
+            | Cond::RequestPresenter(_)
+            | Cond::RequestClaim { .. } => true,
             Cond::Absent { http_only, .. } => *http_only,
             _ => false,
         }
@@ -88,6 +107,7 @@ impl Cond {
         let any_str =
             |ms: &[StrMatch], v: Option<&str>| v.is_some_and(|v| ms.iter().any(|m| m.matches(v)));
         let any_ip = |bs: &[IpBlock], ip: IpAddr| bs.iter().any(|b| b.contains(ip));
+        let auth = req.http.as_ref().and_then(|h| h.auth);
         match self {
             Cond::Principal(ms) => any_str(ms, peer.principal),
             Cond::Namespace(ms) => any_str(ms, peer.namespace),
@@ -119,6 +139,18 @@ impl Cond {
                         .iter()
                         .any(|m| *m == StrMatch::Present || m.matches(v))
                 }),
+            Cond::RequestPrincipal(ms) => any_str(ms, auth.map(|a| a.principal.as_str())),
+            Cond::RequestAudience(ms) => auth.is_some_and(|a| {
+                a.audiences
+                    .iter()
+                    .any(|aud| ms.iter().any(|m| m.matches(aud)))
+            }),
+            Cond::RequestPresenter(ms) => any_str(ms, auth.and_then(|a| a.presenter.as_deref())),
+            Cond::RequestClaim { path, values } => auth.is_some_and(|a| {
+                a.claim_values(path)
+                    .iter()
+                    .any(|v| values.iter().any(|m| m.matches(v)))
+            }),
             Cond::Absent { .. } => false,
         }
     }

@@ -180,6 +180,14 @@ impl ProxyConfig {
                 )),
             );
         }
+        if let Some(a) = &self.request_authentication {
+            for (path, message) in a.problems() {
+                errs.push(FieldError::new(
+                    format!("requestAuthentication.{path}"),
+                    message,
+                ));
+            }
+        }
         errs.extend(self.telemetry.metrics.validate());
         errs
     }

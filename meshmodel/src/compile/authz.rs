@@ -70,7 +70,7 @@ pub fn authorization_policies(mesh: &Mesh) -> Vec<&AuthorizationPolicy> {
         .collect()
 }
 
-fn namespace_of(meta: &crate::istio::ObjectMeta) -> &str {
+pub(crate) fn namespace_of(meta: &crate::istio::ObjectMeta) -> &str {
     meta.namespace
         .as_deref()
         .unwrap_or(crate::model::DEFAULT_NAMESPACE)
@@ -82,12 +82,45 @@ fn namespace_of(meta: &crate::istio::ObjectMeta) -> &str {
 /// namespace (meshctl has no waypoints; the server sidecar enforces what a waypoint would);
 /// targets of other kinds (Gateway, ServiceEntry) select no sidecar.
 pub fn applies_to(policy: &AuthorizationPolicy, workload: &Workload, root_namespace: &str) -> bool {
-    let ns = namespace_of(&policy.metadata);
+    let spec = &policy.spec;
+    selects(
+        &policy.metadata,
+        Scope {
+            selector: spec.selector.as_ref(),
+            target_ref: spec.target_ref.as_ref(),
+            target_refs: &spec.target_refs,
+        },
+        workload,
+        root_namespace,
+    )
+}
+
+/// How a security policy (AuthorizationPolicy, RequestAuthentication) names its workloads.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub selector: Option<&'a crate::istio::WorkloadSelector>,
+    pub target_ref: Option<&'a crate::istio::PolicyTargetReference>,
+    pub target_refs: &'a [crate::istio::PolicyTargetReference],
+}
+
+/// Whether a security policy with `meta` and `scope` applies to `workload`, by the rules of
+/// [`applies_to`].
+pub fn selects(
+    meta: &crate::istio::ObjectMeta,
+    scope: Scope<'_>,
+    workload: &Workload,
+    root_namespace: &str,
+) -> bool {
+    let ns = namespace_of(meta);
     if ns != root_namespace && ns != workload.namespace {
         return false;
     }
-    let spec = &policy.spec;
-    let targets: Vec<_> = spec.target_ref.iter().chain(&spec.target_refs).collect();
+    let targets: Vec<_> = scope
+        .target_ref
+        .iter()
+        .copied()
+        .chain(scope.target_refs)
+        .collect();
     if !targets.is_empty() {
         return ns == workload.namespace
             && targets.iter().any(|t| {
@@ -96,16 +129,16 @@ pub fn applies_to(policy: &AuthorizationPolicy, workload: &Workload, root_namesp
                     && t.name == workload.service
             });
     }
-    spec.selector
-        .as_ref()
+    scope
+        .selector
         .is_none_or(|s| s.match_labels.matches_map(&workload.labels))
 }
 
 /// Compiles the policies among `policies` that apply to `workload` (see [`applies_to`]).
 ///
-/// A CUSTOM policy that applies is an error (`meshctl check` refuses it earlier). Fields meshctl
-/// refuses at load time (JWT `requestPrincipals`, `request.auth.*`) compile to attributes no
-/// request has, which is what they mean in Istio without a RequestAuthentication.
+/// A CUSTOM policy that applies is an error (`meshctl check` refuses it earlier).
+/// `requestPrincipals` and `request.auth.*` compile to tests on the token a RequestAuthentication
+/// verified; a request without one matches none of their values.
 pub fn compile_for_workload(
     policies: &[&AuthorizationPolicy],
     workload: &Workload,
@@ -325,20 +358,16 @@ fn source_terms(s: &Source, ctx: &RuleCtx<'_>) -> Vec<Term> {
         Cond::RemoteIp(s.not_remote_ip_blocks.clone()),
         s.not_remote_ip_blocks.is_empty(),
     );
-    let rp = |key: &str| Cond::Absent {
-        key: key.to_string(),
-        http_only: true,
-    };
     push(
         &mut t,
         false,
-        rp("requestPrincipals"),
+        Cond::RequestPrincipal(strs(&s.request_principals)),
         s.request_principals.is_empty(),
     );
     push(
         &mut t,
         true,
-        rp("notRequestPrincipals"),
+        Cond::RequestPrincipal(strs(&s.not_request_principals)),
         s.not_request_principals.is_empty(),
     );
     t
@@ -446,7 +475,20 @@ fn condition_cond(
                 .collect::<Result<_, _>>()?,
         ),
         Attribute::ConnectionSni => Cond::Sni(strs(values)),
-        Attribute::RequestAuth(_) | Attribute::InlineHeader(_) => Cond::Absent {
+        Attribute::RequestAuth(rest) => match rest {
+            "principal" => Cond::RequestPrincipal(strs(values)),
+            "audiences" => Cond::RequestAudience(strs(values)),
+            "presenter" => Cond::RequestPresenter(strs(values)),
+            _ => Cond::RequestClaim {
+                path: claim_path(rest).ok_or_else(|| CompileError::BadKey {
+                    key: c.key.clone(),
+                    why: "should have the form request.auth.claims[name] or claims[a][b]"
+                        .to_string(),
+                })?,
+                values: strs(values),
+            },
+        },
+        Attribute::InlineHeader(_) => Cond::Absent {
             key: c.key.clone(),
             http_only: true,
         },
@@ -455,6 +497,17 @@ fn condition_cond(
             http_only: false,
         },
     })
+}
+
+/// The path of `claims[a][b]`: `["a", "b"]`; `None` when a name is empty or a bracket is
+/// missing.
+pub fn claim_path(key: &str) -> Option<Vec<String>> {
+    let inner = key.strip_prefix("claims[")?.strip_suffix(']')?;
+    let path: Vec<String> = inner.split("][").map(str::to_string).collect();
+    let ok = path
+        .iter()
+        .all(|p| !p.is_empty() && !p.contains('[') && !p.contains(']'));
+    ok.then_some(path)
 }
 
 /// Compiles rule `index` of policy `name`.

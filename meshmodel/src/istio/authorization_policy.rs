@@ -108,10 +108,10 @@ pub struct Source {
     pub principals: Vec<Principal>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_principals: Vec<Principal>,
-    /// Request (JWT) principals. Not supported by meshctl.
+    /// Request (JWT) principals, `<iss>/<sub>` of the token a RequestAuthentication verified,
+    /// with `*` prefix/suffix wildcards.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_principals: Vec<String>,
-    /// Not supported by meshctl.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_request_principals: Vec<String>,
     /// Namespaces of the peer identity, with wildcards.
@@ -213,7 +213,7 @@ pub enum Attribute<'a> {
     DestinationPort,
     /// `connection.sni`.
     ConnectionSni,
-    /// `request.auth.*` (principal, audiences, presenter, claims[...]). Not supported by meshctl.
+    /// `request.auth.*` (principal, audiences, presenter, claims[...]): the verified JWT.
     RequestAuth(&'a str),
     /// `experimental.envoy.filters.*`. Not supported by meshctl.
     EnvoyFilterMetadata(&'a str),
@@ -453,12 +453,10 @@ fn validate_source(r: &mut Report, p: &str, s: &Source) {
         ("requestPrincipals", &s.request_principals),
         ("notRequestPrincipals", &s.not_request_principals),
     ] {
-        if !list.is_empty() {
-            r.unsupported(
-                format!("{p}.{field}"),
-                field,
-                "request principals come from JWT request authentication, which meshctl does not have yet",
-            );
+        for (i, v) in list.iter().enumerate() {
+            if v.is_empty() {
+                r.error(format!("{p}.{field}[{i}]"), "empty value is not allowed");
+            }
         }
     }
 }
@@ -556,10 +554,20 @@ fn validate_condition(r: &mut Report, p: &str, c: &Condition) {
             return;
         }
     };
+    if let Attribute::RequestAuth(rest) = attr
+        && rest.starts_with("claims")
+        && crate::compile::authz::claim_path(rest).is_none()
+    {
+        r.error(
+            format!("{p}.key"),
+            format!(
+                "bad key {:?}: should have the form request.auth.claims[name] or request.auth.claims[a][b]",
+                c.key
+            ),
+        );
+        return;
+    }
     let unsupported_why = match attr {
-        Attribute::RequestAuth(_) => Some(
-            "request.auth attributes come from JWT request authentication, which meshctl does not have yet",
-        ),
         Attribute::EnvoyFilterMetadata(_) => {
             Some("it reads Envoy filter metadata, which the meshctl proxy does not have")
         }
