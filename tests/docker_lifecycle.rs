@@ -154,13 +154,13 @@ fn an_app_that_keeps_dying_fails_up_with_its_exit_code_and_restart_count() {
     );
     let rows = seed.ps();
     let r = row(&rows, &app);
-    assert!(r["restarts"].as_i64().unwrap() >= 3, "{r}");
-    assert_eq!(r["exitCode"], 2, "{r}");
+    // The exit code is not asserted here: Docker clears it each time it starts the app
+    // again, so `ps` shows it only between two restarts (the `up` error above names it).
+    assert!(r["restarts"].as_i64().is_some_and(|n| n >= 3), "{r}");
     let out = seed.meshctl(&["ps"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("warning: {app} keeps dying: exited with code 2"))
-            || err.contains(&format!("warning: {app} was restarted")),
+        err.contains(&format!("warning: {app} keeps dying: restarted ")),
         "{err}"
     );
 }

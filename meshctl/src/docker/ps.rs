@@ -81,6 +81,33 @@ pub struct PsRow {
     pub ports: Vec<String>,
 }
 
+/// The warning `ps` prints for an app its restart policy restarted, if any.
+fn restart_warning(r: &PsRow) -> Option<String> {
+    // Docker clears the exit code whenever it starts the container again, so whether a dying
+    // app shows one depends on the instant: the restart count decides instead.
+    if r.state == "restarting"
+        || (r.restarts > 0 && r.state != "running")
+        || r.restarts >= super::pod::KEEPS_DYING
+    {
+        let exit = r
+            .exit_code
+            .map_or(String::new(), |c| format!(", last exit code {c}"));
+        Some(format!(
+            "warning: {} keeps dying: restarted {} times by its restart policy{exit} (`meshctl logs {}`)",
+            r.name, r.restarts, r.service
+        ))
+    } else if r.restarts > 0 {
+        Some(format!(
+            "warning: {} died and was restarted by its restart policy ({} restart{})",
+            r.name,
+            r.restarts,
+            if r.restarts == 1 { "" } else { "s" }
+        ))
+    } else {
+        None
+    }
+}
+
 /// `meshctl ps`.
 pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let target = Target::resolve(project)?;
@@ -93,6 +120,9 @@ pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let (rows, ca_warnings) = rt.block_on(ps_rows(&target, proxy))?;
+    // Apps that died are warned about whatever the filters show (a restarting app is not
+    // `running`, so plain `ps` would hide exactly the one that needs attention).
+    let restart_warnings: Vec<String> = rows.iter().filter_map(restart_warning).collect();
     let rows: Vec<PsRow> = rows
         .into_iter()
         .filter(|r| all || r.state == "running" || !args.status.is_empty())
@@ -158,23 +188,10 @@ pub fn ps(project: &ProjectArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     for w in &ca_warnings {
         eprintln!("warning: {w}");
     }
+    for w in &restart_warnings {
+        eprintln!("{w}");
+    }
     for r in &rows {
-        if r.state == "restarting" || (r.restarts > 0 && r.state != "running") {
-            eprintln!(
-                "warning: {} keeps dying: exited with code {}, restarted {} times by its restart policy (`meshctl logs {}`)",
-                r.name,
-                r.exit_code.map_or("?".to_string(), |c| c.to_string()),
-                r.restarts,
-                r.service
-            );
-        } else if r.restarts > 0 {
-            eprintln!(
-                "warning: {} died and was restarted by its restart policy ({} restart{})",
-                r.name,
-                r.restarts,
-                if r.restarts == 1 { "" } else { "s" }
-            );
-        }
         match (r.cert_expiry, &r.cert_expires) {
             (Some(Expiry::Expiring), Some(at)) => eprintln!(
                 "warning: the certificate of {} ({}) expires at {at}: its renewal is overdue",
