@@ -219,9 +219,10 @@ fn every_schema_field_of_every_served_version_loads_and_serializes() {
     let Some(schemas) = schemas() else {
         return;
     };
-    // VirtualService, DestinationRule and ServiceEntry: 3 versions each; the security kinds
-    // (PeerAuthentication, AuthorizationPolicy, RequestAuthentication) and Telemetry: 2 each.
-    assert_eq!(schemas.len(), 17);
+    // VirtualService, DestinationRule, ServiceEntry and Sidecar: 3 versions each; the security
+    // kinds (PeerAuthentication, AuthorizationPolicy, RequestAuthentication) and Telemetry: 2
+    // each.
+    assert_eq!(schemas.len(), 20);
     for (kind, version, schema) in &schemas {
         let doc = document(*kind, version, schema);
         let r = IstioResource::from_value(

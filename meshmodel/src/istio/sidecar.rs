@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use meshapi::diag::FieldError;
 use meshapi::proxy::OutboundMode;
 
+use super::destination_rule::ConnectionPoolSettings;
 use super::matchers::{Labels, is_dns1123_label};
 use super::meta::{Ignored, ObjectMeta};
 use super::validate::{Report, check_wildcard_domain};
+use super::virtual_service::Destination;
 
 /// A Sidecar document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,8 +44,8 @@ pub struct SidecarSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<SidecarSelector>,
     /// Inbound listeners. Refused: the inbound side comes from the compose ports.
-    #[serde(default, skip_serializing)]
-    pub ingress: Option<Ignored>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<IngressListener>>,
     /// What the proxy may reach. meshctl serves one listener without `port` (its `hosts`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<EgressListener>,
@@ -52,8 +54,8 @@ pub struct SidecarSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<SidecarOutboundPolicy>,
     /// Inbound connection pool settings. Refused.
-    #[serde(default, skip_serializing)]
-    pub inbound_connection_pool: Option<Ignored>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_connection_pool: Option<ConnectionPoolSettings>,
 }
 
 /// Sidecar's `workloadSelector` (networking's selector: `labels`, not `matchLabels`).
@@ -70,8 +72,8 @@ pub struct SidecarSelector {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressListener {
     /// The port of this listener. Refused: one listener for every port is served.
-    #[serde(default, skip_serializing)]
-    pub port: Option<Ignored>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<SidecarPort>,
     /// The address to bind. Refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
@@ -92,8 +94,95 @@ pub struct SidecarOutboundPolicy {
     #[serde(default)]
     pub mode: OutboundMode,
     /// Where `ALLOW_ANY` traffic goes instead of its destination. Refused.
-    #[serde(default, skip_serializing)]
-    pub egress_proxy: Option<Ignored>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<Destination>,
+}
+
+/// A Sidecar listener's `port` (Istio's `SidecarPort`). Read so that it is refused by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u32>,
+}
+
+/// One `ingress` listener (Istio's `IstioIngressListener`). Read after Istio's schema so
+/// that a typo in it is still an unknown field; the whole of `ingress` is refused by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressListener {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<SidecarPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+}
+
+/// Istio's `ServerTLSSettings`, as an `ingress` listener carries it (refused with it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_names: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificates: Option<Vec<TlsCertificate>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_alt_names: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_certificate_spki: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_certificate_hash: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_protocol_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_protocol_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suites: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecdh_curves: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// One of `tls.tlsCertificates`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
 }
 
 /// The namespace part of an egress host.
