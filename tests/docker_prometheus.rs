@@ -143,7 +143,9 @@ async fn own_counts(targets: &[String]) -> (f64, f64) {
             .await
             .unwrap();
         for l in text.lines().filter(|l| {
-            l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"")
+            l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("destination_app=\"backend\"")
         }) {
             let v = l
                 .rsplit_once(' ')
@@ -216,7 +218,7 @@ async fn a_real_prometheus_scrapes_the_seed_mesh_and_sees_the_90_10_split() {
         let up = query(&prom, "sum(up{job=\"meshctl-proxies\"})").await;
         let versions = query(
             &prom,
-            "count by (destination_version) (istio_requests_total{reporter=\"destination\"})",
+            "count by (destination_version) (istio_requests_total{reporter=\"destination\",destination_app=\"backend\"})",
         )
         .await;
         if up.first().map(|u| u.1) == Some(3.0) && versions.len() == 2 {
@@ -242,15 +244,18 @@ async fn a_real_prometheus_scrapes_the_seed_mesh_and_sees_the_90_10_split() {
     let (v2_before, all_before) = own_counts(&targets).await;
     let n = 600;
     assert!(traffic(seed.port, n).await >= n - 5);
-    let q =
-        "sum by (destination_version) (rate(istio_requests_total{reporter=\"destination\"}[1m]))";
+    let q = "sum by (destination_version) (rate(istio_requests_total{reporter=\"destination\",destination_app=\"backend\"}[1m]))";
     // What the proxies count themselves; Prometheus has scraped past the last request once
     // its sum is the same.
     let (v2_after, want_total) = own_counts(&targets).await;
     let own_share = (v2_after - v2_before) / (want_total - all_before);
     let t0 = Instant::now();
     let split = loop {
-        let seen = query(&prom, "sum(istio_requests_total{reporter=\"destination\"})").await;
+        let seen = query(
+            &prom,
+            "sum(istio_requests_total{reporter=\"destination\",destination_app=\"backend\"})",
+        )
+        .await;
         let r = query(&prom, q).await;
         let total: f64 = r.iter().map(|(_, v)| v).sum();
         let caught_up = seen.first().is_some_and(|s| s.1 >= want_total);
@@ -273,18 +278,38 @@ async fn a_real_prometheus_scrapes_the_seed_mesh_and_sees_the_90_10_split() {
     eprintln!(
         "v2 share of backend requests: {share:.3} per Prometheus, {own_share:.3} per the proxies' counters ({split:?})"
     );
-    // Prometheus agrees with what the proxies counted (its rate extrapolates each target's
-    // samples to the window's edges: a few points at most)...
-    assert!(
-        (share - own_share).abs() <= 0.03,
-        "Prometheus {share} vs proxies {own_share}: {split:?}"
+    // Prometheus holds exactly what the proxies counted: its last samples of the counters are
+    // the proxies' own totals (the rate above extrapolates samples to the window's edges, so
+    // it is compared with the split only)...
+    let raw = query(
+        &prom,
+        "sum by (destination_version) (istio_requests_total{reporter=\"destination\",destination_app=\"backend\"})",
+    )
+    .await;
+    let raw_total: f64 = raw.iter().map(|(_, v)| v).sum();
+    let raw_v2 = raw
+        .iter()
+        .find(|(m, _)| m["destination_version"] == "v2")
+        .map_or(0.0, |(_, v)| *v);
+    assert_eq!(
+        (raw_v2, raw_total),
+        (v2_after, want_total),
+        "Prometheus' counters vs the proxies': {raw:?}"
     );
-    // ...and the canary is the minority that still gets traffic. The 90/10 split itself is
-    // asserted where the route is drawn (meshproxy's traffic tests): across runs of this test
-    // the proxies' own v2 share has ranged 0.03 to 0.15, far wider than 600 draws at 10%
-    // allow (1.2 points), which is a finding under investigation (see docs/observability.md),
-    // not something this test of Prometheus can settle.
-    assert!(share > 0.0 && share < 0.3, "v2 share {share}: {split:?}");
+    // ...and both show the 90/10 split: 600 draws at 10% have a standard deviation of 1.2
+    // points; this allows about four and a half. Only the backend's series count: the
+    // frontend is labelled `version: v1` too, and its own inbound requests would otherwise
+    // double the v1 side (the query as written, without `destination_app`, shows
+    // that on the seed, as it would on Istio).
+    for (what, s) in [
+        ("the proxies' counters", own_share),
+        ("Prometheus' rate", share),
+    ] {
+        assert!(
+            (0.045..=0.155).contains(&s),
+            "v2 share per {what} {s}: {split:?}"
+        );
+    }
 
     // `meshctl stats` reads the same proxies while traffic flows.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
