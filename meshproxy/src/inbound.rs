@@ -369,7 +369,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     )?;
     let upgrade = crate::http::is_upgrade(&req);
     if req.method() == http::Method::CONNECT {
-        return connect_tunnel(ctx, &snap, req).await;
+        return connect_tunnel(ctx, &snap, req, authn.as_ref()).await;
     }
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -466,11 +466,15 @@ async fn connect_tunnel(
     ctx: &ConnCtx,
     snap: &crate::runtime::Snapshot,
     req: Request<Incoming>,
+    authn: Option<&meshapi::authn::Authenticated<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
     let service = format!("inbound|{}", ctx.peer.port);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     strip_internal(&mut parts.headers);
+    if let Some(a) = &snap.authn {
+        crate::authn::rewrite_headers(a, authn, &mut parts.headers);
+    }
     if let (true, Some(v)) = (snap.cfg.xfcc, &ctx.xfcc) {
         parts.headers.insert(XFCC, v.clone());
     }
