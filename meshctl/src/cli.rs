@@ -97,6 +97,14 @@ pub enum Command {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// Serve the web console on 127.0.0.1 (read-only): the live service graph, each
+    /// service's endpoints, routes and split, the config and its last reload, explain.
+    Dashboard {
+        #[command(flatten)]
+        args: crate::dashboard::DashboardArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Create or reconcile the mesh on Docker: network, control plane, meshdns, and per replica
     /// a sidecar that owns the network namespace plus the app joined to it.
     Up {
@@ -249,6 +257,7 @@ impl Command {
             | Command::Apply { file, .. }
             | Command::ProxyConfig { file, .. }
             | Command::Explain { file, .. }
+            | Command::Dashboard { file, .. }
             | Command::Up { file, .. }
             | Command::Down { file, .. }
             | Command::Stop { file, .. }
@@ -308,6 +317,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply { args, .. } => commands::apply(&project, &args),
         Command::ProxyConfig { args, .. } => commands::proxy_config(&project, &args),
         Command::Explain { args, .. } => crate::explain::explain_cmd(&project, &args),
+        Command::Dashboard { args, .. } => crate::dashboard::dashboard(&project, &args),
         Command::Up { args, .. } => docker::up(&project, &args),
         Command::Down { args, .. } => docker::down(&project, &args),
         Command::Ps { args, .. } => crate::docker::ps::ps(&project, &args),

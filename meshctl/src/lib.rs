@@ -5,6 +5,7 @@ pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod controlplane;
+pub mod dashboard;
 pub mod docker;
 pub mod explain;
 pub mod observe;

@@ -247,7 +247,7 @@ async fn scrape_all(targets: &[ScrapeTarget]) -> Vec<Sample> {
     out
 }
 
-async fn scrape(addr: SocketAddr) -> Result<String, String> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr)
