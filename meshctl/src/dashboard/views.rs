@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::collect::{KEEP, Seen};
 use crate::explain::Offline;
 use crate::observe::ScrapeTarget;
-use crate::observe::stats::{Sample, quantile};
+use crate::observe::stats::{Sample, bound_key, quantile};
 
 /// The window of rates, splits and p99 (a live edit shows within it).
 pub const RATE_WINDOW: Duration = Duration::from_secs(3);
@@ -59,11 +59,17 @@ fn label<'s>(s: &'s Sample, k: &str) -> &'s str {
     s.labels.get(k).map_or("unknown", String::as_str)
 }
 
-/// The mesh service of a `source_workload` label (a compose service name).
-fn service_of(inv: &Inventory, workload: &str) -> String {
+/// The mesh service of a request's source: its `source_workload` (a compose service name),
+/// else the workload whose identity is its `source_principal`.
+fn source_of(inv: &Inventory, s: &Sample) -> String {
+    let workload = label(s, "source_workload");
+    let principal = label(s, "source_principal");
     inv.workloads
         .iter()
         .find(|w| w.compose_name == workload)
+        .or_else(|| {
+            (inv.workloads.iter()).find(|w| w.principal(meshapi::DEFAULT_TRUST_DOMAIN) == principal)
+        })
         .map_or_else(|| workload.to_string(), |w| w.service.clone())
 }
 
@@ -127,7 +133,7 @@ pub fn graph(inv: &Inventory, seen: &Seen, kind: &str) -> Value {
         let reporter = label(s, "reporter");
         let key = || {
             (
-                service_of(inv, label(s, "source_workload")),
+                source_of(inv, s),
                 label(s, "destination_service_name").to_string(),
             )
         };
@@ -204,15 +210,6 @@ pub fn graph(inv: &Inventory, seen: &Seen, kind: &str) -> Value {
         "nodes": nodes.into_values().collect::<Vec<_>>(),
         "edges": edges,
     })
-}
-
-/// Upper bounds in thousandths of a millisecond (`+Inf` is max), as `meshctl stats` keys them.
-fn bound_key(le: &str) -> Option<u64> {
-    if le == "+Inf" {
-        return Some(u64::MAX);
-    }
-    let v: f64 = le.parse().ok()?;
-    Some((v * 1000.0).round() as u64)
 }
 
 /// One service's page: endpoints, the routes and DestinationRule that apply with the
