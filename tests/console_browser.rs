@@ -196,6 +196,28 @@ impl WebDriver {
     }
 }
 
+impl Drop for WebDriver {
+    /// Ends the session (Chromium with it) before chromedriver is killed, even when a step
+    /// failed: a plain blocking `DELETE`, bounded by its timeouts.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some(addr) = self.base.strip_prefix("http://") else {
+            return;
+        };
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let req = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+            self.session
+        );
+        if s.write_all(req.as_bytes()).is_ok() {
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+    }
+}
+
 fn chromium() -> String {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .iter()

@@ -434,7 +434,7 @@ fn denials(inc: &[(ScrapeTarget, Sample)], service: &str) -> Vec<Value> {
     acc.into_iter()
         .map(|((policy, workload), n)| {
             // `name.namespace` as the proxies label it, `none`: no ALLOW policy matched.
-            let policy = match policy.split_once('.') {
+            let policy = match policy.rsplit_once('.') {
                 Some((name, ns)) => format!("{ns}/{name}"),
                 None => policy,
             };
