@@ -295,18 +295,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snap = ctx.shared.runtime.load_full();
-    if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
-        // Closed at once, before the application is dialed.
-        tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
-        return;
-    }
-    let mut upstream = match connect_app(&snap, ctx.peer.port).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(error = %e, "application connect failed");
-            return;
-        }
-    };
     let mut record = crate::telemetry::ConnectionOutcome::start(
         Direction::Inbound,
         Arc::new(crate::telemetry::peer_party(
@@ -319,6 +307,20 @@ where
     record.mtls = ctx.peer.identity.is_some();
     record.downstream = Some(Arc::new(ctx.downstream()));
     record.facts = app_facts(&snap, ctx.peer.port);
+    if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
+        // Closed at once, before the application is dialed.
+        tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
+        crate::telemetry::refused_connection(&ctx.shared, record, &e);
+        return;
+    }
+    let mut upstream = match connect_app(&snap, ctx.peer.port).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "application connect failed");
+            crate::telemetry::refused_connection(&ctx.shared, record, &e);
+            return;
+        }
+    };
     crate::telemetry::connection_opened(&ctx.shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
@@ -413,7 +415,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     if h2 {
         parts.headers.remove(header::HOST);
     }
-    let fault = crate::body::BodyFault::default();
+    let fault = crate::body::BodyFault::for_request(&parts.extensions);
     let body = crate::body::Downstream::wrap(body, fault.clone());
     let mut req = Request::from_parts(parts, body);
     let down = upgrade.then(|| hyper::upgrade::on(&mut req));
