@@ -48,6 +48,19 @@ pub async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
     }
 }
 
+/// When every port is STRICT: the first byte must open a TLS handshake. Anything else is
+/// plaintext, refused by the caller without a byte written, as Envoy closes a connection
+/// no filter chain matches (handing it to the TLS acceptor would answer with a TLS alert,
+/// which an HTTP client shows as a garbled HTTP/0.9 response). A peer silent for `timeout`
+/// would fail the handshake anyway: it is closed.
+pub async fn tls_first(stream: &TcpStream, timeout: Duration) -> Sniffed {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => Sniffed::Closed,
+        Ok(Ok(_)) => classify(b[0]),
+    }
+}
+
 /// The sniffer's decision for a first byte.
 pub fn classify(first: u8) -> Sniffed {
     if first == 0x16 {
@@ -168,7 +181,7 @@ pub async fn serve(shared: Arc<Context>, stream: TcpStream, remote: SocketAddr) 
     let sniffed = if snap.any_plaintext() {
         sniff(&stream, snap.cfg.limits.sniff_timeout.0).await
     } else {
-        Sniffed::Tls
+        tls_first(&stream, snap.cfg.limits.connect_timeout.0).await
     };
     let orig_port = original_port(&stream);
     let local_ip = crate::authz::local_ip(&stream);
