@@ -218,9 +218,7 @@ pub fn normalize_only(peer: &PeerInfo, req: &HttpFacts<'_>) -> Result<Authorized
 /// (`source.ip`) is the peer address and cannot be forged this way.
 pub fn remote_ip(headers: &HeaderMap) -> Option<IpAddr> {
     let last_header = headers.get_all("x-forwarded-for").iter().next_back()?;
-    let value = last_header.to_str().ok()?;
-    let last = value.rsplit(',').next()?.trim();
-    last.parse().ok()
+    meshapi::authz::forwarded_for(last_header.to_str().ok()?)
 }
 
 fn denied(d: &Decision<'_>, peer: &PeerInfo) -> ProxyError {

@@ -699,6 +699,30 @@ pub fn origination_config(
     Ok((Arc::new(cfg), sni))
 }
 
+/// The client config a proxy fetches `https://` JWKS and OpenID discovery documents with:
+/// the public web roots (Mozilla's, compiled in: the sidecar image has no CA bundle), the
+/// mesh's own roots (an issuer inside the mesh, a test CA) and the system's bundle when the
+/// host has one (the first of [`SYSTEM_CA_FILES`], e.g. an enterprise CA in host mode). The
+/// server's name is checked as any HTTPS client does; no client certificate.
+pub fn jwks_client_config(identity: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(creds) = identity.current() {
+        roots.extend(creds.roots.iter().cloned());
+    }
+    if let Some(found) = SYSTEM_CA_FILES.iter().map(Path::new).find(|p| p.exists()) {
+        let pem = read_file(found)?;
+        roots
+            .add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
+    }
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// The SNI a client sends to say which application port it wants: `p<port>.inbound.mesh`.
 pub fn sni_for_port(port: u16) -> ServerName<'static> {
     ServerName::try_from(format!("p{port}.inbound.mesh"))

@@ -145,7 +145,7 @@ fn key(s: &Sample) -> Option<(String, String)> {
 }
 
 /// Upper bounds in thousandths of a millisecond, so they can be map keys (`+Inf` is max).
-fn bound_key(le: &str) -> Option<u64> {
+pub(crate) fn bound_key(le: &str) -> Option<u64> {
     if le == "+Inf" {
         return Some(u64::MAX);
     }
@@ -249,7 +249,7 @@ async fn scrape_all(targets: &[ScrapeTarget]) -> Vec<Sample> {
     out
 }
 
-async fn scrape(addr: SocketAddr) -> Result<String, String> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr)

@@ -82,7 +82,7 @@ impl ClusterState {
         let keys = endpoints
             .iter()
             .map(|e| {
-                let tls = (cluster.policy.tls.clone()).unwrap_or_else(|| e.tls_for(cluster.port));
+                let tls = cluster.tls_for(e);
                 Arc::new(PoolKey {
                     addr: e.address,
                     identity: e.identity.clone(),
@@ -345,7 +345,7 @@ pub fn build_clusters(
                     (*key).clone(),
                     svc.endpoints
                         .iter()
-                        .filter(|e| in_cluster(c, e))
+                        .filter(|e| c.holds(e))
                         .map(|e| Arc::new(e.clone()))
                         .collect(),
                 ),
@@ -366,16 +366,6 @@ pub fn build_clusters(
             Arc::new(ClusterState::new(name, service, c, endpoints, multiplexed))
         })
         .collect()
-}
-
-/// Whether endpoint `e` belongs to cluster `c`: one of its workloads (when both say), and
-/// carrying the subset's labels.
-fn in_cluster(c: &Cluster, e: &Endpoint) -> bool {
-    let workload_ok = match (&e.workload, c.workloads.is_empty()) {
-        (Some(w), false) => c.workloads.iter().any(|cw| cw == w),
-        _ => true,
-    };
-    workload_ok && c.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))
 }
 
 /// Holds one unit of endpoint `i`'s `active` count for LEAST_REQUEST while a try is
