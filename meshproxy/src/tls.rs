@@ -151,6 +151,10 @@ pub fn check_svid(der: &[u8]) -> Result<SpiffeId, SvidError> {
 pub struct Credentials {
     /// The SPIFFE ID in our own certificate.
     pub id: SpiffeId,
+    /// When our own certificate expires (Unix seconds).
+    pub not_after: Option<i64>,
+    /// When the first of the trusted roots expires (Unix seconds).
+    pub roots_not_after: Option<i64>,
     key: Arc<CertifiedKey>,
     roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
 }
@@ -184,7 +188,11 @@ impl Credentials {
         })?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(TlsError::Key)?;
         let mut roots = Vec::new();
+        let mut roots_not_after: Option<i64> = None;
         for der in CertificateDer::pem_slice_iter(roots_pem).filter_map(Result::ok) {
+            if let Some(t) = not_after(&der) {
+                roots_not_after = Some(roots_not_after.map_or(t, |r| r.min(t)));
+            }
             roots.push(
                 webpki::anchor_from_trusted_cert(&der)
                     .map_err(TlsError::Root)?
@@ -199,6 +207,8 @@ impl Credentials {
         }
         Ok(Credentials {
             id,
+            not_after: not_after(leaf),
+            roots_not_after,
             key: Arc::new(CertifiedKey::new(chain, signer)),
             roots,
         })
@@ -219,6 +229,13 @@ impl Credentials {
         };
         Credentials::from_pem(&read(cert)?, &read(key)?, &read(roots)?, expected)
     }
+}
+
+/// A certificate's `notAfter` (Unix seconds).
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
 }
 
 /// One consistent trust state: our credentials (chain, key, roots) and the other trust
