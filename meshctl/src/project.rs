@@ -81,6 +81,7 @@ impl ProjectArgs {
             profiles: self.profiles.clone(),
             targets: self.targets.clone(),
             env_files: self.env_files.clone(),
+            image_ports: Default::default(),
         }
     }
 

@@ -308,18 +308,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snap = ctx.shared.runtime.load_full();
-    if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
-        // Closed at once, before the application is dialed.
-        tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
-        return;
-    }
-    let mut upstream = match connect_app(&snap, ctx.peer.port).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(error = %e, "application connect failed");
-            return;
-        }
-    };
     let mut record = crate::telemetry::ConnectionOutcome::start(
         Direction::Inbound,
         Arc::new(crate::telemetry::peer_party(
@@ -332,6 +320,20 @@ where
     record.mtls = ctx.peer.identity.is_some();
     record.downstream = Some(Arc::new(ctx.downstream()));
     record.facts = app_facts(&snap, ctx.peer.port);
+    if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
+        // Closed at once, before the application is dialed.
+        tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
+        crate::telemetry::refused_connection(&ctx.shared, record, &e);
+        return;
+    }
+    let mut upstream = match connect_app(&snap, ctx.peer.port).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "application connect failed");
+            crate::telemetry::refused_connection(&ctx.shared, record, &e);
+            return;
+        }
+    };
     crate::telemetry::connection_opened(&ctx.shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
@@ -382,7 +384,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     )?;
     let upgrade = crate::http::is_upgrade(&req);
     if req.method() == http::Method::CONNECT {
-        return connect_tunnel(ctx, &snap, req).await;
+        return connect_tunnel(ctx, &snap, req, authn.as_ref()).await;
     }
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -426,7 +428,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     if h2 {
         parts.headers.remove(header::HOST);
     }
-    let fault = crate::body::BodyFault::default();
+    let fault = crate::body::BodyFault::for_request(&parts.extensions);
     let body = crate::body::Downstream::wrap(body, fault.clone());
     let mut req = Request::from_parts(parts, body);
     let down = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -479,11 +481,15 @@ async fn connect_tunnel(
     ctx: &ConnCtx,
     snap: &crate::runtime::Snapshot,
     req: Request<Incoming>,
+    authn: Option<&meshapi::authn::Authenticated<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
     let service = format!("inbound|{}", ctx.peer.port);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     strip_internal(&mut parts.headers);
+    if let Some(a) = &snap.authn {
+        crate::authn::rewrite_headers(a, authn, &mut parts.headers);
+    }
     if let (true, Some(v)) = (snap.cfg.xfcc, &ctx.xfcc) {
         parts.headers.insert(XFCC, v.clone());
     }

@@ -347,6 +347,7 @@ mod tests {
             remote: None,
             proxy_epoch: None,
             ready_since_ms: None,
+            stats: None,
         }
     }
 
