@@ -65,6 +65,9 @@ pub struct LoadOptions {
     /// environment or the `.env` file), as compose does. Services whose `profiles` name none
     /// of them are left out of the mesh.
     pub profiles: Vec<String>,
+    /// Services named on the command line (`up SERVICE...`): as in compose v2, their
+    /// profiles are added to the active ones.
+    pub targets: Vec<String>,
     /// `--env-file`: read these instead of the project directory's `.env` (later files win).
     pub env_files: Vec<PathBuf>,
     /// The ports each service's image EXPOSEs (compose name -> ports), read from the engine
@@ -80,6 +83,7 @@ impl fmt::Debug for LoadOptions {
             .field("working_dir", &self.working_dir)
             .field("project_name", &self.project_name)
             .field("profiles", &self.profiles)
+            .field("targets", &self.targets)
             .field("env_files", &self.env_files)
             .field("image_ports", &self.image_ports)
             .finish_non_exhaustive()
@@ -95,6 +99,7 @@ impl LoadOptions {
             project_name: None,
             env: Box::new(compose::ProcessEnv),
             profiles: Vec::new(),
+            targets: Vec::new(),
             env_files: Vec::new(),
             image_ports: BTreeMap::new(),
         }
@@ -170,7 +175,14 @@ pub fn load(opts: &LoadOptions) -> Loaded {
 
     let mut merged = composes.into_iter().reduce(compose::merge);
     if let Some(compose) = &mut merged {
-        let active = active_profiles(opts, &env);
+        let mut active = active_profiles(opts, &env);
+        // A service targeted by the command enables its profiles (the compose spec: "its
+        // profile is added to the set of active profiles").
+        for target in &opts.targets {
+            if let Some(s) = compose.services.get(target) {
+                active.extend(s.profiles.iter().cloned());
+            }
+        }
         apply_profiles(compose, &active, &mut out);
         apply_image_ports(compose, &opts.image_ports);
     }
@@ -236,7 +248,7 @@ fn load_text(
                 resource: None,
                 path: String::new(),
                 message: e.to_string(),
-                hint: None,
+                hint: e.hint().map(str::to_string),
             });
             return;
         }
