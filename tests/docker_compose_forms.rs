@@ -41,14 +41,11 @@ services:
     environment: {{BACKEND_URL: 'http://db:8080/'}}
     depends_on: [db]
   legacy:
-    image: meshctl-demo/frontend:latest
+    extends: {{service: legacy, file: lib/legacy.yaml}}
     ports: ['{legacy}:3000']
     environment: {{BACKEND_URL: 'http://db:8080/'}}
-    secrets: [token]
-    configs: [{{source: settings, target: /etc/settings.conf}}]
-    x-mesh: {{enabled: false}}
   legacy-strict:
-    extends: legacy
+    extends: {{service: legacy, file: lib/legacy.yaml}}
     ports: ['{strict}:3000']
     environment: {{BACKEND_URL: 'http://api:8080/'}}
   viewer:
@@ -91,6 +88,19 @@ services:
     std::fs::write(
         dir.join("db/Dockerfile"),
         "FROM meshctl-demo/backend:latest\nEXPOSE 8080\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::write(
+        dir.join("lib/legacy.yaml"),
+        "\
+services:
+  legacy:
+    image: meshctl-demo/frontend:latest
+    secrets: [token]
+    configs: [{source: settings, target: /etc/settings.conf}]
+    x-mesh: {enabled: false}
+",
     )
     .unwrap();
     std::fs::write(dir.join("token.txt"), "s3cret\n").unwrap();
@@ -158,7 +168,12 @@ async fn named_networks_image_ports_and_services_out_of_the_mesh() {
     );
     // ... and refused by api's STRICT one (the frontend says it could not reach it).
     let body = eventually_get(strict, Duration::from_secs(20), |s, _| s == 500).await;
-    assert!(body.contains("Frontend could not"), "{body}");
+    // The name resolved and the connection opened (a DNS failure is `(Connect)`); the STRICT
+    // inbound listener closed it without an answer.
+    assert!(
+        body.contains("Frontend could not reach the backend: client error (SendRequest)"),
+        "{body}"
+    );
     // The mesh reaches the service out of it by its compose name.
     let body = eventually_get(viewer, Duration::from_secs(20), |s, _| s == 200).await;
     assert!(
@@ -264,6 +279,7 @@ fn check_and_up_refuse_the_same_file_with_every_problem_placed() {
             .collect();
         lines.sort();
         lines.dedup();
+        assert!(!lines.is_empty(), "meshctl {args:?} placed nothing:\n{err}");
         reports.push(lines);
     }
     for key in ["privileged", "ipc", "networks.nowhere"] {
