@@ -223,16 +223,14 @@ impl ComposeFile {
                         );
                     }
                 }
-                if net == "default" {
-                    if !n.aliases.is_empty() || n.ipv4_address.is_some() {
-                        errors.push(
-                            FieldError::new(
-                                at.clone(),
-                                "not supported by meshctl: aliases and fixed addresses on `default`, the mesh network: mesh services are reached by name through meshdns",
-                            )
-                            .with_hint("declare a named network (top-level `networks:`) and put the aliases or address there"),
-                        );
-                    }
+                if net == "default" && (!n.aliases.is_empty() || n.ipv4_address.is_some()) {
+                    errors.push(
+                        FieldError::new(
+                            at.clone(),
+                            "not supported by meshctl: aliases and fixed addresses on `default`, the mesh network: mesh services are reached by name through meshdns",
+                        )
+                        .with_hint("declare a named network (top-level `networks:`) and put the aliases or address there"),
+                    );
                 }
                 if n.ipv6_address.is_some() {
                     errors.push(
