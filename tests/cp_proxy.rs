@@ -597,7 +597,11 @@ async fn meshctl_stats_reads_the_proxies_the_control_plane_lists_in_host_mode() 
             .iter()
             .find(|s| s["proxy"] == proxy)
             .unwrap_or_else(|| panic!("{proxy} not in {status}"));
-        assert_eq!(listed["stats"], p.bound.stats.to_string().as_str(), "{listed}");
+        assert_eq!(
+            listed["stats"],
+            p.bound.stats.to_string().as_str(),
+            "{listed}"
+        );
     }
     client.shutdown().await;
     server.shutdown().await;

@@ -156,9 +156,35 @@ pub enum Command {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// Run a command in a service's running app container, in its pod (its calls go through
+    /// the sidecar); exits with the command's status.
+    Exec {
+        #[command(flatten)]
+        args: crate::docker::exec::ExecArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Stream the project's container events and the mesh's (reloads, ACK/NACK, certificate
+    /// renewals, outlier ejections) until interrupted; `--json` as compose.
+    Events {
+        #[command(flatten)]
+        args: crate::docker::events::EventsArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// The processes of each running container (docker compose's `top`; `meshctl top` is the
+    /// busiest paths).
+    Processes {
+        #[command(flatten)]
+        args: crate::docker::exec::ProcessesArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Build (or rebuild) every image `up` needs: compose `build:`, the sidecar runtime image,
     /// the workspace's demo images.
     Build {
+        #[command(flatten)]
+        args: crate::docker::commands::BuildArgs,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -263,7 +289,10 @@ impl Command {
             | Command::Stop { file, .. }
             | Command::Start { file, .. }
             | Command::Restart { file, .. }
-            | Command::Build { file }
+            | Command::Build { file, .. }
+            | Command::Exec { file, .. }
+            | Command::Events { file, .. }
+            | Command::Processes { file, .. }
             | Command::Ps { file, .. }
             | Command::PrometheusConfig { file, .. }
             | Command::Stats { file, .. } => &file.files,
@@ -326,7 +355,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start { args, .. } => lifecycle::start(&project, &args),
         Command::Restart { args, .. } => lifecycle::restart(&project, &args),
         Command::Ls(args) => lifecycle::ls(&args),
-        Command::Build { .. } => docker::build(&project),
+        Command::Events { args, .. } => crate::docker::events::events(&project, &args),
+        Command::Exec { args, .. } => crate::docker::exec::exec(&project, &args),
+        Command::Processes { args, .. } => crate::docker::exec::processes(&project, &args),
+        Command::Build { args, .. } => docker::build(&project, &args),
         Command::Version(args) => version_cmd(&args),
         Command::Completion { shell } => {
             std::io::stdout()

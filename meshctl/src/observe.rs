@@ -90,7 +90,8 @@ pub async fn docker_targets(project: &Project) -> anyhow::Result<Vec<ScrapeTarge
 /// serve `/stats/prometheus` (any runtime: Docker sidecars, `meshctl serve`'s host proxies,
 /// process services). `None` when no control plane answers.
 pub async fn control_plane_targets(project: &Project) -> Option<Vec<ScrapeTarget>> {
-    let client = crate::controlplane::client::AdminClient::from_state_dir(&project.state_dir).ok()?;
+    let client =
+        crate::controlplane::client::AdminClient::from_state_dir(&project.state_dir).ok()?;
     let status = tokio::time::timeout(
         std::time::Duration::from_secs(3),
         client.get::<crate::controlplane::api::StatusReport>(meshapi::wire::STATUS_PATH),

@@ -796,7 +796,11 @@ fn telemetry_conflicts(cx: &mut Ctx<'_>) {
                 continue;
             }
             match first {
-                Some(f) => flag(r, f, format!("workload {} (by its selector)", w.compose_name)),
+                Some(f) => flag(
+                    r,
+                    f,
+                    format!("workload {} (by its selector)", w.compose_name),
+                ),
                 None => first = Some(r),
             }
         }

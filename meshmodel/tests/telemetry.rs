@@ -334,10 +334,16 @@ fn of_two_telemetries_at_one_level_the_first_applies_and_check_warns() {
     assert!(errors(&loaded).is_empty(), "{:?}", loaded.diagnostics);
     let backend = compiled(&loaded, "backend-v2");
     assert_eq!(backend.telemetry.tracing.sampling_percent, 50.0);
-    assert!(!backend.telemetry.access_log.enabled, "the first selecting one applies");
+    assert!(
+        !backend.telemetry.access_log.enabled,
+        "the first selecting one applies"
+    );
     let frontend = compiled(&loaded, "frontend");
     assert_eq!(frontend.telemetry.tracing.sampling_percent, 50.0);
-    assert!(frontend.telemetry.access_log.enabled, "x-mesh's accessLogFile");
+    assert!(
+        frontend.telemetry.access_log.enabled,
+        "x-mesh's accessLogFile"
+    );
 
     let found = meshmodel::check::analyze(&loaded.mesh);
     let conflicts: Vec<_> = found.iter().filter(|d| d.code == "MESH0302").collect();

@@ -537,7 +537,8 @@ impl Metrics {
         if let Some(s) = scrape {
             let mut extra = Registry::default();
             extra.register_collector(Box::new(s));
-            r = r.and_then(|()| prometheus_client::encoding::text::encode_registry(&mut om, &extra));
+            r = r
+                .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut om, &extra));
         }
         if let Err(e) = r {
             tracing::warn!(error = %e, "metrics encoding failed");
@@ -653,8 +654,10 @@ impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let clusters = &self.clusters;
         // Label sets borrow the cluster names, so they are built per family here.
-        let names: Vec<[(&str, &str); 1]> =
-            clusters.iter().map(|c| [("cluster", c.name.as_str())]).collect();
+        let names: Vec<[(&str, &str); 1]> = clusters
+            .iter()
+            .map(|c| [("cluster", c.name.as_str())])
+            .collect();
         let counter_by = |f: fn(&crate::traffic::ClusterStatus) -> u64| -> Vec<(Kv<'_>, u64)> {
             names
                 .iter()

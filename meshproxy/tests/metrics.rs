@@ -354,12 +354,22 @@ async fn both_sides_report_istios_request_and_tcp_metrics_with_istios_labels() {
             &[("cert", "root")],
         )
         .unwrap_or_else(|| panic!("no root cert expiry:\n{text}"));
-        assert!(workload > now && root >= workload, "{workload} {root} {now}");
+        assert!(
+            workload > now && root >= workload,
+            "{workload} {root} {now}"
+        );
         let left: f64 = text
             .lines()
-            .find_map(|l| l.strip_prefix("istio_agent_cert_expiry_seconds ")?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix("istio_agent_cert_expiry_seconds ")?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("no istio_agent_cert_expiry_seconds:\n{text}"));
-        assert!((left - (workload - now)).abs() < 120.0, "{left} vs {workload} - {now}");
+        assert!(
+            (left - (workload - now)).abs() < 120.0,
+            "{left} vs {workload} - {now}"
+        );
         for family in [
             "# TYPE meshproxy_upstream_pooled_connections gauge",
             "# TYPE meshproxy_authz_decisions_total counter",
@@ -373,8 +383,10 @@ async fn both_sides_report_istios_request_and_tcp_metrics_with_istios_labels() {
     // The client's cluster to the backend is listed with its overflow series.
     let text = scrape(&p.client).await;
     assert!(
-        text.lines().any(|l| l.starts_with("meshproxy_cluster_overflow_total{cluster=\"outbound|")
-            && l.contains("resource=\"connections\"")),
+        text.lines().any(
+            |l| l.starts_with("meshproxy_cluster_overflow_total{cluster=\"outbound|")
+                && l.contains("resource=\"connections\"")
+        ),
         "{text}"
     );
 }

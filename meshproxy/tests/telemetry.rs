@@ -665,8 +665,7 @@ async fn a_tcp_connection_that_never_reaches_its_upstream_is_logged_with_its_fla
     assert_eq!(line["protocol"], "TCP", "{line}");
     assert_eq!(line["response_flags"], "UF", "{line}");
     assert_eq!(
-        line["response_code_details"],
-        "upstream_reset_before_response_started{connection_failure}",
+        line["response_code_details"], "upstream_reset_before_response_started{connection_failure}",
         "{line}"
     );
     assert_eq!(line["bytes_received"], 0, "{line}");
@@ -710,8 +709,16 @@ async fn a_tcp_connection_that_never_reaches_its_upstream_is_logged_with_its_fla
     let f = text_fields(&c_log.lines()[0]);
     assert_eq!(f.len(), 24, "{f:?}");
     assert_eq!((f[1].as_str(), f[3].as_str()), ("- - TCP", "UF"), "{f:?}");
-    assert_eq!(f[23], spiffe("backend"), "the identity it had to present: {f:?}");
-    let (_, _, text) = get(&http1_client(), &format!("http://{}/stats/prometheus", c.stats)).await;
+    assert_eq!(
+        f[23],
+        spiffe("backend"),
+        "the identity it had to present: {f:?}"
+    );
+    let (_, _, text) = get(
+        &http1_client(),
+        &format!("http://{}/stats/prometheus", c.stats),
+    )
+    .await;
     for name in [
         "istio_tcp_connections_opened_total",
         "istio_tcp_connections_closed_total",

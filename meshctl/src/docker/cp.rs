@@ -210,6 +210,9 @@ pub fn spawn_background(
     for p in &project.profiles {
         cmd.args(["--profile", p]);
     }
+    for t in &project.targets {
+        cmd.args(["--target-service", t]);
+    }
     for f in &project.env_files {
         let f = std::path::absolute(f).map_err(|source| DockerError::Io {
             path: f.clone(),

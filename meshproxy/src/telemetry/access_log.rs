@@ -20,7 +20,9 @@ use meshapi::telemetry::access_log::{AccessLogEncoding, LineRef, Val};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use super::{ConnectionOutcome, Downstream, RequestOutcome, TelemetryCounters, Upstream, UpstreamFacts};
+use super::{
+    ConnectionOutcome, Downstream, RequestOutcome, TelemetryCounters, Upstream, UpstreamFacts,
+};
 
 /// Where access log lines go: the proxy's stdout unless a test gives another writer.
 pub type Sink = Pin<Box<dyn AsyncWrite + Send>>;
@@ -206,7 +208,11 @@ fn upstream<'a>(up: Option<&'a Upstream>, facts: &'a UpstreamFacts) -> (Val<'a>,
                 .and_then(|e| e.identity.as_ref())
                 .map_or(Val::None, |i| Val::Display(i)),
         ),
-        None => (facts.host.into(), facts.cluster.as_deref().into(), Val::None),
+        None => (
+            facts.host.into(),
+            facts.cluster.as_deref().into(),
+            Val::None,
+        ),
     }
 }
 
@@ -263,7 +269,11 @@ pub fn with_request_line<R>(o: &RequestOutcome, f: impl FnOnce(&LineRef<'_>) -> 
 }
 
 /// Appends the access log line of a closed TCP connection to `out`.
-pub fn write_connection_line(o: &ConnectionOutcome, encoding: AccessLogEncoding, out: &mut Vec<u8>) {
+pub fn write_connection_line(
+    o: &ConnectionOutcome,
+    encoding: AccessLogEncoding,
+    out: &mut Vec<u8>,
+) {
     let start = StartTime(o.start);
     let (upstream_host, upstream_cluster, upstream_peer_uri_san) =
         upstream(o.upstream.as_ref(), &o.facts);
