@@ -153,6 +153,8 @@ pub struct Credentials {
     pub id: SpiffeId,
     key: Arc<CertifiedKey>,
     roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    /// The roots as certificates (the admin endpoint's `/certs`).
+    root_certs: Vec<CertificateDer<'static>>,
 }
 
 impl Credentials {
@@ -184,12 +186,14 @@ impl Credentials {
         })?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(TlsError::Key)?;
         let mut roots = Vec::new();
+        let mut root_certs = Vec::new();
         for der in CertificateDer::pem_slice_iter(roots_pem).filter_map(Result::ok) {
             roots.push(
                 webpki::anchor_from_trusted_cert(&der)
                     .map_err(TlsError::Root)?
                     .to_owned(),
             );
+            root_certs.push(der);
         }
         if roots.is_empty() {
             return Err(TlsError::Pem {
@@ -201,7 +205,18 @@ impl Credentials {
             id,
             key: Arc::new(CertifiedKey::new(chain, signer)),
             roots,
+            root_certs,
         })
+    }
+
+    /// The trust roots peers are verified against.
+    pub fn root_certs(&self) -> &[CertificateDer<'static>] {
+        &self.root_certs
+    }
+
+    /// Our own chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.key.cert
     }
 
     /// Reads the three PEM files.
