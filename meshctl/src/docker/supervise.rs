@@ -335,4 +335,14 @@ mod tests {
         }
         assert!(backoff(30) <= BACKOFF_MAX);
     }
+
+    #[test]
+    fn an_adopting_supervisor_starts_control_planes_without_its_adopt_flag() {
+        let args = ["-p", "x", "__control-plane", "--adopt", "42", "--adopt=7"]
+            .map(std::ffi::OsString::from);
+        assert_eq!(
+            without_adopt(args.into_iter()),
+            ["-p", "x", "__control-plane"].map(std::ffi::OsString::from)
+        );
+    }
 }
