@@ -207,6 +207,26 @@ pub struct RotateResponse {
     pub acks: Option<AckReport>,
 }
 
+/// Runs one reload in the reload task (with `note` printed above its report) and returns
+/// its report, or the answer to give when the control plane is stopping.
+#[allow(clippy::result_large_err)]
+async fn reload_for(
+    tx: &mpsc::Sender<ReloadCmd>,
+    note: Option<String>,
+) -> Result<ReloadReport, Response<ApiBody>> {
+    let stopping = || error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+    let (reply, rx) = oneshot::channel();
+    let cmd = ReloadCmd {
+        reply: Some(reply),
+        trigger: None,
+        note,
+    };
+    if tx.send(cmd).await.is_err() {
+        return Err(stopping());
+    }
+    rx.await.map_err(|_| stopping())
+}
+
 async fn rotate(
     push: Arc<PushState>,
     ca: Arc<Ca>,
@@ -241,17 +261,14 @@ async fn rotate(
         Ok(Err(e)) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    let (reply, rx) = oneshot::channel();
-    let cmd = ReloadCmd {
-        reply: Some(reply),
-        trigger: None,
-        note: Some("root rotation started: pushing the new trust bundle".into()),
-    };
-    if tx.send(cmd).await.is_err() {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
-    }
-    let Ok(report) = rx.await else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+    let report = match reload_for(
+        &tx,
+        Some("root rotation started: pushing the new trust bundle".into()),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS));
     let acks = if report.changed.is_empty() {
@@ -531,17 +548,9 @@ async fn reload_now(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let (reply, rx) = oneshot::channel();
-    let cmd = ReloadCmd {
-        reply: Some(reply),
-        trigger: None,
-        note: None,
-    };
-    if tx.send(cmd).await.is_err() {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
-    }
-    let Ok(report) = rx.await else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+    let report = match reload_for(&tx, None).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let acks = if body.wait && report.ok {
         let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS));

@@ -69,6 +69,48 @@ fn parse_overlap(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// POSTs `body` to the running control plane's admin route `path` (retrying while it
+/// restarts) and returns its answer.
+fn post_admin<B, R>(project: &ProjectArgs, path: &str, body: &B) -> anyhow::Result<R>
+where
+    B: serde::Serialize + Sync,
+    R: serde::de::DeserializeOwned,
+{
+    let (_, resp) = runtime()?.block_on(call_with_backoff(
+        &state_dir(project),
+        RECONNECT_BUDGET,
+        |c| async move { c.post::<_, R>(path, body).await },
+    ))?;
+    Ok(resp)
+}
+
+/// The proxies that refused, did not answer, or are not connected, one line each.
+fn print_ack_problems(
+    w: &mut impl Write,
+    a: &super::push::AckReport,
+    not_connected_note: &str,
+) -> std::io::Result<()> {
+    for (p, why) in &a.refused {
+        writeln!(w, "  {p} REFUSED: {why}")?;
+    }
+    for p in &a.pending {
+        writeln!(w, "  {p} did not answer in time")?;
+    }
+    if !a.not_connected.is_empty() {
+        let sep = if not_connected_note.is_empty() {
+            ""
+        } else {
+            " "
+        };
+        writeln!(
+            w,
+            "  not connected{sep}{not_connected_note}: {}",
+            a.not_connected.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
 /// Asks the running control plane to rotate its root: a new root signs from now on, both
 /// are trusted for `--overlap`, every proxy takes the new bundle and renews at once.
 pub fn ca_rotate(project: &ProjectArgs, args: &RotateArgs) -> anyhow::Result<ExitCode> {
@@ -76,14 +118,7 @@ pub fn ca_rotate(project: &ProjectArgs, args: &RotateArgs) -> anyhow::Result<Exi
         overlap_ms: u64::try_from(args.overlap.as_millis()).unwrap_or(u64::MAX),
         timeout_ms: Some(args.timeout.saturating_mul(1000)),
     };
-    let (_, resp) = runtime()?.block_on(call_with_backoff(
-        &state_dir(project),
-        RECONNECT_BUDGET,
-        |c| {
-            let body = body.clone();
-            async move { c.post::<_, RotateResponse>(ROTATE_PATH, &body).await }
-        },
-    ))?;
+    let resp: RotateResponse = post_admin(project, ROTATE_PATH, &body)?;
     let ok = resp.reload.ok && resp.acks.as_ref().is_none_or(|a| a.all_acked());
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
@@ -116,19 +151,7 @@ pub fn ca_rotate(project: &ProjectArgs, args: &RotateArgs) -> anyhow::Result<Exi
                 a.acked.len(),
                 a.elapsed_ms
             )?;
-            for (p, why) in &a.refused {
-                writeln!(w, "  {p} REFUSED: {why}")?;
-            }
-            for p in &a.pending {
-                writeln!(w, "  {p} did not answer in time")?;
-            }
-            if !a.not_connected.is_empty() {
-                writeln!(
-                    w,
-                    "  not connected (they take it when they reconnect): {}",
-                    a.not_connected.join(", ")
-                )?;
-            }
+            print_ack_problems(&mut w, a, "(they take it when they reconnect)")?;
         }
     }
     Ok(if ok {
@@ -308,14 +331,7 @@ pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode
         wait: args.wait,
         timeout_ms: Some(args.timeout.saturating_mul(1000)),
     };
-    let (_, resp) = runtime()?.block_on(call_with_backoff(
-        &state_dir(project),
-        RECONNECT_BUDGET,
-        |c| {
-            let body = body.clone();
-            async move { c.post::<_, ReloadResponse>(RELOAD_PATH, &body).await }
-        },
-    ))?;
+    let resp: ReloadResponse = post_admin(project, RELOAD_PATH, &body)?;
     let ok = resp.reload.ok && resp.acks.as_ref().is_none_or(|a| a.all_acked());
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
@@ -332,15 +348,7 @@ pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode
                 a.revision,
                 a.elapsed_ms
             )?;
-            for (p, why) in &a.refused {
-                writeln!(w, "  {p} REFUSED: {why}")?;
-            }
-            for p in &a.pending {
-                writeln!(w, "  {p} did not answer in time")?;
-            }
-            if !a.not_connected.is_empty() {
-                writeln!(w, "  not connected: {}", a.not_connected.join(", "))?;
-            }
+            print_ack_problems(&mut w, a, "")?;
         }
     }
     Ok(if ok {
