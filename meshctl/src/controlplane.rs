@@ -50,8 +50,14 @@ pub struct ProjectSpec {
     pub project_name: Option<String>,
     /// `--profile`: active compose profiles. Default none (`COMPOSE_PROFILES` then applies).
     pub profiles: Vec<String>,
+    /// Services the command names (`up SERVICE...`): their profiles are active too.
+    /// Default none.
+    pub targets: Vec<String>,
     /// `--env-file`: env files read instead of the project's `.env`. Default none.
     pub env_files: Vec<PathBuf>,
+    /// Ports each service's image EXPOSEs, for services declaring none (read by `up`; see
+    /// `meshmodel::load::LoadOptions::image_ports`). Default none.
+    pub image_ports: std::collections::BTreeMap<String, Vec<u16>>,
 }
 
 impl ProjectSpec {
@@ -61,7 +67,9 @@ impl ProjectSpec {
         opts.files = self.files.clone();
         opts.project_name = self.project_name.clone();
         opts.profiles = self.profiles.clone();
+        opts.targets = self.targets.clone();
         opts.env_files = self.env_files.clone();
+        opts.image_ports = self.image_ports.clone();
         opts
     }
 }
