@@ -551,8 +551,8 @@ async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
         b"GET /api/items HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n",
     )
     .await;
-    // With every port STRICT, plaintext is closed without a byte (as Envoy does) and counted
-    // as a PeerAuthentication refusal, not a failed handshake.
+    // With every port STRICT a first byte that opens no TLS handshake is closed without a
+    // byte written (as Envoy does), counted as a PeerAuthentication refusal.
     assert!(resp.is_empty(), "plaintext got an answer: {resp:?}");
     assert_eq!(echo.completed(), before);
     assert_eventually!(
