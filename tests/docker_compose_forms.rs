@@ -144,6 +144,16 @@ async fn named_networks_image_ports_and_services_out_of_the_mesh() {
         return;
     }
     let seed = Seed::new("forms");
+    // The image `up --build` makes for db, removed however the test ends.
+    struct Image(String);
+    impl Drop for Image {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["rmi", &self.0])
+                .output();
+        }
+    }
+    let _image = Image(format!("meshctl-test/db-{}:latest", seed.project));
     // A /24 no engine network uses, derived from the pid (172.31.16-239.0).
     let subnet = format!("172.31.{}", 16 + std::process::id() % 224);
     let [web, legacy, strict, viewer] = write_project(&seed, &subnet);
@@ -249,9 +259,6 @@ async fn named_networks_image_ports_and_services_out_of_the_mesh() {
     seed.ok(&["down", "-v"]);
     let left = leftovers(&p);
     assert!(left.values().all(String::is_empty), "{left:?}");
-    let _ = std::process::Command::new("docker")
-        .args(["rmi", &format!("meshctl-test/db-{p}:latest")])
-        .output();
 }
 
 #[test]

@@ -229,8 +229,13 @@ pub async fn up(
             continue;
         }
         let sc = by_name.get(p.sidecar_name.as_str());
+        // Running, or stopped (`stop`, a crash Docker gave up on): kept. Restarting, paused
+        // or dead: recreated, as before.
         let sidecar_ok = !opts.force_recreate
-            && sc.is_some_and(|c| c.label(LABEL_CONFIG_HASH) == p.sidecar_hash);
+            && sc.is_some_and(|c| {
+                c.label(LABEL_CONFIG_HASH) == p.sidecar_hash
+                    && matches!(c.state.as_str(), "running" | "exited" | "created")
+            });
         if sidecar_ok
             && let Some(c) = sc
             && c.state != "running"
