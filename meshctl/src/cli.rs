@@ -40,6 +40,15 @@ pub struct FileArgs {
     pub files: Vec<PathBuf>,
 }
 
+/// `meshctl ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Replace the root CA of the running control plane: a new root signs every certificate
+    /// from now on (cross-signed by the old one), every proxy, the CLI and the API take the
+    /// bundle of both roots and renew at once, and after --overlap the old root is dropped.
+    Rotate(crate::controlplane::commands::RotateArgs),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate every file and analyse the mesh as a whole (like `istioctl analyze`).
@@ -78,6 +87,13 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         args: crate::controlplane::commands::ApplyArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// The mesh CA: `rotate` replaces the root, with an overlap in which both are trusted.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -281,6 +297,7 @@ impl Command {
             | Command::Serve { file, .. }
             | Command::Status { file, .. }
             | Command::Apply { file, .. }
+            | Command::Ca { file, .. }
             | Command::ProxyConfig { file, .. }
             | Command::Explain { file, .. }
             | Command::Dashboard { file, .. }
@@ -344,6 +361,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { args, .. } => commands::serve(&project, &args),
         Command::Status { out, .. } => commands::status(&project, out.json),
         Command::Apply { args, .. } => commands::apply(&project, &args),
+        Command::Ca {
+            command: CaCommand::Rotate(args),
+            ..
+        } => commands::ca_rotate(&project, &args),
         Command::ProxyConfig { args, .. } => commands::proxy_config(&project, &args),
         Command::Explain { args, .. } => crate::explain::explain_cmd(&project, &args),
         Command::Dashboard { args, .. } => crate::dashboard::dashboard(&project, &args),

@@ -308,9 +308,13 @@ pub struct DaemonArgs {
     /// Serve the control plane in this process (the supervisor's child); without it, supervise.
     #[arg(long)]
     pub serve: bool,
+    /// Supervise this already running control plane (whose supervisor died) instead of
+    /// starting one; started by the control plane itself.
+    #[arg(long, value_name = "PID", conflicts_with = "serve")]
+    pub adopt: Option<u32>,
 }
 
 /// `meshctl __control-plane` (started by `up -d`).
 pub fn control_plane_daemon(project: &ProjectArgs, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
-    super::cp::daemon(&spec(project), args.serve)
+    super::cp::daemon(&spec(project), args.serve, args.adopt)
 }

@@ -170,10 +170,18 @@ pub async fn up(
             .unwrap_or(CaConfig::default().cert_lifetime),
         ..CaConfig::default()
     };
-    let root_pem = Ca::open(&project.spec.working_dir, ca_config.clone())
-        .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?
-        .root_pem()
-        .to_string();
+    let ca = Ca::open(&project.spec.working_dir, ca_config.clone())
+        .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?;
+    // Sidecars read their trust roots from this directory at each start (the control plane
+    // keeps it current through a root rotation).
+    crate::controlplane::admin::write_trust_bundle(&project.state_dir, &ca)
+        .map_err(|e| DockerError::ControlPlane(format!("trust bundle: {e}")))?;
+    let trust_dir = std::path::absolute(&project.state_dir)
+        .map_err(|source| DockerError::Io {
+            path: project.state_dir.clone(),
+            source,
+        })?
+        .join(crate::controlplane::admin::TRUST_DIR);
     let mut plan = plan::plan(&PlanInput {
         project: &name,
         project_dir: &project.mesh.project_dir,
@@ -183,7 +191,7 @@ pub async fn up(
         proxy_image: (&proxy_image.0, &proxy_image.1),
         images: &images,
         existing_ips: &existing_ips,
-        root_pem: &root_pem,
+        trust_dir: &trust_dir,
         trust_domain: &ca_config.trust_domain,
     })
     .map_err(|e| DockerError::Invalid(e.to_string()))?;
@@ -221,8 +229,13 @@ pub async fn up(
             continue;
         }
         let sc = by_name.get(p.sidecar_name.as_str());
+        // Running, or stopped (`stop`, a crash Docker gave up on): kept. Restarting, paused
+        // or dead: recreated, as before.
         let sidecar_ok = !opts.force_recreate
-            && sc.is_some_and(|c| c.label(LABEL_CONFIG_HASH) == p.sidecar_hash);
+            && sc.is_some_and(|c| {
+                c.label(LABEL_CONFIG_HASH) == p.sidecar_hash
+                    && matches!(c.state.as_str(), "running" | "exited" | "created")
+            });
         if sidecar_ok
             && let Some(c) = sc
             && c.state != "running"
