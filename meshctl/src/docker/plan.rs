@@ -12,9 +12,11 @@ use bollard::models::{
 };
 use meshapi::CLUSTER_DOMAIN;
 use meshapi::ca_api::{
-    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
+    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOTS_FILE, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
 };
 use meshapi::proxy::SpiffeId;
+
+use crate::controlplane::admin::TRUST_FILE;
 use meshmodel::compose::{ComposeFile, DependsCondition, Restart, Service};
 
 use super::network::{FIRST_POD_HOST, ProjectNetwork};
@@ -49,8 +51,9 @@ pub struct PlanInput<'a> {
     pub images: &'a BTreeMap<String, (String, String)>,
     /// Addresses of existing sidecars, kept across runs: (service, instance) -> IP.
     pub existing_ips: &'a BTreeMap<(String, u32), Ipv4Addr>,
-    /// The control plane's trust root, handed to sidecars.
-    pub root_pem: &'a str,
+    /// The directory holding the mesh trust bundle (`.mesh/trust/`), mounted read-only into
+    /// every sidecar: it reads its roots there at each start.
+    pub trust_dir: &'a Path,
     /// Trust domain of identities.
     pub trust_domain: &'a str,
 }
@@ -440,6 +443,9 @@ pub fn with_token(body: &ContainerCreateBody, token: &str) -> ContainerCreateBod
     b
 }
 
+/// Where a sidecar sees the project's `.mesh/trust/` (read-only).
+pub const SIDECAR_TRUST_DIR: &str = "/etc/mesh/trust";
+
 fn sidecar_body(
     input: &PlanInput<'_>,
     svc: &Service,
@@ -453,7 +459,7 @@ fn sidecar_body(
         format!("{ENV_IDENTITY}={identity}"),
         format!("{ENV_WORKLOAD}={name}"),
         format!("{ENV_INSTANCE}={instance}"),
-        format!("{ENV_CA_ROOT_PEM}={}", input.root_pem),
+        format!("{ENV_CA_ROOTS_FILE}={SIDECAR_TRUST_DIR}/{TRUST_FILE}"),
         // Plain log lines: `meshctl logs --proxy` is read in terminals and files alike.
         "NO_COLOR=1".into(),
     ];
@@ -516,6 +522,10 @@ fn sidecar_body(
                 maximum_retry_count: None,
             }),
             cap_add: Some(vec!["NET_ADMIN".into()]),
+            binds: Some(vec![format!(
+                "{}:{SIDECAR_TRUST_DIR}:ro",
+                input.trust_dir.display()
+            )]),
             dns: Some(vec![input.network.dns_ip().to_string()]),
             dns_search: Some(vec![
                 format!("{ns}.svc.{CLUSTER_DOMAIN}"),
