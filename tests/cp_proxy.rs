@@ -666,6 +666,7 @@ fn der_chains_to(chain: &[rustls::pki_types::CertificateDer<'_>], roots_pem: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_root_rotation_under_load_loses_no_request_and_ends_with_only_the_new_root() {
+    let _vips = VIPS.lock().await;
     let echo = meshtest::echo::EchoServer::start("server").await;
     let dir = tempfile::tempdir().unwrap();
     // The client serves no port: the other tests here bind its VIP listener on this host.
