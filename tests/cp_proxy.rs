@@ -17,6 +17,10 @@ use meshproxy::ca_client::RenewPolicy;
 use meshproxy::cp_mode::{ControlPlaneSettings, CpProxy, run_with_control_plane};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The proxies of every test here bind the same VIPs (same project, same services, same
+/// allocation) on the one loopback: one test at a time.
+static VIPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn compose(app_port: u16) -> String {
@@ -139,6 +143,7 @@ async fn request(addr: SocketAddr, n: usize) -> Result<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_flow_through_control_plane_mode_proxies_across_certificate_rotations() {
+    let _vips = VIPS.lock().await;
     let echo = meshtest::echo::EchoServer::start("server").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("compose.yaml"), compose(echo.port())).unwrap();
@@ -276,6 +281,7 @@ fn restart_config(dir: &std::path::Path, api: SocketAddr, base_port: u16) -> Con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_keep_flowing_while_the_control_plane_restarts_and_proxies_resync() {
+    let _vips = VIPS.lock().await;
     let echo = meshtest::echo::EchoServer::start("server").await;
     let dir = tempfile::tempdir().unwrap();
     // Another client port than the rotation test's: both run at once, and each server proxy
@@ -409,6 +415,7 @@ async fn inbound_requests(p: &CpProxy) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_endpoint_proxy_is_taken_back_from_ejection_as_soon_as_it_serves() {
+    let _vips = VIPS.lock().await;
     let echo = meshtest::echo::EchoServer::start("server").await;
     let dir = tempfile::tempdir().unwrap();
     // Two server replicas on one host. The client serves no port, so the replicas have no VIP
@@ -513,6 +520,7 @@ async fn a_restarted_endpoint_proxy_is_taken_back_from_ejection_as_soon_as_it_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn meshctl_stats_reads_the_proxies_the_control_plane_lists_in_host_mode() {
+    let _vips = VIPS.lock().await;
     let echo = meshtest::echo::EchoServer::start("server").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("compose.yaml"), compose(echo.port())).unwrap();
@@ -658,6 +666,7 @@ fn der_chains_to(chain: &[rustls::pki_types::CertificateDer<'_>], roots_pem: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_root_rotation_under_load_loses_no_request_and_ends_with_only_the_new_root() {
+    let _vips = VIPS.lock().await;
     let echo = meshtest::echo::EchoServer::start("server").await;
     let dir = tempfile::tempdir().unwrap();
     // The client serves no port: the other tests here bind its VIP listener on this host.
