@@ -6,6 +6,7 @@ pub mod ca;
 pub mod cli;
 pub mod controlplane;
 pub mod docker;
+pub mod node;
 pub mod observe;
 pub mod project;
 pub mod shell;

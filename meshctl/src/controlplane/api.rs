@@ -137,6 +137,9 @@ pub struct StatusReport {
     /// Certificates near or past expiry, one sentence each.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The joined machines and their proxies' endpoints (`meshctl join`).
+    #[serde(default)]
+    pub nodes: Vec<crate::node::NodeStatus>,
 }
 
 /// Answer of `POST /v1/reload`.
@@ -414,6 +417,7 @@ pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
         identities,
         ca_certificates,
         warnings,
+        nodes: Vec::new(),
     }
 }
 

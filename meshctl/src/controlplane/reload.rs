@@ -72,6 +72,10 @@ pub(crate) struct ReloadCtx {
     model: diff::Model,
     push: Arc<PushState>,
     ca: Arc<Ca>,
+    /// Joined nodes: their addresses place their services' proxies.
+    nodes: Arc<crate::node::NodeRegistry>,
+    /// This machine's address in host mode (the API's listen IP, loopback for any).
+    local: std::net::IpAddr,
 }
 
 impl ReloadCtx {
@@ -79,6 +83,7 @@ impl ReloadCtx {
         config: &ControlPlaneConfig,
         push: Arc<PushState>,
         ca: Arc<Ca>,
+        nodes: Arc<crate::node::NodeRegistry>,
     ) -> Result<Self, ControlPlaneError> {
         let state = config.state_dir();
         let vips_path = state.join("vips.json");
@@ -98,6 +103,8 @@ impl ReloadCtx {
             model: diff::Model::default(),
             push,
             ca,
+            nodes,
+            local: crate::node::local_address(config.api.listen),
         })
     }
 
@@ -160,13 +167,24 @@ impl ReloadCtx {
         {
             tracing::warn!(error = %e, "cannot save the VIP table");
         }
+        let placed = mesh
+            .compose
+            .as_ref()
+            .map(|c| c.nodes())
+            .unwrap_or_default();
+        self.nodes
+            .set_placed(placed_identities(&inventory, &placed, &self.trust_domain));
         let placement: Box<dyn Placement> = match &self.placement {
-            PlacementSpec::Host { base_port } => {
-                Box::new(HostPlacement::new(&inventory, *base_port))
-            }
+            PlacementSpec::Host { base_port } => Box::new(crate::node::NodePlacement {
+                host: HostPlacement::new(&inventory, *base_port),
+                local: self.local,
+                placed,
+                nodes: self.nodes.addresses(),
+            }),
             PlacementSpec::Fixed(f) => Box::new(f.clone()),
             PlacementSpec::Container(f) => Box::new(super::ContainerPlacement(f.clone())),
         };
+        self.nodes.set_endpoints(placement.as_ref());
         let epochs = self.push.epochs();
         let input = CompileInput {
             mesh: &mesh,
@@ -177,8 +195,14 @@ impl ReloadCtx {
             trust_domain: &self.trust_domain,
             epochs: &epochs,
         };
+        let revoked: Vec<String> = self.nodes.denied_serials().into_iter().collect();
         let compiled = match compile::compile_all(&input) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                for cfg in c.values_mut() {
+                    cfg.identity.revoked_serials = revoked.clone();
+                }
+                c
+            }
             Err(e) => {
                 report.errors.push(format!("compile: {e}"));
                 return report;
@@ -244,6 +268,29 @@ impl ReloadCtx {
             ),
         }
     }
+}
+
+/// The services placed on nodes (`x-mesh.node`), by node: workload -> replicas, identity.
+fn placed_identities(
+    inventory: &Inventory,
+    placed: &BTreeMap<String, String>,
+    trust_domain: &str,
+) -> crate::node::Placed {
+    let mut out = crate::node::Placed::new();
+    for w in &inventory.workloads {
+        let Some(node) = placed.get(&w.compose_name) else {
+            continue;
+        };
+        match meshapi::ca_api::SpiffeId::new(trust_domain, &w.namespace, &w.service_account) {
+            Ok(id) => {
+                out.entry(node.clone())
+                    .or_default()
+                    .insert(w.compose_name.clone(), (w.replicas, id));
+            }
+            Err(e) => tracing::warn!(workload = %w.compose_name, error = %e, "no identity"),
+        }
+    }
+    out
 }
 
 /// Writes JSON through a temporary file and a rename, so readers never see half a file.

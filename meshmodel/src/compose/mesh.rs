@@ -179,6 +179,14 @@ impl ComposeFile {
             .collect()
     }
 
+    /// The node each placed service runs on (`x-mesh.node`), by compose service name.
+    pub fn nodes(&self) -> std::collections::BTreeMap<String, String> {
+        self.services
+            .iter()
+            .filter_map(|(name, s)| Some((name.to_string(), s.x_mesh.as_ref()?.node.clone()?)))
+            .collect()
+    }
+
     /// The workloads behind one mesh service (`backend` in `default`: `backend-v1`,
     /// `backend-v2`).
     pub fn instances_of(&self, namespace: &str, mesh_service: &str) -> Vec<Workload<'_>> {
