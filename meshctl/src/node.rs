@@ -232,7 +232,10 @@ impl NodeRegistry {
     /// Records a certificate serial issued to `name` or one of its proxies.
     pub fn add_serial(&self, name: &str, serial: String) {
         self.update(|n| {
-            n.entry(name.to_string()).or_default().serials.insert(serial);
+            n.entry(name.to_string())
+                .or_default()
+                .serials
+                .insert(serial);
         });
     }
 
@@ -297,7 +300,12 @@ impl NodeRegistry {
     /// Records the inbound address of every placed proxy (after a reload).
     pub fn set_endpoints(&self, placement: &dyn Placement) {
         let mut out = BTreeMap::new();
-        for w in self.placed.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for w in self
+            .placed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             for (workload, (replicas, _)) in w {
                 for i in 0..*replicas {
                     out.insert(format!("{workload}/{i}"), placement.inbound(workload, i));

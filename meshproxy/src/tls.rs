@@ -411,12 +411,9 @@ fn verify_peer(
     .map_err(webpki_err)?;
     let id = check_svid(end_entity).map_err(other)?;
     if !trust.revoked.is_empty()
-        && let Ok((_, x509)) = X509Certificate::from_der(end_entity)
+        && serial_of(end_entity).is_some_and(|s| trust.revoked.contains(&s))
     {
-        let serial: String = x509.raw_serial().iter().map(|b| format!("{b:02x}")).collect();
-        if trust.revoked.contains(&serial) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
-        }
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
     }
     if !trust.accepts_trust_domain(creds.id.trust_domain(), id.trust_domain()) {
         return Err(other(SvidError::TrustDomain {
@@ -425,6 +422,17 @@ fn verify_peer(
         }));
     }
     Ok(id)
+}
+
+/// The serial of a DER certificate, lowercase hex of its bytes (`identity.revokedSerials`).
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    let (_, x509) = X509Certificate::from_der(der).ok()?;
+    Some(
+        x509.raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// Server side: requires a client certificate and verifies it as a mesh SVID.

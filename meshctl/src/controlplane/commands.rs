@@ -202,8 +202,7 @@ pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
                     e.address.map_or("-".into(), |a| a.to_string()),
                     e.proxy,
                     e.identity,
-                    e.not_after
-                        .map_or("-".into(), |t| rough_duration(t - now)),
+                    e.not_after.map_or("-".into(), |t| rough_duration(t - now)),
                 )?;
             }
             if n.endpoints.is_empty() {

@@ -167,18 +167,14 @@ impl ReloadCtx {
         {
             tracing::warn!(error = %e, "cannot save the VIP table");
         }
-        let placed = mesh
-            .compose
-            .as_ref()
-            .map(|c| c.nodes())
-            .unwrap_or_default();
+        let placed = mesh.compose.as_ref().map(|c| c.nodes()).unwrap_or_default();
         self.nodes
             .set_placed(placed_identities(&inventory, &placed, &self.trust_domain));
         let placement: Box<dyn Placement> = match &self.placement {
             PlacementSpec::Host { base_port } => Box::new(crate::node::NodePlacement {
                 host: HostPlacement::new(&inventory, *base_port),
                 local: self.local,
-                placed,
+                placed: placed.clone(),
                 nodes: self.nodes.addresses(),
             }),
             PlacementSpec::Fixed(f) => Box::new(f.clone()),
@@ -196,10 +192,20 @@ impl ReloadCtx {
             epochs: &epochs,
         };
         let revoked: Vec<String> = self.nodes.denied_serials().into_iter().collect();
-        let compiled = match compile::compile_all(&input) {
+        // A joined node's proxy is an endpoint once it serves (as a Kubernetes endpoint waits
+        // for readiness): traffic sent before would fail and get it ejected.
+        let unready: std::collections::BTreeSet<std::net::SocketAddr> =
+            placed_keys(&inventory, &placed)
+                .filter(|k| !epochs.contains_key(k))
+                .filter_map(|k| placement.inbound(&k.workload, k.instance))
+                .collect();
+        let compiled = match compile::compile_placed(&input) {
             Ok(mut c) => {
                 for cfg in c.values_mut() {
                     cfg.identity.revoked_serials = revoked.clone();
+                    for svc in cfg.services.values_mut() {
+                        svc.endpoints.retain(|e| !unready.contains(&e.address));
+                    }
                 }
                 c
             }
@@ -268,6 +274,23 @@ impl ReloadCtx {
             ),
         }
     }
+}
+
+/// The proxies of the services placed on nodes.
+fn placed_keys<'a>(
+    inventory: &'a Inventory,
+    placed: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = ProxyKey> + 'a {
+    inventory
+        .workloads
+        .iter()
+        .filter(|w| placed.contains_key(&w.compose_name))
+        .flat_map(|w| {
+            (0..w.replicas).map(|instance| ProxyKey {
+                workload: w.compose_name.clone(),
+                instance,
+            })
+        })
 }
 
 /// The services placed on nodes (`x-mesh.node`), by node: workload -> replicas, identity.

@@ -151,6 +151,19 @@ fn reload(api: &NodeApi, note: String) {
     });
 }
 
+/// Reloads and waits for it, so the node's proxies have configs before it starts them.
+async fn reload_now(api: &NodeApi, note: String) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let cmd = ReloadCmd {
+        reply: Some(tx),
+        trigger: Some(std::time::Instant::now()),
+        note: Some(note),
+    };
+    if api.reload.send(cmd).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+    }
+}
+
 /// Adds the node routes (and the checked CSR route) to `base`.
 pub fn routes(base: Router, api: NodeApi) -> Router {
     let (a1, a2, a3, a4, a5, a6, a7) = (
@@ -162,54 +175,70 @@ pub fn routes(base: Router, api: NodeApi) -> Router {
         api.clone(),
         api.clone(),
     );
-    base.route(Method::GET, ROOTS_PATH, move |_req: Request<Incoming>, _peer: PeerInfo| {
-        let answer = RootsResponse {
-            roots_pem: a1.ca.root_pem().to_string(),
-            trust_domain: a1.ca.config().trust_domain.clone(),
-        };
-        async move { json_response(StatusCode::OK, &answer) }
-    })
+    base.route(
+        Method::GET,
+        ROOTS_PATH,
+        move |_req: Request<Incoming>, _peer: PeerInfo| {
+            let answer = RootsResponse {
+                roots_pem: a1.ca.root_pem().to_string(),
+                trust_domain: a1.ca.config().trust_domain.clone(),
+            };
+            async move { json_response(StatusCode::OK, &answer) }
+        },
+    )
     .route(Method::POST, TOKEN_PATH, move |req, peer| {
         token(a2.clone(), req, peer)
     })
     .route(Method::POST, REGISTER_PATH, move |req, peer| {
         register(a3.clone(), req, peer)
     })
-    .route(Method::POST, LEAVE_PATH, move |_req: Request<Incoming>, peer: PeerInfo| {
-        let api = a4.clone();
-        async move {
-            match peer.identity.as_ref().and_then(node_of) {
-                Some(node) => remove(&api, node),
-                None => error_response(StatusCode::FORBIDDEN, "only a node may leave"),
+    .route(
+        Method::POST,
+        LEAVE_PATH,
+        move |_req: Request<Incoming>, peer: PeerInfo| {
+            let api = a4.clone();
+            async move {
+                match peer.identity.as_ref().and_then(node_of) {
+                    Some(node) => remove(&api, node),
+                    None => error_response(StatusCode::FORBIDDEN, "only a node may leave"),
+                }
             }
-        }
-    })
-    .route(Method::POST, REMOVE_PATH, move |req: Request<Incoming>, peer: PeerInfo| {
-        let api = a5.clone();
-        async move {
-            if let Err(resp) = require_admin(&peer, &api.ca) {
-                return resp;
+        },
+    )
+    .route(
+        Method::POST,
+        REMOVE_PATH,
+        move |req: Request<Incoming>, peer: PeerInfo| {
+            let api = a5.clone();
+            async move {
+                if let Err(resp) = require_admin(&peer, &api.ca) {
+                    return resp;
+                }
+                match read_json::<RemoveRequest>(req, MAX_BODY).await {
+                    Ok(body) => remove(&api, &body.node),
+                    Err(resp) => resp,
+                }
             }
-            match read_json::<RemoveRequest>(req, MAX_BODY).await {
-                Ok(body) => remove(&api, &body.node),
-                Err(resp) => resp,
+        },
+    )
+    .route(
+        Method::GET,
+        NODES_PATH,
+        move |_req: Request<Incoming>, peer: PeerInfo| {
+            let api = a6.clone();
+            async move {
+                if let Err(resp) = require_admin(&peer, &api.ca) {
+                    return resp;
+                }
+                let nodes = api.nodes.list();
+                let placed = nodes
+                    .keys()
+                    .map(|n| (n.clone(), api.nodes.placed_on(n)))
+                    .collect();
+                json_response(StatusCode::OK, &NodesResponse { nodes, placed })
             }
-        }
-    })
-    .route(Method::GET, NODES_PATH, move |_req: Request<Incoming>, peer: PeerInfo| {
-        let api = a6.clone();
-        async move {
-            if let Err(resp) = require_admin(&peer, &api.ca) {
-                return resp;
-            }
-            let nodes = api.nodes.list();
-            let placed = nodes
-                .keys()
-                .map(|n| (n.clone(), api.nodes.placed_on(n)))
-                .collect();
-            json_response(StatusCode::OK, &NodesResponse { nodes, placed })
-        }
-    })
+        },
+    )
     .route(Method::POST, CSR_PATH, move |req, peer| {
         csr(a7.clone(), req, peer)
     })
@@ -224,9 +253,9 @@ pub fn routes(base: Router, api: NodeApi) -> Router {
                 }
                 let mut report = crate::controlplane::api::status_report(&api.push, &api.ca);
                 let issued = api.ca.issued();
-                report.nodes = api.nodes.status(|id| {
-                    issued.get(id).map(|i| crate::ca::unix_secs(i.not_after))
-                });
+                report.nodes = api
+                    .nodes
+                    .status(|id| issued.get(id).map(|i| crate::ca::unix_secs(i.not_after)));
                 json_response(StatusCode::OK, &report)
             }
         },
@@ -324,7 +353,7 @@ async fn register(api: NodeApi, req: Request<Incoming>, peer: PeerInfo) -> Respo
         }
     }
     tracing::info!(node, %address, proxies = proxies.len(), "node registered");
-    reload(&api, format!("node {node} joined from {address}"));
+    reload_now(&api, format!("node {node} joined from {address}")).await;
     json_response(
         StatusCode::OK,
         &NodePlan {
@@ -360,7 +389,12 @@ fn remove(api: &NodeApi, node: &str) -> Response<ApiBody> {
 
 /// The node a CSR is made for: the node of a node identity, of the pod token's holder, or
 /// of the certificate it renews.
-fn owner(api: &NodeApi, body: &CsrRequest, identity: Option<&SpiffeId>, peer: &PeerInfo) -> Option<String> {
+fn owner(
+    api: &NodeApi,
+    body: &CsrRequest,
+    identity: Option<&SpiffeId>,
+    peer: &PeerInfo,
+) -> Option<String> {
     if let Some(n) = identity.and_then(node_of) {
         return Some(n.to_string());
     }

@@ -169,7 +169,11 @@ pub fn node_ls(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
         writeln!(w)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(w, "{:<16} {:<8} {:<18} SERVICES", "NODE", "STATE", "ADDRESS")?;
+    writeln!(
+        w,
+        "{:<16} {:<8} {:<18} SERVICES",
+        "NODE", "STATE", "ADDRESS"
+    )?;
     for (name, r) in &answer.nodes {
         let state = if r.removed {
             "removed"
@@ -188,7 +192,9 @@ pub fn node_ls(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
             "{:<16} {:<8} {:<18} {}",
             name,
             state,
-            r.address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            r.address
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
             services.join(",")
         )?;
     }
@@ -336,7 +342,10 @@ async fn supervise(
                 Ok(_) => {
                     renew_at = join::renew_at(state).unwrap_or_else(SystemTime::now);
                 }
-                Err(JoinError::Client(ClientError::Refused { status: 403, message })) => {
+                Err(JoinError::Client(ClientError::Refused {
+                    status: 403,
+                    message,
+                })) => {
                     println!("node {} removed from the mesh: {message}", me.node);
                     return Ok(ExitCode::from(1));
                 }

@@ -191,10 +191,7 @@ pub async fn verified_root(
         CertificateDer::pem_slice_iter(roots.roots_pem.as_bytes())
             .filter_map(Result::ok)
             .collect();
-    match certs
-        .iter()
-        .find(|c| fingerprint(c) == token.fingerprint)
-    {
+    match certs.iter().find(|c| fingerprint(c) == token.fingerprint) {
         Some(root) => {
             let root = root.clone();
             Ok((roots, root))
@@ -438,7 +435,10 @@ impl RunningProxy {
         {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }

@@ -46,7 +46,9 @@ impl fmt::Display for JoinToken {
 
 /// Why a string is not a join token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a join token ({0}); expected mesh1/<node>/<host:port>/<sha256>/<secret> as printed by `meshctl token create`")]
+#[error(
+    "not a join token ({0}); expected mesh1/<node>/<host:port>/<sha256>/<secret> as printed by `meshctl token create`"
+)]
 pub struct BadToken(&'static str);
 
 impl std::str::FromStr for JoinToken {
@@ -106,7 +108,10 @@ mod tests {
         };
         let text = t.to_string();
         assert_eq!(text.parse::<JoinToken>(), Ok(t.clone()));
-        assert!(!format!("{t:?}").contains("mbt_0123"), "Debug hides the secret");
+        assert!(
+            !format!("{t:?}").contains("mbt_0123"),
+            "Debug hides the secret"
+        );
         for bad in [
             "",
             "mesh2/vm2/10.0.0.1:15012/ab/x",
