@@ -316,8 +316,9 @@ async fn ack(push: Arc<PushState>, req: Request<Incoming>, peer: PeerInfo) -> Re
     empty(StatusCode::NO_CONTENT)
 }
 
+/// The 403 answer unless the peer is the meshctl admin identity.
 #[allow(clippy::result_large_err)]
-fn require_admin(peer: &PeerInfo, ca: &Ca) -> Result<(), Response<ApiBody>> {
+pub(crate) fn require_admin(peer: &PeerInfo, ca: &Ca) -> Result<(), Response<ApiBody>> {
     let id = peer.require_identity()?;
     let admin = admin::admin_id(&ca.config().trust_domain).ok();
     if admin.as_ref() != Some(id) {

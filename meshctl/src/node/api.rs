@@ -30,6 +30,7 @@ use super::{NodeRecord, NodeRegistry, holder, node_id, node_of, valid_node_name}
 use crate::api::{ApiBody, PeerInfo, Router, error_response, json_response, read_json};
 use crate::ca::Ca;
 use crate::controlplane::ReloadCmd;
+use crate::controlplane::api::require_admin;
 
 /// `GET`: the CA roots.
 pub const ROOTS_PATH: &str = "/v1/roots";
@@ -260,19 +261,6 @@ pub fn routes(base: Router, api: NodeApi) -> Router {
             }
         },
     )
-}
-
-#[allow(clippy::result_large_err)]
-fn require_admin(peer: &PeerInfo, ca: &Ca) -> Result<(), Response<ApiBody>> {
-    let id = peer.require_identity()?;
-    let admin = crate::controlplane::admin::admin_id(&ca.config().trust_domain).ok();
-    if admin.as_ref() != Some(id) {
-        return Err(error_response(
-            StatusCode::FORBIDDEN,
-            "only the meshctl admin identity may do this",
-        ));
-    }
-    Ok(())
 }
 
 async fn token(api: NodeApi, req: Request<Incoming>, peer: PeerInfo) -> Response<ApiBody> {
