@@ -40,6 +40,15 @@ pub struct FileArgs {
     pub files: Vec<PathBuf>,
 }
 
+/// `meshctl ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Replace the root CA of the running control plane: a new root signs every certificate
+    /// from now on (cross-signed by the old one), every proxy, the CLI and the API take the
+    /// bundle of both roots and renew at once, and after --overlap the old root is dropped.
+    Rotate(crate::controlplane::commands::RotateArgs),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate every file and analyse the mesh as a whole (like `istioctl analyze`).
@@ -81,10 +90,34 @@ pub enum Command {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// The mesh CA: `rotate` replaces the root, with an overlap in which both are trusted.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Print the config the control plane compiles for one proxy.
     ProxyConfig {
         #[command(flatten)]
         args: crate::controlplane::commands::ProxyConfigArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Explain what the mesh does with one request: the route that matches and why, the
+    /// subsets and endpoints, load balancer, timeout and retries, mTLS and the identity
+    /// expected, and the authorization verdict with the policy and rule that decided.
+    Explain {
+        #[command(flatten)]
+        args: crate::explain::ExplainArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Serve the web console on 127.0.0.1 (read-only): the live service graph, each
+    /// service's endpoints, routes and split, the config and its last reload, explain.
+    Dashboard {
+        #[command(flatten)]
+        args: crate::dashboard::DashboardArgs,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -139,9 +172,35 @@ pub enum Command {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// Run a command in a service's running app container, in its pod (its calls go through
+    /// the sidecar); exits with the command's status.
+    Exec {
+        #[command(flatten)]
+        args: crate::docker::exec::ExecArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Stream the project's container events and the mesh's (reloads, ACK/NACK, certificate
+    /// renewals, outlier ejections) until interrupted; `--json` as compose.
+    Events {
+        #[command(flatten)]
+        args: crate::docker::events::EventsArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// The processes of each running container (docker compose's `top`; `meshctl top` is the
+    /// busiest paths).
+    Processes {
+        #[command(flatten)]
+        args: crate::docker::exec::ProcessesArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Build (or rebuild) every image `up` needs: compose `build:`, the sidecar runtime image,
     /// the workspace's demo images.
     Build {
+        #[command(flatten)]
+        args: crate::docker::commands::BuildArgs,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -250,13 +309,19 @@ impl Command {
             | Command::Serve { file, .. }
             | Command::Status { file, .. }
             | Command::Apply { file, .. }
+            | Command::Ca { file, .. }
             | Command::ProxyConfig { file, .. }
+            | Command::Explain { file, .. }
+            | Command::Dashboard { file, .. }
             | Command::Up { file, .. }
             | Command::Down { file, .. }
             | Command::Stop { file, .. }
             | Command::Start { file, .. }
             | Command::Restart { file, .. }
-            | Command::Build { file }
+            | Command::Build { file, .. }
+            | Command::Exec { file, .. }
+            | Command::Events { file, .. }
+            | Command::Processes { file, .. }
             | Command::Ps { file, .. }
             | Command::PrometheusConfig { file, .. }
             | Command::Stats { file, .. } => &file.files,
@@ -312,7 +377,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { args, .. } => commands::serve(&project, &args),
         Command::Status { out, .. } => commands::status(&project, out.json),
         Command::Apply { args, .. } => commands::apply(&project, &args),
+        Command::Ca {
+            command: CaCommand::Rotate(args),
+            ..
+        } => commands::ca_rotate(&project, &args),
         Command::ProxyConfig { args, .. } => commands::proxy_config(&project, &args),
+        Command::Explain { args, .. } => crate::explain::explain_cmd(&project, &args),
+        Command::Dashboard { args, .. } => crate::dashboard::dashboard(&project, &args),
         Command::Up { args, .. } => docker::up(&project, &args),
         Command::Down { args, .. } => docker::down(&project, &args),
         Command::Ps { args, .. } => crate::docker::ps::ps(&project, &args),
@@ -321,7 +392,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start { args, .. } => lifecycle::start(&project, &args),
         Command::Restart { args, .. } => lifecycle::restart(&project, &args),
         Command::Ls(args) => lifecycle::ls(&args),
-        Command::Build { .. } => docker::build(&project),
+        Command::Events { args, .. } => crate::docker::events::events(&project, &args),
+        Command::Exec { args, .. } => crate::docker::exec::exec(&project, &args),
+        Command::Processes { args, .. } => crate::docker::exec::processes(&project, &args),
+        Command::Build { args, .. } => docker::build(&project, &args),
         Command::Version(args) => version_cmd(&args),
         Command::Completion { shell } => {
             std::io::stdout()

@@ -491,6 +491,7 @@ fn compile_with(
             roots_file: None,
             trust_domain_aliases: security.trust_domain_aliases.clone(),
             revoked_serials: Vec::new(),
+            trust_bundle: None,
         },
         listeners: {
             let capture = input

@@ -4,6 +4,7 @@
 //! gateway (`<gw>:15012`), where the sidecars reach it, and reads the pods' inbound addresses
 //! from `.mesh/placement.json`, written by `up` before it starts.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,6 +40,9 @@ pub struct PlacementFile {
     /// Where the control plane listens (`<gateway>:15012`).
     pub listen: SocketAddr,
     pub proxies: Vec<PlacedProxy>,
+    /// Ports the images EXPOSE of services that declare none (compose name -> ports).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_ports: BTreeMap<String, Vec<u16>>,
 }
 
 impl PlacementFile {
@@ -55,6 +59,7 @@ impl PlacementFile {
                     inbound: *a,
                 })
                 .collect(),
+            image_ports: BTreeMap::new(),
         }
     }
 
@@ -94,8 +99,10 @@ pub fn config(project: &ProjectSpec, placement: &PlacementFile, print: bool) -> 
         ..ApiConfig::default()
     };
     api.server_names.push(placement.listen.ip().to_string());
+    let mut project = project.clone();
+    project.image_ports = placement.image_ports.clone();
     ControlPlaneConfig {
-        project: project.clone(),
+        project,
         api,
         placement: PlacementSpec::Container(placement.placement()),
         print,
@@ -203,6 +210,9 @@ pub fn spawn_background(
     for p in &project.profiles {
         cmd.args(["--profile", p]);
     }
+    for t in &project.targets {
+        cmd.args(["--target-service", t]);
+    }
     for f in &project.env_files {
         let f = std::path::absolute(f).map_err(|source| DockerError::Io {
             path: f.clone(),
@@ -270,12 +280,16 @@ fn absolute(dir: &Path, p: &Path) -> PathBuf {
 /// `meshctl __control-plane`: the background control plane of `up -d`, run under its
 /// supervisor (`supervise`), which starts `meshctl __control-plane --serve` and again after a
 /// crash.
-pub fn daemon(project: &ProjectSpec, serve: bool) -> anyhow::Result<std::process::ExitCode> {
+pub fn daemon(
+    project: &ProjectSpec,
+    serve: bool,
+    adopt: Option<u32>,
+) -> anyhow::Result<std::process::ExitCode> {
     let state_dir = project.working_dir.join(".mesh");
     if !serve {
-        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let mut args = super::supervise::without_adopt(std::env::args_os().skip(1));
         args.push("--serve".into());
-        return super::supervise::run(&state_dir, args);
+        return super::supervise::run(&state_dir, args, adopt);
     }
     serve_daemon(project, &state_dir)
 }
@@ -295,6 +309,8 @@ fn serve_daemon(project: &ProjectSpec, state_dir: &Path) -> anyhow::Result<std::
             .await
             .context("starting the control plane")?;
         println!("control plane listening on {}", cp.local_addr());
+        let log = state_dir.join(LOG_FILE);
+        let supervisor = tokio::spawn(super::supervise::watch_supervisor(log));
         let heal = match super::up::Project::load(project) {
             Ok(p) => {
                 tokio::spawn(super::heal::watch_deaths(p.name().to_string(), |line| {
@@ -314,6 +330,7 @@ fn serve_daemon(project: &ProjectSpec, state_dir: &Path) -> anyhow::Result<std::
             _ = tokio::signal::ctrl_c() => {}
         }
         println!("control plane stopping");
+        supervisor.abort();
         if let Some(h) = heal {
             h.abort();
         }

@@ -144,11 +144,18 @@ pub async fn up(
         if created { "Created" } else { "Running" },
     );
 
+    let (networks, created) = network::ensure_named(&engine, &name, &compose).await?;
+    for n in created {
+        progress.line(&format!("Network {n}"), "Created");
+    }
+    let ports_from_images = image_ports(&engine, &compose, &images, progress).await?;
+
     // Plan.
     let existing = engine.containers(&name).await?;
+    // A pod's address is on its sidecar, or on its app when it is kept out of the mesh.
     let existing_ips: BTreeMap<(String, u32), Ipv4Addr> = existing
         .iter()
-        .filter(|c| c.role() == Some(Role::Sidecar))
+        .filter(|c| matches!(c.role(), Some(Role::Sidecar | Role::App)))
         .filter_map(|c| Some((c.pod_key()?, c.label(LABEL_IP).parse().ok()?)))
         .collect();
     std::fs::create_dir_all(&project.state_dir).map_err(|source| DockerError::Io {
@@ -163,19 +170,28 @@ pub async fn up(
             .unwrap_or(CaConfig::default().cert_lifetime),
         ..CaConfig::default()
     };
-    let root_pem = Ca::open(&project.spec.working_dir, ca_config.clone())
-        .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?
-        .root_pem()
-        .to_string();
+    let ca = Ca::open(&project.spec.working_dir, ca_config.clone())
+        .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?;
+    // Sidecars read their trust roots from this directory at each start (the control plane
+    // keeps it current through a root rotation).
+    crate::controlplane::admin::write_trust_bundle(&project.state_dir, &ca)
+        .map_err(|e| DockerError::ControlPlane(format!("trust bundle: {e}")))?;
+    let trust_dir = std::path::absolute(&project.state_dir)
+        .map_err(|source| DockerError::Io {
+            path: project.state_dir.clone(),
+            source,
+        })?
+        .join(crate::controlplane::admin::TRUST_DIR);
     let mut plan = plan::plan(&PlanInput {
         project: &name,
         project_dir: &project.mesh.project_dir,
         compose: &compose,
         network: &network,
+        networks: &networks,
         proxy_image: (&proxy_image.0, &proxy_image.1),
         images: &images,
         existing_ips: &existing_ips,
-        root_pem: &root_pem,
+        trust_dir: &trust_dir,
         trust_domain: &ca_config.trust_domain,
     })
     .map_err(|e| DockerError::Invalid(e.to_string()))?;
@@ -186,6 +202,10 @@ pub async fn up(
     // Compare with what runs.
     let by_name: BTreeMap<&str, &Owned> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
     let mut new_sidecars: Vec<&PodPlan> = Vec::new();
+    // Sidecars that `stop` left as they were planned: started again (their pod token is
+    // still valid while the container exists), not recreated, as compose starts a stopped
+    // container whose configuration did not change.
+    let mut start_sidecars: Vec<(&PodPlan, String)> = Vec::new();
     let mut new_apps: BTreeSet<String> = BTreeSet::new();
     let mut start_apps: BTreeMap<String, String> = BTreeMap::new();
     // Running apps kept as they are: (app name, app ID, sidecar ID), checked for a sidecar
@@ -193,11 +213,35 @@ pub async fn up(
     let mut kept_apps: Vec<(String, String, String)> = Vec::new();
     let mut remove: Vec<&Owned> = Vec::new();
     for p in &plan.pods {
+        if !p.meshed {
+            // No sidecar: the app alone, kept while its config is the same.
+            match by_name.get(p.app_name.as_str()) {
+                Some(c) if !opts.force_recreate && c.label(LABEL_CONFIG_HASH) == p.app_hash => {
+                    if c.state != "running" {
+                        start_apps.insert(p.app_name.clone(), c.id.clone());
+                    }
+                }
+                app => {
+                    remove.extend(app.copied());
+                    new_apps.insert(p.app_name.clone());
+                }
+            }
+            continue;
+        }
         let sc = by_name.get(p.sidecar_name.as_str());
+        // Running, or stopped (`stop`, a crash Docker gave up on): kept. Restarting, paused
+        // or dead: recreated, as before.
         let sidecar_ok = !opts.force_recreate
             && sc.is_some_and(|c| {
-                c.label(LABEL_CONFIG_HASH) == p.sidecar_hash && c.state == "running"
+                c.label(LABEL_CONFIG_HASH) == p.sidecar_hash
+                    && matches!(c.state.as_str(), "running" | "exited" | "created")
             });
+        if sidecar_ok
+            && let Some(c) = sc
+            && c.state != "running"
+        {
+            start_sidecars.push((p, c.id.clone()));
+        }
         let app = by_name.get(p.app_name.as_str());
         if !sidecar_ok {
             if let Some(c) = sc {
@@ -214,7 +258,9 @@ pub async fn up(
             Some(c) if c.label(LABEL_CONFIG_HASH) == p.app_hash => {
                 if c.state != "running" {
                     start_apps.insert(p.app_name.clone(), c.id.clone());
-                } else if let Some(sc) = sc {
+                } else if let Some(sc) = sc
+                    && sc.state == "running"
+                {
                     kept_apps.push((p.app_name.clone(), c.id.clone(), sc.id.clone()));
                 }
             }
@@ -261,10 +307,11 @@ pub async fn up(
     }
 
     // Control plane.
-    let placement = PlacementFile::new(
+    let mut placement = PlacementFile::new(
         cp::listen_addr(network.gateway),
         &full_placement(&plan, &existing),
     );
+    placement.image_ports = ports_from_images;
     let running = cp::running(&project.state_dir);
     let same_placement = PlacementFile::read(&project.state_dir).as_ref() == Some(&placement);
     let restart_cp =
@@ -289,8 +336,11 @@ pub async fn up(
         ca.revoke_pod_tokens(|holder| removed.contains(holder))
             .map_err(|e| DockerError::ControlPlane(format!("revoking pod tokens: {e}")))?;
         for p in &new_sidecars {
+            let Some(identity) = &p.identity else {
+                continue;
+            };
             let t = ca
-                .issue_pod_token(&p.identity, &p.sidecar_name)
+                .issue_pod_token(identity, &p.sidecar_name)
                 .map_err(|e| DockerError::ControlPlane(format!("pod token: {e}")))?;
             tokens.insert(p.sidecar_name.clone(), t.as_str().to_string());
         }
@@ -328,10 +378,21 @@ pub async fn up(
         &state_abs,
         &project.mesh.files,
     );
-    let dns_ok = by_name
+    let dns = by_name
         .get(dns_name.as_str())
-        .is_some_and(|c| c.label(LABEL_CONFIG_HASH) == dns_hash && c.state == "running");
-    if !dns_ok {
+        .filter(|c| c.label(LABEL_CONFIG_HASH) == dns_hash);
+    if let Some(c) = dns.filter(|c| c.state != "running") {
+        progress.line(&format!("Container {dns_name}"), "Starting");
+        engine
+            .docker
+            .start_container(
+                &c.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(DockerError::api(format!("starting {dns_name}")))?;
+        progress.line(&format!("Container {dns_name}"), "Started");
+    } else if dns.is_none() {
         if let Some(c) = by_name.get(dns_name.as_str()) {
             engine.remove_container(&c.id).await?;
         }
@@ -369,7 +430,9 @@ pub async fn up(
             let label = format!("Container {}", p.sidecar_name);
             progress.line(&label, "Starting");
             let body = plan::with_token(&p.sidecar, &token);
-            let id = pod::create_and_start(engine, &p.sidecar_name, &p.service, body).await?;
+            let id =
+                pod::create_and_start_on(engine, &p.sidecar_name, &p.service, body, &p.networks)
+                    .await?;
             progress.line(&label, "Waiting for the proxy");
             pod::wait_sidecar(engine, &p.sidecar_name, &id, p.ip, sidecar_timeout).await?;
             progress.line(&label, "Ready");
@@ -378,6 +441,26 @@ pub async fn up(
     }))
     .await;
     for r in started {
+        r?;
+    }
+    let restarted = join_all(start_sidecars.iter().map(|(p, id)| {
+        let engine = &engine;
+        async move {
+            let label = format!("Container {}", p.sidecar_name);
+            progress.line(&label, "Starting");
+            engine
+                .docker
+                .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+                .map_err(DockerError::api(format!("starting {}", p.sidecar_name)))?;
+            progress.line(&label, "Waiting for the proxy");
+            pod::wait_sidecar(engine, &p.sidecar_name, id, p.ip, sidecar_timeout).await?;
+            progress.line(&label, "Ready");
+            Ok::<(), DockerError>(())
+        }
+    }))
+    .await;
+    for r in restarted {
         r?;
     }
 
@@ -423,8 +506,16 @@ pub async fn up(
                 let label = format!("Container {}", p.app_name);
                 if create {
                     progress.line(&label, "Starting");
-                    let id = pod::create_and_start(engine, &p.app_name, &p.service, p.app.clone())
-                        .await?;
+                    // A pod kept out of the mesh joins the compose networks itself.
+                    let networks: &[_] = if p.meshed { &[] } else { &p.networks };
+                    let id = pod::create_and_start_on(
+                        engine,
+                        &p.app_name,
+                        &p.service,
+                        p.app.clone(),
+                        networks,
+                    )
+                    .await?;
                     progress.line(&label, "Started");
                     Ok::<_, DockerError>(Some(id))
                 } else if let Some(id) = restart {
@@ -497,13 +588,19 @@ pub async fn ensure_images(
     opts: &UpOptions,
     progress: &Progress,
 ) -> Result<((String, String), BTreeMap<String, (String, String)>), DockerError> {
-    let name = project.name();
-    let compose = project
-        .mesh
-        .compose
-        .as_ref()
-        .ok_or_else(|| DockerError::Invalid("no compose file found".into()))?;
-    let proxy_image = match &opts.proxy_image {
+    let proxy_image = proxy_image(engine, opts, progress).await?;
+    let images = service_images(engine, project, opts, &[], progress).await?;
+    Ok((proxy_image, images))
+}
+
+/// The sidecar and meshdns image (tag, ID): `--proxy-image`, or the runtime image built from
+/// the workspace's static binaries when missing (or with `--build`).
+pub async fn proxy_image(
+    engine: &Engine,
+    opts: &UpOptions,
+    progress: &Progress,
+) -> Result<(String, String), DockerError> {
+    Ok(match &opts.proxy_image {
         Some(img) => {
             let id =
                 image::image_id(engine, img)
@@ -532,18 +629,48 @@ pub async fn ensure_images(
             .await?;
             (tag, id)
         }
-    };
+    })
+}
+
+/// Each service's image (tag, ID), or only those of `only` when it names some (`build
+/// SERVICE...`; a name not in the files is an error).
+pub async fn service_images(
+    engine: &Engine,
+    project: &Project,
+    opts: &UpOptions,
+    only: &[String],
+    progress: &Progress,
+) -> Result<BTreeMap<String, (String, String)>, DockerError> {
+    let name = project.name();
+    let compose = project
+        .mesh
+        .compose
+        .as_ref()
+        .ok_or_else(|| DockerError::Invalid("no compose file found".into()))?;
+    if let Some(unknown) = only.iter().find(|s| !compose.services.contains_key(*s)) {
+        return Err(DockerError::Invalid(format!(
+            "no service {unknown:?} in the files (services: {})",
+            compose
+                .services
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut images = BTreeMap::new();
-    for w in compose.workloads() {
-        let svc = w.service;
+    for (service, svc) in &compose.services {
+        if !only.is_empty() && !only.contains(service) {
+            continue;
+        }
         let tag = svc
             .image
             .clone()
-            .unwrap_or_else(|| format!("{name}-{}", w.name));
+            .unwrap_or_else(|| format!("{name}-{service}"));
         let existing = image::image_id(engine, &tag).await?;
         if opts.no_build && existing.is_none() {
             return Err(DockerError::NotBuilt {
-                service: w.name.to_string(),
+                service: service.clone(),
                 image: tag,
             });
         }
@@ -559,16 +686,46 @@ pub async fn ensure_images(
                 (None, Some(id)) => id,
                 (None, None) => {
                     return Err(DockerError::ImageMissing {
-                        service: w.name.to_string(),
+                        service: service.clone(),
                         image: tag,
                     });
                 }
             },
         };
-        images.insert(w.name.to_string(), (tag, id));
+        images.insert(service.clone(), (tag, id));
     }
+    Ok(images)
+}
 
-    Ok((proxy_image, images))
+/// The ports the images EXPOSE of the mesh services that declare none, so callers get
+/// routes to them (a `postgres` image serves 5432 without a line of compose saying so); one
+/// whose image EXPOSEs nothing either is named in a warning.
+async fn image_ports(
+    engine: &Engine,
+    compose: &meshmodel::compose::ComposeFile,
+    images: &BTreeMap<String, (String, String)>,
+    progress: &Progress,
+) -> Result<BTreeMap<String, Vec<u16>>, DockerError> {
+    let mut out = BTreeMap::new();
+    for w in compose
+        .workloads()
+        .into_iter()
+        .filter(|w| w.ports.is_empty())
+    {
+        let Some((tag, id)) = images.get(w.name) else {
+            continue;
+        };
+        let ports = image::exposed_ports(engine, id).await?;
+        if ports.is_empty() {
+            progress.note(&format!(
+                "warning: service {:?} declares no port (ports, expose or x-mesh.ports) and its image {tag} EXPOSEs none: callers get no route to it; declare the ports it serves with `expose:`",
+                w.name
+            ));
+        } else {
+            out.insert(w.name.to_string(), ports);
+        }
+    }
+    Ok(out)
 }
 
 /// The placement of the planned pods plus, for a partial `up SERVICE...`, the pods left alone.
