@@ -551,18 +551,12 @@ async fn seed_policy_compiled_by_the_control_plane_is_enforced() {
         b"GET /api/items HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n",
     )
     .await;
-    // With every port STRICT the listener does not sniff: the TLS handshake fails on the
-    // first plaintext byte and the client gets at most a TLS alert (0x15), never HTTP.
-    assert!(
-        resp.is_empty() || resp.as_bytes()[0] == 0x15,
-        "plaintext got an answer: {resp:?}"
-    );
+    // With every port STRICT a first byte that opens no TLS handshake is closed without a
+    // byte written (as Envoy does), counted as a PeerAuthentication refusal.
+    assert!(resp.is_empty(), "plaintext got an answer: {resp:?}");
     assert_eq!(echo.completed(), before);
     assert_eventually!(
-        metric(
-            &b,
-            "meshproxy_tls_handshake_failures_total{direction=\"inbound\"}"
-        ) == 1,
+        metric(&b, "meshproxy_peer_auth_rejected_total") == 1,
         "{}",
         b.handle.metrics().render()
     );

@@ -169,8 +169,14 @@ async fn destination_rule_disable_to_a_strict_server_fails_at_once_with_uf() {
     assert_eq!(headers[FLAGS], "UF", "{body}");
     assert!(body.contains("backend.default"), "{body}");
     assert_eq!(echo.completed(), 0, "nothing reached the app");
-    // The STRICT server took the plaintext bytes for a bad TLS handshake and closed.
-    assert!(b.handle.metrics().tls_failures(Direction::Inbound) >= 1);
+    // The STRICT server refused the plaintext bytes (they open no TLS handshake) and closed.
+    assert!(
+        b.handle
+            .metrics()
+            .mode_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
     assert!(body.contains("require mTLS"), "{body}");
 }
 
