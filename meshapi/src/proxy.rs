@@ -250,6 +250,11 @@ pub struct IdentityConfig {
     /// mesh's `trustDomainAliases`). Default none: only its own trust domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_domain_aliases: Vec<String>,
+    /// Serials (lowercase hex of the serial's bytes) of certificates revoked before their
+    /// expiry: a peer presenting one is refused in the handshake, inbound and outbound (the
+    /// certificates of a node removed with `meshctl node rm`). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_serials: Vec<String>,
     /// Control-plane mode: the mesh CA's current trust bundle, PEM (both roots while a root
     /// rotation is in progress). Set by the control plane, not by `meshctl proxy-config`. A
     /// proxy whose trust roots differ trusts exactly these from then on (toward peers and

@@ -199,6 +199,7 @@ async fn accept_loop(
             let peer = PeerInfo {
                 remote_addr,
                 identity: tls::peer_identity(tls.get_ref().1.peer_certificates()),
+                serial: tls::peer_serial(tls.get_ref().1.peer_certificates()),
             };
             let service = hyper::service::service_fn(move |req| {
                 let router = router.clone();

@@ -499,6 +499,11 @@ impl Ca {
         self.tokens.revoke_holders(revoke, SystemTime::now())
     }
 
+    /// The holder of a pod token (`None` for a single-use or unknown token).
+    pub fn token_holder(&self, token: &str) -> Option<String> {
+        self.tokens.holder_of(token)
+    }
+
     /// Each identity's latest certificate expiry (for `meshctl status`).
     pub fn issued(&self) -> BTreeMap<SpiffeId, IssuedInfo> {
         self.issued

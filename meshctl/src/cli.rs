@@ -239,6 +239,18 @@ pub enum Command {
     /// The busiest paths, live, from the sidecars' access logs: source, destination, method,
     /// path, count, best, worst and last duration, success rate (access logs must be on).
     Top(crate::docker::top::TopArgs),
+    /// Join tokens for other machines (`token create --node NAME [--ttl 1h]`).
+    #[command(subcommand)]
+    Token(crate::node::commands::TokenCommand),
+    /// On another machine: join the mesh with a token from `meshctl token create`, run the
+    /// proxies of the services placed on this node (`x-mesh: {node: NAME}`) until stopped.
+    /// Without a token, rejoin with the node credential kept in `.mesh/node/`.
+    Join(crate::node::commands::JoinArgs),
+    /// On a joined node: leave the mesh (its certificates are revoked) and stop `meshctl join`.
+    Leave,
+    /// The joined nodes (`node ls`, `node rm NAME`).
+    #[command(subcommand)]
+    Node(crate::node::commands::NodeCommand),
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
     ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
@@ -318,7 +330,11 @@ impl Command {
             | Command::Version(_)
             | Command::Completion { .. }
             | Command::Man { .. }
-            | Command::ControlPlaneDaemon(_) => &[],
+            | Command::ControlPlaneDaemon(_)
+            | Command::Token(_)
+            | Command::Join(_)
+            | Command::Leave
+            | Command::Node(_) => &[],
             Command::Top(args) => &args.files,
         }
     }
@@ -394,6 +410,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats { args, .. } => crate::observe::stats::stats(&project, &args),
         Command::Top(args) => crate::docker::top::top(&project, &args),
         Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
+        Command::Token(crate::node::commands::TokenCommand::Create(args)) => {
+            crate::node::commands::token_create(&project, &args)
+        }
+        Command::Join(args) => crate::node::commands::join_cmd(&project, &args),
+        Command::Leave => crate::node::commands::leave(&project),
+        Command::Node(crate::node::commands::NodeCommand::Ls { json }) => {
+            crate::node::commands::node_ls(&project, json)
+        }
+        Command::Node(crate::node::commands::NodeCommand::Rm { name }) => {
+            crate::node::commands::node_rm(&project, &name)
+        }
     }
 }
 

@@ -288,7 +288,11 @@ impl ControlPlane {
             ca.retire()?;
         }
         let push = Arc::new(PushState::new(config.stale_after, config.print));
-        let mut ctx = reload::ReloadCtx::new(&config, push.clone(), ca.clone())?;
+        let nodes = Arc::new(
+            crate::node::NodeRegistry::open(&state_dir)
+                .map_err(|e| ControlPlaneError::Admin(e.to_string()))?,
+        );
+        let mut ctx = reload::ReloadCtx::new(&config, push.clone(), ca.clone(), nodes.clone())?;
         // The first load happens before anyone can connect: proxies see a full snapshot.
         let first = ctx.reload(None);
         if config.print {
@@ -300,6 +304,15 @@ impl ControlPlane {
             push.clone(),
             ca.clone(),
             reload_tx.clone(),
+        );
+        let router = crate::node::api::routes(
+            router,
+            crate::node::api::NodeApi {
+                ca: ca.clone(),
+                push: push.clone(),
+                nodes: nodes.clone(),
+                reload: reload_tx.clone(),
+            },
         );
         let server = ApiServer::bind(config.api.clone(), ca.clone(), router).await?;
         let watcher = if config.watch {

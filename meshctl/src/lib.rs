@@ -8,6 +8,7 @@ pub mod controlplane;
 pub mod dashboard;
 pub mod docker;
 pub mod explain;
+pub mod node;
 pub mod observe;
 pub mod project;
 pub mod shell;

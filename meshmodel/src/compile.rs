@@ -362,6 +362,19 @@ pub fn compile_all(
         .collect()
 }
 
+/// Compiles every proxy that has an inbound address in the placement, leaving out the others
+/// (the proxies of a machine that has not joined yet: they have no config until it does).
+pub fn compile_placed(
+    input: &CompileInput<'_>,
+) -> Result<BTreeMap<ProxyKey, ProxyConfig>, CompileError> {
+    let table = port_table(input.mesh);
+    proxies(input.inventory)
+        .into_iter()
+        .filter(|k| input.placement.inbound(&k.workload, k.instance).is_some())
+        .map(|k| compile_with(input, &k, &table).map(|c| (k, c)))
+        .collect()
+}
+
 fn compile_with(
     input: &CompileInput<'_>,
     proxy: &ProxyKey,
@@ -477,6 +490,7 @@ fn compile_with(
             key_file: None,
             roots_file: None,
             trust_domain_aliases: security.trust_domain_aliases.clone(),
+            revoked_serials: Vec::new(),
             trust_bundle: None,
         },
         listeners: {

@@ -158,7 +158,11 @@ fn context(cfg: &ProxyConfig, opts: Options) -> Result<Context, AppError> {
             None
         }
     };
-    let trust = identity.publish(creds, &cfg.identity.trust_domain_aliases);
+    let trust = identity.publish_with(
+        creds,
+        &cfg.identity.trust_domain_aliases,
+        Arc::new(cfg.identity.revoked_serials.iter().cloned().collect()),
+    );
     let mut app_h1 = Client::builder(TokioExecutor::new());
     app_h1
         .pool_timer(TokioTimer::new())
@@ -229,13 +233,14 @@ impl ProxyHandle {
         self.sync_vips(&cfg)?;
         let revision = cfg.revision;
         let aliases = cfg.identity.trust_domain_aliases.clone();
+        let revoked = Arc::new(cfg.identity.revoked_serials.iter().cloned().collect());
         let authn = self.shared.jwks.authenticator(&cfg);
         let snapshot =
             Arc::new(Snapshot::build(Arc::new(cfg), Some(&old.snapshot)).with_authn(authn));
         // The trust state goes to the live identity (inbound handshakes) and, with the config,
         // into the one runtime value the data path reads. Pooled connections are tagged with
         // the trust generation, so none made under other roots is handed out.
-        self.shared.identity.publish(creds, &aliases);
+        self.shared.identity.publish_with(creds, &aliases, revoked);
         self.publish(Some(snapshot));
         self.shared
             .metrics

@@ -162,6 +162,7 @@ pub async fn serve_edge(shared: Arc<Context>, stream: TcpStream, remote: SocketA
         shared: shared.clone(),
         peer: PeerInfo {
             identity: None,
+            serial: None,
             remote,
             port,
             local_ip: crate::authz::local_ip(&stream),
@@ -207,6 +208,7 @@ pub async fn serve(shared: Arc<Context>, stream: TcpStream, remote: SocketAddr) 
                 shared: shared.clone(),
                 peer: PeerInfo {
                     identity: None,
+                    serial: None,
                     remote,
                     port,
                     local_ip,
@@ -268,6 +270,7 @@ async fn serve_tls(
         .and_then(|c| c.first())
         .map(|c| c.to_vec());
     let identity = cert.as_ref().and_then(|c| tls::check_svid(c).ok());
+    let serial = cert.as_deref().and_then(tls::serial_of).map(Arc::from);
     let xfcc = match (&cert, &identity, shared.identity.current()) {
         (Some(c), Some(id), Some(own)) => {
             HeaderValue::from_str(&tls::xfcc_value(&own.id, c, id)).ok()
@@ -281,6 +284,7 @@ async fn serve_tls(
         shared: shared.clone(),
         peer: PeerInfo {
             identity,
+            serial,
             remote,
             port: p.port,
             local_ip,
@@ -368,6 +372,13 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     check_framing(req.version(), req.headers())?;
     // Read per request: a policy change applies to the next request on an open connection.
     let snap = ctx.shared.runtime.load_full();
+    if let Some(serial) = &ctx.peer.serial
+        && snap.trust.revoked.contains(&**serial)
+    {
+        return Err(ProxyError::Denied {
+            target: format!("revoked peer certificate {serial}"),
+        });
+    }
     let authn = match &snap.authn {
         Some(a) => crate::authn::authenticate(a, req.uri(), req.headers())?,
         None => None,

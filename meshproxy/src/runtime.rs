@@ -122,6 +122,10 @@ pub struct HttpFacts<'a> {
 pub struct PeerInfo {
     /// Verified SPIFFE ID, when the peer came over mTLS.
     pub identity: Option<SpiffeId>,
+    /// Serial of the peer's certificate (lowercase hex), when it came over mTLS: checked
+    /// per request against the revoked serials, so a connection opened before a revocation
+    /// carries no more requests after it.
+    pub serial: Option<Arc<str>>,
     /// The peer's socket address.
     pub remote: SocketAddr,
     /// The application port requested.

@@ -16,6 +16,7 @@
 //! bundle (or the system's), checks `subjectAltNames` (or the sent server name), and presents
 //! the configured client certificate for `MUTUAL`. TLS 1.2 and 1.3.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -261,18 +262,29 @@ fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
 pub struct Trust {
     pub creds: Option<Arc<Credentials>>,
     pub aliases: Vec<String>,
+    /// Serials (lowercase hex) of revoked peer certificates (`identity.revokedSerials`).
+    pub revoked: Arc<BTreeSet<String>>,
     pub generation: u64,
 }
 
 impl Trust {
-    /// The next state with `creds` and `aliases`; a new generation when roots or aliases
-    /// differ from this one's.
-    pub fn next(&self, creds: Option<Arc<Credentials>>, aliases: &[String]) -> Trust {
+    /// The next state with `creds`, `aliases` and `revoked`; a new generation when roots,
+    /// aliases or revoked serials differ from this one's (connections verified under the old
+    /// state are not reused).
+    pub fn next(
+        &self,
+        creds: Option<Arc<Credentials>>,
+        aliases: &[String],
+        revoked: Arc<BTreeSet<String>>,
+    ) -> Trust {
         let roots = |c: &Option<Arc<Credentials>>| c.as_ref().map(|c| c.roots.clone());
-        let same = roots(&self.creds) == roots(&creds) && self.aliases == aliases;
+        let same = roots(&self.creds) == roots(&creds)
+            && self.aliases == aliases
+            && self.revoked == revoked;
         Trust {
             creds,
             aliases: aliases.to_vec(),
+            revoked,
             generation: self.generation + u64::from(!same),
         }
     }
@@ -300,13 +312,28 @@ impl Identity {
     /// Publishes `creds` (`None`: keep the current ones) and the trust domains accepted
     /// besides our own (Istio's `trustDomainAliases`) in one store; returns the new state.
     pub fn publish(&self, creds: Option<Credentials>, aliases: &[String]) -> Arc<Trust> {
+        let revoked = self.trust.load().revoked.clone();
+        self.publish_with(creds, aliases, revoked)
+    }
+
+    /// [`Identity::publish`] with the revoked peer serials (`identity.revokedSerials`).
+    pub fn publish_with(
+        &self,
+        creds: Option<Credentials>,
+        aliases: &[String],
+        revoked: Arc<BTreeSet<String>>,
+    ) -> Arc<Trust> {
         let creds = creds.map(Arc::new);
         if let Some(c) = &creds {
             tracing::info!(identity = %c.id, "credentials installed");
         }
         let mut out = None;
         self.trust.rcu(|cur| {
-            let next = Arc::new(cur.next(creds.clone().or_else(|| cur.creds.clone()), aliases));
+            let next = Arc::new(cur.next(
+                creds.clone().or_else(|| cur.creds.clone()),
+                aliases,
+                revoked.clone(),
+            ));
             out = Some(Arc::clone(&next));
             next
         });
@@ -415,6 +442,11 @@ fn verify_peer(
     )
     .map_err(webpki_err)?;
     let id = check_svid(end_entity).map_err(other)?;
+    if !trust.revoked.is_empty()
+        && serial_of(end_entity).is_some_and(|s| trust.revoked.contains(&s))
+    {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+    }
     if !trust.accepts_trust_domain(creds.id.trust_domain(), id.trust_domain()) {
         return Err(other(SvidError::TrustDomain {
             expected: creds.id.trust_domain().to_string(),
@@ -422,6 +454,17 @@ fn verify_peer(
         }));
     }
     Ok(id)
+}
+
+/// The serial of a DER certificate, lowercase hex of its bytes (`identity.revokedSerials`).
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    let (_, x509) = X509Certificate::from_der(der).ok()?;
+    Some(
+        x509.raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// Server side: requires a client certificate and verifies it as a mesh SVID.

@@ -124,8 +124,17 @@ pub fn docker_available() -> bool {
 
 /// `(status, x-backend-version, body)` of one GET on a fresh connection.
 pub async fn get(port: u16, path: &str) -> Result<(u16, Option<String>, String), String> {
+    get_from("127.0.0.1", port, path).await
+}
+
+/// [`get`] of `host:port`.
+pub async fn get_from(
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<(u16, Option<String>, String), String> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let mut s = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| e.to_string())?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");

@@ -37,6 +37,8 @@ pub struct PeerInfo {
     /// SPIFFE ID of the client certificate, verified against the mesh roots; `None` when the
     /// client presented no certificate (bootstrap) or one without a single SPIFFE URI SAN.
     pub identity: Option<SpiffeId>,
+    /// Serial (lowercase hex) of the verified client certificate, if one was presented.
+    pub serial: Option<String>,
 }
 
 impl PeerInfo {

@@ -145,6 +145,22 @@ pub(crate) fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Spif
     spiffe_id_of(leaf)
 }
 
+/// The serial of a (verified) client certificate, lowercase hex.
+pub(crate) fn peer_serial(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    serial_of(certs?.first()?)
+}
+
+/// The serial of `cert`, lowercase hex of its bytes (leading zeros kept).
+pub fn serial_of(cert: &[u8]) -> Option<String> {
+    let (_, x509) = X509Certificate::from_der(cert).ok()?;
+    Some(
+        x509.raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 /// The one SPIFFE URI SAN of `cert`, if it has exactly one URI SAN and it parses.
 pub fn spiffe_id_of(cert: &[u8]) -> Option<SpiffeId> {
     let (_, x509) = X509Certificate::from_der(cert).ok()?;

@@ -171,6 +171,11 @@ impl TokenStore {
         Ok(token)
     }
 
+    /// The holder of pod token `token`, if it is one (a single-use token has none).
+    pub fn holder_of(&self, token: &str) -> Option<String> {
+        self.lock().get(&hash(token)).and_then(|r| r.holder.clone())
+    }
+
     /// Checks, without using it, that `token` is valid now for `identity`.
     pub fn check(&self, token: &str, identity: &SpiffeId, now: SystemTime) -> Result<(), CaError> {
         let tokens = self.lock();

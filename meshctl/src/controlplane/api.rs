@@ -152,6 +152,9 @@ pub struct StatusReport {
     /// Certificates near or past expiry, one sentence each.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The joined machines and their proxies' endpoints (`meshctl join`).
+    #[serde(default)]
+    pub nodes: Vec<crate::node::NodeStatus>,
 }
 
 /// Answer of `POST /v1/reload`.
@@ -427,8 +430,9 @@ async fn ack(push: Arc<PushState>, req: Request<Incoming>, peer: PeerInfo) -> Re
     empty(StatusCode::NO_CONTENT)
 }
 
+/// The 403 answer unless the peer is the meshctl admin identity.
 #[allow(clippy::result_large_err)]
-fn require_admin(peer: &PeerInfo, ca: &Ca) -> Result<(), Response<ApiBody>> {
+pub(crate) fn require_admin(peer: &PeerInfo, ca: &Ca) -> Result<(), Response<ApiBody>> {
     let id = peer.require_identity()?;
     let admin = admin::admin_id(&ca.config().trust_domain).ok();
     if admin.as_ref() != Some(id) {
@@ -531,6 +535,7 @@ pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
         identities,
         ca_certificates,
         warnings,
+        nodes: Vec::new(),
     }
 }
 

@@ -167,6 +167,16 @@ impl AdminClient {
         })
     }
 
+    /// A client of the control plane at `state.address` with `tls` (a node's credentials, or
+    /// none while joining); `state`'s credential paths are not read.
+    pub fn with_tls(state: StateFile, tls: Arc<ClientConfig>) -> AdminClient {
+        AdminClient {
+            state,
+            tls,
+            admin_not_after: None,
+        }
+    }
+
     /// Expiry of the admin certificate this client presents, Unix seconds.
     pub fn admin_not_after(&self) -> Option<i64> {
         self.admin_not_after

@@ -188,12 +188,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs the control plane until Ctrl-C (SIGINT) or SIGTERM.
 pub fn serve(project: &ProjectArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut api = ApiConfig {
+        listen: args.listen,
+        ..ApiConfig::default()
+    };
+    // Joined nodes reach it by this address and verify it in the serving certificate.
+    if !args.listen.ip().is_unspecified() {
+        api.server_names.push(args.listen.ip().to_string());
+    }
     let config = ControlPlaneConfig {
         project: project_spec(project),
-        api: ApiConfig {
-            listen: args.listen,
-            ..ApiConfig::default()
-        },
+        api,
         print: true,
         ..ControlPlaneConfig::default()
     };
@@ -294,6 +299,30 @@ pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
                 rough_duration(i.not_after - now),
                 state(i.expiry)
             )?;
+        }
+    }
+    if !report.nodes.is_empty() {
+        writeln!(
+            w,
+            "\n{:<12} {:<8} {:<24} {:<20} {:<48} EXPIRES IN",
+            "NODE", "STATE", "ENDPOINT", "PROXY", "IDENTITY"
+        )?;
+        for n in &report.nodes {
+            for e in &n.endpoints {
+                writeln!(
+                    w,
+                    "{:<12} {:<8} {:<24} {:<20} {:<48} {}",
+                    n.name,
+                    n.state,
+                    e.address.map_or("-".into(), |a| a.to_string()),
+                    e.proxy,
+                    e.identity,
+                    e.not_after.map_or("-".into(), |t| rough_duration(t - now)),
+                )?;
+            }
+            if n.endpoints.is_empty() {
+                writeln!(w, "{:<12} {:<8} {:<24} -", n.name, n.state, "-")?;
+            }
         }
     }
     for c in &report.ca_certificates {

@@ -97,6 +97,7 @@ mod tests {
             identities: Vec::new(),
             ca_certificates: Vec::new(),
             warnings: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 

@@ -72,6 +72,10 @@ pub(crate) struct ReloadCtx {
     model: diff::Model,
     push: Arc<PushState>,
     ca: Arc<Ca>,
+    /// Joined nodes: their addresses place their services' proxies.
+    nodes: Arc<crate::node::NodeRegistry>,
+    /// This machine's address in host mode (the API's listen IP, loopback for any).
+    local: std::net::IpAddr,
 }
 
 impl ReloadCtx {
@@ -79,6 +83,7 @@ impl ReloadCtx {
         config: &ControlPlaneConfig,
         push: Arc<PushState>,
         ca: Arc<Ca>,
+        nodes: Arc<crate::node::NodeRegistry>,
     ) -> Result<Self, ControlPlaneError> {
         let state = config.state_dir();
         let vips_path = state.join("vips.json");
@@ -98,6 +103,8 @@ impl ReloadCtx {
             model: diff::Model::default(),
             push,
             ca,
+            nodes,
+            local: crate::node::local_address(config.api.listen),
         })
     }
 
@@ -167,13 +174,20 @@ impl ReloadCtx {
         {
             tracing::warn!(error = %e, "cannot save the VIP table");
         }
+        let placed = mesh.compose.as_ref().map(|c| c.nodes()).unwrap_or_default();
+        self.nodes
+            .set_placed(placed_identities(&inventory, &placed, &self.trust_domain));
         let placement: Box<dyn Placement> = match &self.placement {
-            PlacementSpec::Host { base_port } => {
-                Box::new(HostPlacement::new(&inventory, *base_port))
-            }
+            PlacementSpec::Host { base_port } => Box::new(crate::node::NodePlacement {
+                host: HostPlacement::new(&inventory, *base_port),
+                local: self.local,
+                placed: placed.clone(),
+                nodes: self.nodes.addresses(),
+            }),
             PlacementSpec::Fixed(f) => Box::new(f.clone()),
             PlacementSpec::Container(f) => Box::new(super::ContainerPlacement(f.clone())),
         };
+        self.nodes.set_endpoints(placement.as_ref());
         let epochs = self.push.epochs();
         let input = CompileInput {
             mesh: &mesh,
@@ -184,13 +198,25 @@ impl ReloadCtx {
             trust_domain: &self.trust_domain,
             epochs: &epochs,
         };
-        let compiled = match compile::compile_all(&input) {
+        let revoked: Vec<String> = self.nodes.denied_serials().into_iter().collect();
+        // A joined node's proxy is an endpoint once it serves (as a Kubernetes endpoint waits
+        // for readiness): traffic sent before would fail and get it ejected.
+        let unready: std::collections::BTreeSet<std::net::SocketAddr> =
+            placed_keys(&inventory, &placed)
+                .filter(|k| !epochs.contains_key(k))
+                .filter_map(|k| placement.inbound(&k.workload, k.instance))
+                .collect();
+        let compiled = match compile::compile_placed(&input) {
             // Every proxy follows the CA's trust bundle: a root rotation (its start and its
             // end) changes every config, so the push tells every proxy at once.
             Ok(mut c) => {
                 let bundle = self.ca.root_pem();
                 for cfg in c.values_mut() {
                     cfg.identity.trust_bundle = Some(bundle.clone());
+                    cfg.identity.revoked_serials = revoked.clone();
+                    for svc in cfg.services.values_mut() {
+                        svc.endpoints.retain(|e| !unready.contains(&e.address));
+                    }
                 }
                 c
             }
@@ -286,6 +312,46 @@ impl ReloadCtx {
             ),
         }
     }
+}
+
+/// The proxies of the services placed on nodes.
+fn placed_keys<'a>(
+    inventory: &'a Inventory,
+    placed: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = ProxyKey> + 'a {
+    inventory
+        .workloads
+        .iter()
+        .filter(|w| placed.contains_key(&w.compose_name))
+        .flat_map(|w| {
+            (0..w.replicas).map(|instance| ProxyKey {
+                workload: w.compose_name.clone(),
+                instance,
+            })
+        })
+}
+
+/// The services placed on nodes (`x-mesh.node`), by node: workload -> replicas, identity.
+fn placed_identities(
+    inventory: &Inventory,
+    placed: &BTreeMap<String, String>,
+    trust_domain: &str,
+) -> crate::node::Placed {
+    let mut out = crate::node::Placed::new();
+    for w in &inventory.workloads {
+        let Some(node) = placed.get(&w.compose_name) else {
+            continue;
+        };
+        match meshapi::ca_api::SpiffeId::new(trust_domain, &w.namespace, &w.service_account) {
+            Ok(id) => {
+                out.entry(node.clone())
+                    .or_default()
+                    .insert(w.compose_name.clone(), (w.replicas, id));
+            }
+            Err(e) => tracing::warn!(workload = %w.compose_name, error = %e, "no identity"),
+        }
+    }
+    out
 }
 
 /// Writes JSON through a temporary file and a rename, so readers never see half a file.

@@ -382,6 +382,7 @@ mod tests {
             }],
             ca_certificates: vec![],
             warnings: vec![],
+            nodes: vec![],
         }
     }
 

@@ -197,6 +197,7 @@ fn merge_x_mesh(b: XMesh, o: XMesh) -> XMesh {
     set(&mut out.service, o.service);
     set(&mut out.service_account, o.service_account);
     set(&mut out.namespace, o.namespace);
+    set(&mut out.node, o.node);
     let mut ports: BTreeMap<u16, _> = out.ports.drain(..).map(|p| (p.port, p)).collect();
     ports.extend(o.ports.into_iter().map(|p| (p.port, p)));
     out.ports = ports.into_values().collect();

@@ -186,6 +186,14 @@ impl ComposeFile {
             .collect()
     }
 
+    /// The node each placed service runs on (`x-mesh.node`), by compose service name.
+    pub fn nodes(&self) -> std::collections::BTreeMap<String, String> {
+        self.services
+            .iter()
+            .filter_map(|(name, s)| Some((name.to_string(), s.x_mesh.as_ref()?.node.clone()?)))
+            .collect()
+    }
+
     /// The services kept out of the mesh (`x-mesh.enabled: false`), by compose name.
     pub fn unmeshed(&self) -> impl Iterator<Item = (&str, &Service)> {
         self.services

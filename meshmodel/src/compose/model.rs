@@ -689,6 +689,11 @@ pub struct XMesh {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub ports: Vec<MeshPort>,
+    /// The node (a machine joined with `meshctl join`) this service runs on. Default none:
+    /// the machine of the control plane (`meshctl up`). Its proxies' endpoints carry the
+    /// node's address once it has joined; until then they are left out of endpoint lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A port's protocol in `x-mesh`.
