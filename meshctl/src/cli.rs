@@ -183,6 +183,12 @@ pub enum Command {
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
     ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
+    /// The supervisor of one process pod (internal; `meshctl up` starts it).
+    #[command(name = "__pod", hide = true)]
+    Pod {
+        /// The pod's spec file (`.mesh/pods/<name>.json`).
+        spec: std::path::PathBuf,
+    },
 }
 
 /// `meshctl config`: compose's flags.
@@ -253,7 +259,8 @@ impl Command {
             | Command::Version(_)
             | Command::Completion { .. }
             | Command::Man { .. }
-            | Command::ControlPlaneDaemon(_) => &[],
+            | Command::ControlPlaneDaemon(_)
+            | Command::Pod { .. } => &[],
             Command::Top(args) => &args.files,
         }
     }
@@ -320,6 +327,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats { args, .. } => crate::observe::stats::stats(&project, &args),
         Command::Top(args) => crate::docker::top::top(&project, &args),
         Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
+        Command::Pod { spec } => crate::process::shim::main(&spec),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controlplane;
 pub mod docker;
 pub mod observe;
+pub mod process;
 pub mod project;
 pub mod shell;
 pub mod term;

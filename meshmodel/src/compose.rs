@@ -29,7 +29,8 @@ pub use mesh::{PortProtocol, Workload};
 pub use model::{
     ComposeFile, DEFAULT_CERT_LIFETIME, DependsCondition, DependsOn, Deploy, Healthcheck, Limits,
     MAX_CERT_LIFETIME, MIN_CERT_LIFETIME, MeshPort, MeshSettings, NetworkDef,
-    PathNormalizationSetting, Protocol, Resources, Service, ServiceNetwork, VolumeDef, XMesh,
+    PathNormalizationSetting, ProcessSpec, Protocol, Resources, Service, ServiceNetwork, VolumeDef,
+    XMesh,
 };
 pub use parts::{Build, Command, EnvFileRef, HealthTest, Port, Restart, Volume};
 pub use project::{ProjectNameError, normalize_project_name, project_name};

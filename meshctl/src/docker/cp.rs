@@ -296,6 +296,7 @@ fn serve_daemon(project: &ProjectSpec, state_dir: &Path) -> anyhow::Result<std::
             .context("starting the control plane")?;
         println!("control plane listening on {}", cp.local_addr());
         let heal = match super::up::Project::load(project) {
+            Ok(p) if crate::process::commands::processes_only(&p) => None,
             Ok(p) => {
                 tokio::spawn(super::heal::watch_deaths(p.name().to_string(), |line| {
                     println!("{line}")

@@ -182,6 +182,7 @@ pub async fn up(
     if !opts.services.is_empty() {
         restrict(&mut plan, &opts.services, !opts.no_deps)?;
     }
+    let mut procs = plan_processes(&engine, project, &network, &plan, &existing_ips, opts).await?;
 
     // Compare with what runs.
     let by_name: BTreeMap<&str, &Owned> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -261,14 +262,16 @@ pub async fn up(
     }
 
     // Control plane.
-    let placement = PlacementFile::new(
-        cp::listen_addr(network.gateway),
-        &full_placement(&plan, &existing),
-    );
+    let mut fixed = full_placement(&plan, &existing);
+    fixed.0.extend(process_placement(project, &procs));
+    let placement = PlacementFile::new(cp::listen_addr(network.gateway), &fixed);
     let running = cp::running(&project.state_dir);
     let same_placement = PlacementFile::read(&project.state_dir).as_ref() == Some(&placement);
-    let restart_cp =
-        running.is_none() || !same_placement || !new_sidecars.is_empty() || !opts.detach;
+    let restart_cp = running.is_none()
+        || !same_placement
+        || !new_sidecars.is_empty()
+        || !procs.create.is_empty()
+        || !opts.detach;
     let mut control_plane = None;
     let mut tokens = BTreeMap::new();
     if restart_cp {
@@ -295,6 +298,8 @@ pub async fn up(
             tokens.insert(p.sidecar_name.clone(), t.as_str().to_string());
         }
         drop(ca);
+        crate::process::up::issue_tokens(project, &mut procs)
+            .map_err(|e| DockerError::Process(e.to_string()))?;
         placement.write(&project.state_dir)?;
         if opts.detach {
             let spec = project.spec.clone();
@@ -390,6 +395,14 @@ pub async fn up(
                 "Restarted (its sidecar had restarted)",
             );
         }
+    }
+
+    // Process pods (x-mesh.process) on the project network, before the container apps (which
+    // may depend on them).
+    if !procs.keep.is_empty() || !procs.create.is_empty() || !procs.remove.is_empty() {
+        crate::process::up::start_pods(project, &procs, opts.wait, opts.wait_timeout, progress)
+            .await
+            .map_err(|e| DockerError::Process(e.to_string()))?;
     }
 
     // Apps, in depends_on order.
@@ -534,7 +547,11 @@ pub async fn ensure_images(
         }
     };
     let mut images = BTreeMap::new();
-    for w in compose.workloads() {
+    for w in compose
+        .workloads()
+        .into_iter()
+        .filter(|w| w.service.is_container())
+    {
         let svc = w.service;
         let tag = svc
             .image
@@ -569,6 +586,80 @@ pub async fn ensure_images(
     }
 
     Ok((proxy_image, images))
+}
+
+/// First host number of process pods on a Docker project network (sidecars take `.10` up).
+const PROCESS_FIRST_HOST: u8 = 128;
+
+/// The process services of a mixed project, planned on its Docker network (a veth on its
+/// bridge per pod) and compared with what runs.
+async fn plan_processes(
+    engine: &Engine,
+    project: &Project,
+    network: &ProjectNetwork,
+    plan: &Plan,
+    existing_ips: &BTreeMap<(String, u32), Ipv4Addr>,
+    opts: &UpOptions,
+) -> Result<crate::process::up::Reconciled, DockerError> {
+    use crate::process::commands::{has_pods, has_processes, selection};
+    if !has_processes(project) && !has_pods(&project.state_dir) {
+        return Ok(Default::default());
+    }
+    let bridge = network::bridge_name(engine, &network.name).await?;
+    let pnet = crate::process::net::Network {
+        subnet: network.subnet,
+        gateway: network.gateway,
+        dns: network.dns_ip(),
+        attach: crate::process::net::Attach::Docker(bridge),
+        first_host: PROCESS_FIRST_HOST,
+    };
+    let chosen = selection(project, &opts.services, !opts.no_deps);
+    let taken: Vec<Ipv4Addr> = plan
+        .pods
+        .iter()
+        .map(|p| p.ip)
+        .chain(existing_ips.values().copied())
+        .collect();
+    let planned = crate::process::up::plan_on(project, &pnet, &taken, &|s| chosen.contains(s))
+        .map_err(|e| DockerError::Process(e.to_string()))?;
+    let in_files: BTreeSet<String> = project
+        .mesh
+        .compose
+        .as_ref()
+        .map(|c| c.services.keys().cloned().collect())
+        .unwrap_or_default();
+    Ok(crate::process::up::reconcile(
+        &project.state_dir,
+        planned,
+        &in_files,
+        opts.force_recreate,
+    ))
+}
+
+/// The inbound addresses of the process pods: the planned ones and those of other services
+/// in the files left running (a partial `up SERVICE...`).
+fn process_placement(
+    project: &Project,
+    procs: &crate::process::up::Reconciled,
+) -> BTreeMap<(String, u32), std::net::SocketAddr> {
+    let planned: BTreeSet<&str> = procs
+        .keep
+        .iter()
+        .chain(&procs.create)
+        .map(|p| p.name.as_str())
+        .collect();
+    let in_files = |s: &str| {
+        project
+            .mesh
+            .compose
+            .as_ref()
+            .is_some_and(|c| c.services.contains_key(s))
+    };
+    let others: Vec<crate::process::PodSpec> = crate::process::PodSpec::all(&project.state_dir)
+        .into_values()
+        .filter(|p| !planned.contains(p.name.as_str()) && in_files(&p.service))
+        .collect();
+    crate::process::up::placement_of(procs.keep.iter().chain(&procs.create).chain(&others))
 }
 
 /// The placement of the planned pods plus, for a partial `up SERVICE...`, the pods left alone.

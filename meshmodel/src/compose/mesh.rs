@@ -74,6 +74,16 @@ impl Service {
         labels
     }
 
+    /// `x-mesh.process`: the host process meshctl runs instead of a container, if any.
+    pub fn process(&self) -> Option<&super::model::ProcessSpec> {
+        self.x_mesh.as_ref().and_then(|m| m.process.as_ref())
+    }
+
+    /// True when the service runs as a container (it has no `x-mesh.process`).
+    pub fn is_container(&self) -> bool {
+        self.process().is_none()
+    }
+
     /// `deploy.replicas`, default 1.
     pub fn replicas(&self) -> u32 {
         self.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1)

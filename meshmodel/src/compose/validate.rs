@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::mesh::PortProtocol;
-use super::model::ComposeFile;
+use super::model::{ComposeFile, Service};
 use meshapi::diag::{FieldError, join_path};
 
 /// A DNS-1123 label: 1-63 of `[a-z0-9-]`, starting and ending with a letter or digit.
@@ -155,7 +155,9 @@ impl ComposeFile {
                     ));
                 }
             }
-            if service.image.is_none() && service.build.is_none() {
+            if service.process().is_some() {
+                process_fields(service, &at, &mut errors);
+            } else if service.image.is_none() && service.build.is_none() {
                 errors.push(FieldError::new(
                     base.clone(),
                     "service has neither image nor build",
@@ -353,5 +355,59 @@ impl ComposeFile {
             }
         }
         out
+    }
+}
+
+/// What a process service (`x-mesh.process`) may not have: container-only fields are refused
+/// by name rather than ignored (a `volumes:` that silently does nothing loses data).
+fn process_fields(service: &Service, at: &dyn Fn(&str) -> String, errors: &mut Vec<FieldError>) {
+    let hint = "a process service runs on the host: remove it, or remove `x-mesh.process` to run a container";
+    let mut refuse = |field: &str, present: bool| {
+        if present {
+            errors.push(
+                FieldError::new(
+                    at(field),
+                    format!("`{field}` cannot be used with `x-mesh.process`"),
+                )
+                .with_hint(hint),
+            );
+        }
+    };
+    refuse("image", service.image.is_some());
+    refuse("build", service.build.is_some());
+    refuse("command", service.command.is_some());
+    refuse("entrypoint", service.entrypoint.is_some());
+    refuse("volumes", !service.volumes.is_empty());
+    refuse("working_dir", service.working_dir.is_some());
+    refuse("user", service.user.is_some());
+    refuse("hostname", service.hostname.is_some());
+    refuse("container_name", service.container_name.is_some());
+    refuse("cap_add", !service.cap_add.is_empty());
+    refuse("cap_drop", !service.cap_drop.is_empty());
+    refuse("read_only", service.read_only.is_some());
+    refuse("tty", service.tty.is_some());
+    refuse("stdin_open", service.stdin_open.is_some());
+    refuse("init", service.init.is_some());
+    refuse("platform", service.platform.is_some());
+    refuse("pull_policy", service.pull_policy.is_some());
+    refuse("extra_hosts", !service.extra_hosts.is_empty());
+    refuse(
+        "deploy.resources",
+        service
+            .deploy
+            .as_ref()
+            .is_some_and(|d| d.resources.is_some()),
+    );
+    if let Some(p) = service.process() {
+        let empty = match &p.command {
+            super::parts::Command::Exec(v) => v.first().is_none_or(|c| c.trim().is_empty()),
+            super::parts::Command::Shell(s) => s.trim().is_empty(),
+        };
+        if empty {
+            errors.push(FieldError::new(
+                at("x-mesh.process.command"),
+                "the command is empty: name the program to run",
+            ));
+        }
     }
 }

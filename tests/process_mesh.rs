@@ -1,0 +1,386 @@
+//! Process services (`x-mesh.process`, issue 13) end to end, with real processes in real
+//! network namespaces (root), driven through the CLI:
+//! - `examples/seed-processes` (every service a process) with the Docker engine unreachable
+//!   (`DOCKER_HOST` at a dead socket): `up -d --wait`, the frontend answers on its published
+//!   port, the 90/10 split holds, a process with another identity gets 403 from the backend,
+//!   plaintext to a backend's address from the host is refused (STRICT), `ps` and `logs` read
+//!   the pods, `down` removes the namespaces and the bridge;
+//! - a project of containers and processes: a container frontend calls a process backend over
+//!   mTLS, a process calls a container by name, plaintext to the process from outside its
+//!   proxy is refused, and a live AuthorizationPolicy edit denying the frontend gives 403.
+//!
+//! Host objects are named after the project, which starts with `h13a` (netns
+//! `mesh-h13a...`, bridge `mh13a...`), and are removed by `down` (Drop guard). Skips loudly
+//! without root, without the static binaries (`MESHCTL_RUNTIME_DIR`) or, for the mixed test,
+//! without Docker; fails instead under `MESHCTL_REQUIRE`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod docker_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use docker_support::{MESHCTL, copy_dir, docker_available, free_port, get, get_at};
+
+/// A dead Docker socket: the processes-only project must not need the engine.
+const DEAD_DOCKER: &str = "unix:///nonexistent/h13a-no-docker.sock";
+
+/// A copy of an example under a unique project name; `down` on drop.
+struct Project {
+    dir: tempfile::TempDir,
+    name: String,
+    port: u16,
+    docker_host: Option<&'static str>,
+    bin: PathBuf,
+}
+
+impl Project {
+    fn new(example: &str, tag: &str, docker_host: Option<&'static str>, bin: PathBuf) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example);
+        copy_dir(&src, dir.path());
+        Project {
+            dir,
+            name: format!("h13a{tag}{}", std::process::id()),
+            port: free_port(),
+            docker_host,
+            bin,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn meshctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(MESHCTL);
+        cmd.arg("--project-directory")
+            .arg(self.dir.path())
+            .args(["--project-name", &self.name])
+            .args(args)
+            .env("FRONTEND_PORT", self.port.to_string())
+            .env("DEMO_BIN", &self.bin)
+            .env("CI", "1");
+        if let Some(h) = self.docker_host {
+            cmd.env("DOCKER_HOST", h);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.meshctl(args);
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn ps(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ps", "--json"])).unwrap()
+    }
+
+    /// The address of a pod of this project, from `ps`.
+    fn ip_of(&self, name: &str) -> String {
+        self.ps()
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["ip"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no pod {name} in ps"))
+    }
+
+    fn pod_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.path(".mesh/pods"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".state.json"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let out = self.meshctl(&["down", "-v"]);
+        if !out.status.success() {
+            eprintln!(
+                "cleanup: meshctl down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Network namespaces of the project left on the host.
+fn namespaces(project: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("mesh-{project}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Root and the static binaries (meshproxy, meshdns, the demo apps), or a loud skip.
+fn prerequisites() -> Option<PathBuf> {
+    let root = meshctl::process::is_root();
+    if meshtest::skip_unless(
+        "root",
+        root,
+        "process pods need root (network namespaces, nftables); the process tests did not run",
+    ) {
+        return None;
+    }
+    let dir = std::env::var_os("MESHCTL_RUNTIME_DIR").map(PathBuf::from);
+    let present = dir.as_ref().is_some_and(|d| {
+        ["meshproxy", "meshdns", "frontend", "backend"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    });
+    if meshtest::skip_unless(
+        "runtime",
+        present,
+        "set MESHCTL_RUNTIME_DIR to the static meshproxy, meshdns, frontend and backend",
+    ) {
+        return None;
+    }
+    dir
+}
+
+const INTRUDER: &str = r#"
+  intruder:
+    ports:
+      - "${INTRUDER_PORT}:3000"
+    environment:
+      BACKEND_URL: http://backend:8080
+    x-mesh:
+      serviceAccount: intruder
+      ports: [{port: 3000, protocol: http}]
+      process:
+        command: ["${DEMO_BIN}/frontend"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_of_processes_runs_with_docker_unreachable() {
+    let Some(bin) = prerequisites() else { return };
+    let p = Project::new("seed-processes", "p", Some(DEAD_DOCKER), bin);
+    // A fourth process with another identity: the backend allows only frontend-sa.
+    let intruder_port = free_port();
+    let compose = p.path("compose.yaml");
+    let text = std::fs::read_to_string(&compose).unwrap();
+    std::fs::write(
+        &compose,
+        text + &INTRUDER.replace("${INTRUDER_PORT}", &intruder_port.to_string()),
+    )
+    .unwrap();
+
+    let t0 = Instant::now();
+    p.ok(&["up", "-d", "--wait"]);
+    eprintln!("up -d --wait: {:.1} s", t0.elapsed().as_secs_f64());
+    assert_eq!(namespaces(&p.name).len(), 4, "{:?}", namespaces(&p.name));
+
+    // --wait returned once every healthcheck passed: the first request succeeds.
+    let (status, _, body) = get(p.port, "/").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Frontend says: Hello from Backend!")
+    );
+
+    // The seed's VirtualService: 90/10 between the two process versions.
+    let (mut v1, mut v2) = (0u32, 0u32);
+    for _ in 0..300 {
+        let (status, version, body) = get(p.port, "/").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        match version.as_deref() {
+            Some("v1") => v1 += 1,
+            Some("v2") => v2 += 1,
+            other => panic!("unexpected version {other:?}"),
+        }
+    }
+    let share = f64::from(v2) / 300.0;
+    assert!(
+        (0.02..=0.25).contains(&share),
+        "v2 served {v2} of 300 (v1 {v1}): not the 90/10 split"
+    );
+
+    // Another identity gets 403 from the backend's AuthorizationPolicy.
+    let (status, _, body) = get(intruder_port, "/").await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("403"), "{body}");
+
+    // Plaintext from the host to a backend's own address is refused (STRICT): no HTTP answer.
+    let ip = p.ip_of(&format!("{}-backend-v1-1", p.name));
+    let plain = get_at(&ip, 8080).await;
+    assert!(
+        plain.is_err(),
+        "plaintext to {ip}:8080 got through: {plain:?}"
+    );
+
+    // ps and logs read the pods without an engine.
+    let ps = p.ps();
+    let apps: Vec<_> = ps.iter().filter(|r| r["role"] == "app").collect();
+    assert_eq!(apps.len(), 4, "{ps:?}");
+    for r in &apps {
+        assert_eq!(r["state"], "running", "{r}");
+    }
+    let frontend = apps
+        .iter()
+        .find(|r| r["service"] == "frontend")
+        .expect("frontend in ps");
+    assert_eq!(
+        frontend["identity"],
+        "spiffe://cluster.local/ns/default/sa/frontend-sa"
+    );
+    assert_eq!(frontend["health"], "healthy");
+    assert!(ps.iter().any(|r| r["role"] == "sidecar"), "{ps:?}");
+    let logs = p.ok(&["logs", "backend-v2"]);
+    assert!(logs.contains("backend v2 listening"), "{logs}");
+
+    let out = p.ok(&["down"]);
+    let _ = out;
+    assert!(namespaces(&p.name).is_empty(), "{:?}", namespaces(&p.name));
+    assert!(p.pod_files().is_empty(), "{:?}", p.pod_files());
+    let bridges = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("m{}", &p.name[..6])))
+        .collect::<Vec<_>>();
+    assert!(bridges.is_empty(), "bridges left: {bridges:?}");
+}
+
+const MIXED: &str = r#"
+name: mixed
+services:
+  frontend:
+    image: meshctl-demo/frontend:latest
+    ports:
+      - "${FRONTEND_PORT}:3000"
+    environment:
+      BACKEND_URL: http://backend:8080
+    x-mesh:
+      serviceAccount: frontend-sa
+      ports: [{port: 3000, protocol: http}]
+    depends_on: [backend-v1]
+  backend-v1:
+    environment:
+      VERSION: v1
+    labels: {app: backend, version: v1}
+    x-mesh:
+      service: backend
+      ports: [{port: 8080, protocol: http}]
+      process:
+        command: ["${DEMO_BIN}/backend"]
+  caller:
+    ports:
+      - "${CALLER_PORT}:3000"
+    environment:
+      BACKEND_URL: http://store:8080
+    x-mesh:
+      serviceAccount: caller
+      ports: [{port: 3000, protocol: http}]
+      process:
+        command: ["${DEMO_BIN}/frontend"]
+  store:
+    image: meshctl-demo/backend:latest
+    environment:
+      VERSION: store
+    x-mesh:
+      ports: [{port: 8080, protocol: http}]
+"#;
+
+const DENY_FRONTEND: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: backend-allow-frontend
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: backend
+  action: DENY
+  rules:
+    - from:
+        - source:
+            principals:
+              - cluster.local/ns/default/sa/frontend-sa
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_and_containers_call_each_other_over_mtls() {
+    let Some(bin) = prerequisites() else { return };
+    if !docker_available() {
+        return;
+    }
+    let p = Project::new("seed", "m", None, bin);
+    let caller_port = free_port();
+    std::fs::write(
+        p.path("compose.yaml"),
+        MIXED.replace("${CALLER_PORT}", &caller_port.to_string()),
+    )
+    .unwrap();
+    // The seed's STRICT PeerAuthentication and its AuthorizationPolicy (only frontend-sa may
+    // call the backend); no VirtualService or DestinationRule (one backend version).
+    std::fs::remove_file(p.path("mesh/virtual-service.yaml")).unwrap();
+    std::fs::remove_file(p.path("mesh/destination-rule.yaml")).unwrap();
+    p.ok(&["up", "-d", "--wait"]);
+
+    // Container frontend -> process backend, over mTLS with the frontend's identity.
+    let (status, version, body) = get(p.port, "/").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Frontend says: Hello from Backend!")
+    );
+    assert_eq!(version.as_deref(), Some("v1"));
+
+    // Process -> container by name.
+    let t0 = Instant::now();
+    let (status, version, body) = loop {
+        let r = get(caller_port, "/").await;
+        match r {
+            Ok(r) => break r,
+            Err(e) if t0.elapsed() > Duration::from_secs(10) => panic!("caller: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Frontend says: Hello from Backend!")
+    );
+    assert_eq!(version.as_deref(), Some("store"));
+
+    // Plaintext to the process's address from outside its proxy: refused under STRICT.
+    let ip = p.ip_of(&format!("{}-backend-v1-1", p.name));
+    let plain = get_at(&ip, 8080).await;
+    assert!(
+        plain.is_err(),
+        "plaintext to {ip}:8080 got through: {plain:?}"
+    );
+
+    // A live edit denying the frontend: 403 from the process's proxy.
+    std::fs::write(p.path("mesh/authorization-policy.yaml"), DENY_FRONTEND).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (status, _, body) = get(p.port, "/").await.unwrap();
+        if status == 500 && body.contains("403") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the DENY policy never applied: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.ok(&["down"]);
+    assert!(namespaces(&p.name).is_empty(), "{:?}", namespaces(&p.name));
+}
