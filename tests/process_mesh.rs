@@ -4,7 +4,8 @@
 //!   (`DOCKER_HOST` at a dead socket): `up -d --wait`, the frontend answers on its published
 //!   port, the 90/10 split holds, a process with another identity gets 403 from the backend,
 //!   plaintext to a backend's address from the host is refused (STRICT), `ps` and `logs` read
-//!   the pods, `down` removes the namespaces and the bridge;
+//!   the pods, `down` removes the namespaces and the bridge; an existing host service put in
+//!   the mesh by address (`x-mesh.endpoint`) answers a process that calls it by name;
 //! - a project of containers and processes: a container frontend calls a process backend over
 //!   mTLS, a process calls a container by name, plaintext to the process from outside its
 //!   proxy is refused, and a live AuthorizationPolicy edit denying the frontend gives 403.
@@ -157,6 +158,36 @@ fn prerequisites() -> Option<PathBuf> {
     dir
 }
 
+/// A host service outside the mesh (the backend binary on the host's loopback), killed on
+/// drop.
+struct HostService(std::process::Child);
+
+impl Drop for HostService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The endpoint service `legacy` (the host service above, only its proxy run by meshctl) and
+/// a process calling it by name.
+const LEGACY: &str = r#"
+  legacy:
+    x-mesh:
+      endpoint: 127.0.0.1:${LEGACY_PORT}
+      ports: [{port: ${LEGACY_PORT}, protocol: http}]
+  legacy-caller:
+    ports:
+      - "${CALLER_PORT}:3000"
+    environment:
+      BACKEND_URL: http://legacy:${LEGACY_PORT}
+    x-mesh:
+      serviceAccount: legacy-caller
+      ports: [{port: 3000, protocol: http}]
+      process:
+        command: ["${DEMO_BIN}/frontend"]
+"#;
+
 const INTRUDER: &str = r#"
   intruder:
     ports:
@@ -176,18 +207,31 @@ async fn the_seed_of_processes_runs_with_docker_unreachable() {
     let p = Project::new("seed-processes", "p", Some(DEAD_DOCKER), bin);
     // A fourth process with another identity: the backend allows only frontend-sa.
     let intruder_port = free_port();
+    // An existing host service put in the mesh by address (x-mesh.endpoint).
+    let (legacy_port, caller_port) = (free_port(), free_port());
+    let _legacy = HostService(
+        Command::new(p.bin.join("backend"))
+            .env("PORT", legacy_port.to_string())
+            .env("VERSION", "legacy")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let compose = p.path("compose.yaml");
     let text = std::fs::read_to_string(&compose).unwrap();
     std::fs::write(
         &compose,
-        text + &INTRUDER.replace("${INTRUDER_PORT}", &intruder_port.to_string()),
+        text + &INTRUDER.replace("${INTRUDER_PORT}", &intruder_port.to_string())
+            + &LEGACY
+                .replace("${LEGACY_PORT}", &legacy_port.to_string())
+                .replace("${CALLER_PORT}", &caller_port.to_string()),
     )
     .unwrap();
 
     let t0 = Instant::now();
     p.ok(&["up", "-d", "--wait"]);
     eprintln!("up -d --wait: {:.1} s", t0.elapsed().as_secs_f64());
-    assert_eq!(namespaces(&p.name).len(), 4, "{:?}", namespaces(&p.name));
+    assert_eq!(namespaces(&p.name).len(), 6, "{:?}", namespaces(&p.name));
 
     // --wait returned once every healthcheck passed: the first request succeeds.
     let (status, _, body) = get(p.port, "/").await.unwrap();
@@ -218,6 +262,14 @@ async fn the_seed_of_processes_runs_with_docker_unreachable() {
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("403"), "{body}");
 
+    // A process calls the existing host service by name, through both proxies.
+    let (status, version, body) = get(caller_port, "/").await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Frontend says: Hello from Backend!")
+    );
+    assert_eq!(version.as_deref(), Some("legacy"));
+
     // Plaintext from the host to a backend's own address is refused (STRICT): no HTTP answer.
     let ip = p.ip_of(&format!("{}-backend-v1-1", p.name));
     let plain = get_at(&ip, 8080).await;
@@ -229,7 +281,7 @@ async fn the_seed_of_processes_runs_with_docker_unreachable() {
     // ps and logs read the pods without an engine.
     let ps = p.ps();
     let apps: Vec<_> = ps.iter().filter(|r| r["role"] == "app").collect();
-    assert_eq!(apps.len(), 4, "{ps:?}");
+    assert_eq!(apps.len(), 6, "{ps:?}");
     for r in &apps {
         assert_eq!(r["state"], "running", "{r}");
     }

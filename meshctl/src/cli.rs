@@ -189,6 +189,14 @@ pub enum Command {
         /// The pod's spec file (`.mesh/pods/<name>.json`).
         spec: std::path::PathBuf,
     },
+    /// The relay of an endpoint pod (internal; its supervisor starts it).
+    #[command(name = "__forward", hide = true)]
+    Forward {
+        /// Where to accept (the pod namespace's loopback).
+        listen: std::net::SocketAddr,
+        /// The supervisor's Unix socket.
+        socket: std::path::PathBuf,
+    },
 }
 
 /// `meshctl config`: compose's flags.
@@ -260,7 +268,8 @@ impl Command {
             | Command::Completion { .. }
             | Command::Man { .. }
             | Command::ControlPlaneDaemon(_)
-            | Command::Pod { .. } => &[],
+            | Command::Pod { .. }
+            | Command::Forward { .. } => &[],
             Command::Top(args) => &args.files,
         }
     }
@@ -328,6 +337,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Top(args) => crate::docker::top::top(&project, &args),
         Command::ControlPlaneDaemon(args) => docker::control_plane_daemon(&project, &args),
         Command::Pod { spec } => crate::process::shim::main(&spec),
+        Command::Forward { listen, socket } => crate::process::shim::relay_main(listen, &socket),
     }
 }
 

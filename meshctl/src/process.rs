@@ -43,7 +43,7 @@ pub const PODS_DIR: &str = "pods";
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error(
-        "service {service} is a process (x-mesh.process) and its own network namespace needs root; run meshctl as root (sudo)"
+        "service {service} is a host process or service (x-mesh.process, x-mesh.endpoint) and its own network namespace needs root; run meshctl as root (sudo)"
     )]
     NeedsRoot { service: String },
     #[error("`{command}` failed: {message}")]

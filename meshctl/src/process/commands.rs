@@ -16,20 +16,23 @@ use crate::docker::progress::Progress;
 use crate::docker::ps::PsRow;
 use crate::docker::up::Project;
 
-/// True when the project has services and every one is a process: `up` then needs no Docker.
+/// True when the project has services and none is a container (each is a process or an
+/// existing host service): `up` then needs no Docker.
 pub fn processes_only(project: &Project) -> bool {
-    project.mesh.compose.as_ref().is_some_and(|c| {
-        !c.services.is_empty() && c.services.values().all(|s| s.process().is_some())
-    })
+    project
+        .mesh
+        .compose
+        .as_ref()
+        .is_some_and(|c| !c.services.is_empty() && c.services.values().all(|s| !s.is_container()))
 }
 
-/// True when the project has process services.
+/// True when the project has process or endpoint services.
 pub fn has_processes(project: &Project) -> bool {
     project
         .mesh
         .compose
         .as_ref()
-        .is_some_and(|c| c.services.values().any(|s| s.process().is_some()))
+        .is_some_and(|c| c.services.values().any(|s| !s.is_container()))
 }
 
 /// True when pods were started from this state directory (files under `.mesh/pods/`).
@@ -200,6 +203,12 @@ pub fn ps_rows(state_dir: &Path, proxy: bool) -> Vec<PsRow> {
             health: state.health.clone().unwrap_or_default(),
             status: match (&state.error, state.exit_code) {
                 (Some(e), _) => e.lines().next().unwrap_or_default().to_string(),
+                (None, _) if spec.endpoint.is_some() => {
+                    format!(
+                        "endpoint {}",
+                        spec.endpoint.map(|a| a.to_string()).unwrap_or_default()
+                    )
+                }
                 (None, Some(c)) if app_state != "running" => format!("Exited ({c})"),
                 _ => format!("process {}", spec.app.program),
             },

@@ -183,6 +183,17 @@ impl Shim {
                 tokio::spawn(forward(listener, SocketAddr::from((n.ip, p.target))));
             }
         }
+        // An existing host service: the relay in the namespace reaches it through this socket.
+        if let Some(endpoint) = self.spec.endpoint {
+            let sock = PodSpec::endpoint_socket(&self.state_dir, &self.spec.name);
+            let _ = std::fs::remove_file(&sock);
+            match tokio::net::UnixListener::bind(&sock) {
+                Ok(l) => {
+                    tokio::spawn(forward_unix(l, endpoint));
+                }
+                Err(e) => return self.fail(format!("{}: {e}", sock.display())),
+            }
+        }
         let mut app_backoff = Backoff::new();
         let mut health = HealthRun::new(self.spec.healthcheck.clone());
         let mut stopped_for_good = false;
@@ -334,6 +345,10 @@ impl Shim {
             && let Err(e) = net::delete_pod(n)
         {
             eprintln!("removing the network namespace: {e}");
+        }
+        if self.spec.endpoint.is_some() {
+            let _ =
+                std::fs::remove_file(PodSpec::endpoint_socket(&self.state_dir, &self.spec.name));
         }
         self.state.status = "stopped".into();
         self.state.app_pid = None;
@@ -523,4 +538,58 @@ async fn run_check(spec: &PodSpec, h: &Health) -> bool {
         Ok(Ok(status)) => status.success(),
         _ => false,
     }
+}
+
+/// Accepts on the Unix socket and connects each to the host service `to`.
+async fn forward_unix(listener: tokio::net::UnixListener, to: SocketAddr) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// `meshctl __forward LISTEN SOCKET`: the relay of an endpoint pod, run in its namespace:
+/// accepts on `listen` (the namespace's loopback, where its proxy forwards inbound traffic)
+/// and connects each to the supervisor's Unix socket, which reaches the host service (a Unix
+/// socket is a file: it crosses network namespaces).
+pub fn relay_main(listen: SocketAddr, socket: &Path) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        println!(
+            "relaying {listen} to the host service through {}",
+            socket.display()
+        );
+        loop {
+            let (mut inbound, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let socket = socket.to_path_buf();
+            tokio::spawn(async move {
+                match tokio::net::UnixStream::connect(&socket).await {
+                    Ok(mut outbound) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                    Err(e) => eprintln!("{}: {e}", socket.display()),
+                }
+            });
+        }
+    })
 }

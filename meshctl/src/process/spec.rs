@@ -71,6 +71,11 @@ pub struct PodSpec {
     /// meshproxy, in control-plane mode; none for meshdns.
     pub proxy: Option<Program>,
     pub app: Program,
+    /// `x-mesh.endpoint`: the host service the pod's proxy reaches (the app is then
+    /// `meshctl __forward`, a relay from the namespace's loopback to the supervisor's Unix
+    /// socket, which connects here).
+    #[serde(default)]
+    pub endpoint: Option<std::net::SocketAddr>,
     pub published: Vec<Published>,
     pub healthcheck: Option<Health>,
     /// Compose's restart policy (`no`, `always`, `on-failure[:N]`, `unless-stopped`).
@@ -127,6 +132,18 @@ impl PodSpec {
     /// The app's log.
     pub fn log_path(state_dir: &Path, name: &str) -> PathBuf {
         pods_dir(state_dir).join(format!("{name}.log"))
+    }
+
+    /// The Unix socket between an endpoint pod's relay and its supervisor: short (a socket
+    /// path has 108 bytes at most) and unique per state directory and pod.
+    pub fn endpoint_socket(state_dir: &Path, name: &str) -> PathBuf {
+        let key = format!("{}/{name}", state_dir.display());
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in key.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        PathBuf::from(format!("/run/meshctl-pod-{h:016x}.sock"))
     }
 
     /// The proxy's log.
@@ -278,10 +295,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Vec<PodSpec>, ProcessError> {
     );
     let mut pods = Vec::new();
     for w in input.compose.workloads() {
-        let Some(process) = w.service.process() else {
-            continue;
-        };
-        if !(input.select)(w.name) {
+        if w.service.is_container() || !(input.select)(w.name) {
             continue;
         }
         let svc_err = |message: String| ProcessError::Service {
@@ -290,8 +304,32 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Vec<PodSpec>, ProcessError> {
         };
         let identity = SpiffeId::new(input.trust_domain, w.namespace, w.service_account)
             .map_err(|e| svc_err(e.to_string()))?;
-        let (program, args) = split_command(&process.command).map_err(svc_err)?;
-        let cwd = match &process.working_dir {
+        let endpoint = w.service.endpoint_addr();
+        let (program, args, working_dir, process_env) = match (w.service.process(), endpoint) {
+            (Some(p), _) => {
+                let (program, args) = split_command(&p.command).map_err(svc_err)?;
+                (program, args, p.working_dir.clone(), p.env.clone())
+            }
+            (None, Some(addr)) => {
+                let me = std::env::current_exe().map_err(ProcessError::io("/proc/self/exe"))?;
+                let sock = PodSpec::endpoint_socket(
+                    input.state_dir,
+                    &dplan::app_name(input.project, w.name, 0),
+                );
+                (
+                    me.display().to_string(),
+                    vec![
+                        "__forward".into(),
+                        format!("127.0.0.1:{}", addr.port()),
+                        sock.display().to_string(),
+                    ],
+                    None,
+                    BTreeMap::new(),
+                )
+            }
+            (None, None) => continue,
+        };
+        let cwd = match &working_dir {
             Some(d) => input.project_dir.join(d),
             None => input.project_dir.to_path_buf(),
         };
@@ -306,7 +344,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Vec<PodSpec>, ProcessError> {
             .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
             .collect();
         env.extend(dplan::service_env(input.project_dir, w.service).map_err(svc_err)?);
-        for (k, v) in &process.env {
+        for (k, v) in &process_env {
             match v {
                 Some(v) => {
                     env.insert(k.clone(), v.clone());
@@ -379,6 +417,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Vec<PodSpec>, ProcessError> {
                     cwd: cwd.clone(),
                     env: env.clone(),
                 },
+                endpoint,
                 published: published.clone(),
                 healthcheck: health(w.service),
                 restart: w.service.restart.unwrap_or_default().to_string(),
@@ -434,6 +473,7 @@ pub fn meshdns_pod(
                 .chain([("NO_COLOR".to_string(), "1".to_string())])
                 .collect(),
         },
+        endpoint: None,
         published: Vec::new(),
         healthcheck: None,
         restart: "always".into(),

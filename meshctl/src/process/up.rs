@@ -84,7 +84,7 @@ pub fn plan_on(
         && let Some(w) = compose
             .workloads()
             .into_iter()
-            .find(|w| w.service.process().is_some() && select(w.name))
+            .find(|w| !w.service.is_container() && select(w.name))
     {
         return Err(ProcessError::NeedsRoot {
             service: w.name.to_string(),

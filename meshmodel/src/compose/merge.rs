@@ -181,5 +181,6 @@ fn merge_x_mesh(b: XMesh, o: XMesh) -> XMesh {
     ports.extend(o.ports.into_iter().map(|p| (p.port, p)));
     out.ports = ports.into_values().collect();
     set(&mut out.process, o.process);
+    set(&mut out.endpoint, o.endpoint);
     out
 }

@@ -622,6 +622,10 @@ pub struct XMesh {
     /// `build` are refused beside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessSpec>,
+    /// A service that already runs on this host at `ip:port` (a database, a process the
+    /// user's IDE started): meshctl runs only its proxy, which forwards to it. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// `x-mesh.process`: the command meshctl runs as the service, on the host.

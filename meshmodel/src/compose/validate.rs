@@ -156,7 +156,16 @@ impl ComposeFile {
                 }
             }
             if service.process().is_some() {
-                process_fields(service, &at, &mut errors);
+                process_fields(service, "x-mesh.process", &at, &mut errors);
+                if service.endpoint().is_some() {
+                    errors.push(FieldError::new(
+                        at("x-mesh.endpoint"),
+                        "`x-mesh.endpoint` cannot be used with `x-mesh.process`: a service is either a process meshctl runs or one that already runs",
+                    ));
+                }
+            } else if let Some(e) = service.endpoint() {
+                process_fields(service, "x-mesh.endpoint", &at, &mut errors);
+                endpoint_fields(service, e, &at, &mut errors);
             } else if service.image.is_none() && service.build.is_none() {
                 errors.push(FieldError::new(
                     base.clone(),
@@ -360,16 +369,20 @@ impl ComposeFile {
 
 /// What a process service (`x-mesh.process`) may not have: container-only fields are refused
 /// by name rather than ignored (a `volumes:` that silently does nothing loses data).
-fn process_fields(service: &Service, at: &dyn Fn(&str) -> String, errors: &mut Vec<FieldError>) {
-    let hint = "a process service runs on the host: remove it, or remove `x-mesh.process` to run a container";
+fn process_fields(
+    service: &Service,
+    key: &str,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    let hint = format!(
+        "a service with `{key}` runs on the host: remove the field, or remove `{key}` to run a container"
+    );
     let mut refuse = |field: &str, present: bool| {
         if present {
             errors.push(
-                FieldError::new(
-                    at(field),
-                    format!("`{field}` cannot be used with `x-mesh.process`"),
-                )
-                .with_hint(hint),
+                FieldError::new(at(field), format!("`{field}` cannot be used with `{key}`"))
+                    .with_hint(&hint),
             );
         }
     };
@@ -410,4 +423,49 @@ fn process_fields(service: &Service, at: &dyn Fn(&str) -> String, errors: &mut V
             ));
         }
     }
+}
+
+/// What an existing host service (`x-mesh.endpoint`) may not have besides the container-only
+/// fields: meshctl does not run it, so nothing about running it applies; and its address.
+fn endpoint_fields(
+    service: &Service,
+    endpoint: &str,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    if service.endpoint_addr().is_none() {
+        errors.push(
+            FieldError::new(
+                at("x-mesh.endpoint"),
+                format!("{endpoint:?} is not an address: write ip:port (127.0.0.1:5432)"),
+            )
+            .with_hint(
+                "host names are not resolved here: give the IP address the service listens on",
+            ),
+        );
+    }
+    let mut refuse = |field: &str, present: bool| {
+        if present {
+            errors.push(
+                FieldError::new(
+                    at(field),
+                    format!("`{field}` cannot be used with `x-mesh.endpoint`: meshctl does not run that service"),
+                )
+                .with_hint("remove the field (the service is started by whoever runs it)"),
+            );
+        }
+    };
+    refuse("environment", !service.environment.is_empty());
+    refuse("env_file", !service.env_file.is_empty());
+    refuse("healthcheck", service.healthcheck.is_some());
+    refuse("restart", service.restart.is_some());
+    refuse("stop_signal", service.stop_signal.is_some());
+    refuse("stop_grace_period", service.stop_grace_period.is_some());
+    refuse(
+        "deploy.replicas",
+        service
+            .deploy
+            .as_ref()
+            .is_some_and(|d| d.replicas.is_some_and(|r| r != 1)),
+    );
 }
