@@ -19,105 +19,44 @@
 mod docker_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use docker_support::{MESHCTL, copy_dir, docker_available, free_port, get, get_at};
+use docker_support::{Seed, docker_available, free_port, get, get_at};
 
 /// A dead Docker socket: the processes-only project must not need the engine.
 const DEAD_DOCKER: &str = "unix:///nonexistent/h13a-no-docker.sock";
 
-/// A copy of an example under a unique project name; `down` on drop.
-struct Project {
-    dir: tempfile::TempDir,
-    name: String,
-    port: u16,
-    docker_host: Option<&'static str>,
-    bin: PathBuf,
+/// A copy of `examples/<example>` as project `h13a<tag><pid>`, its commands run with the
+/// static binaries in `DEMO_BIN` and, when given, `DOCKER_HOST` (`down -v` on drop).
+fn project(example: &str, tag: &str, docker_host: Option<&str>, bin: &Path) -> Seed {
+    let mut p = Seed::of(example, format!("h13a{tag}{}", std::process::id()));
+    p.env.push(("DEMO_BIN".into(), bin.display().to_string()));
+    if let Some(h) = docker_host {
+        p.env.push(("DOCKER_HOST".into(), h.into()));
+    }
+    p
 }
 
-impl Project {
-    fn new(example: &str, tag: &str, docker_host: Option<&'static str>, bin: PathBuf) -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples")
-            .join(example);
-        copy_dir(&src, dir.path());
-        Project {
-            dir,
-            name: format!("h13a{tag}{}", std::process::id()),
-            port: free_port(),
-            docker_host,
-            bin,
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn meshctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(MESHCTL);
-        cmd.arg("--project-directory")
-            .arg(self.dir.path())
-            .args(["--project-name", &self.name])
-            .args(args)
-            .env("FRONTEND_PORT", self.port.to_string())
-            .env("DEMO_BIN", &self.bin)
-            .env("CI", "1");
-        if let Some(h) = self.docker_host {
-            cmd.env("DOCKER_HOST", h);
-        }
-        cmd.output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.meshctl(args);
-        assert!(
-            out.status.success(),
-            "meshctl {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn ps(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.ok(&["ps", "--json"])).unwrap()
-    }
-
-    /// The address of a pod of this project, from `ps`.
-    fn ip_of(&self, name: &str) -> String {
-        self.ps()
-            .iter()
-            .find(|r| r["name"] == name)
-            .and_then(|r| r["ip"].as_str().map(str::to_string))
-            .unwrap_or_else(|| panic!("no pod {name} in ps"))
-    }
-
-    fn pod_files(&self) -> Vec<String> {
-        std::fs::read_dir(self.path(".mesh/pods"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".state.json"))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
+/// The address of a pod of the project, from `ps`.
+fn ip_of(p: &Seed, name: &str) -> String {
+    p.ps()
+        .iter()
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["ip"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no pod {name} in ps"))
 }
 
-impl Drop for Project {
-    fn drop(&mut self) {
-        let out = self.meshctl(&["down", "-v"]);
-        if !out.status.success() {
-            eprintln!(
-                "cleanup: meshctl down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+/// The pods' state files left under `.mesh/pods/`.
+fn pod_files(p: &Seed) -> Vec<String> {
+    std::fs::read_dir(p.dir.path().join(".mesh/pods"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".state.json"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Network namespaces of the project left on the host.
@@ -204,20 +143,20 @@ const INTRUDER: &str = r#"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_of_processes_runs_with_docker_unreachable() {
     let Some(bin) = prerequisites() else { return };
-    let p = Project::new("seed-processes", "p", Some(DEAD_DOCKER), bin);
+    let p = project("seed-processes", "p", Some(DEAD_DOCKER), &bin);
     // A fourth process with another identity: the backend allows only frontend-sa.
     let intruder_port = free_port();
     // An existing host service put in the mesh by address (x-mesh.endpoint).
     let (legacy_port, caller_port) = (free_port(), free_port());
     let _legacy = HostService(
-        Command::new(p.bin.join("backend"))
+        Command::new(bin.join("backend"))
             .env("PORT", legacy_port.to_string())
             .env("VERSION", "legacy")
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let compose = p.path("compose.yaml");
+    let compose = p.dir.path().join("compose.yaml");
     let text = std::fs::read_to_string(&compose).unwrap();
     std::fs::write(
         &compose,
@@ -231,7 +170,12 @@ async fn the_seed_of_processes_runs_with_docker_unreachable() {
     let t0 = Instant::now();
     p.ok(&["up", "-d", "--wait"]);
     eprintln!("up -d --wait: {:.1} s", t0.elapsed().as_secs_f64());
-    assert_eq!(namespaces(&p.name).len(), 6, "{:?}", namespaces(&p.name));
+    assert_eq!(
+        namespaces(&p.project).len(),
+        6,
+        "{:?}",
+        namespaces(&p.project)
+    );
 
     // --wait returned once every healthcheck passed: the first request succeeds.
     let (status, _, body) = get(p.port, "/").await.unwrap();
@@ -271,7 +215,7 @@ async fn the_seed_of_processes_runs_with_docker_unreachable() {
     assert_eq!(version.as_deref(), Some("legacy"));
 
     // Plaintext from the host to a backend's own address is refused (STRICT): no HTTP answer.
-    let ip = p.ip_of(&format!("{}-backend-v1-1", p.name));
+    let ip = ip_of(&p, &format!("{}-backend-v1-1", p.project));
     let plain = get_at(&ip, 8080).await;
     assert!(
         plain.is_err(),
@@ -298,15 +242,18 @@ async fn the_seed_of_processes_runs_with_docker_unreachable() {
     let logs = p.ok(&["logs", "backend-v2"]);
     assert!(logs.contains("backend v2 listening"), "{logs}");
 
-    let out = p.ok(&["down"]);
-    let _ = out;
-    assert!(namespaces(&p.name).is_empty(), "{:?}", namespaces(&p.name));
-    assert!(p.pod_files().is_empty(), "{:?}", p.pod_files());
+    p.ok(&["down"]);
+    assert!(
+        namespaces(&p.project).is_empty(),
+        "{:?}",
+        namespaces(&p.project)
+    );
+    assert!(pod_files(&p).is_empty(), "{:?}", pod_files(&p));
     let bridges = std::fs::read_dir("/sys/class/net")
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("m{}", &p.name[..6])))
+        .filter(|n| n.starts_with(&format!("m{}", &p.project[..6])))
         .collect::<Vec<_>>();
     assert!(bridges.is_empty(), "bridges left: {bridges:?}");
 }
@@ -374,17 +321,17 @@ async fn processes_and_containers_call_each_other_over_mtls() {
     if !docker_available() {
         return;
     }
-    let p = Project::new("seed", "m", None, bin);
+    let p = project("seed", "m", None, &bin);
     let caller_port = free_port();
     std::fs::write(
-        p.path("compose.yaml"),
+        p.dir.path().join("compose.yaml"),
         MIXED.replace("${CALLER_PORT}", &caller_port.to_string()),
     )
     .unwrap();
     // The seed's STRICT PeerAuthentication and its AuthorizationPolicy (only frontend-sa may
     // call the backend); no VirtualService or DestinationRule (one backend version).
-    std::fs::remove_file(p.path("mesh/virtual-service.yaml")).unwrap();
-    std::fs::remove_file(p.path("mesh/destination-rule.yaml")).unwrap();
+    std::fs::remove_file(p.dir.path().join("mesh/virtual-service.yaml")).unwrap();
+    std::fs::remove_file(p.dir.path().join("mesh/destination-rule.yaml")).unwrap();
     p.ok(&["up", "-d", "--wait"]);
 
     // Container frontend -> process backend, over mTLS with the frontend's identity.
@@ -412,7 +359,7 @@ async fn processes_and_containers_call_each_other_over_mtls() {
     assert_eq!(version.as_deref(), Some("store"));
 
     // Plaintext to the process's address from outside its proxy: refused under STRICT.
-    let ip = p.ip_of(&format!("{}-backend-v1-1", p.name));
+    let ip = ip_of(&p, &format!("{}-backend-v1-1", p.project));
     let plain = get_at(&ip, 8080).await;
     assert!(
         plain.is_err(),
@@ -420,7 +367,11 @@ async fn processes_and_containers_call_each_other_over_mtls() {
     );
 
     // A live edit denying the frontend: 403 from the process's proxy.
-    std::fs::write(p.path("mesh/authorization-policy.yaml"), DENY_FRONTEND).unwrap();
+    std::fs::write(
+        p.dir.path().join("mesh/authorization-policy.yaml"),
+        DENY_FRONTEND,
+    )
+    .unwrap();
     let t0 = Instant::now();
     loop {
         let (status, _, body) = get(p.port, "/").await.unwrap();
@@ -434,5 +385,9 @@ async fn processes_and_containers_call_each_other_over_mtls() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     p.ok(&["down"]);
-    assert!(namespaces(&p.name).is_empty(), "{:?}", namespaces(&p.name));
+    assert!(
+        namespaces(&p.project).is_empty(),
+        "{:?}",
+        namespaces(&p.project)
+    );
 }

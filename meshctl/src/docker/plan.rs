@@ -535,7 +535,14 @@ pub fn service_env(project_dir: &Path, svc: &Service) -> Result<BTreeMap<String,
             &meshmodel::compose::ProcessEnv,
         ));
     }
-    for (k, v) in &svc.environment {
+    add_env(&mut env, &svc.environment);
+    Ok(env)
+}
+
+/// Adds compose-style variables to `env`: a name without a value takes it from meshctl's
+/// environment (and is left out when that has none).
+pub fn add_env(env: &mut BTreeMap<String, String>, vars: &BTreeMap<String, Option<String>>) {
+    for (k, v) in vars {
         match v {
             Some(v) => {
                 env.insert(k.clone(), v.clone());
@@ -547,7 +554,6 @@ pub fn service_env(project_dir: &Path, svc: &Service) -> Result<BTreeMap<String,
             }
         }
     }
-    Ok(env)
 }
 
 fn app_body(

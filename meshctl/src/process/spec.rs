@@ -185,7 +185,8 @@ impl PodSpec {
             pod: self.name.clone(),
             message: e.to_string(),
         })?;
-        write_private(&path, &json)
+        crate::controlplane::admin::write_private_file(&path, &json)
+            .map_err(ProcessError::io(&path))
     }
 
     /// The same spec with its proxy's pod token.
@@ -242,24 +243,6 @@ pub fn pid_alive(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
-}
-
-/// Writes `bytes` to `path` through a 0600 temporary file and a rename.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProcessError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(ProcessError::io(&tmp))?;
-    f.write_all(bytes).map_err(ProcessError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(ProcessError::io(path))
 }
 
 /// What the pods are planned from.
@@ -344,18 +327,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Vec<PodSpec>, ProcessError> {
             .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
             .collect();
         env.extend(dplan::service_env(input.project_dir, w.service).map_err(svc_err)?);
-        for (k, v) in &process_env {
-            match v {
-                Some(v) => {
-                    env.insert(k.clone(), v.clone());
-                }
-                None => {
-                    if let Ok(v) = std::env::var(k) {
-                        env.insert(k.clone(), v);
-                    }
-                }
-            }
-        }
+        dplan::add_env(&mut env, &process_env);
         let published: Vec<Published> = w
             .service
             .ports
