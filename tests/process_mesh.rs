@@ -222,6 +222,16 @@ async fn the_seed_of_processes_runs_with_docker_unreachable() {
         "plaintext to {ip}:8080 got through: {plain:?}"
     );
 
+    // A second `up` changes nothing: every pod is kept as it runs.
+    let again = p.meshctl(&["up", "-d"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(!err.contains("Starting"), "up restarted pods: {err}");
+    assert!(
+        err.contains(&format!("Process {}-frontend-1  Running", p.project)),
+        "{err}"
+    );
+
     // ps and logs read the pods without an engine.
     let ps = p.ps();
     let apps: Vec<_> = ps.iter().filter(|r| r["role"] == "app").collect();
@@ -390,4 +400,52 @@ async fn processes_and_containers_call_each_other_over_mtls() {
         "{:?}",
         namespaces(&p.project)
     );
+}
+
+const CRASHING: &str = r#"
+name: crash
+services:
+  crash:
+    restart: "on-failure:2"
+    x-mesh:
+      ports: [{port: 8080, protocol: http}]
+      process:
+        command: ["/bin/sh", "-c", "echo dying; exit 3"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dying_process_is_restarted_by_its_policy_then_left_exited() {
+    let Some(bin) = prerequisites() else { return };
+    let p = project("seed-processes", "c", Some(DEAD_DOCKER), &bin);
+    std::fs::write(p.dir.path().join("compose.yaml"), CRASHING).unwrap();
+    for f in ["virtual-service.yaml", "destination-rule.yaml"] {
+        std::fs::remove_file(p.dir.path().join("mesh").join(f)).unwrap();
+    }
+    p.ok(&["up", "-d"]);
+    let name = format!("{}-crash-1", p.project);
+    // on-failure:2: two restarts, then it stays exited with its last code.
+    let t0 = Instant::now();
+    let row = loop {
+        let ps: Vec<serde_json::Value> =
+            serde_json::from_str(&p.ok(&["ps", "-a", "--format", "json"])).unwrap();
+        let row = ps
+            .into_iter()
+            .find(|r| r["name"] == name.as_str())
+            .expect("crash in ps -a");
+        if row["state"] == "exited" && row["restarts"] == 2 {
+            break row;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never settled: {row}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(row["exitCode"], 3, "{row}");
+    let logs = p.ok(&["logs", "--no-log-prefix", "crash"]);
+    assert_eq!(logs.lines().filter(|l| *l == "dying").count(), 3, "{logs}");
+    // Plain ps lists running apps only; the dying one is warned about.
+    let out = p.meshctl(&["ps"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{name} keeps dying")), "{err}");
 }

@@ -207,9 +207,10 @@ pub fn bridge_gateway(bridge: &str) -> Option<Ipv4Addr> {
         .and_then(|a| a.parse().ok())
 }
 
-/// A free /24 for a new bridge: the first of 10.215.0.0 .. 10.230.255.0 that no host route or
-/// address overlaps.
-pub fn choose_subnet() -> Result<Ipv4Addr, ProcessError> {
+/// A free /24 for a new bridge: one of 10.215.0.0 .. 10.230.255.0 that no host route or
+/// address overlaps, searched from a point that depends on the project (two projects started
+/// at once rarely try the same one first).
+pub fn choose_subnet(project: &str) -> Result<Ipv4Addr, ProcessError> {
     let mut taken: Vec<(u32, u32)> = Vec::new();
     for args in [
         ["-4", "-o", "addr", "show"],
@@ -234,16 +235,16 @@ pub fn choose_subnet() -> Result<Ipv4Addr, ProcessError> {
             }
         }
     }
-    for b in 215..=230u8 {
-        for c in 0..=255u8 {
-            let net = u32::from(Ipv4Addr::new(10, b, c, 0));
-            let ours = 0xffff_ff00u32;
-            if taken
-                .iter()
-                .all(|(t, m)| (net & m) != *t && (t & ours) != net)
-            {
-                return Ok(Ipv4Addr::from(net));
-            }
+    let first = u32::from_str_radix(&short_hash(project), 16).unwrap_or(0) % 4096;
+    let ours = 0xffff_ff00u32;
+    for i in 0..4096u32 {
+        let n = (first + i) % 4096;
+        let net = u32::from(Ipv4Addr::new(10, 215 + (n / 256) as u8, (n % 256) as u8, 0));
+        if taken
+            .iter()
+            .all(|(t, m)| (net & m) != *t && (t & ours) != net)
+        {
+            return Ok(Ipv4Addr::from(net));
         }
     }
     Err(ProcessError::NoSubnet)

@@ -460,7 +460,7 @@ pub fn own_network(project: &str) -> Result<Network, ProcessError> {
         Some(gw) => gw,
         None => {
             net::remove_bridge(&bridge)?;
-            let subnet = net::choose_subnet()?;
+            let subnet = net::choose_subnet(project)?;
             let [a, b, c, _] = subnet.octets();
             Ipv4Addr::new(a, b, c, 1)
         }
