@@ -510,3 +510,100 @@ async fn a_restarted_endpoint_proxy_is_taken_back_from_ejection_as_soon_as_it_se
     server1.shutdown().await;
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meshctl_stats_reads_the_proxies_the_control_plane_lists_in_host_mode() {
+    let echo = meshtest::echo::EchoServer::start("server").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yaml"), compose(echo.port())).unwrap();
+    let base = free_base(2);
+    let config = ControlPlaneConfig {
+        project: ProjectSpec {
+            working_dir: dir.path().to_path_buf(),
+            ..ProjectSpec::default()
+        },
+        api: ApiConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..ApiConfig::default()
+        },
+        placement: PlacementSpec::Host { base_port: base },
+        watch: false,
+        ..ControlPlaneConfig::default()
+    };
+    let cp = ControlPlane::start(config).await.unwrap();
+    let server = start_proxy(&cp, "server", "server-sa").await;
+    let client = start_proxy(&cp, "client", "client-sa").await;
+    let vip = client.config.borrow().outbound[0].vip;
+    let out = client.bound.outbound(vip).expect("outbound VIP listener");
+    request(out, 0).await.expect("a first request");
+
+    // Traffic while `meshctl stats` scrapes twice, a second apart (bounded: 15 s at most).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(15);
+            let mut n = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                let _ = request(out, n).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let project_dir = dir.path().to_path_buf();
+    let stats = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshctl-e2e"))
+            .arg("--project-directory")
+            .arg(&project_dir)
+            .args(["stats", "--json", "--window", "1s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    let stderr = String::from_utf8_lossy(&stats.stderr);
+    assert!(stats.status.success(), "meshctl stats failed: {stderr}");
+    let rows: serde_json::Value = serde_json::from_slice(&stats.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&stats.stdout)));
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "server")
+        .unwrap_or_else(|| panic!("no row for server: {rows} (stderr: {stderr})"));
+    assert!(row["requests"].as_f64().unwrap() > 0.0, "{row}");
+    assert_eq!(row["success_rate"], 1.0, "{row}");
+    // The status API names where each proxy serves its metrics: the host placement's ports.
+    let project_dir = dir.path().to_path_buf();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshctl-e2e"))
+            .arg("--project-directory")
+            .arg(&project_dir)
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&status.stderr)));
+    for (proxy, p) in [("client/0", &client), ("server/0", &server)] {
+        let listed = status["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["proxy"] == proxy)
+            .unwrap_or_else(|| panic!("{proxy} not in {status}"));
+        assert_eq!(
+            listed["stats"],
+            p.bound.stats.to_string().as_str(),
+            "{listed}"
+        );
+    }
+    client.shutdown().await;
+    server.shutdown().await;
+    cp.shutdown().await;
+}

@@ -34,6 +34,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const CLOCK_SKEW_SECS: u64 = 60;
 /// How often a proxy re-fetches a `jwksUri` by default (Envoy's remote JWKS cache duration).
 pub const DEFAULT_JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long one fetch of a rule's keys may take by default (Istio's `timeout` default).
+pub const DEFAULT_JWKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Where an issuer publishes its OpenID provider metadata (`jwks_uri` among it), after the
+/// issuer URL without its trailing `/`.
+pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
 /// How many verified tokens each rule remembers.
 pub const TOKEN_CACHE_SIZE: usize = 1024;
 /// The header and query parameter Istio reads a token from when a rule names no location.
@@ -84,12 +89,17 @@ pub struct JwtRule {
     /// If not empty, the token's `aud` must contain one of these. Default: any audience.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
-    /// An inline JSON Web Key Set. Exactly one of `jwks` and `jwksUri`.
+    /// An inline JSON Web Key Set. At most one of `jwks` and `jwksUri`; with neither, the
+    /// proxy discovers the key set from the issuer ([`KeySource::Discovery`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<String>,
     /// Where the proxy fetches the key set (`http://` or `https://`), every `jwksRefresh`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
+    /// How long one fetch of the keys (discovery document included) may take. Default `5s`
+    /// ([`DEFAULT_JWKS_TIMEOUT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::proxy::Dur>,
     /// Headers the token is read from, each with the prefix the value must start with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from_headers: Vec<TokenHeader>,
@@ -154,10 +164,13 @@ impl RequestAuthentication {
                 out.push((p("issuer"), "issuer is required".into()));
             }
             match (&r.jwks, &r.jwks_uri) {
-                (Some(_), Some(_)) | (None, None) => out.push((
+                (Some(_), Some(_)) => out.push((
                     p("jwks"),
-                    "exactly one of jwks and jwksUri is required".into(),
+                    "at most one of jwks and jwksUri may be set".into(),
                 )),
+                // OpenID discovery from the issuer: an issuer that is no URL fails at fetch
+                // time and verifies nothing, as in Istio.
+                (None, None) => {}
                 (Some(j), None) => {
                     if let Err(e) = KeySet::parse(j) {
                         out.push((p("jwks"), e.to_string()));
@@ -168,6 +181,9 @@ impl RequestAuthentication {
                         out.push((p("jwksUri"), e));
                     }
                 }
+            }
+            if r.timeout.is_some_and(|t| t.0.is_zero()) {
+                out.push((p("timeout"), "must be more than 0".into()));
             }
             if r.from_headers.is_empty() && r.from_params.is_empty() && r.from_cookies.is_empty() {
                 out.push((p("fromHeaders"), "a rule needs a token location".into()));
@@ -199,16 +215,91 @@ impl RequestAuthentication {
         out
     }
 
-    /// Every `jwksUri` the rules name, once each.
-    pub fn jwks_uris(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for u in self.rules.iter().filter_map(|r| r.jwks_uri.as_deref()) {
-            if !out.contains(&u) {
-                out.push(u);
+    /// Every key set the proxy fetches for the rules, once each.
+    pub fn key_sources(&self) -> Vec<KeySource> {
+        let mut out: Vec<KeySource> = Vec::new();
+        for s in self.rules.iter().filter_map(JwtRule::key_source) {
+            if !out.contains(&s) {
+                out.push(s);
             }
         }
         out
     }
+}
+
+impl JwtRule {
+    /// Where the proxy fetches this rule's keys; `None` for inline keys.
+    pub fn key_source(&self) -> Option<KeySource> {
+        if self.jwks.is_some() {
+            return None;
+        }
+        let timeout = self.timeout.map_or(DEFAULT_JWKS_TIMEOUT, |t| t.0);
+        Some(match &self.jwks_uri {
+            Some(uri) => KeySource::Uri {
+                uri: uri.clone(),
+                timeout,
+            },
+            None => KeySource::Discovery {
+                issuer: self.issuer.clone(),
+                timeout,
+            },
+        })
+    }
+}
+
+/// A key set the proxy fetches, and how long each fetch may take.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    /// The rule's `jwksUri`.
+    Uri {
+        uri: String,
+        timeout: std::time::Duration,
+    },
+    /// OpenID discovery, as Istio does for a rule with neither `jwks` nor `jwksUri`:
+    /// `<issuer>/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery {
+        issuer: String,
+        timeout: std::time::Duration,
+    },
+}
+
+impl KeySource {
+    /// The first URL fetched: the `jwksUri`, or the issuer's discovery document.
+    pub fn first_url(&self) -> String {
+        match self {
+            KeySource::Uri { uri, .. } => uri.clone(),
+            KeySource::Discovery { issuer, .. } => {
+                format!("{}{OPENID_CONFIGURATION}", issuer.trim_end_matches('/'))
+            }
+        }
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        match self {
+            KeySource::Uri { timeout, .. } | KeySource::Discovery { timeout, .. } => *timeout,
+        }
+    }
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Uri { uri, .. } => f.write_str(uri),
+            KeySource::Discovery { .. } => write!(f, "{} (OpenID discovery)", self.first_url()),
+        }
+    }
+}
+
+/// The `jwks_uri` of an OpenID provider metadata document.
+pub fn discovered_jwks_uri(doc: &str) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        jwks_uri: String,
+    }
+    let m: Meta = serde_json::from_str(doc)
+        .map_err(|e| format!("OpenID configuration without a jwks_uri: {e}"))?;
+    keys::check_uri(&m.jwks_uri)?;
+    Ok(m.jwks_uri)
 }
 
 fn is_header_name(h: &str) -> bool {
@@ -292,21 +383,21 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// `remote` answers the fetched key set of a `jwksUri`. An inline set that does not parse
+    /// `remote` answers the fetched key set of a [`KeySource`]. An inline set that does not parse
     /// (the config's validation refuses it first) verifies nothing: the rule fails closed.
     pub fn new(
         section: &RequestAuthentication,
-        mut remote: impl FnMut(&str) -> Arc<RemoteKeys>,
+        mut remote: impl FnMut(&KeySource) -> Arc<RemoteKeys>,
     ) -> Authenticator {
         let rules = section
             .rules
             .iter()
             .map(|r| {
-                let keys = match (&r.jwks, &r.jwks_uri) {
+                let keys = match (&r.jwks, r.key_source()) {
                     (Some(j), _) => Keys::Inline(Arc::new(
                         KeySet::parse(j).unwrap_or_else(|_| KeySet::empty()),
                     )),
-                    (None, Some(u)) => Keys::Remote(remote(u)),
+                    (None, Some(source)) => Keys::Remote(remote(&source)),
                     (None, None) => Keys::Inline(Arc::new(KeySet::empty())),
                 };
                 RuleState {

@@ -227,6 +227,13 @@ impl<'a> RequestAttributes<'a> {
     }
 }
 
+/// `remote.ip` from an `x-forwarded-for` value (repeated headers' last one) as Envoy derives
+/// it at an Istio sidecar (`use_remote_address: false`, no trusted hops): its last address
+/// when that is a valid IP, else `None` (the connection's peer address counts).
+pub fn forwarded_for(value: &str) -> Option<IpAddr> {
+    value.rsplit(',').next()?.trim().parse().ok()
+}
+
 /// Why a decision came out as it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -779,6 +779,44 @@ pub enum ConfigError {
 }
 
 impl ProxyConfig {
+    /// The route table this proxy routes with: `traffic` plus the compiler's default entry
+    /// ([`RouteTable::with_defaults`](crate::traffic::RouteTable::with_defaults)) for every
+    /// service the table does not route (all of them without `traffic`, else those without
+    /// `host`, named by their key). Also returns each service's host in the table, by key.
+    /// The proxy and `meshctl explain` both route with exactly this table.
+    pub fn effective_routes(
+        &self,
+    ) -> (
+        crate::traffic::RouteTable,
+        std::collections::HashMap<String, String>,
+    ) {
+        let hosts = self
+            .services
+            .iter()
+            .map(|(k, s)| (k.clone(), s.host.clone().unwrap_or_else(|| k.clone())))
+            .collect();
+        let defaults = self
+            .services
+            .iter()
+            .filter(|(_, s)| self.traffic.is_none() || s.host.is_none())
+            .map(|(k, s)| {
+                let mut ports: Vec<u16> = self
+                    .outbound
+                    .iter()
+                    .filter(|o| o.service == *k)
+                    .map(OutboundService::target_port)
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                (s.host.clone().unwrap_or_else(|| k.clone()), ports)
+            })
+            .collect::<Vec<_>>();
+        let base = self.traffic.clone().unwrap_or_else(|| {
+            crate::traffic::RouteTable::empty(&self.identity.spiffe_id.to_string())
+        });
+        (base.with_defaults(defaults), hosts)
+    }
+
     /// Whether `self` and `other` are equal except for their revision (nothing to push).
     pub fn same_content(&self, other: &ProxyConfig) -> bool {
         if self.revision == other.revision {

@@ -376,6 +376,24 @@ impl RouteTable {
     }
 }
 
+impl Cluster {
+    /// Whether endpoint `e` belongs here: one of the cluster's workloads (when both say),
+    /// carrying the subset's labels.
+    pub fn holds(&self, e: &crate::proxy::Endpoint) -> bool {
+        let workload_ok = match (&e.workload, self.workloads.is_empty()) {
+            (Some(w), false) => self.workloads.iter().any(|cw| cw == w),
+            _ => true,
+        };
+        workload_ok && (self.labels.iter()).all(|(k, v)| e.labels.get(k) == Some(v))
+    }
+
+    /// How a client connects to endpoint `e` of this cluster: the DestinationRule's `tls`
+    /// when it sets one, else the endpoint's own setting for the cluster's port.
+    pub fn tls_for(&self, e: &crate::proxy::Endpoint) -> crate::proxy::UpstreamTls {
+        (self.policy.tls.clone()).unwrap_or_else(|| e.tls_for(self.port))
+    }
+}
+
 impl ServiceRoutes {
     /// Decides one request against this host's rules.
     pub fn route<'a>(&'a self, req: &RequestView<'_>) -> RouteDecision<'a> {

@@ -91,7 +91,12 @@ pub struct Document {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum YamlError {
     #[error("YAML syntax error: {message}")]
-    Syntax { pos: Pos, message: String },
+    Syntax {
+        pos: Pos,
+        message: String,
+        /// What usually causes it and how to fix it, when the message alone does not say.
+        hint: Option<String>,
+    },
     #[error("refused: {message}")]
     Limit { pos: Pos, message: String },
 }
@@ -102,6 +107,137 @@ impl YamlError {
             YamlError::Syntax { pos, .. } | YamlError::Limit { pos, .. } => *pos,
         }
     }
+
+    /// How to fix a syntax error, when there is more to say than the message.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            YamlError::Syntax { hint, .. } => hint.as_deref(),
+            YamlError::Limit { .. } => None,
+        }
+    }
+}
+
+/// Where the mistake behind a scanner error most likely is, and a hint. The scanner notices
+/// some mistakes only at the next token, a line or more late: a key without its `:` reads
+/// as a plain scalar that goes on over the next line until a `:` there is "not allowed";
+/// an unclosed `[` or `{` is noticed at the first token that cannot continue it.
+fn culprit(text: &str, pos: Pos, message: &str) -> (Pos, Option<String>) {
+    let lines: Vec<&str> = text.lines().collect();
+    let line_at = |n: usize| lines.get(n.wrapping_sub(1)).copied().unwrap_or("");
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let content = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    if message.contains("mapping values are not allowed") {
+        let here = line_at(pos.line);
+        let before = here
+            .char_indices()
+            .nth(pos.column.saturating_sub(1))
+            .map_or(here, |(i, _)| &here[..i]);
+        let prev = (1..pos.line).rev().find(|&n| content(line_at(n)));
+        if let Some(p) = prev.filter(|_| !before.contains(": ")) {
+            let l = line_at(p);
+            // A key on `p` without its `:` (the scalar ran on into this line), or this line
+            // indented deeper than `p`'s value allows.
+            if !l.trim_end().ends_with(':') && !l.contains(": ") && indent(here) > indent(l) {
+                return (
+                    Pos {
+                        line: p,
+                        column: l.trim_end().chars().count() + 1,
+                    },
+                    Some(format!(
+                        "`{}` has no `:` after it, so line {} reads as the rest of its text: add the `:` (`{}:`), or indent line {} like its siblings",
+                        l.trim(),
+                        pos.line,
+                        l.trim(),
+                        pos.line
+                    )),
+                );
+            }
+        }
+        if before.contains(": ") {
+            return (
+                pos,
+                Some("a value that contains `: ` must be quoted (`key: \"a: b\"`)".into()),
+            );
+        }
+    }
+    let flow = message.contains("expected ',' or ']'")
+        || message.contains("expected ',' or '}'")
+        || message.contains("illegal placement of ':'");
+    if flow && let Some((open, bracket)) = unclosed_flow(&lines, pos) {
+        let (close, kind) = if bracket == '[' {
+            (']', "list")
+        } else {
+            ('}', "mapping")
+        };
+        return (
+            open,
+            Some(format!(
+                "this flow {kind} is not closed before line {}: add `{close}` at its end (or `,` between its items)",
+                pos.line
+            )),
+        );
+    }
+    if message.contains("mapping values are not allowed") {
+        // A line indented deeper than the value above it allows.
+        let here = line_at(pos.line);
+        return (
+            Pos {
+                line: pos.line,
+                column: indent(here) + 1,
+            },
+            Some("this line is indented deeper than its siblings, so it reads as the rest of the value above: indent it like the other keys of its mapping".into()),
+        );
+    }
+    if message.contains("did not find expected key") {
+        let here = line_at(pos.line);
+        return (
+            Pos {
+                line: pos.line,
+                column: indent(here) + 1,
+            },
+            Some("this line does not line up with the keys of its mapping: indent it like its siblings (spaces, not tabs), or make it a `- ` item of a list".into()),
+        );
+    }
+    if message.contains("quoted scalar") {
+        return (
+            pos,
+            Some("the quote opened here is not closed: close it on this line, or indent its continuation lines deeper than the key".into()),
+        );
+    }
+    if message.contains("tab") {
+        return (pos, Some("YAML indents with spaces, not tabs".into()));
+    }
+    (pos, None)
+}
+
+/// The position of the last `[` or `{` before `pos` that no bracket closes (outside quotes
+/// and comments), and which it is.
+fn unclosed_flow(lines: &[&str], pos: Pos) -> Option<(Pos, char)> {
+    let mut open: Vec<(Pos, char)> = Vec::new();
+    for (i, l) in lines.iter().enumerate().take(pos.line) {
+        let mut quote: Option<char> = None;
+        for (col, c) in l.chars().enumerate() {
+            let here = Pos {
+                line: i + 1,
+                column: col + 1,
+            };
+            if here >= pos {
+                break;
+            }
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => open.push((here, c)),
+                (None, ']' | '}') => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    open.pop()
 }
 
 enum Frame {
@@ -136,9 +272,13 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut nodes = 0usize;
     loop {
-        let (event, marker) = parser.next_token().map_err(|e| YamlError::Syntax {
-            pos: Pos::from_marker(e.marker()),
-            message: e.info().to_string(),
+        let (event, marker) = parser.next_token().map_err(|e| {
+            let (pos, hint) = culprit(text, Pos::from_marker(e.marker()), e.info());
+            YamlError::Syntax {
+                pos,
+                message: e.info().to_string(),
+                hint,
+            }
         })?;
         let pos = Pos::from_marker(&marker);
         let done: Option<Node> = match event {
@@ -182,6 +322,10 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     return Err(YamlError::Syntax {
                         pos,
                         message: "alias to an unknown anchor".into(),
+                        hint: Some(
+                            "define the anchor (`&name`) before the alias (`*name`) that uses it"
+                                .into(),
+                        ),
                     });
                 };
                 nodes += count(target);
@@ -249,6 +393,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                         return Err(YamlError::Syntax {
                             pos,
                             message: "unbalanced collection end".into(),
+                            hint: None,
                         });
                     }
                 };
@@ -601,5 +746,68 @@ mod tests {
         let err = parse("a: 1\nb: [1, 2\nc: 3\n", Limits::default()).unwrap_err();
         assert!(matches!(err, YamlError::Syntax { .. }));
         assert!(err.pos().line >= 2, "{err:?}");
+    }
+
+    /// Syntax errors point at the line with the mistake (the scanner notices some a line
+    /// late), each with a hint.
+    #[test]
+    fn syntax_errors_point_at_the_mistake_with_a_hint() {
+        let cases: &[(&str, &str, (usize, usize), &str)] = &[
+            (
+                "a key without its colon",
+                "services:\n  web\n    image: nginx\n",
+                (2, 6),
+                "has no `:`",
+            ),
+            (
+                "an unclosed flow list",
+                "a: 1\nb: [1, 2\nc: 3\n",
+                (2, 4),
+                "add `]`",
+            ),
+            (
+                "an unclosed flow mapping",
+                "a: {x: 1\nb: 2\n",
+                (1, 4),
+                "add `}`",
+            ),
+            (
+                "a colon inside a plain value",
+                "services:\n  web:\n    command: echo a: b\n",
+                (3, 20),
+                "must be quoted",
+            ),
+            (
+                "a key indented less than its siblings",
+                "services:\n  web:\n    image: x\n   ports: []\n",
+                (4, 4),
+                "line up",
+            ),
+            (
+                "a key indented deeper than its siblings",
+                "services:\n  web:\n    image: x\n      ports: []\n",
+                (4, 7),
+                "indented deeper",
+            ),
+            (
+                "an unclosed quote",
+                "a: \"abc\nb: 1\n",
+                (1, 4),
+                "not closed",
+            ),
+            ("a tab", "a:\n\tb: 1\n", (2, 2), "not tabs"),
+        ];
+        for (what, text, (line, column), hint) in cases {
+            let err = parse(text, Limits::default()).unwrap_err();
+            assert_eq!(
+                (err.pos().line, err.pos().column),
+                (*line, *column),
+                "{what}: {err:?}"
+            );
+            assert!(
+                err.hint().is_some_and(|h| h.contains(hint)),
+                "{what}: {err:?}"
+            );
+        }
     }
 }

@@ -88,6 +88,23 @@ pub enum Command {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// Explain what the mesh does with one request: the route that matches and why, the
+    /// subsets and endpoints, load balancer, timeout and retries, mTLS and the identity
+    /// expected, and the authorization verdict with the policy and rule that decided.
+    Explain {
+        #[command(flatten)]
+        args: crate::explain::ExplainArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Serve the web console on 127.0.0.1 (read-only): the live service graph, each
+    /// service's endpoints, routes and split, the config and its last reload, explain.
+    Dashboard {
+        #[command(flatten)]
+        args: crate::dashboard::DashboardArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Create or reconcile the mesh on Docker: network, control plane, meshdns, and per replica
     /// a sidecar that owns the network namespace plus the app joined to it.
     Up {
@@ -253,6 +270,8 @@ impl Command {
             | Command::Status { file, .. }
             | Command::Apply { file, .. }
             | Command::ProxyConfig { file, .. }
+            | Command::Explain { file, .. }
+            | Command::Dashboard { file, .. }
             | Command::Up { file, .. }
             | Command::Down { file, .. }
             | Command::Stop { file, .. }
@@ -313,6 +332,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { out, .. } => commands::status(&project, out.json),
         Command::Apply { args, .. } => commands::apply(&project, &args),
         Command::ProxyConfig { args, .. } => commands::proxy_config(&project, &args),
+        Command::Explain { args, .. } => crate::explain::explain_cmd(&project, &args),
+        Command::Dashboard { args, .. } => crate::dashboard::dashboard(&project, &args),
         Command::Up { args, .. } => docker::up(&project, &args),
         Command::Down { args, .. } => docker::down(&project, &args),
         Command::Ps { args, .. } => crate::docker::ps::ps(&project, &args),

@@ -52,6 +52,9 @@ pub struct ProjectSpec {
     pub profiles: Vec<String>,
     /// `--env-file`: env files read instead of the project's `.env`. Default none.
     pub env_files: Vec<PathBuf>,
+    /// Ports each service's image EXPOSEs, for services declaring none (read by `up`; see
+    /// `meshmodel::load::LoadOptions::image_ports`). Default none.
+    pub image_ports: std::collections::BTreeMap<String, Vec<u16>>,
 }
 
 impl ProjectSpec {
@@ -62,6 +65,7 @@ impl ProjectSpec {
         opts.project_name = self.project_name.clone();
         opts.profiles = self.profiles.clone();
         opts.env_files = self.env_files.clone();
+        opts.image_ports = self.image_ports.clone();
         opts
     }
 }

@@ -2,7 +2,8 @@
 //! scrape config (or a `file_sd` target file) listing each proxy's `/stats/prometheus`
 //! endpoint, for Docker services (each sidecar's address on the project network, port 15090)
 //! and for host-mode process services (the host placement's stats port of each proxy).
-//! `meshctl stats` ([`stats`]) reads the same endpoints.
+//! `meshctl stats` ([`stats`]) reads the same endpoints, found through the running control
+//! plane's status API ([`mesh_targets`]), so it reads proxies of any runtime.
 
 pub mod stats;
 
@@ -80,6 +81,77 @@ pub async fn docker_targets(project: &Project) -> anyhow::Result<Vec<ScrapeTarge
             mesh_service: c.label(LABEL_MESH_SERVICE).to_string(),
             instance: c.label(LABEL_INSTANCE).parse().unwrap_or(0),
         });
+    }
+    out.sort_by(|a, b| (&a.service, a.instance).cmp(&(&b.service, b.instance)));
+    Ok(out)
+}
+
+/// The proxies the project's running control plane knows, where its status API says they
+/// serve `/stats/prometheus` (any runtime: Docker sidecars, `meshctl serve`'s host proxies,
+/// process services). `None` when no control plane answers.
+pub async fn control_plane_targets(project: &Project) -> Option<Vec<ScrapeTarget>> {
+    let client =
+        crate::controlplane::client::AdminClient::from_state_dir(&project.state_dir).ok()?;
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        client.get::<crate::controlplane::api::StatusReport>(meshapi::wire::STATUS_PATH),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(targets_of_status(project, &status.proxies))
+}
+
+/// Scrape targets from the control plane's proxy list (those whose stats address is known).
+pub fn targets_of_status(
+    project: &Project,
+    proxies: &[crate::controlplane::push::ProxyStatus],
+) -> Vec<ScrapeTarget> {
+    let inv = meshmodel::model::Inventory::from_compose(project.mesh.compose.as_ref());
+    let mut out: Vec<ScrapeTarget> = proxies
+        .iter()
+        .filter_map(|p| {
+            let address = p.stats.as_deref()?.parse().ok()?;
+            let (workload, instance) = p.proxy.rsplit_once('/')?;
+            let mesh_service = inv
+                .workloads
+                .iter()
+                .find(|w| w.compose_name == workload)
+                .map_or(workload, |w| w.service.as_str());
+            Some(ScrapeTarget {
+                address,
+                service: workload.to_string(),
+                mesh_service: mesh_service.to_string(),
+                instance: instance.parse().ok()?,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.service, a.instance).cmp(&(&b.service, b.instance)));
+    out
+}
+
+/// Every proxy of the project, whatever runs it: the control plane's list, where a running
+/// Docker sidecar of the same service and replica keeps Docker's address (its address on the
+/// project network); the Docker sidecars alone when no control plane answers.
+pub async fn mesh_targets(project: &Project) -> anyhow::Result<Vec<ScrapeTarget>> {
+    let from_cp = control_plane_targets(project).await;
+    let docker = docker_targets(project).await;
+    let (mut out, docker) = match (from_cp, docker) {
+        (None, docker) => return docker,
+        (Some(cp), Ok(docker)) => (cp, docker),
+        (Some(cp), Err(e)) => {
+            tracing::debug!(error = %e, "no Docker sidecars read");
+            (cp, Vec::new())
+        }
+    };
+    for d in docker {
+        match out
+            .iter_mut()
+            .find(|t| t.service == d.service && t.instance == d.instance)
+        {
+            Some(t) => *t = d,
+            None => out.push(d),
+        }
     }
     out.sort_by(|a, b| (&a.service, a.instance).cmp(&(&b.service, b.instance)));
     Ok(out)

@@ -71,6 +71,7 @@ impl ProjectArgs {
             project_name: self.project_name.clone(),
             profiles: self.profiles.clone(),
             env_files: self.env_files.clone(),
+            image_ports: Default::default(),
         }
     }
 

@@ -50,6 +50,10 @@ pub mod codes {
     pub const UNKNOWN_PROVIDER: &str = "MESH0301";
     /// A DENY AuthorizationPolicy without rules: it matches nothing, so it denies nothing.
     pub const DENY_WITHOUT_RULES: &str = "MESH0205";
+    /// More than one Telemetry at one level (two without a selector in one namespace, or two
+    /// whose selectors match one workload; Istio's IST0158 / IST0159): only the first (file
+    /// order, Istio's oldest) applies.
+    pub const CONFLICTING_TELEMETRIES: &str = "MESH0302";
 }
 
 struct Ctx<'a> {
@@ -175,6 +179,7 @@ pub fn analyze(mesh: &Mesh) -> Vec<Diagnostic> {
         }
     }
     sidecar_conflicts(&mut cx);
+    telemetry_conflicts(&mut cx);
     conflicts(&mut cx);
     cx.out
 }
@@ -725,6 +730,89 @@ fn sidecar_conflicts(cx: &mut Ctx<'_>) {
             "metadata.name",
             message,
             "give each workload one Sidecar: one per namespace without a selector, selectors that do not overlap",
+        );
+    }
+}
+
+/// Two Telemetry resources at one level: two without a selector in one namespace (the root
+/// namespace's are mesh-wide), or two whose selectors match one workload. Istio applies the
+/// oldest; here the first in file order (`crate::compile::telemetry::telemetries_for`).
+fn telemetry_conflicts(cx: &mut Ctx<'_>) {
+    let telemetries: Vec<(&Resource, bool)> = cx
+        .mesh
+        .resources
+        .iter()
+        .filter_map(|r| match &r.resource {
+            IstioResource::Telemetry(t) => Some((
+                r,
+                t.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| !s.match_labels.is_empty()),
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut found: Vec<(Resource, String)> = Vec::new();
+    let mut flag = |r: &Resource, first: &Resource, what: String| {
+        if !found.iter().any(|(f, _)| f.id == r.id) {
+            let message = format!(
+                "{what} already has Telemetry {} at {}; only that one (the oldest) applies",
+                first.id.name,
+                first.origin.locate("metadata.name")
+            );
+            found.push((r.clone(), message));
+        }
+    };
+    let mut by_namespace: BTreeMap<&str, &Resource> = BTreeMap::new();
+    for (r, selected) in &telemetries {
+        if *selected {
+            continue;
+        }
+        match by_namespace.get(r.id.namespace.as_str()) {
+            Some(first) => flag(
+                r,
+                first,
+                format!("namespace {} (no selector)", r.id.namespace),
+            ),
+            None => {
+                by_namespace.insert(r.id.namespace.as_str(), r);
+            }
+        }
+    }
+    for w in &cx.inv.workloads {
+        let mut first: Option<&Resource> = None;
+        for (r, selected) in &telemetries {
+            let IstioResource::Telemetry(t) = &r.resource else {
+                continue;
+            };
+            let matches = *selected
+                && r.id.namespace == w.namespace
+                && t.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| w.matches(&s.match_labels));
+            if !matches {
+                continue;
+            }
+            match first {
+                Some(f) => flag(
+                    r,
+                    f,
+                    format!("workload {} (by its selector)", w.compose_name),
+                ),
+                None => first = Some(r),
+            }
+        }
+    }
+    for (r, message) in found {
+        cx.push(
+            &r,
+            codes::CONFLICTING_TELEMETRIES,
+            Severity::Warning,
+            "metadata.name",
+            message,
+            "merge them into one Telemetry: one per namespace without a selector, one selecting each workload",
         );
     }
 }

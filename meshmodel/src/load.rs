@@ -17,6 +17,8 @@ use crate::compose::{self, ComposeFile, EnvLookup};
 use crate::istio::{IstioResource, KindLookup};
 use crate::model::{Mesh, Origin, Resource, ResourceId};
 use crate::suggest;
+
+mod compose_refs;
 use meshapi::diag::{Diagnostic, FieldError, Location, Severity, join_path};
 use meshapi::yaml::{self, Limits, Pos};
 
@@ -63,8 +65,15 @@ pub struct LoadOptions {
     /// environment or the `.env` file), as compose does. Services whose `profiles` name none
     /// of them are left out of the mesh.
     pub profiles: Vec<String>,
+    /// Services named on the command line (`up SERVICE...`): as in compose v2, their
+    /// profiles are added to the active ones.
+    pub targets: Vec<String>,
     /// `--env-file`: read these instead of the project directory's `.env` (later files win).
     pub env_files: Vec<PathBuf>,
+    /// The ports each service's image EXPOSEs (compose name -> ports), read from the engine
+    /// by `meshctl up`: a mesh service that declares no port (`ports`, `expose`,
+    /// `x-mesh.ports`) serves these, as docker compose's containers do. Default none.
+    pub image_ports: BTreeMap<String, Vec<u16>>,
 }
 
 impl fmt::Debug for LoadOptions {
@@ -74,7 +83,9 @@ impl fmt::Debug for LoadOptions {
             .field("working_dir", &self.working_dir)
             .field("project_name", &self.project_name)
             .field("profiles", &self.profiles)
+            .field("targets", &self.targets)
             .field("env_files", &self.env_files)
+            .field("image_ports", &self.image_ports)
             .finish_non_exhaustive()
     }
 }
@@ -88,7 +99,9 @@ impl LoadOptions {
             project_name: None,
             env: Box::new(compose::ProcessEnv),
             profiles: Vec::new(),
+            targets: Vec::new(),
             env_files: Vec::new(),
+            image_ports: BTreeMap::new(),
         }
     }
 }
@@ -162,8 +175,16 @@ pub fn load(opts: &LoadOptions) -> Loaded {
 
     let mut merged = composes.into_iter().reduce(compose::merge);
     if let Some(compose) = &mut merged {
-        let active = active_profiles(opts, &env);
+        let mut active = active_profiles(opts, &env);
+        // A service targeted by the command enables its profiles (the compose spec: "its
+        // profile is added to the set of active profiles").
+        for target in &opts.targets {
+            if let Some(s) = compose.services.get(target) {
+                active.extend(s.profiles.iter().cloned());
+            }
+        }
         apply_profiles(compose, &active, &mut out);
+        apply_image_ports(compose, &opts.image_ports);
     }
     let name_field = merged.as_ref().and_then(|c| c.name.clone());
     match compose::project_name(
@@ -227,7 +248,7 @@ fn load_text(
                 resource: None,
                 path: String::new(),
                 message: e.to_string(),
-                hint: None,
+                hint: e.hint().map(str::to_string),
             });
             return;
         }
@@ -310,7 +331,7 @@ fn load_document(
     seen: &mut HashMap<ResourceId, Location>,
     out: &mut Loaded,
 ) {
-    let mut value = origin.root.to_value();
+    let value = origin.root.to_value();
     let Value::Mapping(map) = &value else {
         out.diagnostics.push(doc_diag(
             &origin,
@@ -335,30 +356,11 @@ fn load_document(
                         .is_some_and(|k| k.starts_with("x-") || k == "name")
                 }) =>
         {
-            let found = compose::interpolate(&mut value, env);
-            for e in &found.errors {
-                let mut d = field_diag(e, origin.locate(&e.path), None);
-                d.code = codes::INTERPOLATION;
-                out.diagnostics.push(d);
-            }
-            for e in &found.warnings {
-                let mut d = field_diag(e, origin.locate(&e.path), None);
-                d.code = codes::INTERPOLATION;
-                d.severity = Severity::Warning;
-                out.diagnostics.push(d);
-            }
-            if !found.errors.is_empty() {
-                return;
-            }
-            match compose::from_value(value) {
-                Ok(c) => {
-                    composes.push(c);
-                    out.mesh.compose_origins.push(origin);
-                }
-                Err(e) => {
-                    let d = serde_diag(&e, &origin, None);
-                    out.diagnostics.push(d);
-                }
+            if let Some(mut c) = type_compose(&origin, value, env, out) {
+                let includes = compose_refs::resolve(&mut c, &origin, env, out, 0);
+                composes.push(c);
+                out.mesh.compose_origins.push(origin);
+                composes.extend(includes);
             }
         }
         (api, kind) => {
@@ -369,6 +371,40 @@ fn load_document(
             };
             out.diagnostics
                 .push(doc_diag(&origin, codes::UNKNOWN_DOCUMENT, message));
+        }
+    }
+}
+
+/// Interpolates and types one compose document, its problems reported at their places.
+fn type_compose(
+    origin: &Origin,
+    mut value: Value,
+    env: &dyn EnvLookup,
+    out: &mut Loaded,
+) -> Option<ComposeFile> {
+    let found = compose::interpolate(&mut value, env);
+    for e in &found.errors {
+        let mut d = field_diag(e, origin.locate(&e.path), None);
+        d.code = codes::INTERPOLATION;
+        out.diagnostics.push(d);
+    }
+    for e in &found.warnings {
+        let mut d = field_diag(e, origin.locate(&e.path), None);
+        d.code = codes::INTERPOLATION;
+        d.severity = Severity::Warning;
+        out.diagnostics.push(d);
+    }
+    if !found.errors.is_empty() {
+        return None;
+    }
+    match compose::from_value_all(value) {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            for e in &errors {
+                out.diagnostics
+                    .push(serde_diag(e, origin, service_of(&e.path)));
+            }
+            None
         }
     }
 }
@@ -693,6 +729,18 @@ fn read_dotenv(
             d.location.line = e.line;
             diagnostics.push(d);
             BTreeMap::new()
+        }
+    }
+}
+
+/// A mesh service that declares no port serves the ports its image EXPOSEs (as `expose:`).
+fn apply_image_ports(compose: &mut ComposeFile, image_ports: &BTreeMap<String, Vec<u16>>) {
+    for (name, ports) in image_ports {
+        if let Some(s) = compose.services.get_mut(name)
+            && s.meshed()
+            && s.ports_with_protocol().is_empty()
+        {
+            s.expose = ports.iter().map(u16::to_string).collect();
         }
     }
 }

@@ -147,28 +147,82 @@ spec:
     );
 }
 
+/// VirtualServices in both namespaces, one for a ServiceEntry host.
+const ROUTES: &str = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: backend, namespace: default }
+spec:
+  hosts: [backend]
+  http: [ { route: [ { destination: { host: backend } } ], timeout: 2s } ]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: db, namespace: data }
+spec:
+  hosts: [db]
+  tcp: [ { route: [ { destination: { host: db } } ] } ]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: payments, namespace: default }
+spec:
+  hosts: [api.payments.test]
+  http: [ { route: [ { destination: { host: api.payments.test } } ], timeout: 3s } ]
+";
+
+/// The hosts of a proxy's route table, each with the VirtualService compiled for it.
+fn routes(cfg: &ProxyConfig) -> Vec<(String, Option<String>)> {
+    cfg.traffic
+        .as_ref()
+        .expect("a route table")
+        .services
+        .iter()
+        .map(|s| (s.host.clone(), s.virtual_service.clone()))
+        .collect()
+}
+
 #[test]
 fn a_sidecar_egress_narrows_what_its_proxies_receive() {
-    // Table: the egress hosts of a namespace-wide Sidecar in `default` -> what frontend gets.
-    let cases: &[(&str, &[&str])] = &[
-        ("[\"./*\"]", &["api.payments.test:80", "backend.default"]),
-        ("[\"data/*\"]", &["db.data"]),
+    const BE: &str = "backend.default.svc.cluster.local";
+    const DB: &str = "db.data.svc.cluster.local";
+    const FE: &str = "frontend.default.svc.cluster.local";
+    const PAY: &str = "api.payments.test";
+    // Table: the egress hosts of a namespace-wide Sidecar in `default` -> the services and
+    // the route table hosts frontend gets (VirtualServices only for imported hosts).
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            "[\"./*\"]",
+            &["api.payments.test:80", "backend.default"],
+            &[PAY, BE, FE],
+        ),
+        ("[\"data/*\"]", &["db.data"], &[DB]),
         (
             "[\"*/*\"]",
             &["api.payments.test:80", "backend.default", "db.data"],
+            &[PAY, BE, DB, FE],
         ),
-        ("[\"~/*\"]", &[]),
+        ("[\"~/*\"]", &[], &[]),
         (
             "[\"./backend.default.svc.cluster.local\"]",
             &["backend.default"],
+            &[BE],
         ),
-        ("[\"*/*.payments.test\"]", &["api.payments.test:80"]),
+        ("[\"*/*.payments.test\"]", &["api.payments.test:80"], &[PAY]),
         (
             "[\"./backend.default.svc.cluster.local\", \"data/*\"]",
             &["backend.default", "db.data"],
+            &[BE, DB],
         ),
     ];
-    for (hosts, want) in cases {
+    let vs_of = |host: &str| match host {
+        BE => Some("default/backend".to_string()),
+        DB => Some("data/db".to_string()),
+        PAY => Some("default/payments".to_string()),
+        _ => None,
+    };
+    for (hosts, want, want_routes) in cases {
         let sidecar = format!(
             "---
 apiVersion: networking.istio.io/v1
@@ -178,7 +232,7 @@ spec:
   egress: [ {{ hosts: {hosts} }} ]
 "
         );
-        let cfgs = compiled("", &format!("{ENTRY}{sidecar}"));
+        let cfgs = compiled("", &format!("{ENTRY}{ROUTES}{sidecar}"));
         let fe = &cfgs["frontend"];
         assert_eq!(services(fe), *want, "hosts {hosts}");
         // Outbound entries follow the services: nothing on a VIP of a dropped service.
@@ -188,6 +242,12 @@ spec:
                 .all(|o| fe.services.contains_key(&o.service)),
             "hosts {hosts}"
         );
+        // The route table too: no host (and no VirtualService) the Sidecar does not import.
+        let want_routes: Vec<(String, Option<String>)> = want_routes
+            .iter()
+            .map(|h| (h.to_string(), vs_of(h)))
+            .collect();
+        assert_eq!(routes(fe), want_routes, "hosts {hosts}");
         // `db` is in namespace `data`: the `default` Sidecar does not apply to it.
         assert_eq!(
             services(&cfgs["db"]),
@@ -198,6 +258,7 @@ spec:
             ],
             "hosts {hosts}"
         );
+        assert_eq!(routes(&cfgs["db"]).len(), 4, "hosts {hosts}");
     }
 }
 

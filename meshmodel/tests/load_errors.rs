@@ -102,14 +102,16 @@ fn cases() -> Vec<Case> {
             hint: None,
         },
         Case {
+            // At the unclosed `[` (the scanner notices it at the end of the file, a line
+            // late), with how to close it.
             name: "yaml syntax error",
             text: format!("{VS_HEAD}    timeout: [1s\n"),
             code: "MESH0001",
-            line: 12,
-            column: 1,
+            line: 11,
+            column: 14,
             path: "",
             message: "YAML syntax error",
-            hint: None,
+            hint: Some("add `]`"),
         },
         Case {
             name: "CUSTOM authorization is not supported",

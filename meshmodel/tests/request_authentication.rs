@@ -63,20 +63,6 @@ fn bad_rules_are_refused_at_their_line_and_column() {
             "no RSA, EC (P-256, P-384) or Ed25519 key",
         ),
         (
-            "  jwtRules:\n  - issuer: a\n",
-            "spec.jwtRules[0].jwksUri",
-            6,
-            5,
-            "not supported by meshctl: a jwtRule without jwks or jwksUri",
-        ),
-        (
-            "  jwtRules:\n  - issuer: a\n    jwksUri: https://keys.example/jwks\n",
-            "spec.jwtRules[0].jwksUri",
-            7,
-            5,
-            "not supported by meshctl: an https jwksUri",
-        ),
-        (
             "  jwtRules:\n  - issuer: a\n    jwksUri: http://k/j\n    fromHeaders: [{prefix: 'Bearer '}]\n",
             "spec.jwtRules[0].fromHeaders[0].name",
             8,
@@ -91,11 +77,11 @@ fn bad_rules_are_refused_at_their_line_and_column() {
             "invalid header name",
         ),
         (
-            "  jwtRules:\n  - issuer: a\n    jwksUri: http://k/j\n    timeout: 3s\n",
+            "  jwtRules:\n  - issuer: a\n    jwksUri: http://k/j\n    timeout: 0s\n",
             "spec.jwtRules[0].timeout",
             8,
             5,
-            "not supported by meshctl: timeout",
+            "must be a valid duration greater than 1ms",
         ),
         (
             "  jwtRules:\n  - issuer: a\n    jwksUri: http://k/j\n    jwks: '{}'\n",
@@ -243,4 +229,34 @@ fn rules_reach_the_workloads_they_select_with_defaults_written_out() {
         "no default param once a location is given"
     );
     assert_eq!(local.output_claim_to_headers[0].header, "x-sub");
+}
+
+/// What Istio's API server accepts and meshctl now serves: an `https://` jwksUri, a rule with
+/// only `issuer` (OpenID discovery), `timeout` and `presence: OPTIONAL`, compiled as written.
+#[test]
+fn https_discovery_and_timeout_are_served() {
+    let policies = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: default}\n\
+         spec:\n  jwtRules:\n  - issuer: https://a.example\n    jwksUri: https://keys.example/jwks\n    timeout: 250ms\n\
+         \x20 - issuer: https://idp.example/\n    presence: OPTIONAL\n";
+    let configs = compile(policies);
+    let rules = configs[0].1.request_authentication.clone().unwrap().rules;
+    let sources: Vec<meshapi::authn::KeySource> =
+        rules.iter().filter_map(|r| r.key_source()).collect();
+    assert_eq!(
+        sources,
+        [
+            meshapi::authn::KeySource::Uri {
+                uri: "https://keys.example/jwks".into(),
+                timeout: std::time::Duration::from_millis(250),
+            },
+            meshapi::authn::KeySource::Discovery {
+                issuer: "https://idp.example/".into(),
+                timeout: meshapi::authn::DEFAULT_JWKS_TIMEOUT,
+            },
+        ]
+    );
+    assert_eq!(
+        sources[1].first_url(),
+        "https://idp.example/.well-known/openid-configuration"
+    );
 }

@@ -307,3 +307,57 @@ fn check_names_an_unknown_tracing_provider_at_its_line() {
     assert_eq!(d.location.line, 14, "{d}");
     assert!(d.message.contains("\"zipkin\""), "{d}");
 }
+
+#[test]
+fn of_two_telemetries_at_one_level_the_first_applies_and_check_warns() {
+    // Two mesh-wide ones: `zz-first` (50%) is first in the file, `aa-second` (5%) would win
+    // by name; Istio applies the oldest, here the first in file order.
+    let mesh_wide = |name: &str, pct: u32| {
+        format!(
+            "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata:\n  name: {name}\n  namespace: istio-system\nspec:\n  tracing:\n    - randomSamplingPercentage: {pct}\n"
+        )
+    };
+    // Two selecting backend-v2: only the first's `accessLogging` counts.
+    let selecting = |name: &str, disabled: bool| {
+        format!(
+            "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  selector:\n    matchLabels: {{ app: backend }}\n  accessLogging:\n    - disabled: {disabled}\n"
+        )
+    };
+    let doc = format!(
+        "{}{}{}{}",
+        mesh_wide("zz-first", 50),
+        mesh_wide("aa-second", 5),
+        selecting("backend-logs-off", true),
+        selecting("backend-logs-on", false)
+    );
+    let (_d, loaded) = load_mesh(COMPOSE, &doc);
+    assert!(errors(&loaded).is_empty(), "{:?}", loaded.diagnostics);
+    let backend = compiled(&loaded, "backend-v2");
+    assert_eq!(backend.telemetry.tracing.sampling_percent, 50.0);
+    assert!(
+        !backend.telemetry.access_log.enabled,
+        "the first selecting one applies"
+    );
+    let frontend = compiled(&loaded, "frontend");
+    assert_eq!(frontend.telemetry.tracing.sampling_percent, 50.0);
+    assert!(
+        frontend.telemetry.access_log.enabled,
+        "x-mesh's accessLogFile"
+    );
+
+    let found = meshmodel::check::analyze(&loaded.mesh);
+    let conflicts: Vec<_> = found.iter().filter(|d| d.code == "MESH0302").collect();
+    assert_eq!(conflicts.len(), 2, "{found:#?}");
+    let second = conflicts
+        .iter()
+        .find(|d| d.resource.as_deref() == Some("Telemetry/aa-second"))
+        .unwrap_or_else(|| panic!("{conflicts:#?}"));
+    assert_eq!(second.severity, Severity::Warning);
+    assert!(second.message.contains("Telemetry zz-first"), "{second}");
+    assert_eq!(second.location.line, 14, "{second}");
+    let on = conflicts
+        .iter()
+        .find(|d| d.resource.as_deref() == Some("Telemetry/backend-logs-on"))
+        .unwrap_or_else(|| panic!("{conflicts:#?}"));
+    assert!(on.message.contains("workload backend-v2"), "{on}");
+}

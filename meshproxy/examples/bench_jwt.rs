@@ -124,6 +124,7 @@ fn section(key: &Key) -> RequestAuthentication {
             audiences: vec!["api".into()],
             jwks: Some(key.jwks()),
             jwks_uri: None,
+            timeout: None,
             from_headers: vec![TokenHeader {
                 name: "authorization".into(),
                 prefix: "Bearer ".into(),

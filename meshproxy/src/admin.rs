@@ -76,15 +76,34 @@ fn ready(shared: &Context) -> Response<Body> {
     }
 }
 
+/// What `/stats/prometheus` reads from the whole proxy at scrape time.
+fn scrape(shared: &Context) -> crate::metrics::Scrape {
+    let t = &shared.telemetry.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let creds = shared.identity.current();
+    crate::metrics::Scrape {
+        clusters: shared.runtime.load().cluster_status(),
+        pooled: shared.pool.pooled(),
+        telemetry: [
+            load(&t.access_log_written),
+            load(&t.access_log_dropped),
+            load(&t.spans_exported),
+            load(&t.spans_dropped),
+        ],
+        cert_not_after: creds.as_ref().and_then(|c| c.not_after),
+        roots_not_after: creds.as_ref().and_then(|c| c.roots_not_after),
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    }
+}
+
 fn route(shared: &Context, port: AdminPort, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match (port, path) {
         (AdminPort::Health, "/healthz/ready") | (AdminPort::Admin, "/ready") => ready(shared),
         (AdminPort::Stats, "/stats/prometheus") => {
-            let mut body = shared.metrics.render();
-            crate::traffic::render_metrics(&shared.runtime.load().cluster_status(), &mut body);
-            shared.pool.render_metrics(&mut body);
-            shared.telemetry.counters.render(&mut body);
+            let body = shared.metrics.render_with(Some(scrape(shared)));
             let mut r = text(StatusCode::OK, body);
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,

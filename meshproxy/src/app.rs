@@ -172,7 +172,7 @@ fn context(cfg: &ProxyConfig, opts: Options) -> Result<Context, AppError> {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(cfg.limits.connect_timeout.0));
     let metrics = Metrics::default();
-    let jwks = crate::authn::JwksStore::default();
+    let jwks = crate::authn::JwksStore::new(identity.clone());
     let authn = jwks.authenticator(cfg);
     metrics
         .config_revision

@@ -1,32 +1,24 @@
 //! The request-authentication step's data-path half: the JWKS fetchers of the config's
-//! `jwksUri`s ([`JwksStore`]), the per-config [`Authenticator`], and per inbound HTTP request
+//! `jwksUri`s and OpenID-discovered issuers ([`JwksStore`], over `http://` or `https://`), the per-config [`Authenticator`], and per inbound HTTP request
 //! the token check ([`authenticate`]) and the header changes an authenticated request gets
 //! before the application ([`rewrite_headers`]).
 //!
 //! Fetch failures never open the door: a rule whose keys were never fetched verifies no token
 //! (401 for a request that brings one); after a failed refresh the last good keys stay.
 
+mod fetch;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use meshapi::authn::{
-    Authenticated, Authenticator, KeySet, Location, RemoteKeys, RequestAuthentication, TokenSources,
-};
+use meshapi::authn::{Authenticated, Authenticator, KeySource, Location, RemoteKeys, TokenSources};
 use meshapi::proxy::ProxyConfig;
 
 use crate::reply::ProxyError;
+use crate::tls::Identity;
 
-/// How long one JWKS fetch may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest JWKS document read.
-const MAX_JWKS_BYTES: usize = 1 << 20;
 /// The first retry delay after a failed fetch (doubling up to the refresh interval).
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 
@@ -37,18 +29,22 @@ struct Fetcher {
     task: tokio::task::AbortHandle,
 }
 
-/// The JWKS fetchers of the config in force, one per `jwksUri`, kept across config applies
-/// while the URI stays.
-#[derive(Default)]
+/// The JWKS fetchers of the config in force, one per [`KeySource`] (a `jwksUri`, or an issuer
+/// discovered by OpenID), kept across config applies while the source stays.
 pub struct JwksStore {
-    fetchers: Mutex<HashMap<String, Fetcher>>,
+    fetchers: Mutex<HashMap<KeySource, Fetcher>>,
+    /// Whose roots (besides the public ones) an `https://` fetch trusts.
+    identity: Arc<Identity>,
 }
 
 impl std::fmt::Debug for JwksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
         f.debug_struct("JwksStore")
-            .field("uris", &m.keys().collect::<Vec<_>>())
+            .field(
+                "sources",
+                &m.keys().map(ToString::to_string).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -63,37 +59,42 @@ impl Drop for JwksStore {
 }
 
 impl JwksStore {
-    /// The authenticator of `cfg`, `None` without rules. Starts a fetcher for each new
-    /// `jwksUri` and stops those `cfg` no longer names. Needs a Tokio runtime.
+    pub fn new(identity: Arc<Identity>) -> JwksStore {
+        JwksStore {
+            fetchers: Mutex::default(),
+            identity,
+        }
+    }
+
+    /// The authenticator of `cfg`, `None` without rules. Starts a fetcher for each new key
+    /// source and stops those `cfg` no longer names. Needs a Tokio runtime.
     pub fn authenticator(&self, cfg: &ProxyConfig) -> Option<Arc<Authenticator>> {
         let section = cfg.request_authentication.as_ref();
-        let uris: Vec<&str> = section
-            .map(RequestAuthentication::jwks_uris)
-            .unwrap_or_default();
+        let sources: Vec<KeySource> = section.map(|s| s.key_sources()).unwrap_or_default();
         let refresh = section.map_or(meshapi::authn::DEFAULT_JWKS_REFRESH, |s| s.jwks_refresh.0);
         let mut m = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|uri, f| {
-            let keep = uris.contains(&uri.as_str());
+        m.retain(|source, f| {
+            let keep = sources.contains(source);
             if !keep {
                 f.task.abort();
-                tracing::info!(uri = %uri, "jwks fetcher stopped");
+                tracing::info!(source = %source, "jwks fetcher stopped");
             }
             keep
         });
         let section = section.filter(|s| !s.rules.is_empty())?;
-        let auth = Authenticator::new(section, |uri| {
-            if let Some(f) = m.get_mut(uri) {
+        let auth = Authenticator::new(section, |source| {
+            if let Some(f) = m.get_mut(source) {
                 if f.refresh != refresh {
                     f.task.abort();
-                    f.task = spawn_fetcher(uri, f.keys.clone(), refresh);
+                    f.task = self.spawn_fetcher(source, f.keys.clone(), refresh);
                     f.refresh = refresh;
                 }
                 return f.keys.clone();
             }
             let keys = Arc::new(RemoteKeys::default());
-            let task = spawn_fetcher(uri, keys.clone(), refresh);
+            let task = self.spawn_fetcher(source, keys.clone(), refresh);
             m.insert(
-                uri.to_string(),
+                source.clone(),
                 Fetcher {
                     keys: keys.clone(),
                     refresh,
@@ -104,60 +105,38 @@ impl JwksStore {
         });
         Some(Arc::new(auth))
     }
-}
 
-fn spawn_fetcher(uri: &str, keys: Arc<RemoteKeys>, refresh: Duration) -> tokio::task::AbortHandle {
-    let uri = uri.to_string();
-    tokio::spawn(async move {
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        let mut retry = FIRST_RETRY;
-        loop {
-            match fetch(&client, &uri).await {
-                Ok(set) => {
-                    tracing::info!(uri = %uri, keys = set.len(), kids = ?set.kids(), "jwks fetched");
-                    keys.set(set);
-                    retry = FIRST_RETRY;
-                    tokio::time::sleep(refresh).await;
-                }
-                Err(e) => {
-                    let kept = keys.get().is_some();
-                    tracing::warn!(uri = %uri, error = %e, kept_last_keys = kept,
-                        "jwks fetch failed");
-                    tokio::time::sleep(retry.min(refresh)).await;
-                    retry = (retry * 2).min(refresh);
+    fn spawn_fetcher(
+        &self,
+        source: &KeySource,
+        keys: Arc<RemoteKeys>,
+        refresh: Duration,
+    ) -> tokio::task::AbortHandle {
+        let source = source.clone();
+        let identity = self.identity.clone();
+        tokio::spawn(async move {
+            let mut retry = FIRST_RETRY;
+            loop {
+                match fetch::fetch(&source, &identity).await {
+                    Ok(set) => {
+                        tracing::info!(source = %source, keys = set.len(), kids = ?set.kids(),
+                            "jwks fetched");
+                        keys.set(set);
+                        retry = FIRST_RETRY;
+                        tokio::time::sleep(refresh).await;
+                    }
+                    Err(e) => {
+                        let kept = keys.get().is_some();
+                        tracing::warn!(source = %source, error = %e, kept_last_keys = kept,
+                            "jwks fetch failed");
+                        tokio::time::sleep(retry.min(refresh)).await;
+                        retry = (retry * 2).min(refresh);
+                    }
                 }
             }
-        }
-    })
-    .abort_handle()
-}
-
-/// One fetch of a key set over HTTP, within [`FETCH_TIMEOUT`] and [`MAX_JWKS_BYTES`].
-async fn fetch(client: &Client<HttpConnector, Empty<Bytes>>, uri: &str) -> Result<KeySet, String> {
-    if uri.starts_with("https://") {
-        return Err("https jwksUri is not supported by meshproxy yet".into());
+        })
+        .abort_handle()
     }
-    let target: http::Uri = uri.parse().map_err(|e| format!("bad uri: {e}"))?;
-    let get = async {
-        let resp = client
-            .get(target)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("status {}", resp.status()));
-        }
-        let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        let text = std::str::from_utf8(&body).map_err(|_| "body is not UTF-8".to_string())?;
-        KeySet::parse(text).map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(FETCH_TIMEOUT, get)
-        .await
-        .map_err(|_| format!("no answer in {FETCH_TIMEOUT:?}"))?
 }
 
 /// The token check of one request: `Ok(None)` without a token, the verified token, or the

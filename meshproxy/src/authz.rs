@@ -218,9 +218,7 @@ pub fn normalize_only(peer: &PeerInfo, req: &HttpFacts<'_>) -> Result<Authorized
 /// (`source.ip`) is the peer address and cannot be forged this way.
 pub fn remote_ip(headers: &HeaderMap) -> Option<IpAddr> {
     let last_header = headers.get_all("x-forwarded-for").iter().next_back()?;
-    let value = last_header.to_str().ok()?;
-    let last = value.rsplit(',').next()?.trim();
-    last.parse().ok()
+    meshapi::authz::forwarded_for(last_header.to_str().ok()?)
 }
 
 fn denied(d: &Decision<'_>, peer: &PeerInfo) -> ProxyError {
@@ -434,22 +432,46 @@ impl AuthzCounters {
         self.by_name().get(series).map_or(0, |(_, n)| *n)
     }
 
-    /// Appends the Prometheus text of every series seen so far.
-    pub fn render(&self, out: &mut String) {
-        let all = self.by_name();
+    /// Encodes every series seen so far, one counter family each (`/stats/prometheus`).
+    pub(crate) fn encode(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let rows: Vec<(Family, String, &'static str, &'static str, u64)> = {
+            let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rows: Vec<_> = m
+                .values()
+                .flatten()
+                .map(|s| {
+                    let policy = Label(s.policy.as_ref().map(|(n, ns)| (&**n, &**ns)));
+                    (s.family, policy.to_string(), s.action, s.result, s.count)
+                })
+                .collect();
+            rows.sort_by(|a, b| (&a.1, a.2, a.3).cmp(&(&b.1, b.2, b.3)));
+            rows
+        };
         for family in Family::ALL {
-            let name = family.name();
-            let _ = writeln!(
-                out,
-                "# HELP {name} {}\n# TYPE {name} counter",
-                family.help()
-            );
-            for (series, (f, n)) in &all {
-                if *f == family {
-                    let _ = writeln!(out, "{series} {n}");
-                }
-            }
+            let labels: Vec<(Vec<(&str, &str)>, u64)> = rows
+                .iter()
+                .filter(|r| r.0 == family)
+                .map(|(_, policy, action, result, n)| {
+                    let mut l = vec![("policy", policy.as_str())];
+                    // AUDIT has no action label.
+                    if family != Family::Audit {
+                        l.push(("action", *action));
+                    }
+                    l.push(("result", *result));
+                    (l, *n)
+                })
+                .collect();
+            let series: Vec<(crate::metrics::Kv<'_>, u64)> = labels
+                .iter()
+                .map(|(l, n)| (crate::metrics::Kv(l), *n))
+                .collect();
+            let name = family.name().trim_end_matches("_total");
+            crate::metrics::counter_series(enc, name, family.help(), &series)?;
         }
+        Ok(())
     }
 }
 

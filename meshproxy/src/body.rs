@@ -124,14 +124,36 @@ impl Drop for Tracked {
     }
 }
 
-/// Whether (and how) a [`Downstream`] body failed; shared with whoever sent it on.
+/// Whether (and how) a [`Downstream`] body failed; shared with whoever sent it on. It also
+/// counts the body's bytes for the request's telemetry record when the record asked for it
+/// (a body of unannounced length: [`crate::telemetry::BodyBytes`]).
 #[derive(Debug, Clone, Default)]
-pub struct BodyFault(Arc<OnceLock<ProxyError>>);
+pub struct BodyFault {
+    err: Arc<OnceLock<ProxyError>>,
+    received: Option<crate::telemetry::BodyBytes>,
+}
 
 impl BodyFault {
+    /// The fault of the body of the request with these extensions, counting its bytes where
+    /// the telemetry record put a [`crate::telemetry::BodyBytes`] counter.
+    pub fn for_request(ext: &http::Extensions) -> BodyFault {
+        BodyFault {
+            err: Arc::default(),
+            received: ext.get::<crate::telemetry::BodyBytes>().cloned(),
+        }
+    }
+
+    /// `n` more bytes of the body were received (read some other way than through
+    /// [`Downstream`]).
+    pub fn received(&self, n: usize) {
+        if let Some(c) = &self.received {
+            c.add(n);
+        }
+    }
+
     /// The error to answer when the body failed (`400 DPE` or `400 DC`).
     pub fn take(&self) -> Option<ProxyError> {
-        self.0.get().cloned()
+        self.err.get().cloned()
     }
 }
 
@@ -161,8 +183,14 @@ impl HttpBody for Downstream {
             Some(Err(e)) => {
                 let err = ProxyError::downstream_body(&e);
                 tracing::debug!(error = %err, "downstream request body failed");
-                let _ = self.fault.0.set(err);
+                let _ = self.fault.err.set(err);
                 Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    self.fault.received(d.len());
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             other => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
         }

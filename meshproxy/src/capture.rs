@@ -43,6 +43,7 @@
 //! A proxy that is killed leaves the table as it was: redirected connections are refused until
 //! it is back, never passed to the application around it.
 
+mod ip6;
 mod netlink;
 
 use std::collections::BTreeSet;
@@ -56,7 +57,7 @@ use meshapi::dns::VipRange;
 use meshapi::proxy::{AdminConfig, ListenerConfig, ProxyConfig};
 
 pub use netlink::Expr;
-use netlink::{Batch, FAMILY_IP, Hook, NlError};
+use netlink::{Batch, ChainType, FAMILY_IP, FAMILY_IP6, Hook, NlError};
 
 /// The table meshproxy owns (family `ip`).
 pub const DEFAULT_TABLE: &str = "meshctl";
@@ -122,6 +123,8 @@ pub enum CaptureError {
 pub enum Chain {
     /// Inbound: connections arriving from the network.
     Prerouting,
+    /// Inbound, delivered to this netns (the `ip6` guard, [`ip6`]).
+    Input,
     /// Outbound: connections this netns opens.
     Output,
 }
@@ -130,6 +133,7 @@ impl Chain {
     pub fn name(self) -> &'static str {
         match self {
             Chain::Prerouting => "prerouting",
+            Chain::Input => "input",
             Chain::Output => "output",
         }
     }
@@ -137,6 +141,7 @@ impl Chain {
     fn hook(self) -> Hook {
         match self {
             Chain::Prerouting => Hook::Prerouting,
+            Chain::Input => Hook::Input,
             Chain::Output => Hook::Output,
         }
     }
@@ -156,12 +161,24 @@ impl fmt::Display for Rule {
         for (i, e) in self.exprs.iter().enumerate() {
             let next = self.exprs.get(i + 1);
             words.push(match e {
-                // nft folds the protocol dependency into `tcp dport`.
-                Expr::L4ProtoTcp if matches!(next, Some(Expr::TcpDport(_))) => continue,
+                // nft folds the protocol dependency into `tcp ...` and `reject with tcp reset`.
+                Expr::L4ProtoTcp
+                    if matches!(
+                        next,
+                        Some(Expr::TcpDport(_) | Expr::TcpSyn | Expr::RejectTcpReset)
+                    ) =>
+                {
+                    continue;
+                }
                 Expr::L4ProtoTcp => "meta l4proto tcp".to_string(),
                 Expr::IifName(name) => format!("iifname \"{name}\""),
+                Expr::OifName(name) => format!("oifname \"{name}\""),
+                Expr::Accept => "accept".to_string(),
+                Expr::Drop => "drop".to_string(),
+                Expr::RejectTcpReset => "reject with tcp reset".to_string(),
                 Expr::SkUid(uid) => format!("meta skuid {uid}"),
                 Expr::TcpDport(p) => format!("tcp dport {p}"),
+                Expr::TcpSyn => "tcp flags syn / syn,ack".to_string(),
                 Expr::Mark(m) => format!("meta mark 0x{m:08x}"),
                 Expr::Ip4Daddr { net, mask } => format!("ip daddr {}", cidr(net, mask)),
                 Expr::Ip4Saddr { net, mask } => format!("ip saddr {}", cidr(net, mask)),
@@ -499,6 +516,11 @@ impl CaptureSpec {
         rules
     }
 
+    /// Every rule of the `ip6` guard table ([`ip6`]), in chain order.
+    pub fn ip6_rules(&self) -> Vec<Rule> {
+        ip6::rules(self)
+    }
+
     fn chains(&self) -> Vec<Chain> {
         let mut chains = Vec::new();
         if self.inbound_port.is_some() {
@@ -512,23 +534,36 @@ impl CaptureSpec {
 
     /// The whole table in `nft -f` syntax (for logs and docs; what [`install`] programs).
     pub fn to_nft(&self) -> String {
-        let rules = self.rules();
-        let mut s = format!("table ip {} {{\n", self.table);
-        for chain in self.chains() {
-            let hook = match chain {
-                Chain::Prerouting => "prerouting",
-                Chain::Output => "output",
-            };
-            s.push_str(&format!(
-                "\tchain {} {{\n\t\ttype nat hook {hook} priority {NAT_PRIORITY}; policy accept;\n",
-                chain.name()
-            ));
-            for r in rules.iter().filter(|r| r.chain == chain) {
-                s.push_str(&format!("\t\t{r}\n"));
+        let table = |family: &str,
+                     kind: &str,
+                     priority: i32,
+                     chains: Vec<Chain>,
+                     rules: Vec<Rule>| {
+            let mut s = format!("table {family} {} {{\n", self.table);
+            for chain in chains {
+                s.push_str(&format!(
+                    "\tchain {0} {{\n\t\ttype {kind} hook {0} priority {priority}; policy accept;\n",
+                    chain.name()
+                ));
+                for r in rules.iter().filter(|r| r.chain == chain) {
+                    s.push_str(&format!("\t\t{r}\n"));
+                }
+                s.push_str("\t}\n");
             }
-            s.push_str("\t}\n");
+            s.push_str("}\n");
+            s
+        };
+        let mut s = table("ip", "nat", NAT_PRIORITY, self.chains(), self.rules());
+        let chains6 = ip6::chains(self);
+        if !chains6.is_empty() {
+            s.push_str(&table(
+                "ip6",
+                "filter",
+                ip6::FILTER_PRIORITY,
+                chains6,
+                ip6::rules(self),
+            ));
         }
-        s.push_str("}\n");
         s
     }
 }
@@ -606,6 +641,41 @@ pub fn install(spec: &CaptureSpec) -> Result<(), CaptureError> {
         tx.batch.new_rule(table, r.chain.name(), &r.exprs);
         tx.note(format!("rule `{r}` in chain {}", r.chain.name()));
     }
+    // The IPv6 guard, in the same transaction.
+    let chains6 = ip6::chains(spec);
+    let has_ipv6 = ip6::kernel_has_ipv6();
+    let guard6 = !chains6.is_empty() && has_ipv6;
+    if has_ipv6 {
+        tx.batch.family(FAMILY_IP6);
+        tx.batch.new_table(table);
+        tx.note(format!("creating table ip6 {table}"));
+        tx.batch.del_table(table);
+        tx.note(format!("deleting the previous table ip6 {table}"));
+    }
+    if guard6 {
+        tx.batch.new_table(table);
+        tx.note(format!("creating table ip6 {table}"));
+        for chain in chains6 {
+            tx.batch.new_base_chain(
+                table,
+                chain.name(),
+                chain.hook(),
+                ip6::FILTER_PRIORITY,
+                ChainType::Filter,
+            );
+            tx.note(format!(
+                "filter chain {} in table ip6 {table}",
+                chain.name()
+            ));
+        }
+        for r in ip6::rules(spec) {
+            tx.batch.new_rule(table, r.chain.name(), &r.exprs);
+            tx.note(format!(
+                "rule `{r}` in chain {} of table ip6",
+                r.chain.name()
+            ));
+        }
+    }
     tx.commit()?;
     MARK_SOCKETS.store(spec.capture_all_outbound, Ordering::Relaxed);
     tracing::info!(
@@ -614,13 +684,15 @@ pub fn install(spec: &CaptureSpec) -> Result<(), CaptureError> {
         inbound = ?spec.inbound_port,
         outbound = ?spec.outbound_port,
         excluded_ports = ?spec.excluded_ports,
+        ipv6_guard = guard6,
         "capture rules installed"
     );
     tracing::debug!(nft = %spec.to_nft(), "capture rules");
     Ok(())
 }
 
-/// Deletes the table `ip <table>` if it exists; other tables are left alone.
+/// Deletes the tables `ip <table>` and `ip6 <table>` if they exist; other tables are left
+/// alone.
 pub fn remove(table: &str) -> Result<(), CaptureError> {
     let mut tx = Transaction::new();
     // Creating first makes the delete succeed whether or not the table was there.
@@ -628,6 +700,13 @@ pub fn remove(table: &str) -> Result<(), CaptureError> {
     tx.note(format!("creating table ip {table}"));
     tx.batch.del_table(table);
     tx.note(format!("deleting table ip {table}"));
+    if ip6::kernel_has_ipv6() {
+        tx.batch.family(FAMILY_IP6);
+        tx.batch.new_table(table);
+        tx.note(format!("creating table ip6 {table}"));
+        tx.batch.del_table(table);
+        tx.note(format!("deleting table ip6 {table}"));
+    }
     tx.commit()?;
     tracing::info!(table = %format!("ip {table}"), "capture rules removed");
     Ok(())

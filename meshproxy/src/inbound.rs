@@ -48,6 +48,19 @@ pub async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
     }
 }
 
+/// When every port is STRICT: the first byte must open a TLS handshake. Anything else is
+/// plaintext, refused by the caller without a byte written, as Envoy closes a connection
+/// no filter chain matches (handing it to the TLS acceptor would answer with a TLS alert,
+/// which an HTTP client shows as a garbled HTTP/0.9 response). A peer silent for `timeout`
+/// would fail the handshake anyway: it is closed.
+pub async fn tls_first(stream: &TcpStream, timeout: Duration) -> Sniffed {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => Sniffed::Closed,
+        Ok(Ok(_)) => classify(b[0]),
+    }
+}
+
 /// The sniffer's decision for a first byte.
 pub fn classify(first: u8) -> Sniffed {
     if first == 0x16 {
@@ -168,7 +181,7 @@ pub async fn serve(shared: Arc<Context>, stream: TcpStream, remote: SocketAddr) 
     let sniffed = if snap.any_plaintext() {
         sniff(&stream, snap.cfg.limits.sniff_timeout.0).await
     } else {
-        Sniffed::Tls
+        tls_first(&stream, snap.cfg.limits.connect_timeout.0).await
     };
     let orig_port = original_port(&stream);
     let local_ip = crate::authz::local_ip(&stream);
@@ -295,18 +308,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snap = ctx.shared.runtime.load_full();
-    if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
-        // Closed at once, before the application is dialed.
-        tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
-        return;
-    }
-    let mut upstream = match connect_app(&snap, ctx.peer.port).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(error = %e, "application connect failed");
-            return;
-        }
-    };
     let mut record = crate::telemetry::ConnectionOutcome::start(
         Direction::Inbound,
         Arc::new(crate::telemetry::peer_party(
@@ -319,6 +320,20 @@ where
     record.mtls = ctx.peer.identity.is_some();
     record.downstream = Some(Arc::new(ctx.downstream()));
     record.facts = app_facts(&snap, ctx.peer.port);
+    if let Err(e) = snap.authorize(&ctx.peer, None, &ctx.shared.metrics.authz) {
+        // Closed at once, before the application is dialed.
+        tracing::info!(remote = %ctx.peer.remote, error = %e, "TCP connection denied");
+        crate::telemetry::refused_connection(&ctx.shared, record, &e);
+        return;
+    }
+    let mut upstream = match connect_app(&snap, ctx.peer.port).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "application connect failed");
+            crate::telemetry::refused_connection(&ctx.shared, record, &e);
+            return;
+        }
+    };
     crate::telemetry::connection_opened(&ctx.shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut io, &mut upstream) => {
@@ -369,7 +384,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     )?;
     let upgrade = crate::http::is_upgrade(&req);
     if req.method() == http::Method::CONNECT {
-        return connect_tunnel(ctx, &snap, req).await;
+        return connect_tunnel(ctx, &snap, req, authn.as_ref()).await;
     }
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -413,7 +428,7 @@ async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<Body>
     if h2 {
         parts.headers.remove(header::HOST);
     }
-    let fault = crate::body::BodyFault::default();
+    let fault = crate::body::BodyFault::for_request(&parts.extensions);
     let body = crate::body::Downstream::wrap(body, fault.clone());
     let mut req = Request::from_parts(parts, body);
     let down = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -466,11 +481,15 @@ async fn connect_tunnel(
     ctx: &ConnCtx,
     snap: &crate::runtime::Snapshot,
     req: Request<Incoming>,
+    authn: Option<&meshapi::authn::Authenticated<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
     let service = format!("inbound|{}", ctx.peer.port);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     strip_internal(&mut parts.headers);
+    if let Some(a) = &snap.authn {
+        crate::authn::rewrite_headers(a, authn, &mut parts.headers);
+    }
     if let (true, Some(v)) = (snap.cfg.xfcc, &ctx.xfcc) {
         parts.headers.insert(XFCC, v.clone());
     }

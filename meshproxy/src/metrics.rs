@@ -455,7 +455,7 @@ pub struct Metrics {
     /// Istio's standard metrics.
     pub istio: IstioMetrics,
     /// Authorization decisions by policy.
-    pub authz: crate::authz::AuthzCounters,
+    pub authz: Arc<crate::authz::AuthzCounters>,
     registry: Registry,
 }
 
@@ -463,15 +463,27 @@ impl Default for Metrics {
     fn default() -> Self {
         let health = Arc::new(Health::default());
         let istio = IstioMetrics::default();
+        let authz = Arc::new(crate::authz::AuthzCounters::default());
         let mut registry = Registry::default();
         istio.register(&mut registry);
         registry.register_collector(Box::new(HealthCollector(health.clone())));
+        registry.register_collector(Box::new(AuthzCollector(authz.clone())));
         Metrics {
             health,
             istio,
-            authz: Default::default(),
+            authz,
             registry,
         }
+    }
+}
+
+/// Encodes the authorization decisions at scrape time.
+#[derive(Debug)]
+struct AuthzCollector(Arc<crate::authz::AuthzCounters>);
+
+impl Collector for AuthzCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(&mut enc)
     }
 }
 
@@ -511,16 +523,27 @@ impl Metrics {
         self.health.tls_failures[d.idx()].load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition (format 0.0.4) of every metric.
+    /// Prometheus text exposition (format 0.0.4) of the metrics this holds (Istio's, the
+    /// proxy's counters, authorization decisions).
     pub fn render(&self) -> String {
+        self.render_with(None)
+    }
+
+    /// As [`Metrics::render`], followed by what only the whole proxy knows ([`Scrape`]):
+    /// what `/stats/prometheus` serves.
+    pub fn render_with(&self, scrape: Option<Scrape>) -> String {
         let mut om = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut om, &self.registry)
-        {
+        let mut r = prometheus_client::encoding::text::encode_registry(&mut om, &self.registry);
+        if let Some(s) = scrape {
+            let mut extra = Registry::default();
+            extra.register_collector(Box::new(s));
+            r = r
+                .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut om, &extra));
+        }
+        if let Err(e) = r {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
-        let mut out = to_prometheus_text(&om);
-        self.authz.render(&mut out);
-        out
+        to_prometheus_text(&om)
     }
 }
 
@@ -561,10 +584,11 @@ fn to_prometheus_text(om: &str) -> String {
 #[derive(Debug)]
 struct HealthCollector(Arc<Health>);
 
+/// A label set of fixed or scrape-time pairs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Kv(&'static [(&'static str, &'static str)]);
+pub(crate) struct Kv<'a>(pub(crate) &'a [(&'a str, &'a str)]);
 
-impl EncodeLabelSet for Kv {
+impl EncodeLabelSet for Kv<'_> {
     fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         for (k, v) in self.0 {
             put(enc, k, v)?;
@@ -575,17 +599,188 @@ impl EncodeLabelSet for Kv {
 
 const DIRS: [&[(&str, &str)]; 2] = [&[("direction", "inbound")], &[("direction", "outbound")]];
 
-fn counter_series(
+/// One counter family (`name` without `_total`) with its series.
+pub(crate) fn counter_series(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &[(Kv, u64)],
+    series: &[(Kv<'_>, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    if let [(Kv([]), v)] = series {
+        return ConstCounter::new(*v).encode(m);
+    }
     for (labels, v) in series {
         ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// One gauge family with its series.
+pub(crate) fn gauge_series(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Kv<'_>, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    if let [(Kv([]), v)] = series {
+        return ConstGauge::new(*v).encode(m);
+    }
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// What only the whole proxy knows, taken at scrape time: its clusters (retries, ejections,
+/// active requests, circuit-breaker overflows), its connection pool, what telemetry could not
+/// deliver, and its certificates' expiry. Encoded by prometheus-client like the rest.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub clusters: Vec<crate::traffic::ClusterStatus>,
+    /// Pooled HTTP/2 connections and idle HTTP/1.1 ones.
+    pub pooled: [u64; 2],
+    /// Access log lines written and dropped, spans exported and dropped.
+    pub telemetry: [u64; 4],
+    /// The proxy's own certificate's and the first root's `notAfter` (Unix seconds).
+    pub cert_not_after: Option<i64>,
+    pub roots_not_after: Option<i64>,
+    /// Unix seconds now.
+    pub now: i64,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let clusters = &self.clusters;
+        // Label sets borrow the cluster names, so they are built per family here.
+        let names: Vec<[(&str, &str); 1]> = clusters
+            .iter()
+            .map(|c| [("cluster", c.name.as_str())])
+            .collect();
+        let counter_by = |f: fn(&crate::traffic::ClusterStatus) -> u64| -> Vec<(Kv<'_>, u64)> {
+            names
+                .iter()
+                .zip(clusters)
+                .map(|(n, c)| (Kv(n), f(c)))
+                .collect()
+        };
+        counter_series(
+            &mut enc,
+            "meshproxy_cluster_retries",
+            "Retries sent, by cluster.",
+            &counter_by(|c| c.retries),
+        )?;
+        counter_series(
+            &mut enc,
+            "meshproxy_cluster_outlier_ejections",
+            "Outlier-detection ejections, by cluster.",
+            &counter_by(|c| c.ejections),
+        )?;
+        fn as_gauge(v: Vec<(Kv<'_>, u64)>) -> Vec<(Kv<'_>, i64)> {
+            v.into_iter()
+                .map(|(k, n)| (k, i64::try_from(n).unwrap_or(i64::MAX)))
+                .collect()
+        }
+        gauge_series(
+            &mut enc,
+            "meshproxy_cluster_ejected_endpoints",
+            "Endpoints ejected now, by cluster.",
+            &as_gauge(counter_by(|c| {
+                c.endpoints.iter().filter(|e| e.ejected).count() as u64
+            })),
+        )?;
+        gauge_series(
+            &mut enc,
+            "meshproxy_cluster_active_requests",
+            "Requests in flight, by cluster.",
+            &as_gauge(counter_by(|c| {
+                c.endpoints
+                    .iter()
+                    .map(|e| u64::from(e.active_requests))
+                    .sum()
+            })),
+        )?;
+        const RESOURCES: [&str; 4] = ["connections", "pending_requests", "requests", "retries"];
+        let overflow_labels: Vec<[(&str, &str); 2]> = clusters
+            .iter()
+            .flat_map(|c| RESOURCES.map(|r| [("cluster", c.name.as_str()), ("resource", r)]))
+            .collect();
+        let overflows: Vec<(Kv<'_>, u64)> = overflow_labels
+            .iter()
+            .zip(
+                clusters
+                    .iter()
+                    .flat_map(|c| (0..RESOURCES.len()).map(|i| c.circuit_breaker.overflows[i])),
+            )
+            .map(|(l, v)| (Kv(l), v))
+            .collect();
+        counter_series(
+            &mut enc,
+            "meshproxy_cluster_overflow",
+            "Circuit-breaker overflows (503 UO), by cluster and resource.",
+            &overflows,
+        )?;
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge_series(
+            &mut enc,
+            "meshproxy_upstream_pooled_connections",
+            "Pooled connections to peer proxies: HTTP/2, and HTTP/1.1 idle ones.",
+            &[
+                (Kv(&[("protocol", "http2")]), gauge(self.pooled[0])),
+                (Kv(&[("protocol", "http1_idle")]), gauge(self.pooled[1])),
+            ],
+        )?;
+        for (i, (name, help)) in [
+            ("meshproxy_access_log_lines", "Access log lines written."),
+            (
+                "meshproxy_access_log_dropped",
+                "Access log lines dropped because stdout was slower than the traffic.",
+            ),
+            (
+                "meshproxy_trace_spans_exported",
+                "Trace spans accepted by the OTLP collector.",
+            ),
+            (
+                "meshproxy_trace_spans_dropped",
+                "Trace spans lost (export queue full, collector down, slow or refusing).",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            counter_series(&mut enc, name, help, &[(Kv(&[]), self.telemetry[i])])?;
+        }
+        if let Some(t) = self.cert_not_after {
+            gauge_series(
+                &mut enc,
+                "istio_agent_cert_expiry_seconds",
+                "Seconds until the proxy's own certificate expires (negative: expired).",
+                &[(Kv(&[]), t - self.now)],
+            )?;
+        }
+        let certs: Vec<(Kv<'_>, i64)> = [
+            ("workload", self.cert_not_after),
+            ("root", self.roots_not_after),
+        ]
+        .iter()
+        .filter_map(|(k, t)| Some((k, (*t)?)))
+        .map(|(k, t)| {
+            let labels: &[(&str, &str)] = match *k {
+                "workload" => &[("cert", "workload")],
+                _ => &[("cert", "root")],
+            };
+            (Kv(labels), t)
+        })
+        .collect();
+        gauge_series(
+            &mut enc,
+            "meshproxy_cert_expiry_timestamp_seconds",
+            "When the proxy's certificate (cert=workload) and the first of its trusted roots (cert=root) expire, in Unix seconds.",
+            &certs,
+        )?;
+        Ok(())
+    }
 }
 
 impl Collector for HealthCollector {

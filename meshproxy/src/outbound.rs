@@ -144,6 +144,14 @@ pub async fn serve(
             Ok(t) => t,
             Err(e) => {
                 tracing::info!(%dst, error = %e, "TCP connection dropped");
+                let mut record = crate::telemetry::ConnectionOutcome::start(
+                    Direction::Outbound,
+                    snap.telemetry.local.party.clone(),
+                    crate::telemetry::Party::unknown(),
+                    snap.service_labels(&out.service),
+                );
+                record.downstream = Some(Arc::new(downstream(remote, local)));
+                crate::telemetry::refused_connection(&shared, record, &e);
                 return;
             }
         };
@@ -162,21 +170,6 @@ async fn serve_tcp(
     down: Downstream,
 ) {
     let (cluster, i) = &target.cluster;
-    let Some(_slot) = cluster.tcp_slot() else {
-        return;
-    };
-    let tls = crate::upstream::settings(&target);
-    let mut up = match crate::upstream::connect(&shared, &rt, &target, tls, Wire::Tcp).await {
-        Ok(s) => {
-            cluster.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
-            s
-        }
-        Err(e) => {
-            cluster.record(*i, meshapi::traffic::CallResult::ConnectFailure);
-            tracing::info!(error = %e, "TCP upstream failed");
-            return;
-        }
-    };
     let upstream = crate::telemetry::Upstream {
         cluster: Arc::clone(cluster),
         endpoint: *i,
@@ -189,6 +182,27 @@ async fn serve_tcp(
     );
     record.upstream = Some(upstream);
     record.downstream = Some(Arc::new(down));
+    let Some(_slot) = cluster.tcp_slot() else {
+        let e = ProxyError::Overflow {
+            service: target.service.to_string(),
+            what: "connections".into(),
+        };
+        crate::telemetry::refused_connection(&shared, record, &e);
+        return;
+    };
+    let tls = crate::upstream::settings(&target);
+    let mut up = match crate::upstream::connect(&shared, &rt, &target, tls, Wire::Tcp).await {
+        Ok(s) => {
+            cluster.record(*i, meshapi::traffic::CallResult::LocalOriginSuccess);
+            s
+        }
+        Err(e) => {
+            cluster.record(*i, meshapi::traffic::CallResult::ConnectFailure);
+            tracing::info!(error = %e, "TCP upstream failed");
+            crate::telemetry::refused_connection(&shared, record, &e);
+            return;
+        }
+    };
     crate::telemetry::connection_opened(&shared, &record);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut up) => {

@@ -291,20 +291,16 @@ impl Pool {
         }
     }
 
-    /// Appends the pool's Prometheus gauge: HTTP/2 connections and idle HTTP/1.1 ones.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Pooled connections now: HTTP/2 ones and idle HTTP/1.1 ones
+    /// (`meshproxy_upstream_pooled_connections`).
+    pub fn pooled(&self) -> [u64; 2] {
         let h2 = self.conns.h2.lock().map_or(0, |m| m.len());
         let h1 = self
             .conns
             .h1
             .lock()
             .map_or(0, |m| m.values().map(Vec::len).sum::<usize>());
-        let name = "meshproxy_upstream_pooled_connections";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Pooled connections to peer proxies: HTTP/2, and HTTP/1.1 idle ones.\n# TYPE {name} gauge\n{name}{{protocol=\"http2\"}} {h2}\n{name}{{protocol=\"http1_idle\"}} {h1}"
-        );
+        [h2 as u64, h1 as u64]
     }
 }
 

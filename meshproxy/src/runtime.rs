@@ -142,7 +142,7 @@ impl Snapshot {
     /// A snapshot of `cfg` that keeps `prev`'s cluster state (ejections, active requests,
     /// circuit-breaker counts) for clusters whose endpoints and policy are unchanged.
     pub fn build(cfg: Arc<ProxyConfig>, prev: Option<&Snapshot>) -> Snapshot {
-        let (table, hosts) = effective_table(&cfg);
+        let (table, hosts) = cfg.effective_routes();
         let clusters =
             crate::traffic::build_clusters(&cfg, &table, prev.map(|p| p.clusters.as_slice()));
         let mut outbound_by_vip = HashMap::new();
@@ -271,36 +271,4 @@ impl Snapshot {
             (Some(policy), req) => crate::authz::check(&self.cfg, policy, peer, req, counters),
         }
     }
-}
-
-/// The config's route table with the compiler's default entry ([`RouteTable::with_defaults`])
-/// for every service the table does not route: all of them without `traffic`, else those
-/// without `host` (named by their key). Returns the table and each service's host in it.
-fn effective_table(cfg: &ProxyConfig) -> (RouteTable, HashMap<String, String>) {
-    let hosts: HashMap<String, String> = cfg
-        .services
-        .iter()
-        .map(|(k, s)| (k.clone(), s.host.clone().unwrap_or_else(|| k.clone())))
-        .collect();
-    let defaults = cfg
-        .services
-        .iter()
-        .filter(|(_, s)| cfg.traffic.is_none() || s.host.is_none())
-        .map(|(k, s)| {
-            let mut ports: Vec<u16> = cfg
-                .outbound
-                .iter()
-                .filter(|o| o.service == *k)
-                .map(OutboundService::target_port)
-                .collect();
-            ports.sort_unstable();
-            ports.dedup();
-            (s.host.clone().unwrap_or_else(|| k.clone()), ports)
-        })
-        .collect::<Vec<_>>();
-    let base = cfg
-        .traffic
-        .clone()
-        .unwrap_or_else(|| RouteTable::empty(&cfg.identity.spiffe_id.to_string()));
-    (base.with_defaults(defaults), hosts)
 }

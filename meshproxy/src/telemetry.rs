@@ -294,13 +294,16 @@ impl PeerCache {
 
 /// Response flags are one of a fixed set (bounded label values): anything else is `-`.
 pub fn intern_flags(v: Option<&HeaderValue>) -> &'static str {
+    v.and_then(|v| v.to_str().ok()).map_or("-", intern_flag)
+}
+
+/// `flag` if it is one of Envoy's response flags this proxy sets, else `-`.
+pub fn intern_flag(flag: &str) -> &'static str {
     const KNOWN: [&str; 16] = [
         "UF", "UH", "NR", "UT", "UO", "UR", "DPE", "DC", "RBAC", "URX", "FI", "DI", "UAEX", "UC",
         "LR", "DF",
     ];
-    v.and_then(|v| v.to_str().ok())
-        .and_then(|v| KNOWN.iter().find(|k| **k == v).copied())
-        .unwrap_or("-")
+    KNOWN.iter().find(|k| **k == flag).copied().unwrap_or("-")
 }
 
 /// `grpc-status` when present and one of gRPC's codes (0 to 16).
@@ -311,6 +314,22 @@ pub fn grpc_status(h: &HeaderMap) -> Option<u8> {
         .parse::<u8>()
         .ok()
         .filter(|c| *c <= 16)
+}
+
+/// The bytes of a request body of unannounced length (chunked), counted as the proxy reads
+/// it ([`crate::body::BodyFault::for_request`]): the record puts it in the request's
+/// extensions when it starts and reads it when the response ends.
+#[derive(Debug, Clone, Default)]
+pub struct BodyBytes(Arc<AtomicU64>);
+
+impl BodyBytes {
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The request facts an access log line or a span needs beyond the metrics' (header values
@@ -390,7 +409,7 @@ pub struct RequestOutcome {
     /// `grpc-status` of the response (headers or trailers).
     pub grpc_status: Option<u8>,
     pub response_flags: &'static str,
-    /// Request body bytes (as announced by its length; a chunked body counts 0).
+    /// Request body bytes: its announced length, or the bytes read of a chunked body.
     pub bytes_received: u64,
     /// Response body bytes sent to the downstream.
     pub bytes_sent: u64,
@@ -419,6 +438,8 @@ pub struct ConnectionOutcome {
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub response_flags: &'static str,
+    /// Why a connection never reached its upstream (`rbac_access_denied`, ...), else `-`.
+    pub details: &'static str,
     pub source: Arc<Party>,
     pub destination: Arc<Party>,
     pub service: Arc<ServiceLabels>,
@@ -444,6 +465,7 @@ impl ConnectionOutcome {
             bytes_received: 0,
             bytes_sent: 0,
             response_flags: "-",
+            details: "-",
             source,
             destination,
             service,
@@ -483,42 +505,6 @@ pub struct TelemetryCounters {
     pub spans_dropped: AtomicU64,
 }
 
-impl TelemetryCounters {
-    /// Prometheus text exposition of the counters.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let rows = [
-            (
-                "meshproxy_access_log_lines_total",
-                "Access log lines written.",
-                &self.access_log_written,
-            ),
-            (
-                "meshproxy_access_log_dropped_total",
-                "Access log lines dropped because stdout was slower than the traffic.",
-                &self.access_log_dropped,
-            ),
-            (
-                "meshproxy_trace_spans_exported_total",
-                "Trace spans accepted by the OTLP collector.",
-                &self.spans_exported,
-            ),
-            (
-                "meshproxy_trace_spans_dropped_total",
-                "Trace spans lost (export queue full, collector down, slow or refusing).",
-                &self.spans_dropped,
-            ),
-        ];
-        for (name, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-    }
-}
-
 /// The telemetry sinks of one proxy: the access log writer and the span exporter, both fed
 /// through bounded queues so that neither can slow a request.
 pub struct Telemetry {
@@ -549,21 +535,24 @@ impl Telemetry {
         if !cfg.access_log.enabled && span.is_none() {
             return;
         }
-        let line = access_log::request_line(o);
-        if cfg.access_log.enabled {
-            self.access_log.write(line.render(cfg.access_log.encoding));
-        }
-        if let Some((ids, collector)) = span {
-            let s = trace::to_otlp(o, &line, &ids, &self.node, &cfg.tracing);
-            self.spans.submit(collector, s, &self.node);
-        }
+        access_log::with_request_line(o, |line| {
+            if cfg.access_log.enabled {
+                self.access_log
+                    .write(|out| line.write(cfg.access_log.encoding, out));
+            }
+            if let Some((ids, collector)) = span {
+                let s = trace::to_otlp(o, &line.to_owned_line(), &ids, &self.node, &cfg.tracing);
+                self.spans.submit(collector, s, &self.node);
+            }
+        });
     }
 
     /// A TCP connection closed: its access log line.
     pub fn connection(&self, cfg: &meshapi::telemetry::TelemetryConfig, o: &ConnectionOutcome) {
         if cfg.access_log.enabled {
-            let line = access_log::connection_line(o);
-            self.access_log.write(line.render(cfg.access_log.encoding));
+            self.access_log.write(|out| {
+                access_log::write_connection_line(o, cfg.access_log.encoding, out);
+            });
         }
     }
 }
@@ -587,6 +576,17 @@ pub fn record_connection(ctx: &Context, o: &ConnectionOutcome) {
     let rt = ctx.runtime.load();
     ctx.metrics.istio.tcp_closed(&rt.telemetry, o);
     ctx.telemetry.connection(&rt.cfg.telemetry, o);
+}
+
+/// The hook: a TCP connection that never reached its upstream (authorization refused it, no
+/// route or endpoint, the endpoint or application could not be reached, overflow). As Envoy
+/// counts it: opened and closed at once, with the error's response flag, no bytes, and its
+/// access log line.
+pub fn refused_connection(ctx: &Context, mut o: ConnectionOutcome, e: &crate::reply::ProxyError) {
+    o.response_flags = intern_flag(e.status_and_flag().1);
+    o.details = e.details();
+    connection_opened(ctx, &o);
+    record_connection(ctx, &o.finish());
 }
 
 /// What one downstream connection tells about the parties of its requests.
@@ -655,9 +655,22 @@ impl Side {
         let grpc = h
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let announced = req.body().size_hint().exact();
+        let received = announced.is_none().then(BodyBytes::default);
+        let (uri, authority, user_agent, request_id, forwarded_for) = (
+            req.uri().clone(),
+            h.get(http::header::HOST).cloned(),
+            h.get(http::header::USER_AGENT).cloned(),
+            h.get(trace::REQUEST_ID).cloned(),
+            h.get("x-forwarded-for").cloned(),
+        );
+        if let Some(r) = &received {
+            req.extensions_mut().insert(r.clone());
+        }
         Box::new(Pending {
             ctx: Arc::clone(ctx),
             started: Instant::now(),
+            received,
             outcome: RequestOutcome {
                 direction: self.direction(),
                 start: SystemTime::now(),
@@ -668,7 +681,7 @@ impl Side {
                 status: 0,
                 grpc_status: None,
                 response_flags: "-",
-                bytes_received: req.body().size_hint().exact().unwrap_or(0),
+                bytes_received: announced.unwrap_or(0),
                 bytes_sent: 0,
                 source,
                 destination,
@@ -676,11 +689,11 @@ impl Side {
                 mtls,
                 upstream: None,
                 request: RequestFacts {
-                    uri: req.uri().clone(),
-                    authority: h.get(http::header::HOST).cloned(),
-                    user_agent: h.get(http::header::USER_AGENT).cloned(),
-                    request_id: h.get(trace::REQUEST_ID).cloned(),
-                    forwarded_for: h.get("x-forwarded-for").cloned(),
+                    uri,
+                    authority,
+                    user_agent,
+                    request_id,
+                    forwarded_for,
                     tag_headers,
                 },
                 details: "-",
@@ -734,6 +747,8 @@ impl Pending {
 pub struct Pending {
     pub ctx: Arc<Context>,
     pub started: Instant,
+    /// The request body's bytes as read, when its length was not announced.
+    pub received: Option<BodyBytes>,
     pub outcome: RequestOutcome,
 }
 
@@ -755,6 +770,9 @@ impl Recorded {
     fn finish(&mut self) {
         if let Some(mut p) = self.pending.take() {
             p.outcome.duration = p.started.elapsed();
+            if let Some(r) = &p.received {
+                p.outcome.bytes_received = r.get();
+            }
             record_request(&p.ctx, &p.outcome);
         }
     }

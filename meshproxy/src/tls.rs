@@ -151,6 +151,10 @@ pub fn check_svid(der: &[u8]) -> Result<SpiffeId, SvidError> {
 pub struct Credentials {
     /// The SPIFFE ID in our own certificate.
     pub id: SpiffeId,
+    /// When our own certificate expires (Unix seconds).
+    pub not_after: Option<i64>,
+    /// When the first of the trusted roots expires (Unix seconds).
+    pub roots_not_after: Option<i64>,
     key: Arc<CertifiedKey>,
     roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
 }
@@ -184,7 +188,11 @@ impl Credentials {
         })?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(TlsError::Key)?;
         let mut roots = Vec::new();
+        let mut roots_not_after: Option<i64> = None;
         for der in CertificateDer::pem_slice_iter(roots_pem).filter_map(Result::ok) {
+            if let Some(t) = not_after(&der) {
+                roots_not_after = Some(roots_not_after.map_or(t, |r| r.min(t)));
+            }
             roots.push(
                 webpki::anchor_from_trusted_cert(&der)
                     .map_err(TlsError::Root)?
@@ -199,6 +207,8 @@ impl Credentials {
         }
         Ok(Credentials {
             id,
+            not_after: not_after(leaf),
+            roots_not_after,
             key: Arc::new(CertifiedKey::new(chain, signer)),
             roots,
         })
@@ -219,6 +229,13 @@ impl Credentials {
         };
         Credentials::from_pem(&read(cert)?, &read(key)?, &read(roots)?, expected)
     }
+}
+
+/// A certificate's `notAfter` (Unix seconds).
+fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
 }
 
 /// One consistent trust state: our credentials (chain, key, roots) and the other trust
@@ -680,6 +697,30 @@ pub fn origination_config(
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok((Arc::new(cfg), sni))
+}
+
+/// The client config a proxy fetches `https://` JWKS and OpenID discovery documents with:
+/// the public web roots (Mozilla's, compiled in: the sidecar image has no CA bundle), the
+/// mesh's own roots (an issuer inside the mesh, a test CA) and the system's bundle when the
+/// host has one (the first of [`SYSTEM_CA_FILES`], e.g. an enterprise CA in host mode). The
+/// server's name is checked as any HTTPS client does; no client certificate.
+pub fn jwks_client_config(identity: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(creds) = identity.current() {
+        roots.extend(creds.roots.iter().cloned());
+    }
+    if let Some(found) = SYSTEM_CA_FILES.iter().map(Path::new).find(|p| p.exists()) {
+        let pem = read_file(found)?;
+        roots
+            .add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok));
+    }
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 /// The SNI a client sends to say which application port it wants: `p<port>.inbound.mesh`.

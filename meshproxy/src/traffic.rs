@@ -17,6 +17,6 @@ pub mod cluster;
 pub mod forward;
 pub mod retry;
 
-pub use cluster::{ClusterState, ClusterStatus, EndpointStatus, build_clusters, render_metrics};
+pub use cluster::{ClusterState, ClusterStatus, EndpointStatus, build_clusters};
 pub use forward::{forward, route_connection};
 pub use retry::RETRY_BUFFER_LIMIT;

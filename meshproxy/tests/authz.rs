@@ -116,6 +116,19 @@ async fn client_proxy(mesh: &Mesh, sa: &str, protocol: &str, port: u16, b: &Boun
     meshproxy::build(parse(&yaml)).await.unwrap()
 }
 
+/// The value of the Istio series of `name` whose labels include every one of `labels`.
+fn istio_series(b: &Bound, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    let text = b.handle.metrics().render();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 fn metric(b: &Bound, series: &str) -> u64 {
     let text = b.handle.metrics().render();
     text.lines()
@@ -315,6 +328,23 @@ async fn denied_tcp_connection_is_closed_at_once() {
             assert!(matches!(r, Ok(0) | Err(_)), "{sa}: {r:?}");
         }
     }
+    // Istio's TCP metrics count the refused connection as Envoy does: opened and closed at
+    // once, flagged RBAC, from the refused peer, no bytes.
+    let refused = [
+        ("reporter", "destination"),
+        ("response_flags", "RBAC"),
+        ("source_principal", "cluster.local/ns/default/sa/other-sa"),
+    ];
+    for name in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_connections_closed_total",
+    ] {
+        assert_eq!(istio_series(&b, name, &refused), Some(1), "{name}");
+    }
+    assert_eq!(
+        istio_series(&b, "istio_tcp_received_bytes_total", &refused),
+        Some(0)
+    );
     assert_eq!(
         metric(
             &b,

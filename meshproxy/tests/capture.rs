@@ -8,7 +8,8 @@
 //! table left behind; without CAP_NET_ADMIN the error says so; (f) a published port is the
 //! edge only from outside the project network (plaintext, AuthorizationPolicy without a
 //! principal) and the app's own calls on its number stay captured; (g) egress to an outside
-//! address: REGISTRY_ONLY answers `502 NR` or closes, ALLOW_ANY passes it through.
+//! address: REGISTRY_ONLY answers `502 NR` or closes, ALLOW_ANY passes it through; (h) IPv6
+//! TCP in either direction is refused by the `ip6` guard table, not a way around the proxy.
 //!
 //! Needs root, `ip`, `nft`, `curl` and `python3` (the app); skipped loudly otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -629,4 +630,274 @@ async fn published_ports_enter_through_the_edge_and_egress_follows_the_outbound_
         stat(&stats, "meshproxy_outbound_passthrough_total") >= 2,
         "{stats}"
     );
+}
+
+const CLIENT_IP6: &str = "fd00:213::1";
+const POD_IP6: &str = "fd00:213::2";
+
+/// `curl`'s exit code from a netns: 0 answered, 7 connection refused, 28 timed out.
+fn curl_exit(pair: &Pair, ns: &str, url: &str) -> i32 {
+    let out = pair
+        .exec(ns, &["curl", "-s", "-o", "/dev/null", "-m", "3", url])
+        .output()
+        .unwrap();
+    out.status.code().unwrap_or(-1)
+}
+
+/// (h) IPv6 is never a way around the proxy: with capture installed, TCP over IPv6 from the
+/// app to the network and from the network to the app's ports is refused at once (a reset,
+/// not a hang), the proxy's health port and loopback keep working, and the `ip6` table
+/// reads back as the spec says; SIGTERM removes it with the `ip` one.
+#[tokio::test]
+async fn ipv6_cannot_bypass_capture_in_either_direction() {
+    if skip() {
+        return;
+    }
+    let mesh = Mesh::new();
+    let mut pair = Pair::new();
+    let (client, pod) = (pair.client.clone(), pair.pod.clone());
+    for (ns, dev, ip) in [(&client, "veth0", CLIENT_IP6), (&pod, "veth1", POD_IP6)] {
+        run(&mut pair.exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]));
+        run(&mut pair.exec(
+            ns,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ],
+        ));
+    }
+    // An app port in the pod and an outside server, both on IPv6 only.
+    pair.spawn_in(
+        &pod,
+        &["python3", "-m", "http.server", "--bind", "::", "8082"],
+    );
+    pair.spawn_in(
+        &client,
+        &["python3", "-m", "http.server", "--bind", "::", "9091"],
+    );
+    let inbound6 = format!("http://[{POD_IP6}]:8082/");
+    let outbound6 = format!("http://[{CLIENT_IP6}]:9091/");
+    // Without capture both directions work: what the guard must prevent.
+    assert_eventually!(
+        curl_exit(&pair, &client, &inbound6) == 0 && curl_exit(&pair, &pod, &outbound6) == 0,
+        timeout = Duration::from_secs(10),
+        "the IPv6 servers never answered before capture"
+    );
+
+    let config = write_file(mesh.path(), "pod.yaml", &edge_config(&mesh, "ALLOW_ANY"));
+    let config = config.to_str().unwrap();
+    let spec = CaptureSpec::from_config(&parse(&std::fs::read_to_string(config).unwrap()));
+    let proxy = pair.start_proxy(config).await;
+    let out = pair
+        .exec(&pod, &["nft", "list", "table", "ip6", "meshctl"])
+        .output()
+        .unwrap();
+    let table6 = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!spec.ip6_rules().is_empty());
+    for rule in spec.ip6_rules() {
+        assert!(
+            table6.contains(&format!("\t\t{rule}\n")),
+            "rule `{rule}` missing from:\n{table6}"
+        );
+    }
+    // (url, from, what) -> refused (curl 7), never answered and never a timeout.
+    for (url, ns, what) in [
+        (&inbound6, &client, "the network to the app over IPv6"),
+        (&outbound6, &pod, "the app to the network over IPv6"),
+    ] {
+        assert_eq!(curl_exit(&pair, ns, url), 7, "{what}: not refused");
+    }
+    // IPv4 and the pod's own loopback are untouched: health answers in the pod and from the
+    // network.
+    assert!(pair.ready());
+    assert_eq!(
+        curl_exit(
+            &pair,
+            &client,
+            &format!("http://{POD_IP}:15021/healthz/ready")
+        ),
+        0
+    );
+
+    pair.signal(proxy, "-TERM");
+    assert!(pair.wait_exit(proxy).await.success());
+    let out = pair
+        .exec(&pod, &["nft", "list", "table", "ip6", "meshctl"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the ip6 table outlived the proxy");
+    assert_eq!(curl_exit(&pair, &pod, &outbound6), 0);
+}
+
+/// The pod's proxy in container mode, as the control plane places it.
+struct PodPlacement;
+
+impl meshmodel::compile::Placement for PodPlacement {
+    fn inbound(&self, _: &str, _: u32) -> Option<std::net::SocketAddr> {
+        Some("0.0.0.0:15006".parse().unwrap())
+    }
+    fn outbound_capture(&self, _: &str, _: u32) -> Option<std::net::SocketAddr> {
+        Some("127.0.0.1:15001".parse().unwrap())
+    }
+}
+
+/// Two ServiceEntries for the outside server (namespaces `default` and `ext`), each with a
+/// VirtualService, and the `default` Sidecar importing only its own namespace under
+/// REGISTRY_ONLY.
+const NARROWED: &str = r#"apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: { name: default, namespace: default }
+spec:
+  egress: [ { hosts: ["./*"] } ]
+  outboundTrafficPolicy: { mode: REGISTRY_ONLY }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: near, namespace: default }
+spec:
+  hosts: [near.outside.test]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [ { number: 9090, name: http, protocol: HTTP } ]
+  endpoints: [ { address: 169.254.213.1 } ]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: near, namespace: default }
+spec:
+  hosts: [near.outside.test]
+  http: [ { route: [ { destination: { host: near.outside.test } } ], timeout: 5s } ]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: far, namespace: ext }
+spec:
+  hosts: [far.outside.test]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [ { number: 9090, name: http, protocol: HTTP } ]
+  endpoints: [ { address: 169.254.213.1 } ]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: far, namespace: ext }
+spec:
+  hosts: [far.outside.test]
+  http: [ { route: [ { destination: { host: far.outside.test } } ], timeout: 5s } ]
+"#;
+
+/// (i) A Sidecar that narrows `egress` narrows what the proxy serves: the config compiled by
+/// meshmodel for the pod has the imported ServiceEntry (outbound entry, service, route table
+/// host with its VirtualService) and nothing of the other namespace's, so through the real
+/// proxy a call to the imported host reaches the outside server and one to the other host's
+/// VIP is an unknown destination: `502 NR` under REGISTRY_ONLY.
+#[tokio::test]
+async fn a_narrowing_sidecar_leaves_other_hosts_to_the_outbound_policy() {
+    if skip() {
+        return;
+    }
+    use meshmodel::compile::{CompileInput, ProxyKey, compile_proxy, vip_services};
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "name: narrow\nservices:\n  pod:\n    image: p\n    labels: { app: pod }\n    x-mesh: { serviceAccount: pod, ports: [ { port: 8080, protocol: http } ] }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), NARROWED).unwrap();
+    let loaded = meshmodel::load::load(&meshmodel::load::LoadOptions::new(dir.path()));
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let inv = meshmodel::model::Inventory::from_compose(loaded.mesh.compose.as_ref());
+    let mut vips = meshapi::dns::VipAllocator::new(meshapi::dns::VipRange::default());
+    let wanted = vip_services(&loaded.mesh, &inv);
+    vips.sync(wanted.iter().map(|(ns, n)| (ns.as_str(), n.as_str())))
+        .unwrap();
+    let input = CompileInput::new(&loaded.mesh, &inv, &vips, &PodPlacement, 1);
+    let key = ProxyKey {
+        workload: "pod".into(),
+        instance: 0,
+    };
+    let mut cfg = compile_proxy(&input, &key).unwrap();
+    // The far entry's VIP, allocated mesh-wide, is not in this proxy's config.
+    let far_vip = vips
+        .get("ext", "far.outside.test")
+        .expect("a VIP for the far entry");
+    let near = cfg
+        .outbound
+        .iter()
+        .find(|o| o.service.starts_with("near.outside.test"))
+        .expect("the near entry is imported")
+        .vip;
+    assert!(
+        cfg.outbound.iter().all(|o| o.vip.ip() != far_vip),
+        "{:?}",
+        cfg.outbound
+    );
+    let routes: Vec<(&str, Option<&str>)> = cfg
+        .traffic
+        .as_ref()
+        .unwrap()
+        .services
+        .iter()
+        .map(|s| (s.host.as_str(), s.virtual_service.as_deref()))
+        .collect();
+    assert!(
+        routes.contains(&("near.outside.test", Some("default/near"))),
+        "{routes:?}"
+    );
+    assert!(
+        routes.iter().all(|(h, _)| *h != "far.outside.test"),
+        "{routes:?}"
+    );
+    // The test's identity files.
+    let (cert, key_file) = mesh.ca.issue(&spiffe("pod")).write(mesh.path(), "pod");
+    cfg.identity.cert_file = Some(cert);
+    cfg.identity.key_file = Some(key_file);
+    cfg.identity.roots_file = Some(mesh.path().join("roots.pem"));
+    assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+    let config = write_file(
+        mesh.path(),
+        "pod.yaml",
+        &meshapi::yaml::to_string(&cfg).unwrap(),
+    );
+
+    let mut pair = Pair::new();
+    let outside = write_file(mesh.path(), "outside.py", OUTSIDE);
+    let client = pair.client.clone();
+    pair.spawn_in(&client, &["python3", outside.to_str().unwrap()]);
+    assert_eventually!(
+        pair.curl(&pair.client, "http://127.0.0.1:9090/up").0 == "200",
+        timeout = Duration::from_secs(10),
+        "the outside server never answered"
+    );
+    pair.start_proxy(config.to_str().unwrap()).await;
+    // (url, status, body or flag the caller must see)
+    // (url, Host, status, body or flag the caller must see); the app names the host, as an
+    // app resolving it through meshdns would.
+    let cases = [
+        (
+            format!("http://{near}/hello"),
+            "near.outside.test:9090",
+            "200",
+            "outside /hello",
+        ),
+        (
+            format!("http://{far_vip}:9090/hello"),
+            "far.outside.test:9090",
+            "502",
+            "x-meshctl-response-flags: nr",
+        ),
+    ];
+    for (url, host, status, want) in &cases {
+        let host = format!("host: {host}");
+        let (code, text) = pair.curl_args(&pair.pod, &["-D", "-", "-H", &host, url]);
+        assert_eq!(code, *status, "{url}: {text}");
+        assert!(text.to_ascii_lowercase().contains(want), "{url}: {text}");
+    }
 }

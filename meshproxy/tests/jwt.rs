@@ -520,55 +520,116 @@ spec:
     );
 }
 
-/// A JWKS server on 127.0.0.1:0 serving whatever `doc` holds; stopped by aborting its task.
+/// A document server on 127.0.0.1:0 (JWKS, OpenID configuration): each path answers what
+/// `docs` holds for it (404 otherwise), over plain HTTP or, with a certificate, HTTPS; every
+/// request waits `delay` first. Stopped by aborting its task.
 struct JwksServer {
     addr: SocketAddr,
-    doc: Arc<Mutex<String>>,
+    docs: Arc<Mutex<BTreeMap<String, String>>>,
     hits: Arc<std::sync::atomic::AtomicUsize>,
+    /// TLS handshakes that failed (a client that does not trust the certificate).
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    delay: Arc<Mutex<Duration>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl JwksServer {
+    /// Serves `doc` at `/jwks` over HTTP.
     async fn start(doc: String) -> JwksServer {
+        let s = JwksServer::serve(None).await;
+        s.set("/jwks", doc);
+        s
+    }
+
+    /// Serves nothing yet, over HTTPS with `cert` when given.
+    async fn serve(cert: Option<meshtest::Workload>) -> JwksServer {
         use hyper::service::service_fn;
         use hyper_util::rt::TokioIo;
+        use rustls_pki_types::pem::PemObject;
+        let acceptor = cert.map(|c| {
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
+            let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let doc = Arc::new(Mutex::new(doc));
+        let docs = Arc::new(Mutex::new(BTreeMap::new()));
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (d, h) = (doc.clone(), hits.clone());
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let (d, h, r, w) = (docs.clone(), hits.clone(), refused.clone(), delay.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     continue;
                 };
-                let (d, h) = (d.clone(), h.clone());
+                let (d, h, r, w) = (d.clone(), h.clone(), r.clone(), w.clone());
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let body = d.lock().unwrap().clone();
+                        let doc = d.lock().unwrap().get(req.uri().path()).cloned();
+                        let wait = *w.lock().unwrap();
                         async move {
-                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                                Bytes::from(body),
-                            )))
+                            tokio::time::sleep(wait).await;
+                            let resp = match doc {
+                                Some(body) => http::Response::new(Full::new(Bytes::from(body))),
+                                None => http::Response::builder()
+                                    .status(404)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            };
+                            Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                        Some(a) => match a.accept(s).await {
+                            Ok(tls) => {
+                                let _ = http.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                            Err(_) => {
+                                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        },
+                    }
                 });
             }
         });
         JwksServer {
             addr,
-            doc,
+            docs,
             hits,
+            refused,
+            delay,
             task,
         }
     }
 
+    fn set(&self, path: &str, doc: String) {
+        self.docs.lock().unwrap().insert(path.to_string(), doc);
+    }
+
     fn hits(&self) -> usize {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -635,7 +696,7 @@ async fn jwks_uri_is_fetched_refreshed_and_fails_closed() {
     );
 
     // Rotation: k2 replaces k1 at the server; the next refresh takes it.
-    *server.doc.lock().unwrap() = jwks(&[&k2]);
+    server.set("/jwks", jwks(&[&k2]));
     meshtest::assert_eventually!(
         status(k2.token(&claims("c"))).await == 200,
         "the rotated key never verified"
@@ -680,4 +741,248 @@ async fn jwks_uri_is_fetched_refreshed_and_fails_closed() {
         (401, "Jwks remote fetch is failed")
     );
     assert_eq!(send(&client, out, "/", &[]).await.status, 200);
+}
+
+/// A RequestAuthentication with one rule, `rule` a YAML flow mapping.
+fn ra_rule(rule: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: remote, namespace: default}}\nspec:\n  jwtRules:\n  - {rule}\n"
+    )
+}
+
+/// Where a rule's keys come from and whether they verify: an `https://` jwksUri trusted
+/// through the mesh's roots (by IP address and by DNS name), one whose certificate the proxy
+/// must refuse (a CA outside the mesh, a name mismatch), OpenID discovery from the issuer over
+/// HTTP and HTTPS, a discovery document without `jwks_uri`, and the rule's fetch `timeout`.
+/// A source that fails never opens the door: a token gets 401, no token still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_keys_over_https_discovery_and_timeout_table() {
+    let key = Signer::ec("k1");
+    let set = jwks(&[&key]);
+    let mesh = Mesh::new();
+    // HTTPS with a certificate from the mesh's CA, which the proxy trusts with the public roots.
+    let trusted = JwksServer::serve(Some(mesh.ca.issue_server(&["127.0.0.1", "localhost"]))).await;
+    let t = trusted.addr.port();
+    trusted.set("/jwks", set.clone());
+    trusted.set(
+        "/.well-known/openid-configuration",
+        json!({"issuer": format!("https://localhost:{t}"), "jwks_uri": format!("https://localhost:{t}/jwks")}).to_string(),
+    );
+    let outside = meshtest::TestCa::new("outside-root");
+    let untrusted = JwksServer::serve(Some(outside.issue_server(&["127.0.0.1"]))).await;
+    untrusted.set("/jwks", set.clone());
+    let misnamed = JwksServer::serve(Some(mesh.ca.issue_server(&["other.example"]))).await;
+    misnamed.set("/jwks", set.clone());
+    let plain = JwksServer::serve(None).await;
+    let p = plain.addr.port();
+    plain.set(
+        "/idp/.well-known/openid-configuration",
+        json!({"jwks_uri": format!("http://127.0.0.1:{p}/keys")}).to_string(),
+    );
+    plain.set("/keys", set.clone());
+    plain.set(
+        "/bad/.well-known/openid-configuration",
+        json!({"issuer": format!("http://127.0.0.1:{p}/bad")}).to_string(),
+    );
+    let slow = JwksServer::serve(None).await;
+    slow.set("/jwks", set.clone());
+    *slow.delay.lock().unwrap() = Duration::from_secs(1);
+
+    // (case, issuer, the rule's key fields, the server it fetches from, verifies)
+    let cases: Vec<(&str, String, String, &JwksServer, bool)> = vec![
+        (
+            "https jwksUri, IP address",
+            "https://idp.test".into(),
+            format!("jwksUri: 'https://127.0.0.1:{t}/jwks'"),
+            &trusted,
+            true,
+        ),
+        (
+            "https jwksUri, DNS name",
+            "https://idp2.test".into(),
+            format!("jwksUri: 'https://localhost:{t}/jwks'"),
+            &trusted,
+            true,
+        ),
+        (
+            "https, CA outside the mesh",
+            "https://idp3.test".into(),
+            format!(
+                "jwksUri: 'https://127.0.0.1:{}/jwks'",
+                untrusted.addr.port()
+            ),
+            &untrusted,
+            false,
+        ),
+        (
+            "https, name mismatch",
+            "https://idp4.test".into(),
+            format!("jwksUri: 'https://127.0.0.1:{}/jwks'", misnamed.addr.port()),
+            &misnamed,
+            false,
+        ),
+        (
+            "OpenID discovery over http",
+            format!("http://127.0.0.1:{p}/idp"),
+            String::new(),
+            &plain,
+            true,
+        ),
+        (
+            "OpenID discovery over https",
+            format!("https://localhost:{t}"),
+            String::new(),
+            &trusted,
+            true,
+        ),
+        (
+            "discovery document without jwks_uri",
+            format!("http://127.0.0.1:{p}/bad"),
+            String::new(),
+            &plain,
+            false,
+        ),
+        (
+            "timeout shorter than the server's answer",
+            "https://idp5.test".into(),
+            format!(
+                "jwksUri: 'http://127.0.0.1:{}/jwks', timeout: 200ms",
+                slow.addr.port()
+            ),
+            &slow,
+            false,
+        ),
+        (
+            "timeout longer than the server's answer",
+            "https://idp6.test".into(),
+            format!(
+                "jwksUri: 'http://127.0.0.1:{}/jwks', timeout: 20s",
+                slow.addr.port()
+            ),
+            &slow,
+            true,
+        ),
+    ];
+    let echo = EchoServer::start("app").await;
+    let b = meshproxy::build(backend_cfg(
+        &mesh,
+        echo.port(),
+        1,
+        &ra_uri("http://127.0.0.1:1/none"),
+        "",
+    ))
+    .await
+    .unwrap();
+    let (_a, out) = client_proxy(&mesh, echo.port(), &b).await;
+    let client = http1_client();
+    for (i, (name, issuer, fields, server, verifies)) in cases.iter().enumerate() {
+        let sep = if fields.is_empty() { "" } else { ", " };
+        let ra = ra_rule(&format!("{{issuer: '{issuer}'{sep}{fields}}}"));
+        let before = (server.hits(), server.refused());
+        b.handle
+            .apply(backend_cfg(&mesh, echo.port(), 2 + i as u64, &ra, ""))
+            .unwrap();
+        let tok = key.token(&json!({"iss": issuer, "sub": "a", "exp": now() + 600}));
+        let auth = format!("Bearer {tok}");
+        if *verifies {
+            meshtest::assert_eventually!(
+                send(&client, out, "/", &[("authorization", &auth)])
+                    .await
+                    .status
+                    == 200,
+                "[{name}] the token never verified"
+            );
+        } else {
+            // The proxy tried (and retried) the source: then a token is refused.
+            meshtest::assert_eventually!(
+                server.hits() + server.refused() >= before.0 + before.1 + 2,
+                "[{name}] the proxy never tried its key source"
+            );
+            let seen = send(&client, out, "/", &[("authorization", &auth)]).await;
+            assert_eq!(
+                (seen.status, seen.body.as_str()),
+                (401, "Jwks remote fetch is failed"),
+                "[{name}]"
+            );
+        }
+        assert_eq!(
+            send(&client, out, "/", &[]).await.status,
+            200,
+            "[{name}] no token"
+        );
+    }
+}
+
+/// A CONNECT request is authenticated like any other, and what reaches the application (a
+/// forward proxy) follows the rule: the token header is removed unless `forwardOriginalToken`,
+/// claim headers are added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_token_header_follows_forward_original_token() {
+    let key = Signer::ec("c1");
+    let mesh = Mesh::new();
+    let (app, seen) = connect_app().await;
+    let rule = |forward: bool| {
+        ra_rule(&format!(
+            "{{issuer: https://c.example, jwks: '{}', forwardOriginalToken: {forward}, outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]}}",
+            jwks(&[&key])
+        ))
+    };
+    let b = meshproxy::build(backend_cfg(&mesh, app.port(), 1, &rule(false), ""))
+        .await
+        .unwrap();
+    let (_a, out) = client_proxy(&mesh, app.port(), &b).await;
+    let tok = key.token(&json!({"iss": "https://c.example", "sub": "carol", "exp": now() + 600}));
+    // (forwardOriginalToken, token, status, the app sees the token, the app sees x-jwt-sub)
+    let cases = [
+        (false, tok.clone(), 200, false, true),
+        (true, tok.clone(), 200, true, true),
+        (false, flip_signature(&tok), 401, false, false),
+    ];
+    for (i, (forward, token, status, token_seen, sub_seen)) in cases.into_iter().enumerate() {
+        b.handle
+            .apply(backend_cfg(
+                &mesh,
+                app.port(),
+                2 + i as u64,
+                &rule(forward),
+                "",
+            ))
+            .unwrap();
+        let before = seen.lock().unwrap().len();
+        let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut s,
+            format!(
+                "CONNECT api.example.test:443 HTTP/1.1\r\nHost: api.example.test:443\r\nAuthorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "[case {i}] {head}"
+        );
+        let heads = seen.lock().unwrap().clone();
+        if status != 200 {
+            assert_eq!(
+                heads.len(),
+                before,
+                "[case {i}] a refused CONNECT reached the app"
+            );
+            continue;
+        }
+        let got = heads[before..].join("").to_ascii_lowercase();
+        assert_eq!(
+            got.contains("authorization: bearer"),
+            token_seen,
+            "[case {i}] {got}"
+        );
+        assert_eq!(
+            got.contains("x-jwt-sub: carol"),
+            sub_seen,
+            "[case {i}] {got}"
+        );
+    }
 }

@@ -337,8 +337,58 @@ async fn both_sides_report_istios_request_and_tcp_metrics_with_istios_labels() {
             Some(10.0)
         );
         assert!(!text.contains("response_code=\"0\""), "{text}");
+        // The certificates' expiry, and the proxy-wide series, through prometheus-client.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let workload = value(
+            &text,
+            "meshproxy_cert_expiry_timestamp_seconds",
+            &[("cert", "workload")],
+        )
+        .unwrap_or_else(|| panic!("no workload cert expiry:\n{text}"));
+        let root = value(
+            &text,
+            "meshproxy_cert_expiry_timestamp_seconds",
+            &[("cert", "root")],
+        )
+        .unwrap_or_else(|| panic!("no root cert expiry:\n{text}"));
+        assert!(
+            workload > now && root >= workload,
+            "{workload} {root} {now}"
+        );
+        let left: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("istio_agent_cert_expiry_seconds ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no istio_agent_cert_expiry_seconds:\n{text}"));
+        assert!(
+            (left - (workload - now)).abs() < 120.0,
+            "{left} vs {workload} - {now}"
+        );
+        for family in [
+            "# TYPE meshproxy_upstream_pooled_connections gauge",
+            "# TYPE meshproxy_authz_decisions_total counter",
+            "# TYPE meshproxy_cluster_overflow_total counter",
+            "# TYPE meshproxy_access_log_dropped_total counter",
+        ] {
+            assert_eq!(text.matches(family).count(), 1, "{family}:\n{text}");
+        }
         promtool_accepts(&text).await;
     }
+    // The client's cluster to the backend is listed with its overflow series.
+    let text = scrape(&p.client).await;
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("meshproxy_cluster_overflow_total{cluster=\"outbound|")
+                && l.contains("resource=\"connections\"")
+        ),
+        "{text}"
+    );
 }
 
 const TELEMETRY: &str = r#"apiVersion: telemetry.istio.io/v1

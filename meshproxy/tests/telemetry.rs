@@ -571,3 +571,163 @@ async fn a_tcp_connection_is_one_access_log_line_per_proxy_with_its_bytes() {
         assert_eq!(line[peer_key], peer.as_str(), "{line}");
     }
 }
+
+/// The `_sum` of one `istio_request_bytes` series whose labels include `reporter`.
+fn request_bytes_sum(text: &str, reporter: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with("istio_request_bytes_sum{"))
+        .find(|l| l.contains(&format!("reporter=\"{reporter}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_counts_its_bytes_in_the_access_log_and_metrics() {
+    let mesh = Mesh::new();
+    let echo = EchoServer::start("echo").await;
+    let (a, b, a_log, b_log, out) = pair(&mesh, &echo, "JSON", 0.0, None).await;
+    // As curl sends a body it reads from a pipe: chunked, no content-length.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: backend\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut resp))
+        .await
+        .expect("response in time")
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(echo.last().unwrap().body, &b"hello, world"[..]);
+    for (log, side) in [(&a_log, "client"), (&b_log, "server")] {
+        assert_eventually!(log.lines().len() == 1, "{side} lines: {:?}", log.lines());
+        let line: serde_json::Value = serde_json::from_str(&log.lines()[0]).unwrap();
+        assert_eq!(line["bytes_received"], 12, "{side}: {line}");
+    }
+    let client = http1_client();
+    for (proxy, reporter) in [(&a, "source"), (&b, "destination")] {
+        let (_, _, text) = get(&client, &format!("http://{}/stats/prometheus", proxy.stats)).await;
+        assert_eq!(
+            request_bytes_sum(&text, reporter),
+            Some(12.0),
+            "istio_request_bytes ({reporter}):\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connection_that_never_reaches_its_upstream_is_logged_with_its_flag() {
+    let mesh = Mesh::new();
+    // Nothing listens on the application port behind B (a port taken and released).
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let b_yaml = format!(
+        "{}inbound:\n  - {{ port: {port}, protocol: tcp, mode: STRICT }}\n{}",
+        base_yaml(&mesh.identity_yaml("backend"), 1),
+        telemetry_yaml("JSON", 0.0, None)
+    );
+    let (b_log, b_sink) = LogPipe::start();
+    let b = meshproxy::build_with(parse(&b_yaml), options(b_sink))
+        .await
+        .unwrap();
+    // A's endpoint for the service is B; a second client proxy's endpoint is a closed port.
+    let a_yaml = format!(
+        "{}{}",
+        client_yaml(
+            &mesh.identity_yaml("frontend"),
+            1,
+            VIP,
+            "tcp",
+            port,
+            &[(b.inbound, "backend")],
+        ),
+        telemetry_yaml("TEXT", 0.0, None)
+    );
+    let (a_log, a_sink) = LogPipe::start();
+    let a = meshproxy::build_with(parse(&a_yaml), options(a_sink))
+        .await
+        .unwrap();
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(a.outbound(VIP.parse().unwrap()).unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+        .await
+        .expect("the proxies neither answered nor closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    // B could not reach its application: one line, UF, no bytes.
+    assert_eventually!(b_log.lines().len() == 1, "B lines: {:?}", b_log.lines());
+    let line: serde_json::Value = serde_json::from_str(&b_log.lines()[0]).unwrap();
+    assert_eq!(line["protocol"], "TCP", "{line}");
+    assert_eq!(line["response_flags"], "UF", "{line}");
+    assert_eq!(
+        line["response_code_details"], "upstream_reset_before_response_started{connection_failure}",
+        "{line}"
+    );
+    assert_eq!(line["bytes_received"], 0, "{line}");
+    assert_eq!(line["downstream_peer_uri_san"], spiffe("frontend").as_str());
+    assert_eq!(
+        line["upstream_host"],
+        format!("127.0.0.1:{port}").as_str(),
+        "{line}"
+    );
+    // A reached B (its upstream), so its own line is a plain connection with no flag.
+    assert_eventually!(a_log.lines().len() == 1, "A lines: {:?}", a_log.lines());
+    let a_line = meshapi::telemetry::access_log::AccessLogLine::parse(&a_log.lines()[0]).unwrap();
+    assert_eq!(a_line.response_flags, "-", "{a_line:?}");
+
+    // A client proxy whose endpoint does not listen: UF on the client side, and Istio's TCP
+    // metrics count it opened and closed.
+    let c_yaml = format!(
+        "{}{}",
+        client_yaml(
+            &mesh.identity_yaml("frontend"),
+            1,
+            VIP,
+            "tcp",
+            port,
+            &[(SocketAddr::from(([127, 0, 0, 1], port)), "backend")],
+        ),
+        telemetry_yaml("TEXT", 0.0, None)
+    );
+    let (c_log, c_sink) = LogPipe::start();
+    let c = meshproxy::build_with(parse(&c_yaml), options(c_sink))
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(c.outbound(VIP.parse().unwrap()).unwrap())
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+        .await
+        .expect("the proxy neither answered nor closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert_eventually!(c_log.lines().len() == 1, "C lines: {:?}", c_log.lines());
+    let f = text_fields(&c_log.lines()[0]);
+    assert_eq!(f.len(), 24, "{f:?}");
+    assert_eq!((f[1].as_str(), f[3].as_str()), ("- - TCP", "UF"), "{f:?}");
+    assert_eq!(
+        f[23],
+        spiffe("backend"),
+        "the identity it had to present: {f:?}"
+    );
+    let (_, _, text) = get(
+        &http1_client(),
+        &format!("http://{}/stats/prometheus", c.stats),
+    )
+    .await;
+    for name in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_connections_closed_total",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(line.contains("response_flags=\"UF\""), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+}

@@ -26,6 +26,9 @@ pub struct LeafOptions {
     pub is_ca: bool,
     /// Leave digitalSignature out of keyUsage.
     pub no_digital_signature: bool,
+    /// DNS names and IP addresses (SANs) of a server certificate, e.g. an HTTPS server a
+    /// proxy fetches from.
+    pub hosts: Vec<String>,
 }
 
 /// A certificate chain and its private key, PEM-encoded.
@@ -83,6 +86,14 @@ impl TestCa {
         })
     }
 
+    /// A server certificate for `hosts` (DNS names or IP addresses), no URI.
+    pub fn issue_server(&self, hosts: &[&str]) -> Workload {
+        self.issue_with(LeafOptions {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
     /// A certificate shaped by `opts` (possibly deliberately bad).
     pub fn issue_with(&self, opts: LeafOptions) -> Workload {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -93,6 +104,10 @@ impl TestCa {
             .uris
             .iter()
             .map(|u| SanType::URI(u.as_str().try_into().unwrap()))
+            .chain(opts.hosts.iter().map(|h| match h.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(h.as_str().try_into().unwrap()),
+            }))
             .collect();
         if opts.expired {
             params.not_before = date_time_ymd(2020, 1, 1);

@@ -162,15 +162,16 @@ impl RemoteKeys {
     }
 }
 
-/// A `jwksUri` a proxy can fetch: `http://` or `https://` with a host.
+/// A URL a proxy can fetch keys from (`jwksUri`, an issuer to discover, a discovered
+/// `jwks_uri`): `http://` or `https://` with a host.
 pub(crate) fn check_uri(uri: &str) -> Result<(), String> {
     let rest = uri
         .strip_prefix("http://")
         .or_else(|| uri.strip_prefix("https://"))
-        .ok_or_else(|| format!("jwksUri {uri:?} must start with http:// or https://"))?;
+        .ok_or_else(|| format!("{uri:?} must start with http:// or https://"))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() {
-        return Err(format!("jwksUri {uri:?} has no host"));
+        return Err(format!("{uri:?} has no host"));
     }
     Ok(())
 }

@@ -2,6 +2,9 @@
 //! or JSON, Istio's `accessLogFile`/`accessLogEncoding`), on or off per workload (Telemetry
 //! `accessLogging`).
 
+use std::fmt;
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// `telemetry.accessLog` in the proxy config.
@@ -69,50 +72,42 @@ pub struct AccessLogLine {
 }
 
 impl AccessLogLine {
-    /// The line in `encoding`, newline included. Text is Istio's default format
-    /// (`%CONNECTION_TERMINATION_DETAILS%`, `%UPSTREAM_TRANSPORT_FAILURE_REASON%` and
-    /// `%UPSTREAM_LOCAL_ADDRESS%` are always `-`) followed by the two peer identities:
-    ///
-    /// `[START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS DETAILS - "-" RECEIVED SENT DURATION
-    /// SERVICE_TIME "XFF" "USER_AGENT" "REQUEST_ID" "AUTHORITY" "UPSTREAM_HOST" CLUSTER -
-    /// LOCAL_ADDRESS REMOTE_ADDRESS SNI ROUTE DOWNSTREAM_PEER UPSTREAM_PEER`
+    /// The line in `encoding`, newline included (see [`LineRef::write`]).
     pub fn render(&self, encoding: AccessLogEncoding) -> String {
-        match encoding {
-            AccessLogEncoding::Json => {
-                let mut s = serde_json::to_string(self).unwrap_or_default();
-                s.push('\n');
-                s
-            }
-            AccessLogEncoding::Text => {
-                let d = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-                format!(
-                    "[{}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} {} {} {} {}\n",
-                    self.start_time,
-                    d(&self.method),
-                    d(&self.path),
-                    self.protocol,
-                    self.response_code,
-                    self.response_flags,
-                    self.response_code_details,
-                    self.bytes_received,
-                    self.bytes_sent,
-                    self.duration,
-                    self.upstream_service_time
-                        .map_or_else(|| "-".to_string(), |t| t.to_string()),
-                    d(&self.x_forwarded_for),
-                    d(&self.user_agent),
-                    d(&self.request_id),
-                    d(&self.authority),
-                    d(&self.upstream_host),
-                    d(&self.upstream_cluster),
-                    d(&self.downstream_local_address),
-                    d(&self.downstream_remote_address),
-                    d(&self.requested_server_name),
-                    d(&self.route_name),
-                    d(&self.downstream_peer_uri_san),
-                    d(&self.upstream_peer_uri_san),
-                )
-            }
+        let mut out = Vec::with_capacity(256);
+        self.as_ref().write(encoding, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The same fields, borrowed.
+    pub fn as_ref(&self) -> LineRef<'_> {
+        fn s(v: &Option<String>) -> Val<'_> {
+            v.as_deref().map_or(Val::None, Val::Str)
+        }
+        LineRef {
+            start_time: &self.start_time,
+            method: s(&self.method),
+            path: s(&self.path),
+            protocol: &self.protocol,
+            response_code: self.response_code,
+            response_flags: &self.response_flags,
+            response_code_details: &self.response_code_details,
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            duration: self.duration,
+            upstream_service_time: self.upstream_service_time,
+            x_forwarded_for: s(&self.x_forwarded_for),
+            user_agent: s(&self.user_agent),
+            request_id: s(&self.request_id),
+            authority: s(&self.authority),
+            upstream_host: s(&self.upstream_host),
+            upstream_cluster: s(&self.upstream_cluster),
+            downstream_local_address: s(&self.downstream_local_address),
+            downstream_remote_address: s(&self.downstream_remote_address),
+            requested_server_name: s(&self.requested_server_name),
+            route_name: s(&self.route_name),
+            downstream_peer_uri_san: s(&self.downstream_peer_uri_san),
+            upstream_peer_uri_san: s(&self.upstream_peer_uri_san),
         }
     }
 
@@ -182,6 +177,206 @@ fn split_text(line: &str) -> Option<Vec<&str>> {
     Some(out)
 }
 
+/// One field's value, borrowed from wherever the proxy keeps it (a header, an address, an
+/// identity): formatted straight into the line, never copied into a `String` first.
+#[derive(Clone, Copy)]
+pub enum Val<'a> {
+    /// Envoy's `-` (JSON `null`).
+    None,
+    Str(&'a str),
+    Addr(SocketAddr),
+    Display(&'a (dyn fmt::Display + Sync)),
+}
+
+impl fmt::Display for Val<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Val::None => f.write_str("-"),
+            Val::Str(s) => f.write_str(s),
+            Val::Addr(a) => fmt::Display::fmt(a, f),
+            Val::Display(d) => d.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Val<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Val::None => s.serialize_none(),
+            Val::Str(v) => s.serialize_str(v),
+            other => s.collect_str(other),
+        }
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Val<'a> {
+    fn from(v: Option<&'a str>) -> Val<'a> {
+        v.map_or(Val::None, Val::Str)
+    }
+}
+
+impl From<Option<SocketAddr>> for Val<'_> {
+    fn from(v: Option<SocketAddr>) -> Self {
+        v.map_or(Val::None, Val::Addr)
+    }
+}
+
+/// An [`AccessLogLine`]'s fields borrowed: what the proxy writes on its hot path without
+/// building the owned line (`start_time` is anything that displays as RFC 3339).
+#[derive(Clone, Copy)]
+pub struct LineRef<'a> {
+    pub start_time: &'a (dyn fmt::Display + Sync),
+    pub method: Val<'a>,
+    pub path: Val<'a>,
+    pub protocol: &'a str,
+    pub response_code: u16,
+    pub response_flags: &'a str,
+    pub response_code_details: &'a str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub duration: u64,
+    pub upstream_service_time: Option<u64>,
+    pub x_forwarded_for: Val<'a>,
+    pub user_agent: Val<'a>,
+    pub request_id: Val<'a>,
+    pub authority: Val<'a>,
+    pub upstream_host: Val<'a>,
+    pub upstream_cluster: Val<'a>,
+    pub downstream_local_address: Val<'a>,
+    pub downstream_remote_address: Val<'a>,
+    pub requested_server_name: Val<'a>,
+    pub route_name: Val<'a>,
+    pub downstream_peer_uri_san: Val<'a>,
+    pub upstream_peer_uri_san: Val<'a>,
+}
+
+impl LineRef<'_> {
+    /// Appends the line in `encoding` to `out`, newline included. Text is Istio's default
+    /// format (`%CONNECTION_TERMINATION_DETAILS%`, `%UPSTREAM_TRANSPORT_FAILURE_REASON%` and
+    /// `%UPSTREAM_LOCAL_ADDRESS%` are always `-`) followed by the two peer identities:
+    ///
+    /// `[START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS DETAILS - "-" RECEIVED SENT DURATION
+    /// SERVICE_TIME "XFF" "USER_AGENT" "REQUEST_ID" "AUTHORITY" "UPSTREAM_HOST" CLUSTER -
+    /// LOCAL_ADDRESS REMOTE_ADDRESS SNI ROUTE DOWNSTREAM_PEER UPSTREAM_PEER`
+    ///
+    /// JSON is one object with [`AccessLogLine`]'s keys, `null` for `-`.
+    pub fn write(&self, encoding: AccessLogEncoding, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let start = out.len();
+        let ok = match encoding {
+            AccessLogEncoding::Json => serde_json::to_writer(&mut *out, self).is_ok(),
+            AccessLogEncoding::Text => {
+                let r = write!(
+                    out,
+                    "[{}] \"{} {} {}\" {} {} {} - \"-\" {} {} {} ",
+                    self.start_time,
+                    self.method,
+                    self.path,
+                    self.protocol,
+                    self.response_code,
+                    self.response_flags,
+                    self.response_code_details,
+                    self.bytes_received,
+                    self.bytes_sent,
+                    self.duration,
+                );
+                let r = r.and_then(|()| match self.upstream_service_time {
+                    Some(t) => write!(out, "{t}"),
+                    None => out.write_all(b"-"),
+                });
+                r.and_then(|()| {
+                    write!(
+                        out,
+                        " \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - {} {} {} {} {} {}",
+                        self.x_forwarded_for,
+                        self.user_agent,
+                        self.request_id,
+                        self.authority,
+                        self.upstream_host,
+                        self.upstream_cluster,
+                        self.downstream_local_address,
+                        self.downstream_remote_address,
+                        self.requested_server_name,
+                        self.route_name,
+                        self.downstream_peer_uri_san,
+                        self.upstream_peer_uri_san,
+                    )
+                })
+                .is_ok()
+            }
+        };
+        if ok {
+            out.push(b'\n');
+        } else {
+            out.truncate(start);
+        }
+    }
+
+    /// The owned line (for a span's attributes).
+    pub fn to_owned_line(&self) -> AccessLogLine {
+        let s = |v: Val<'_>| match v {
+            Val::None => None,
+            v => Some(v.to_string()),
+        };
+        AccessLogLine {
+            start_time: self.start_time.to_string(),
+            method: s(self.method),
+            path: s(self.path),
+            protocol: self.protocol.to_string(),
+            response_code: self.response_code,
+            response_flags: self.response_flags.to_string(),
+            response_code_details: self.response_code_details.to_string(),
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            duration: self.duration,
+            upstream_service_time: self.upstream_service_time,
+            x_forwarded_for: s(self.x_forwarded_for),
+            user_agent: s(self.user_agent),
+            request_id: s(self.request_id),
+            authority: s(self.authority),
+            upstream_host: s(self.upstream_host),
+            upstream_cluster: s(self.upstream_cluster),
+            downstream_local_address: s(self.downstream_local_address),
+            downstream_remote_address: s(self.downstream_remote_address),
+            requested_server_name: s(self.requested_server_name),
+            route_name: s(self.route_name),
+            downstream_peer_uri_san: s(self.downstream_peer_uri_san),
+            upstream_peer_uri_san: s(self.upstream_peer_uri_san),
+        }
+    }
+}
+
+impl Serialize for LineRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("AccessLogLine", 23)?;
+        m.serialize_field("start_time", &Val::Display(self.start_time))?;
+        m.serialize_field("method", &self.method)?;
+        m.serialize_field("path", &self.path)?;
+        m.serialize_field("protocol", self.protocol)?;
+        m.serialize_field("response_code", &self.response_code)?;
+        m.serialize_field("response_flags", self.response_flags)?;
+        m.serialize_field("response_code_details", self.response_code_details)?;
+        m.serialize_field("bytes_received", &self.bytes_received)?;
+        m.serialize_field("bytes_sent", &self.bytes_sent)?;
+        m.serialize_field("duration", &self.duration)?;
+        m.serialize_field("upstream_service_time", &self.upstream_service_time)?;
+        m.serialize_field("x_forwarded_for", &self.x_forwarded_for)?;
+        m.serialize_field("user_agent", &self.user_agent)?;
+        m.serialize_field("request_id", &self.request_id)?;
+        m.serialize_field("authority", &self.authority)?;
+        m.serialize_field("upstream_host", &self.upstream_host)?;
+        m.serialize_field("upstream_cluster", &self.upstream_cluster)?;
+        m.serialize_field("downstream_local_address", &self.downstream_local_address)?;
+        m.serialize_field("downstream_remote_address", &self.downstream_remote_address)?;
+        m.serialize_field("requested_server_name", &self.requested_server_name)?;
+        m.serialize_field("route_name", &self.route_name)?;
+        m.serialize_field("downstream_peer_uri_san", &self.downstream_peer_uri_san)?;
+        m.serialize_field("upstream_peer_uri_san", &self.upstream_peer_uri_san)?;
+        m.end()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -234,6 +429,10 @@ mod tests {
             AccessLogLine::parse(&tcp.render(AccessLogEncoding::Text)),
             Some(tcp)
         );
+        // The borrowed writer's JSON is the owned line's serde encoding, key for key.
+        let json = line().render(AccessLogEncoding::Json);
+        assert_eq!(json.trim_end(), serde_json::to_string(&line()).unwrap());
+        assert_eq!(line().as_ref().to_owned_line(), line());
         assert_eq!(
             AccessLogLine::parse("2026-12-07T19:00:00Z INFO meshproxy started"),
             None

@@ -10,10 +10,7 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use clap::Args;
 use meshapi::diag::Severity;
-use meshapi::dns::{VipAllocator, VipRange};
 use meshapi::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
-use meshmodel::compile::{self, CompileInput, HostPlacement, ProxyKey};
-use meshmodel::model::Inventory;
 
 use super::api::{Expiry, ReloadResponse, StatusReport, rough_duration};
 use super::client::{RECONNECT_BUDGET, call_with_backoff};
@@ -267,44 +264,14 @@ pub fn proxy_config(project: &ProjectArgs, args: &ProxyConfigArgs) -> anyhow::Re
         }
         return Ok(ExitCode::from(1));
     }
-    let mesh = &loaded.mesh;
-    let inventory = Inventory::from_compose(mesh.compose.as_ref());
-    let mut vips =
-        VipAllocator::load_or_new(&state_dir(project).join("vips.json"), VipRange::default())?;
-    vips.sync(
-        meshmodel::compile::vip_services(mesh, &inventory)
-            .iter()
-            .map(|(ns, n)| (ns.as_str(), n.as_str())),
-    )?;
-    let workload = if inventory
-        .workloads
-        .iter()
-        .any(|w| w.compose_name == args.service)
-    {
-        args.service.clone()
-    } else {
-        let mut of_service: Vec<&str> = inventory
-            .workloads
-            .iter()
-            .filter(|w| w.service == args.service)
-            .map(|w| w.compose_name.as_str())
-            .collect();
-        of_service.sort_unstable();
-        match of_service.first() {
-            Some(w) => (*w).to_string(),
-            None => bail!(
-                "no compose service or mesh service named {:?}",
-                args.service
-            ),
-        }
+    let offline = crate::explain::Offline::new(&loaded, &state_dir(project))?;
+    let Some(workload) = offline.workload(&args.service) else {
+        bail!(
+            "no compose service or mesh service named {:?}",
+            args.service
+        );
     };
-    let placement = HostPlacement::new(&inventory, compile::DEFAULT_HOST_BASE_PORT);
-    let input = CompileInput::new(mesh, &inventory, &vips, &placement, 0);
-    let key = ProxyKey {
-        workload,
-        instance: args.instance,
-    };
-    let cfg = compile::compile_proxy(&input, &key)?;
+    let cfg = offline.compile(&workload, args.instance)?;
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
     if args.json {

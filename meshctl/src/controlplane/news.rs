@@ -143,6 +143,7 @@ mod tests {
             remote: None,
             proxy_epoch: None,
             ready_since_ms: None,
+            stats: None,
         };
         let n = news(&status(clean, vec![nack]));
         assert_eq!(n.len(), 1);

@@ -24,6 +24,23 @@ pub struct Pushed {
     pub identity: SpiffeId,
     /// The whole `ConfigResponse` body, JSON.
     pub body: Bytes,
+    /// Where the config tells the proxy to serve `/stats/prometheus` (`admin.stats`).
+    pub stats: Option<SocketAddr>,
+}
+
+/// `admin.stats` of a proxy config's JSON (the rest is not read).
+fn stats_of(json: &[u8]) -> Option<SocketAddr> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        admin: Option<Admin>,
+    }
+    #[derive(Deserialize)]
+    struct Admin {
+        #[serde(default)]
+        stats: Option<SocketAddr>,
+    }
+    serde_json::from_slice::<Config>(json).ok()?.admin?.stats
 }
 
 /// Everything pushed at one revision.
@@ -65,6 +82,11 @@ pub struct ProxyStatus {
     /// When it first reported that epoch (it served from then on), Unix ms.
     #[serde(default)]
     pub ready_since_ms: Option<u64>,
+    /// Where it serves `/stats/prometheus`, as reachable from where the control plane runs:
+    /// its config's `admin.stats`, a wildcard address replaced by the address the proxy
+    /// polls from (a container's address on its network). `None` until known.
+    #[serde(default)]
+    pub stats: Option<String>,
 }
 
 /// Result of waiting for ACKs of a revision.
@@ -202,6 +224,7 @@ impl PushState {
                     version: revision,
                     identity,
                     body: body(self.epoch, revision, &json),
+                    stats: stats_of(&json),
                 };
                 proxies.insert(key, Arc::new(pushed));
             }
@@ -326,6 +349,13 @@ impl PushState {
                     remote: t.and_then(|t| t.remote.map(|r| r.to_string())),
                     proxy_epoch: t.and_then(|t| t.ready.map(|r| r.0)),
                     ready_since_ms: t.and_then(|t| t.ready.map(|r| unix_ms(r.1))),
+                    stats: p.stats.and_then(|s| {
+                        if !s.ip().is_unspecified() {
+                            return Some(s.to_string());
+                        }
+                        let from = t.and_then(|t| t.remote)?;
+                        Some(SocketAddr::new(from.ip(), s.port()).to_string())
+                    }),
                 }
             })
             .collect()

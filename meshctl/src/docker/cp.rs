@@ -4,6 +4,7 @@
 //! gateway (`<gw>:15012`), where the sidecars reach it, and reads the pods' inbound addresses
 //! from `.mesh/placement.json`, written by `up` before it starts.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,6 +40,9 @@ pub struct PlacementFile {
     /// Where the control plane listens (`<gateway>:15012`).
     pub listen: SocketAddr,
     pub proxies: Vec<PlacedProxy>,
+    /// Ports the images EXPOSE of services that declare none (compose name -> ports).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_ports: BTreeMap<String, Vec<u16>>,
 }
 
 impl PlacementFile {
@@ -55,6 +59,7 @@ impl PlacementFile {
                     inbound: *a,
                 })
                 .collect(),
+            image_ports: BTreeMap::new(),
         }
     }
 
@@ -94,8 +99,10 @@ pub fn config(project: &ProjectSpec, placement: &PlacementFile, print: bool) -> 
         ..ApiConfig::default()
     };
     api.server_names.push(placement.listen.ip().to_string());
+    let mut project = project.clone();
+    project.image_ports = placement.image_ports.clone();
     ControlPlaneConfig {
-        project: project.clone(),
+        project,
         api,
         placement: PlacementSpec::Container(placement.placement()),
         print,

@@ -45,6 +45,29 @@ pub async fn image_id(engine: &Engine, name: &str) -> Result<Option<String>, Doc
     }
 }
 
+/// The TCP ports image `id` EXPOSEs (its `ExposedPorts`), sorted.
+pub async fn exposed_ports(engine: &Engine, id: &str) -> Result<Vec<u16>, DockerError> {
+    let i = engine
+        .docker
+        .inspect_image(id)
+        .await
+        .map_err(DockerError::api(format!("inspecting image {id}")))?;
+    let mut ports: Vec<u16> = i
+        .config
+        .and_then(|c| c.exposed_ports)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| match p.split_once('/') {
+            Some((n, "tcp")) => n.parse().ok(),
+            Some(_) => None,
+            None => p.parse().ok(),
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
+}
+
 async fn image_label(engine: &Engine, name: &str, key: &str) -> Option<String> {
     let i = engine.docker.inspect_image(name).await.ok()?;
     i.config?.labels?.get(key).cloned()

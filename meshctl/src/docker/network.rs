@@ -2,10 +2,11 @@
 //! (where the control plane listens), meshdns (`.2`) and every sidecar (`.10` up) have
 //! addresses known before anything starts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+use meshmodel::compose::{ComposeFile, NetworkDef};
 
 use super::engine::Engine;
 use super::{DockerError, LABEL_COMPOSE_PROJECT, LABEL_PROJECT};
@@ -126,6 +127,95 @@ pub async fn ensure(engine: &Engine, project: &str) -> Result<(ProjectNetwork, b
         }
     }
     Err(DockerError::NoSubnet)
+}
+
+/// The engine name of compose network `key`: its `name:`, else `<project>_<key>` (an
+/// external network: `<key>`), as compose names them.
+pub fn named_network_name(project: &str, key: &str, def: Option<&NetworkDef>) -> String {
+    match def {
+        Some(d) if d.name.is_some() => d.name.clone().unwrap_or_default(),
+        Some(d) if d.external == Some(true) => key.to_string(),
+        _ => format!("{project}_{key}"),
+    }
+}
+
+/// Finds or creates every compose network other than `default` (bridges with the `ipam`
+/// subnets written, else one the engine picks), labelled with the project so `down` removes
+/// them; an external network must exist and is left alone. Returns compose key -> engine
+/// name, and the networks created.
+pub async fn ensure_named(
+    engine: &Engine,
+    project: &str,
+    compose: &ComposeFile,
+) -> Result<(BTreeMap<String, String>, Vec<String>), DockerError> {
+    let mut names = BTreeMap::new();
+    let mut created = Vec::new();
+    let existing: Vec<String> = engine
+        .networks(project)
+        .await?
+        .into_iter()
+        .filter_map(|n| n.name)
+        .collect();
+    for (key, def) in compose.networks.iter().filter(|(k, _)| *k != "default") {
+        let name = named_network_name(project, key, def.as_ref());
+        names.insert(key.clone(), name.clone());
+        let def = def.clone().unwrap_or_default();
+        if def.external == Some(true) {
+            engine
+                .docker
+                .inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>)
+                .await
+                .map_err(|e| DockerError::Network {
+                    name: name.clone(),
+                    message: format!(
+                        "is declared external but cannot be used ({e}); create it with `docker network create {name}`"
+                    ),
+                })?;
+            continue;
+        }
+        if existing.contains(&name) {
+            continue;
+        }
+        let mut labels: HashMap<String, String> = def.labels.clone().into_iter().collect();
+        labels.extend([
+            (LABEL_PROJECT.to_string(), project.to_string()),
+            (LABEL_COMPOSE_PROJECT.to_string(), project.to_string()),
+            ("com.docker.compose.network".to_string(), key.clone()),
+        ]);
+        let ipam = def.ipam.as_ref().map(|i| Ipam {
+            driver: Some(i.driver.clone().unwrap_or_else(|| "default".into())),
+            config: Some(
+                i.config
+                    .iter()
+                    .map(|c| IpamConfig {
+                        subnet: c.subnet.clone(),
+                        ip_range: c.ip_range.clone(),
+                        gateway: c.gateway.clone(),
+                        auxiliary_addresses: (!c.aux_addresses.is_empty())
+                            .then(|| c.aux_addresses.clone().into_iter().collect()),
+                    })
+                    .collect(),
+            ),
+            options: (!i.options.is_empty()).then(|| i.options.clone().into_iter().collect()),
+        });
+        let req = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            internal: def.internal,
+            attachable: def.attachable,
+            ipam,
+            options: (!def.driver_opts.is_empty())
+                .then(|| def.driver_opts.clone().into_iter().collect()),
+            labels: Some(labels),
+            ..NetworkCreateRequest::default()
+        };
+        match engine.docker.create_network(req).await {
+            Ok(_) => created.push(name),
+            Err(e) if super::is_conflict(&e) => {}
+            Err(e) => return Err(DockerError::api(format!("creating network {name}"))(e)),
+        }
+    }
+    Ok((names, created))
 }
 
 fn from_ipam(name: &str, ipam: Option<&Ipam>) -> Result<ProjectNetwork, DockerError> {

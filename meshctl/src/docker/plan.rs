@@ -41,6 +41,8 @@ pub struct PlanInput<'a> {
     pub project_dir: &'a Path,
     pub compose: &'a ComposeFile,
     pub network: &'a ProjectNetwork,
+    /// Engine name of each compose network other than `default` (`network::ensure_named`).
+    pub networks: &'a BTreeMap<String, String>,
     /// Sidecar image name and ID.
     pub proxy_image: (&'a str, &'a str),
     /// Image name and ID of each compose service.
@@ -57,9 +59,13 @@ pub struct PlanInput<'a> {
 #[derive(Debug, Clone)]
 pub struct PodPlan {
     pub service: String,
+    /// In the mesh; false (`x-mesh.enabled: false`): no sidecar, the app alone on the
+    /// networks at `ip` (`sidecar*` fields unused).
+    pub meshed: bool,
     pub instance: u32,
     pub mesh_service: String,
-    pub identity: SpiffeId,
+    /// The sidecar's identity; none when not meshed.
+    pub identity: Option<SpiffeId>,
     pub ip: Ipv4Addr,
     pub sidecar_name: String,
     pub app_name: String,
@@ -68,6 +74,9 @@ pub struct PodPlan {
     pub sidecar_hash: String,
     pub app: ContainerCreateBody,
     pub app_hash: String,
+    /// The compose networks besides the mesh network, connected before start (engine name,
+    /// endpoint with aliases and fixed address): the sidecar's, or the app's when not meshed.
+    pub networks: Vec<(String, EndpointSettings)>,
     /// The app has a healthcheck (compose's or the image's is not known here: compose's).
     pub has_healthcheck: bool,
 }
@@ -90,6 +99,7 @@ impl Plan {
         meshmodel::compile::FixedPlacement(
             self.pods
                 .iter()
+                .filter(|p| p.meshed)
                 .map(|p| {
                     (
                         (p.service.clone(), p.instance),
@@ -110,8 +120,6 @@ pub enum PlanError {
     Service { service: String, message: String },
     #[error("depends_on cycle through {0}")]
     Cycle(String),
-    #[error("compose networks: {0}")]
-    Networks(String),
 }
 
 /// Container name of replica `instance` (0-based) of `service`: compose's `<project>-<service>-<n>`.
@@ -124,55 +132,97 @@ pub fn sidecar_name(project: &str, service: &str, instance: u32) -> String {
     format!("{}-proxy", app_name(project, service, instance))
 }
 
-/// Compose `networks:` that `up` serves: only the implicit `default` network, which is the
-/// project's `<project>_mesh` (every pod on it, at an address meshctl chooses; services reach
-/// each other by name through meshdns and the sidecars). Anything else is refused by name
-/// rather than silently ignored: another network would bypass the mesh (its traffic would
-/// not pass the capture rules' VIPs), and an alias or a fixed address on `default` would
-/// resolve to a pod address that only mTLS peers may reach.
-pub fn check_networks(compose: &ComposeFile) -> Result<(), PlanError> {
-    let not_served = |what: String| PlanError::Networks(what);
-    for (name, def) in &compose.networks {
-        if name != "default" {
-            return Err(not_served(format!(
-                "top-level network {name:?} is not served (only `default`, which is the project's mesh network)"
-            )));
-        }
-        if def
-            .as_ref()
-            .is_some_and(|d| d != &meshmodel::compose::NetworkDef::default())
-        {
-            return Err(not_served(
-                "options on the `default` network are not served (meshctl creates it: a bridge with a /24 it chooses)".into(),
-            ));
+/// The next free address on the mesh network for `(service, instance)`, the one it had when
+/// it is still there.
+fn address(
+    input: &PlanInput<'_>,
+    used: &mut Vec<Ipv4Addr>,
+    service: &str,
+    instance: u32,
+) -> Result<Ipv4Addr, PlanError> {
+    match input.existing_ips.get(&(service.to_string(), instance)) {
+        Some(ip) if input.network.contains(*ip) => Ok(*ip),
+        _ => {
+            let ip = (FIRST_POD_HOST..=254)
+                .map(|n| input.network.host(n))
+                .find(|ip| !used.contains(ip))
+                .ok_or_else(|| PlanError::NoAddress(service.to_string()))?;
+            used.push(ip);
+            Ok(ip)
         }
     }
-    for (svc, s) in &compose.services {
-        for (name, n) in &s.networks {
-            if name != "default" {
-                return Err(not_served(format!(
-                    "service {svc}: network {name:?} is not served (every pod is on the project's mesh network; remove `networks:`)"
-                )));
-            }
-            if !n.aliases.is_empty() || n.ipv4_address.is_some() || n.ipv6_address.is_some() {
-                return Err(not_served(format!(
-                    "service {svc}: aliases and fixed addresses on `default` are not served (services are reached by their mesh service name through meshdns)"
-                )));
-            }
-        }
-    }
-    Ok(())
+}
+
+/// The compose networks a service joins besides the mesh network, in `priority` order
+/// (highest first, as compose connects them), with its aliases (`implicit` first) and fixed
+/// address.
+fn endpoints(
+    input: &PlanInput<'_>,
+    svc: &Service,
+    implicit: &[&str],
+) -> Result<Vec<(String, EndpointSettings)>, String> {
+    let mut nets: Vec<_> = svc
+        .networks
+        .iter()
+        .filter(|(k, _)| *k != "default")
+        .collect();
+    nets.sort_by_key(|(k, n)| (std::cmp::Reverse(n.priority.unwrap_or(0)), k.as_str()));
+    nets.into_iter()
+        .map(|(key, n)| {
+            let name = input
+                .networks
+                .get(key)
+                .ok_or_else(|| format!("network {key:?} is not defined"))?;
+            let mut aliases: Vec<String> = implicit.iter().map(|a| a.to_string()).collect();
+            aliases.extend(n.aliases.iter().cloned());
+            let endpoint = EndpointSettings {
+                aliases: (!aliases.is_empty()).then_some(aliases),
+                ipam_config: n.ipv4_address.as_ref().map(|ip| EndpointIpamConfig {
+                    ipv4_address: Some(ip.clone()),
+                    ..EndpointIpamConfig::default()
+                }),
+                ..EndpointSettings::default()
+            };
+            Ok((name.clone(), endpoint))
+        })
+        .collect()
+}
+
+/// The labels every container of a pod carries.
+fn pod_labels(
+    input: &PlanInput<'_>,
+    (service, mesh_service): (&str, &str),
+    instance: u32,
+    role: Role,
+    identity: &str,
+    ip: Ipv4Addr,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_PROJECT.into(), input.project.into()),
+        (LABEL_COMPOSE_PROJECT.into(), input.project.into()),
+        (LABEL_COMPOSE_SERVICE.into(), service.into()),
+        (LABEL_COMPOSE_NUMBER.into(), (instance + 1).to_string()),
+        (LABEL_SERVICE.into(), service.into()),
+        (LABEL_MESH_SERVICE.into(), mesh_service.into()),
+        (LABEL_INSTANCE.into(), instance.to_string()),
+        (LABEL_ROLE.into(), role.as_str().into()),
+        (LABEL_IDENTITY.into(), identity.into()),
+        (LABEL_IP.into(), ip.to_string()),
+    ])
 }
 
 /// Builds the plan.
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
-    check_networks(input.compose)?;
     let mut used: Vec<Ipv4Addr> = input.existing_ips.values().copied().collect();
     let mut pods = Vec::new();
     let mut volumes = Vec::new();
     let mut workloads = input.compose.workloads();
     workloads.sort_by(|a, b| a.name.cmp(b.name));
-    // Process services (`x-mesh.process`) are the process runner's (`crate::process`).
+    // What a container kept out of the mesh resolves mesh services to: their pods (no
+    // sidecar of its own to route a VIP).
+    let mut mesh_hosts: Vec<String> = Vec::new();
+    // Process services (`x-mesh.process`, `x-mesh.endpoint`) are the process runner's
+    // (`crate::process`).
     for w in workloads.iter().filter(|w| w.service.is_container()) {
         let svc_err = |message: String| PlanError::Service {
             service: w.name.to_string(),
@@ -185,47 +235,37 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             .get(w.name)
             .cloned()
             .ok_or_else(|| svc_err("no image".into()))?;
+        let networks = endpoints(input, w.service, &[]).map_err(svc_err)?;
+        let networks_json = serde_json::to_value(&networks).unwrap_or_default();
         for instance in 0..w.replicas {
-            let key = (w.name.to_string(), instance);
-            let ip = match input.existing_ips.get(&key) {
-                Some(ip) if input.network.contains(*ip) => *ip,
-                _ => {
-                    let ip = (FIRST_POD_HOST..=254)
-                        .map(|n| input.network.host(n))
-                        .find(|ip| !used.contains(ip))
-                        .ok_or_else(|| PlanError::NoAddress(w.name.to_string()))?;
-                    used.push(ip);
-                    ip
-                }
-            };
-            let labels = |role: Role| -> HashMap<String, String> {
-                HashMap::from([
-                    (LABEL_PROJECT.into(), input.project.into()),
-                    (LABEL_COMPOSE_PROJECT.into(), input.project.into()),
-                    (LABEL_COMPOSE_SERVICE.into(), w.name.into()),
-                    (LABEL_COMPOSE_NUMBER.into(), (instance + 1).to_string()),
-                    (LABEL_SERVICE.into(), w.name.into()),
-                    (LABEL_MESH_SERVICE.into(), w.mesh_service.into()),
-                    (LABEL_INSTANCE.into(), instance.to_string()),
-                    (LABEL_ROLE.into(), role.as_str().into()),
-                    (LABEL_IDENTITY.into(), identity.to_string()),
-                    (LABEL_IP.into(), ip.to_string()),
-                ])
-            };
+            let ip = address(input, &mut used, w.name, instance)?;
+            for host in [
+                w.mesh_service.to_string(),
+                format!("{}.{}.svc.{CLUSTER_DOMAIN}", w.mesh_service, w.namespace),
+            ] {
+                mesh_hosts.push(format!("{host}:{ip}"));
+            }
+            let id = identity.to_string();
+            let labels =
+                |role| pod_labels(input, (w.name, w.mesh_service), instance, role, &id, ip);
             let sname = sidecar_name(input.project, w.name, instance);
             let aname = app_name(input.project, w.name, instance);
             let mut sidecar =
                 sidecar_body(input, w.service, w.name, instance, ip, &identity).map_err(svc_err)?;
             let mut sl = labels(Role::Sidecar);
             let sidecar_hash = hash(
-                &[&serde_json::to_value(&sidecar).unwrap_or_default()],
+                &[
+                    &serde_json::to_value(&sidecar).unwrap_or_default(),
+                    &networks_json,
+                ],
                 &[input.proxy_image.1],
             );
             sl.insert(LABEL_CONFIG_HASH.into(), sidecar_hash.clone());
             sidecar.labels = Some(sl);
             sidecar.image = Some(input.proxy_image.0.to_string());
 
-            let (mut app, vols) = app_body(input, w.service, w.name, &sname).map_err(svc_err)?;
+            let (mut app, vols) =
+                app_body(input, w.service, w.name, Some(&sname)).map_err(svc_err)?;
             for v in vols {
                 if !volumes.contains(&v) {
                     volumes.push(v);
@@ -243,9 +283,10 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
             app.image = Some(image.clone());
             pods.push(PodPlan {
                 service: w.name.to_string(),
+                meshed: true,
                 instance,
                 mesh_service: w.mesh_service.to_string(),
-                identity: identity.clone(),
+                identity: Some(identity.clone()),
                 ip,
                 sidecar_name: sname,
                 app_name: aname,
@@ -253,21 +294,102 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
                 sidecar_hash,
                 app,
                 app_hash,
-                has_healthcheck: w
-                    .service
-                    .healthcheck
-                    .as_ref()
-                    .is_some_and(|h| h.disable != Some(true) && h.test.is_some()),
+                networks: networks.clone(),
+                has_healthcheck: has_healthcheck(w.service),
             });
         }
     }
-    let depends: BTreeMap<String, Vec<(String, DependsCondition)>> = workloads
+    for (name, svc) in input.compose.unmeshed() {
+        let svc_err = |message: String| PlanError::Service {
+            service: name.to_string(),
+            message,
+        };
+        let (image, image_id) = input
+            .images
+            .get(name)
+            .cloned()
+            .ok_or_else(|| svc_err("no image".into()))?;
+        let networks = endpoints(input, svc, &[name]).map_err(svc_err)?;
+        let networks_json = serde_json::to_value(&networks).unwrap_or_default();
+        for instance in 0..svc.replicas() {
+            let ip = address(input, &mut used, name, instance)?;
+            let aname = app_name(input.project, name, instance);
+            let (mut app, vols) = app_body(input, svc, name, None).map_err(svc_err)?;
+            for v in vols {
+                if !volumes.contains(&v) {
+                    volumes.push(v);
+                }
+            }
+            // On the mesh network at its own address, reached by its compose name through
+            // Docker's DNS; mesh services resolve to their pods.
+            app.hostname = Some(
+                svc.hostname
+                    .clone()
+                    .unwrap_or_else(|| format!("{name}-{}", instance + 1)),
+            );
+            if let Some(hc) = app.host_config.as_mut() {
+                hc.network_mode = Some(input.network.name.clone());
+                let mut hosts: Vec<String> = svc
+                    .extra_hosts
+                    .iter()
+                    .map(|h| h.replacen('=', ":", 1))
+                    .collect();
+                hosts.extend(mesh_hosts.iter().cloned());
+                hc.extra_hosts = Some(hosts);
+                hc.port_bindings = Some(published_ports(svc).1);
+            }
+            app.exposed_ports = Some(published_ports(svc).0);
+            app.networking_config = Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    input.network.name.clone(),
+                    EndpointSettings {
+                        aliases: Some(vec![name.to_string()]),
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(ip.to_string()),
+                            ..EndpointIpamConfig::default()
+                        }),
+                        ..EndpointSettings::default()
+                    },
+                )])),
+            });
+            let mut al = pod_labels(input, (name, ""), instance, Role::App, "", ip);
+            al.extend(svc.labels.clone());
+            let app_hash = hash(
+                &[
+                    &serde_json::to_value(&app).unwrap_or_default(),
+                    &networks_json,
+                ],
+                &[&image_id],
+            );
+            al.insert(LABEL_CONFIG_HASH.into(), app_hash.clone());
+            app.labels = Some(al);
+            app.image = Some(image.clone());
+            pods.push(PodPlan {
+                service: name.to_string(),
+                meshed: false,
+                instance,
+                mesh_service: String::new(),
+                identity: None,
+                ip,
+                sidecar_name: String::new(),
+                app_name: aname,
+                sidecar: ContainerCreateBody::default(),
+                sidecar_hash: String::new(),
+                app,
+                app_hash,
+                networks: networks.clone(),
+                has_healthcheck: has_healthcheck(svc),
+            });
+        }
+    }
+    let depends: BTreeMap<String, Vec<(String, DependsCondition)>> = input
+        .compose
+        .services
         .iter()
-        .map(|w| {
+        .map(|(name, s)| {
             (
-                w.name.to_string(),
-                w.service
-                    .depends_on
+                name.clone(),
+                s.depends_on
                     .iter()
                     .map(|(d, c)| (d.clone(), c.condition))
                     .collect(),
@@ -281,6 +403,34 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
         depends,
         volumes,
     })
+}
+
+fn has_healthcheck(svc: &Service) -> bool {
+    svc.healthcheck
+        .as_ref()
+        .is_some_and(|h| h.disable != Some(true) && h.test.is_some())
+}
+
+/// The exposed `target/protocol` of every compose port, and the host bindings of the
+/// published ones.
+fn published_ports(svc: &Service) -> (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>) {
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &svc.ports {
+        let key = format!("{}/{}", p.target, p.protocol);
+        exposed.push(key.clone());
+        if let Some(published) = &p.published {
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: Some(published.clone()),
+                });
+        }
+    }
+    (exposed, bindings)
 }
 
 /// The sidecar's body with its pod token (never part of the hash: it changes each time the
@@ -367,22 +517,7 @@ fn sidecar_body(
             .map(|p| p.target)
             .collect::<Vec<_>>(),
     });
-    let mut exposed = Vec::new();
-    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for p in &svc.ports {
-        let key = format!("{}/{}", p.target, p.protocol);
-        exposed.push(key.clone());
-        if let Some(published) = &p.published {
-            bindings
-                .entry(key)
-                .or_insert_with(|| Some(Vec::new()))
-                .get_or_insert_with(Vec::new)
-                .push(PortBinding {
-                    host_ip: p.host_ip.clone(),
-                    host_port: Some(published.clone()),
-                });
-        }
-    }
+    let (exposed, bindings) = published_ports(svc);
     let ns = svc
         .x_mesh
         .as_ref()
@@ -556,13 +691,42 @@ pub fn add_env(env: &mut BTreeMap<String, String>, vars: &BTreeMap<String, Optio
     }
 }
 
+/// Secrets (at `/run/secrets/<name>`) and configs (at `/<name>`) as read-only bind mounts of
+/// their files.
+fn file_mounts(input: &PlanInput<'_>, svc: &Service) -> Vec<Mount> {
+    use meshmodel::compose::{config_target, secret_target};
+    let secrets = svc
+        .secrets
+        .iter()
+        .map(|r| (r, &input.compose.secrets, secret_target(r)));
+    let configs = svc
+        .configs
+        .iter()
+        .map(|r| (r, &input.compose.configs, config_target(r)));
+    secrets
+        .chain(configs)
+        .filter_map(|(r, defined, target)| {
+            let file = defined.get(&r.source)?.file.as_ref()?;
+            let path = input.project_dir.join(file);
+            let path = std::path::absolute(&path).unwrap_or(path);
+            Some(Mount {
+                target: Some(target),
+                source: Some(path.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Mount::default()
+            })
+        })
+        .collect()
+}
+
 fn app_body(
     input: &PlanInput<'_>,
     svc: &Service,
     name: &str,
-    sidecar: &str,
+    sidecar: Option<&str>,
 ) -> Result<(ContainerCreateBody, Vec<String>), String> {
-    let mut mounts = Vec::new();
+    let mut mounts = file_mounts(input, svc);
     let mut volumes = Vec::new();
     for v in &svc.volumes {
         let kind = match v.kind.as_str() {
@@ -652,7 +816,7 @@ fn app_body(
         open_stdin: svc.stdin_open,
         healthcheck,
         host_config: Some(HostConfig {
-            network_mode: Some(format!("container:{sidecar}")),
+            network_mode: sidecar.map(|s| format!("container:{s}")),
             mounts: Some(mounts),
             restart_policy: restart,
             cap_add: (!svc.cap_add.is_empty()).then(|| svc.cap_add.clone()),
@@ -756,37 +920,6 @@ mod tests {
         );
         assert!(shell_split("echo 'oops").is_err());
         assert_eq!(shell_split("  ").unwrap(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn only_the_default_network_is_served() {
-        use serde_json::json;
-        let compose = |v: serde_json::Value| -> ComposeFile { serde_json::from_value(v).unwrap() };
-        let svc = |networks: serde_json::Value| json!({"a": {"image": "x", "networks": networks}});
-        let ok =
-            compose(json!({"services": svc(json!(["default"])), "networks": {"default": null}}));
-        check_networks(&ok).unwrap();
-        for (v, want) in [
-            (
-                json!({"services": svc(json!(["front"])), "networks": {"front": {}}}),
-                "top-level network \"front\" is not served",
-            ),
-            (
-                json!({"services": svc(json!(["front"]))}),
-                "service a: network \"front\" is not served",
-            ),
-            (
-                json!({"services": svc(json!({"default": {"aliases": ["b"]}}))}),
-                "service a: aliases and fixed addresses",
-            ),
-            (
-                json!({"services": svc(json!([])), "networks": {"default": {"driver": "overlay"}}}),
-                "options on the `default` network",
-            ),
-        ] {
-            let err = check_networks(&compose(v.clone())).unwrap_err().to_string();
-            assert!(err.contains(want), "{v}: {err}");
-        }
     }
 
     #[test]

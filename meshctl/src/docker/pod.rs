@@ -3,7 +3,9 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HealthStatusEnum};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthStatusEnum, NetworkConnectRequest,
+};
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -17,6 +19,19 @@ pub async fn create_and_start(
     name: &str,
     service: &str,
     body: ContainerCreateBody,
+) -> Result<String, DockerError> {
+    create_and_start_on(engine, name, service, body, &[]).await
+}
+
+/// [`create_and_start`], connected to more networks (engine name, endpoint: aliases, fixed
+/// address) between create and start: engines before API 1.44 connect a container to one
+/// network only at create.
+pub async fn create_and_start_on(
+    engine: &Engine,
+    name: &str,
+    service: &str,
+    body: ContainerCreateBody,
+    networks: &[(String, EndpointSettings)],
 ) -> Result<String, DockerError> {
     let opts = CreateContainerOptionsBuilder::new().name(name).build();
     let created = match engine
@@ -35,6 +50,18 @@ pub async fn create_and_start(
         }
         Err(e) => return Err(DockerError::api(format!("creating container {name}"))(e)),
     };
+    for (network, endpoint) in networks {
+        let req = NetworkConnectRequest {
+            container: created.id.clone(),
+            endpoint_config: Some(endpoint.clone()),
+        };
+        if let Err(e) = engine.docker.connect_network(network, req).await {
+            let _ = engine.remove_container(&created.id).await;
+            return Err(DockerError::api(format!(
+                "connecting container {name} to network {network}"
+            ))(e));
+        }
+    }
     if let Err(e) = engine
         .docker
         .start_container(

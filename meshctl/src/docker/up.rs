@@ -144,11 +144,18 @@ pub async fn up(
         if created { "Created" } else { "Running" },
     );
 
+    let (networks, created) = network::ensure_named(&engine, &name, &compose).await?;
+    for n in created {
+        progress.line(&format!("Network {n}"), "Created");
+    }
+    let ports_from_images = image_ports(&engine, &compose, &images, progress).await?;
+
     // Plan.
     let existing = engine.containers(&name).await?;
+    // A pod's address is on its sidecar, or on its app when it is kept out of the mesh.
     let existing_ips: BTreeMap<(String, u32), Ipv4Addr> = existing
         .iter()
-        .filter(|c| c.role() == Some(Role::Sidecar))
+        .filter(|c| matches!(c.role(), Some(Role::Sidecar | Role::App)))
         .filter_map(|c| Some((c.pod_key()?, c.label(LABEL_IP).parse().ok()?)))
         .collect();
     std::fs::create_dir_all(&project.state_dir).map_err(|source| DockerError::Io {
@@ -172,6 +179,7 @@ pub async fn up(
         project_dir: &project.mesh.project_dir,
         compose: &compose,
         network: &network,
+        networks: &networks,
         proxy_image: (&proxy_image.0, &proxy_image.1),
         images: &images,
         existing_ips: &existing_ips,
@@ -194,6 +202,21 @@ pub async fn up(
     let mut kept_apps: Vec<(String, String, String)> = Vec::new();
     let mut remove: Vec<&Owned> = Vec::new();
     for p in &plan.pods {
+        if !p.meshed {
+            // No sidecar: the app alone, kept while its config is the same.
+            match by_name.get(p.app_name.as_str()) {
+                Some(c) if !opts.force_recreate && c.label(LABEL_CONFIG_HASH) == p.app_hash => {
+                    if c.state != "running" {
+                        start_apps.insert(p.app_name.clone(), c.id.clone());
+                    }
+                }
+                app => {
+                    remove.extend(app.copied());
+                    new_apps.insert(p.app_name.clone());
+                }
+            }
+            continue;
+        }
         let sc = by_name.get(p.sidecar_name.as_str());
         let sidecar_ok = !opts.force_recreate
             && sc.is_some_and(|c| {
@@ -264,7 +287,8 @@ pub async fn up(
     // Control plane.
     let mut fixed = full_placement(&plan, &existing);
     fixed.0.extend(process_placement(project, &procs));
-    let placement = PlacementFile::new(cp::listen_addr(network.gateway), &fixed);
+    let mut placement = PlacementFile::new(cp::listen_addr(network.gateway), &fixed);
+    placement.image_ports = ports_from_images;
     let running = cp::running(&project.state_dir);
     let same_placement = PlacementFile::read(&project.state_dir).as_ref() == Some(&placement);
     let restart_cp = running.is_none()
@@ -292,8 +316,11 @@ pub async fn up(
         ca.revoke_pod_tokens(|holder| removed.contains(holder))
             .map_err(|e| DockerError::ControlPlane(format!("revoking pod tokens: {e}")))?;
         for p in &new_sidecars {
+            let Some(identity) = &p.identity else {
+                continue;
+            };
             let t = ca
-                .issue_pod_token(&p.identity, &p.sidecar_name)
+                .issue_pod_token(identity, &p.sidecar_name)
                 .map_err(|e| DockerError::ControlPlane(format!("pod token: {e}")))?;
             tokens.insert(p.sidecar_name.clone(), t.as_str().to_string());
         }
@@ -374,7 +401,9 @@ pub async fn up(
             let label = format!("Container {}", p.sidecar_name);
             progress.line(&label, "Starting");
             let body = plan::with_token(&p.sidecar, &token);
-            let id = pod::create_and_start(engine, &p.sidecar_name, &p.service, body).await?;
+            let id =
+                pod::create_and_start_on(engine, &p.sidecar_name, &p.service, body, &p.networks)
+                    .await?;
             progress.line(&label, "Waiting for the proxy");
             pod::wait_sidecar(engine, &p.sidecar_name, &id, p.ip, sidecar_timeout).await?;
             progress.line(&label, "Ready");
@@ -436,8 +465,16 @@ pub async fn up(
                 let label = format!("Container {}", p.app_name);
                 if create {
                     progress.line(&label, "Starting");
-                    let id = pod::create_and_start(engine, &p.app_name, &p.service, p.app.clone())
-                        .await?;
+                    // A pod kept out of the mesh joins the compose networks itself.
+                    let networks: &[_] = if p.meshed { &[] } else { &p.networks };
+                    let id = pod::create_and_start_on(
+                        engine,
+                        &p.app_name,
+                        &p.service,
+                        p.app.clone(),
+                        networks,
+                    )
+                    .await?;
                     progress.line(&label, "Started");
                     Ok::<_, DockerError>(Some(id))
                 } else if let Some(id) = restart {
@@ -547,20 +584,16 @@ pub async fn ensure_images(
         }
     };
     let mut images = BTreeMap::new();
-    for w in compose
-        .workloads()
-        .into_iter()
-        .filter(|w| w.service.is_container())
-    {
-        let svc = w.service;
+    // Process services (`x-mesh.process`, `x-mesh.endpoint`) have no image.
+    for (service, svc) in compose.services.iter().filter(|(_, s)| s.is_container()) {
         let tag = svc
             .image
             .clone()
-            .unwrap_or_else(|| format!("{name}-{}", w.name));
+            .unwrap_or_else(|| format!("{name}-{service}"));
         let existing = image::image_id(engine, &tag).await?;
         if opts.no_build && existing.is_none() {
             return Err(DockerError::NotBuilt {
-                service: w.name.to_string(),
+                service: service.clone(),
                 image: tag,
             });
         }
@@ -576,13 +609,13 @@ pub async fn ensure_images(
                 (None, Some(id)) => id,
                 (None, None) => {
                     return Err(DockerError::ImageMissing {
-                        service: w.name.to_string(),
+                        service: service.clone(),
                         image: tag,
                     });
                 }
             },
         };
-        images.insert(w.name.to_string(), (tag, id));
+        images.insert(service.clone(), (tag, id));
     }
 
     Ok((proxy_image, images))
@@ -660,6 +693,37 @@ fn process_placement(
         .filter(|p| !planned.contains(p.name.as_str()) && in_files(&p.service))
         .collect();
     crate::process::up::placement_of(procs.keep.iter().chain(&procs.create).chain(&others))
+}
+
+/// The ports the images EXPOSE of the mesh services that declare none, so callers get
+/// routes to them (a `postgres` image serves 5432 without a line of compose saying so); one
+/// whose image EXPOSEs nothing either is named in a warning.
+async fn image_ports(
+    engine: &Engine,
+    compose: &meshmodel::compose::ComposeFile,
+    images: &BTreeMap<String, (String, String)>,
+    progress: &Progress,
+) -> Result<BTreeMap<String, Vec<u16>>, DockerError> {
+    let mut out = BTreeMap::new();
+    for w in compose
+        .workloads()
+        .into_iter()
+        .filter(|w| w.ports.is_empty())
+    {
+        let Some((tag, id)) = images.get(w.name) else {
+            continue;
+        };
+        let ports = image::exposed_ports(engine, id).await?;
+        if ports.is_empty() {
+            progress.note(&format!(
+                "warning: service {:?} declares no port (ports, expose or x-mesh.ports) and its image {tag} EXPOSEs none: callers get no route to it; declare the ports it serves with `expose:`",
+                w.name
+            ));
+        } else {
+            out.insert(w.name.to_string(), ports);
+        }
+    }
+    Ok(out)
 }
 
 /// The placement of the planned pods plus, for a partial `up SERVICE...`, the pods left alone.

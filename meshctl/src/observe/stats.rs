@@ -29,7 +29,9 @@ pub struct StatsArgs {
     /// Time between the two scrapes, e.g. `10s`, `1m`.
     #[arg(long, default_value = "10s", value_parser = parse_window)]
     pub window: Duration,
-    /// Host mode (`meshctl serve` proxies) instead of the Docker sidecars.
+    /// Host mode: `meshctl serve`'s proxies at their host ports, without asking the control
+    /// plane (by default the proxies are those the running control plane lists, and the
+    /// Docker sidecars).
     #[arg(long)]
     pub host: bool,
     /// Host mode's first inbound port.
@@ -143,7 +145,7 @@ fn key(s: &Sample) -> Option<(String, String)> {
 }
 
 /// Upper bounds in thousandths of a millisecond, so they can be map keys (`+Inf` is max).
-fn bound_key(le: &str) -> Option<u64> {
+pub(crate) fn bound_key(le: &str) -> Option<u64> {
     if le == "+Inf" {
         return Some(u64::MAX);
     }
@@ -247,7 +249,7 @@ async fn scrape_all(targets: &[ScrapeTarget]) -> Vec<Sample> {
     out
 }
 
-async fn scrape(addr: SocketAddr) -> Result<String, String> {
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr)
@@ -316,11 +318,11 @@ pub fn stats(project: &ProjectArgs, args: &StatsArgs) -> anyhow::Result<ExitCode
     let targets = if args.host {
         super::host_targets(&project, args.base_port)
     } else {
-        rt.block_on(super::docker_targets(&project))?
+        rt.block_on(super::mesh_targets(&project))?
     };
     if targets.is_empty() {
         anyhow::bail!(
-            "no running proxy for project {} (run `meshctl up`, or --host for `meshctl serve`)",
+            "no running proxy for project {} (run `meshctl up` or `meshctl serve`, or --host for `meshctl serve`'s proxies without its control plane)",
             project.name()
         );
     }

@@ -111,6 +111,7 @@ fn compile_rule(j: &ra::JwtRule, source: String) -> JwtRule {
         } else {
             j.uri().map(str::to_string)
         },
+        timeout: j.timeout.map(|t| meshapi::proxy::Dur(t.get())),
         from_headers,
         from_params,
         from_cookies: j.from_cookies.clone(),

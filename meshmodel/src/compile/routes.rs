@@ -134,13 +134,15 @@ fn host_rank(host: &str, ns: &str, fqdn: &str) -> Option<usize> {
 }
 
 /// Compiles the routes of every destination `client` can reach. Destination hosts are the
-/// inventory's services plus non-wildcard hosts of visible VirtualServices.
+/// inventory's services plus non-wildcard hosts of visible VirtualServices, narrowed to what
+/// the client's Sidecar `egress.hosts` imports.
 pub fn compile_routes(
     mesh: &Mesh,
     inventory: &Inventory,
     client: &Workload,
 ) -> Result<RouteTable, CompileError> {
     let cns = client.namespace.as_str();
+    let egress = super::egress::egress_of(mesh, client);
     // A DestinationRule in the root namespace (`x-mesh.rootNamespace`) applies mesh-wide.
     let root = mesh
         .compose
@@ -157,6 +159,14 @@ pub fn compile_routes(
         .filter(|(_, v)| {
             v.spec.gateways.is_empty() || v.spec.gateways.iter().any(|g| g == MESH_GATEWAY)
         })
+        // A Sidecar's `egress.hosts` imports a VirtualService by its namespace and hosts, as
+        // in Istio: one for hosts it does not import is not compiled into this client's table.
+        .filter(|(ns, v)| {
+            v.spec
+                .hosts
+                .iter()
+                .any(|h| egress.imports(ns, &normalize_host(h, ns)))
+        })
         .collect();
     let drs: Vec<(&str, &DestinationRule)> = mesh
         .resources
@@ -169,7 +179,11 @@ pub fn compile_routes(
         .collect();
 
     let mut hosts: BTreeMap<String, (Vec<u16>, Option<&str>)> = BTreeMap::new();
-    for s in &inventory.services {
+    for s in inventory
+        .services
+        .iter()
+        .filter(|s| egress.imports(&s.namespace, &s.fqdn))
+    {
         hosts.insert(
             s.fqdn.clone(),
             (s.ports.iter().copied().collect(), Some(&s.namespace)),
@@ -178,7 +192,7 @@ pub fn compile_routes(
     for (ns, v) in &vss {
         for h in &v.spec.hosts {
             let h = normalize_host(h, ns);
-            if !h.starts_with('*') {
+            if !h.starts_with('*') && egress.imports(ns, &h) {
                 hosts.entry(h).or_insert((Vec::new(), None));
             }
         }

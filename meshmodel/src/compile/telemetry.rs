@@ -1,7 +1,9 @@
 //! One workload's telemetry ([`meshapi::telemetry::TelemetryConfig`]) from the top-level
 //! `x-mesh` (Istio's MeshConfig names) and the Telemetry resources that apply to it, in
 //! Istio's order: mesh-wide (root namespace, no selector), then its namespace's without a
-//! selector, then those whose `selector` matches it; within a level by name. A later level
+//! selector, then the one whose `selector` matches it. One per level: where several are (two
+//! without a selector in one namespace, two selecting one workload), Istio takes the oldest,
+//! here the first in file order, and `meshctl check` warns (MESH0302). A later level
 //! overrides what it sets (sampling, access logging on/off, tracing provider), adds custom
 //! tags, and appends metrics overrides (so a workload's override wins over the mesh's).
 
@@ -17,13 +19,14 @@ use crate::istio::IstioResource;
 use crate::istio::telemetry::{self as t, TagOperation, Telemetry, WorkloadMode};
 use crate::model::{Mesh, Workload};
 
-/// The Telemetry resources that apply to `me`, least specific first.
+/// The Telemetry resources that apply to `me`, least specific first: at most one per level,
+/// the first in file order (Istio's oldest).
 pub fn telemetries_for<'m>(mesh: &'m Mesh, me: &Workload) -> Vec<&'m Telemetry> {
     let root = mesh
         .compose
         .as_ref()
         .map_or(crate::model::ROOT_NAMESPACE, |c| c.root_namespace());
-    let mut levels: [Vec<(&str, &Telemetry)>; 3] = Default::default();
+    let mut levels: [Option<&Telemetry>; 3] = Default::default();
     for r in &mesh.resources {
         let IstioResource::Telemetry(tel) = &r.resource else {
             continue;
@@ -40,15 +43,9 @@ pub fn telemetries_for<'m>(mesh: &'m Mesh, me: &Workload) -> Vec<&'m Telemetry> 
             Some(s) if ns == me.namespace && me.matches(&s.match_labels) => 2,
             _ => continue,
         };
-        levels[level].push((r.id.name.as_str(), tel));
+        levels[level].get_or_insert(tel);
     }
-    levels
-        .into_iter()
-        .flat_map(|mut l| {
-            l.sort_by(|a, b| a.0.cmp(b.0));
-            l.into_iter().map(|(_, t)| t)
-        })
-        .collect()
+    levels.into_iter().flatten().collect()
 }
 
 fn reporter(m: Option<WorkloadMode>) -> ReporterMode {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::model::{ComposeFile, Deploy, Healthcheck, Service, XMesh};
+use super::objects::FileRef;
 use super::parts::Build;
 
 /// `base` overridden by `over`.
@@ -22,6 +23,9 @@ pub fn merge(base: ComposeFile, over: ComposeFile) -> ComposeFile {
     }
     out.networks.extend(over.networks);
     out.volumes.extend(over.volumes);
+    out.secrets.extend(over.secrets);
+    out.configs.extend(over.configs);
+    out.include.extend(over.include);
     if let Some(over_mesh) = over.x_mesh {
         let base_mesh = out.x_mesh.get_or_insert_with(Default::default);
         set(
@@ -75,7 +79,19 @@ fn append<T: PartialEq>(into: &mut Vec<T>, over: Vec<T>) {
     }
 }
 
-fn merge_service(b: Service, o: Service) -> Service {
+/// Secrets and configs merge by source, the later reference replacing the earlier.
+fn merge_refs(into: &mut Vec<FileRef>, over: Vec<FileRef>) {
+    for r in over {
+        match into.iter_mut().find(|e| e.source == r.source) {
+            Some(existing) => *existing = r,
+            None => into.push(r),
+        }
+    }
+}
+
+/// `b` overridden by `o`, as a later `-f` file's service overrides an earlier one's (and as
+/// a service overrides the one it `extends`).
+pub(crate) fn merge_service(b: Service, o: Service) -> Service {
     let mut s = b;
     set(&mut s.image, o.image);
     s.build = match (s.build.take(), o.build) {
@@ -122,6 +138,9 @@ fn merge_service(b: Service, o: Service) -> Service {
     append(&mut s.extra_hosts, o.extra_hosts);
     set(&mut s.pull_policy, o.pull_policy);
     set(&mut s.container_name, o.container_name);
+    merge_refs(&mut s.secrets, o.secrets);
+    merge_refs(&mut s.configs, o.configs);
+    set(&mut s.extends, o.extends);
     s.x_mesh = match (s.x_mesh.take(), o.x_mesh) {
         (Some(b), Some(o)) => Some(merge_x_mesh(b, o)),
         (b, o) => o.or(b),
@@ -174,6 +193,7 @@ fn merge_deploy(b: Deploy, o: Deploy) -> Deploy {
 
 fn merge_x_mesh(b: XMesh, o: XMesh) -> XMesh {
     let mut out = b;
+    set(&mut out.enabled, o.enabled);
     set(&mut out.service, o.service);
     set(&mut out.service_account, o.service_account);
     set(&mut out.namespace, o.namespace);

@@ -95,6 +95,11 @@ impl Service {
         self.process().is_none() && self.endpoint().is_none()
     }
 
+    /// In the mesh (a sidecar, an identity, a VIP): unless `x-mesh.enabled: false`.
+    pub fn meshed(&self) -> bool {
+        self.x_mesh.as_ref().and_then(|m| m.enabled) != Some(false)
+    }
+
     /// `deploy.replicas`, default 1.
     pub fn replicas(&self) -> u32 {
         self.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1)
@@ -191,10 +196,12 @@ pub struct Workload<'a> {
 }
 
 impl ComposeFile {
-    /// Every service as a [`Workload`], in compose-name order.
+    /// Every service in the mesh as a [`Workload`], in compose-name order (services with
+    /// `x-mesh.enabled: false` are not workloads: see [`ComposeFile::unmeshed`]).
     pub fn workloads(&self) -> Vec<Workload<'_>> {
         self.services
             .iter()
+            .filter(|(_, s)| s.meshed())
             .map(|(name, service)| Workload {
                 name,
                 service,
@@ -206,6 +213,14 @@ impl ComposeFile {
                 ports: service.ports_with_protocol(),
             })
             .collect()
+    }
+
+    /// The services kept out of the mesh (`x-mesh.enabled: false`), by compose name.
+    pub fn unmeshed(&self) -> impl Iterator<Item = (&str, &Service)> {
+        self.services
+            .iter()
+            .filter(|(_, s)| !s.meshed())
+            .map(|(n, s)| (n.as_str(), s))
     }
 
     /// The workloads behind one mesh service (`backend` in `default`: `backend-v1`,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use meshapi::yaml::Value;
 use serde::{Deserialize, Serialize};
 
+use super::objects::{Extends, FileObject, FileRef, Include};
 use super::parts::{Build, Command, EnvFileRef, HealthTest, Port, Restart, Volume};
 use super::syntax::{
     ComposeDuration, keyed_map_or_list, labels, map_or_list, opt_bool, opt_text, opt_u32,
@@ -34,6 +35,17 @@ pub struct ComposeFile {
     /// Named volumes; a name with no body uses the defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, Option<VolumeDef>>,
+    /// Secrets, each from a file; mounted read-only at `/run/secrets/<name>` in the services
+    /// that name them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, FileObject>,
+    /// Configs, each from a file; mounted read-only at `/<name>` (or their `target`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, FileObject>,
+    /// Other compose files whose services, networks, volumes, secrets and configs join this
+    /// one's. Resolved by the loader; not printed by `config` (their content is).
+    #[serde(default, deserialize_with = "short_or_long_list", skip_serializing)]
+    pub include: Vec<Include>,
     /// Mesh-wide settings (top-level `x-mesh`). Default none: every setting at its default.
     #[serde(rename = "x-mesh", default, skip_serializing_if = "Option::is_none")]
     pub x_mesh: Option<MeshSettings>,
@@ -214,9 +226,9 @@ pub struct NetworkDef {
         skip_serializing_if = "Option::is_none"
     )]
     pub enable_ipv6: Option<bool>,
-    /// IP address management, kept as written.
+    /// IP address management: the subnets of the network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipam: Option<Value>,
+    pub ipam: Option<NetworkIpam>,
     /// Labels (map or list).
     #[serde(
         default,
@@ -224,6 +236,39 @@ pub struct NetworkDef {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub labels: BTreeMap<String, String>,
+}
+
+/// A network's `ipam`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkIpam {
+    /// IPAM driver; only `default` is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Address pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<IpamPool>,
+    /// Driver options.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// One `ipam.config` pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpamPool {
+    /// The subnet (`172.28.0.0/16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Addresses given to containers without a fixed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    /// The gateway (the host side). Default: the subnet's first address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Addresses the IPAM driver must not give out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 /// A top-level named volume.
@@ -416,6 +461,24 @@ pub struct Service {
     /// Fixed container name; refused with more than one replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
+    /// Secrets mounted at `/run/secrets/<name>` (or their target).
+    #[serde(
+        default,
+        deserialize_with = "short_or_long_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub secrets: Vec<FileRef>,
+    /// Configs mounted at `/<name>` (or their target).
+    #[serde(
+        default,
+        deserialize_with = "short_or_long_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub configs: Vec<FileRef>,
+    /// The service this one is based on; resolved by the loader (the merged service is what
+    /// `config` prints).
+    #[serde(default, deserialize_with = "short_or_long", skip_serializing)]
+    pub extends: Option<Extends>,
     /// The mesh view of this service.
     #[serde(rename = "x-mesh", default, skip_serializing_if = "Option::is_none")]
     pub x_mesh: Option<XMesh>,
@@ -600,6 +663,15 @@ pub struct ServiceNetwork {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct XMesh {
+    /// `false` keeps the service out of the mesh: no sidecar, no identity, no VIP. It reaches
+    /// PERMISSIVE ports of mesh services in plaintext (STRICT ones refuse it), and mesh
+    /// services reach it by its compose name through Docker's DNS. Default true.
+    #[serde(
+        default,
+        deserialize_with = "opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enabled: Option<bool>,
     /// Logical mesh service name. Default: the compose service name, so `backend-v1` and
     /// `backend-v2` can both be `backend`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

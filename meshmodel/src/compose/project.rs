@@ -81,7 +81,7 @@ pub fn project_name(
 impl super::ComposeFile {
     /// Makes relative paths absolute against `project_dir`, as `docker compose config` prints
     /// them: `build.context` (unless a URL), bind-mount sources starting with `.` (and `~`
-    /// against `home`, when given), and `env_file` paths.
+    /// against `home`, when given), `env_file` paths and the files of secrets and configs.
     pub fn resolve_paths(&mut self, project_dir: &Path, home: Option<&Path>) {
         let abs = |p: &str| -> String {
             if let (Some(rest), Some(home)) = (p.strip_prefix('~'), home)
@@ -95,6 +95,11 @@ impl super::ComposeFile {
                 join(project_dir, p)
             }
         };
+        for object in self.secrets.values_mut().chain(self.configs.values_mut()) {
+            if let Some(file) = &mut object.file {
+                *file = abs(file);
+            }
+        }
         for service in self.services.values_mut() {
             if let Some(build) = &mut service.build
                 && !build.context.contains("://")

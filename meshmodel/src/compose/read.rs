@@ -10,15 +10,7 @@ use super::model::ComposeFile;
 use meshapi::diag::{FieldError, join_path};
 
 /// Top-level keys of the compose specification that meshctl does not serve yet, with a hint.
-const REFUSED_TOP: &[(&str, &str)] = &[
-    (
-        "secrets",
-        "pass secrets as environment variables or bind-mounted files for now",
-    ),
-    ("configs", "bind-mount the files with `volumes` for now"),
-    ("include", "pass the files with -f instead"),
-    ("models", "remove it; meshctl runs containers only"),
-];
+const REFUSED_TOP: &[(&str, &str)] = &[("models", "remove it; meshctl runs containers only")];
 
 /// Service keys with a reason of their own.
 const REFUSED_SERVICE_REASONED: &[(&str, &str)] = &[
@@ -47,7 +39,6 @@ const REFUSED_SERVICE: &[&str] = &[
     "blkio_config",
     "cgroup",
     "cgroup_parent",
-    "configs",
     "cpu_count",
     "cpu_percent",
     "cpu_period",
@@ -63,7 +54,6 @@ const REFUSED_SERVICE: &[&str] = &[
     "devices",
     "domainname",
     "driver_opts",
-    "extends",
     "external_links",
     "gpus",
     "group_add",
@@ -89,7 +79,6 @@ const REFUSED_SERVICE: &[&str] = &[
     "pull_refresh_after",
     "runtime",
     "scale",
-    "secrets",
     "security_opt",
     "shm_size",
     "storage_opt",
@@ -113,21 +102,27 @@ const REFUSED_DEPLOY: &[&str] = &[
     "update_config",
 ];
 
+/// Types a compose document, merge keys resolved; the first problem of
+/// [`from_value_all`].
+pub fn from_value(value: Value) -> Result<ComposeFile, FieldError> {
+    from_value_all(value).map_err(|mut errors| errors.swap_remove(0))
+}
+
 /// Types a compose document, merge keys resolved. `value` should already be interpolated.
-/// Returns the first
-/// problem: a refused key (by path, with the reason) or serde's own error at its path.
-pub fn from_value(mut value: Value) -> Result<ComposeFile, FieldError> {
+/// Returns every refused key (by path, with the reason and what to do instead), and serde's
+/// first error on the rest at its path, so one run reports them all.
+pub fn from_value_all(mut value: Value) -> Result<ComposeFile, Vec<FieldError>> {
     // YAML merge keys (`<<: *anchor`), which compose files use with `x-` anchors, as
     // docker compose resolves them.
     value
         .apply_merge()
-        .map_err(|e| FieldError::new("", format!("YAML merge key (<<): {e}")))?;
-    refuse(&value)?;
+        .map_err(|e| vec![FieldError::new("", format!("YAML merge key (<<): {e}"))])?;
+    let mut errors = refuse(&mut value);
     let Some(root) = value.as_mapping_mut() else {
-        return Err(FieldError::new(
+        return Err(vec![FieldError::new(
             "",
             "a compose file must be a mapping of top-level keys",
-        ));
+        )]);
     };
     let top_ext = take_extensions(root, true);
     let mut service_ext = BTreeMap::new();
@@ -147,11 +142,17 @@ pub fn from_value(mut value: Value) -> Result<ComposeFile, FieldError> {
             }
         }
     }
-    let mut file: ComposeFile = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        FieldError::new(path, e.into_inner().to_string())
-    })?;
+    let typed: Result<ComposeFile, _> = serde_path_to_error::deserialize(value);
+    let mut file = match typed {
+        Ok(file) if errors.is_empty() => file,
+        Ok(_) => return Err(errors),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            errors.push(FieldError::new(path, e.into_inner().to_string()));
+            return Err(errors);
+        }
+    };
     file.extensions = top_ext;
     for (name, ext) in service_ext {
         if let Some(service) = file.services.get_mut(&name) {
@@ -178,6 +179,7 @@ fn take_extensions(map: &mut Mapping, keep_x_mesh: bool) -> BTreeMap<String, Val
 /// A key meshctl refuses for a reason of its own (the mesh owns what the key would set).
 fn refused(path: &str, reason: &str) -> FieldError {
     FieldError::new(path, format!("not supported by meshctl: {path}: {reason}"))
+        .with_hint("remove it: the mesh sets it for every service")
 }
 
 /// A compose key meshctl does not serve yet.
@@ -190,69 +192,80 @@ fn not_yet(path: &str, hint: &str) -> FieldError {
     }
 }
 
-/// The first refused key, by path.
-fn refuse(value: &Value) -> Result<(), FieldError> {
-    let Some(root) = value.as_mapping() else {
-        return Ok(());
+/// Every refused key, by path; each is taken out of `value` so the rest can still be typed
+/// (and its own problems reported in the same run).
+fn refuse(value: &mut Value) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let Some(root) = value.as_mapping_mut() else {
+        return out;
     };
     for (key, reason) in REFUSED_TOP {
-        if root.contains_key(*key) {
-            return Err(not_yet(key, reason));
+        if root.remove(*key).is_some() {
+            out.push(not_yet(key, reason));
         }
     }
-    let Some(Value::Mapping(services)) = root.get("services") else {
-        return Ok(());
+    let Some(Value::Mapping(services)) = root.get_mut("services") else {
+        return out;
     };
-    for (name, service) in services {
+    for (name, service) in services.iter_mut() {
         let (Some(name), Value::Mapping(service)) = (name.as_str(), service) else {
             continue;
         };
         let base = join_path("services", name);
-        for key in service.keys().filter_map(Value::as_str) {
+        let keys: Vec<String> = service
+            .keys()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect();
+        for key in &keys {
             let path = join_path(&base, key);
-            if let Some((_, reason)) = REFUSED_SERVICE_REASONED.iter().find(|(k, _)| *k == key) {
-                return Err(refused(&path, reason));
+            if let Some((_, reason)) = REFUSED_SERVICE_REASONED.iter().find(|(k, _)| k == key) {
+                out.push(refused(&path, reason));
+            } else if REFUSED_SERVICE.contains(&key.as_str()) {
+                out.push(not_yet(
+                    &path,
+                    "remove it: meshctl refuses a key it does not serve rather than ignore it",
+                ));
+            } else {
+                continue;
             }
-            if REFUSED_SERVICE.contains(&key) {
-                return Err(not_yet(&path, ""));
-            }
+            service.remove(key.as_str());
         }
-        let Some(Value::Mapping(deploy)) = service.get("deploy") else {
+        let Some(Value::Mapping(deploy)) = service.get_mut("deploy") else {
             continue;
         };
         let deploy_path = join_path(&base, "deploy");
-        for key in deploy.keys().filter_map(Value::as_str) {
-            if REFUSED_DEPLOY.contains(&key) {
-                let path = join_path(&deploy_path, key);
-                return Err(not_yet(
-                    &path,
-                    "only deploy.replicas and deploy.resources.limits are served",
-                ));
-            }
+        let keys: Vec<String> = deploy
+            .keys()
+            .filter_map(Value::as_str)
+            .filter(|k| REFUSED_DEPLOY.contains(k))
+            .map(str::to_string)
+            .collect();
+        for key in keys {
+            out.push(not_yet(
+                &join_path(&deploy_path, &key),
+                "only deploy.replicas and deploy.resources.limits are served",
+            ));
+            deploy.remove(key.as_str());
         }
-        let Some(Value::Mapping(resources)) = deploy.get("resources") else {
+        let Some(Value::Mapping(resources)) = deploy.get_mut("resources") else {
             continue;
         };
-        for key in resources.keys().filter_map(Value::as_str) {
-            if key == "reservations" {
-                let path = join_path(&deploy_path, "resources.reservations");
-                return Err(not_yet(
-                    &path,
-                    "only resources.limits.memory and resources.limits.cpus are served",
-                ));
-            }
+        let limits_hint = "only resources.limits.memory and resources.limits.cpus are served";
+        if resources.remove("reservations").is_some() {
+            out.push(not_yet(
+                &join_path(&deploy_path, "resources.reservations"),
+                limits_hint,
+            ));
         }
-        if let Some(Value::Mapping(limits)) = resources.get("limits") {
-            for key in limits.keys().filter_map(Value::as_str) {
-                if key == "pids" || key == "devices" {
+        if let Some(Value::Mapping(limits)) = resources.get_mut("limits") {
+            for key in ["pids", "devices"] {
+                if limits.remove(key).is_some() {
                     let path = join_path(&deploy_path, &format!("resources.limits.{key}"));
-                    return Err(not_yet(
-                        &path,
-                        "only resources.limits.memory and resources.limits.cpus are served",
-                    ));
+                    out.push(not_yet(&path, limits_hint));
                 }
             }
         }
     }
-    Ok(())
+    out
 }

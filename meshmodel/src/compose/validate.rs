@@ -122,6 +122,7 @@ impl ComposeFile {
     /// Everything wrong that typing could not see; empty when the file is usable.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = self.validate_mesh_settings();
+        errors.extend(self.validate_attachments());
         for (name, service) in &self.services {
             let base = join_path("services", name);
             let at = |field: &str| join_path(&base, field);
@@ -131,7 +132,7 @@ impl ComposeFile {
             } else {
                 base.clone()
             };
-            if !is_dns1123_label(mesh) {
+            if service.meshed() && !is_dns1123_label(mesh) {
                 errors.push(
                     FieldError::new(
                         xm,
@@ -146,7 +147,7 @@ impl ComposeFile {
                 ("x-mesh.serviceAccount", service.service_account(name)),
                 ("x-mesh.namespace", service.namespace()),
             ] {
-                if !is_dns1123_label(value) && value != mesh {
+                if service.meshed() && !is_dns1123_label(value) && value != mesh {
                     errors.push(FieldError::new(
                         at(field),
                         format!(
@@ -233,10 +234,15 @@ impl ComposeFile {
             }
             for net in service.networks.keys() {
                 if net != "default" && !self.networks.contains_key(net) {
-                    errors.push(FieldError::new(
-                        at(&format!("networks.{net}")),
-                        format!("refers to undefined network {net:?}"),
-                    ));
+                    errors.push(
+                        FieldError::new(
+                            at(&format!("networks.{net}")),
+                            format!("refers to undefined network {net:?}"),
+                        )
+                        .with_hint(format!(
+                            "define it under the top-level `networks:` (`{net}: {{}}`), or remove it"
+                        )),
+                    );
                 }
             }
             for (i, v) in service.volumes.iter().enumerate() {
@@ -255,9 +261,24 @@ impl ComposeFile {
         errors
     }
 
-    /// Findings worth a warning only (obsolete `version`).
+    /// Findings worth a warning only (obsolete `version`; a mesh service with no port
+    /// declared, which callers reach only if its image EXPOSEs one).
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut out = Vec::new();
+        for w in self.workloads() {
+            if w.ports.is_empty() {
+                out.push(
+                    FieldError::new(
+                        join_path("services", w.name),
+                        format!(
+                            "service {:?} declares no port (ports, expose or x-mesh.ports): callers get a route to it only for the ports its image EXPOSEs, which `meshctl up` reads",
+                            w.name
+                        ),
+                    )
+                    .with_hint("declare the ports it serves with `expose:` (or `ports:` to publish them); a client that serves nothing needs none"),
+                );
+            }
+        }
         if self.version.is_some() {
             out.push(FieldError::new(
                 "version",
@@ -322,7 +343,7 @@ impl ComposeFile {
     fn shared_mesh_services(&self) -> Vec<FieldError> {
         type Key<'a> = (&'a str, &'a str);
         let mut groups: BTreeMap<Key, Vec<(&str, Vec<PortProtocol>)>> = BTreeMap::new();
-        for (name, s) in &self.services {
+        for (name, s) in self.services.iter().filter(|(_, s)| s.meshed()) {
             groups
                 .entry((s.namespace(), s.mesh_service(name)))
                 .or_default()

@@ -57,7 +57,8 @@ pub struct JwtRule {
     /// Accepted `aud` values; empty: any audience.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
-    /// Where the proxy fetches the public keys (JWKS), `http://` or `https://`.
+    /// Where the proxy fetches the public keys (JWKS), `http://` or `https://`. With neither
+    /// this nor `jwks`, the proxy discovers them from the issuer (OpenID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
     /// The legacy spelling of `jwksUri`, still in Istio's schema.
@@ -86,7 +87,7 @@ pub struct JwtRule {
     /// Claims copied into headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_claim_to_headers: Vec<ClaimToHeader>,
-    /// The JWKS fetch timeout. Not supported by meshctl.
+    /// How long one fetch of the keys (discovery included) may take. Default 5s; at least 1ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// `OPTIONAL` (default: a request without a token passes) or `REQUIRED`. `REQUIRED` is not
@@ -193,29 +194,24 @@ fn validate_rule(r: &mut Report, p: &str, rule: &JwtRule) {
     if set > 1 {
         r.error(p, "only one of jwks or jwksUri can be set");
     }
-    if let Some(u) = rule.uri() {
-        if let Err(e) = check_jwks_uri(u) {
-            r.error(format!("{p}.jwksUri"), e);
-        } else if u.starts_with("https://") {
-            r.unsupported(
-                format!("{p}.jwksUri"),
-                "an https jwksUri",
-                "the proxy fetches keys over http only for now; serve the JWKS over http inside the host, or inline it with jwks",
-            );
-        }
+    if let Some(u) = rule.uri()
+        && let Err(e) = check_jwks_uri(u)
+    {
+        r.error(format!("{p}.jwksUri"), e);
     }
-    match &rule.jwks {
-        Some(j) => {
-            if let Err(e) = meshapi::authn::KeySet::parse(j) {
-                r.error(format!("{p}.jwks"), e.to_string());
-            }
-        }
-        None if rule.uri().is_none() => r.unsupported(
-            format!("{p}.jwksUri"),
-            "a jwtRule without jwks or jwksUri",
-            "the keys would come from the issuer's OpenID discovery document; give jwksUri or jwks",
-        ),
-        None => {}
+    // With neither jwks nor jwksUri the proxy discovers the keys from the issuer (OpenID).
+    if let Some(j) = &rule.jwks
+        && let Err(e) = meshapi::authn::KeySet::parse(j)
+    {
+        r.error(format!("{p}.jwks"), e.to_string());
+    }
+    if let Some(t) = rule.timeout
+        && t < Duration::MIN_ISTIO
+    {
+        r.error(
+            format!("{p}.timeout"),
+            "must be a valid duration greater than 1ms",
+        );
     }
     for (i, h) in rule.from_headers.iter().enumerate() {
         let hp = format!("{p}.fromHeaders[{i}].name");
@@ -268,13 +264,6 @@ fn validate_rule(r: &mut Report, p: &str, rule: &JwtRule) {
             format!("{p}.spaceDelimitedClaims"),
             "spaceDelimitedClaims",
             "claims are matched as strings or lists of strings",
-        );
-    }
-    if rule.timeout.is_some() {
-        r.unsupported(
-            format!("{p}.timeout"),
-            "timeout",
-            "the proxy fetches jwksUri with its own timeout (5s)",
         );
     }
 }

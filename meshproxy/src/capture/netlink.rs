@@ -29,6 +29,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFGENMSG_LEN: usize = 4;
 /// `NFPROTO_IPV4`: the `ip` family.
 pub const FAMILY_IP: u8 = 2;
+pub const FAMILY_IP6: u8 = 10;
 // linux/netfilter/nf_tables.h: message types
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
@@ -77,15 +78,21 @@ const NFT_RETURN: i32 = -5;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_META_MARK: u32 = 3;
 const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_SKUID: u32 = 10;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NF_DROP: i32 = 0;
 const NF_ACCEPT: u32 = 1;
+const NFTA_REJECT_TYPE: u16 = 1;
+const NFT_REJECT_TCP_RST: u32 = 1;
 /// `NF_NAT_RANGE_PROTO_SPECIFIED` (linux/netfilter/nf_nat.h): the redirect carries a port.
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 const IFNAMSIZ: usize = 16;
 const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// How long to wait for the kernel's answer to a batch.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,10 +104,15 @@ pub enum Expr {
     L4ProtoTcp,
     /// `iifname "NAME"`.
     IifName(String),
+    /// `oifname "NAME"`.
+    OifName(String),
     /// `meta skuid UID`.
     SkUid(u32),
     /// `tcp dport PORT` (needs [`Expr::L4ProtoTcp`] before it).
     TcpDport(u16),
+    /// `tcp flags syn / syn,ack`: a connection's first segment (needs [`Expr::L4ProtoTcp`]
+    /// before it).
+    TcpSyn,
     /// `meta mark MARK` (the socket mark the proxy puts on its own connections).
     Mark(u32),
     /// `ip daddr NET/PREFIX`.
@@ -111,13 +123,27 @@ pub enum Expr {
     Return,
     /// `redirect to :PORT`.
     RedirectTo(u16),
+    /// `accept` (filter chains).
+    Accept,
+    /// `drop` (filter chains).
+    Drop,
+    /// `reject with tcp reset` (needs [`Expr::L4ProtoTcp`] before it; filter chains).
+    RejectTcpReset,
 }
 
 /// A hook a base chain attaches to (`enum nf_inet_hooks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting = 0,
+    Input = 1,
     Output = 3,
+}
+
+/// The type of a base chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainType {
+    Nat,
+    Filter,
 }
 
 /// Why a batch failed, before the caller adds which rule it was.
@@ -237,19 +263,33 @@ impl Attrs {
         self.cmp(NFT_CMP_EQ, net);
     }
 
+    fn ifname(&mut self, key: u32, name: &str) {
+        self.meta(key);
+        let mut v = [0u8; IFNAMSIZ];
+        let n = name.len().min(IFNAMSIZ - 1);
+        v[..n].copy_from_slice(&name.as_bytes()[..n]);
+        self.cmp(NFT_CMP_EQ, &v);
+    }
+
+    fn verdict(&mut self, code: i32) {
+        self.expr("immediate", |a| {
+            a.u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+            a.nested(NFTA_IMMEDIATE_DATA, |d| {
+                d.nested(NFTA_DATA_VERDICT, |v| {
+                    v.put(NFTA_VERDICT_CODE, &code.to_be_bytes())
+                })
+            });
+        });
+    }
+
     fn rule_expr(&mut self, e: &Expr) {
         match e {
             Expr::L4ProtoTcp => {
                 self.meta(NFT_META_L4PROTO);
                 self.cmp(NFT_CMP_EQ, &[IPPROTO_TCP]);
             }
-            Expr::IifName(name) => {
-                self.meta(NFT_META_IIFNAME);
-                let mut v = [0u8; IFNAMSIZ];
-                let n = name.len().min(IFNAMSIZ - 1);
-                v[..n].copy_from_slice(&name.as_bytes()[..n]);
-                self.cmp(NFT_CMP_EQ, &v);
-            }
+            Expr::IifName(name) => self.ifname(NFT_META_IIFNAME, name),
+            Expr::OifName(name) => self.ifname(NFT_META_OIFNAME, name),
             Expr::SkUid(uid) => {
                 self.meta(NFT_META_SKUID);
                 // skuid is compared in host byte order.
@@ -259,6 +299,17 @@ impl Attrs {
                 self.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
                 self.cmp(NFT_CMP_EQ, &port.to_be_bytes());
             }
+            Expr::TcpSyn => {
+                self.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 13, 1);
+                self.expr("bitwise", |a| {
+                    a.u32(NFTA_BITWISE_SREG, NFT_REG_1);
+                    a.u32(NFTA_BITWISE_DREG, NFT_REG_1);
+                    a.u32(NFTA_BITWISE_LEN, 1);
+                    a.data(NFTA_BITWISE_MASK, &[TCP_SYN | TCP_ACK]);
+                    a.data(NFTA_BITWISE_XOR, &[0]);
+                });
+                self.cmp(NFT_CMP_EQ, &[TCP_SYN]);
+            }
             Expr::Mark(mark) => {
                 self.meta(NFT_META_MARK);
                 // The mark is compared in host byte order.
@@ -266,13 +317,11 @@ impl Attrs {
             }
             Expr::Ip4Daddr { net, mask } => self.ip4_addr(16, net, mask),
             Expr::Ip4Saddr { net, mask } => self.ip4_addr(12, net, mask),
-            Expr::Return => self.expr("immediate", |a| {
-                a.u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-                a.nested(NFTA_IMMEDIATE_DATA, |d| {
-                    d.nested(NFTA_DATA_VERDICT, |v| {
-                        v.put(NFTA_VERDICT_CODE, &NFT_RETURN.to_be_bytes())
-                    })
-                });
+            Expr::Return => self.verdict(NFT_RETURN),
+            Expr::Accept => self.verdict(NF_ACCEPT as i32),
+            Expr::Drop => self.verdict(NF_DROP),
+            Expr::RejectTcpReset => self.expr("reject", |a| {
+                a.u32(NFTA_REJECT_TYPE, NFT_REJECT_TCP_RST);
             }),
             Expr::RedirectTo(port) => {
                 self.expr("immediate", |a| {
@@ -291,8 +340,9 @@ impl Attrs {
 /// One nf_tables transaction: messages queued in order, sent between BATCH_BEGIN and
 /// BATCH_END so the kernel applies all or none.
 pub struct Batch {
+    /// The family of the messages queued next ([`Batch::family`]).
     family: u8,
-    msgs: Vec<(u16, u16, Attrs)>,
+    msgs: Vec<(u8, u16, u16, Attrs)>,
 }
 
 impl Batch {
@@ -301,6 +351,12 @@ impl Batch {
             family,
             msgs: Vec::new(),
         }
+    }
+
+    /// The address family (`FAMILY_IP`, `FAMILY_IP6`) of the messages queued from now on: one
+    /// transaction may hold tables of several families.
+    pub fn family(&mut self, family: u8) {
+        self.family = family;
     }
 
     /// Number of messages queued so far; the index the next one gets in [`NlError::Refused`].
@@ -312,18 +368,31 @@ impl Batch {
     pub fn new_table(&mut self, table: &str) {
         let mut a = Attrs::default();
         a.str(NFTA_TABLE_NAME, table);
-        self.msgs.push((NFT_MSG_NEWTABLE, NLM_F_CREATE, a));
+        self.msgs
+            .push((self.family, NFT_MSG_NEWTABLE, NLM_F_CREATE, a));
     }
 
     /// Deletes the table with its chains and rules (ENOENT if it does not exist).
     pub fn del_table(&mut self, table: &str) {
         let mut a = Attrs::default();
         a.str(NFTA_TABLE_NAME, table);
-        self.msgs.push((NFT_MSG_DELTABLE, 0, a));
+        self.msgs.push((self.family, NFT_MSG_DELTABLE, 0, a));
     }
 
     /// A `type nat` base chain on `hook` with policy accept.
     pub fn new_nat_chain(&mut self, table: &str, chain: &str, hook: Hook, priority: i32) {
+        self.new_base_chain(table, chain, hook, priority, ChainType::Nat);
+    }
+
+    /// A base chain of `kind` on `hook` with policy accept.
+    pub fn new_base_chain(
+        &mut self,
+        table: &str,
+        chain: &str,
+        hook: Hook,
+        priority: i32,
+        kind: ChainType,
+    ) {
         let mut a = Attrs::default();
         a.str(NFTA_CHAIN_TABLE, table);
         a.str(NFTA_CHAIN_NAME, chain);
@@ -332,8 +401,15 @@ impl Batch {
             h.put(NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
         });
         a.u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-        a.str(NFTA_CHAIN_TYPE, "nat");
-        self.msgs.push((NFT_MSG_NEWCHAIN, NLM_F_CREATE, a));
+        a.str(
+            NFTA_CHAIN_TYPE,
+            match kind {
+                ChainType::Nat => "nat",
+                ChainType::Filter => "filter",
+            },
+        );
+        self.msgs
+            .push((self.family, NFT_MSG_NEWCHAIN, NLM_F_CREATE, a));
     }
 
     /// Appends a rule to `chain`.
@@ -347,7 +423,7 @@ impl Batch {
             }
         });
         self.msgs
-            .push((NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, a));
+            .push((self.family, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, a));
     }
 
     /// The datagram: BATCH_BEGIN, each message with `NLM_F_ACK` and sequence `first_seq + i`,
@@ -364,7 +440,7 @@ impl Batch {
             NFNL_SUBSYS_NFTABLES,
             &[],
         )?;
-        for (i, (ty, flags, attrs)) in self.msgs.iter().enumerate() {
+        for (i, (family, ty, flags, attrs)) in self.msgs.iter().enumerate() {
             if attrs.too_large {
                 return Err(NlError::TooLarge);
             }
@@ -373,7 +449,7 @@ impl Batch {
                 (NFNL_SUBSYS_NFTABLES << 8) | ty,
                 NLM_F_REQUEST | NLM_F_ACK | flags,
                 first_seq.wrapping_add(i as u32),
-                self.family,
+                *family,
                 0,
                 &attrs.buf,
             )?;

@@ -4,17 +4,21 @@
 //! Istio's `accessLogEncoding: JSON` keys; the format lives in `meshapi` so `meshctl top`
 //! reads exactly what the proxy writes).
 //!
-//! Lines never wait for the sink: [`Writer::write`] puts a line on a bounded queue, a task
-//! writes batches of lines to the sink (stdout), and a full queue drops the line and counts it
-//! (`meshproxy_access_log_dropped_total`).
+//! Lines never wait for the sink and cost no allocation: [`Writer::write`] formats a line
+//! straight into one shared buffer (the fields borrowed from the record, [`LineRef`]); a
+//! task swaps the buffer out and writes it to the sink (stdout) in one write, at the latest
+//! [`FLUSH_INTERVAL`] after its first line or once [`BATCH_LINES`] wait. At most
+//! [`QUEUE_LINES`] lines wait or are being written: more are dropped and counted
+//! (`meshproxy_access_log_dropped_total`), so a stalled stdout costs lines, never requests.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use meshapi::telemetry::access_log::AccessLogLine;
+use meshapi::telemetry::access_log::{AccessLogEncoding, LineRef, Val};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::{
     ConnectionOutcome, Downstream, RequestOutcome, TelemetryCounters, Upstream, UpstreamFacts,
@@ -23,83 +27,163 @@ use super::{
 /// Where access log lines go: the proxy's stdout unless a test gives another writer.
 pub type Sink = Pin<Box<dyn AsyncWrite + Send>>;
 
-/// Lines waiting for the sink at most; more are dropped and counted.
+/// Lines waiting for the sink (or being written) at most; more are dropped and counted.
 pub const QUEUE_LINES: usize = 1024;
 
-/// Bytes written to the sink in one write at most.
-const BATCH_BYTES: usize = 64 * 1024;
+/// Bytes waiting for the sink at most (long paths and headers); more are dropped.
+const QUEUE_BYTES: usize = 1024 * 1024;
 
-/// The queue in front of the access log sink.
-pub struct Writer {
-    tx: mpsc::Sender<String>,
+/// Lines that make the writer write at once rather than at the flush interval.
+pub const BATCH_LINES: u64 = 256;
+
+/// How long a line waits at most for more lines before the writer writes them (Envoy
+/// flushes its access log files every second).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Lines formatted and not yet written.
+#[derive(Default)]
+struct Queued {
+    text: Vec<u8>,
+    lines: u64,
+    /// Lines of the batch being written now (they count against [`QUEUE_LINES`]).
+    in_flight: u64,
+    closed: bool,
+}
+
+struct Shared {
+    queued: Mutex<Queued>,
+    wake: Notify,
     counters: Arc<TelemetryCounters>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The buffer in front of the access log sink.
+pub struct Writer {
+    shared: Arc<Shared>,
 }
 
 impl Writer {
     /// Starts the task that writes queued lines to `sink`.
     pub fn spawn(sink: Sink, counters: Arc<TelemetryCounters>) -> Writer {
-        let (tx, rx) = mpsc::channel(QUEUE_LINES);
-        tokio::spawn(drain(sink, rx, Arc::clone(&counters)));
-        Writer { tx, counters }
+        let shared = Arc::new(Shared {
+            queued: Mutex::default(),
+            wake: Notify::new(),
+            counters,
+        });
+        tokio::spawn(drain(sink, Arc::clone(&shared)));
+        Writer { shared }
     }
 
-    /// Queues one line (newline included); drops and counts it when the sink is behind.
-    pub fn write(&self, line: String) {
-        if self.tx.try_send(line).is_err() {
-            self.counters
+    /// Queues one line that `line` appends (newline included); drops and counts it when the
+    /// sink is behind.
+    pub fn write(&self, line: impl FnOnce(&mut Vec<u8>)) {
+        let mut q = self.shared.lock();
+        if q.lines + q.in_flight >= QUEUE_LINES as u64 || q.text.len() >= QUEUE_BYTES {
+            drop(q);
+            self.shared
+                .counters
                 .access_log_dropped
                 .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let before = q.text.len();
+        line(&mut q.text);
+        if q.text.len() == before {
+            return;
+        }
+        q.lines += 1;
+        if q.lines == 1 || q.lines == BATCH_LINES {
+            self.shared.wake.notify_one();
         }
     }
 }
 
-/// Writes queued lines to `sink` in batches until every sender is gone.
-async fn drain(mut sink: Sink, mut rx: mpsc::Receiver<String>, counters: Arc<TelemetryCounters>) {
-    let mut batch = String::new();
-    while let Some(line) = rx.recv().await {
-        batch.clear();
-        batch.push_str(&line);
-        let mut n = 1;
-        while batch.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(l) => {
-                    batch.push_str(&l);
-                    n += 1;
-                }
-                Err(_) => break,
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Writes the queued lines to `sink` in one write per batch until the [`Writer`] is gone.
+async fn drain(mut sink: Sink, shared: Arc<Shared>) {
+    let mut batch = Vec::new();
+    loop {
+        shared.wake.notified().await;
+        let ready = {
+            let q = shared.lock();
+            q.closed || q.lines >= BATCH_LINES
+        };
+        if !ready {
+            tokio::select! {
+                () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+                () = shared.wake.notified() => {}
             }
         }
-        let written = sink.write_all(batch.as_bytes()).await;
-        let flushed = sink.flush().await;
-        if written.is_err() || flushed.is_err() {
-            counters.access_log_dropped.fetch_add(n, Ordering::Relaxed);
-        } else {
-            counters.access_log_written.fetch_add(n, Ordering::Relaxed);
+        let (n, closed) = {
+            let mut q = shared.lock();
+            std::mem::swap(&mut q.text, &mut batch);
+            let n = std::mem::take(&mut q.lines);
+            q.in_flight = n;
+            (n, q.closed)
+        };
+        if n > 0 {
+            let written = sink.write_all(&batch).await;
+            let flushed = sink.flush().await;
+            let counter = if written.is_err() || flushed.is_err() {
+                &shared.counters.access_log_dropped
+            } else {
+                &shared.counters.access_log_written
+            };
+            counter.fetch_add(n, Ordering::Relaxed);
+            batch.clear();
+            if batch.capacity() > 4 * 64 * 1024 {
+                batch.shrink_to(64 * 1024);
+            }
         }
+        shared.lock().in_flight = 0;
+        if closed {
+            return;
+        }
+    }
+}
+
+/// Envoy's `%START_TIME%`, formatted where it is written.
+pub struct StartTime(pub std::time::SystemTime);
+
+impl std::fmt::Display for StartTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = time::OffsetDateTime::from(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second(),
+            d.millisecond()
+        )
     }
 }
 
 /// RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`.
 pub fn start_time(t: std::time::SystemTime) -> String {
-    let d = time::OffsetDateTime::from(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        d.year(),
-        u8::from(d.month()),
-        d.day(),
-        d.hour(),
-        d.minute(),
-        d.second(),
-        d.millisecond()
-    )
+    StartTime(t).to_string()
 }
 
-fn millis(d: std::time::Duration) -> u64 {
+fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn text(v: &Option<http::HeaderValue>) -> Option<String> {
-    v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string)
+fn text(v: Option<&http::HeaderValue>) -> Val<'_> {
+    v.and_then(|v| v.to_str().ok()).into()
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -113,93 +197,111 @@ fn protocol(v: http::Version) -> &'static str {
 
 /// `UPSTREAM_HOST`, `UPSTREAM_CLUSTER` and the upstream's identity: the endpoint that
 /// answered, else what the path recorded (inbound: the application).
-fn upstream(
-    up: Option<&Upstream>,
-    facts: &UpstreamFacts,
-) -> (Option<String>, Option<String>, Option<String>) {
+fn upstream<'a>(up: Option<&'a Upstream>, facts: &'a UpstreamFacts) -> (Val<'a>, Val<'a>, Val<'a>) {
     match up {
         Some(u) => (
-            u.host().map(|h| h.to_string()),
-            Some(u.cluster.name.clone()),
+            u.host().into(),
+            Val::Str(&u.cluster.name),
             u.cluster
                 .endpoints
                 .get(u.endpoint)
                 .and_then(|e| e.identity.as_ref())
-                .map(|i| i.to_string()),
+                .map_or(Val::None, |i| Val::Display(i)),
         ),
         None => (
-            facts.host.map(|h| h.to_string()),
-            facts.cluster.clone(),
-            None,
+            facts.host.into(),
+            facts.cluster.as_deref().into(),
+            Val::None,
         ),
     }
 }
 
-fn downstream(line: &mut AccessLogLine, d: &Downstream) {
-    line.downstream_local_address = d.local.map(|a| a.to_string());
-    line.downstream_remote_address = Some(d.remote.to_string());
-    line.requested_server_name = d.sni.as_deref().map(str::to_string);
-    line.downstream_peer_uri_san = d.peer.as_ref().map(|p| p.to_string());
+/// `DOWNSTREAM_LOCAL_ADDRESS`, `DOWNSTREAM_REMOTE_ADDRESS`, `REQUESTED_SERVER_NAME`,
+/// `DOWNSTREAM_PEER`.
+fn downstream(d: Option<&Downstream>) -> [Val<'_>; 4] {
+    match d {
+        Some(d) => [
+            d.local.into(),
+            Val::Addr(d.remote),
+            d.sni.as_deref().into(),
+            d.peer.as_ref().map_or(Val::None, |p| Val::Display(p)),
+        ],
+        None => [Val::None; 4],
+    }
 }
 
-/// The access log fields of a finished request.
-pub fn request_line(o: &RequestOutcome) -> AccessLogLine {
+/// Calls `f` with the access log fields of a finished request, borrowed from it.
+pub fn with_request_line<R>(o: &RequestOutcome, f: impl FnOnce(&LineRef<'_>) -> R) -> R {
     let r = &o.request;
+    let start = StartTime(o.start);
     let (upstream_host, upstream_cluster, upstream_peer_uri_san) =
         upstream(o.upstream.as_ref(), &o.facts);
-    let mut line = AccessLogLine {
-        start_time: start_time(o.start),
-        method: Some(o.method.as_str().to_string()),
-        path: Some(
-            r.uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-        ),
-        protocol: protocol(o.version).to_string(),
+    let [local, remote, sni, peer] = downstream(Some(&o.downstream));
+    let line = LineRef {
+        start_time: &start,
+        method: Val::Str(o.method.as_str()),
+        path: Val::Str(r.uri.path_and_query().map_or("/", |p| p.as_str())),
+        protocol: protocol(o.version),
         response_code: o.status,
-        response_flags: o.response_flags.to_string(),
-        response_code_details: o.details.to_string(),
+        response_flags: o.response_flags,
+        response_code_details: o.details,
         bytes_received: o.bytes_received,
         bytes_sent: o.bytes_sent,
         duration: millis(o.duration),
         upstream_service_time: o.facts.service_time.map(millis),
-        x_forwarded_for: text(&r.forwarded_for),
-        user_agent: text(&r.user_agent),
-        request_id: text(&r.request_id),
-        authority: r
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| text(&r.authority)),
+        x_forwarded_for: text(r.forwarded_for.as_ref()),
+        user_agent: text(r.user_agent.as_ref()),
+        request_id: text(r.request_id.as_ref()),
+        authority: match r.uri.authority() {
+            Some(a) => Val::Str(a.as_str()),
+            None => text(r.authority.as_ref()),
+        },
         upstream_host,
         upstream_cluster,
-        route_name: o.facts.route.clone(),
+        downstream_local_address: local,
+        downstream_remote_address: remote,
+        requested_server_name: sni,
+        route_name: o.facts.route.as_deref().into(),
+        downstream_peer_uri_san: peer,
         upstream_peer_uri_san,
-        ..Default::default()
     };
-    downstream(&mut line, &o.downstream);
-    line
+    f(&line)
 }
 
-/// The access log fields of a closed TCP connection.
-pub fn connection_line(o: &ConnectionOutcome) -> AccessLogLine {
+/// Appends the access log line of a closed TCP connection to `out`.
+pub fn write_connection_line(
+    o: &ConnectionOutcome,
+    encoding: AccessLogEncoding,
+    out: &mut Vec<u8>,
+) {
+    let start = StartTime(o.start);
     let (upstream_host, upstream_cluster, upstream_peer_uri_san) =
         upstream(o.upstream.as_ref(), &o.facts);
-    let mut line = AccessLogLine {
-        start_time: start_time(o.start),
-        protocol: "TCP".into(),
-        response_flags: o.response_flags.to_string(),
-        response_code_details: "-".into(),
+    let [local, remote, sni, peer] = downstream(o.downstream.as_deref());
+    LineRef {
+        start_time: &start,
+        method: Val::None,
+        path: Val::None,
+        protocol: "TCP",
+        response_code: 0,
+        response_flags: o.response_flags,
+        response_code_details: o.details,
         bytes_received: o.bytes_received,
         bytes_sent: o.bytes_sent,
         duration: millis(o.duration),
+        upstream_service_time: None,
+        x_forwarded_for: Val::None,
+        user_agent: Val::None,
+        request_id: Val::None,
+        authority: Val::None,
         upstream_host,
         upstream_cluster,
+        downstream_local_address: local,
+        downstream_remote_address: remote,
+        requested_server_name: sni,
+        route_name: Val::None,
+        downstream_peer_uri_san: peer,
         upstream_peer_uri_san,
-        ..Default::default()
-    };
-    if let Some(d) = &o.downstream {
-        downstream(&mut line, d);
     }
-    line
+    .write(encoding, out);
 }

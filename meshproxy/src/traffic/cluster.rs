@@ -82,7 +82,7 @@ impl ClusterState {
         let keys = endpoints
             .iter()
             .map(|e| {
-                let tls = (cluster.policy.tls.clone()).unwrap_or_else(|| e.tls_for(cluster.port));
+                let tls = cluster.tls_for(e);
                 Arc::new(PoolKey {
                     addr: e.address,
                     identity: e.identity.clone(),
@@ -286,72 +286,6 @@ impl ClusterState {
     }
 }
 
-/// Appends the clusters' Prometheus series: retries, outlier ejections (total and current),
-/// circuit-breaker overflows by resource, active requests.
-pub fn render_metrics(clusters: &[ClusterStatus], out: &mut String) {
-    use std::fmt::Write;
-    if clusters.is_empty() {
-        return;
-    }
-    let series: [(&str, &str, &str); 4] = [
-        (
-            "meshproxy_cluster_retries_total",
-            "counter",
-            "Retries sent, by cluster.",
-        ),
-        (
-            "meshproxy_cluster_outlier_ejections_total",
-            "counter",
-            "Outlier-detection ejections, by cluster.",
-        ),
-        (
-            "meshproxy_cluster_ejected_endpoints",
-            "gauge",
-            "Endpoints ejected now, by cluster.",
-        ),
-        (
-            "meshproxy_cluster_active_requests",
-            "gauge",
-            "Requests in flight, by cluster.",
-        ),
-    ];
-    for (name, kind, help) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for c in clusters {
-            let v = match name {
-                "meshproxy_cluster_retries_total" => c.retries,
-                "meshproxy_cluster_outlier_ejections_total" => c.ejections,
-                "meshproxy_cluster_ejected_endpoints" => {
-                    c.endpoints.iter().filter(|e| e.ejected).count() as u64
-                }
-                _ => c
-                    .endpoints
-                    .iter()
-                    .map(|e| u64::from(e.active_requests))
-                    .sum(),
-            };
-            let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", c.name);
-        }
-    }
-    let name = "meshproxy_cluster_overflow_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Circuit-breaker overflows (503 UO), by cluster and resource.\n# TYPE {name} counter"
-    );
-    for c in clusters {
-        for (i, r) in ["connections", "pending_requests", "requests", "retries"]
-            .iter()
-            .enumerate()
-        {
-            let _ = writeln!(
-                out,
-                "{name}{{cluster=\"{}\",resource=\"{r}\"}} {}",
-                c.name, c.circuit_breaker.overflows[i]
-            );
-        }
-    }
-}
-
 /// One cluster in `/config_dump`'s `clusters`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -411,7 +345,7 @@ pub fn build_clusters(
                     (*key).clone(),
                     svc.endpoints
                         .iter()
-                        .filter(|e| in_cluster(c, e))
+                        .filter(|e| c.holds(e))
                         .map(|e| Arc::new(e.clone()))
                         .collect(),
                 ),
@@ -432,16 +366,6 @@ pub fn build_clusters(
             Arc::new(ClusterState::new(name, service, c, endpoints, multiplexed))
         })
         .collect()
-}
-
-/// Whether endpoint `e` belongs to cluster `c`: one of its workloads (when both say), and
-/// carrying the subset's labels.
-fn in_cluster(c: &Cluster, e: &Endpoint) -> bool {
-    let workload_ok = match (&e.workload, c.workloads.is_empty()) {
-        (Some(w), false) => c.workloads.iter().any(|cw| cw == w),
-        _ => true,
-    };
-    workload_ok && c.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))
 }
 
 /// Holds one unit of endpoint `i`'s `active` count for LEAST_REQUEST while a try is

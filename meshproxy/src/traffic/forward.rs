@@ -225,10 +225,11 @@ pub async fn forward(
     })?;
     let retries = d.f.retries();
     let mirrored = d.f.mirrors().next().is_some();
+    let fault = crate::body::BodyFault::for_request(&parts.extensions);
     let mut body = if retries.is_some() || mirrored {
-        buffer(body).await?
+        buffer(body, fault).await?
     } else {
-        ReqBody::streaming(body)
+        ReqBody::streaming(body, fault)
     };
     let mut head = upstream_head(&d.f, parts, authority, &path_and_query)?;
     if cluster.to_mesh {

@@ -33,9 +33,10 @@ pub(super) enum ReqBody {
 }
 
 impl ReqBody {
-    /// A body streamed from the downstream as it arrives.
-    pub(super) fn streaming(b: Incoming) -> ReqBody {
-        ReqBody::Streaming(Some(b), BodyFault::default())
+    /// A body streamed from the downstream as it arrives; `fault` records its failure (and
+    /// counts its bytes, see [`BodyFault::for_request`]).
+    pub(super) fn streaming(b: Incoming, fault: BodyFault) -> ReqBody {
+        ReqBody::Streaming(Some(b), fault)
     }
 
     /// The body for the next try; `None` when a streamed body was already sent.
@@ -69,7 +70,7 @@ impl ReqBody {
 }
 
 /// Reads a body into memory when it is known to fit in [`RETRY_BUFFER_LIMIT`].
-pub(super) async fn buffer(body: Incoming) -> Result<ReqBody, ProxyError> {
+pub(super) async fn buffer(body: Incoming, fault: BodyFault) -> Result<ReqBody, ProxyError> {
     let hint = body.size_hint();
     if body.is_end_stream() {
         return Ok(ReqBody::Buffered(Bytes::new()));
@@ -86,9 +87,11 @@ pub(super) async fn buffer(body: Incoming) -> Result<ReqBody, ProxyError> {
                         ProxyError::downstream_body(&*e)
                     }
                 })?;
-            Ok(ReqBody::Buffered(collected.to_bytes()))
+            let bytes = collected.to_bytes();
+            fault.received(bytes.len());
+            Ok(ReqBody::Buffered(bytes))
         }
-        _ => Ok(ReqBody::streaming(body)),
+        _ => Ok(ReqBody::streaming(body, fault)),
     }
 }
 
