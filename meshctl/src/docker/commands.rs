@@ -155,6 +155,11 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         deaths.abort();
         stop_project(&engine, project.name(), &progress).await?;
+        // Process pods have no stopped state to keep: they go as on `down`.
+        let dir = project.state_dir.clone();
+        let gone =
+            tokio::task::spawn_blocking(move || crate::process::commands::down(&dir)).await??;
+        crate::process::commands::report_down(&progress, &gone);
         heal.abort();
         if let Some(cp) = outcome.control_plane {
             cp.shutdown().await;

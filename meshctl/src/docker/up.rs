@@ -456,6 +456,10 @@ pub async fn up(
                     pod::wait_app(&engine, &p.app_name, id, want, opts.wait_timeout).await?;
                 }
             }
+            // A process service it depends on (started above) reaches the same condition.
+            crate::process::up::wait_service(project, &procs, &dep, cond, opts.wait_timeout)
+                .await
+                .map_err(|e| DockerError::Process(e.to_string()))?;
         }
         let results = join_all(pods.iter().map(|p| {
             let engine = &engine;
@@ -655,16 +659,10 @@ async fn plan_processes(
         .collect();
     let planned = crate::process::up::plan_on(project, &pnet, &taken, &|s| chosen.contains(s))
         .map_err(|e| DockerError::Process(e.to_string()))?;
-    let in_files: BTreeSet<String> = project
-        .mesh
-        .compose
-        .as_ref()
-        .map(|c| c.services.keys().cloned().collect())
-        .unwrap_or_default();
     Ok(crate::process::up::reconcile(
         &project.state_dir,
         planned,
-        &in_files,
+        &crate::process::commands::process_services(project),
         opts.force_recreate,
     ))
 }
@@ -681,16 +679,10 @@ fn process_placement(
         .chain(&procs.create)
         .map(|p| p.name.as_str())
         .collect();
-    let in_files = |s: &str| {
-        project
-            .mesh
-            .compose
-            .as_ref()
-            .is_some_and(|c| c.services.contains_key(s))
-    };
+    let processes = crate::process::commands::process_services(project);
     let others: Vec<crate::process::PodSpec> = crate::process::PodSpec::all(&project.state_dir)
         .into_values()
-        .filter(|p| !planned.contains(p.name.as_str()) && in_files(&p.service))
+        .filter(|p| !planned.contains(p.name.as_str()) && processes.contains(&p.service))
         .collect();
     crate::process::up::placement_of(procs.keep.iter().chain(&procs.create).chain(&others))
 }

@@ -35,6 +35,23 @@ pub fn has_processes(project: &Project) -> bool {
         .is_some_and(|c| c.services.values().any(|s| !s.is_container()))
 }
 
+/// The services of the files that are processes or existing host services: a pod of any other
+/// service (removed, or now a container) is stopped by `up`.
+pub fn process_services(project: &Project) -> BTreeSet<String> {
+    project
+        .mesh
+        .compose
+        .as_ref()
+        .map(|c| {
+            c.services
+                .iter()
+                .filter(|(_, s)| !s.is_container())
+                .map(|(n, _)| n.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// True when pods were started from this state directory (files under `.mesh/pods/`).
 pub fn has_pods(state_dir: &Path) -> bool {
     !PodSpec::all(state_dir).is_empty()

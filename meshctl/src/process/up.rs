@@ -119,8 +119,9 @@ pub fn plan_on(
     })
 }
 
-/// Compares the planned pods with what runs. Pods of services that are in the files but not
-/// selected are left alone; pods of services no longer in the files are removed.
+/// Compares the planned pods with what runs. Pods of process services (`in_files`) that are
+/// not selected are left alone; pods of any other service (removed from the files, or now a
+/// container) are removed.
 pub fn reconcile(
     state_dir: &Path,
     planned: Vec<PodSpec>,
@@ -359,6 +360,36 @@ fn pod_failed(state_dir: &Path, spec: &PodSpec, s: &PodState) -> ProcessError {
     }
 }
 
+/// Waits until every pod of `service` among `r`'s kept and created pods reached `cond`
+/// (nothing to wait for when it has none: a container service).
+pub async fn wait_service(
+    project: &Project,
+    r: &Reconciled,
+    service: &str,
+    cond: DependsCondition,
+    timeout: Duration,
+) -> Result<(), ProcessError> {
+    let state_dir =
+        std::path::absolute(&project.state_dir).map_err(ProcessError::io(&project.state_dir))?;
+    for p in r
+        .keep
+        .iter()
+        .chain(&r.create)
+        .filter(|p| p.service == service)
+    {
+        wait_pod(&state_dir, p, want(cond), timeout).await?;
+    }
+    Ok(())
+}
+
+fn want(cond: DependsCondition) -> Want {
+    match cond {
+        DependsCondition::ServiceStarted => Want::Started,
+        DependsCondition::ServiceHealthy => Want::Healthy,
+        DependsCondition::ServiceCompletedSuccessfully => Want::Completed,
+    }
+}
+
 /// Starts `create` (stopping the supervisors they replace first) in `depends_on` order, each
 /// service after its dependencies among `all` reached their condition, and stops `remove`.
 /// With `wait`, returns once every pod of `all` runs and is healthy.
@@ -415,13 +446,8 @@ pub async fn start_pods(
             continue;
         }
         for (dep, cond) in depends.get(service).cloned().unwrap_or_default() {
-            let want = match cond {
-                DependsCondition::ServiceStarted => Want::Started,
-                DependsCondition::ServiceHealthy => Want::Healthy,
-                DependsCondition::ServiceCompletedSuccessfully => Want::Completed,
-            };
             for p in all.iter().filter(|p| p.service == dep) {
-                wait_pod(&state_dir, p, want, wait_timeout).await?;
+                wait_pod(&state_dir, p, want(cond), wait_timeout).await?;
             }
         }
         for p in &creating {
@@ -513,7 +539,7 @@ pub async fn run(
         .cloned()
         .unwrap_or_else(|| PathBuf::from("meshdns"));
     planned.push(spec::meshdns_pod(&name, &state_dir, &network, &meshdns)?);
-    let in_files: BTreeSet<String> = compose.services.keys().cloned().collect();
+    let in_files = super::commands::process_services(project);
     let mut r = reconcile(&state_dir, planned, &in_files, opts.force_recreate);
 
     // Control plane: every pod of the project, selected or not, is in its placement.

@@ -409,6 +409,10 @@ fn process_fields(
     };
     refuse("image", service.image.is_some());
     refuse("build", service.build.is_some());
+    refuse(
+        "x-mesh.enabled",
+        service.x_mesh.as_ref().and_then(|m| m.enabled) == Some(false),
+    );
     refuse("command", service.command.is_some());
     refuse("entrypoint", service.entrypoint.is_some());
     refuse("volumes", !service.volumes.is_empty());
