@@ -36,11 +36,11 @@ async fn proxy_bootstraps_with_a_token_then_renews_over_mtls() {
         &addr,
         Some(token.as_str().into()),
         who.clone(),
-        ca.root_pem(),
+        &ca.root_pem(),
     )
     .unwrap();
     let first = client.fetch(None).await.unwrap();
-    chain_verifies(&first.cert_chain_pem, ca.root_pem()).unwrap();
+    chain_verifies(&first.cert_chain_pem, &ca.root_pem()).unwrap();
     assert_eq!(first.identity, who);
     // The proxy's TLS layer accepts what the CA issued as its SVID.
     meshproxy::tls::Credentials::from_pem(
@@ -58,7 +58,7 @@ async fn proxy_bootstraps_with_a_token_then_renews_over_mtls() {
         &addr,
         Some(token.as_str().into()),
         who.clone(),
-        ca.root_pem(),
+        &ca.root_pem(),
     )
     .unwrap();
     match thief.fetch(None).await.unwrap_err() {
@@ -89,7 +89,7 @@ async fn proxy_bootstraps_with_a_token_then_renews_over_mtls() {
             "a fresh key per certificate"
         );
         assert!(renewed.not_after >= previous.not_after);
-        chain_verifies(&renewed.cert_chain_pem, ca.root_pem()).unwrap();
+        chain_verifies(&renewed.cert_chain_pem, &ca.root_pem()).unwrap();
         previous = renewed;
     }
     assert!(ca.issued().contains_key(&who));
@@ -271,7 +271,7 @@ async fn serving_certificate_names_the_control_plane_and_is_rotated() {
         ..ApiConfig::default()
     };
     let server = start_api_with(ca.clone(), config).await;
-    let first = server_chain(server.local_addr(), ca.root_pem()).await;
+    let first = server_chain(server.local_addr(), &ca.root_pem()).await;
     assert_eq!(
         meshctl::api::spiffe_id_of(&first[0]).unwrap().to_string(),
         "spiffe://cluster.local/ns/mesh-system/sa/meshctl"
@@ -279,7 +279,7 @@ async fn serving_certificate_names_the_control_plane_and_is_rotated() {
     // Re-issued once half of its lifetime has passed (poll with a deadline).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let now = server_chain(server.local_addr(), ca.root_pem()).await;
+        let now = server_chain(server.local_addr(), &ca.root_pem()).await;
         if now[0] != first[0] {
             break;
         }

@@ -607,3 +607,190 @@ async fn meshctl_stats_reads_the_proxies_the_control_plane_lists_in_host_mode() 
     server.shutdown().await;
     cp.shutdown().await;
 }
+
+/// The roots a proxy's admin `/certs` shows in force (subjects) and its own chain's length.
+async fn certs_in_force(p: &CpProxy) -> (Vec<String>, usize) {
+    let certs: serde_json::Value =
+        serde_json::from_str(&admin_get(p.bound.admin, "/certs").await).unwrap();
+    let c = &certs["certificates"][0];
+    let roots = c["ca_cert"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap().to_string())
+        .collect();
+    (roots, c["cert_chain"].as_array().unwrap().len())
+}
+
+/// Whether `chain_pem`'s leaf chains (with its intermediates) to one of `roots_pem`'s roots.
+fn chains_to(chain_pem: &[u8], roots_pem: &str) -> bool {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    der_chains_to(&chain, roots_pem)
+}
+
+/// [`chains_to`] for DER.
+fn der_chains_to(chain: &[rustls::pki_types::CertificateDer<'_>], roots_pem: &str) -> bool {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let anchors: Vec<_> = CertificateDer::pem_slice_iter(roots_pem.as_bytes())
+        .map(|c| {
+            webpki::anchor_from_trusted_cert(&c.unwrap())
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let ee = webpki::EndEntityCert::try_from(&chain[0]).unwrap();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &chain[1..],
+        rustls::pki_types::UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_rotation_under_load_loses_no_request_and_ends_with_only_the_new_root() {
+    let echo = meshtest::echo::EchoServer::start("server").await;
+    let dir = tempfile::tempdir().unwrap();
+    // The client serves no port: the other tests here bind its VIP listener on this host.
+    let compose =
+        compose(echo.port()).replace("      ports: [{ port: 9999, protocol: http }]\n", "");
+    std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+    std::fs::create_dir(dir.path().join("mesh")).unwrap();
+    std::fs::write(dir.path().join("mesh/peer-authentication.yaml"), STRICT).unwrap();
+    let config = ControlPlaneConfig {
+        project: ProjectSpec {
+            working_dir: dir.path().to_path_buf(),
+            ..ProjectSpec::default()
+        },
+        api: ApiConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..ApiConfig::default()
+        },
+        placement: PlacementSpec::Host {
+            base_port: free_base(2),
+        },
+        watch: false,
+        ..ControlPlaneConfig::default()
+    };
+    let cp = ControlPlane::start(config).await.unwrap();
+    let server = start_proxy(&cp, "server", "server-sa").await;
+    let client = start_proxy(&cp, "client", "client-sa").await;
+    let vip = client.config.borrow().outbound[0].vip;
+    let out = client.bound.outbound(vip).expect("outbound VIP listener");
+    let old_root = cp.ca().root_pem();
+    assert_eq!(certs_in_force(&server).await.0.len(), 1);
+
+    // Steady load for the whole rotation: 4 requests at a time, each on a fresh connection
+    // (a new mTLS handshake between the proxies whenever the pool needs one).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut n) = (0usize, Vec::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 200_000 {
+                let batch: Vec<_> = (0..4).map(|k| tokio::spawn(request(out, n + k))).collect();
+                n += 4;
+                for b in batch {
+                    match b.await.unwrap() {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = Instant::now();
+    let overlap = Duration::from_secs(4);
+    let report = cp.rotate_root(overlap).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    let bundle = cp.ca().root_pem();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+    // During the overlap every proxy trusts both roots and holds a leaf of the new root
+    // (with the cross certificate), renewed at once on the push, not at half its 24 h.
+    let deadline = Instant::now() + DEADLINE;
+    for p in [&server, &client] {
+        loop {
+            let c = p.credentials.borrow().clone();
+            if c.root_pem == bundle && c.cert_chain_pem.matches("BEGIN CERTIFICATE").count() == 2 {
+                assert!(chains_to(c.cert_chain_pem.as_bytes(), &old_root));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not take the new bundle and renew",
+                p.handle().identity().current().unwrap().id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let renewed_in = t0.elapsed();
+    assert!(
+        renewed_in < overlap,
+        "both renewed {renewed_in:?} after the rotation"
+    );
+    let (roots, chain_len) = certs_in_force(&server).await;
+    assert_eq!((roots.len(), chain_len), (2, 2), "{roots:?}");
+
+    // After the overlap the old root is gone from the CA and from every proxy.
+    let new_root = loop {
+        if cp.ca().retire_at().is_none() {
+            break cp.ca().root_pem();
+        }
+        assert!(t0.elapsed() < overlap + DEADLINE, "never retired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(new_root.matches("BEGIN CERTIFICATE").count(), 1);
+    assert!(bundle.contains(new_root.trim()) && !old_root.contains(new_root.trim()));
+    let deadline = Instant::now() + DEADLINE;
+    for p in [&server, &client] {
+        loop {
+            let (roots, _) = certs_in_force(p).await;
+            if p.credentials.borrow().root_pem == new_root && roots.len() == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old root is still in force: {roots:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Requests still flow, now between leaves of the new root alone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= 40, "only {ok} requests sent");
+    // The server's leaf, served on a fresh handshake, verifies with the new root only and no
+    // longer with the old one.
+    let leaf = [rustls::pki_types::CertificateDer::from(
+        served_leaf(&client, &server, echo.port()).await,
+    )];
+    assert!(der_chains_to(&leaf, &new_root));
+    assert!(!der_chains_to(&leaf, &old_root));
+    eprintln!(
+        "{ok} requests, 0 failed over a root rotation; both proxies renewed {renewed_in:?} after it started"
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+    cp.shutdown().await;
+}

@@ -86,13 +86,13 @@ struct Proxy {
 async fn connect_proxy(cp: &ControlPlane, addr: &str) -> Proxy {
     let id = frontend_id();
     let token = cp.ca().issue_token(&id).unwrap();
-    let ca = CaClient::new(addr, Some(token.as_str().into()), id, cp.ca().root_pem()).unwrap();
+    let ca = CaClient::new(addr, Some(token.as_str().into()), id, &cp.ca().root_pem()).unwrap();
     let creds = ca.fetch(None).await.unwrap();
     let (creds_tx, creds_rx) = watch::channel(creds);
     let mut settings = ConfigClientSettings::new(addr, "frontend", 0);
     settings.backoff_initial = Duration::from_millis(50);
     settings.backoff_max = Duration::from_millis(300);
-    let client = ConfigClient::new(settings, cp.ca().root_pem(), "cluster.local").unwrap();
+    let client = ConfigClient::new(settings, &cp.ca().root_pem(), "cluster.local").unwrap();
     let outcomes = client.outcomes();
     let (first, client) = tokio::time::timeout(DEADLINE, client.first(&creds_rx))
         .await
@@ -391,12 +391,12 @@ async fn the_api_refuses_strangers_and_other_identities() {
         .parse()
         .unwrap();
     let token = cp.ca().issue_token(&id).unwrap();
-    let ca = CaClient::new(&addr, Some(token.as_str().into()), id, cp.ca().root_pem()).unwrap();
+    let ca = CaClient::new(&addr, Some(token.as_str().into()), id, &cp.ca().root_pem()).unwrap();
     let creds = ca.fetch(None).await.unwrap();
     let (_tx, creds_rx) = watch::channel(creds);
     let mut settings = ConfigClientSettings::new(&addr, "frontend", 0);
     settings.backoff_initial = Duration::from_millis(10);
-    let client = ConfigClient::new(settings, cp.ca().root_pem(), "cluster.local").unwrap();
+    let client = ConfigClient::new(settings, &cp.ca().root_pem(), "cluster.local").unwrap();
     let r = tokio::time::timeout(DEADLINE, client.first(&creds_rx))
         .await
         .unwrap();

@@ -119,13 +119,35 @@ def kill_control_plane(_n):
     subprocess.run(["kill", "-9", str(pid)])
 
 
+OVERLAP = float(os.environ.get("SOAK_OVERLAP_SECONDS", "120"))
+rotation = {"started": None, "retired": None, "failed": None}
+
+
 def rotate_root(_n):
-    r = meshctl("ca", "rotate")
+    fault("root-rotation", f"meshctl ca rotate --overlap {OVERLAP:.0f}s")
+    r = meshctl("ca", "rotate", "--overlap", f"{OVERLAP:.0f}s")
     if r.returncode != 0:
-        print(f"root rotation: NOT DONE (`meshctl ca rotate` failed: {r.stderr.strip()[:120]})",
-              flush=True)
+        rotation["failed"] = r.stderr.strip()[:300]
+        print(f"root rotation FAILED: {rotation['failed']}", flush=True)
         return
-    fault("root-rotation", r.stdout.strip()[:120])
+    rotation["started"] = time.time()
+    print("  " + r.stdout.strip().replace("\n", "\n  "), flush=True)
+
+
+def ca_roots():
+    """The CA certificates `status --json` shows (role list), or None."""
+    r = meshctl("status", "--json")
+    if r.returncode != 0:
+        return None
+    return [c["role"] for c in json.loads(r.stdout).get("caCertificates", [])]
+
+
+def check_retired():
+    """Once the overlap has passed: the old root is gone (status shows one root)."""
+    roles = ca_roots()
+    if roles == ["root"]:
+        rotation["retired"] = time.time()
+        fault("root-rotation", f"old root retired {rotation['retired'] - rotation['started']:.0f} s after the rotation")
 
 
 def main():
@@ -137,7 +159,8 @@ def main():
     schedule = [(10, live_edit), (120, restart_sidecar), (300, kill_control_plane)]
     next_at = {f: t0 + every for every, f in schedule}
     count = {f: 0 for _, f in schedule}
-    rotation_at = t0 + MINUTES * 60 / 2
+    # Half time, off the control-plane kills' schedule so each failure has one cause.
+    rotation_at = t0 + MINUTES * 60 / 2 + 20
     end = t0 + MINUTES * 60
     while time.time() < end:
         now = time.time()
@@ -149,6 +172,8 @@ def main():
         if rotation_at and now >= rotation_at:
             rotate_root(0)
             rotation_at = None
+        if rotation["started"] and not rotation["retired"] and now >= rotation["started"] + OVERLAP:
+            check_retired()
         time.sleep(0.2)
     # Let the last fault settle before the end figures.
     time.sleep(2)
@@ -187,12 +212,22 @@ def main():
         print(f"  failed during {cls:<19} {n:>6}  {examples}")
     print("failed per minute: " + " ".join(f"{per_minute.get(k, 0)}" for k in range(int(elapsed // 60) + 1)))
     print(f"proxies ACKed their current config at the end: {acked}")
+    if rotation["failed"]:
+        print(f"root rotation: FAILED: {rotation['failed']}")
+    elif rotation["started"]:
+        retired = (f"old root retired {rotation['retired'] - rotation['started']:.0f} s after it"
+                   if rotation["retired"] else "old root NOT retired by the end")
+        print(f"root rotation: started at {(rotation['started'] - t0) / 60:.1f} min, overlap "
+              f"{OVERLAP:.0f} s; {retired}; CA roots at the end: {ca_roots()}")
     print(f"{'component':<28} {'start MiB':>10} {'end MiB':>10}")
     for k in sorted(set(start_mem) | set(end_mem)):
         print(f"{k:<28} {start_mem.get(k, float('nan')):>10.1f} {end_mem.get(k, float('nan')):>10.1f}")
     print(f"load average: {open('/proc/loadavg').read().strip()}")
     beyond = sum(n for c, n in by_class.items() if c != "sidecar-restart")
     beyond += max(0, by_class.get("sidecar-restart", 0) - allowed)
+    if rotation["failed"] or (rotation["started"] and not rotation["retired"]):
+        print("FAIL: the root rotation did not complete")
+        sys.exit(1)
     if beyond:
         print(f"FAIL: {beyond} request(s) lost beyond those in flight on a restarted sidecar "
               f"(allowed {allowed}: {CLIENTS} clients x {restarts} restarts)")

@@ -36,6 +36,10 @@ pub const ENV_IDENTITY: &str = "MESH_IDENTITY";
 pub const ENV_CA_ADDR: &str = "MESH_CA_ADDR";
 /// Environment variable holding the PEM trust roots (the proxy verifies the API server with them).
 pub const ENV_CA_ROOT_PEM: &str = "MESH_CA_ROOT_PEM";
+/// Environment variable: path of a PEM file of the mesh trust roots, read at each start in
+/// preference to [`ENV_CA_ROOT_PEM`] (a sidecar mounts the control plane's current bundle
+/// there, so a restart after a root rotation starts from the current roots).
+pub const ENV_CA_ROOTS_FILE: &str = "MESH_CA_ROOTS_FILE";
 /// Environment variable naming the compose service a started proxy serves (its config key).
 pub const ENV_WORKLOAD: &str = "MESH_WORKLOAD";
 /// Environment variable holding the replica index of a started proxy (default 0).

@@ -250,6 +250,12 @@ pub struct IdentityConfig {
     /// mesh's `trustDomainAliases`). Default none: only its own trust domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_domain_aliases: Vec<String>,
+    /// Control-plane mode: the mesh CA's current trust bundle, PEM (both roots while a root
+    /// rotation is in progress). Set by the control plane, not by `meshctl proxy-config`. A
+    /// proxy whose trust roots differ trusts exactly these from then on (toward peers and
+    /// toward the control plane) and renews its certificate at once. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<String>,
 }
 
 /// Data-plane listener addresses.

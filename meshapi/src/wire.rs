@@ -24,6 +24,9 @@ pub const ACK_PATH: &str = "/v1/config/ack";
 pub const STATUS_PATH: &str = "/v1/status";
 /// Reload the mesh files now, optionally waiting for ACKs (POST, admin identity only).
 pub const RELOAD_PATH: &str = "/v1/reload";
+/// Start a root rotation (`meshctl ca rotate`; POST, JSON [`RotateRequest`], admin identity
+/// only).
+pub const ROTATE_PATH: &str = "/v1/ca/rotate";
 /// The poll parameter of a proxy that serves: its start epoch (see the module doc).
 pub const PROXY_EPOCH_PARAM: &str = "proxyEpoch";
 /// Longest long-poll the server holds, in milliseconds.
@@ -58,6 +61,18 @@ pub struct AckRequest {
     /// Why it was refused. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Body of [`ROTATE_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long both roots stay trusted, ms.
+    pub overlap_ms: u64,
+    /// How long to wait for every connected proxy to ACK the new trust bundle, ms. Default
+    /// 30000.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Body of [`RELOAD_PATH`].

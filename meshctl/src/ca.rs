@@ -19,7 +19,7 @@ pub mod token;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use meshapi::ca_api::{BootstrapToken, CsrRequest, CsrResponse, SpiffeId, SpiffeIdError};
@@ -228,7 +228,12 @@ pub struct ServingCert {
 pub struct Ca {
     config: CaConfig,
     dir: PathBuf,
-    material: CaMaterial,
+    /// Replaced as a whole by a root rotation and its end.
+    material: RwLock<Arc<CaMaterial>>,
+    /// Counts changes of the trust bundle (rotation start and end), for whoever must follow
+    /// the roots (the API's client verifier and serving certificate, the CLI's files, the
+    /// proxies' configs).
+    trust: tokio::sync::watch::Sender<u64>,
     tokens: TokenStore,
     limiter: ratelimit::RateLimiter,
     issued: Mutex<BTreeMap<SpiffeId, IssuedInfo>>,
@@ -322,7 +327,8 @@ impl Ca {
             limiter: ratelimit::RateLimiter::new(config.rate_limit.clone()),
             config,
             dir,
-            material,
+            material: RwLock::new(Arc::new(material)),
+            trust: tokio::sync::watch::Sender::new(0),
             tokens,
             issued: Mutex::new(issued),
             lifetime_override: Mutex::new(None),
@@ -366,33 +372,93 @@ impl Ca {
         &self.dir
     }
 
+    fn material(&self) -> Arc<CaMaterial> {
+        self.material
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Own root or plug-in intermediate.
     pub fn mode(&self) -> CaMode {
-        self.material.mode
+        self.material().mode
     }
 
-    /// The trust roots proxies must use, PEM.
-    pub fn root_pem(&self) -> &str {
-        &self.material.roots_pem
+    /// The trust roots proxies must use (the bundle: both roots during a rotation), PEM.
+    pub fn root_pem(&self) -> String {
+        self.material().roots_pem.clone()
     }
 
-    /// The trust roots, DER.
-    pub fn roots(&self) -> &[CertificateDer<'static>] {
-        &self.material.roots
+    /// The trust roots, DER (the signing root first).
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.material().roots.clone()
     }
 
-    /// The CA's own certificates, for expiry reports: the trust roots (`root`) and, in plug-in
-    /// mode, the signing and intermediate certificates (`intermediate`).
-    pub fn ca_certificates(&self) -> Vec<(&'static str, &CertificateDer<'static>)> {
-        let mut out: Vec<_> = self.material.roots.iter().map(|c| ("root", c)).collect();
+    /// The CA's own certificates, for expiry reports: the trust roots (`root`, and during a
+    /// rotation the old one as `retiring-root`) and, in plug-in mode, the signing and
+    /// intermediate certificates (`intermediate`).
+    pub fn ca_certificates(&self) -> Vec<(&'static str, CertificateDer<'static>)> {
+        let m = self.material();
+        let retiring = m.retiring.as_ref().map(|r| &r.root);
+        let mut out: Vec<_> = m
+            .roots
+            .iter()
+            .map(|c| {
+                let role = if Some(c) == retiring {
+                    "retiring-root"
+                } else {
+                    "root"
+                };
+                (role, c.clone())
+            })
+            .collect();
         out.extend(
-            self.material
-                .chain
+            m.chain
                 .iter()
-                .filter(|c| !self.material.roots.contains(c))
-                .map(|c| ("intermediate", c)),
+                .filter(|c| !m.roots.contains(c) && m.retiring.is_none())
+                .map(|c| ("intermediate", c.clone())),
         );
         out
+    }
+
+    /// When the old root stops being trusted, while a rotation is in progress.
+    pub fn retire_at(&self) -> Option<SystemTime> {
+        self.material().retiring.as_ref().map(|r| r.retire_at)
+    }
+
+    /// Counts changes of the trust bundle (0 at start).
+    pub fn trust_generation(&self) -> u64 {
+        *self.trust.borrow()
+    }
+
+    /// A receiver that changes whenever the trust bundle does (a rotation starts or ends).
+    pub fn trust_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.trust.subscribe()
+    }
+
+    /// Starts a root rotation (own root only): a new root signs every certificate from now
+    /// on, cross-signed by the old one (sent after each leaf), and both roots are in the
+    /// bundle until `overlap` has passed; then [`Ca::retire`] drops the old one. Persistent:
+    /// a restarted control plane continues the rotation.
+    pub fn rotate(&self, overlap: Duration) -> Result<(), CaError> {
+        let mut material = self.material.write().unwrap_or_else(|p| p.into_inner());
+        let fresh = store::rotate(&self.dir, &material, &self.config.trust_domain, overlap)?;
+        *material = Arc::new(fresh);
+        drop(material);
+        self.trust.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Ends a rotation: the old root leaves the bundle. `false` when none was in progress.
+    pub fn retire(&self) -> Result<bool, CaError> {
+        let mut material = self.material.write().unwrap_or_else(|p| p.into_inner());
+        if material.retiring.is_none() {
+            return Ok(false);
+        }
+        *material = Arc::new(store::retire(&self.dir)?);
+        drop(material);
+        self.trust.send_modify(|g| *g += 1);
+        Ok(true)
     }
 
     /// Issues a bootstrap token for `identity`, valid for the configured `token_ttl`.
@@ -490,8 +556,9 @@ impl Ca {
                 identity: identity.to_string(),
                 retry_after,
             })?;
+        let material = self.material();
         let issued = sign::sign_csr(
-            &self.material,
+            &material,
             &request.csr_pem,
             &identity,
             self.cert_lifetime(),
@@ -522,10 +589,10 @@ impl Ca {
             write_issued(&self.issued_file, &all);
         }
         let mut chain = issued.cert_pem;
-        chain.push_str(&store::pem_of(&self.material.chain));
+        chain.push_str(&store::pem_of(&material.chain));
         Ok(CsrResponse {
             cert_chain_pem: chain,
-            root_pem: self.material.roots_pem.clone(),
+            root_pem: material.roots_pem.clone(),
             not_after: unix_secs(issued.not_after),
         })
     }
@@ -560,18 +627,19 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(sign::random_serial());
         params.use_authority_key_identifier_extension = true;
+        let material = self.material();
         let now = SystemTime::now();
-        let not_after = (now + lifetime).min(self.material.signer_not_after);
+        let not_after = (now + lifetime).min(material.signer_not_after);
         params.not_before = now
             .checked_sub(self.config.clock_skew)
             .unwrap_or(now)
             .into();
         params.not_after = not_after.into();
         let cert = params
-            .signed_by(&key, &self.material.issuer)
+            .signed_by(&key, &material.issuer)
             .map_err(CaError::Generate)?;
         let mut chain = vec![cert.der().clone()];
-        chain.extend(self.material.chain.iter().cloned());
+        chain.extend(material.chain.iter().cloned());
         Ok(ServingCert {
             chain,
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),

@@ -40,6 +40,15 @@ pub struct FileArgs {
     pub files: Vec<PathBuf>,
 }
 
+/// `meshctl ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Replace the root CA of the running control plane: a new root signs every certificate
+    /// from now on (cross-signed by the old one), every proxy, the CLI and the API take the
+    /// bundle of both roots and renew at once, and after --overlap the old root is dropped.
+    Rotate(crate::controlplane::commands::RotateArgs),
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate every file and analyse the mesh as a whole (like `istioctl analyze`).
@@ -78,6 +87,13 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         args: crate::controlplane::commands::ApplyArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// The mesh CA: `rotate` replaces the root, with an overlap in which both are trusted.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -156,9 +172,35 @@ pub enum Command {
         #[command(flatten)]
         file: FileArgs,
     },
+    /// Run a command in a service's running app container, in its pod (its calls go through
+    /// the sidecar); exits with the command's status.
+    Exec {
+        #[command(flatten)]
+        args: crate::docker::exec::ExecArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Stream the project's container events and the mesh's (reloads, ACK/NACK, certificate
+    /// renewals, outlier ejections) until interrupted; `--json` as compose.
+    Events {
+        #[command(flatten)]
+        args: crate::docker::events::EventsArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// The processes of each running container (docker compose's `top`; `meshctl top` is the
+    /// busiest paths).
+    Processes {
+        #[command(flatten)]
+        args: crate::docker::exec::ProcessesArgs,
+        #[command(flatten)]
+        file: FileArgs,
+    },
     /// Build (or rebuild) every image `up` needs: compose `build:`, the sidecar runtime image,
     /// the workspace's demo images.
     Build {
+        #[command(flatten)]
+        args: crate::docker::commands::BuildArgs,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -269,6 +311,7 @@ impl Command {
             | Command::Serve { file, .. }
             | Command::Status { file, .. }
             | Command::Apply { file, .. }
+            | Command::Ca { file, .. }
             | Command::ProxyConfig { file, .. }
             | Command::Explain { file, .. }
             | Command::Dashboard { file, .. }
@@ -277,7 +320,10 @@ impl Command {
             | Command::Stop { file, .. }
             | Command::Start { file, .. }
             | Command::Restart { file, .. }
-            | Command::Build { file }
+            | Command::Build { file, .. }
+            | Command::Exec { file, .. }
+            | Command::Events { file, .. }
+            | Command::Processes { file, .. }
             | Command::Ps { file, .. }
             | Command::PrometheusConfig { file, .. }
             | Command::Stats { file, .. } => &file.files,
@@ -331,6 +377,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { args, .. } => commands::serve(&project, &args),
         Command::Status { out, .. } => commands::status(&project, out.json),
         Command::Apply { args, .. } => commands::apply(&project, &args),
+        Command::Ca {
+            command: CaCommand::Rotate(args),
+            ..
+        } => commands::ca_rotate(&project, &args),
         Command::ProxyConfig { args, .. } => commands::proxy_config(&project, &args),
         Command::Explain { args, .. } => crate::explain::explain_cmd(&project, &args),
         Command::Dashboard { args, .. } => crate::dashboard::dashboard(&project, &args),
@@ -342,7 +392,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start { args, .. } => lifecycle::start(&project, &args),
         Command::Restart { args, .. } => lifecycle::restart(&project, &args),
         Command::Ls(args) => lifecycle::ls(&args),
-        Command::Build { .. } => docker::build(&project),
+        Command::Events { args, .. } => crate::docker::events::events(&project, &args),
+        Command::Exec { args, .. } => crate::docker::exec::exec(&project, &args),
+        Command::Processes { args, .. } => crate::docker::exec::processes(&project, &args),
+        Command::Build { args, .. } => docker::build(&project, &args),
         Command::Version(args) => version_cmd(&args),
         Command::Completion { shell } => {
             std::io::stdout()

@@ -50,6 +50,9 @@ pub struct ProjectSpec {
     pub project_name: Option<String>,
     /// `--profile`: active compose profiles. Default none (`COMPOSE_PROFILES` then applies).
     pub profiles: Vec<String>,
+    /// Services the command names (`up SERVICE...`): their profiles are active too.
+    /// Default none.
+    pub targets: Vec<String>,
     /// `--env-file`: env files read instead of the project's `.env`. Default none.
     pub env_files: Vec<PathBuf>,
     /// Ports each service's image EXPOSEs, for services declaring none (read by `up`; see
@@ -64,6 +67,7 @@ impl ProjectSpec {
         opts.files = self.files.clone();
         opts.project_name = self.project_name.clone();
         opts.profiles = self.profiles.clone();
+        opts.targets = self.targets.clone();
         opts.env_files = self.env_files.clone();
         opts.image_ports = self.image_ports.clone();
         opts
@@ -203,6 +207,55 @@ pub struct ReloadCmd {
     pub(crate) note: Option<String>,
 }
 
+/// Follows the CA's trust bundle: each change (a rotation starts or ends) recompiles, which
+/// pushes the new bundle to every proxy; and at the end of a rotation's overlap, retires the
+/// old root. The wall clock is read at least every 30 s (suspend, clock changes).
+async fn follow_trust(ca: Arc<Ca>, reload: mpsc::Sender<ReloadCmd>) {
+    let mut changes = ca.trust_changes();
+    let mut retry = Duration::ZERO;
+    loop {
+        let check = ca.retire_at().map_or(Duration::from_secs(30), |t| {
+            t.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+                .clamp(retry, Duration::from_secs(30))
+        });
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let cmd = ReloadCmd {
+                    reply: None,
+                    trigger: Some(std::time::Instant::now()),
+                    note: Some("trust bundle changed: pushing it to every proxy".into()),
+                };
+                if reload.send(cmd).await.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(check) => {
+                if ca.retire_at().is_some_and(|t| t <= std::time::SystemTime::now()) {
+                    let ca2 = ca.clone();
+                    match tokio::task::spawn_blocking(move || ca2.retire()).await {
+                        Ok(Ok(_)) => {
+                            retry = Duration::ZERO;
+                            tracing::info!("root rotation finished: the old root is no longer trusted");
+                        }
+                        Ok(Err(e)) => {
+                            retry = Duration::from_secs(30);
+                            tracing::error!(error = %e, "cannot retire the old root; retrying in 30 s");
+                        }
+                        Err(e) => {
+                            retry = Duration::from_secs(30);
+                            tracing::error!(error = %e, "retirement task failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -214,6 +267,7 @@ pub struct ControlPlane {
     state_file: PathBuf,
     reload_task: tokio::task::JoinHandle<()>,
     admin_renewal: tokio::task::JoinHandle<()>,
+    trust_task: tokio::task::JoinHandle<()>,
 }
 
 impl ControlPlane {
@@ -225,6 +279,14 @@ impl ControlPlane {
             source,
         })?;
         let ca = Arc::new(Ca::open(&config.project.working_dir, config.ca.clone())?);
+        // A rotation whose overlap ended while no control plane ran ends now, before anyone
+        // is handed the old root again.
+        if ca
+            .retire_at()
+            .is_some_and(|t| t <= std::time::SystemTime::now())
+        {
+            ca.retire()?;
+        }
         let push = Arc::new(PushState::new(config.stale_after, config.print));
         let mut ctx = reload::ReloadCtx::new(&config, push.clone(), ca.clone())?;
         // The first load happens before anyone can connect: proxies see a full snapshot.
@@ -255,6 +317,7 @@ impl ControlPlane {
         let (state_file, admin_cert) =
             admin::write_state(&state_dir, server.local_addr(), &ca, push.epoch())?;
         let admin_renewal = tokio::spawn(admin::renew_admin(state_dir, ca.clone(), admin_cert));
+        let trust_task = tokio::spawn(follow_trust(ca.clone(), reload_tx.clone()));
         tracing::info!(addr = %server.local_addr(), revision = first.revision, "control plane ready");
         Ok(ControlPlane {
             push,
@@ -265,7 +328,19 @@ impl ControlPlane {
             state_file,
             reload_task,
             admin_renewal,
+            trust_task,
         })
+    }
+
+    /// Starts a root rotation (what `meshctl ca rotate` asks for): see [`Ca::rotate`]. The
+    /// new trust bundle is pushed to every proxy, which renews at once; the old root retires
+    /// after `overlap`. Returns the push's reload report.
+    pub async fn rotate_root(&self, overlap: Duration) -> Result<ReloadReport, ControlPlaneError> {
+        let ca = self.ca.clone();
+        tokio::task::spawn_blocking(move || ca.rotate(overlap))
+            .await
+            .map_err(|e| ControlPlaneError::Admin(format!("rotation task: {e}")))??;
+        self.reload().await
     }
 
     /// The API's bound address.
@@ -322,6 +397,7 @@ impl ControlPlane {
     pub async fn shutdown(self) {
         self.push.close();
         self.admin_renewal.abort();
+        self.trust_task.abort();
         drop(self._watcher);
         drop(self.reload_tx);
         self.server.shutdown().await;

@@ -50,8 +50,8 @@ pub struct DashboardArgs {
     /// Open the console in the desktop's browser (`xdg-open`).
     #[arg(long)]
     pub open: bool,
-    /// Host mode: read the proxies of `meshctl serve` on this host instead of the Docker
-    /// sidecars.
+    /// Host mode: read `meshctl serve`'s proxies at their host ports without asking the
+    /// control plane (by default: every proxy the control plane lists, as `meshctl stats`).
     #[arg(long)]
     pub host: bool,
     /// Host mode's first inbound port (`meshctl serve --base-port`).
@@ -74,7 +74,7 @@ pub fn dashboard(project: &ProjectArgs, args: &DashboardArgs) -> anyhow::Result<
             base_port: args.base_port,
         }
     } else {
-        Placement::Docker
+        Placement::Mesh
     };
     let rt = crate::docker::commands::runtime()?;
     rt.block_on(async {

@@ -25,6 +25,8 @@ pub mod commands;
 pub mod cp;
 pub mod dns;
 pub mod engine;
+pub mod events;
+pub mod exec;
 pub mod heal;
 pub mod image;
 pub mod lifecycle;

@@ -38,6 +38,15 @@ pub struct ProjectArgs {
     /// Read variables from this file instead of the project directory's `.env` (repeatable).
     #[arg(long = "env-file", global = true, value_name = "PATH")]
     pub env_files: Vec<PathBuf>,
+    /// Services `up SERVICE...` named, whose profiles are active (internal: how `up -d`
+    /// tells its background control plane).
+    #[arg(
+        long = "target-service",
+        global = true,
+        hide = true,
+        value_name = "SERVICE"
+    )]
+    pub targets: Vec<String>,
     /// Escape codes (colour, live progress): auto (terminals without NO_COLOR), never, always.
     #[arg(long, global = true, value_enum, default_value_t = Ansi::Auto)]
     pub ansi: Ansi,
@@ -70,6 +79,7 @@ impl ProjectArgs {
                 .unwrap_or_else(|| PathBuf::from(".")),
             project_name: self.project_name.clone(),
             profiles: self.profiles.clone(),
+            targets: self.targets.clone(),
             env_files: self.env_files.clone(),
             image_ports: Default::default(),
         }

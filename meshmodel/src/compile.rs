@@ -477,6 +477,7 @@ fn compile_with(
             key_file: None,
             roots_file: None,
             trust_domain_aliases: security.trust_domain_aliases.clone(),
+            trust_bundle: None,
         },
         listeners: {
             let capture = input

@@ -397,16 +397,12 @@ fn type_compose(
     if !found.errors.is_empty() {
         return None;
     }
-    match compose::from_value_all(value) {
-        Ok(c) => Some(c),
-        Err(errors) => {
-            for e in &errors {
-                out.diagnostics
-                    .push(serde_diag(e, origin, service_of(&e.path)));
-            }
-            None
-        }
+    let (file, errors) = compose::from_value_all(value);
+    for e in &errors {
+        out.diagnostics
+            .push(serde_diag(e, origin, service_of(&e.path)));
     }
+    file
 }
 
 fn load_resource(

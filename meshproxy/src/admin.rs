@@ -1,4 +1,4 @@
-//! Admin (15000: `/config_dump`, `/ready`, `/logging?level=`), health (15021:
+//! Admin (15000: `/config_dump`, `/certs`, `/ready`, `/logging?level=`), health (15021:
 //! `/healthz/ready`) and metrics (15090: `/stats/prometheus`) endpoints.
 
 use std::convert::Infallible;
@@ -76,6 +76,54 @@ fn ready(shared: &Context) -> Response<Body> {
     }
 }
 
+/// `/certs`, after Envoy's: the trust roots in force (`ca_cert`) and our own chain
+/// (`cert_chain`), each with subject, serial, SPIFFE ID (leaf), issuer and validity (Unix
+/// seconds). Empty before the first certificate.
+fn certs(shared: &Context) -> Vec<u8> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let describe = |der: &[u8]| {
+        let Ok((_, x)) = X509Certificate::from_der(der) else {
+            return serde_json::json!({"error": "does not parse"});
+        };
+        let uris: Vec<String> = x
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        serde_json::json!({
+            "subject": x.subject().to_string(),
+            "issuer": x.issuer().to_string(),
+            "serial_number": x.raw_serial_as_string(),
+            "subject_alt_names": uris,
+            "valid_from": x.validity().not_before.timestamp(),
+            "expiration_time": x.validity().not_after.timestamp(),
+        })
+    };
+    let certificates: Vec<serde_json::Value> = shared
+        .identity
+        .current()
+        .map(|c| {
+            serde_json::json!({
+                "ca_cert": c.root_certs().iter().map(|d| describe(d)).collect::<Vec<_>>(),
+                "cert_chain": c.chain().iter().map(|d| describe(d)).collect::<Vec<_>>(),
+            })
+        })
+        .into_iter()
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({ "certificates": certificates }))
+        .unwrap_or_default()
+}
+
 /// What `/stats/prometheus` reads from the whole proxy at scrape time.
 fn scrape(shared: &Context) -> crate::metrics::Scrape {
     let t = &shared.telemetry.counters;
@@ -122,6 +170,14 @@ fn route(shared: &Context, port: AdminPort, req: &Request<Incoming>) -> Response
             });
             let body = serde_json::to_vec_pretty(&dump).unwrap_or_default();
             let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        (AdminPort::Admin, "/certs") => {
+            let mut r = text(StatusCode::OK, certs(shared));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),

@@ -11,6 +11,12 @@
 //! [`renew_loop`] renews at about half of each certificate's lifetime and publishes new
 //! credentials on a `tokio::sync::watch` channel, which the TLS layer reads per handshake.
 //!
+//! The trust roots follow the CA: each answer carries the CA's trust bundle (both roots
+//! while a root rotation is in progress, the new one alone after it), the issued chain is
+//! checked against it, and it becomes the roots of the new credentials and of the connection
+//! to the control plane. [`RenewNow`] makes the renewal loop renew at once (a pushed config
+//! with a new bundle does).
+//!
 //! ```ignore
 //! let client = CaClient::new(addr, Some(token), identity, &roots_pem)?;
 //! let first = fetch_with_backoff(&client, None, &RenewPolicy::default()).await?;
@@ -132,7 +138,6 @@ pub struct CaClient {
     endpoint: String,
     identity: SpiffeId,
     token: Mutex<Option<String>>,
-    roots_pem: String,
     tls: ControlPlaneTls,
     request_timeout: Duration,
 }
@@ -152,7 +157,6 @@ impl CaClient {
             endpoint: endpoint.into(),
             identity: expected_identity,
             token: Mutex::new(token),
-            roots_pem: roots_pem.to_owned(),
             tls,
             request_timeout: Duration::from_secs(10),
         })
@@ -167,6 +171,11 @@ impl CaClient {
     /// The identity this client obtains certificates for.
     pub fn identity(&self) -> &SpiffeId {
         &self.identity
+    }
+
+    /// The trust in the control plane (a clone shares its roots).
+    pub fn tls(&self) -> &ControlPlaneTls {
+        &self.tls
     }
 
     /// One attempt: new key, CSR, request, checks. The token is spent only on success.
@@ -191,22 +200,38 @@ impl CaClient {
         let answer = tokio::time::timeout(self.request_timeout, self.post(&body, renew_with))
             .await
             .map_err(|_| CaClientError::Timeout(self.request_timeout))??;
+        // The CA's bundle, from the control plane we just verified; a CA that sends none
+        // keeps the roots we have.
+        let roots_pem = if answer.root_pem.trim().is_empty() {
+            self.tls.roots_pem()
+        } else {
+            answer.root_pem
+        };
+        let anchors = crate::cp_tls::parse_anchors(&roots_pem)
+            .map_err(|e| CaClientError::Rejected(format!("the CA's trust bundle: {e}")))?;
         let not_after = verify_issued(
             &answer.cert_chain_pem,
             key.public_key_raw(),
             &self.identity,
-            self.tls.anchors(),
+            &anchors,
             SystemTime::now(),
         )?;
         if body.token.is_some() {
             *self.token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        if self
+            .tls
+            .set_roots(&roots_pem)
+            .map_err(CaClientError::Rejected)?
+        {
+            tracing::info!(identity = %self.identity, roots = anchors.len(), "trust roots changed (CA's bundle)");
         }
         tracing::info!(identity = %self.identity, not_after = ?not_after, "workload certificate obtained");
         Ok(Credentials {
             identity: self.identity.clone(),
             cert_chain_pem: answer.cert_chain_pem,
             key_pem: key.serialize_pem(),
-            root_pem: self.roots_pem.clone(),
+            root_pem: roots_pem,
             not_after,
         })
     }
@@ -411,12 +436,37 @@ pub async fn renew_loop<S: CredentialSource>(
     tx: watch::Sender<Credentials>,
     policy: RenewPolicy,
 ) {
+    renew_loop_with(source, tx, policy, RenewNow::default()).await;
+}
+
+/// Asks a running [`renew_loop_with`] to renew at once (a new trust bundle was pushed).
+/// Clones share the signal.
+#[derive(Debug, Clone, Default)]
+pub struct RenewNow(std::sync::Arc<tokio::sync::Notify>);
+
+impl RenewNow {
+    /// Renew now (or right after the renewal in progress).
+    pub fn renew(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// [`renew_loop`], renewing also whenever `now` is signalled.
+pub async fn renew_loop_with<S: CredentialSource>(
+    source: S,
+    tx: watch::Sender<Credentials>,
+    policy: RenewPolicy,
+    now: RenewNow,
+) {
     loop {
         let not_after = tx.borrow().not_after;
         let delay = policy.renew_delay(not_after, SystemTime::now());
         tracing::debug!(renew_in = ?delay, "next certificate renewal scheduled");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
+            () = now.0.notified() => {
+                tracing::info!("renewing the certificate now (new trust bundle)");
+            }
             () = tx.closed() => return,
         }
         let mut attempt = 0;

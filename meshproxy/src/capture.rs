@@ -427,18 +427,21 @@ impl CaptureSpec {
         Ok(())
     }
 
+    /// One rule per excluded port in `chain`, ending in `verdict` (`return`, `accept`).
+    fn excluded_port_rules(&self, chain: Chain, verdict: Expr) -> impl Iterator<Item = Rule> {
+        self.excluded_ports
+            .iter()
+            .filter(|p| **p != 0)
+            .map(move |p| Rule {
+                chain,
+                exprs: vec![Expr::L4ProtoTcp, Expr::TcpDport(*p), verdict.clone()],
+            })
+    }
+
     /// Every rule, in chain order.
     pub fn rules(&self) -> Vec<Rule> {
         let mut rules = Vec::new();
-        let port_returns = |chain| {
-            self.excluded_ports
-                .iter()
-                .filter(|p| **p != 0)
-                .map(move |p| Rule {
-                    chain,
-                    exprs: vec![Expr::L4ProtoTcp, Expr::TcpDport(*p), Expr::Return],
-                })
-        };
+        let port_returns = |chain| self.excluded_port_rules(chain, Expr::Return);
         if let Some(inbound) = self.inbound_port {
             let pre = |exprs| Rule {
                 chain: Chain::Prerouting,
@@ -780,6 +783,32 @@ mod tests {
             "{nft}"
         );
         assert!(nft.contains("type nat hook output priority -100; policy accept;"));
+        // The IPv6 guard: refuse new TCP both ways, the proxy's own and loopback pass.
+        let text6: Vec<String> = spec.ip6_rules().iter().map(|r| r.to_string()).collect();
+        let ports = [15000, 15001, 15006, 15021, 15090].map(|p| format!("tcp dport {p} accept"));
+        let reject = "tcp flags syn / syn,ack reject with tcp reset".to_string();
+        let mut want = vec!["iifname \"lo\" accept".to_string()];
+        want.extend(ports.clone());
+        want.push(reject.clone());
+        want.extend([
+            "meta mark 0x00000539 accept".to_string(),
+            "oifname \"lo\" accept".to_string(),
+        ]);
+        want.extend(ports);
+        want.push(reject);
+        assert_eq!(text6, want);
+        assert!(
+            nft.contains("table ip6 meshctl {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n"),
+            "{nft}"
+        );
+        // Without an outbound capture listener there is no output chain in either table.
+        let inbound_only = CaptureSpec::control_plane_defaults();
+        assert!(
+            inbound_only
+                .ip6_rules()
+                .iter()
+                .all(|r| r.chain == Chain::Input)
+        );
     }
 
     #[test]

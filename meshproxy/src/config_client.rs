@@ -145,7 +145,13 @@ impl ConfigClient {
     ) -> Result<Self, ConfigClientError> {
         let tls =
             ControlPlaneTls::new(roots_pem, trust_domain).map_err(ConfigClientError::Config)?;
-        Ok(ConfigClient {
+        Ok(Self::with_tls(settings, tls))
+    }
+
+    /// A client verifying the control plane with `tls` (shared with the CA client, so both
+    /// follow the CA's trust bundle together).
+    pub fn with_tls(settings: ConfigClientSettings, tls: ControlPlaneTls) -> Self {
+        ConfigClient {
             settings,
             tls,
             epoch: 0,
@@ -154,7 +160,7 @@ impl ConfigClient {
             conn_for: None,
             outcomes: watch::Sender::new(None),
             serving: None,
-        })
+        }
     }
 
     /// Reports the proxy's epoch (readiness) only once `serving` is true, instead of from

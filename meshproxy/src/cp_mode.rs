@@ -9,6 +9,10 @@
 //! - config: each accepted config is applied with [`ProxyHandle::apply`]; once the
 //!   application accepts connections on its inbound ports, the config client's polls report
 //!   the proxy serving (its start epoch: its clients take it back from outlier ejection).
+//!   A config whose `identity.trustBundle` differs from the roots in force (a root rotation
+//!   started or ended) makes the proxy trust exactly that bundle at once (peers, both ways,
+//!   and the control plane) and renew its certificate at once; the renewed certificate comes
+//!   with the CA's bundle too.
 //!
 //! When the control plane is down both clients back off and retry; the proxy keeps serving on
 //! the last certificate and config. The bootstrap token is never logged.
@@ -22,8 +26,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{Bound, Options, ProxyHandle};
-use crate::ca_client::{self, CaClient, CaClientError, Credentials, RenewPolicy};
+use crate::ca_client::{self, CaClient, CaClientError, Credentials, RenewNow, RenewPolicy};
 use crate::config_client::{ConfigClient, ConfigClientError, ConfigClientSettings};
+use crate::cp_tls::ControlPlaneTls;
 
 /// Everything control-plane mode needs.
 #[derive(Clone)]
@@ -162,7 +167,6 @@ pub async fn run_with_control_plane(
     settings: ControlPlaneSettings,
     opts: Options,
 ) -> Result<CpProxy, CpModeError> {
-    let trust_domain = settings.identity.trust_domain().to_string();
     let ca = CaClient::new(
         settings.endpoint.clone(),
         Some(settings.token.clone()),
@@ -189,7 +193,8 @@ pub async fn run_with_control_plane(
     );
     cs.backoff_initial = settings.config_backoff.0;
     cs.backoff_max = settings.config_backoff.1;
-    let client = ConfigClient::new(cs, &settings.roots_pem, &trust_domain)?;
+    let cp_tls = ca.tls().clone();
+    let client = ConfigClient::with_tls(cs, cp_tls.clone());
     let (first_cfg, client) =
         tokio::time::timeout(settings.startup_timeout, client.first(&creds_rx))
             .await
@@ -203,12 +208,15 @@ pub async fn run_with_control_plane(
     }
 
     let (stop, stop_rx) = watch::channel(false);
+    let renew_now = RenewNow::default();
+    adopt_trust_bundle(&first_cfg, &cp_tls, &handle, &creds_rx, &renew_now);
     let (cfg_tx, cfg_rx) = watch::channel(first_cfg);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(ca_client::renew_loop(
+    tasks.push(tokio::spawn(ca_client::renew_loop_with(
         ca,
         creds_tx,
         settings.renew.clone(),
+        renew_now.clone(),
     )));
     let mut rx = creds_rx.clone();
     let h = handle.clone();
@@ -242,10 +250,12 @@ pub async fn run_with_control_plane(
     tasks.push(tokio::spawn(client.run(creds_rx.clone(), cfg_tx, stop_rx)));
     let mut rx = cfg_rx.clone();
     let h = handle.clone();
+    let creds = creds_rx.clone();
     tasks.push(tokio::spawn(async move {
         rx.mark_unchanged();
         while rx.changed().await.is_ok() {
             let cfg = rx.borrow_and_update().clone();
+            adopt_trust_bundle(&cfg, &cp_tls, &h, &creds, &renew_now);
             let revision = cfg.revision;
             if let Err(e) = h.apply((*cfg).clone()) {
                 tracing::warn!(revision, error = %e, "pushed config not applied; keeping the old one");
@@ -259,6 +269,43 @@ pub async fn run_with_control_plane(
         stop,
         tasks,
     })
+}
+
+/// A pushed trust bundle that differs from the roots in force: trusted from now on (peers and
+/// the control plane), and the certificate renewed at once (the new one comes with the same
+/// bundle from the CA). A bundle that does not parse is logged and ignored.
+fn adopt_trust_bundle(
+    cfg: &ProxyConfig,
+    cp_tls: &ControlPlaneTls,
+    handle: &ProxyHandle,
+    creds: &watch::Receiver<Credentials>,
+    renew_now: &RenewNow,
+) {
+    let Some(bundle) = cfg.identity.trust_bundle.as_deref() else {
+        return;
+    };
+    if creds.borrow().root_pem == bundle && cp_tls.roots_pem() == bundle {
+        return;
+    }
+    if let Err(e) = cp_tls.set_roots(bundle) {
+        tracing::warn!(error = %e, "pushed trust bundle unusable; keeping the current roots");
+        return;
+    }
+    let current = creds.borrow().clone();
+    if current.root_pem != bundle {
+        let with_bundle = Credentials {
+            root_pem: bundle.to_owned(),
+            ..current
+        };
+        if let Err(e) = install(handle, &with_bundle) {
+            tracing::warn!(error = %e, "pushed trust bundle unusable for peers; keeping the current roots");
+        }
+    }
+    tracing::info!(
+        roots = crate::cp_tls::parse_anchors(bundle).map_or(0, |a| a.len()),
+        "trust bundle changed: renewing the certificate now"
+    );
+    renew_now.renew();
 }
 
 /// Waits until the application accepts TCP connections on each of `ports` on 127.0.0.1 (where

@@ -2,8 +2,12 @@
 //! config client: the mesh trust roots, the verifier of the control plane's certificate (it
 //! chains to those roots and names the control plane's SPIFFE ID; the host name used to connect
 //! is not checked, so meshctl is reachable under any address), and one TLS connect.
+//!
+//! The roots follow the CA: [`ControlPlaneTls::set_roots`] replaces them (a root rotation's
+//! bundle, from a CSR answer or a pushed config) for every clone of the value, so the CA
+//! client and the config client verify the control plane with the same, current roots.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use meshapi::ca_api::{SpiffeId, control_plane_id};
 use rustls::ClientConfig;
@@ -30,44 +34,84 @@ pub enum CpConnectError {
     Io(#[from] std::io::Error),
 }
 
-/// The trust in the control plane's API server, built once per client.
+/// The current roots: PEM as received, and as webpki anchors.
 #[derive(Debug)]
-pub struct ControlPlaneTls {
+struct Roots {
+    pem: String,
     anchors: Arc<Vec<TrustAnchor<'static>>>,
+}
+
+type SharedRoots = Arc<RwLock<Arc<Roots>>>;
+
+/// The trust in the control plane's API server. Clones share the roots.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneTls {
+    roots: SharedRoots,
     verifier: Arc<ControlPlaneVerifier>,
     provider: Arc<CryptoProvider>,
+}
+
+/// Parses PEM trust roots into webpki anchors; at least one.
+pub fn parse_anchors(roots_pem: &str) -> Result<Vec<TrustAnchor<'static>>, String> {
+    let roots = CertificateDer::pem_slice_iter(roots_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("trust roots: {e}"))?;
+    if roots.is_empty() {
+        return Err("no trust root certificate".into());
+    }
+    roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("trust root unusable: {e}"))
 }
 
 impl ControlPlaneTls {
     /// Trusts `roots_pem`; the server must present the control plane's identity in
     /// `trust_domain` (`spiffe://<td>/ns/mesh-system/sa/meshctl`).
     pub fn new(roots_pem: &str, trust_domain: &str) -> Result<Self, String> {
-        let roots = CertificateDer::pem_slice_iter(roots_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("trust roots: {e}"))?;
-        if roots.is_empty() {
-            return Err("no trust root certificate".into());
-        }
-        let anchors = roots
-            .iter()
-            .map(|r| webpki::anchor_from_trusted_cert(r).map(|a| a.to_owned()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("trust root unusable: {e}"))?;
-        let anchors = Arc::new(anchors);
+        let anchors = Arc::new(parse_anchors(roots_pem)?);
+        let roots = Arc::new(RwLock::new(Arc::new(Roots {
+            pem: roots_pem.to_owned(),
+            anchors,
+        })));
         let expected = control_plane_id(trust_domain).map_err(|e| e.to_string())?;
         Ok(ControlPlaneTls {
             verifier: Arc::new(ControlPlaneVerifier {
-                anchors: anchors.clone(),
+                roots: roots.clone(),
                 expected,
             }),
-            anchors,
+            roots,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
     }
 
+    fn current(&self) -> Arc<Roots> {
+        self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The mesh trust roots (also what issued certificates must chain to).
-    pub fn anchors(&self) -> &Arc<Vec<TrustAnchor<'static>>> {
-        &self.anchors
+    pub fn anchors(&self) -> Arc<Vec<TrustAnchor<'static>>> {
+        self.current().anchors.clone()
+    }
+
+    /// The mesh trust roots, PEM.
+    pub fn roots_pem(&self) -> String {
+        self.current().pem.clone()
+    }
+
+    /// Trusts `roots_pem` from now on (every clone); `Ok(false)` when they are the current
+    /// ones already.
+    pub fn set_roots(&self, roots_pem: &str) -> Result<bool, String> {
+        if self.current().pem == roots_pem {
+            return Ok(false);
+        }
+        let anchors = Arc::new(parse_anchors(roots_pem)?);
+        *self.roots.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Roots {
+            pem: roots_pem.to_owned(),
+            anchors,
+        });
+        Ok(true)
     }
 
     /// The client config: HTTP/1.1, the control plane verified, `creds` presented if given.
@@ -141,7 +185,7 @@ fn server_name(endpoint: &str) -> Result<ServerName<'static>, String> {
 /// The host name used to connect is not checked, so meshctl is reachable under any address.
 #[derive(Debug)]
 struct ControlPlaneVerifier {
-    anchors: Arc<Vec<TrustAnchor<'static>>>,
+    roots: SharedRoots,
     expected: SpiffeId,
 }
 
@@ -156,9 +200,10 @@ impl ServerCertVerifier for ControlPlaneVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| rustls::Error::General(format!("server certificate: {e:?}")))?;
+        let roots = self.roots.read().unwrap_or_else(|p| p.into_inner()).clone();
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
-            &self.anchors,
+            &roots.anchors,
             intermediates,
             now,
             webpki::KeyUsage::server_auth(),

@@ -3,7 +3,8 @@
 //! Without `--config`, control-plane mode: the certificate comes from the control plane's CA
 //! (bootstrap token in `MESH_BOOTSTRAP_TOKEN`, never a flag) and the config from its push API.
 //! `--control-plane`, `--identity` and `--ca-roots` default to `MESH_CA_ADDR`, `MESH_IDENTITY`
-//! and `MESH_CA_ROOT_PEM`; `--workload` and `--instance` default to `MESH_WORKLOAD` and
+//! and the file `MESH_CA_ROOTS_FILE` names (read at each start: a sidecar mounts the control
+//! plane's current bundle there), else the PEM in `MESH_CA_ROOT_PEM`; `--workload` and `--instance` default to `MESH_WORKLOAD` and
 //! `MESH_INSTANCE` (instance 0 when unset).
 //!
 //! `--capture` (or `MESH_CAPTURE=1`): install the transparent-capture nftables rules before
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Parser;
 use meshapi::ca_api::{
-    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
-    SpiffeId,
+    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_CA_ROOTS_FILE, ENV_IDENTITY,
+    ENV_INSTANCE, ENV_WORKLOAD, SpiffeId,
 };
 use meshproxy::capture::{self, CaptureSpec};
 use meshproxy::cp_mode::ControlPlaneSettings;
@@ -45,7 +46,8 @@ struct Args {
     /// Control-plane mode: replica index. Default `MESH_INSTANCE`, else 0.
     #[arg(long, value_name = "N")]
     instance: Option<u32>,
-    /// Control-plane mode: PEM file of the trust roots. Default: the PEM in `MESH_CA_ROOT_PEM`.
+    /// Control-plane mode: PEM file of the trust roots. Default: the file `MESH_CA_ROOTS_FILE`
+    /// names, else the PEM in `MESH_CA_ROOT_PEM`.
     #[arg(long, value_name = "FILE")]
     ca_roots: Option<PathBuf>,
     /// Worker threads; 1 runs everything on one thread. Default: one per CPU.
@@ -110,8 +112,14 @@ fn cp_settings(args: &Args) -> anyhow::Result<ControlPlaneSettings> {
     if token.is_none() {
         missing.push(ENV_BOOTSTRAP_TOKEN.to_string());
     }
-    if args.ca_roots.is_none() && env(ENV_CA_ROOT_PEM).is_none() {
-        missing.push(format!("--ca-roots or {ENV_CA_ROOT_PEM}"));
+    let roots_file = args
+        .ca_roots
+        .clone()
+        .or_else(|| env(ENV_CA_ROOTS_FILE).map(PathBuf::from));
+    if roots_file.is_none() && env(ENV_CA_ROOT_PEM).is_none() {
+        missing.push(format!(
+            "--ca-roots, {ENV_CA_ROOTS_FILE} or {ENV_CA_ROOT_PEM}"
+        ));
     }
     let (Some(endpoint), Some(identity), Some(workload), Some(token)) =
         (endpoint, identity, workload, token)
@@ -127,9 +135,9 @@ fn cp_settings(args: &Args) -> anyhow::Result<ControlPlaneSettings> {
             missing.join(", ")
         );
     }
-    let roots_pem = match &args.ca_roots {
+    let roots_pem = match &roots_file {
         Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading --ca-roots {}", p.display()))?,
+            .with_context(|| format!("reading the trust roots {}", p.display()))?,
         None => env(ENV_CA_ROOT_PEM).unwrap_or_default(),
     };
     let identity: SpiffeId = identity

@@ -157,6 +157,8 @@ pub struct Credentials {
     pub roots_not_after: Option<i64>,
     key: Arc<CertifiedKey>,
     roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    /// The roots as certificates (the admin endpoint's `/certs`).
+    root_certs: Vec<CertificateDer<'static>>,
 }
 
 impl Credentials {
@@ -188,6 +190,7 @@ impl Credentials {
         })?;
         let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(TlsError::Key)?;
         let mut roots = Vec::new();
+        let mut root_certs = Vec::new();
         let mut roots_not_after: Option<i64> = None;
         for der in CertificateDer::pem_slice_iter(roots_pem).filter_map(Result::ok) {
             if let Some(t) = not_after(&der) {
@@ -198,6 +201,7 @@ impl Credentials {
                     .map_err(TlsError::Root)?
                     .to_owned(),
             );
+            root_certs.push(der);
         }
         if roots.is_empty() {
             return Err(TlsError::Pem {
@@ -211,7 +215,18 @@ impl Credentials {
             roots_not_after,
             key: Arc::new(CertifiedKey::new(chain, signer)),
             roots,
+            root_certs,
         })
+    }
+
+    /// The trust roots peers are verified against.
+    pub fn root_certs(&self) -> &[CertificateDer<'static>] {
+        &self.root_certs
+    }
+
+    /// Our own chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.key.cert
     }
 
     /// Reads the three PEM files.

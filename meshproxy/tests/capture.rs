@@ -747,50 +747,44 @@ impl meshmodel::compile::Placement for PodPlacement {
     }
 }
 
-/// Two ServiceEntries for the outside server (namespaces `default` and `ext`), each with a
-/// VirtualService, and the `default` Sidecar importing only its own namespace under
-/// REGISTRY_ONLY.
-const NARROWED: &str = r#"apiVersion: networking.istio.io/v1
+/// The `default` Sidecar importing only its own namespace under REGISTRY_ONLY, and two
+/// ServiceEntries for the outside server (namespaces `default` and `ext`), each with a
+/// VirtualService.
+fn narrowed() -> String {
+    let entry = |name: &str, ns: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: {name}, namespace: {ns} }}
+spec:
+  hosts: [{name}.outside.test]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [ {{ number: 9090, name: http, protocol: HTTP }} ]
+  endpoints: [ {{ address: {CLIENT_IP} }} ]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: {name}, namespace: {ns} }}
+spec:
+  hosts: [{name}.outside.test]
+  http: [ {{ route: [ {{ destination: {{ host: {name}.outside.test }} }} ], timeout: 5s }} ]
+"
+        )
+    };
+    format!(
+        "apiVersion: networking.istio.io/v1
 kind: Sidecar
-metadata: { name: default, namespace: default }
+metadata: {{ name: default, namespace: default }}
 spec:
-  egress: [ { hosts: ["./*"] } ]
-  outboundTrafficPolicy: { mode: REGISTRY_ONLY }
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: near, namespace: default }
-spec:
-  hosts: [near.outside.test]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [ { number: 9090, name: http, protocol: HTTP } ]
-  endpoints: [ { address: 169.254.213.1 } ]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: near, namespace: default }
-spec:
-  hosts: [near.outside.test]
-  http: [ { route: [ { destination: { host: near.outside.test } } ], timeout: 5s } ]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: { name: far, namespace: ext }
-spec:
-  hosts: [far.outside.test]
-  location: MESH_EXTERNAL
-  resolution: STATIC
-  ports: [ { number: 9090, name: http, protocol: HTTP } ]
-  endpoints: [ { address: 169.254.213.1 } ]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: far, namespace: ext }
-spec:
-  hosts: [far.outside.test]
-  http: [ { route: [ { destination: { host: far.outside.test } } ], timeout: 5s } ]
-"#;
+  egress: [ {{ hosts: [\"./*\"] }} ]
+  outboundTrafficPolicy: {{ mode: REGISTRY_ONLY }}
+{}{}",
+        entry("near", "default"),
+        entry("far", "ext")
+    )
+}
 
 /// (i) A Sidecar that narrows `egress` narrows what the proxy serves: the config compiled by
 /// meshmodel for the pod has the imported ServiceEntry (outbound entry, service, route table
@@ -810,7 +804,7 @@ async fn a_narrowing_sidecar_leaves_other_hosts_to_the_outbound_policy() {
         "name: narrow\nservices:\n  pod:\n    image: p\n    labels: { app: pod }\n    x-mesh: { serviceAccount: pod, ports: [ { port: 8080, protocol: http } ] }\n",
     )
     .unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), NARROWED).unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), narrowed()).unwrap();
     let loaded = meshmodel::load::load(&meshmodel::load::LoadOptions::new(dir.path()));
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     let inv = meshmodel::model::Inventory::from_compose(loaded.mesh.compose.as_ref());

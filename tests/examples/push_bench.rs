@@ -105,7 +105,7 @@ async fn main() {
         .parse()
         .unwrap();
     let token = cp.ca().issue_token(&id).unwrap();
-    let creds = CaClient::new(&addr, Some(token.as_str().into()), id, cp.ca().root_pem())
+    let creds = CaClient::new(&addr, Some(token.as_str().into()), id, &cp.ca().root_pem())
         .unwrap()
         .fetch(None)
         .await
@@ -115,7 +115,7 @@ async fn main() {
     let mut receivers = Vec::new();
     for i in 0..proxies {
         let settings = ConfigClientSettings::new(&addr, "frontend", i as u32);
-        let client = ConfigClient::new(settings, cp.ca().root_pem(), "cluster.local").unwrap();
+        let client = ConfigClient::new(settings, &cp.ca().root_pem(), "cluster.local").unwrap();
         let (first, client) = client.first(&creds_rx).await.unwrap();
         let (tx, rx) = watch::channel(first);
         receivers.push(rx);

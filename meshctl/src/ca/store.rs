@@ -38,6 +38,19 @@ pub const PLUGIN_KEY: &str = "ca-key.pem";
 /// Plug-in layout: the chain from `ca-cert.pem` up to the root.
 pub const PLUGIN_CHAIN: &str = "cert-chain.pem";
 
+/// Own-root rotation (`meshctl ca rotate`): the root being retired, still trusted until the
+/// overlap ends.
+pub const RETIRING_ROOT: &str = "retiring-root-cert.pem";
+/// Own-root rotation: the new root cross-signed by the retiring one, sent after every leaf
+/// during the overlap so a peer that still trusts only the old root verifies new leaves.
+pub const CROSS_CERT: &str = "cross-cert.pem";
+/// Own-root rotation in progress: `{"retireAtUnix", "startedAtUnix"}`. Written after the new
+/// root's files (`next-root-*.pem`) and before they replace `root-*.pem`, so a crash at any
+/// point leaves either no rotation or one that the next start completes.
+pub const ROTATION: &str = "rotation.json";
+const NEXT_ROOT_CERT: &str = "next-root-cert.pem";
+const NEXT_ROOT_KEY: &str = "next-root-key.pem";
+
 /// Validity of a root created by meshctl.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -66,6 +79,25 @@ pub struct CaMaterial {
     pub(crate) mode: CaMode,
     /// Whether this start created the root.
     pub(crate) created: bool,
+    /// The old root and when it stops being trusted, while a rotation is in progress.
+    pub(crate) retiring: Option<Retiring>,
+}
+
+/// The root a rotation replaces, trusted until `retire_at`.
+#[derive(Debug, Clone)]
+pub(crate) struct Retiring {
+    /// The old root certificate.
+    pub(crate) root: CertificateDer<'static>,
+    /// End of the overlap.
+    pub(crate) retire_at: SystemTime,
+}
+
+/// `rotation.json`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RotationRecord {
+    retire_at_unix: i64,
+    started_at_unix: i64,
 }
 
 impl std::fmt::Debug for CaMaterial {
@@ -84,6 +116,9 @@ pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<CaMaterial, CaEr
         check_private(dir)?;
     }
     let has = |name: &str| dir.join(name).exists();
+    if has(NEXT_ROOT_KEY) || has(NEXT_ROOT_CERT) {
+        finish_interrupted_rotation(dir)?;
+    }
     if has(PLUGIN_KEY) || has(PLUGIN_CERT) || has(PLUGIN_CHAIN) {
         return load_plugin(dir);
     }
@@ -111,15 +146,185 @@ fn load_own_root(dir: &Path) -> Result<CaMaterial, CaError> {
     let signer_not_after = check_signer(&cert_path, root, &key)?;
     let issuer = Issuer::from_ca_cert_der(root, key)
         .map_err(|e| corrupt(&cert_path, &format!("unusable as issuer: {e}")))?;
+    let mut roots = certs;
+    let mut chain = Vec::new();
+    let retiring = read_rotation(dir)?;
+    if let Some((retiring, cross)) = &retiring {
+        roots.push(retiring.root.clone());
+        chain.push(cross.clone());
+    }
     Ok(CaMaterial {
         issuer,
-        chain: Vec::new(),
-        roots_pem: pem_of(&certs),
-        roots: certs,
+        chain,
+        roots_pem: pem_of(&roots),
+        roots,
         signer_not_after,
         mode: CaMode::OwnRoot,
         created: false,
+        retiring: retiring.map(|(r, _)| r),
     })
+}
+
+/// The rotation in progress in `dir`, if any: the retiring root and the cross certificate.
+fn read_rotation(dir: &Path) -> Result<Option<(Retiring, CertificateDer<'static>)>, CaError> {
+    let path = dir.join(ROTATION);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path, e)),
+    };
+    let record: RotationRecord =
+        serde_json::from_str(&text).map_err(|e| corrupt(&path, &e.to_string()))?;
+    let one = |name: &str| -> Result<CertificateDer<'static>, CaError> {
+        let p = dir.join(name);
+        if !p.exists() {
+            return Err(CaError::Missing {
+                path: p,
+                why: "a root rotation is in progress (rotation.json); restore the file, or remove rotation.json to stop trusting the old root now",
+            });
+        }
+        let mut certs = read_certs(&p)?;
+        match certs.len() {
+            1 => Ok(certs.remove(0)),
+            _ => Err(corrupt(&p, "expected exactly one certificate")),
+        }
+    };
+    let retiring = Retiring {
+        root: one(RETIRING_ROOT)?,
+        retire_at: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(record.retire_at_unix).unwrap_or(0)),
+    };
+    Ok(Some((retiring, one(CROSS_CERT)?)))
+}
+
+/// A rotation stopped between writing the new root and installing it: with `rotation.json`
+/// written it completes (the new root replaces the old), without it it is undone.
+fn finish_interrupted_rotation(dir: &Path) -> Result<(), CaError> {
+    let (next_key, next_cert) = (dir.join(NEXT_ROOT_KEY), dir.join(NEXT_ROOT_CERT));
+    if dir.join(ROTATION).exists() {
+        // Key first, as in a rotation: a crash between the two renames is finished here again.
+        if next_key.exists() {
+            fs::rename(&next_key, dir.join(ROOT_KEY)).map_err(|e| io(&next_key, e))?;
+        }
+        if next_cert.exists() {
+            fs::rename(&next_cert, dir.join(ROOT_CERT)).map_err(|e| io(&next_cert, e))?;
+        }
+        tracing::warn!(dir = %dir.display(), "completed a root rotation that was interrupted");
+    } else {
+        for p in [next_key, next_cert] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&p, e)),
+            }
+        }
+        tracing::warn!(dir = %dir.display(), "discarded a root rotation that was interrupted before it started");
+    }
+    Ok(())
+}
+
+/// A new self-signed root's parameters: `common_name` in `trust_domain`, ten years.
+fn root_params(trust_domain: &str, common_name: &str, now: SystemTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now
+        .checked_sub(Duration::from_secs(3600))
+        .unwrap_or(now)
+        .into();
+    params.not_after = (now + ROOT_LIFETIME).into();
+    params.serial_number = Some(super::sign::random_serial());
+    params
+}
+
+/// Starts a root rotation of the own root in `dir` (`current` is what is loaded from it): a
+/// new root signs from now on, cross-signed by the old one, and both are trusted until
+/// `now + overlap`. Returns the material to use.
+pub(crate) fn rotate(
+    dir: &Path,
+    current: &CaMaterial,
+    trust_domain: &str,
+    overlap: Duration,
+) -> Result<CaMaterial, CaError> {
+    if current.mode != CaMode::OwnRoot {
+        return Err(CaError::Config(
+            "the CA is a plug-in intermediate of your own CA: rotate it by replacing its files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) and restarting".into(),
+        ));
+    }
+    if let Some(r) = &current.retiring {
+        return Err(CaError::Config(format!(
+            "a root rotation is already in progress; the old root retires at {} (Unix), rotate again after that",
+            super::unix_secs(r.retire_at)
+        )));
+    }
+    let now = SystemTime::now();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
+    // A name of its own: a peer's path building tells the two roots apart by subject.
+    let name = format!("meshctl root CA {}", super::unix_secs(now));
+    let params = root_params(trust_domain, &name, now);
+    let root = params.self_signed(&key).map_err(CaError::Generate)?;
+    let mut cross_params = params.clone();
+    cross_params.serial_number = Some(super::sign::random_serial());
+    let old_not_after = current
+        .roots
+        .first()
+        .and_then(|r| X509Certificate::from_der(r).ok())
+        .map(|(_, x)| x.validity().not_after.timestamp())
+        .and_then(|t| u64::try_from(t).ok())
+        .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t))
+        .unwrap_or(now + ROOT_LIFETIME);
+    cross_params.not_after = (now + ROOT_LIFETIME).min(old_not_after).into();
+    let cross = cross_params
+        .signed_by(&key, &current.issuer)
+        .map_err(CaError::Generate)?;
+    let record = RotationRecord {
+        retire_at_unix: super::unix_secs(now + overlap),
+        started_at_unix: super::unix_secs(now),
+    };
+    let record = serde_json::to_vec_pretty(&record).map_err(|e| CaError::Config(e.to_string()))?;
+    let old_root = pem_of(&current.roots[..1.min(current.roots.len())]);
+    write_file(&dir.join(RETIRING_ROOT), old_root.as_bytes(), 0o644, true)?;
+    write_file(&dir.join(CROSS_CERT), cross.pem().as_bytes(), 0o644, true)?;
+    write_file(
+        &dir.join(NEXT_ROOT_KEY),
+        key.serialize_pem().as_bytes(),
+        0o600,
+        true,
+    )?;
+    write_file(
+        &dir.join(NEXT_ROOT_CERT),
+        root.pem().as_bytes(),
+        0o644,
+        true,
+    )?;
+    write_file(&dir.join(ROTATION), &record, 0o644, true)?;
+    finish_interrupted_rotation(dir)?;
+    tracing::info!(dir = %dir.display(), root = %name, overlap_s = overlap.as_secs(), "root rotation started");
+    load_own_root(dir)
+}
+
+/// Ends the rotation in `dir`: the old root is no longer trusted and leaves carry no cross
+/// certificate. Returns the material to use.
+pub(crate) fn retire(dir: &Path) -> Result<CaMaterial, CaError> {
+    // rotation.json first: without it the other two files are ignored.
+    for name in [ROTATION, RETIRING_ROOT, CROSS_CERT] {
+        let p = dir.join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&p, e)),
+        }
+    }
+    tracing::info!(dir = %dir.display(), "old root retired");
+    load_own_root(dir)
 }
 
 fn load_plugin(dir: &Path) -> Result<CaMaterial, CaError> {
@@ -153,6 +358,7 @@ fn load_plugin(dir: &Path) -> Result<CaMaterial, CaError> {
         signer_not_after,
         mode: CaMode::Plugin,
         created: false,
+        retiring: None,
     })
 }
 
@@ -160,24 +366,7 @@ fn create_own_root(dir: &Path, trust_domain: &str) -> Result<CaMaterial, CaError
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io(dir, e))?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
-    let now = SystemTime::now();
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, trust_domain);
-    dn.push(DnType::CommonName, "meshctl root CA");
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = now
-        .checked_sub(Duration::from_secs(3600))
-        .unwrap_or(now)
-        .into();
-    params.not_after = (now + ROOT_LIFETIME).into();
-    params.serial_number = Some(super::sign::random_serial());
+    let params = root_params(trust_domain, "meshctl root CA", SystemTime::now());
     let cert = params.self_signed(&key).map_err(CaError::Generate)?;
     // Key first: a crash between the two writes leaves "key without cert", which is refused
     // with a clear message instead of silently generating a second root.

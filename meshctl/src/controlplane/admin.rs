@@ -8,7 +8,13 @@
 //! admin credentials. Whoever can read `.mesh/` can administer the mesh, as whoever can read
 //! the CA key there could anyway. The status and reload routes accept only that identity.
 //! [`renew_admin`] re-issues key and certificate at half of their lifetime while the control
-//! plane runs, so the CLI never finds them expired.
+//! plane runs, so the CLI never finds them expired, and at once when the CA's trust bundle
+//! changes (a root rotation starts or ends), with the new bundle.
+//!
+//! The bundle is also written to `<project>/.mesh/trust/roots.pem` (0644, directory 0755, no
+//! secret in it): sidecars mount that directory read-only and read their trust roots from it
+//! at each start, so a sidecar Docker restarts after a rotation trusts the current roots, not
+//! the ones it was created with.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -165,6 +171,25 @@ pub fn issue_admin(
     })
 }
 
+/// The directory under `.mesh/` that holds the trust bundle for sidecars.
+pub const TRUST_DIR: &str = "trust";
+/// The bundle's file name in [`TRUST_DIR`].
+pub const TRUST_FILE: &str = "roots.pem";
+
+/// Writes the CA's current trust bundle to `<state_dir>/trust/roots.pem` (temporary file and
+/// rename, so a sidecar starting meanwhile reads the old or the new bundle, never half).
+pub fn write_trust_bundle(state_dir: &Path, ca: &Ca) -> Result<(), ControlPlaneError> {
+    let dir = state_dir.join(TRUST_DIR);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io(&dir))?;
+    let path = dir.join(TRUST_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == ca.root_pem()) {
+        return Ok(());
+    }
+    write_private(&path, ca.root_pem().as_bytes())?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).map_err(io(&path))
+}
+
 /// Issues the admin credentials and writes them and the state file; returns its path and the
 /// admin certificate (for [`renew_admin`]).
 pub fn write_state(
@@ -174,6 +199,7 @@ pub fn write_state(
     epoch: u64,
 ) -> Result<(PathBuf, AdminCert), ControlPlaneError> {
     let admin = |m: String| ControlPlaneError::Admin(m);
+    write_trust_bundle(state_dir, ca)?;
     let cert = issue_admin(state_dir, ca, false)?;
     let (root_cert, admin_cert, admin_key) = admin_paths(&state_dir.join("admin"));
     let state = StateFile {
@@ -203,18 +229,30 @@ const RENEW_CHECK: Duration = Duration::from_secs(30);
 /// A failed renewal is retried after a tenth of the lifetime (1 s to 30 s).
 pub async fn renew_admin(state_dir: PathBuf, ca: Arc<Ca>, first: AdminCert) {
     let mut renew_at = first.renew_at();
+    let mut trust = ca.trust_changes();
     loop {
         let now = SystemTime::now();
         match renew_at.duration_since(now) {
             Ok(wait) if !wait.is_zero() => {
-                tokio::time::sleep(wait.min(RENEW_CHECK)).await;
-                continue;
+                tokio::select! {
+                    () = tokio::time::sleep(wait.min(RENEW_CHECK)) => continue,
+                    changed = trust.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tracing::info!("trust bundle changed: re-issuing the admin certificate");
+                    }
+                }
             }
             _ => {}
         }
         let dir = state_dir.clone();
         let ca2 = ca.clone();
-        let result = tokio::task::spawn_blocking(move || issue_admin(&dir, &ca2, true)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            write_trust_bundle(&dir, &ca2)?;
+            issue_admin(&dir, &ca2, true)
+        })
+        .await;
         match result {
             Ok(Ok(cert)) => {
                 tracing::info!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use meshapi::wire::{
-    ACK_PATH, AckRequest, CONFIG_PATH, MAX_WAIT_MS, PROXY_EPOCH_PARAM, RELOAD_PATH, ReloadRequest,
-    STATUS_PATH,
+    ACK_PATH, AckRequest, CONFIG_PATH, MAX_WAIT_MS, PROXY_EPOCH_PARAM, RELOAD_PATH, ROTATE_PATH,
+    ReloadRequest, RotateRequest, STATUS_PATH,
 };
 use meshmodel::compile::ProxyKey;
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,7 @@ pub struct IdentityStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CaCertStatus {
-    /// `root` or `intermediate`.
+    /// `root`, `retiring-root` (the old root during a rotation) or `intermediate`.
     pub role: String,
     /// Its subject.
     pub subject: String,
@@ -58,14 +58,29 @@ pub struct CaCertStatus {
     /// Unix seconds.
     pub not_after: i64,
     pub expiry: Expiry,
+    /// For the `retiring-root`: when it leaves the trust bundle, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retires_at: Option<i64>,
 }
 
 /// One warning per CA certificate near or past expiry (`now` in Unix seconds): what `meshctl
 /// status` and `meshctl ps` print ahead of the root's expiry.
 pub fn ca_warnings(ca_certificates: &[CaCertStatus], now: i64) -> Vec<String> {
-    ca_certificates
-        .iter()
-        .filter_map(|c| match c.expiry {
+    let rotation = ca_certificates.iter().find_map(|old| {
+        let retires_at = old.retires_at?;
+        let new = ca_certificates.iter().find(|c| c.role == "root")?;
+        Some(format!(
+            "root rotation in progress: the old root ({}, expires in {}) is trusted for {} more, then only the new root ({}, expires in {}); a proxy that has not renewed by then loses trust",
+            old.subject,
+            rough_duration(old.not_after - now),
+            rough_duration(retires_at - now),
+            new.subject,
+            rough_duration(new.not_after - now),
+        ))
+    });
+    rotation
+        .into_iter()
+        .chain(ca_certificates.iter().filter_map(|c| match c.expiry {
             Expiry::Ok => None,
             Expiry::Expiring => Some(format!(
                 "the CA's {} certificate ({}) expires in {}: replace it (nothing renews it) before every proxy loses trust",
@@ -77,7 +92,7 @@ pub fn ca_warnings(ca_certificates: &[CaCertStatus], now: i64) -> Vec<String> {
                 "the CA's {} certificate ({}) has expired: no certificate it signed verifies",
                 c.role, c.subject
             )),
-        })
+        }))
         .collect()
 }
 
@@ -155,9 +170,9 @@ pub fn router(
     ca: Arc<Ca>,
     reload: mpsc::Sender<ReloadCmd>,
 ) -> Router {
-    let (p1, p2, p3, p4) = (push.clone(), push.clone(), push.clone(), push);
-    let ca2 = ca.clone();
-    let reload2 = reload.clone();
+    let (p1, p2, p3, p4, p5) = (push.clone(), push.clone(), push.clone(), push.clone(), push);
+    let (ca2, ca3) = (ca.clone(), ca.clone());
+    let (reload2, reload3) = (reload.clone(), reload.clone());
     base.route(Method::GET, CONFIG_PATH, move |req, peer| {
         poll(p1.clone(), reload2.clone(), req, peer)
     })
@@ -170,6 +185,105 @@ pub fn router(
     .route(Method::POST, RELOAD_PATH, move |req, peer| {
         reload_now(p4.clone(), ca2.clone(), reload.clone(), req, peer)
     })
+    .route(Method::POST, ROTATE_PATH, move |req, peer| {
+        rotate(p5.clone(), ca3.clone(), reload3.clone(), req, peer)
+    })
+}
+
+/// Shortest overlap `meshctl ca rotate` accepts: time enough for every connected proxy to
+/// take the new bundle and renew (they do so at once, on the push).
+pub const MIN_OVERLAP: Duration = Duration::from_secs(10);
+
+/// Answer of [`ROTATE_PATH`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateResponse {
+    /// The CA's certificates after the rotation started: the new `root` and the
+    /// `retiring-root` with its `retiresAt`.
+    pub ca_certificates: Vec<CaCertStatus>,
+    /// The push of the new trust bundle (every proxy renews on it).
+    pub reload: ReloadReport,
+    /// Which connected proxies ACKed it.
+    pub acks: Option<AckReport>,
+}
+
+/// Runs one reload in the reload task (with `note` printed above its report) and returns
+/// its report, or the answer to give when the control plane is stopping.
+#[allow(clippy::result_large_err)]
+async fn reload_for(
+    tx: &mpsc::Sender<ReloadCmd>,
+    note: Option<String>,
+) -> Result<ReloadReport, Response<ApiBody>> {
+    let stopping = || error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+    let (reply, rx) = oneshot::channel();
+    let cmd = ReloadCmd {
+        reply: Some(reply),
+        trigger: None,
+        note,
+    };
+    if tx.send(cmd).await.is_err() {
+        return Err(stopping());
+    }
+    rx.await.map_err(|_| stopping())
+}
+
+async fn rotate(
+    push: Arc<PushState>,
+    ca: Arc<Ca>,
+    tx: mpsc::Sender<ReloadCmd>,
+    req: Request<Incoming>,
+    peer: PeerInfo,
+) -> Response<ApiBody> {
+    if let Err(resp) = require_admin(&peer, &ca) {
+        return resp;
+    }
+    let body: RotateRequest = match read_json(req, MAX_BODY).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let overlap = Duration::from_millis(body.overlap_ms);
+    if overlap < MIN_OVERLAP {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "overlap {}s is too short: at least {}s, so every proxy can take the new root before the old one retires",
+                overlap.as_secs(),
+                MIN_OVERLAP.as_secs()
+            ),
+        );
+    }
+    let ca2 = ca.clone();
+    match tokio::task::spawn_blocking(move || ca2.rotate(overlap)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ crate::ca::CaError::Config(_))) => {
+            return error_response(StatusCode::CONFLICT, e.to_string());
+        }
+        Ok(Err(e)) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let report = match reload_for(
+        &tx,
+        Some("root rotation started: pushing the new trust bundle".into()),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS));
+    let acks = if report.changed.is_empty() {
+        push.wait_sync(timeout).await
+    } else {
+        push.wait_acks(report.revision, timeout).await
+    };
+    json_response(
+        StatusCode::OK,
+        &RotateResponse {
+            ca_certificates: status_report(&push, &ca).ca_certificates,
+            reload: report,
+            acks: Some(acks),
+        },
+    )
 }
 
 #[derive(Debug, Default)]
@@ -360,7 +474,7 @@ pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
         .into_iter()
         .filter_map(|(role, der)| {
             use x509_parser::prelude::{FromDer, X509Certificate};
-            let (_, x) = X509Certificate::from_der(der).ok()?;
+            let (_, x) = X509Certificate::from_der(&der).ok()?;
             let (not_before, not_after) = (
                 x.validity().not_before.timestamp(),
                 x.validity().not_after.timestamp(),
@@ -371,6 +485,9 @@ pub fn status_report(push: &PushState, ca: &Ca) -> StatusReport {
                 not_before,
                 not_after,
                 expiry: Expiry::of(not_before, not_after, now),
+                retires_at: (role == "retiring-root")
+                    .then(|| ca.retire_at().map(unix_secs))
+                    .flatten(),
             })
         })
         .collect();
@@ -431,17 +548,9 @@ async fn reload_now(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let (reply, rx) = oneshot::channel();
-    let cmd = ReloadCmd {
-        reply: Some(reply),
-        trigger: None,
-        note: None,
-    };
-    if tx.send(cmd).await.is_err() {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
-    }
-    let Ok(report) = rx.await else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "control plane stopping");
+    let report = match reload_for(&tx, None).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
     let acks = if body.wait && report.ok {
         let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS));

@@ -10,9 +10,9 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use clap::Args;
 use meshapi::diag::Severity;
-use meshapi::wire::{RELOAD_PATH, ReloadRequest, STATUS_PATH};
+use meshapi::wire::{RELOAD_PATH, ROTATE_PATH, ReloadRequest, RotateRequest, STATUS_PATH};
 
-use super::api::{Expiry, ReloadResponse, StatusReport, rough_duration};
+use super::api::{Expiry, ReloadResponse, RotateResponse, StatusReport, rough_duration};
 use super::client::{RECONNECT_BUDGET, call_with_backoff};
 use super::{ControlPlane, ControlPlaneConfig, ProjectSpec};
 use crate::api::ApiConfig;
@@ -38,6 +38,124 @@ pub struct ApplyArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `meshctl ca rotate`.
+#[derive(Debug, Clone, Args)]
+pub struct RotateArgs {
+    /// How long both roots stay trusted before the old one is dropped (Go/Istio duration:
+    /// `1h`, `90s`; at least 10s).
+    #[arg(long, default_value = "1h", value_parser = parse_overlap)]
+    pub overlap: std::time::Duration,
+    /// Seconds to wait for every connected proxy to ACK the new trust bundle.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_overlap(s: &str) -> Result<std::time::Duration, String> {
+    let d: std::time::Duration = meshmodel::istio::types::Duration::parse(s)?.into();
+    if d < super::api::MIN_OVERLAP {
+        return Err(format!(
+            "at least {}s, so every proxy can take the new root before the old one retires",
+            super::api::MIN_OVERLAP.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+/// POSTs `body` to the running control plane's admin route `path` (retrying while it
+/// restarts) and returns its answer.
+fn post_admin<B, R>(project: &ProjectArgs, path: &str, body: &B) -> anyhow::Result<R>
+where
+    B: serde::Serialize + Sync,
+    R: serde::de::DeserializeOwned,
+{
+    let (_, resp) = runtime()?.block_on(call_with_backoff(
+        &state_dir(project),
+        RECONNECT_BUDGET,
+        |c| async move { c.post::<_, R>(path, body).await },
+    ))?;
+    Ok(resp)
+}
+
+/// The proxies that refused, did not answer, or are not connected, one line each.
+fn print_ack_problems(
+    w: &mut impl Write,
+    a: &super::push::AckReport,
+    not_connected_note: &str,
+) -> std::io::Result<()> {
+    for (p, why) in &a.refused {
+        writeln!(w, "  {p} REFUSED: {why}")?;
+    }
+    for p in &a.pending {
+        writeln!(w, "  {p} did not answer in time")?;
+    }
+    if !a.not_connected.is_empty() {
+        let sep = if not_connected_note.is_empty() {
+            ""
+        } else {
+            " "
+        };
+        writeln!(
+            w,
+            "  not connected{sep}{not_connected_note}: {}",
+            a.not_connected.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// Asks the running control plane to rotate its root: a new root signs from now on, both
+/// are trusted for `--overlap`, every proxy takes the new bundle and renews at once.
+pub fn ca_rotate(project: &ProjectArgs, args: &RotateArgs) -> anyhow::Result<ExitCode> {
+    let body = RotateRequest {
+        overlap_ms: u64::try_from(args.overlap.as_millis()).unwrap_or(u64::MAX),
+        timeout_ms: Some(args.timeout.saturating_mul(1000)),
+    };
+    let resp: RotateResponse = post_admin(project, ROTATE_PATH, &body)?;
+    let ok = resp.reload.ok && resp.acks.as_ref().is_none_or(|a| a.all_acked());
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut w, &resp)?;
+        writeln!(w)?;
+    } else {
+        let now = crate::ca::unix_secs(SystemTime::now());
+        for c in &resp.ca_certificates {
+            match (c.role.as_str(), c.retires_at) {
+                ("root", _) => writeln!(
+                    w,
+                    "new root: {} (expires in {}); it signs every certificate from now on",
+                    c.subject,
+                    rough_duration(c.not_after - now)
+                )?,
+                ("retiring-root", Some(t)) => writeln!(
+                    w,
+                    "old root: {} trusted for {} more, then dropped from every proxy's bundle",
+                    c.subject,
+                    rough_duration(t - now)
+                )?,
+                _ => {}
+            }
+        }
+        if let Some(a) = &resp.acks {
+            writeln!(
+                w,
+                "{} proxy(ies) took the new trust bundle in {:.1} ms and renew their certificates now",
+                a.acked.len(),
+                a.elapsed_ms
+            )?;
+            print_ack_problems(&mut w, a, "(they take it when they reconnect)")?;
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `meshctl proxy-config`.
@@ -179,9 +297,13 @@ pub fn status(project: &ProjectArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     for c in &report.ca_certificates {
+        let retires = c
+            .retires_at
+            .map(|t| format!(", trusted for {} more", rough_duration(t - now)))
+            .unwrap_or_default();
         writeln!(
             w,
-            "CA {} certificate ({}): expires in {} ({})",
+            "CA {} certificate ({}): expires in {} ({}){retires}",
             c.role,
             c.subject,
             rough_duration(c.not_after - now),
@@ -206,14 +328,7 @@ pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode
         wait: args.wait,
         timeout_ms: Some(args.timeout.saturating_mul(1000)),
     };
-    let (_, resp) = runtime()?.block_on(call_with_backoff(
-        &state_dir(project),
-        RECONNECT_BUDGET,
-        |c| {
-            let body = body.clone();
-            async move { c.post::<_, ReloadResponse>(RELOAD_PATH, &body).await }
-        },
-    ))?;
+    let resp: ReloadResponse = post_admin(project, RELOAD_PATH, &body)?;
     let ok = resp.reload.ok && resp.acks.as_ref().is_none_or(|a| a.all_acked());
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
@@ -230,15 +345,7 @@ pub fn apply(project: &ProjectArgs, args: &ApplyArgs) -> anyhow::Result<ExitCode
                 a.revision,
                 a.elapsed_ms
             )?;
-            for (p, why) in &a.refused {
-                writeln!(w, "  {p} REFUSED: {why}")?;
-            }
-            for p in &a.pending {
-                writeln!(w, "  {p} did not answer in time")?;
-            }
-            if !a.not_connected.is_empty() {
-                writeln!(w, "  not connected: {}", a.not_connected.join(", "))?;
-            }
+            print_ack_problems(&mut w, a, "")?;
         }
     }
     Ok(if ok {

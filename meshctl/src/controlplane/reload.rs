@@ -103,7 +103,14 @@ impl ReloadCtx {
 
     /// Runs one reload and stores its report as the last one.
     pub(crate) fn reload(&mut self, trigger: Option<Instant>) -> ReloadReport {
-        let report = self.try_reload(trigger);
+        let mut report = self.try_reload(trigger);
+        if !report.ok {
+            // The files are broken, but a new trust bundle must still reach every proxy
+            // (a root rotation does not wait for a fixed file): the last good configs with it.
+            if let Some(revision) = self.push_trust_only() {
+                report.revision = revision;
+            }
+        }
         self.push.set_last_reload(report.clone());
         report
     }
@@ -178,7 +185,15 @@ impl ReloadCtx {
             epochs: &epochs,
         };
         let compiled = match compile::compile_all(&input) {
-            Ok(c) => c,
+            // Every proxy follows the CA's trust bundle: a root rotation (its start and its
+            // end) changes every config, so the push tells every proxy at once.
+            Ok(mut c) => {
+                let bundle = self.ca.root_pem();
+                for cfg in c.values_mut() {
+                    cfg.identity.trust_bundle = Some(bundle.clone());
+                }
+                c
+            }
             Err(e) => {
                 report.errors.push(format!("compile: {e}"));
                 return report;
@@ -229,6 +244,33 @@ impl ReloadCtx {
             "mesh reloaded"
         );
         report
+    }
+
+    /// Publishes the last good configs again with the CA's current trust bundle where it
+    /// differs; the revision, or `None` when every config already has it.
+    fn push_trust_only(&mut self) -> Option<u64> {
+        let bundle = self.ca.root_pem();
+        let revision = self.push.revision() + 1;
+        let mut changed = Vec::new();
+        for (key, cfg) in &mut self.compiled {
+            if cfg.identity.trust_bundle.as_deref() == Some(bundle.as_str()) {
+                continue;
+            }
+            cfg.identity.trust_bundle = Some(bundle.clone());
+            cfg.revision = revision;
+            match serde_json::to_vec(&*cfg) {
+                Ok(json) => changed.push((key.clone(), cfg.identity.spiffe_id.clone(), json)),
+                Err(e) => tracing::error!(proxy = %key, error = %e, "cannot serialize a config"),
+            }
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        tracing::info!(
+            proxies = changed.len(),
+            "the files have errors: pushed the new trust bundle with the last good configs"
+        );
+        Some(self.push.publish(changed, &[]))
     }
 
     fn write_records(&mut self, records: Records) {

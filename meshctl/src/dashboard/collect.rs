@@ -1,6 +1,7 @@
-//! What the dashboard reads, every [`TICK`]: every proxy's `/stats/prometheus` (the Docker
-//! sidecars, or the host placement's proxies, as `meshctl stats` finds them) and the control
-//! plane's status (revision, ACK/NACK per proxy, the last reload with its errors and diff).
+//! What the dashboard reads, every [`TICK`]: every proxy's `/stats/prometheus` (as
+//! `meshctl stats` finds them: the control plane's list and the Docker sidecars, or with
+//! `--host` the host placement) and the control plane's status (revision, ACK/NACK per
+//! proxy, the last reload with its errors and diff).
 //! Scrapes are kept for [`KEEP`]; views read counter increases over a window from them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,8 +25,9 @@ pub const KEEP: Duration = Duration::from_secs(60);
 /// Where the proxies are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
-    /// The project's Docker sidecars.
-    Docker,
+    /// Every proxy the control plane lists (any runtime), Docker sidecars at their address
+    /// on the project network (`meshctl stats`' list).
+    Mesh,
     /// `meshctl serve`'s host-mode proxies from this base port.
     Host { base_port: u16 },
 }
@@ -118,8 +120,8 @@ pub async fn run(spec: ProjectSpec, placement: Placement, shared: Shared) {
         // A bad edit keeps the last good list of proxies.
         if let Ok(project) = crate::docker::up::Project::load(&spec) {
             match placement {
-                Placement::Docker => {
-                    if let Ok(t) = crate::observe::docker_targets(&project).await {
+                Placement::Mesh => {
+                    if let Ok(t) = crate::observe::mesh_targets(&project).await {
                         targets = t;
                     }
                 }

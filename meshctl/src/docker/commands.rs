@@ -81,7 +81,9 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `meshctl up`.
 pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
-    let project = Project::load(&spec(project))?;
+    let mut spec = spec(project);
+    spec.targets.extend(args.services.iter().cloned());
+    let project = Project::load(&spec)?;
     // Only processes: no Docker engine is needed (or touched).
     if crate::process::commands::processes_only(&project) {
         return crate::process::commands::up(&project, args);
@@ -301,10 +303,21 @@ pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> 
     })
 }
 
+/// `meshctl build [SERVICE...]`.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// Only these services' images (default: every image `up` needs, the sidecar runtime
+    /// image included).
+    pub services: Vec<String>,
+}
+
 /// `meshctl build`: builds every image `up` would build (compose `build:`, the sidecar
-/// runtime image and the workspace's demo images), whether or not they exist.
-pub fn build(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
-    let project = Project::load(&spec(project))?;
+/// runtime image and the workspace's demo images), whether or not they exist; with service
+/// names, only theirs (as compose).
+pub fn build(project: &ProjectArgs, args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let mut spec = spec(project);
+    spec.targets.extend(args.services.iter().cloned());
+    let project = Project::load(&spec)?;
     let opts = UpOptions {
         build: true,
         ..UpOptions::default()
@@ -312,7 +325,10 @@ pub fn build(project: &ProjectArgs) -> anyhow::Result<ExitCode> {
     let progress = Progress::new();
     runtime()?.block_on(async {
         let engine = Engine::connect().await?;
-        super::up::ensure_images(&engine, &project, &opts, &progress).await?;
+        if args.services.is_empty() {
+            super::up::proxy_image(&engine, &opts, &progress).await?;
+        }
+        super::up::service_images(&engine, &project, &opts, &args.services, &progress).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -323,9 +339,13 @@ pub struct DaemonArgs {
     /// Serve the control plane in this process (the supervisor's child); without it, supervise.
     #[arg(long)]
     pub serve: bool,
+    /// Supervise this already running control plane (whose supervisor died) instead of
+    /// starting one; started by the control plane itself.
+    #[arg(long, value_name = "PID", conflicts_with = "serve")]
+    pub adopt: Option<u32>,
 }
 
 /// `meshctl __control-plane` (started by `up -d`).
 pub fn control_plane_daemon(project: &ProjectArgs, args: &DaemonArgs) -> anyhow::Result<ExitCode> {
-    super::cp::daemon(&spec(project), args.serve)
+    super::cp::daemon(&spec(project), args.serve, args.adopt)
 }

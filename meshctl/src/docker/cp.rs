@@ -210,6 +210,9 @@ pub fn spawn_background(
     for p in &project.profiles {
         cmd.args(["--profile", p]);
     }
+    for t in &project.targets {
+        cmd.args(["--target-service", t]);
+    }
     for f in &project.env_files {
         let f = std::path::absolute(f).map_err(|source| DockerError::Io {
             path: f.clone(),
@@ -277,12 +280,16 @@ fn absolute(dir: &Path, p: &Path) -> PathBuf {
 /// `meshctl __control-plane`: the background control plane of `up -d`, run under its
 /// supervisor (`supervise`), which starts `meshctl __control-plane --serve` and again after a
 /// crash.
-pub fn daemon(project: &ProjectSpec, serve: bool) -> anyhow::Result<std::process::ExitCode> {
+pub fn daemon(
+    project: &ProjectSpec,
+    serve: bool,
+    adopt: Option<u32>,
+) -> anyhow::Result<std::process::ExitCode> {
     let state_dir = project.working_dir.join(".mesh");
     if !serve {
-        let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let mut args = super::supervise::without_adopt(std::env::args_os().skip(1));
         args.push("--serve".into());
-        return super::supervise::run(&state_dir, args);
+        return super::supervise::run(&state_dir, args, adopt);
     }
     serve_daemon(project, &state_dir)
 }
@@ -302,6 +309,8 @@ fn serve_daemon(project: &ProjectSpec, state_dir: &Path) -> anyhow::Result<std::
             .await
             .context("starting the control plane")?;
         println!("control plane listening on {}", cp.local_addr());
+        let log = state_dir.join(LOG_FILE);
+        let supervisor = tokio::spawn(super::supervise::watch_supervisor(log));
         let heal = match super::up::Project::load(project) {
             Ok(p) if crate::process::commands::processes_only(&p) => None,
             Ok(p) => {
@@ -322,6 +331,7 @@ fn serve_daemon(project: &ProjectSpec, state_dir: &Path) -> anyhow::Result<std::
             _ = tokio::signal::ctrl_c() => {}
         }
         println!("control plane stopping");
+        supervisor.abort();
         if let Some(h) = heal {
             h.abort();
         }

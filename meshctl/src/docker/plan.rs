@@ -12,9 +12,11 @@ use bollard::models::{
 };
 use meshapi::CLUSTER_DOMAIN;
 use meshapi::ca_api::{
-    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOT_PEM, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
+    ENV_BOOTSTRAP_TOKEN, ENV_CA_ADDR, ENV_CA_ROOTS_FILE, ENV_IDENTITY, ENV_INSTANCE, ENV_WORKLOAD,
 };
 use meshapi::proxy::SpiffeId;
+
+use crate::controlplane::admin::TRUST_FILE;
 use meshmodel::compose::{ComposeFile, DependsCondition, Restart, Service};
 
 use super::network::{FIRST_POD_HOST, ProjectNetwork};
@@ -49,8 +51,9 @@ pub struct PlanInput<'a> {
     pub images: &'a BTreeMap<String, (String, String)>,
     /// Addresses of existing sidecars, kept across runs: (service, instance) -> IP.
     pub existing_ips: &'a BTreeMap<(String, u32), Ipv4Addr>,
-    /// The control plane's trust root, handed to sidecars.
-    pub root_pem: &'a str,
+    /// The directory holding the mesh trust bundle (`.mesh/trust/`), mounted read-only into
+    /// every sidecar: it reads its roots there at each start.
+    pub trust_dir: &'a Path,
     /// Trust domain of identities.
     pub trust_domain: &'a str,
 }
@@ -442,6 +445,9 @@ pub fn with_token(body: &ContainerCreateBody, token: &str) -> ContainerCreateBod
     b
 }
 
+/// Where a sidecar sees the project's `.mesh/trust/` (read-only).
+pub const SIDECAR_TRUST_DIR: &str = "/etc/mesh/trust";
+
 /// What a pod's proxy is told through its environment.
 #[derive(Debug, Clone)]
 pub struct ProxyEnv<'a> {
@@ -454,7 +460,8 @@ pub struct ProxyEnv<'a> {
     pub identity: &'a SpiffeId,
     pub workload: &'a str,
     pub instance: u32,
-    pub root_pem: &'a str,
+    /// The trust bundle file as the proxy sees it (`MESH_CA_ROOTS_FILE`).
+    pub roots_file: &'a str,
     /// Published application ports: the project's edge.
     pub edge_ports: &'a [u16],
 }
@@ -468,7 +475,7 @@ pub fn proxy_env(p: &ProxyEnv<'_>) -> Vec<String> {
         format!("{ENV_IDENTITY}={}", p.identity),
         format!("{ENV_WORKLOAD}={}", p.workload),
         format!("{ENV_INSTANCE}={}", p.instance),
-        format!("{ENV_CA_ROOT_PEM}={}", p.root_pem),
+        format!("{ENV_CA_ROOTS_FILE}={}", p.roots_file),
         // Plain log lines: `meshctl logs --proxy` is read in terminals and files alike.
         "NO_COLOR=1".into(),
     ];
@@ -509,7 +516,7 @@ fn sidecar_body(
         identity,
         workload: name,
         instance,
-        root_pem: input.root_pem,
+        roots_file: &format!("{SIDECAR_TRUST_DIR}/{TRUST_FILE}"),
         edge_ports: &svc
             .ports
             .iter()
@@ -543,6 +550,10 @@ fn sidecar_body(
                 maximum_retry_count: None,
             }),
             cap_add: Some(vec!["NET_ADMIN".into()]),
+            binds: Some(vec![format!(
+                "{}:{SIDECAR_TRUST_DIR}:ro",
+                input.trust_dir.display()
+            )]),
             dns: Some(vec![input.network.dns_ip().to_string()]),
             dns_search: Some(vec![
                 format!("{ns}.svc.{CLUSTER_DOMAIN}"),

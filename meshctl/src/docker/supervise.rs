@@ -14,6 +14,16 @@
 //! SIGTERM or SIGINT to the supervisor is passed to the child; the supervisor exits once the
 //! child has stopped. A child that exits 0 (stopped with SIGTERM by someone else) ends the
 //! supervisor too. The supervisor's pid is in `.mesh/controlplane.supervisor` ([`pid`]).
+//!
+//! The supervisor is supervised in turn, by the control plane it runs
+//! ([`watch_supervisor`]): when the supervisor dies (`kill -9`, the OOM killer), the control
+//! plane notices within a second (its parent changed) and starts a fresh supervisor
+//! (`meshctl __control-plane --adopt <its pid>`) that adopts it without restarting it: the
+//! new supervisor writes its pid file, watches the adopted control plane (it is not its
+//! child, so by its pid), passes SIGTERM to it as to a child, and once it dies of anything
+//! but a clean stop, starts a new one as its own child and carries on as above. The control
+//! plane then watches that supervisor, its own child, and starts another if it dies too.
+//! Nothing is restarted and no proxy notices.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,9 +61,108 @@ pub fn pid(state_dir: &Path) -> Option<u32> {
         .then_some(pid)
 }
 
+/// The arguments without `--adopt PID` (a supervisor's own arguments, to start another one
+/// or a control plane from).
+pub fn without_adopt(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for a in args {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if a == "--adopt" {
+            skip = true;
+            continue;
+        }
+        if a.to_str().is_some_and(|s| s.starts_with("--adopt=")) {
+            continue;
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// How often the control plane looks whether its supervisor is still its parent.
+const PARENT_CHECK: Duration = Duration::from_millis(500);
+
+/// Run by the background control plane (`__control-plane --serve`): starts a new supervisor
+/// that adopts this process whenever its supervisor dies (see the module doc); appends what
+/// it does to `log`. Runs until aborted.
+pub async fn watch_supervisor(log: PathBuf) {
+    let parent = rustix::process::getppid();
+    let mut own: Option<tokio::process::Child> = None;
+    loop {
+        match own.as_mut() {
+            Some(child) => {
+                let status = child.wait().await;
+                println!(
+                    "control plane: its supervisor died ({}); starting a new one",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                );
+            }
+            None => {
+                while rustix::process::getppid() == parent {
+                    tokio::time::sleep(PARENT_CHECK).await;
+                }
+                println!(
+                    "control plane: its supervisor (pid {}) died; starting a new one",
+                    rustix::process::Pid::as_raw(parent)
+                );
+            }
+        }
+        own = None;
+        match spawn_adopter(&log) {
+            Ok(child) => {
+                println!(
+                    "control plane: new supervisor pid {}",
+                    child.id().unwrap_or(0)
+                );
+                own = Some(child);
+            }
+            Err(e) => {
+                println!("control plane: cannot start a new supervisor: {e:#}; retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+        // A supervisor that keeps dying at once must not make this a busy loop.
+        tokio::time::sleep(BACKOFF_INITIAL).await;
+    }
+}
+
+/// Starts `meshctl <same global args> __control-plane --adopt <own pid>`, detached in its own
+/// process group, logging to `log`.
+fn spawn_adopter(log: &Path) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("cannot find meshctl's executable")?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--serve")
+        .collect();
+    args.push("--adopt".into());
+    args.push(std::process::id().to_string().into());
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone().context("duplicating the log handle")?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    cmd.spawn().context("starting a supervisor")
+}
+
 /// Runs the supervisor until SIGTERM/SIGINT or a clean stop of its child. `child_args` are
-/// the arguments that start the control plane itself.
-pub fn run(state_dir: &Path, child_args: Vec<std::ffi::OsString>) -> anyhow::Result<ExitCode> {
+/// the arguments that start the control plane itself; `adopt` a running control plane to
+/// supervise first (its supervisor died).
+pub fn run(
+    state_dir: &Path,
+    child_args: Vec<std::ffi::OsString>,
+    adopt: Option<u32>,
+) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find meshctl's executable")?;
     let pid_file = state_dir.join(SUPERVISOR_FILE);
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
@@ -63,19 +172,85 @@ pub fn run(state_dir: &Path, child_args: Vec<std::ffi::OsString>) -> anyhow::Res
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(supervise(state_dir, exe, child_args))
+    rt.block_on(supervise(state_dir, exe, child_args, adopt))
+}
+
+/// Whether `pid` is alive (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    rustix::process::test_kill_process(p).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+}
+
+/// Supervises the running control plane `pid` (not our child) until it dies; `None` when it
+/// stopped cleanly (its state file is gone or names another process) or we were told to stop
+/// (SIGTERM passed on, waited for), `Some(())` when it died otherwise.
+async fn watch_adopted(
+    state_dir: &Path,
+    pid: u32,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Option<()> {
+    println!("supervisor: adopted the running control plane (pid {pid})");
+    let stop_it = || {
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+        }
+    };
+    loop {
+        if !alive(pid) {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = term.recv() => { stop_it(); break_when_gone(pid).await; return None; }
+            _ = int.recv() => { stop_it(); break_when_gone(pid).await; return None; }
+        }
+    }
+    let crashed = crate::controlplane::admin::read_state(state_dir).is_ok_and(|s| s.pid == pid);
+    if crashed {
+        println!("supervisor: the adopted control plane (pid {pid}) died; starting a new one");
+        Some(())
+    } else {
+        println!("supervisor: the adopted control plane stopped; exiting");
+        None
+    }
+}
+
+/// Waits (at most 15 s) until `pid` is gone.
+async fn break_when_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("supervisor: stopped");
 }
 
 async fn supervise(
     state_dir: &Path,
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
+    adopt: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut attempt = 0u32;
     let mut first = true;
+    if let Some(pid) = adopt {
+        if watch_adopted(state_dir, pid, &mut term, &mut int)
+            .await
+            .is_none()
+        {
+            return Ok(ExitCode::SUCCESS);
+        }
+        first = false;
+    }
     loop {
         let started = Instant::now();
         let mut child = tokio::process::Command::new(&exe)
@@ -159,5 +334,15 @@ mod tests {
             assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
         }
         assert!(backoff(30) <= BACKOFF_MAX);
+    }
+
+    #[test]
+    fn an_adopting_supervisor_starts_control_planes_without_its_adopt_flag() {
+        let args = ["-p", "x", "__control-plane", "--adopt", "42", "--adopt=7"]
+            .map(std::ffi::OsString::from);
+        assert_eq!(
+            without_adopt(args.into_iter()),
+            ["-p", "x", "__control-plane"].map(std::ffi::OsString::from)
+        );
     }
 }

@@ -170,10 +170,18 @@ pub async fn up(
             .unwrap_or(CaConfig::default().cert_lifetime),
         ..CaConfig::default()
     };
-    let root_pem = Ca::open(&project.spec.working_dir, ca_config.clone())
-        .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?
-        .root_pem()
-        .to_string();
+    let ca = Ca::open(&project.spec.working_dir, ca_config.clone())
+        .map_err(|e| DockerError::ControlPlane(format!("CA: {e}")))?;
+    // Sidecars read their trust roots from this directory at each start (the control plane
+    // keeps it current through a root rotation).
+    crate::controlplane::admin::write_trust_bundle(&project.state_dir, &ca)
+        .map_err(|e| DockerError::ControlPlane(format!("trust bundle: {e}")))?;
+    let trust_dir = std::path::absolute(&project.state_dir)
+        .map_err(|source| DockerError::Io {
+            path: project.state_dir.clone(),
+            source,
+        })?
+        .join(crate::controlplane::admin::TRUST_DIR);
     let mut plan = plan::plan(&PlanInput {
         project: &name,
         project_dir: &project.mesh.project_dir,
@@ -183,7 +191,7 @@ pub async fn up(
         proxy_image: (&proxy_image.0, &proxy_image.1),
         images: &images,
         existing_ips: &existing_ips,
-        root_pem: &root_pem,
+        trust_dir: &trust_dir,
         trust_domain: &ca_config.trust_domain,
     })
     .map_err(|e| DockerError::Invalid(e.to_string()))?;
@@ -195,6 +203,10 @@ pub async fn up(
     // Compare with what runs.
     let by_name: BTreeMap<&str, &Owned> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
     let mut new_sidecars: Vec<&PodPlan> = Vec::new();
+    // Sidecars that `stop` left as they were planned: started again (their pod token is
+    // still valid while the container exists), not recreated, as compose starts a stopped
+    // container whose configuration did not change.
+    let mut start_sidecars: Vec<(&PodPlan, String)> = Vec::new();
     let mut new_apps: BTreeSet<String> = BTreeSet::new();
     let mut start_apps: BTreeMap<String, String> = BTreeMap::new();
     // Running apps kept as they are: (app name, app ID, sidecar ID), checked for a sidecar
@@ -218,10 +230,19 @@ pub async fn up(
             continue;
         }
         let sc = by_name.get(p.sidecar_name.as_str());
+        // Running, or stopped (`stop`, a crash Docker gave up on): kept. Restarting, paused
+        // or dead: recreated, as before.
         let sidecar_ok = !opts.force_recreate
             && sc.is_some_and(|c| {
-                c.label(LABEL_CONFIG_HASH) == p.sidecar_hash && c.state == "running"
+                c.label(LABEL_CONFIG_HASH) == p.sidecar_hash
+                    && matches!(c.state.as_str(), "running" | "exited" | "created")
             });
+        if sidecar_ok
+            && let Some(c) = sc
+            && c.state != "running"
+        {
+            start_sidecars.push((p, c.id.clone()));
+        }
         let app = by_name.get(p.app_name.as_str());
         if !sidecar_ok {
             if let Some(c) = sc {
@@ -238,7 +259,9 @@ pub async fn up(
             Some(c) if c.label(LABEL_CONFIG_HASH) == p.app_hash => {
                 if c.state != "running" {
                     start_apps.insert(p.app_name.clone(), c.id.clone());
-                } else if let Some(sc) = sc {
+                } else if let Some(sc) = sc
+                    && sc.state == "running"
+                {
                     kept_apps.push((p.app_name.clone(), c.id.clone(), sc.id.clone()));
                 }
             }
@@ -360,10 +383,21 @@ pub async fn up(
         &state_abs,
         &project.mesh.files,
     );
-    let dns_ok = by_name
+    let dns = by_name
         .get(dns_name.as_str())
-        .is_some_and(|c| c.label(LABEL_CONFIG_HASH) == dns_hash && c.state == "running");
-    if !dns_ok {
+        .filter(|c| c.label(LABEL_CONFIG_HASH) == dns_hash);
+    if let Some(c) = dns.filter(|c| c.state != "running") {
+        progress.line(&format!("Container {dns_name}"), "Starting");
+        engine
+            .docker
+            .start_container(
+                &c.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(DockerError::api(format!("starting {dns_name}")))?;
+        progress.line(&format!("Container {dns_name}"), "Started");
+    } else if dns.is_none() {
         if let Some(c) = by_name.get(dns_name.as_str()) {
             engine.remove_container(&c.id).await?;
         }
@@ -412,6 +446,26 @@ pub async fn up(
     }))
     .await;
     for r in started {
+        r?;
+    }
+    let restarted = join_all(start_sidecars.iter().map(|(p, id)| {
+        let engine = &engine;
+        async move {
+            let label = format!("Container {}", p.sidecar_name);
+            progress.line(&label, "Starting");
+            engine
+                .docker
+                .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+                .map_err(DockerError::api(format!("starting {}", p.sidecar_name)))?;
+            progress.line(&label, "Waiting for the proxy");
+            pod::wait_sidecar(engine, &p.sidecar_name, id, p.ip, sidecar_timeout).await?;
+            progress.line(&label, "Ready");
+            Ok::<(), DockerError>(())
+        }
+    }))
+    .await;
+    for r in restarted {
         r?;
     }
 
@@ -551,13 +605,19 @@ pub async fn ensure_images(
     opts: &UpOptions,
     progress: &Progress,
 ) -> Result<((String, String), BTreeMap<String, (String, String)>), DockerError> {
-    let name = project.name();
-    let compose = project
-        .mesh
-        .compose
-        .as_ref()
-        .ok_or_else(|| DockerError::Invalid("no compose file found".into()))?;
-    let proxy_image = match &opts.proxy_image {
+    let proxy_image = proxy_image(engine, opts, progress).await?;
+    let images = service_images(engine, project, opts, &[], progress).await?;
+    Ok((proxy_image, images))
+}
+
+/// The sidecar and meshdns image (tag, ID): `--proxy-image`, or the runtime image built from
+/// the workspace's static binaries when missing (or with `--build`).
+pub async fn proxy_image(
+    engine: &Engine,
+    opts: &UpOptions,
+    progress: &Progress,
+) -> Result<(String, String), DockerError> {
+    Ok(match &opts.proxy_image {
         Some(img) => {
             let id =
                 image::image_id(engine, img)
@@ -586,10 +646,41 @@ pub async fn ensure_images(
             .await?;
             (tag, id)
         }
-    };
+    })
+}
+
+/// Each service's image (tag, ID), or only those of `only` when it names some (`build
+/// SERVICE...`; a name not in the files is an error).
+pub async fn service_images(
+    engine: &Engine,
+    project: &Project,
+    opts: &UpOptions,
+    only: &[String],
+    progress: &Progress,
+) -> Result<BTreeMap<String, (String, String)>, DockerError> {
+    let name = project.name();
+    let compose = project
+        .mesh
+        .compose
+        .as_ref()
+        .ok_or_else(|| DockerError::Invalid("no compose file found".into()))?;
+    if let Some(unknown) = only.iter().find(|s| !compose.services.contains_key(*s)) {
+        return Err(DockerError::Invalid(format!(
+            "no service {unknown:?} in the files (services: {})",
+            compose
+                .services
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut images = BTreeMap::new();
     // Process services (`x-mesh.process`, `x-mesh.endpoint`) have no image.
     for (service, svc) in compose.services.iter().filter(|(_, s)| s.is_container()) {
+        if !only.is_empty() && !only.contains(service) {
+            continue;
+        }
         let tag = svc
             .image
             .clone()
@@ -621,8 +712,7 @@ pub async fn ensure_images(
         };
         images.insert(service.clone(), (tag, id));
     }
-
-    Ok((proxy_image, images))
+    Ok(images)
 }
 
 /// First host number of process pods on a Docker project network (sidecars take `.10` up).

@@ -252,7 +252,8 @@ pub struct PlanInput<'a> {
     pub state_dir: &'a Path,
     pub compose: &'a ComposeFile,
     pub network: &'a Network,
-    pub root_pem: &'a str,
+    /// The trust bundle file (`.mesh/trust/roots.pem`, absolute).
+    pub roots_file: &'a str,
     pub trust_domain: &'a str,
     /// meshproxy's path.
     pub meshproxy: &'a Path,
@@ -360,7 +361,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Vec<PodSpec>, ProcessError> {
                 identity: &identity,
                 workload: w.name,
                 instance,
-                root_pem: input.root_pem,
+                roots_file: input.roots_file,
                 edge_ports: &published.iter().map(|p| p.target).collect::<Vec<_>>(),
             });
             let proxy = Program {

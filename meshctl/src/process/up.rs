@@ -96,22 +96,32 @@ pub fn plan_on(
         .cloned()
         .unwrap_or_else(|| PathBuf::from("meshproxy"));
     let ca_config = ca_config(project);
-    let root_pem = Ca::open(&project.spec.working_dir, ca_config.clone())
-        .map_err(|e| ProcessError::Service {
-            service: "(CA)".into(),
-            message: e.to_string(),
-        })?
-        .root_pem()
-        .to_string();
+    let ca_err = |e: String| ProcessError::Service {
+        service: "(CA)".into(),
+        message: e,
+    };
+    let ca = Ca::open(&project.spec.working_dir, ca_config.clone())
+        .map_err(|e| ca_err(e.to_string()))?;
     let state_dir =
         std::path::absolute(&project.state_dir).map_err(ProcessError::io(&project.state_dir))?;
+    // The proxies read the trust bundle from the host's `.mesh/trust/` (what a sidecar
+    // container gets bind-mounted), kept current by the control plane.
+    std::fs::create_dir_all(&state_dir).map_err(ProcessError::io(&state_dir))?;
+    crate::controlplane::admin::write_trust_bundle(&state_dir, &ca)
+        .map_err(|e| ca_err(e.to_string()))?;
+    drop(ca);
+    let roots_file = state_dir
+        .join(crate::controlplane::admin::TRUST_DIR)
+        .join(crate::controlplane::admin::TRUST_FILE)
+        .display()
+        .to_string();
     spec::plan(&PlanInput {
         project: project.name(),
         project_dir: &project.mesh.project_dir,
         state_dir: &state_dir,
         compose,
         network,
-        root_pem: &root_pem,
+        roots_file: &roots_file,
         trust_domain: &ca_config.trust_domain,
         meshproxy: &meshproxy,
         taken,

@@ -105,24 +105,28 @@ const REFUSED_DEPLOY: &[&str] = &[
 /// Types a compose document, merge keys resolved; the first problem of
 /// [`from_value_all`].
 pub fn from_value(value: Value) -> Result<ComposeFile, FieldError> {
-    from_value_all(value).map_err(|mut errors| errors.swap_remove(0))
+    match from_value_all(value) {
+        (Some(file), errors) if errors.is_empty() => Ok(file),
+        (_, mut errors) if !errors.is_empty() => Err(errors.swap_remove(0)),
+        _ => Err(FieldError::new("", "the compose file could not be typed")),
+    }
 }
 
 /// Types a compose document, merge keys resolved. `value` should already be interpolated.
-/// Returns every refused key (by path, with the reason and what to do instead), and serde's
-/// first error on the rest at its path, so one run reports them all.
-pub fn from_value_all(mut value: Value) -> Result<ComposeFile, Vec<FieldError>> {
+/// Returns every refused key (by path, with the reason and what to do instead) and serde's
+/// first error on the rest at its path, so one run reports them all; and the file typed
+/// without the refused keys when the rest types (so its validation can be reported too).
+pub fn from_value_all(mut value: Value) -> (Option<ComposeFile>, Vec<FieldError>) {
     // YAML merge keys (`<<: *anchor`), which compose files use with `x-` anchors, as
     // docker compose resolves them.
-    value
-        .apply_merge()
-        .map_err(|e| vec![FieldError::new("", format!("YAML merge key (<<): {e}"))])?;
+    if let Err(e) = value.apply_merge() {
+        let e = FieldError::new("", format!("YAML merge key (<<): {e}"));
+        return (None, vec![e]);
+    }
     let mut errors = refuse(&mut value);
     let Some(root) = value.as_mapping_mut() else {
-        return Err(vec![FieldError::new(
-            "",
-            "a compose file must be a mapping of top-level keys",
-        )]);
+        let e = FieldError::new("", "a compose file must be a mapping of top-level keys");
+        return (None, vec![e]);
     };
     let top_ext = take_extensions(root, true);
     let mut service_ext = BTreeMap::new();
@@ -144,13 +148,12 @@ pub fn from_value_all(mut value: Value) -> Result<ComposeFile, Vec<FieldError>> 
     }
     let typed: Result<ComposeFile, _> = serde_path_to_error::deserialize(value);
     let mut file = match typed {
-        Ok(file) if errors.is_empty() => file,
-        Ok(_) => return Err(errors),
+        Ok(file) => file,
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             errors.push(FieldError::new(path, e.into_inner().to_string()));
-            return Err(errors);
+            return (None, errors);
         }
     };
     file.extensions = top_ext;
@@ -159,7 +162,7 @@ pub fn from_value_all(mut value: Value) -> Result<ComposeFile, Vec<FieldError>> 
             service.extensions = ext;
         }
     }
-    Ok(file)
+    (Some(file), errors)
 }
 
 /// Removes `x-*` keys (except `x-mesh` at the top and in a service, which are typed) and

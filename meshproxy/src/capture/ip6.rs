@@ -53,15 +53,6 @@ pub(super) fn chains(spec: &CaptureSpec) -> Vec<Chain> {
 /// Every rule of the `ip6` table, in chain order.
 pub(super) fn rules(spec: &CaptureSpec) -> Vec<Rule> {
     let mut rules = Vec::new();
-    let accept_ports = |chain| {
-        spec.excluded_ports
-            .iter()
-            .filter(|p| **p != 0)
-            .map(move |p| Rule {
-                chain,
-                exprs: vec![Expr::L4ProtoTcp, Expr::TcpDport(*p), Expr::Accept],
-            })
-    };
     // Only a connection's first segment is refused: the reset this sends, and the answers
     // to the proxy's own connections, pass.
     let reject = |chain| Rule {
@@ -82,7 +73,7 @@ pub(super) fn rules(spec: &CaptureSpec) -> Vec<Rule> {
                 rules.push(rule(vec![Expr::OifName("lo".into()), Expr::Accept]));
             }
         }
-        rules.extend(accept_ports(chain));
+        rules.extend(spec.excluded_port_rules(chain, Expr::Accept));
         rules.push(reject(chain));
     }
     rules

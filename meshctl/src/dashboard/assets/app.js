@@ -56,7 +56,7 @@ function layout(nodes, edges) {
   for (const n of nodes) {
     const d = Math.min(depth[n.id], nodes.length);
     cols[d] = (cols[d] || 0) + 1;
-    pos[n.id] = {x: 40 + d * 300, y: 40 + (cols[d] - 1) * 130};
+    pos[n.id] = {x: 40 + d * 380, y: 40 + (cols[d] - 1) * 130};
   }
   return pos;
 }
@@ -73,10 +73,12 @@ async function graph() {
     const a = pos[e.source], b = pos[e.target];
     if (!a || !b) continue;
     const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2;
-    const label = `${num(e.rps, 1)} rps · ${pct(e.successRate)} · p99 ${num(e.p99Ms, 1)}ms · ${e.mtls}`;
+    const line1 = `${num(e.rps, 1)} rps · ${pct(e.successRate)} ok`;
+    const line2 = `p99 ${num(e.p99Ms, 1)}ms · ${e.mtls}`;
     s += `<g data-edge="${esc(e.source)}->${esc(e.target)}" data-rps="${e.rps}" data-mtls="${esc(e.mtls)}" data-health="${esc(e.health)}">
 <path class="edge ${e.health} ${e.mtls === "plaintext" ? "plaintext" : ""}" d="M${x1},${y1} C${x1 + 60},${y1} ${x2 - 60},${y2} ${x2},${y2}" marker-end="url(#arrow)"/>
-<text class="elabel" x="${(x1 + x2) / 2}" y="${(y1 + y2) / 2 - 8}" text-anchor="middle">${esc(label)}</text></g>`;
+<text class="elabel" x="${(x1 + x2) / 2}" y="${(y1 + y2) / 2 - 22}" text-anchor="middle">${esc(line1)}</text>
+<text class="elabel" x="${(x1 + x2) / 2}" y="${(y1 + y2) / 2 - 8}" text-anchor="middle">${esc(line2)}</text></g>`;
   }
   for (const n of g.nodes) {
     const p = pos[n.id];
