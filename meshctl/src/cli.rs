@@ -254,6 +254,20 @@ pub enum Command {
     /// The background control plane of `up -d` (internal).
     #[command(name = "__control-plane", hide = true)]
     ControlPlaneDaemon(crate::docker::commands::DaemonArgs),
+    /// The supervisor of one process pod (internal; `meshctl up` starts it).
+    #[command(name = "__pod", hide = true)]
+    Pod {
+        /// The pod's spec file (`.mesh/pods/<name>.json`).
+        spec: std::path::PathBuf,
+    },
+    /// The relay of an endpoint pod (internal; its supervisor starts it).
+    #[command(name = "__forward", hide = true)]
+    Forward {
+        /// Where to accept (the pod namespace's loopback).
+        listen: std::net::SocketAddr,
+        /// The supervisor's Unix socket.
+        socket: std::path::PathBuf,
+    },
 }
 
 /// `meshctl config`: compose's flags.
@@ -334,7 +348,9 @@ impl Command {
             | Command::Token(_)
             | Command::Join(_)
             | Command::Leave
-            | Command::Node(_) => &[],
+            | Command::Node(_)
+            | Command::Pod { .. }
+            | Command::Forward { .. } => &[],
             Command::Top(args) => &args.files,
         }
     }
@@ -421,6 +437,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(crate::node::commands::NodeCommand::Rm { name }) => {
             crate::node::commands::node_rm(&project, &name)
         }
+        Command::Pod { spec } => crate::process::shim::main(&spec),
+        Command::Forward { listen, socket } => crate::process::shim::relay_main(listen, &socket),
     }
 }
 

@@ -154,6 +154,8 @@ pub enum DockerError {
     Timeout { what: String, secs: u64 },
     #[error("the mesh files have errors:\n{0}")]
     Invalid(String),
+    #[error("process services: {0}")]
+    Process(String),
     #[error("control plane: {0}")]
     ControlPlane(String),
     #[error("{path}: {source}")]

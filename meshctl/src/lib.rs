@@ -10,6 +10,7 @@ pub mod docker;
 pub mod explain;
 pub mod node;
 pub mod observe;
+pub mod process;
 pub mod project;
 pub mod shell;
 pub mod term;

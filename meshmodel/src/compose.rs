@@ -33,7 +33,8 @@ pub use mesh::{PortProtocol, Workload};
 pub use model::{
     ComposeFile, DEFAULT_CERT_LIFETIME, DependsCondition, DependsOn, Deploy, Healthcheck, IpamPool,
     Limits, MAX_CERT_LIFETIME, MIN_CERT_LIFETIME, MeshPort, MeshSettings, NetworkDef, NetworkIpam,
-    PathNormalizationSetting, Protocol, Resources, Service, ServiceNetwork, VolumeDef, XMesh,
+    PathNormalizationSetting, ProcessSpec, Protocol, Resources, Service, ServiceNetwork, VolumeDef,
+    XMesh,
 };
 pub use objects::{Extends, FileObject, FileRef, Include, config_target, secret_target};
 pub use parts::{Build, Command, EnvFileRef, HealthTest, Port, Restart, Volume};

@@ -78,6 +78,10 @@ fn depends_on_errors() {
             &[],
         ),
         (
+            "services: {a: {environment: {A: b}, x-mesh: {process: {command: \"run --fast\", workingDir: ./a, env: {B: c}}}}}",
+            &[],
+        ),
+        (
             "services: {a: {image: x, depends_on: {b: {condition: service_healthy}}}, b: {image: x}}",
             &[],
         ),
@@ -111,6 +115,26 @@ fn validation_errors_by_path() {
             "DNS-1123",
         ),
         ("services: {a: {}}", "services.a", "neither image nor build"),
+        (
+            "services: {a: {image: x, x-mesh: {process: {command: [run]}}}}",
+            "services.a.image",
+            "`image` cannot be used with `x-mesh.process`",
+        ),
+        (
+            "services: {a: {build: ., x-mesh: {process: {command: [run]}}}}",
+            "services.a.build",
+            "`build` cannot be used with `x-mesh.process`",
+        ),
+        (
+            "services: {a: {volumes: [\"./d:/d\"], x-mesh: {process: {command: [run]}}}}",
+            "services.a.volumes",
+            "`volumes` cannot be used with `x-mesh.process`",
+        ),
+        (
+            "services: {a: {x-mesh: {process: {command: []}}}}",
+            "services.a.x-mesh.process.command",
+            "the command is empty",
+        ),
         (
             "services: {a: {image: x, container_name: c, deploy: {replicas: 2}}}",
             "services.a.container_name",
@@ -300,4 +324,24 @@ volumes: {data: }
         remote.build.as_ref().map(|b| b.context.as_str()),
         Some("https://github.com/x/y.git")
     );
+}
+
+#[test]
+fn an_image_beside_a_process_is_refused_at_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  backend:\n    x-mesh:\n      process:\n        command: [./backend]\n    image: demo/backend\n",
+    )
+    .unwrap();
+    let loaded =
+        meshmodel::load::load(&meshmodel::load::LoadOptions::new(dir.path().to_path_buf()));
+    assert!(loaded.has_errors());
+    let d = loaded
+        .diagnostics
+        .iter()
+        .find(|d| d.path == "services.backend.image")
+        .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+    assert_eq!((d.location.line, d.location.column), (6, 5), "{d:?}");
+    assert!(d.message.contains("x-mesh.process"), "{d:?}");
 }

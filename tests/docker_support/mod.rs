@@ -21,16 +21,29 @@ pub struct Seed {
     pub dir: tempfile::TempDir,
     pub project: String,
     pub port: u16,
+    /// More environment for every `meshctl` run. Default none.
+    pub env: Vec<(String, String)>,
 }
 
 impl Seed {
     pub fn new(tag: &str) -> Seed {
+        Seed::of("seed", format!("t{}{tag}", std::process::id()))
+    }
+
+    /// A copy of `examples/<example>` as project `project`.
+    pub fn of(example: &str, project: String) -> Seed {
         let dir = tempfile::tempdir().unwrap();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example);
         copy_dir(&src, dir.path());
-        let project = format!("t{}{tag}", std::process::id());
         let port = free_port();
-        Seed { dir, project, port }
+        Seed {
+            dir,
+            project,
+            port,
+            env: Vec::new(),
+        }
     }
 
     pub fn meshctl(&self, args: &[&str]) -> Output {
@@ -45,7 +58,8 @@ impl Seed {
             .args(["--project-name", &self.project])
             .args(args)
             .env("FRONTEND_PORT", self.port.to_string())
-            .env("CI", "1");
+            .env("CI", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("MESHCTL_RUNTIME_DIR").is_none() {
             cmd.env(
                 "CARGO_TARGET_DIR",

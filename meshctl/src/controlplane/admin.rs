@@ -67,6 +67,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ControlPlaneError + '_ {
 
 /// Writes `bytes` to `path` with mode 0600 via a temporary file and a rename.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ControlPlaneError> {
+    write_private_file(path, bytes).map_err(io(path))
+}
+
+/// Writes `bytes` to `path` with mode 0600 via a temporary file (`<path>.tmp`, synced) and a
+/// rename, so readers never see half a file and no other user ever can read it.
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -75,11 +81,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ControlPlaneError> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The admin certificate in force: when it was issued and when it expires.

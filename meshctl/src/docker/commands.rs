@@ -84,6 +84,10 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut spec = spec(project);
     spec.targets.extend(args.services.iter().cloned());
     let project = Project::load(&spec)?;
+    // Only processes: no Docker engine is needed (or touched).
+    if crate::process::commands::processes_only(&project) {
+        return crate::process::commands::up(&project, args);
+    }
     let opts = UpOptions {
         detach: args.detach,
         build: args.build,
@@ -153,6 +157,11 @@ pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         deaths.abort();
         stop_project(&engine, project.name(), &progress).await?;
+        // Process pods have no stopped state to keep: they go as on `down`.
+        let dir = project.state_dir.clone();
+        let gone =
+            tokio::task::spawn_blocking(move || crate::process::commands::down(&dir)).await??;
+        crate::process::commands::report_down(&progress, &gone);
         heal.abort();
         if let Some(cp) = outcome.control_plane {
             cp.shutdown().await;
@@ -187,8 +196,27 @@ pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> 
     let name = target.name.clone();
     let progress = Progress::new();
     runtime()?.block_on(async {
-        let engine = Engine::connect().await?;
-        let state_dir = target.state_dir_on(&engine.containers(&name).await?);
+        // A project of processes only needs no engine: its pods are found under `.mesh/pods/`.
+        let processes_only = target
+            .project
+            .as_ref()
+            .is_some_and(crate::process::commands::processes_only);
+        let engine = match Engine::connect().await {
+            Ok(e) => Some(e),
+            Err(_) if processes_only || crate::process::commands::has_pods(&target.state_dir) => {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let state_dir = match &engine {
+            Some(e) => target.state_dir_on(&e.containers(&name).await?),
+            None => target.state_dir.clone(),
+        };
+        // Process pods first (their veths may be on the project's Docker network).
+        let dir = state_dir.clone();
+        let stopped =
+            tokio::task::spawn_blocking(move || crate::process::commands::down(&dir)).await??;
+        crate::process::commands::report_down(&progress, &stopped);
         if super::cp::stop(&state_dir) {
             progress.line("Control plane", "Stopped");
         }
@@ -200,6 +228,9 @@ pub fn down(project: &ProjectArgs, args: &DownArgs) -> anyhow::Result<ExitCode> 
                 .with_context(|| format!("revoking the pod tokens in {}", tokens.display()))?;
         }
         let _ = std::fs::remove_file(state_dir.join(super::cp::PLACEMENT_FILE));
+        let Some(engine) = engine else {
+            return Ok(ExitCode::SUCCESS);
+        };
         if let Some(grace) = args.timeout {
             super::lifecycle::stop_containers(&engine, &name, &[], grace, &progress).await?;
         }

@@ -312,6 +312,7 @@ fn serve_daemon(project: &ProjectSpec, state_dir: &Path) -> anyhow::Result<std::
         let log = state_dir.join(LOG_FILE);
         let supervisor = tokio::spawn(super::supervise::watch_supervisor(log));
         let heal = match super::up::Project::load(project) {
+            Ok(p) if crate::process::commands::processes_only(&p) => None,
             Ok(p) => {
                 tokio::spawn(super::heal::watch_deaths(p.name().to_string(), |line| {
                     println!("{line}")

@@ -200,12 +200,45 @@ pub fn logs(project: &ProjectArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> 
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let engine = Engine::connect().await?;
+        // Process pods' logs are files under `.mesh/pods/`: printed first (followed beside
+        // the containers' with -f); a project of processes only needs no engine.
+        let files =
+            crate::process::commands::log_files(&target.state_dir, &args.services, args.proxy);
+        let tail = match args.tail.as_str() {
+            "all" => None,
+            n => Some(
+                n.parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("--tail: {n:?} is not a number or `all`"))?,
+            ),
+        };
+        if !files.is_empty() {
+            crate::process::commands::print_tail(&files, tail, style.prefix)?;
+        }
+        let follow_files = || {
+            crate::process::commands::follow_files(
+                files
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p.clone(), 0))
+                    .collect(),
+                false,
+            )
+        };
+        let engine = match Engine::connect().await {
+            Ok(e) => e,
+            Err(_) if !files.is_empty() => {
+                if args.follow {
+                    follow_files().await;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let containers = target.containers(&engine).await?;
         for s in &args.services {
             if !containers
                 .iter()
                 .any(|c| selected(c, std::slice::from_ref(s)))
+                && !files.keys().any(|f| f.contains(s.as_str()))
             {
                 anyhow::bail!("no such service: {s}");
             }
@@ -220,7 +253,14 @@ pub fn logs(project: &ProjectArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> 
             .filter(|c| selected(c, &args.services))
             .map(|c| (c.name.clone(), c.id.clone()))
             .collect();
-        stream(&engine, &chosen, &style).await?;
+        if args.follow && !files.is_empty() {
+            tokio::select! {
+                r = stream(&engine, &chosen, &style) => r?,
+                _ = follow_files() => {}
+            }
+        } else {
+            stream(&engine, &chosen, &style).await?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -42,6 +42,28 @@ impl ProjectNetwork {
     }
 }
 
+/// The Linux bridge behind a Docker network (`br-<id prefix>` unless the network names one),
+/// where the process runner attaches process pods.
+pub async fn bridge_name(engine: &Engine, network: &str) -> Result<String, DockerError> {
+    let n = engine
+        .docker
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .map_err(DockerError::api(format!("inspecting network {network}")))?;
+    if let Some(name) = n
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name"))
+    {
+        return Ok(name.clone());
+    }
+    let id = n.id.unwrap_or_default();
+    Ok(format!("br-{}", id.chars().take(12).collect::<String>()))
+}
+
 /// The network's name for a project (compose names its default one `<project>_default`).
 pub fn network_name(project: &str) -> String {
     format!("{project}_mesh")

@@ -224,7 +224,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, PlanError> {
     // What a container kept out of the mesh resolves mesh services to: their pods (no
     // sidecar of its own to route a VIP).
     let mut mesh_hosts: Vec<String> = Vec::new();
-    for w in &workloads {
+    // Process services (`x-mesh.process`, `x-mesh.endpoint`) are the process runner's
+    // (`crate::process`).
+    for w in workloads.iter().filter(|w| w.service.is_container()) {
         let svc_err = |message: String| PlanError::Service {
             service: w.name.to_string(),
             message,
@@ -446,6 +448,59 @@ pub fn with_token(body: &ContainerCreateBody, token: &str) -> ContainerCreateBod
 /// Where a sidecar sees the project's `.mesh/trust/` (read-only).
 pub const SIDECAR_TRUST_DIR: &str = "/etc/mesh/trust";
 
+/// What a pod's proxy is told through its environment.
+#[derive(Debug, Clone)]
+pub struct ProxyEnv<'a> {
+    /// The /24's `.1`: where the control plane listens.
+    pub gateway: Ipv4Addr,
+    /// The /24 (network address).
+    pub subnet: Ipv4Addr,
+    /// meshdns, never captured.
+    pub dns: Ipv4Addr,
+    pub identity: &'a SpiffeId,
+    pub workload: &'a str,
+    pub instance: u32,
+    /// The trust bundle file as the proxy sees it (`MESH_CA_ROOTS_FILE`).
+    pub roots_file: &'a str,
+    /// Published application ports: the project's edge.
+    pub edge_ports: &'a [u16],
+}
+
+/// The environment of a pod's meshproxy (container or process), without its bootstrap token
+/// (see [`with_token`]): control-plane mode, identity, and with [`SIDECAR_CAPTURE`] the
+/// capture settings.
+pub fn proxy_env(p: &ProxyEnv<'_>) -> Vec<String> {
+    let mut env = vec![
+        format!("{ENV_CA_ADDR}={}:15012", p.gateway),
+        format!("{ENV_IDENTITY}={}", p.identity),
+        format!("{ENV_WORKLOAD}={}", p.workload),
+        format!("{ENV_INSTANCE}={}", p.instance),
+        format!("{ENV_CA_ROOTS_FILE}={}", p.roots_file),
+        // Plain log lines: `meshctl logs --proxy` is read in terminals and files alike.
+        "NO_COLOR=1".into(),
+    ];
+    if SIDECAR_CAPTURE {
+        env.push("MESH_CAPTURE=1".into());
+        // Published ports are the project's edge (as an ingress gateway would be): reached
+        // from the host (through the network's gateway) or from other machines (Docker's
+        // DNAT keeps their address), they go to the sidecar's edge listener: plaintext, the
+        // workload's AuthorizationPolicy without a principal. From inside the project
+        // network the same port is an mTLS port like any other.
+        let mut edge: Vec<String> = p.edge_ports.iter().map(u16::to_string).collect();
+        edge.sort();
+        edge.dedup();
+        if !edge.is_empty() {
+            env.push(format!("MESH_CAPTURE_EDGE_PORTS={}", edge.join(",")));
+            env.push(format!("MESH_CAPTURE_MESH_NETWORK={}/24", p.subnet));
+            env.push(format!("MESH_CAPTURE_EDGE_SOURCES={}", p.gateway));
+        }
+        // The app's every outbound connection is captured (outboundTrafficPolicy), except
+        // DNS to meshdns.
+        env.push(format!("MESH_CAPTURE_EXCLUDE_OUTBOUND={}", p.dns));
+    }
+    env
+}
+
 fn sidecar_body(
     input: &PlanInput<'_>,
     svc: &Service,
@@ -454,49 +509,22 @@ fn sidecar_body(
     ip: Ipv4Addr,
     identity: &SpiffeId,
 ) -> Result<ContainerCreateBody, String> {
-    let mut env = vec![
-        format!("{ENV_CA_ADDR}={}:15012", input.network.gateway),
-        format!("{ENV_IDENTITY}={identity}"),
-        format!("{ENV_WORKLOAD}={name}"),
-        format!("{ENV_INSTANCE}={instance}"),
-        format!("{ENV_CA_ROOTS_FILE}={SIDECAR_TRUST_DIR}/{TRUST_FILE}"),
-        // Plain log lines: `meshctl logs --proxy` is read in terminals and files alike.
-        "NO_COLOR=1".into(),
-    ];
-    let (exposed, bindings) = published_ports(svc);
-    if SIDECAR_CAPTURE {
-        env.push("MESH_CAPTURE=1".into());
-        // Published ports are the project's edge (as an ingress gateway would be): reached
-        // from the host (through the network's gateway) or from other machines (Docker's
-        // DNAT keeps their address), they go to the sidecar's edge listener: plaintext, the
-        // workload's AuthorizationPolicy without a principal. From inside the project
-        // network the same port is an mTLS port like any other.
-        let mut edge: Vec<String> = svc
+    let env = proxy_env(&ProxyEnv {
+        gateway: input.network.gateway,
+        subnet: input.network.subnet,
+        dns: input.network.dns_ip(),
+        identity,
+        workload: name,
+        instance,
+        roots_file: &format!("{SIDECAR_TRUST_DIR}/{TRUST_FILE}"),
+        edge_ports: &svc
             .ports
             .iter()
             .filter(|p| p.published.is_some())
-            .map(|p| p.target.to_string())
-            .collect();
-        edge.sort();
-        edge.dedup();
-        if !edge.is_empty() {
-            env.push(format!("MESH_CAPTURE_EDGE_PORTS={}", edge.join(",")));
-            env.push(format!(
-                "MESH_CAPTURE_MESH_NETWORK={}/24",
-                input.network.subnet
-            ));
-            env.push(format!(
-                "MESH_CAPTURE_EDGE_SOURCES={}",
-                input.network.gateway
-            ));
-        }
-        // The app's every outbound connection is captured (outboundTrafficPolicy), except
-        // DNS to meshdns.
-        env.push(format!(
-            "MESH_CAPTURE_EXCLUDE_OUTBOUND={}",
-            input.network.dns_ip()
-        ));
-    }
+            .map(|p| p.target)
+            .collect::<Vec<_>>(),
+    });
+    let (exposed, bindings) = published_ports(svc);
     let ns = svc
         .x_mesh
         .as_ref()
@@ -629,9 +657,18 @@ fn nanos(d: &Option<meshmodel::compose::ComposeDuration>) -> Option<i64> {
 }
 
 fn environment(input: &PlanInput<'_>, svc: &Service) -> Result<Vec<String>, String> {
+    Ok(service_env(input.project_dir, svc)?
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect())
+}
+
+/// A service's environment: its `env_file`s, then `environment` (a name without a value takes
+/// it from meshctl's environment, as compose does).
+pub fn service_env(project_dir: &Path, svc: &Service) -> Result<BTreeMap<String, String>, String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for f in &svc.env_file {
-        let path = input.project_dir.join(&f.path);
+        let path = project_dir.join(&f.path);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(_) if !f.required => continue,
@@ -644,7 +681,14 @@ fn environment(input: &PlanInput<'_>, svc: &Service) -> Result<Vec<String>, Stri
             &meshmodel::compose::ProcessEnv,
         ));
     }
-    for (k, v) in &svc.environment {
+    add_env(&mut env, &svc.environment);
+    Ok(env)
+}
+
+/// Adds compose-style variables to `env`: a name without a value takes it from meshctl's
+/// environment (and is left out when that has none).
+pub fn add_env(env: &mut BTreeMap<String, String>, vars: &BTreeMap<String, Option<String>>) {
+    for (k, v) in vars {
         match v {
             Some(v) => {
                 env.insert(k.clone(), v.clone());
@@ -656,7 +700,6 @@ fn environment(input: &PlanInput<'_>, svc: &Service) -> Result<Vec<String>, Stri
             }
         }
     }
-    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
 /// Secrets (at `/run/secrets/<name>`) and configs (at `/<name>`) as read-only bind mounts of
@@ -799,7 +842,7 @@ fn app_body(
 }
 
 /// Services in an order where each comes after what it depends on.
-fn topo_order(
+pub fn topo_order(
     depends: &BTreeMap<String, Vec<(String, DependsCondition)>>,
 ) -> Result<Vec<String>, PlanError> {
     let mut order = Vec::new();

@@ -243,9 +243,26 @@ pub fn relative(secs: i64) -> String {
 /// The rows of `ps`: app containers (and with `proxy`, sidecars and meshdns), every state;
 /// and a warning per CA certificate near or past expiry.
 pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<(Vec<PsRow>, Vec<String>)> {
-    let engine = Engine::connect().await?;
+    // Process pods (`.mesh/pods/`), then containers; a project of processes only needs no
+    // engine.
+    let mut process_rows = crate::process::commands::ps_rows(&target.state_dir, proxy);
+    let engine = match Engine::connect().await {
+        Ok(e) => e,
+        Err(_) if crate::process::commands::has_pods(&target.state_dir) => {
+            crate::controlplane::news::print_unseen(&target.state_dir).await;
+            let expiry = cert_expiry(&target.state_dir).await;
+            for r in &mut process_rows {
+                expiry.fill(r);
+            }
+            return Ok((process_rows, expiry.ca_warnings));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let containers = target.containers(&engine).await?;
     let expiry = cert_expiry(&target.state_dir_on(&containers)).await;
+    for r in &mut process_rows {
+        expiry.fill(r);
+    }
     let mut sidecar_ports: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in containers
         .iter()
@@ -256,7 +273,7 @@ pub async fn ps_rows(target: &Target, proxy: bool) -> anyhow::Result<(Vec<PsRow>
             ports_of(&engine, &c.id).await,
         );
     }
-    let mut rows = Vec::new();
+    let mut rows = process_rows;
     for c in &containers {
         let role = c.role();
         if !proxy && role != Some(Role::App) {
@@ -351,6 +368,17 @@ async fn ports_of(engine: &Engine, id: &str) -> Vec<String> {
 struct CertReport {
     identities: BTreeMap<String, (String, i64, Expiry)>,
     ca_warnings: Vec<String>,
+}
+
+impl CertReport {
+    /// Sets the CERT columns of a row from its identity.
+    fn fill(&self, r: &mut PsRow) {
+        if let Some(cert) = self.identities.get(&r.identity) {
+            r.cert_expires = Some(cert.0.clone());
+            r.cert_not_after = Some(cert.1);
+            r.cert_expiry = Some(cert.2);
+        }
+    }
 }
 
 /// The certificates of the running control plane, for `ps`.

@@ -198,6 +198,7 @@ pub async fn up(
     if !opts.services.is_empty() {
         restrict(&mut plan, &opts.services, !opts.no_deps)?;
     }
+    let mut procs = plan_processes(&engine, project, &network, &plan, &existing_ips, opts).await?;
 
     // Compare with what runs.
     let by_name: BTreeMap<&str, &Owned> = existing.iter().map(|c| (c.name.as_str(), c)).collect();
@@ -307,15 +308,17 @@ pub async fn up(
     }
 
     // Control plane.
-    let mut placement = PlacementFile::new(
-        cp::listen_addr(network.gateway),
-        &full_placement(&plan, &existing),
-    );
+    let mut fixed = full_placement(&plan, &existing);
+    fixed.0.extend(process_placement(project, &procs));
+    let mut placement = PlacementFile::new(cp::listen_addr(network.gateway), &fixed);
     placement.image_ports = ports_from_images;
     let running = cp::running(&project.state_dir);
     let same_placement = PlacementFile::read(&project.state_dir).as_ref() == Some(&placement);
-    let restart_cp =
-        running.is_none() || !same_placement || !new_sidecars.is_empty() || !opts.detach;
+    let restart_cp = running.is_none()
+        || !same_placement
+        || !new_sidecars.is_empty()
+        || !procs.create.is_empty()
+        || !opts.detach;
     let mut control_plane = None;
     let mut tokens = BTreeMap::new();
     if restart_cp {
@@ -345,6 +348,8 @@ pub async fn up(
             tokens.insert(p.sidecar_name.clone(), t.as_str().to_string());
         }
         drop(ca);
+        crate::process::up::issue_tokens(project, &mut procs)
+            .map_err(|e| DockerError::Process(e.to_string()))?;
         placement.write(&project.state_dir)?;
         if opts.detach {
             let spec = project.spec.clone();
@@ -475,6 +480,14 @@ pub async fn up(
         }
     }
 
+    // Process pods (x-mesh.process) on the project network, before the container apps (which
+    // may depend on them).
+    if !procs.keep.is_empty() || !procs.create.is_empty() || !procs.remove.is_empty() {
+        crate::process::up::start_pods(project, &procs, opts.wait, opts.wait_timeout, progress)
+            .await
+            .map_err(|e| DockerError::Process(e.to_string()))?;
+    }
+
     // Apps, in depends_on order.
     let mut app_ids: BTreeMap<String, String> = existing
         .iter()
@@ -497,6 +510,10 @@ pub async fn up(
                     pod::wait_app(&engine, &p.app_name, id, want, opts.wait_timeout).await?;
                 }
             }
+            // A process service it depends on (started above) reaches the same condition.
+            crate::process::up::wait_service(project, &procs, &dep, cond, opts.wait_timeout)
+                .await
+                .map_err(|e| DockerError::Process(e.to_string()))?;
         }
         let results = join_all(pods.iter().map(|p| {
             let engine = &engine;
@@ -659,7 +676,8 @@ pub async fn service_images(
         )));
     }
     let mut images = BTreeMap::new();
-    for (service, svc) in &compose.services {
+    // Process services (`x-mesh.process`, `x-mesh.endpoint`) have no image.
+    for (service, svc) in compose.services.iter().filter(|(_, s)| s.is_container()) {
         if !only.is_empty() && !only.contains(service) {
             continue;
         }
@@ -695,6 +713,68 @@ pub async fn service_images(
         images.insert(service.clone(), (tag, id));
     }
     Ok(images)
+}
+
+/// First host number of process pods on a Docker project network (sidecars take `.10` up).
+const PROCESS_FIRST_HOST: u8 = 128;
+
+/// The process services of a mixed project, planned on its Docker network (a veth on its
+/// bridge per pod) and compared with what runs.
+async fn plan_processes(
+    engine: &Engine,
+    project: &Project,
+    network: &ProjectNetwork,
+    plan: &Plan,
+    existing_ips: &BTreeMap<(String, u32), Ipv4Addr>,
+    opts: &UpOptions,
+) -> Result<crate::process::up::Reconciled, DockerError> {
+    use crate::process::commands::{has_pods, has_processes, selection};
+    if !has_processes(project) && !has_pods(&project.state_dir) {
+        return Ok(Default::default());
+    }
+    let bridge = network::bridge_name(engine, &network.name).await?;
+    let pnet = crate::process::net::Network {
+        subnet: network.subnet,
+        gateway: network.gateway,
+        dns: network.dns_ip(),
+        attach: crate::process::net::Attach::Docker(bridge),
+        first_host: PROCESS_FIRST_HOST,
+    };
+    let chosen = selection(project, &opts.services, !opts.no_deps);
+    let taken: Vec<Ipv4Addr> = plan
+        .pods
+        .iter()
+        .map(|p| p.ip)
+        .chain(existing_ips.values().copied())
+        .collect();
+    let planned = crate::process::up::plan_on(project, &pnet, &taken, &|s| chosen.contains(s))
+        .map_err(|e| DockerError::Process(e.to_string()))?;
+    Ok(crate::process::up::reconcile(
+        &project.state_dir,
+        planned,
+        &crate::process::commands::process_services(project),
+        opts.force_recreate,
+    ))
+}
+
+/// The inbound addresses of the process pods: the planned ones and those of other services
+/// in the files left running (a partial `up SERVICE...`).
+fn process_placement(
+    project: &Project,
+    procs: &crate::process::up::Reconciled,
+) -> BTreeMap<(String, u32), std::net::SocketAddr> {
+    let planned: BTreeSet<&str> = procs
+        .keep
+        .iter()
+        .chain(&procs.create)
+        .map(|p| p.name.as_str())
+        .collect();
+    let processes = crate::process::commands::process_services(project);
+    let others: Vec<crate::process::PodSpec> = crate::process::PodSpec::all(&project.state_dir)
+        .into_values()
+        .filter(|p| !planned.contains(p.name.as_str()) && processes.contains(&p.service))
+        .collect();
+    crate::process::up::placement_of(procs.keep.iter().chain(&procs.create).chain(&others))
 }
 
 /// The ports the images EXPOSE of the mesh services that declare none, so callers get

@@ -201,5 +201,7 @@ fn merge_x_mesh(b: XMesh, o: XMesh) -> XMesh {
     let mut ports: BTreeMap<u16, _> = out.ports.drain(..).map(|p| (p.port, p)).collect();
     ports.extend(o.ports.into_iter().map(|p| (p.port, p)));
     out.ports = ports.into_values().collect();
+    set(&mut out.process, o.process);
+    set(&mut out.endpoint, o.endpoint);
     out
 }

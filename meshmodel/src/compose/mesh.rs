@@ -74,6 +74,27 @@ impl Service {
         labels
     }
 
+    /// `x-mesh.process`: the host process meshctl runs instead of a container, if any.
+    pub fn process(&self) -> Option<&super::model::ProcessSpec> {
+        self.x_mesh.as_ref().and_then(|m| m.process.as_ref())
+    }
+
+    /// `x-mesh.endpoint`: the address of a host service meshctl only proxies, if any (as
+    /// written; `endpoint_addr` parses it).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.x_mesh.as_ref().and_then(|m| m.endpoint.as_deref())
+    }
+
+    /// `x-mesh.endpoint` parsed (`ip:port`); `None` when absent or not an address.
+    pub fn endpoint_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint()?.trim().parse().ok()
+    }
+
+    /// True when the service runs as a container (no `x-mesh.process`, no `x-mesh.endpoint`).
+    pub fn is_container(&self) -> bool {
+        self.process().is_none() && self.endpoint().is_none()
+    }
+
     /// In the mesh (a sidecar, an identity, a VIP): unless `x-mesh.enabled: false`.
     pub fn meshed(&self) -> bool {
         self.x_mesh.as_ref().and_then(|m| m.enabled) != Some(false)
@@ -117,6 +138,14 @@ impl Service {
             if entry.protocol.is_none() {
                 entry.protocol = derived;
             }
+        }
+        // An existing host service's port is a port of the service.
+        if let Some(a) = self.endpoint_addr() {
+            out.entry(a.port()).or_insert(PortProtocol {
+                port: a.port(),
+                name: None,
+                protocol: None,
+            });
         }
         for e in &self.expose {
             let number = e.split('/').next().unwrap_or_default();

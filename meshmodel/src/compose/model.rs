@@ -694,6 +694,35 @@ pub struct XMesh {
     /// node's address once it has joined; until then they are left out of endpoint lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Run this service as a host process instead of a container: meshctl starts the command
+    /// with a meshproxy beside it (docs/hosts.md). Default none: a container. `image` and
+    /// `build` are refused beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessSpec>,
+    /// A service that already runs on this host at `ip:port` (a database, a process the
+    /// user's IDE started): meshctl runs only its proxy, which forwards to it. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// `x-mesh.process`: the command meshctl runs as the service, on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProcessSpec {
+    /// Program and arguments, run without a shell (`["python3", "-m", "http.server"]`); a
+    /// string is split shell-style. A relative program path is taken from `workingDir`, a bare
+    /// name from `PATH`. Required.
+    pub command: Command,
+    /// Working directory, relative to the project directory. Default the project directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Environment added to the service's `environment` (which it overrides). Default none.
+    #[serde(
+        default,
+        deserialize_with = "map_or_list",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub env: BTreeMap<String, Option<String>>,
 }
 
 /// A port's protocol in `x-mesh`.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::mesh::PortProtocol;
-use super::model::ComposeFile;
+use super::model::{ComposeFile, Service};
 use meshapi::diag::{FieldError, join_path};
 
 /// A DNS-1123 label: 1-63 of `[a-z0-9-]`, starting and ending with a letter or digit.
@@ -156,7 +156,18 @@ impl ComposeFile {
                     ));
                 }
             }
-            if service.image.is_none() && service.build.is_none() {
+            if service.process().is_some() {
+                process_fields(service, "x-mesh.process", &at, &mut errors);
+                if service.endpoint().is_some() {
+                    errors.push(FieldError::new(
+                        at("x-mesh.endpoint"),
+                        "`x-mesh.endpoint` cannot be used with `x-mesh.process`: a service is either a process meshctl runs or one that already runs",
+                    ));
+                }
+            } else if let Some(e) = service.endpoint() {
+                process_fields(service, "x-mesh.endpoint", &at, &mut errors);
+                endpoint_fields(service, e, &at, &mut errors);
+            } else if service.image.is_none() && service.build.is_none() {
                 errors.push(FieldError::new(
                     base.clone(),
                     "service has neither image nor build",
@@ -375,4 +386,111 @@ impl ComposeFile {
         }
         out
     }
+}
+
+/// What a process service (`x-mesh.process`) may not have: container-only fields are refused
+/// by name rather than ignored (a `volumes:` that silently does nothing loses data).
+fn process_fields(
+    service: &Service,
+    key: &str,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    let hint = format!(
+        "a service with `{key}` runs on the host: remove the field, or remove `{key}` to run a container"
+    );
+    let mut refuse = |field: &str, present: bool| {
+        if present {
+            errors.push(
+                FieldError::new(at(field), format!("`{field}` cannot be used with `{key}`"))
+                    .with_hint(&hint),
+            );
+        }
+    };
+    refuse("image", service.image.is_some());
+    refuse("build", service.build.is_some());
+    refuse(
+        "x-mesh.enabled",
+        service.x_mesh.as_ref().and_then(|m| m.enabled) == Some(false),
+    );
+    refuse("command", service.command.is_some());
+    refuse("entrypoint", service.entrypoint.is_some());
+    refuse("volumes", !service.volumes.is_empty());
+    refuse("working_dir", service.working_dir.is_some());
+    refuse("user", service.user.is_some());
+    refuse("hostname", service.hostname.is_some());
+    refuse("container_name", service.container_name.is_some());
+    refuse("cap_add", !service.cap_add.is_empty());
+    refuse("cap_drop", !service.cap_drop.is_empty());
+    refuse("read_only", service.read_only.is_some());
+    refuse("tty", service.tty.is_some());
+    refuse("stdin_open", service.stdin_open.is_some());
+    refuse("init", service.init.is_some());
+    refuse("platform", service.platform.is_some());
+    refuse("pull_policy", service.pull_policy.is_some());
+    refuse("extra_hosts", !service.extra_hosts.is_empty());
+    refuse(
+        "deploy.resources",
+        service
+            .deploy
+            .as_ref()
+            .is_some_and(|d| d.resources.is_some()),
+    );
+    if let Some(p) = service.process() {
+        let empty = match &p.command {
+            super::parts::Command::Exec(v) => v.first().is_none_or(|c| c.trim().is_empty()),
+            super::parts::Command::Shell(s) => s.trim().is_empty(),
+        };
+        if empty {
+            errors.push(FieldError::new(
+                at("x-mesh.process.command"),
+                "the command is empty: name the program to run",
+            ));
+        }
+    }
+}
+
+/// What an existing host service (`x-mesh.endpoint`) may not have besides the container-only
+/// fields: meshctl does not run it, so nothing about running it applies; and its address.
+fn endpoint_fields(
+    service: &Service,
+    endpoint: &str,
+    at: &dyn Fn(&str) -> String,
+    errors: &mut Vec<FieldError>,
+) {
+    if service.endpoint_addr().is_none() {
+        errors.push(
+            FieldError::new(
+                at("x-mesh.endpoint"),
+                format!("{endpoint:?} is not an address: write ip:port (127.0.0.1:5432)"),
+            )
+            .with_hint(
+                "host names are not resolved here: give the IP address the service listens on",
+            ),
+        );
+    }
+    let mut refuse = |field: &str, present: bool| {
+        if present {
+            errors.push(
+                FieldError::new(
+                    at(field),
+                    format!("`{field}` cannot be used with `x-mesh.endpoint`: meshctl does not run that service"),
+                )
+                .with_hint("remove the field (the service is started by whoever runs it)"),
+            );
+        }
+    };
+    refuse("environment", !service.environment.is_empty());
+    refuse("env_file", !service.env_file.is_empty());
+    refuse("healthcheck", service.healthcheck.is_some());
+    refuse("restart", service.restart.is_some());
+    refuse("stop_signal", service.stop_signal.is_some());
+    refuse("stop_grace_period", service.stop_grace_period.is_some());
+    refuse(
+        "deploy.replicas",
+        service
+            .deploy
+            .as_ref()
+            .is_some_and(|d| d.replicas.is_some_and(|r| r != 1)),
+    );
 }
