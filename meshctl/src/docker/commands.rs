@@ -80,10 +80,36 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `meshctl up`.
+/// `x-mesh.node` places a service on a joined machine, which `meshctl serve --listen` and
+/// `meshctl join` serve (docs/hosts.md); `up` would run it here instead, so it refuses the
+/// file rather than ignore the key.
+fn refuse_node_placement(project: &Project) -> anyhow::Result<()> {
+    let placed: Vec<String> = project
+        .mesh
+        .compose
+        .iter()
+        .flat_map(|c| &c.services)
+        .filter_map(|(name, s)| {
+            let node = s.x_mesh.as_ref()?.node.as_ref()?;
+            Some(format!("{name} (x-mesh.node: {node})"))
+        })
+        .collect();
+    if placed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "x-mesh.node is not served by `meshctl up` yet: {}; run the control plane with \
+         `meshctl serve --listen <address>` and start each node with `meshctl join` \
+         (docs/hosts.md, \"Two machines\"), or remove x-mesh.node to run the service here",
+        placed.join(", ")
+    )
+}
+
 pub fn up(project: &ProjectArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut spec = spec(project);
     spec.targets.extend(args.services.iter().cloned());
     let project = Project::load(&spec)?;
+    refuse_node_placement(&project)?;
     // Only processes: no Docker engine is needed (or touched).
     if crate::process::commands::processes_only(&project) {
         return crate::process::commands::up(&project, args);
