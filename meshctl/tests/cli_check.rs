@@ -109,3 +109,29 @@ fn config_refuses_a_broken_mesh() {
         text(&out)
     );
 }
+
+#[test]
+fn up_refuses_a_node_placed_service_by_name_before_touching_docker() {
+    // `x-mesh.node` is served by `serve --listen` + `join` only: `up` must say so rather than
+    // start the service on this machine (and must not need an engine to say it).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("compose.yaml"),
+        "services:\n  web:\n    image: nginx\n    ports: [\"8080\"]\n  api:\n    image: nginx\n    x-mesh: {node: vm2}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .current_dir(dir.path())
+        .args(["up", "-d"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run meshctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("x-mesh.node is not served by `meshctl up` yet: api (x-mesh.node: vm2)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("meshctl join"), "{stderr}");
+}
