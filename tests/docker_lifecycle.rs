@@ -410,7 +410,7 @@ async fn a_root_rotation_under_load_fails_no_request_and_retires_the_old_root_ev
     if !docker_available() {
         return;
     }
-    let seed = Seed::new("lr");
+    let seed = Seed::new("lo");
     seed.ok(&["up", "-d", "--wait", "--build"]);
     let mesh = seed.dir.path().join(".mesh");
     let old_root = std::fs::read_to_string(mesh.join("trust/roots.pem")).unwrap();
